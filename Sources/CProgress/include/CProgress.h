@@ -1,0 +1,17 @@
+#ifndef CPROGRESS_H
+#define CPROGRESS_H
+/* C shims for the Swift engine. Each exists because Swift cannot express it directly. */
+#include <stddef.h>
+
+/* Per-thread last-error message with C lifetime: Swift has no thread-local storage whose pointer stays
+ * valid after the Swift call returns, and progress_last_error() hands out a pointer the caller reads later.
+ * Copies `len` bytes of `msg` (not NUL-terminated) into this thread's buffer. */
+void CProgress_set_last_error(const char *msg, size_t len);
+/* This thread's message, "" if none. Valid until the next CProgress_set_last_error on this thread. */
+const char *CProgress_last_error(void);
+
+/* A relaxed atomic 64-bit load of caller-owned memory (a step counter written by another thread or by
+ * Python): Swift's atomics only operate on memory Swift allocated itself. */
+long long CProgress_load_relaxed(const volatile long long *p);
+
+#endif

@@ -1,0 +1,36 @@
+import Glibc
+import Synchronization
+
+/// Where the engine reads the time. Injected so retention, durations and history are tested without sleeping.
+protocol EngineClock: Sendable {
+    /// Seconds since the Unix epoch.
+    func now() -> Double
+}
+
+/// The system's real-time clock (vDSO `clock_gettime`, no system call).
+struct SystemClock: EngineClock {
+    func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}
+
+/// A clock that moves only when told to; for tests.
+final class ManualClock: EngineClock {
+    private let time: Mutex<Double>
+
+    init(_ start: Double = 1_700_000_000) {
+        time = Mutex(start)
+    }
+
+    func now() -> Double { time.withLock { $0 } }
+
+    func advance(_ seconds: Double) {
+        time.withLock { $0 += seconds }
+    }
+
+    func set(_ epoch: Double) {
+        time.withLock { $0 = epoch }
+    }
+}

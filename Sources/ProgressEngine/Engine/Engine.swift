@@ -1,0 +1,550 @@
+import Synchronization
+
+/// Options of a task's creation (`options_json`).
+struct TaskOptions: Sendable {
+    var quality: String?
+    var batchId: String?
+    var resourceConfig: JSONValue?
+    var metadata: JSONValue?
+    var resume = false
+    var timestamp: Double?
+
+    static func parse(_ text: String?) throws -> TaskOptions {
+        var options = TaskOptions()
+        guard let text, !text.isEmpty else { return options }
+        let reader = try JSONObjectReader(try JSONParser.parse(text, context: "options_json"), context: "options_json")
+        try reader.rejectUnknownKeys(allowed: ["quality", "batch_id", "resource_config", "metadata", "resume", "timestamp"],
+                                     error: EngineError.json)
+        options.quality = try reader.string("quality")
+        options.batchId = try reader.string("batch_id")
+        if let batch = options.batchId { try Engine.validateId(batch, what: "batch_id") }
+        options.resourceConfig = try reader.object("resource_config")
+        options.metadata = try reader.object("metadata")
+        options.resume = try reader.bool("resume") ?? false
+        options.timestamp = try reader.number("timestamp")
+        return options
+    }
+}
+
+/// One ProgressEngine instance: live task state, templates, batches, ETA history, and the maintenance
+/// thread. Every method is safe to call from any thread.
+final class Engine: @unchecked Sendable {
+    let config: EngineConfig
+    let clock: any EngineClock
+    private let table = TaskTable()
+    private let templates = Mutex<[String: [StageDefinition]]>([:])
+    /// batch_id → task ids in creation order.
+    private let batches = Mutex<[String: [String]]>([:])
+    /// Ids of tasks with an attached step counter, for the maintenance thread.
+    private let counterTasks = Mutex<Set<String>>([])
+    let completions = CompletionHistory()
+    private let misses = Atomic<Int>(0)
+    private let events = Atomic<Int>(0)
+    private let logCount = Atomic<Int>(0)
+    private let purged = Atomic<Int>(0)
+    private let lastSweep = Mutex<Double>(0)
+    private var maintenance: MaintenanceThread?
+
+    /// - Parameters:
+    ///   - config: parsed configuration.
+    ///   - clock: where time comes from (a `ManualClock` in tests).
+    ///   - background: start the maintenance thread (tests drive `maintenanceRound()` themselves).
+    /// - Throws: `EngineError.unsupported` for a listener or Redis (not in this build), `.io` if the thread
+    ///   cannot start.
+    init(config: EngineConfig, clock: any EngineClock = SystemClock(), background: Bool = true) throws {
+        if let listen = config.listen {
+            throw EngineError.unsupported("listen \"\(listen)\": this build has no network listener yet; "
+                + "omit \"listen\" to run in memory")
+        }
+        if let url = config.redisURL {
+            throw EngineError.unsupported("redis_url \"\(url)\": this build has no Redis storage yet; "
+                + "omit \"redis_url\" to run in memory")
+        }
+        self.config = config
+        self.clock = clock
+        if background {
+            maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
+        }
+    }
+
+    /// Stops the maintenance thread and reads every attached counter a last time. Idempotent.
+    func close() {
+        maintenance?.stop()
+        maintenance = nil
+        for id in counterTasks.withLock({ Array($0) }) {
+            try? detachCounter(id: id)
+        }
+    }
+
+    deinit {
+        maintenance?.stop()
+    }
+
+    // MARK: - Validation
+
+    /// Task and batch ids: 1-256 characters of UTF-8 without control characters.
+    static func validateId(_ id: String, what: String = "task id") throws {
+        var count = 0
+        for scalar in id.unicodeScalars {
+            count += 1
+            guard scalar.value >= 0x20, !(0x7f...0x9f).contains(scalar.value) else {
+                throw EngineError.invalidArgument("\(what) contains control character U+\(String(scalar.value, radix: 16, uppercase: true)); "
+                    + "ids are 1-256 printable characters")
+            }
+        }
+        guard count >= 1 else { throw EngineError.invalidArgument("\(what) is empty; ids are 1-256 printable characters") }
+        guard count <= 256 else {
+            throw EngineError.invalidArgument("\(what) is \(count) characters long; ids are 1-256 printable characters")
+        }
+    }
+
+    // MARK: - Task access
+
+    /// Runs `body` on the task under its shard lock.
+    /// - Parameters:
+    ///   - key: the task's key.
+    ///   - describe: the id for messages, computed only on error.
+    ///   - isUpdate: count the call as an update (accepted, or invalid when `body` throws).
+    ///   - forReading: a finished task past its retention is treated as gone (and dropped).
+    private func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
+                             _ body: (TaskRecord) throws -> R) throws -> R {
+        let now = forReading ? clock.now() : 0
+        let result: R? = try table.shard(for: key).state.withLock { shard in
+            guard let task = shard.tasks[key] else { return nil }
+            if forReading && task.isExpired(now: now, retention: config.retentionSeconds) {
+                return nil
+            }
+            guard isUpdate else { return try body(task) }
+            do {
+                let r = try body(task)
+                shard.updates += 1
+                return r
+            } catch {
+                shard.invalidUpdates += 1
+                throw error
+            }
+        }
+        guard let result else {
+            if isUpdate { misses.add(1, ordering: .relaxed) }
+            let id = try describe()
+            try Engine.validateId(id)
+            throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+        }
+        return result
+    }
+
+    private func withTask<R>(id: String, isUpdate: Bool = true, forReading: Bool = false,
+                             _ body: (TaskRecord) throws -> R) throws -> R {
+        try withTask(TaskKey(owning: id), describe: { id }, isUpdate: isUpdate, forReading: forReading, body)
+    }
+
+    // MARK: - Tasks
+
+    /// Creates a task (or, with `options.resume`, keeps an existing one).
+    /// - Throws: `.invalidArgument` (ids), `.exists`, `.json`, `.range` (timestamp).
+    func createTask(id: String, templateId: String, category: String?, options: TaskOptions) throws {
+        try Engine.validateId(id)
+        guard !templateId.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
+        let stages = templates.withLock { $0[templateId] } ?? CategoryDefaults.stages(for: category)
+        let now = clock.now()
+        if let ts = options.timestamp, !(ts.isFinite && ts >= 0) {
+            throw EngineError.range("timestamp \(ts) is not a valid epoch time in seconds")
+        }
+        let key = TaskKey(owning: id)
+        let created: Bool = try table.shard(for: key).state.withLock { shard in
+            if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
+                guard options.resume else {
+                    throw EngineError.exists("task \"\(id)\" already exists; pass {\"resume\": true} in options_json to reopen it")
+                }
+                if !existing.status.isTerminal {
+                    existing.markResumed(at: try existing.resolveTimestamp(explicit: options.timestamp, now: now))
+                }
+                return false
+            }
+            shard.tasks[key] = TaskRecord(
+                id: id, key: key, templateId: templateId, category: category, quality: options.quality,
+                batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
+                stages: stages, timestamp: options.timestamp ?? now,
+                historyCoalesceSeconds: Double(config.throttleMs) / 1000)
+            return true
+        }
+        if created, let batch = options.batchId {
+            batches.withLock { $0[batch, default: []].append(id) }
+        }
+    }
+
+    /// The hot path: `progress_update` with the id borrowed from the caller.
+    func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
+        let now = clock.now()
+        try withTask(key, describe: describe) { task in
+            try task.applyStep(step: step, total: total, message: message, at: max(now, task.lastTimestamp))
+            // A direct update supersedes what an attached counter held, so the counter is not applied again.
+            if var counter = task.counter {
+                (counter.lastStep, counter.lastTotal) = counter.read()
+                task.counter = counter
+            }
+        }
+    }
+
+    func updateStage(id: String, stage: Int, status: StageStatus, progress: Double, message: MessageArgument) throws {
+        let now = clock.now()
+        try withTask(id: id) { task in
+            try task.updateStage(stage, status: status, progress: progress, message: message, at: max(now, task.lastTimestamp))
+        }
+    }
+
+    /// A runner event (SPEC §5): see `progress_event` in the header.
+    func event(id: String, name: String, dataJSON: String?) throws {
+        guard !name.isEmpty else { throw EngineError.invalidArgument("event name is empty") }
+        let data = try dataJSON.map { try JSONParser.parse($0, context: "data_json of event \"\(name)\"") } ?? .object([])
+        let reader = try JSONObjectReader(data, context: "data_json of event \"\(name)\"")
+        let explicit = try reader.number("timestamp")
+        let now = clock.now()
+        events.add(1, ordering: .relaxed)
+        func allow(_ keys: Set<String>) throws {
+            try reader.rejectUnknownKeys(allowed: keys.union(["timestamp"]), error: EngineError.json)
+        }
+        switch name {
+        case "execution_progress":
+            try allow(["step", "total_steps", "message", "preview_path"])
+            guard let step = try reader.integer("step"), let total = try reader.integer("total_steps") else {
+                throw EngineError.json("execution_progress needs integer \"step\" and \"total_steps\"")
+            }
+            let message = try reader.string("message").map(MessageArgument.string) ?? .none
+            // preview_path is accepted now and turned into previews when preview generation lands.
+            _ = try reader.string("preview_path")
+            try withTask(id: id) { task in
+                try task.applyStep(step: step, total: total, message: message,
+                                   at: try task.resolveTimestamp(explicit: explicit, now: now))
+                if var counter = task.counter {
+                    (counter.lastStep, counter.lastTotal) = counter.read()
+                    task.counter = counter
+                }
+            }
+        case "log":
+            try allow(["level", "message"])
+            guard let message = try reader.string("message") else { throw EngineError.json("log event needs a \"message\" string") }
+            let levelName = try reader.string("level") ?? "info"
+            guard let level = LogLevel(name: levelName) else {
+                throw EngineError.json("log level \"\(levelName)\" is not one of debug, info, warning, error")
+            }
+            try log(id: id, level: level, message: message, timestamp: explicit)
+        case "resources":
+            try allow(["cpu_percent", "memory_mb", "gpu_percent", "gpu_memory_mb"])
+            var usage = ResourceUsage()
+            usage.cpuPercent = try reader.number("cpu_percent")
+            usage.memoryMB = try reader.number("memory_mb")
+            usage.gpuPercent = try reader.number("gpu_percent")
+            usage.gpuMemoryMB = try reader.number("gpu_memory_mb")
+            for v in [usage.cpuPercent, usage.memoryMB, usage.gpuPercent, usage.gpuMemoryMB] {
+                if let v, v < 0 { throw EngineError.range("resource figures must be >= 0, got \(v)") }
+            }
+            try withTask(id: id) { task in
+                try task.setResources(usage, at: try task.resolveTimestamp(explicit: explicit, now: now))
+            }
+        case "execution_complete":
+            try allow([])
+            try complete(id: id, timestamp: explicit)
+        case "execution_error":
+            try allow(["error"])
+            try fail(id: id, error: try reader.string("error"), timestamp: explicit)
+        default:
+            try allow(["progress", "message"])
+            let progress = try reader.number("progress")
+            let message = try reader.string("message").map(MessageArgument.string) ?? .none
+            let handled: Bool = try withTask(id: id) { task in
+                guard task.stages.contains(where: { $0.definition.name == name }) else { return false }
+                try task.enterStage(named: name, progress: progress, message: message,
+                                    at: try task.resolveTimestamp(explicit: explicit, now: now))
+                return true
+            }
+            if !handled {
+                try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
+            }
+        }
+    }
+
+    func log(id: String, level: LogLevel, message: String, timestamp: Double? = nil) throws {
+        let now = clock.now()
+        logCount.add(1, ordering: .relaxed)
+        try withTask(id: id, isUpdate: false) { task in
+            task.log(level, message, at: timestamp ?? max(now, task.lastTimestamp))
+        }
+    }
+
+    func complete(id: String, timestamp: Double? = nil) throws {
+        let now = clock.now()
+        let record: CompletionRecord = try withTask(id: id) { task in
+            let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
+            readCounterOneLastTime(task, at: ts)
+            try task.complete(at: ts)
+            return CompletionRecord(taskId: task.id, templateId: task.templateId, quality: task.quality,
+                                    stageDurations: task.stageDurations, totalDuration: ts - task.createdAt,
+                                    resourceConfig: task.resourceConfig, timestamp: ts)
+        }
+        counterTasks.withLock { _ = $0.remove(id) }
+        completions.add(record)
+    }
+
+    func fail(id: String, error: String?, timestamp: Double? = nil) throws {
+        let now = clock.now()
+        try withTask(id: id) { task in
+            let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
+            readCounterOneLastTime(task, at: ts)
+            try task.fail(error: error, at: ts)
+        }
+        counterTasks.withLock { _ = $0.remove(id) }
+    }
+
+    func cancel(id: String, reason: String?) throws {
+        let now = clock.now()
+        try withTask(id: id) { task in
+            let ts = max(now, task.lastTimestamp)
+            readCounterOneLastTime(task, at: ts)
+            try task.cancel(reason: reason, at: ts)
+        }
+        counterTasks.withLock { _ = $0.remove(id) }
+    }
+
+    // MARK: - Step counters
+
+    func attachCounter(id: String, pointer: UnsafePointer<CLongLong>) throws {
+        try withTask(id: id, isUpdate: false) { task in
+            guard !task.status.isTerminal else {
+                throw EngineError.state("task \"\(id)\" is \(task.status.name); a counter would never be read")
+            }
+            // Start from "nothing seen" so values written before attaching are applied.
+            task.counter = CounterBinding(pointer: pointer, lastStep: -1, lastTotal: -1)
+        }
+        counterTasks.withLock { _ = $0.insert(id) }
+        maintenance?.wake()
+    }
+
+    func detachCounter(id: String) throws {
+        let now = clock.now()
+        let had: Bool = try withTask(id: id, isUpdate: false) { task in
+            guard task.counter != nil else { return false }
+            readCounterOneLastTime(task, at: max(now, task.lastTimestamp))
+            return true
+        }
+        counterTasks.withLock { _ = $0.remove(id) }
+        guard had else { throw EngineError.notFound("task \"\(id)\" has no counter attached") }
+    }
+
+    /// Applies the counter's values if they changed; returns whether it did. Called under the shard lock.
+    @discardableResult
+    private func pollCounter(_ task: TaskRecord, at ts: Double) -> Bool {
+        guard var counter = task.counter else { return false }
+        let (step, total) = counter.read()
+        guard step != counter.lastStep || total != counter.lastTotal else { return false }
+        counter.lastStep = step
+        counter.lastTotal = total
+        task.counter = counter
+        // A pair that is not valid yet (total written after step) is skipped; the next round applies it.
+        try? task.applyStep(step: step, total: total, message: .none, at: ts)
+        return true
+    }
+
+    private func readCounterOneLastTime(_ task: TaskRecord, at ts: Double) {
+        if task.counter != nil, !task.status.isTerminal { pollCounter(task, at: ts) }
+        task.counter = nil
+    }
+
+    // MARK: - Maintenance
+
+    /// One round of the maintenance thread: poll counters, sweep expired tasks once a second.
+    /// - Returns: seconds until the next round.
+    @discardableResult
+    func maintenanceRound() -> Double {
+        let ids = counterTasks.withLock { Array($0) }
+        let now = clock.now()
+        for id in ids {
+            let key = TaskKey(owning: id)
+            table.shard(for: key).state.withLock { shard in
+                guard let task = shard.tasks[key] else { return }
+                if pollCounter(task, at: max(now, task.lastTimestamp)) { shard.updates += 1 }
+            }
+        }
+        let sweepDue = lastSweep.withLock { last in
+            guard now - last >= 1 else { return false }
+            last = now
+            return true
+        }
+        if sweepDue { sweep(now: now) }
+        guard !ids.isEmpty else { return 1 }
+        return max(0.001, min(Double(config.throttleMs), 50) / 1000)
+    }
+
+    /// Drops finished tasks older than `retention_seconds`.
+    func sweep(now: Double) {
+        var gone: [(String, String?)] = []
+        for shard in table.allShards {
+            shard.state.withLock { state in
+                for task in state.tasks.values where task.isExpired(now: now, retention: config.retentionSeconds) {
+                    state.tasks[task.key] = nil
+                    gone.append((task.id, task.batchId))
+                }
+            }
+        }
+        guard !gone.isEmpty else { return }
+        purged.add(gone.count, ordering: .relaxed)
+        let expiredIds = Set(gone.map { $0.0 })
+        batches.withLock { all in
+            for batch in Set(gone.compactMap { $0.1 }) {
+                all[batch]?.removeAll { expiredIds.contains($0) }
+                if all[batch]?.isEmpty == true { all[batch] = nil }
+            }
+        }
+    }
+
+    // MARK: - Templates and ETA
+
+    func registerTemplate(id: String, stagesJSON: String) throws {
+        guard !id.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
+        let stages = try StageDefinition.parseList(try JSONParser.parse(stagesJSON, context: "stages_json"),
+                                                   context: "stages_json of template \"\(id)\"")
+        templates.withLock { $0[id] = stages }
+    }
+
+    func recordCompletion(json: String) throws {
+        completions.add(try CompletionRecord.parse(json, now: clock.now()))
+    }
+
+    // MARK: - Reading
+
+    func taskJSON(id: String) throws -> String {
+        try withTask(id: id, isUpdate: false, forReading: true) { task in
+            var w = JSONWriter(capacity: 1024)
+            TaskJSON.write(task, to: &w)
+            return w.output
+        }
+    }
+
+    func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String {
+        try withTask(id: id, isUpdate: false, forReading: true) { task in
+            var w = JSONWriter(capacity: 1024)
+            w.beginObject()
+            w.key("task_id"); w.string(task.id)
+            w.key("logs"); w.beginArray()
+            task.logs.forEach { entry in
+                guard entry.timestamp >= since, entry.level.rawValue >= minLevel.rawValue else { return }
+                w.beginObject()
+                w.key("timestamp"); w.timestamp(entry.timestamp)
+                w.key("level"); w.string(entry.level.name)
+                w.key("message"); w.string(entry.message)
+                w.key("stage"); w.integer(entry.stage)
+                w.endObject()
+            }
+            w.endArray()
+            w.key("dropped"); w.integer(task.logs.dropped)
+            w.endObject()
+            return w.output
+        }
+    }
+
+    func historyJSON(id: String, afterSeq: UInt64) throws -> String {
+        try withTask(id: id, isUpdate: false, forReading: true) { task in
+            var w = JSONWriter(capacity: 4096)
+            w.beginObject()
+            w.key("task_id"); w.string(task.id)
+            w.key("first_seq"); w.integer(task.history.first?.seq ?? 0)
+            w.key("last_seq"); w.integer(task.seq)
+            w.key("events"); w.beginArray()
+            task.history.forEach { e in
+                guard e.seq > afterSeq else { return }
+                w.beginObject()
+                w.key("seq"); w.integer(e.seq)
+                w.key("timestamp"); w.timestamp(e.timestamp)
+                w.key("type"); w.string(e.type.name)
+                w.key("stage"); w.integer(e.stage)
+                w.key("progress"); w.number(e.progress)
+                w.key("overall_progress"); w.number(e.overallProgress)
+                w.key("status"); w.string(e.status.name)
+                w.key("message"); w.string(e.message)
+                w.endObject()
+            }
+            w.endArray()
+            w.endObject()
+            return w.output
+        }
+    }
+
+    /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
+    func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
+        try Engine.validateId(batchId, what: "batch_id")
+        let ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
+        var found: [(id: String, status: TaskStatus, overall: Double)] = []
+        var missing: [String] = []
+        for id in ids {
+            if let entry = try? withTask(id: id, isUpdate: false, forReading: true, { ($0.id, $0.status, $0.overallProgress) }) {
+                found.append(entry)
+            } else {
+                missing.append(id)
+            }
+        }
+        var w = JSONWriter(capacity: 1024)
+        w.beginObject()
+        w.key("batch_id"); w.string(batchId)
+        w.key("total_tasks"); w.integer(found.count)
+        var counts: [TaskStatus: Int] = [:]
+        for t in found { counts[t.status, default: 0] += 1 }
+        for status in TaskStatus.all {
+            w.key("\(status.name)_tasks"); w.integer(counts[status] ?? 0)
+        }
+        w.key("counts"); w.beginObject()
+        for status in TaskStatus.all {
+            w.key(status.name); w.integer(counts[status] ?? 0)
+        }
+        w.endObject()
+        w.key("overall_progress"); w.number(found.isEmpty ? 0 : found.map(\.overall).reduce(0, +) / Double(found.count))
+        w.key("eta"); w.null()
+        w.key("tasks"); w.beginObject()
+        for t in found {
+            w.key(t.id); w.beginObject()
+            w.key("status"); w.string(t.status.name)
+            w.key("overall_progress"); w.number(t.overall)
+            w.key("eta"); w.null()
+            w.endObject()
+        }
+        w.endObject()
+        w.key("missing"); w.beginArray()
+        for id in missing { w.string(id) }
+        w.endArray()
+        w.endObject()
+        return w.output
+    }
+
+    func etaRecordsJSON(templateId: String, quality: String?) -> String {
+        var w = JSONWriter(capacity: 1024)
+        w.beginObject()
+        w.key("template_id"); w.string(templateId)
+        w.key("quality"); w.string(quality)
+        w.key("records"); w.beginArray()
+        for r in completions.records(template: templateId, quality: quality) { r.write(to: &w) }
+        w.endArray()
+        w.endObject()
+        return w.output
+    }
+
+    func statsJSON() -> String {
+        var tasks = 0, updates = 0, invalid = 0
+        for shard in table.allShards {
+            shard.state.withLock { s in
+                tasks += s.tasks.count
+                updates += s.updates
+                invalid += s.invalidUpdates
+            }
+        }
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("tasks"); w.integer(tasks)
+        w.key("updates"); w.integer(updates)
+        w.key("invalid_updates"); w.integer(invalid + misses.load(ordering: .relaxed))
+        w.key("events"); w.integer(events.load(ordering: .relaxed))
+        w.key("logs"); w.integer(logCount.load(ordering: .relaxed))
+        w.key("purged_tasks"); w.integer(purged.load(ordering: .relaxed))
+        w.key("attached_counters"); w.integer(counterTasks.withLock { $0.count })
+        w.endObject()
+        return w.output
+    }
+}

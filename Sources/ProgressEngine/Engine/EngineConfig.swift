@@ -1,0 +1,87 @@
+/// The engine's configuration, parsed from `config_json` (SPEC §4). Unknown keys and values of the wrong
+/// type or range are errors, so a typo never silently falls back to a default.
+struct EngineConfig: Sendable {
+    var listen: String?
+    var redisURL: String?
+    var namespace = "progress"
+    var retentionSeconds = 86_400.0
+    var throttleMs = 100
+    var previewDir: String?
+    var previewMilestones: [Double] = [25, 50, 75]
+    var previewMaxSize = 512
+    var resourceIntervalMs = 1000
+    var heartbeatTimeoutSeconds = 30.0
+    var authToken: String?
+    var maxConnections = 1024
+    var maxMessageBytes = 65_536
+    var dashboard = true
+
+    static let keys: Set<String> = [
+        "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
+        "preview_milestones", "preview_max_size", "resource_interval_ms", "heartbeat_timeout_seconds",
+        "auth_token", "max_connections", "max_message_bytes", "dashboard",
+    ]
+
+    /// Parses `config_json`; nil or empty text gives the defaults.
+    /// - Throws: `EngineError.json` for malformed JSON, `EngineError.config` for unknown keys or bad values.
+    static func parse(_ text: String?) throws -> EngineConfig {
+        var config = EngineConfig()
+        guard let text, !text.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }) else {
+            return config
+        }
+        let reader = try JSONObjectReader(try JSONParser.parse(text, context: "config_json"), context: "config_json")
+        try reader.rejectUnknownKeys(allowed: keys, error: EngineError.config)
+        do {
+            config.listen = try reader.string("listen")
+            config.redisURL = try reader.string("redis_url")
+            if let ns = try reader.string("namespace") {
+                guard !ns.isEmpty, ns.utf8.count <= 64, ns.allSatisfy({ $0.isLetter || $0.isNumber || "-_.:".contains($0) })
+                else { throw EngineError.config("namespace \"\(ns)\" must be 1-64 letters, digits or -_.:") }
+                config.namespace = ns
+            }
+            if let r = try reader.number("retention_seconds") {
+                guard r >= 0 else { throw EngineError.config("retention_seconds must be >= 0, got \(r)") }
+                config.retentionSeconds = r
+            }
+            config.throttleMs = try integer(reader, "throttle_ms", in: 0...60_000) ?? config.throttleMs
+            if let dir = try reader.string("preview_dir") {
+                guard !dir.isEmpty else { throw EngineError.config("preview_dir must not be empty") }
+                config.previewDir = dir
+            }
+            if let milestones = try reader.array("preview_milestones") {
+                config.previewMilestones = try milestones.map { m in
+                    guard case let .number(n) = m, n > 0, n < 100 else {
+                        throw EngineError.config("preview_milestones must be numbers between 0 and 100 (exclusive)")
+                    }
+                    return n
+                }.sorted()
+            }
+            config.previewMaxSize = try integer(reader, "preview_max_size", in: 16...8192) ?? config.previewMaxSize
+            config.resourceIntervalMs = try integer(reader, "resource_interval_ms", in: 10...3_600_000)
+                ?? config.resourceIntervalMs
+            if let h = try reader.number("heartbeat_timeout_seconds") {
+                guard h > 0 else { throw EngineError.config("heartbeat_timeout_seconds must be > 0, got \(h)") }
+                config.heartbeatTimeoutSeconds = h
+            }
+            if let token = try reader.string("auth_token") {
+                guard !token.isEmpty else { throw EngineError.config("auth_token must not be empty (omit it for open access)") }
+                config.authToken = token
+            }
+            config.maxConnections = try integer(reader, "max_connections", in: 1...1_000_000) ?? config.maxConnections
+            config.maxMessageBytes = try integer(reader, "max_message_bytes", in: 256...(64 << 20)) ?? config.maxMessageBytes
+            config.dashboard = try reader.bool("dashboard") ?? config.dashboard
+        } catch let error as EngineError where error.status == EngineError.json("").status {
+            // A value of the wrong type is a configuration mistake, reported as such.
+            throw EngineError.config(error.message)
+        }
+        return config
+    }
+
+    private static func integer(_ reader: JSONObjectReader, _ key: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let value = try reader.integer(key) else { return nil }
+        guard range.contains(Int(value)) else {
+            throw EngineError.config("\(key) must be within \(range.lowerBound)...\(range.upperBound), got \(value)")
+        }
+        return Int(value)
+    }
+}

@@ -1,0 +1,156 @@
+/// Builds compact JSON text. Callers write members in order; the writer inserts commas and escapes strings
+/// so that any id or message (quotes, control characters, `</script>`) stays inert in JSON and in HTML.
+struct JSONWriter {
+    private(set) var bytes: [UInt8] = []
+    private var needsComma = false
+
+    init(capacity: Int = 256) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    var output: String { String(decoding: bytes, as: UTF8.self) }
+
+    private mutating func separate() {
+        if needsComma { bytes.append(UInt8(ascii: ",")) }
+        needsComma = true
+    }
+
+    mutating func beginObject() {
+        separate()
+        bytes.append(UInt8(ascii: "{"))
+        needsComma = false
+    }
+
+    mutating func endObject() {
+        bytes.append(UInt8(ascii: "}"))
+        needsComma = true
+    }
+
+    mutating func beginArray() {
+        separate()
+        bytes.append(UInt8(ascii: "["))
+        needsComma = false
+    }
+
+    mutating func endArray() {
+        bytes.append(UInt8(ascii: "]"))
+        needsComma = true
+    }
+
+    /// Writes `"name":`; the next value call writes the member's value.
+    mutating func key(_ name: String) {
+        separate()
+        appendQuoted(name)
+        bytes.append(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
+    mutating func string(_ s: String?) {
+        separate()
+        if let s { appendQuoted(s) } else { appendRaw("null") }
+    }
+
+    /// A finite number; NaN and infinities become null (JSON has no spelling for them).
+    mutating func number(_ d: Double?) {
+        separate()
+        guard let d, d.isFinite else { return appendRaw("null") }
+        appendRaw(d.description)
+    }
+
+    mutating func integer<T: BinaryInteger>(_ i: T?) {
+        separate()
+        guard let i else { return appendRaw("null") }
+        appendRaw(String(i))
+    }
+
+    mutating func bool(_ b: Bool?) {
+        separate()
+        guard let b else { return appendRaw("null") }
+        appendRaw(b ? "true" : "false")
+    }
+
+    mutating func null() {
+        separate()
+        appendRaw("null")
+    }
+
+    /// An epoch time as ISO-8601 UTC with milliseconds and "Z", or null.
+    mutating func timestamp(_ epoch: Double?) {
+        guard let epoch else { return null() }
+        string(ISO8601.format(epoch))
+    }
+
+    mutating func value(_ v: JSONValue) {
+        switch v {
+        case .null: null()
+        case let .bool(b): bool(b)
+        case let .number(n): number(n)
+        case let .string(s): string(s)
+        case let .array(elements):
+            beginArray()
+            for e in elements { value(e) }
+            endArray()
+        case let .object(members):
+            beginObject()
+            for (k, e) in members {
+                key(k)
+                value(e)
+            }
+            endObject()
+        }
+    }
+
+    private mutating func appendRaw(_ s: String) {
+        bytes.append(contentsOf: s.utf8)
+    }
+
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
+    private mutating func appendQuoted(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5c, 0x22])
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5c, 0x5c])
+            case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
+            case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
+            case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
+            // <, > and & are escaped so JSON embedded in a page can never close a <script> element.
+            case 0..<0x20, UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "&"), 0x7f:
+                bytes.append(contentsOf: [0x5c, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                          JSONWriter.hex[Int(byte >> 4)], JSONWriter.hex[Int(byte & 0xf)]])
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+/// ISO-8601 formatting of epoch seconds without Foundation (the library links only the Swift runtime).
+enum ISO8601 {
+    /// "2026-11-29T17:43:22.123Z" for any finite epoch time.
+    static func format(_ epoch: Double) -> String {
+        let totalMillis = Int64((epoch * 1000).rounded(.down))
+        var days = totalMillis >= 0 ? totalMillis / 86_400_000 : (totalMillis - 86_399_999) / 86_400_000
+        let msOfDay = totalMillis - days * 86_400_000
+        // Civil-from-days (H. Hinnant's algorithm), valid for the proleptic Gregorian calendar.
+        days += 719_468
+        let era = (days >= 0 ? days : days - 146_096) / 146_097
+        let doe = days - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        let hour = msOfDay / 3_600_000, minute = msOfDay / 60_000 % 60, second = msOfDay / 1000 % 60
+        let millis = msOfDay % 1000
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(hour, 2)):\(pad(minute, 2)):\(pad(second, 2))"
+            + ".\(pad(millis, 3))Z"
+    }
+
+    private static func pad(_ value: Int64, _ width: Int) -> String {
+        let s = String(value)
+        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    }
+}

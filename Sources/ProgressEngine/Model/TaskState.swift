@@ -1,0 +1,173 @@
+/// A task's lifecycle: `queued` → `executing` → `completed` | `failed` | `cancelled`.
+enum TaskStatus: UInt8, Sendable {
+    case queued, executing, completed, failed, cancelled
+
+    var name: String {
+        switch self {
+        case .queued: return "queued"
+        case .executing: return "executing"
+        case .completed: return "completed"
+        case .failed: return "failed"
+        case .cancelled: return "cancelled"
+        }
+    }
+
+    var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
+
+    static let all: [TaskStatus] = [.queued, .executing, .completed, .failed, .cancelled]
+}
+
+/// A stage's status; raw values are the C header's `progress_stage_status`.
+enum StageStatus: Int32, Sendable {
+    case pending = 0, inProgress = 1, completed = 2, failed = 3, skipped = 4
+
+    var name: String {
+        switch self {
+        case .pending: return "pending"
+        case .inProgress: return "in_progress"
+        case .completed: return "completed"
+        case .failed: return "failed"
+        case .skipped: return "skipped"
+        }
+    }
+
+    /// Still to be done or being done: moving past such a stage completes it.
+    var isOpen: Bool { self == .pending || self == .inProgress }
+    /// Counts as fully done in `overall_progress`.
+    var countsAsDone: Bool { self == .completed || self == .skipped }
+}
+
+/// Log levels; raw values are the C header's `progress_log_level`.
+enum LogLevel: Int32, Sendable {
+    case debug = 0, info = 1, warning = 2, error = 3
+
+    var name: String {
+        switch self {
+        case .debug: return "debug"
+        case .info: return "info"
+        case .warning: return "warning"
+        case .error: return "error"
+        }
+    }
+
+    init?(name: String) {
+        switch name.lowercased() {
+        case "debug": self = .debug
+        case "info": self = .info
+        case "warning", "warn": self = .warning
+        case "error": self = .error
+        default: return nil
+        }
+    }
+}
+
+/// The live state of one stage of a task.
+struct StageState: Sendable {
+    let definition: StageDefinition
+    var status: StageStatus = .pending
+    /// 0...1.
+    var progress: Double = 0
+    var startedAt: Double?
+    var completedAt: Double?
+    var message: String?
+
+    /// Seconds from entering to finishing the stage; nil until it finished. A stage finished without ever
+    /// being entered (the runner jumped past it) lasted 0 s.
+    var duration: Double? {
+        guard let completedAt else { return nil }
+        return completedAt - (startedAt ?? completedAt)
+    }
+}
+
+/// Resource figures of a running task; nil where unknown.
+struct ResourceUsage: Sendable {
+    var cpuPercent: Double?
+    var memoryMB: Double?
+    var gpuPercent: Double?
+    var gpuMemoryMB: Double?
+}
+
+/// What kind of change an entry of a task's history records.
+enum HistoryType: UInt8, Sendable {
+    case created, progress, stage, completed, failed, cancelled, resources, resumed
+
+    var name: String {
+        switch self {
+        case .created: return "created"
+        case .progress: return "progress"
+        case .stage: return "stage"
+        case .completed: return "completed"
+        case .failed: return "failed"
+        case .cancelled: return "cancelled"
+        case .resources: return "resources"
+        case .resumed: return "resumed"
+        }
+    }
+}
+
+/// One entry of a task's event history (SPEC §8 `history`).
+struct HistoryEvent: Sendable {
+    var seq: UInt64
+    var timestamp: Double
+    var type: HistoryType
+    var stage: Int
+    var progress: Double
+    var overallProgress: Double
+    var status: TaskStatus
+    var message: String?
+}
+
+/// One entry of a task's log.
+struct LogEntry: Sendable {
+    var timestamp: Double
+    var level: LogLevel
+    var message: String
+    var stage: Int
+}
+
+/// A fixed-capacity ring that keeps the newest elements. Storage grows on demand up to the capacity, so a
+/// task that logs little costs little.
+struct Ring<Element> {
+    private var storage: ContiguousArray<Element> = []
+    private var head = 0
+    let capacity: Int
+    /// Elements pushed out by newer ones.
+    private(set) var dropped = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    var count: Int { storage.count }
+
+    mutating func append(_ element: Element) {
+        if storage.count < capacity {
+            storage.append(element)
+        } else {
+            storage[head] = element
+            head = (head + 1) % capacity
+            dropped += 1
+        }
+    }
+
+    /// The newest element.
+    var last: Element? {
+        guard !storage.isEmpty else { return nil }
+        return storage[(head + storage.count - 1) % storage.count]
+    }
+
+    /// Mutates the newest element in place (history coalescing), without copying it out and back.
+    mutating func updateLast(_ body: (inout Element) -> Void) {
+        guard !storage.isEmpty else { return }
+        body(&storage[(head + storage.count - 1) % storage.count])
+    }
+
+    /// Oldest first.
+    func forEach(_ body: (Element) throws -> Void) rethrows {
+        for i in 0..<storage.count {
+            try body(storage[(head + i) % storage.count])
+        }
+    }
+
+    var first: Element? { storage.isEmpty ? nil : storage[head % storage.count] }
+}

@@ -1,0 +1,267 @@
+/*
+ * progress.h — the one public, stable C interface of ProgressEngine (libProgressEngine.so).
+ *
+ * ProgressEngine tracks AI-generation tasks (stages, weights, overall %, logs, history) in process.
+ * Python runners load it through ctypes (bindings/python), C/C++ inference code links it.
+ *
+ * ABI rules
+ * ---------
+ * - Handles are opaque. No struct of this header ever changes layout; configuration travels as JSON.
+ * - Every function that can fail returns a progress_status: PROGRESS_OK (0) or a negative error code.
+ *   Codes are pinned and only ever appended; their numbers never change.
+ * - After an error, progress_last_error() returns a message for the calling thread describing the last
+ *   failed call on that thread (what happened and what to do). The library owns that string; it stays
+ *   valid until the next failing call on the same thread. Successful calls do not clear it.
+ * - Strings passed in are copied; the caller keeps ownership. Strings handed out through `char **out_json`
+ *   belong to the caller and are released with progress_string_free().
+ * - A NULL engine, a NULL required string, or a string that is not valid UTF-8 gives
+ *   PROGRESS_E_INVALID_ARGUMENT, never a crash. Optional string parameters say "may be NULL".
+ * - progress_engine_close(NULL) is a no-op. Using an engine after progress_engine_close() is undefined,
+ *   as with free().
+ * - Behaviour changes get a new function name; signatures never change.
+ *
+ * Thread safety
+ * -------------
+ * - Every function may be called from any thread, concurrently, on the same engine.
+ * - Task state lives in a table split into 64 shards, each with its own lock; an update takes one
+ *   shard lock for a few hundred nanoseconds at most and never waits on the network or the disk.
+ *   Updates to different tasks rarely contend; updates to one task are applied in the order their
+ *   calls take the shard lock.
+ * - Each engine owns one maintenance thread (started by progress_engine_open, joined by
+ *   progress_engine_close). It purges finished tasks after `retention_seconds` and reads attached step
+ *   counters (progress_task_attach_counter). It never calls back into user code.
+ * - The caller must not call progress_engine_close() while other threads still use that engine.
+ *
+ * Timestamps
+ * ----------
+ * Times are taken from the system clock unless the `options_json` of progress_task_create() or the
+ * `data_json` of progress_event() carries "timestamp" (epoch seconds, may be fractional). Explicit
+ * timestamps let recorded runs be replayed; they must not go backwards for a task
+ * (PROGRESS_E_RANGE otherwise). JSON output shows times as ISO-8601 UTC with a "Z" suffix.
+ *
+ * ETA
+ * ---
+ * Until ETA prediction lands, "eta", "eta_seconds" and "eta_confidence" of a task are always null.
+ * Completion records are already stored (progress_eta_record_completion, and one per completed task).
+ */
+#ifndef PROGRESS_H
+#define PROGRESS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PROGRESS_API __attribute__((visibility("default")))
+#else
+#define PROGRESS_API
+#endif
+
+#define PROGRESS_VERSION_MAJOR 0
+#define PROGRESS_VERSION_MINOR 1
+#define PROGRESS_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH; compare with progress_version_number() at run time. */
+#define PROGRESS_VERSION_NUMBER \
+    (PROGRESS_VERSION_MAJOR * 10000 + PROGRESS_VERSION_MINOR * 100 + PROGRESS_VERSION_PATCH)
+
+/* Status codes. Pinned: new codes are appended, none is ever renumbered or removed. */
+typedef enum {
+    PROGRESS_OK = 0,
+    PROGRESS_E_INVALID_ARGUMENT = -1, /* NULL engine/string, bad task id, bad enum value, bad UTF-8 */
+    PROGRESS_E_NOT_FOUND = -2,        /* no such task (or it expired after retention_seconds) */
+    PROGRESS_E_EXISTS = -3,           /* task id already exists (pass {"resume": true} to reopen it) */
+    PROGRESS_E_STATE = -4,            /* not allowed in the task's or stage's current state */
+    PROGRESS_E_RANGE = -5,            /* number out of range: NaN, progress outside 0..1, stage index,
+                                         steps, a timestamp earlier than the task's last one */
+    PROGRESS_E_JSON = -6,             /* malformed JSON, or a JSON value of the wrong type/shape */
+    PROGRESS_E_CONFIG = -7,           /* unknown configuration key or bad configuration value */
+    PROGRESS_E_UNSUPPORTED = -8,      /* valid request this build cannot serve yet */
+    PROGRESS_E_IO = -9,               /* a system call failed (file, socket, thread) */
+    PROGRESS_E_LIMIT = -10,           /* a bound was reached (see the message for which) */
+    PROGRESS_E_INTERNAL = -11         /* a bug: please report with progress_last_error() */
+} progress_status;
+
+typedef struct progress_engine progress_engine;
+
+typedef enum {
+    PROGRESS_STAGE_PENDING = 0,
+    PROGRESS_STAGE_IN_PROGRESS = 1,
+    PROGRESS_STAGE_COMPLETED = 2,
+    PROGRESS_STAGE_FAILED = 3,
+    PROGRESS_STAGE_SKIPPED = 4
+} progress_stage_status;
+
+typedef enum {
+    PROGRESS_LOG_DEBUG = 0,
+    PROGRESS_LOG_INFO = 1,
+    PROGRESS_LOG_WARNING = 2,
+    PROGRESS_LOG_ERROR = 3
+} progress_log_level;
+
+/* ---- Version, errors, strings ------------------------------------------------------------------ */
+
+/* The library's PROGRESS_VERSION_NUMBER. Check `progress_version_number() == PROGRESS_VERSION_NUMBER`
+ * (or at least the same major) to be sure header and loaded library agree. Never fails. */
+PROGRESS_API int progress_version_number(void);
+
+/* Message of the last failed call on this thread ("" if none). Owned by the library, valid until the
+ * next failing call on this thread. Never NULL. */
+PROGRESS_API const char *progress_last_error(void);
+
+/* Static name of a status code, e.g. "PROGRESS_E_NOT_FOUND"; "PROGRESS_E_UNKNOWN" for other values.
+ * Never NULL; never freed. */
+PROGRESS_API const char *progress_status_string(progress_status status);
+
+/* Frees a string handed out by this library. NULL is a no-op. */
+PROGRESS_API void progress_string_free(char *s);
+
+/* ---- Engine ------------------------------------------------------------------------------------ */
+
+/* Opens an engine. `config_json` may be NULL or "{}" for the defaults; keys (all optional, unknown
+ * keys are PROGRESS_E_CONFIG so typos are caught):
+ *   listen ("host:port", null = no listener), redis_url ("redis://host:port/db", absent = memory only),
+ *   namespace ("progress"), retention_seconds (86400), throttle_ms (100), preview_dir (string),
+ *   preview_milestones ([25,50,75]), preview_max_size (512), resource_interval_ms (1000),
+ *   heartbeat_timeout_seconds (30), auth_token (string), max_connections (int),
+ *   max_message_bytes (int), dashboard (true).
+ * This build serves in memory only: a non-null `listen` or `redis_url` gives PROGRESS_E_UNSUPPORTED.
+ * On success *out is a new engine owned by the caller (release with progress_engine_close); on error
+ * *out is set to NULL. */
+PROGRESS_API progress_status progress_engine_open(const char *config_json, progress_engine **out);
+
+/* Stops the maintenance thread, detaches counters (reading each a last time) and frees the engine.
+ * NULL is a no-op. No other thread may use the engine during or after this call. */
+PROGRESS_API void progress_engine_close(progress_engine *engine);
+
+/* The listener's bound TCP port, or -1 when the engine has no listener (or engine is NULL). */
+PROGRESS_API int progress_engine_port(const progress_engine *engine);
+
+/* Engine counters as JSON: {"tasks", "updates", "invalid_updates", "events", "logs",
+ * "purged_tasks", "attached_counters"}. *out_json is the caller's; free with progress_string_free. */
+PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char **out_json);
+
+/* ---- Tasks ------------------------------------------------------------------------------------- */
+
+/* Creates a task. task_id: 1-256 characters of UTF-8, no control characters. template_id: non-empty.
+ * template_category may be NULL. The task's stages are, in order of preference: the stages registered
+ * for template_id, the defaults of template_category ("image_generation", "video_generation",
+ * "audio_generation", "text_generation"), else "queue / processing / finalizing".
+ * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
+ * metadata (object), resume (bool), timestamp (epoch seconds). An existing id gives PROGRESS_E_EXISTS
+ * unless resume is true, in which case the existing task is kept as it is (PROGRESS_OK).
+ * A task whose first stage is named "queue" is in that stage from its creation (status "queued");
+ * it becomes "executing" when a later stage is entered. */
+PROGRESS_API progress_status progress_task_create(progress_engine *engine, const char *task_id,
+                                                  const char *template_id, const char *template_category,
+                                                  const char *options_json);
+
+/* Sets stage `stage` (0-based) of a task:
+ *   IN_PROGRESS enters the stage (earlier open stages are completed with their durations; a stage
+ *     already finished gives PROGRESS_E_STATE) and sets its progress;
+ *   COMPLETED completes it (progress 1) and, if it was ahead of the current stage, moves there;
+ *   SKIPPED marks it skipped (it counts as done in overall_progress);
+ *   FAILED fails the stage and the task (error = message, or "stage NAME failed");
+ *   PENDING is PROGRESS_E_INVALID_ARGUMENT (stages never go back).
+ * progress must be finite and within 0..1 (PROGRESS_E_RANGE). message may be NULL (kept as it was). */
+PROGRESS_API progress_status progress_stage_update(progress_engine *engine, const char *task_id, int stage,
+                                                   progress_stage_status status, double progress,
+                                                   const char *message);
+
+/* The sampling-loop hot path: sets the current stage's progress to step / total_steps.
+ * 0 <= step <= total_steps and total_steps > 0 (PROGRESS_E_RANGE otherwise). While the task is still
+ * before its main stage (the stage of largest weight), the task first moves to the main stage.
+ * message may be NULL (kept as it was). Takes one shard lock; allocates only to copy a changed message. */
+PROGRESS_API progress_status progress_update(progress_engine *engine, const char *task_id, long long step,
+                                             long long total_steps, const char *message);
+
+/* A runner event (the seed's callback(event, data)); data_json may be NULL ("{}"):
+ *   "execution_progress" {step, total_steps, message?, preview_path?}  as progress_update
+ *   a stage's name      {progress?, message?}                         enter that stage
+ *   "log"               {level: "debug"|"info"|"warning"|"error", message}
+ *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures
+ *   "execution_complete" {}                                            as progress_task_complete
+ *   "execution_error"   {error}                                        as progress_task_fail
+ * Every data object may carry "timestamp". Unknown events are logged in the task's log at debug
+ * level and ignored (PROGRESS_OK). Bad data gives an error code and changes nothing. */
+PROGRESS_API progress_status progress_event(progress_engine *engine, const char *task_id, const char *event,
+                                            const char *data_json);
+
+/* Appends to the task's log (bounded: the newest 1000 entries are kept). message must not be NULL. */
+PROGRESS_API progress_status progress_log(progress_engine *engine, const char *task_id, progress_log_level level,
+                                          const char *message);
+
+/* Preview from raw 8-bit pixels (gray, RGB, RGBA). Previews land with their own issue: this build
+ * validates the arguments and returns PROGRESS_E_UNSUPPORTED. */
+PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, const char *task_id,
+                                                     const unsigned char *pixels, int width, int height,
+                                                     int stride, int channels);
+
+/* Completes the task: open stages complete, overall_progress becomes 100, status "completed", and a
+ * completion record (per-stage durations) is stored for ETA. A finished task gives PROGRESS_E_STATE. */
+PROGRESS_API progress_status progress_task_complete(progress_engine *engine, const char *task_id);
+
+/* Fails the task: the current stage fails, status "failed", `error` kept (may be NULL: "unknown error"). */
+PROGRESS_API progress_status progress_task_fail(progress_engine *engine, const char *task_id, const char *error);
+
+/* Cancels the task: status "cancelled", `reason` kept in "error" (may be NULL). */
+PROGRESS_API progress_status progress_task_cancel(progress_engine *engine, const char *task_id,
+                                                  const char *reason);
+
+/* The task's state as TaskProgress JSON (SPEC §6). *out_json is the caller's (progress_string_free). */
+PROGRESS_API progress_status progress_task_get(progress_engine *engine, const char *task_id, char **out_json);
+
+/* BatchProgress JSON. task_ids_csv ("a,b,c") may be NULL or "": then the tasks created with this
+ * batch_id. Ids not found are listed in "missing". *out_json is the caller's. */
+PROGRESS_API progress_status progress_batch_get(progress_engine *engine, const char *batch_id,
+                                                const char *task_ids_csv, char **out_json);
+
+/* {"task_id", "logs": [{timestamp, level, message, stage}]}: entries at `since` (epoch seconds; 0 = all)
+ * or later, of level min_level or above, oldest first. *out_json is the caller's. */
+PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const char *task_id, double since,
+                                                progress_log_level min_level, char **out_json);
+
+/* {"task_id", "events": [{seq, timestamp, type, stage, progress, overall_progress, status, message}]}:
+ * the task's events with seq > after_seq (0 = all kept), oldest first. The newest 4096 events of a task
+ * are kept; "first_seq" tells the oldest one still held. *out_json is the caller's. */
+PROGRESS_API progress_status progress_task_history(progress_engine *engine, const char *task_id,
+                                                   long long after_seq, char **out_json);
+
+/* ---- Step counters: per-step progress without a call per step ---------------------------------- */
+
+/* Attaches caller-owned memory `counter[0]` = step, `counter[1]` = total_steps to a task. The
+ * maintenance thread reads it every min(throttle_ms, 50) ms (at least every 1 ms) and, when either
+ * value changed, applies it exactly as progress_update would; invalid pairs are counted and skipped.
+ * The caller writes the two values with plain (or relaxed atomic) 64-bit stores; each is read
+ * atomically. The memory must stay valid until progress_task_detach_counter() returns, or the task
+ * is completed/failed/cancelled, or the engine is closed; each of these reads it a last time first.
+ * One counter per task: attaching again replaces the previous one. */
+PROGRESS_API progress_status progress_task_attach_counter(progress_engine *engine, const char *task_id,
+                                                          const volatile long long *counter);
+
+/* Reads the task's counter a last time, applies it, and stops reading it. PROGRESS_E_NOT_FOUND if the
+ * task has no counter attached. */
+PROGRESS_API progress_status progress_task_detach_counter(progress_engine *engine, const char *task_id);
+
+/* ---- Templates and ETA history ----------------------------------------------------------------- */
+
+/* Registers the stages of a template: [{"name", "description"?, "weight"}], non-empty, unique
+ * non-empty names, finite weights >= 0 with a positive sum; weights are normalised to sum 1. Tasks
+ * created afterwards with this template_id use them; existing tasks keep theirs. */
+PROGRESS_API progress_status progress_register_template_stages(progress_engine *engine, const char *template_id,
+                                                               const char *stages_json);
+
+/* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "quality"?,
+ * "stage_durations": {"0": seconds, ...}, "total_duration", "resource_config"?, "timestamp"?}.
+ * The newest 1000 records per template + quality are kept. */
+PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);
+
+/* {"template_id", "quality", "records": [...]}: stored completion records of a template, of one
+ * quality (quality may be NULL: every quality), oldest first. *out_json is the caller's. */
+PROGRESS_API progress_status progress_eta_records_get(progress_engine *engine, const char *template_id,
+                                                      const char *quality, char **out_json);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PROGRESS_H */
