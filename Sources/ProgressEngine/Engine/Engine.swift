@@ -177,12 +177,18 @@ final class Engine: @unchecked Sendable {
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
         let now = clock.now()
         try withTask(key, describe: describe) { task in
-            try task.applyStep(step: step, total: total, message: message, at: max(now, task.lastTimestamp))
-            // A direct update supersedes what an attached counter held, so the counter is not applied again.
-            if var counter = task.counter {
-                (counter.lastStep, counter.lastTotal) = counter.read()
-                task.counter = counter
-            }
+            try applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
+        }
+    }
+
+    /// A step reported directly (not through the task's counter). Called under the shard lock.
+    @inline(__always)
+    private func applyStep(_ task: TaskRecord, step: Int64, total: Int64, message: MessageArgument, at ts: Double) throws {
+        try task.applyStep(step: step, total: total, message: message, at: ts)
+        // A direct update supersedes what an attached counter held, so the counter is not applied again.
+        if var counter = task.counter {
+            (counter.lastStep, counter.lastTotal) = counter.read()
+            task.counter = counter
         }
     }
 
@@ -195,71 +201,43 @@ final class Engine: @unchecked Sendable {
 
     /// A runner event (SPEC §5): see `progress_event` in the header.
     func event(id: String, name: String, dataJSON: String?) throws {
-        guard !name.isEmpty else { throw EngineError.invalidArgument("event name is empty") }
-        let data = try dataJSON.map { try JSONParser.parse($0, context: "data_json of event \"\(name)\"") } ?? .object([])
-        let reader = try JSONObjectReader(data, context: "data_json of event \"\(name)\"")
-        let explicit = try reader.number("timestamp")
-        let now = clock.now()
         events.add(1, ordering: .relaxed)
-        func allow(_ keys: Set<String>) throws {
-            try reader.rejectUnknownKeys(allowed: keys.union(["timestamp"]), error: EngineError.json)
+        let (event, explicit): (RunnerEvent, Double?)
+        do {
+            (event, explicit) = try RunnerEvent.parse(name: name, dataJSON: dataJSON)
+        } catch {
+            // Rejected before reaching the task: counted here, as withTask counts the rest.
+            misses.add(1, ordering: .relaxed)
+            throw error
         }
-        switch name {
-        case "execution_progress":
-            try allow(["step", "total_steps", "message", "preview_path"])
-            guard let step = try reader.integer("step"), let total = try reader.integer("total_steps") else {
-                throw EngineError.json("execution_progress needs integer \"step\" and \"total_steps\"")
-            }
-            let message = try reader.string("message").map(MessageArgument.string) ?? .none
+        let now = clock.now()
+        switch event {
+        case let .progress(step, total, message, _):
             // preview_path is accepted now and turned into previews when preview generation lands.
-            _ = try reader.string("preview_path")
             try withTask(id: id) { task in
-                try task.applyStep(step: step, total: total, message: message,
-                                   at: try task.resolveTimestamp(explicit: explicit, now: now))
-                if var counter = task.counter {
-                    (counter.lastStep, counter.lastTotal) = counter.read()
-                    task.counter = counter
-                }
+                try applyStep(task, step: step, total: total, message: message.map(MessageArgument.string) ?? .none,
+                              at: try task.resolveTimestamp(explicit: explicit, now: now))
             }
-        case "log":
-            try allow(["level", "message"])
-            guard let message = try reader.string("message") else { throw EngineError.json("log event needs a \"message\" string") }
-            let levelName = try reader.string("level") ?? "info"
-            guard let level = LogLevel(name: levelName) else {
-                throw EngineError.json("log level \"\(levelName)\" is not one of debug, info, warning, error")
-            }
+        case let .log(level, message):
             try log(id: id, level: level, message: message, timestamp: explicit)
-        case "resources":
-            try allow(["cpu_percent", "memory_mb", "gpu_percent", "gpu_memory_mb"])
-            var usage = ResourceUsage()
-            usage.cpuPercent = try reader.number("cpu_percent")
-            usage.memoryMB = try reader.number("memory_mb")
-            usage.gpuPercent = try reader.number("gpu_percent")
-            usage.gpuMemoryMB = try reader.number("gpu_memory_mb")
-            for v in [usage.cpuPercent, usage.memoryMB, usage.gpuPercent, usage.gpuMemoryMB] {
-                if let v, v < 0 { throw EngineError.range("resource figures must be >= 0, got \(v)") }
-            }
+        case let .resources(usage):
             try withTask(id: id) { task in
                 try task.setResources(usage, at: try task.resolveTimestamp(explicit: explicit, now: now))
             }
-        case "execution_complete":
-            try allow([])
+        case .complete:
             try complete(id: id, timestamp: explicit)
-        case "execution_error":
-            try allow(["error"])
-            try fail(id: id, error: try reader.string("error"), timestamp: explicit)
-        default:
-            try allow(["progress", "message"])
-            let progress = try reader.number("progress")
-            let message = try reader.string("message").map(MessageArgument.string) ?? .none
-            let handled: Bool = try withTask(id: id) { task in
-                guard task.stages.contains(where: { $0.definition.name == name }) else { return false }
-                try task.enterStage(named: name, progress: progress, message: message,
-                                    at: try task.resolveTimestamp(explicit: explicit, now: now))
-                return true
+        case let .error(message):
+            try fail(id: id, error: message, timestamp: explicit)
+        case let .stage(name, progress, message):
+            let isStage = try withTask(id: id, isUpdate: false) { task in
+                task.stages.contains(where: { $0.definition.name == name })
             }
-            if !handled {
-                try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
+            guard isStage else {
+                return try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
+            }
+            try withTask(id: id) { task in
+                try task.enterStage(named: name, progress: progress, message: message.map(MessageArgument.string) ?? .none,
+                                    at: try task.resolveTimestamp(explicit: explicit, now: now))
             }
         }
     }

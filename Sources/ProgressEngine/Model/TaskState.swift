@@ -75,7 +75,8 @@ struct StageState: Sendable {
     /// being entered (the runner jumped past it) lasted 0 s.
     var duration: Double? {
         guard let completedAt else { return nil }
-        return completedAt - (startedAt ?? completedAt)
+        // Microseconds: finer digits are clock noise (5.2000000000000455).
+        return ((completedAt - (startedAt ?? completedAt)) * 1e6).rounded() / 1e6
     }
 }
 
