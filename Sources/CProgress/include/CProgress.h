@@ -13,5 +13,7 @@ const char *CProgress_last_error(void);
 /* A relaxed atomic 64-bit load of caller-owned memory (a step counter written by another thread or by
  * Python): Swift's atomics only operate on memory Swift allocated itself. */
 long long CProgress_load_relaxed(const volatile long long *p);
+/* The matching relaxed store, for Swift code (and tests) writing a counter the engine reads. */
+void CProgress_store_relaxed(volatile long long *p, long long value);
 
 #endif

@@ -1,0 +1,58 @@
+# ProgressEngine: the two commands of the README are `make demo` and `make test`.
+# Every target that builds first installs what the machine is missing (scripts/setup.sh).
+
+PREFIX ?= /usr/local
+PYTHON ?= python3
+SWIFT_BUILD = swift build -c release --product ProgressEngine
+LIB = .build/release/libProgressEngine.so
+
+.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(SWIFT_BUILD)
+
+$(LIB): build
+
+# Installs the library, the header and a pkg-config file so C users build with
+# `pkg-config --cflags --libs progress-engine`.
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(LIB) $(DESTDIR)$(PREFIX)/lib/libProgressEngine.so
+	install -m 644 include/progress.h $(DESTDIR)$(PREFIX)/include/progress.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e "s|@VERSION@|$$(scripts/version.sh)|g" progress-engine.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/progress-engine.pc
+	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig $(PREFIX)/lib 2>/dev/null || true; fi
+
+demo: setup build
+	$(PYTHON) examples/demo.py
+
+test: setup build test-swift test-python
+
+test-swift:
+	swift test
+
+test-python:
+	$(PYTHON) -m pytest -q tests bindings/python/tests
+
+# ThreadSanitizer / AddressSanitizer builds of the C concurrency stress test (see tests/c/README.md).
+tsan: setup
+	tests/c/tsan.sh
+
+asan: setup
+	tests/c/asan.sh
+
+bench: setup build bench-c bench-python
+
+bench-c:
+	$(MAKE) -C benchmarks/c run
+
+bench-python:
+	$(PYTHON) benchmarks/python/bench_update.py
+
+clean:
+	rm -rf .build .build-tsan .build-asan

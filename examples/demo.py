@@ -1,0 +1,147 @@
+"""The README's demo: sample runners report tasks to one in-process engine while a watcher prints them live.
+
+Runners (as a diffusion / video pipeline would report): an SDXL-like image task walking its stages step by step,
+a video task jumping straight to frames, a batch of three image tasks, a custom-template task, and one task
+that fails. The watcher polls the engine (there is no network listener yet) and redraws a table until every
+task has finished, then prints one task's TaskProgress JSON and its history.
+
+Run: `make demo` (or `python3 examples/demo.py --speed 5` to go faster).
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+from progress_engine import (
+    ProgressContext,
+    ProgressTracker,
+    Stage,
+    StageManager,
+    StageStatus,
+    track,
+)
+
+BAR = 24
+
+
+async def image_runner(tracker, task_id, steps, pace, batch_id=None, quality="high"):
+    async with ProgressContext(tracker, task_id=task_id, template_id="stable-diffusion-xl",
+                               template_category="image_generation", quality=quality, batch_id=batch_id) as ctx:
+        callback = ctx.get_callback()
+        await asyncio.sleep(3 * pace)  # waiting in the queue
+        await callback("model_loading", {"message": "Loading UNet and VAE"})
+        await asyncio.sleep(5 * pace)
+        for step in range(1, steps + 1):
+            await callback("execution_progress", {"step": step, "total_steps": steps, "message": f"Step {step}/{steps}"})
+            await asyncio.sleep(pace)
+        await callback("post_processing", {"message": "Upscaling"})
+        await asyncio.sleep(3 * pace)
+
+
+async def video_runner(tracker, task_id, frames, pace):
+    await tracker.create_task_progress(task_id=task_id, template_id="video-gen-v1", template_category="video_generation")
+    await asyncio.sleep(2 * pace)
+    for frame in range(1, frames + 1):
+        # Straight to steps: the engine moves the task to its main stage (frame_generation).
+        await tracker.update_progress(task_id=task_id, step=frame, total_steps=frames, message=f"Frame {frame}/{frames}")
+        await asyncio.sleep(pace)
+    await tracker.update_stage(task_id=task_id, stage=3, status=StageStatus.IN_PROGRESS, progress=0.0,
+                               message="Encoding video")
+    await asyncio.sleep(4 * pace)
+    await tracker.complete_task(task_id)
+
+
+async def custom_runner(tracker, task_id, pace):
+    StageManager.register_template_stages("my-custom-template", [
+        Stage("preprocessing", "Preparing data", weight=0.2),
+        Stage("analysis", "Analyzing content", weight=0.3),
+        Stage("synthesis", "Synthesizing output", weight=0.4),
+        Stage("validation", "Validating results", weight=0.1),
+    ])
+    await tracker.create_task_progress(task_id=task_id, template_id="my-custom-template", template_category="custom")
+    for index in range(4):
+        for tenth in range(1, 11):
+            await tracker.update_stage(task_id=task_id, stage=index, status=StageStatus.IN_PROGRESS, progress=tenth / 10)
+            await asyncio.sleep(pace / 2)
+    await tracker.complete_task(task_id)
+
+
+async def failing_runner(tracker, task_id, pace):
+    try:
+        async with ProgressContext(tracker, task_id=task_id, template_id="stable-diffusion-xl",
+                                   template_category="image_generation"):
+            for step in range(1, 12):
+                await tracker.update_progress(task_id=task_id, step=step, total_steps=30)
+                await asyncio.sleep(pace)
+            raise RuntimeError("CUDA out of memory (demo)")
+    except RuntimeError:
+        pass  # ProgressContext marked the task failed and re-raised; the demo goes on.
+
+
+async def loop_runner(tracker, task_id, pace):
+    # The sampling-loop helper: one step per item, the task completed at the end.
+    for _ in track(range(40), task_id=task_id, tracker=tracker, template_id="audio-gen",
+                   template_category="audio_generation"):
+        await asyncio.sleep(pace)
+
+
+def render(tasks, clear):
+    lines = []
+    for t in tasks:
+        done = int(BAR * t["overall_progress"] / 100)
+        stage = t["stages"][str(t["current_stage"])]
+        detail = t["error"] if t["status"] == "failed" else (stage["message"] or stage["name"])
+        lines.append(f"{t['task_id']:<16} {t['status']:<10} [{'#' * done}{'.' * (BAR - done)}] "
+                     f"{t['overall_progress']:5.1f}%  {stage['name']:<17} {detail}")
+    if clear:
+        sys.stdout.write(f"\x1b[{len(lines)}F")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+async def watch(tracker, ids, interval):
+    drawn = False
+    while True:
+        tasks = []
+        for task_id in ids:
+            try:
+                tasks.append(await tracker.get_task_progress(task_id))
+            except LookupError:
+                pass  # not created yet
+        if len(tasks) == len(ids):
+            render(tasks, drawn)
+            drawn = True
+            if all(t["status"] in ("completed", "failed", "cancelled") for t in tasks):
+                return
+        await asyncio.sleep(interval)
+
+
+async def main(speed):
+    pace = 0.1 / speed
+    with ProgressTracker(retention_seconds=3600) as tracker:
+        ids = ["sdxl-001", "video-001", "batch-a-1", "batch-a-2", "batch-a-3", "custom-001", "audio-001", "sdxl-oom"]
+        runners = [
+            image_runner(tracker, "sdxl-001", 30, pace),
+            video_runner(tracker, "video-001", 48, pace),
+            *(image_runner(tracker, f"batch-a-{i}", 20 + 5 * i, pace, batch_id="batch-a", quality="draft")
+              for i in range(1, 4)),
+            custom_runner(tracker, "custom-001", pace),
+            loop_runner(tracker, "audio-001", pace),
+            failing_runner(tracker, "sdxl-oom", pace),
+        ]
+        print("ProgressEngine demo: 8 tasks from 6 sample runners (no listener yet: printing the engine's state)\n")
+        await asyncio.gather(watch(tracker, ids, 0.1), *runners)
+        batch = await tracker.get_batch_progress("batch-a")
+        print(f"\nbatch-a: {batch['completed_tasks']}/{batch['total_tasks']} completed, "
+              f"overall {batch['overall_progress']:.1f}%")
+        print("\nTaskProgress of sdxl-001:")
+        print(json.dumps(await tracker.get_task_progress("sdxl-001"), indent=2))
+        history = await tracker.get_history("sdxl-001")
+        print(f"\nhistory of sdxl-001: {len(history['events'])} events kept, last seq {history['last_seq']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", type=float, default=1.0, help="run the sample runners this many times faster")
+    asyncio.run(main(parser.parse_args().speed))
