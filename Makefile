@@ -26,7 +26,6 @@ install: build
 	install -m 644 include/progress.h $(DESTDIR)$(PREFIX)/include/progress.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e "s|@VERSION@|$$(scripts/version.sh)|g" progress-engine.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/progress-engine.pc
-	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig $(PREFIX)/lib 2>/dev/null || true; fi
 
 demo: setup build
 	$(PYTHON) examples/demo.py

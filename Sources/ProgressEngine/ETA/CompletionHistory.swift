@@ -1,4 +1,4 @@
-import Synchronization
+
 
 /// A finished run of a template: what the ETA predictor learns from (the seed's `record_completion`).
 struct CompletionRecord: Sendable {
@@ -70,7 +70,7 @@ final class CompletionHistory: Sendable {
         let quality: String?
     }
 
-    private let records = Mutex<[Key: Ring<CompletionRecord>]>([:])
+    private let records = Locked<[Key: Ring<CompletionRecord>]>([:])
 
     func add(_ record: CompletionRecord) {
         let key = Key(template: record.templateId, quality: record.quality)

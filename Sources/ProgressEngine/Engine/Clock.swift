@@ -1,5 +1,5 @@
 import Glibc
-import Synchronization
+
 
 /// Where the engine reads the time. Injected so retention, durations and history are tested without sleeping.
 protocol EngineClock: Sendable {
@@ -18,10 +18,10 @@ struct SystemClock: EngineClock {
 
 /// A clock that moves only when told to; for tests.
 final class ManualClock: EngineClock {
-    private let time: Mutex<Double>
+    private let time: Locked<Double>
 
     init(_ start: Double = 1_700_000_000) {
-        time = Mutex(start)
+        time = Locked(start)
     }
 
     func now() -> Double { time.withLock { $0 } }

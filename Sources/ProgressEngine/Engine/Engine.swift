@@ -32,17 +32,17 @@ final class Engine: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
     private let table = TaskTable()
-    private let templates = Mutex<[String: [StageDefinition]]>([:])
+    private let templates = Locked<[String: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
-    private let batches = Mutex<[String: [String]]>([:])
+    private let batches = Locked<[String: [String]]>([:])
     /// Ids of tasks with an attached step counter, for the maintenance thread.
-    private let counterTasks = Mutex<Set<String>>([])
+    private let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
     private let misses = Atomic<Int>(0)
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
     private let purged = Atomic<Int>(0)
-    private let lastSweep = Mutex<Double>(0)
+    private let lastSweep = Locked<Double>(0)
     private var maintenance: MaintenanceThread?
 
     /// - Parameters:
@@ -88,7 +88,8 @@ final class Engine: @unchecked Sendable {
         for scalar in id.unicodeScalars {
             count += 1
             guard scalar.value >= 0x20, !(0x7f...0x9f).contains(scalar.value) else {
-                throw EngineError.invalidArgument("\(what) contains control character U+\(String(scalar.value, radix: 16, uppercase: true)); "
+                let hex = String(scalar.value, radix: 16, uppercase: true)
+                throw EngineError.invalidArgument("\(what) contains control character U+\(String(repeating: "0", count: 4 - hex.count))\(hex); "
                     + "ids are 1-256 printable characters")
             }
         }
@@ -109,7 +110,7 @@ final class Engine: @unchecked Sendable {
     private func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
                              _ body: (TaskRecord) throws -> R) throws -> R {
         let now = forReading ? clock.now() : 0
-        let result: R? = try table.shard(for: key).state.withLock { shard in
+        let result: R? = try table.shard(for: key).withLock { shard in
             guard let task = shard.tasks[key] else { return nil }
             if forReading && task.isExpired(now: now, retention: config.retentionSeconds) {
                 return nil
@@ -151,7 +152,7 @@ final class Engine: @unchecked Sendable {
             throw EngineError.range("timestamp \(ts) is not a valid epoch time in seconds")
         }
         let key = TaskKey(owning: id)
-        let created: Bool = try table.shard(for: key).state.withLock { shard in
+        let created: Bool = try table.shard(for: key).withLock { shard in
             if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
                 guard options.resume else {
                     throw EngineError.exists("task \"\(id)\" already exists; pass {\"resume\": true} in options_json to reopen it")
@@ -194,9 +195,17 @@ final class Engine: @unchecked Sendable {
 
     func updateStage(id: String, stage: Int, status: StageStatus, progress: Double, message: MessageArgument) throws {
         let now = clock.now()
-        try withTask(id: id) { task in
-            try task.updateStage(stage, status: status, progress: progress, message: message, at: max(now, task.lastTimestamp))
+        let finished: Bool = try withTask(id: id) { task in
+            let ts = max(now, task.lastTimestamp)
+            // A failing stage fails the task: its counter is read a last time first, then released.
+            let valid = stage >= 0 && stage < task.stages.count && progress >= 0 && progress <= 1
+            if status == .failed && valid && !task.status.isTerminal && task.counter != nil {
+                readCounterOneLastTime(task, at: ts)
+            }
+            try task.updateStage(stage, status: status, progress: progress, message: message, at: ts)
+            return task.status.isTerminal
         }
+        if finished { counterTasks.withLock { _ = $0.remove(id) } }
     }
 
     /// A runner event (SPEC §5): see `progress_event` in the header.
@@ -338,7 +347,7 @@ final class Engine: @unchecked Sendable {
         let now = clock.now()
         for id in ids {
             let key = TaskKey(owning: id)
-            table.shard(for: key).state.withLock { shard in
+            table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
                 if pollCounter(task, at: max(now, task.lastTimestamp)) { shard.updates += 1 }
             }
@@ -357,7 +366,7 @@ final class Engine: @unchecked Sendable {
     func sweep(now: Double) {
         var gone: [(String, String?)] = []
         for shard in table.allShards {
-            shard.state.withLock { state in
+            shard.withLock { state in
                 for task in state.tasks.values where task.isExpired(now: now, retention: config.retentionSeconds) {
                     state.tasks[task.key] = nil
                     gone.append((task.id, task.batchId))
@@ -390,12 +399,15 @@ final class Engine: @unchecked Sendable {
 
     // MARK: - Reading
 
+    func snapshot(id: String) throws -> TaskSnapshot {
+        try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) }
+    }
+
     func taskJSON(id: String) throws -> String {
-        try withTask(id: id, isUpdate: false, forReading: true) { task in
-            var w = JSONWriter(capacity: 1024)
-            TaskJSON.write(task, to: &w)
-            return w.output
-        }
+        let snapshot = try snapshot(id: id)
+        var w = JSONWriter(capacity: 1024)
+        TaskJSON.write(snapshot, to: &w)
+        return w.output
     }
 
     func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String {
@@ -507,7 +519,7 @@ final class Engine: @unchecked Sendable {
     func statsJSON() -> String {
         var tasks = 0, updates = 0, invalid = 0
         for shard in table.allShards {
-            shard.state.withLock { s in
+            shard.withLock { s in
                 tasks += s.tasks.count
                 updates += s.updates
                 invalid += s.invalidUpdates

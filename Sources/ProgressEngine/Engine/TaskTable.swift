@@ -1,5 +1,5 @@
 import Glibc
-import Synchronization
+
 
 /// A task id as a dictionary key. Stored keys own their bytes; lookup keys borrow the caller's C string for
 /// the duration of one call, so the hot path finds a task without allocating.
@@ -150,17 +150,13 @@ struct ShardState {
     var invalidUpdates = 0
 }
 
-/// One lock and its tasks. A class of its own so each shard's lock sits in its own heap block, padded so
-/// two shards' locks do not share a cache line.
-final class TaskShard: Sendable {
-    let state = Mutex(ShardState())
-    private let padding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)
-}
+/// One shard: its tasks behind its own lock (`Locked` pads itself against false sharing).
+typealias TaskShard = Locked<ShardState>
 
 /// Task state split over 64 independently locked shards: no global lock on the update path.
-final class TaskTable: Sendable {
+final class TaskTable: @unchecked Sendable {
     static let shardCount = 64
-    private let shards: [TaskShard] = (0..<TaskTable.shardCount).map { _ in TaskShard() }
+    private let shards: [TaskShard] = (0..<TaskTable.shardCount).map { _ in TaskShard(ShardState()) }
 
     func shard(for key: TaskKey) -> TaskShard {
         // The low bits of FNV-1a mix poorly for short keys; fold the high half in.

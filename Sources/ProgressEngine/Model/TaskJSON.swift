@@ -1,7 +1,53 @@
+/// A consistent copy of a task's state, taken under the shard lock in a few copies and reference-count bumps,
+/// so that encoding it (microseconds) happens after the lock is released.
+struct TaskSnapshot: Sendable {
+    let id: String
+    let templateId: String
+    let category: String?
+    let quality: String?
+    let batchId: String?
+    let status: TaskStatus
+    let currentStage: Int
+    let stages: ContiguousArray<StageState>
+    let overallProgress: Double
+    let resources: ResourceUsage
+    let resourcePeaks: ResourceUsage
+    let seq: UInt64
+    let createdAt: Double
+    let updatedAt: Double
+    let startedAt: Double?
+    let completedAt: Double?
+    let error: String?
+    let metadata: JSONValue?
+    let resourceConfig: JSONValue?
+
+    init(_ task: TaskRecord) {
+        id = task.id
+        templateId = task.templateId
+        category = task.category
+        quality = task.quality
+        batchId = task.batchId
+        status = task.status
+        currentStage = task.currentStage
+        stages = task.stages
+        overallProgress = task.overallProgress
+        resources = task.resources
+        resourcePeaks = task.resourcePeaks
+        seq = task.seq
+        createdAt = task.createdAt
+        updatedAt = task.updatedAt
+        startedAt = task.startedAt
+        completedAt = task.completedAt
+        error = task.error
+        metadata = task.metadata
+        resourceConfig = task.resourceConfig
+    }
+}
+
 /// The TaskProgress document (SPEC §6): the seed's fields plus the engine's own; every key always present,
 /// null where unknown, so clients can rely on one shape.
 enum TaskJSON {
-    static func write(_ task: TaskRecord, to w: inout JSONWriter) {
+    static func write(_ task: TaskSnapshot, to w: inout JSONWriter) {
         w.beginObject()
         w.key("task_id"); w.string(task.id)
         w.key("template_id"); w.string(task.templateId)

@@ -1,0 +1,32 @@
+import Glibc
+
+/// A value guarded by a pthread mutex.
+///
+/// Used instead of `Synchronization.Mutex` because that one's contended paths run inside the uninstrumented
+/// Swift runtime, so ThreadSanitizer cannot see the hand-over and reports every contended access as a race;
+/// pthread mutexes are intercepted by TSan. Uncontended cost is the same (measured: ~1 ns apart on the
+/// update path).
+final class Locked<Value>: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var value: Value
+    // Keeps two hot locks from sharing a cache line when allocated back to back.
+    private let padding: (Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0)
+
+    init(_ value: Value) {
+        self.value = value
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with exclusive access to the value.
+    @inline(__always)
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+}

@@ -1,0 +1,70 @@
+"""progress_engine: Python binding of ProgressEngine (libProgressEngine.so, include/progress.h).
+
+    from progress_engine import ProgressTracker, ProgressContext, StageStatus, get_progress_tracker
+
+Importing loads the library (see _lib for where it is looked for; PROGRESS_ENGINE_LIB overrides)
+and raises LibraryNotFoundError, an ImportError, when it cannot.
+"""
+
+from ._lib import progress_version_number as _progress_version_number
+from .context import ProgressContext
+from .default import get_progress_tracker, get_progress_tracker_sync
+from .errors import (
+    ConfigError,
+    EngineIOError,
+    ExistsError,
+    InternalError,
+    InvalidArgumentError,
+    JSONError,
+    LibraryNotFoundError,
+    LimitError,
+    NotFoundError,
+    ProgressError,
+    RangeError,
+    StateError,
+    UnsupportedError,
+    from_status,
+)
+from .model import LogLevel, Stage, StageStatus
+from .stages import StageManager
+from .track import Track, track
+from .tracker import ETAPredictor, ProgressTracker, StepCounter
+
+__version__ = "0.1.0"
+
+
+def engine_version() -> str:
+    """The loaded library's version, "MAJOR.MINOR.PATCH"."""
+    number = _progress_version_number()
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+__all__ = [
+    "ConfigError",
+    "ETAPredictor",
+    "EngineIOError",
+    "ExistsError",
+    "InternalError",
+    "InvalidArgumentError",
+    "JSONError",
+    "LibraryNotFoundError",
+    "LimitError",
+    "LogLevel",
+    "NotFoundError",
+    "ProgressContext",
+    "ProgressError",
+    "ProgressTracker",
+    "RangeError",
+    "Stage",
+    "StageManager",
+    "StageStatus",
+    "StateError",
+    "StepCounter",
+    "Track",
+    "UnsupportedError",
+    "engine_version",
+    "from_status",
+    "get_progress_tracker",
+    "get_progress_tracker_sync",
+    "track",
+]

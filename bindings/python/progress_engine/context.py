@@ -1,0 +1,89 @@
+"""ProgressContext: the seed's `async with ProgressContext(tracker, ...) as ctx` around one task."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
+
+from .errors import StateError
+from .tracker import ProgressTracker
+
+_STEP_ONLY = frozenset({"step", "total_steps"})
+
+
+class _Done:
+    """An awaitable that is already complete: the callback's result, so runner code may `await` it
+    (as in the seed) or call it plainly from synchronous code, with nothing left un-awaited."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+_DONE = _Done()
+
+
+class ProgressContext:
+    """Creates the task on entry; on exit completes it, or fails it with the exception's text and
+    lets the exception propagate (a KeyboardInterrupt or a cancelled coroutine cancels it instead).
+    A task the runner already finished (execution_complete / execution_error) is left as it is.
+    Works with `async with` and with plain `with`; extra keyword arguments go to
+    create_task_progress (resource_config, metadata, resume, timestamp)."""
+
+    def __init__(
+        self,
+        tracker: ProgressTracker,
+        task_id: str,
+        template_id: str,
+        template_category: Optional[str] = None,
+        quality: Optional[str] = None,
+        batch_id: Optional[str] = None,
+        **create_kwargs: Any,
+    ) -> None:
+        self.tracker = tracker
+        self.task_id = task_id
+        self._create = dict(
+            template_id=template_id,
+            template_category=template_category,
+            quality=quality,
+            batch_id=batch_id,
+            **create_kwargs,
+        )
+
+    def __enter__(self) -> "ProgressContext":
+        self.tracker.create_task_progress_sync(self.task_id, **self._create)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        try:
+            if exc is None:
+                self.tracker.complete_task_sync(self.task_id)
+            elif isinstance(exc, Exception):
+                self.tracker.fail_task_sync(self.task_id, str(exc) or type(exc).__name__)
+            else:
+                self.tracker.cancel_task_sync(self.task_id, type(exc).__name__)
+        except StateError:
+            pass  # already finished, e.g. by an execution_complete event
+
+    async def __aenter__(self) -> "ProgressContext":
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def get_callback(self) -> Callable[..., _Done]:
+        """The runner's `callback(event, data=None)`: applies the event at once and returns an
+        already-completed awaitable. execution_progress with only step and total_steps takes the
+        step-counter path (no engine call); every other event goes to the engine as it is."""
+        task_id = self.task_id
+        update_progress = self.tracker.update_progress_sync
+        send_event = self.tracker.send_event_sync
+
+        def callback(event: str, data: Union[Mapping[str, Any], str, None] = None) -> _Done:
+            if event == "execution_progress" and isinstance(data, Mapping) and data.keys() == _STEP_ONLY:
+                update_progress(task_id, data["step"], data["total_steps"])
+            else:
+                send_event(task_id, event, data)
+            return _DONE
+
+        return callback

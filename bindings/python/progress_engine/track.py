@@ -1,0 +1,139 @@
+"""track(): tqdm-style progress for a loop, one step per item."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
+
+from .default import get_progress_tracker_sync
+from .tracker import ProgressTracker, StepCounter
+
+T = TypeVar("T")
+
+
+def track(
+    iterable: Iterable[T],
+    task_id: str,
+    total: Optional[int] = None,
+    tracker: Optional[ProgressTracker] = None,
+    template_id: str = "track",
+    template_category: Optional[str] = None,
+    **create_kwargs: Any,
+) -> "Track[T]":
+    """Yields the items of `iterable`, reporting one step per item to task `task_id` (created at
+    the first item; tracker None: the default tracker). See Track for how the task ends."""
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(
+                f"track() cannot tell how many items a {type(iterable).__name__} has; pass total="
+            ) from None
+    return Track(
+        iterable,
+        task_id,
+        total,
+        get_progress_tracker_sync() if tracker is None else tracker,
+        dict(template_id=template_id, template_category=template_category, **create_kwargs),
+    )
+
+
+class Track(Iterator[T]):
+    """What track() returns. Iterating it creates the task; at the end of the items the task
+    completes, and an exception raised by the iterable fails it and propagates.
+
+    A plain `for` loop cannot see an exception raised in its own body: Python only tells the
+    iterator that the loop stopped, exactly as for `break`. So a loop left early cancels the task
+    ("stopped at step N of M"). Used as a context manager, the task fails with the exception text
+    instead when the `with` block ends with an exception:
+
+        with track(items, task_id="job") as items:
+            for item in items:
+                process(item)
+    """
+
+    def __init__(
+        self, iterable: Iterable[T], task_id: str, total: int, tracker: ProgressTracker, create: Dict[str, Any]
+    ) -> None:
+        self.task_id = task_id
+        self.total = total
+        self._run = _Run(tracker, task_id, total)
+        # The generator holds _run, never self: without a cycle, a loop that drops this object
+        # closes the generator (and so ends the task) at once rather than at the next GC.
+        self._items = _items(self._run, iterable, create)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> "Track[T]":
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Stops early: cancels the task if it is still running."""
+        self._items.close()
+
+    def __enter__(self) -> "Track[T]":
+        self._run.in_with = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        self._run.in_with = False
+        if isinstance(exc, Exception):
+            self._run.fail(exc)
+        else:
+            self._run.stop()
+
+
+class _Run:
+    """The task of one Track, shared by the Track and its generator."""
+
+    def __init__(self, tracker: ProgressTracker, task_id: str, total: int) -> None:
+        self.tracker = tracker
+        self.task_id = task_id
+        self.total = total
+        self.steps: Optional[StepCounter] = None
+        self.open = False  # the task exists and has not been finished here yet
+        self.in_with = False
+
+    # Each finishes the task only if it is still open here: a Track left in a `with` is finished by
+    # __exit__, and its generator, closed later, must not try again.
+    def complete(self) -> None:
+        if self.open:
+            self.open = False
+            self.tracker.complete_task_sync(self.task_id)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.open:
+            self.open = False
+            self.tracker.fail_task_sync(self.task_id, str(exc) or type(exc).__name__)
+
+    def stop(self) -> None:
+        if self.open:
+            self.open = False
+            step = self.steps.step if self.steps is not None else 0
+            self.tracker.cancel_task_sync(self.task_id, f"stopped at step {step} of {self.total}")
+
+
+def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator[T]:
+    tracker, task_id = run.tracker, run.task_id
+    tracker.create_task_progress_sync(task_id, **create)
+    run.open = True
+    try:
+        if run.total:
+            run.steps = steps = tracker.stepper(task_id, run.total)
+            update = steps.update
+            for item in iterable:
+                yield item
+                update()
+        else:
+            yield from iterable  # nothing to count: completes at once, or fails
+    except GeneratorExit:
+        if not run.in_with:  # in a `with`, __exit__ decides: it can see why the loop stopped
+            run.stop()
+        raise
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    run.complete()

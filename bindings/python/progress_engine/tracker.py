@@ -1,0 +1,451 @@
+"""ProgressTracker (one engine), its step counters, and its ETA predictor."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import threading
+import weakref
+from datetime import datetime
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+
+from . import _lib
+from .errors import InvalidArgumentError, RangeError, StateError
+from .model import LogLevel, Stage, StageStatus, stages_json
+from .preview import to_pixels
+from .stages import StageManager
+
+# Runner events after which the task is finished and the engine no longer reads its counter.
+_FINISHING_EVENTS = frozenset({"execution_complete", "execution_error"})
+
+
+def _async_twin(sync: Callable[..., Any]) -> Callable[..., Any]:
+    """The awaitable form of a `*_sync` method. Engine calls never block (one shard lock held for
+    nanoseconds, never network or disk), so running them inline on the event loop is both correct
+    and the cheapest way."""
+
+    @functools.wraps(sync)
+    async def twin(*args: Any, **kwargs: Any) -> Any:
+        return sync(*args, **kwargs)
+
+    twin.__name__ = sync.__name__[: -len("_sync")]
+    twin.__qualname__ = sync.__qualname__[: -len("_sync")]
+    return twin
+
+
+def _check_steps(step: int, total_steps: int) -> None:
+    if not 0 <= step <= total_steps > 0:
+        raise RangeError(f"step {step} of {total_steps}: need 0 <= step <= total_steps and total_steps > 0")
+
+
+def _log_level(level: Union[LogLevel, int, str]) -> int:
+    if isinstance(level, str):
+        try:
+            return LogLevel[level.upper()]
+        except KeyError:
+            raise InvalidArgumentError(
+                f"unknown log level {level!r}; use one of debug, info, warning, error"
+            ) from None
+    return level
+
+
+def _close_engine(engine: ctypes.c_void_p, counters: Dict[str, memoryview]) -> None:
+    # A weakref.finalize callback, so it must not reference the tracker.
+    _lib.progress_engine_close(engine)  # reads every attached counter a last time
+    counters.clear()  # only now may the counter arrays be freed
+
+
+class ProgressTracker:
+    """One ProgressEngine (progress_engine_open). Keyword arguments are the engine's configuration
+    keys (listen, redis_url, namespace, retention_seconds, throttle_ms, ...); an unknown key raises
+    ConfigError, so typos are caught.
+
+    Every `*_sync` method has an awaitable twin without the suffix (as in the seed). All methods may be
+    called from any thread. Close with close(), `with` or `async with`; a tracker that is garbage
+    collected or still open at exit is closed then.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        engine = ctypes.c_void_p()
+        _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
+        self._engine: Optional[ctypes.c_void_p] = engine
+        # task_id -> int64 view of the task's attached (step, total_steps) array. The view keeps the
+        # array alive; an entry goes only once the engine has stopped reading that array.
+        self._counters: Dict[str, memoryview] = {}
+        self._lock = threading.Lock()  # guards attaching and dropping counters, and close
+        self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
+        try:
+            StageManager._adopt(self)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the engine; attached counters are read a last time first. Idempotent. No other
+        thread may still be using the tracker."""
+        StageManager._forget(self)
+        with self._lock:
+            self._engine = None
+            self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    @property
+    def port(self) -> int:
+        """The listener's bound TCP port, or -1 without a listener (or once closed)."""
+        return _lib.progress_engine_port(self._engine)
+
+    def __enter__(self) -> "ProgressTracker":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "ProgressTracker":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _handle(self) -> ctypes.c_void_p:
+        engine = self._engine
+        if engine is None:
+            raise StateError("this ProgressTracker is closed")
+        return engine
+
+    # ---- tasks ----------------------------------------------------------------------------------
+
+    def create_task_progress_sync(
+        self,
+        task_id: str,
+        template_id: str,
+        template_category: Optional[str] = None,
+        quality: Optional[str] = None,
+        batch_id: Optional[str] = None,
+        resource_config: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        resume: bool = False,
+        timestamp: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """Creates a task and returns its TaskProgress. Its stages are those registered for
+        template_id, else the defaults of template_category, else queue / processing / finalizing.
+        An existing task_id raises ExistsError unless resume=True, which keeps that task as it is.
+        timestamp (epoch seconds) replaces the clock, for replaying recorded runs."""
+        options = {
+            key: value
+            for key, value in (
+                ("quality", quality),
+                ("batch_id", batch_id),
+                ("resource_config", resource_config),
+                ("metadata", metadata),
+                ("timestamp", timestamp),
+            )
+            if value is not None
+        }
+        if resume:
+            options["resume"] = True
+        _lib.progress_task_create(
+            self._handle(),
+            _lib.encode(task_id),
+            _lib.encode(template_id),
+            _lib.encode(template_category),
+            _lib.encode(json.dumps(options)) if options else None,
+        )
+        return self.get_task_progress_sync(task_id)
+
+    def update_stage_sync(
+        self,
+        task_id: str,
+        stage: int,
+        status: StageStatus = StageStatus.IN_PROGRESS,
+        progress: float = 0.0,
+        message: Optional[str] = None,
+    ) -> None:
+        """Sets stage `stage` (0-based): IN_PROGRESS enters it (completing earlier open stages) with
+        `progress` (0..1); COMPLETED completes it; SKIPPED skips it; FAILED fails it and the task.
+        message None keeps the stage's message."""
+        _lib.progress_stage_update(
+            self._handle(), _lib.encode(task_id), stage, status, progress, _lib.encode(message)
+        )
+        if status == StageStatus.FAILED:
+            self._finished(task_id)
+
+    def update_progress_sync(
+        self, task_id: str, step: int, total_steps: int, message: Optional[str] = None
+    ) -> None:
+        """Sets the current stage's progress to step / total_steps (moving a task that is still
+        before its main stage there first).
+
+        Without a message this is the hot path: two stores into the task's step counter, which the
+        engine applies within throttle_ms (and always at complete / fail / cancel / close). With a
+        message, or for an invalid pair, the engine is called at once (and raises RangeError for
+        an invalid pair)."""
+        if message is None and 0 <= step <= total_steps > 0:
+            try:  # cheaper than .get() while the counter exists, which is every call but the first
+                counter = self._counters[task_id]
+            except KeyError:
+                self._counter(task_id, step, total_steps)
+                return
+            counter[1] = total_steps
+            counter[0] = step
+            return
+        self._update_progress_slow(task_id, step, total_steps, message)
+
+    def _update_progress_slow(self, task_id: str, step: int, total_steps: int, message: Optional[str]) -> None:
+        if 0 <= step <= total_steps > 0:
+            # The counter first, so it holds this same pair: whatever the engine does with an attached
+            # counter on a direct update, an older value in it can never be applied after this one.
+            self._write_counter(task_id, step, total_steps)
+        _lib.progress_update(self._handle(), _lib.encode(task_id), step, total_steps, _lib.encode(message))
+
+    def stepper(self, task_id: str, total_steps: int) -> "StepCounter":
+        """A StepCounter for the task's sampling loop, starting at step 0 of total_steps: the
+        cheapest way to report steps (see StepCounter)."""
+        _check_steps(0, total_steps)
+        return StepCounter(self, task_id, self._counter(task_id, 0, total_steps))
+
+    def complete_task_sync(self, task_id: str) -> None:
+        """Completes the task: open stages complete, overall_progress 100, status "completed", and a
+        completion record is stored for ETA. A finished task raises StateError."""
+        _lib.progress_task_complete(self._handle(), _lib.encode(task_id))
+        self._finished(task_id)
+
+    def fail_task_sync(self, task_id: str, error: Optional[str] = None) -> None:
+        """Fails the task (its current stage fails, status "failed", `error` kept)."""
+        _lib.progress_task_fail(self._handle(), _lib.encode(task_id), _lib.encode(error))
+        self._finished(task_id)
+
+    def cancel_task_sync(self, task_id: str, reason: Optional[str] = None) -> None:
+        """Cancels the task (status "cancelled", `reason` kept in "error")."""
+        _lib.progress_task_cancel(self._handle(), _lib.encode(task_id), _lib.encode(reason))
+        self._finished(task_id)
+
+    def get_task_progress_sync(self, task_id: str) -> Dict[str, Any]:
+        """The task's TaskProgress as a dict (task_id, status, overall_progress, stages, ...)."""
+        return _lib.call_json(_lib.progress_task_get, self._handle(), _lib.encode(task_id))
+
+    def get_batch_progress_sync(self, batch_id: str, task_ids: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+        """BatchProgress of `task_ids`, or of the tasks created with this batch_id when None."""
+        csv = None if task_ids is None else ",".join(task_ids)
+        return _lib.call_json(_lib.progress_batch_get, self._handle(), _lib.encode(batch_id), _lib.encode(csv))
+
+    def log_sync(self, task_id: str, level: Union[LogLevel, int, str], message: str) -> None:
+        """Appends to the task's log; level is a LogLevel or its name ("info")."""
+        _lib.progress_log(self._handle(), _lib.encode(task_id), _log_level(level), _lib.encode(message))
+
+    def get_logs_sync(
+        self,
+        task_id: str,
+        since: Union[float, datetime, None] = None,
+        level: Union[LogLevel, int, str, None] = None,
+    ) -> Dict[str, Any]:
+        """{"task_id", "logs": [{timestamp, level, message, stage}]}, oldest first: entries at `since`
+        (epoch seconds or an aware datetime) or later, of `level` or above."""
+        if since is None:
+            since = 0.0
+        elif isinstance(since, datetime):
+            since = since.timestamp()
+        min_level = LogLevel.DEBUG if level is None else _log_level(level)
+        return _lib.call_json(
+            _lib.progress_task_logs, self._handle(), _lib.encode(task_id), since, min_level
+        )
+
+    def get_history_sync(self, task_id: str, after_seq: int = 0) -> Dict[str, Any]:
+        """{"task_id", "first_seq", "events": [...]}: the task's events with seq > after_seq."""
+        return _lib.call_json(_lib.progress_task_history, self._handle(), _lib.encode(task_id), after_seq)
+
+    def send_event_sync(self, task_id: str, event: str, data: Union[Mapping[str, Any], str, None] = None) -> None:
+        """Applies a runner event (the seed's callback(event, data)): "execution_progress",
+        a stage's name, "log", "resources", "execution_complete", "execution_error". `data` is a
+        dict, a JSON text, or None."""
+        if event == "execution_progress" and isinstance(data, Mapping):
+            step, total_steps = data.get("step"), data.get("total_steps")
+            if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
+                self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
+        data_json = data if data is None or isinstance(data, str) else json.dumps(data)
+        _lib.progress_event(self._handle(), _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
+        if event in _FINISHING_EVENTS:
+            self._finished(task_id)
+
+    def update_preview_sync(self, task_id: str, image: Any) -> None:
+        """Sets the task's preview from pixels: a uint8 array (H×W, H×W×3, H×W×4), a PIL image, or a
+        (buffer, width, height, channels) tuple. This engine build raises UnsupportedError."""
+        pixels, width, height, channels = to_pixels(image)
+        _lib.progress_preview_pixels(
+            self._handle(), _lib.encode(task_id), pixels, width, height, width * channels, channels
+        )
+
+    # ---- templates, engine ----------------------------------------------------------------------
+
+    def register_template_stages_sync(
+        self, template_id: str, stages: Iterable[Union[Stage, Mapping[str, Any]]]
+    ) -> None:
+        """Registers stages for template_id in this engine only (StageManager: every engine)."""
+        self._register_stages_json(template_id, stages_json(stages))
+
+    def _register_stages_json(self, template_id: str, data: str) -> None:
+        _lib.progress_register_template_stages(self._handle(), _lib.encode(template_id), _lib.encode(data))
+
+    def stats_sync(self) -> Dict[str, Any]:
+        """Engine counters: tasks, updates, invalid_updates, events, logs, purged_tasks,
+        attached_counters."""
+        return _lib.call_json(_lib.progress_engine_stats, self._handle())
+
+    @property
+    def eta_predictor(self) -> "ETAPredictor":
+        """The seed's eta_predictor (completion records for ETA)."""
+        return ETAPredictor(self)
+
+    # ---- counters -------------------------------------------------------------------------------
+
+    def _counter(self, task_id: str, step: int, total_steps: int) -> memoryview:
+        """The task's counter set to (step, total_steps), attaching one if it has none."""
+        with self._lock:
+            counter = self._counters.get(task_id)
+            if counter is None:
+                # Filled before attaching, so the engine's first read already sees a valid pair.
+                array = (ctypes.c_longlong * 2)(step, total_steps)
+                _lib.progress_task_attach_counter(self._handle(), _lib.encode(task_id), array)
+                # ctypes exports the array as "<q", which a memoryview cannot index; cast through bytes
+                # to native "q". Storing through it is the fastest way to write ctypes memory.
+                counter = self._counters[task_id] = memoryview(array).cast("B").cast("q")
+            else:
+                counter[1] = total_steps
+                counter[0] = step
+            return counter
+
+    def _write_counter(self, task_id: str, step: int, total_steps: int) -> None:
+        counter = self._counters.get(task_id)
+        if counter is not None:
+            counter[1] = total_steps
+            counter[0] = step
+
+    def _detach(self, task_id: str, counter: memoryview) -> None:
+        with self._lock:
+            # Only if it is still attached: a finished task or a closed engine has already let go.
+            if self._counters.get(task_id) is counter:
+                _lib.progress_task_detach_counter(self._handle(), _lib.encode(task_id))
+                del self._counters[task_id]
+
+    def _finished(self, task_id: str) -> None:
+        # Called after complete / fail / cancel returned: the engine has read the task's counter a
+        # last time. Under the lock, so a concurrent _counter() cannot store a view after this.
+        with self._lock:
+            self._counters.pop(task_id, None)
+
+    # ---- the seed's awaitable API ---------------------------------------------------------------
+
+    create_task_progress = _async_twin(create_task_progress_sync)
+    update_stage = _async_twin(update_stage_sync)
+    update_progress = _async_twin(update_progress_sync)
+    complete_task = _async_twin(complete_task_sync)
+    fail_task = _async_twin(fail_task_sync)
+    cancel_task = _async_twin(cancel_task_sync)
+    get_task_progress = _async_twin(get_task_progress_sync)
+    get_batch_progress = _async_twin(get_batch_progress_sync)
+    log = _async_twin(log_sync)
+    get_logs = _async_twin(get_logs_sync)
+    get_history = _async_twin(get_history_sync)
+    send_event = _async_twin(send_event_sync)
+    update_preview = _async_twin(update_preview_sync)
+    register_template_stages = _async_twin(register_template_stages_sync)
+    stats = _async_twin(stats_sync)
+
+
+class StepCounter:
+    """Per-step progress without a call per step: update() is one 64-bit store into memory the
+    engine's maintenance thread reads every min(throttle_ms, 50) ms, so it costs less than
+    tqdm's update(1). The last value always reaches the engine: on detach(), on complete / fail /
+    cancel, and on close.
+
+    As with tqdm, counting past total_steps is not an error here; the engine skips (and counts in
+    stats()["invalid_updates"]) pairs it cannot apply.
+    """
+
+    __slots__ = ("_tracker", "task_id", "_counter")
+
+    def __init__(self, tracker: ProgressTracker, task_id: str, counter: memoryview) -> None:
+        self._tracker = tracker
+        self.task_id = task_id
+        self._counter = counter
+
+    def update(self, n: int = 1) -> None:
+        """Advances by n steps (tqdm's update). Reads the stored step rather than keeping its own,
+        so it continues from any value update_progress_sync() wrote meanwhile."""
+        self._counter[0] += n
+
+    def set(self, step: int, total_steps: Optional[int] = None) -> None:
+        """Sets the step (and total_steps, when given)."""
+        counter = self._counter
+        total_steps = counter[1] if total_steps is None else total_steps
+        _check_steps(step, total_steps)
+        counter[1] = total_steps
+        counter[0] = step
+
+    @property
+    def step(self) -> int:
+        return self._counter[0]
+
+    @property
+    def total_steps(self) -> int:
+        return self._counter[1]
+
+    def detach(self) -> None:
+        """Applies the last value and stops the engine reading this counter (a no-op once the
+        task is finished or the tracker closed)."""
+        self._tracker._detach(self.task_id, self._counter)
+
+    def __enter__(self) -> "StepCounter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.detach()
+
+
+class ETAPredictor:
+    """The seed's eta_predictor: completion records in the tracker's engine (the engine also stores
+    one for every task completed)."""
+
+    def __init__(self, tracker: ProgressTracker) -> None:
+        self._tracker = tracker
+
+    def record_completion_sync(
+        self,
+        *,
+        template_id: str,
+        stage_durations: Mapping[Union[int, str], float],
+        total_duration: float,
+        task_id: Optional[str] = None,
+        quality: Optional[str] = None,
+        resource_config: Optional[Mapping[str, Any]] = None,
+        timestamp: Optional[float] = None,
+    ) -> None:
+        """Stores a completion record; stage_durations maps stage index to seconds."""
+        record: Dict[str, Any] = {
+            "template_id": template_id,
+            "stage_durations": {str(stage): seconds for stage, seconds in stage_durations.items()},
+            "total_duration": total_duration,
+        }
+        for key, value in (
+            ("task_id", task_id),
+            ("quality", quality),
+            ("resource_config", resource_config),
+            ("timestamp", timestamp),
+        ):
+            if value is not None:
+                record[key] = value
+        _lib.progress_eta_record_completion(self._tracker._handle(), _lib.encode(json.dumps(record)))
+
+    record_completion = _async_twin(record_completion_sync)
+
+    def records(self, template_id: str, quality: Optional[str] = None) -> Dict[str, Any]:
+        """{"template_id", "quality", "records": [...]}: stored records, oldest first (quality None:
+        every quality)."""
+        return _lib.call_json(
+            _lib.progress_eta_records_get, self._tracker._handle(), _lib.encode(template_id), _lib.encode(quality)
+        )

@@ -1,0 +1,217 @@
+"""Bad input raises the mapped exception with the engine's message, and changes nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+
+import progress_engine as pe
+from progress_engine import _lib
+from progress_engine.errors import STATUS_NAMES
+
+
+@pytest.fixture
+def task(tracker):
+    tracker.create_task_progress_sync("t", "sdxl", "image_generation")
+    tracker.update_stage_sync("t", 1, pe.StageStatus.IN_PROGRESS, 0.25, message="loading")
+    return "t"
+
+
+@contextlib.contextmanager
+def raises(exc_type, *fragments):
+    """pytest.raises that also checks the status code and that the message says what went wrong."""
+    with pytest.raises(exc_type) as info:
+        yield info
+    error = info.value
+    assert (error.status, error.status_name) == (exc_type.code, STATUS_NAMES[exc_type.code])
+    for fragment in fragments:
+        assert fragment in str(error)
+
+
+def test_status_names_match_the_library():
+    for code, name in STATUS_NAMES.items():
+        assert _lib.progress_status_string(code).decode() == name
+    assert _lib.progress_status_string(-99).decode() == "PROGRESS_E_UNKNOWN"
+
+
+def test_each_code_maps_to_its_class_and_builtin():
+    expected = {
+        -1: (pe.InvalidArgumentError, ValueError),
+        -2: (pe.NotFoundError, LookupError),
+        -3: (pe.ExistsError, pe.ProgressError),
+        -4: (pe.StateError, pe.ProgressError),
+        -5: (pe.RangeError, ValueError),
+        -6: (pe.JSONError, ValueError),
+        -7: (pe.ConfigError, ValueError),
+        -8: (pe.UnsupportedError, NotImplementedError),
+        -9: (pe.EngineIOError, OSError),
+        -10: (pe.LimitError, pe.ProgressError),
+        -11: (pe.InternalError, pe.ProgressError),
+    }
+    for code, (cls, builtin) in expected.items():
+        error = pe.from_status(code, "why")
+        assert type(error) is cls and isinstance(error, builtin) and isinstance(error, pe.ProgressError)
+        assert (error.status, error.status_name, str(error)) == (code, STATUS_NAMES[code], "why")
+    unknown = pe.from_status(-42, "newer engine")
+    assert type(unknown) is pe.ProgressError and unknown.status == -42
+    assert unknown.status_name == "PROGRESS_E_UNKNOWN"
+
+
+@pytest.mark.parametrize(
+    "task_id, fragment",
+    [("", "empty"), ("x" * 300, "300 characters"), ("bad\x01id", "control character")],
+)
+def test_bad_task_id(tracker, task_id, fragment):
+    with raises(pe.InvalidArgumentError, fragment):
+        tracker.create_task_progress_sync(task_id, "sdxl")
+    assert tracker.stats_sync()["tasks"] == 0
+
+
+def test_task_id_limits_in_the_binding(tracker):
+    tracker.create_task_progress_sync("x" * 256, "sdxl")  # the longest valid id
+    with raises(pe.InvalidArgumentError, "NUL"):
+        tracker.create_task_progress_sync("a\0b", "sdxl")  # C would see just "a"
+    with pytest.raises(TypeError, match="expected a str"):
+        tracker.create_task_progress_sync(123, "sdxl")
+    assert tracker.stats_sync()["tasks"] == 1
+
+
+def test_unknown_task(tracker):
+    with raises(pe.NotFoundError, '"nope"'):
+        tracker.get_task_progress_sync("nope")
+    with raises(pe.NotFoundError):
+        tracker.update_stage_sync("nope", 0)
+    with raises(pe.NotFoundError):
+        tracker.update_progress_sync("nope", 1, 10)  # counter path: the attach fails
+    with raises(pe.NotFoundError):
+        tracker.complete_task_sync("nope")
+    assert tracker.stats_sync()["attached_counters"] == 0
+
+
+def test_duplicate_create_and_resume(tracker, task):
+    before = tracker.get_task_progress_sync(task)
+    with raises(pe.ExistsError, "resume"):
+        tracker.create_task_progress_sync(task, "sdxl", "image_generation")
+    resumed = tracker.create_task_progress_sync(task, "other-template", resume=True)
+    # Kept as it was (the engine may note the resume in its history, so seq can move on).
+    volatile = {"seq", "updated_at"}
+    assert {k: v for k, v in resumed.items() if k not in volatile} == {
+        k: v for k, v in before.items() if k not in volatile
+    }
+
+
+@pytest.mark.parametrize("progress", [math.nan, -0.1, 1.5, math.inf])
+def test_bad_stage_progress(tracker, task, progress):
+    before = tracker.get_task_progress_sync(task)
+    with raises(pe.RangeError, "progress"):
+        tracker.update_stage_sync(task, 1, pe.StageStatus.IN_PROGRESS, progress)
+    assert tracker.get_task_progress_sync(task) == before
+
+
+@pytest.mark.parametrize("stage", [4, -1, 99])
+def test_stage_out_of_range(tracker, task, stage):
+    before = tracker.get_task_progress_sync(task)
+    with raises(pe.RangeError, f"stage {stage}"):
+        tracker.update_stage_sync(task, stage, pe.StageStatus.IN_PROGRESS, 0.5)
+    assert tracker.get_task_progress_sync(task) == before
+
+
+def test_bad_stage_status(tracker, task):
+    before = tracker.get_task_progress_sync(task)
+    with raises(pe.InvalidArgumentError, "pending"):
+        tracker.update_stage_sync(task, 1, pe.StageStatus.PENDING)
+    with raises(pe.InvalidArgumentError, "9"):
+        tracker.update_stage_sync(task, 1, 9)
+    assert tracker.get_task_progress_sync(task) == before
+
+
+@pytest.mark.parametrize("step, total", [(5, 3), (-1, 3), (0, 0)])
+def test_bad_steps(tracker, task, step, total):
+    before = tracker.get_task_progress_sync(task)
+    invalid = tracker.stats_sync()["invalid_updates"]
+    with raises(pe.RangeError, f"step {step}"):
+        tracker.update_progress_sync(task, step, total)  # an invalid pair goes to the engine at once
+    with raises(pe.RangeError):
+        tracker.update_progress_sync(task, step, total, message="m")
+    assert tracker.get_task_progress_sync(task) == before
+    assert tracker.stats_sync()["invalid_updates"] == invalid + 2
+    with raises(pe.RangeError):
+        tracker.stepper(task, total if total <= 0 else -total)
+
+
+def test_updates_after_completion(tracker, task, poll):
+    tracker.complete_task_sync(task)
+    done = tracker.get_task_progress_sync(task)
+    with raises(pe.StateError, "completed"):
+        tracker.update_stage_sync(task, 3, pe.StageStatus.IN_PROGRESS, 0.5)
+    with raises(pe.StateError, "completed"):
+        tracker.update_progress_sync(task, 1, 3)
+    with raises(pe.StateError):
+        tracker.update_progress_sync(task, 1, 3, message="late")
+    for finish in (tracker.complete_task_sync, tracker.fail_task_sync, tracker.cancel_task_sync):
+        with raises(pe.StateError):
+            finish(task)
+    assert tracker.get_task_progress_sync(task) == done
+
+
+def test_unknown_and_bad_config():
+    with raises(pe.ConfigError, '"listne"', "listen"):
+        pe.ProgressTracker(listne="127.0.0.1:0")
+    with raises(pe.ConfigError, "throttle_ms"):
+        pe.ProgressTracker(throttle_ms="fast")
+
+
+@pytest.mark.parametrize(
+    "stages, fragment",
+    [
+        ([], "empty"),
+        ([pe.Stage("a", weight=-1.0), pe.Stage("b", weight=2.0)], "weight -1"),
+        ([pe.Stage("a", weight=0.0)], "sum"),
+        ([pe.Stage("a"), pe.Stage("a")], "twice"),
+    ],
+)
+def test_bad_stage_lists(tracker, stages, fragment):
+    with raises(pe.InvalidArgumentError, fragment):
+        tracker.register_template_stages_sync("bad-template", stages)
+    with raises(pe.InvalidArgumentError, fragment):
+        pe.StageManager.register_template_stages("bad-template", stages)
+    # Nothing registered: the template falls back to the generic stages.
+    task = tracker.create_task_progress_sync("t", "bad-template")
+    assert [s["name"] for s in task["stages"].values()] == ["queue", "processing", "finalizing"]
+
+
+def test_malformed_event_json(tracker, task):
+    before = tracker.get_task_progress_sync(task)
+    with raises(pe.JSONError, "malformed JSON"):
+        tracker.send_event_sync(task, "log", "{not json")
+    with raises(pe.JSONError, "loud"):
+        tracker.send_event_sync(task, "log", {"level": "loud", "message": "x"})
+    with raises(pe.JSONError, "step"):
+        tracker.send_event_sync(task, "execution_progress", {"step": 1})
+    assert tracker.get_task_progress_sync(task) == before
+    assert tracker.get_logs_sync(task)["logs"] == []
+
+
+def test_log_levels(tracker, task):
+    tracker.log_sync(task, "info", "hello")
+    tracker.log_sync(task, pe.LogLevel.ERROR, "bad")
+    with raises(pe.InvalidArgumentError, "loud"):
+        tracker.log_sync(task, "loud", "x")  # refused in the binding, with the engine's code
+    with raises(pe.InvalidArgumentError, "7"):
+        tracker.log_sync(task, 7, "x")
+    assert [e["message"] for e in tracker.get_logs_sync(task)["logs"]] == ["hello", "bad"]
+    assert [e["message"] for e in tracker.get_logs_sync(task, level="warning")["logs"]] == ["bad"]
+
+
+def test_closed_tracker():
+    tracker = pe.ProgressTracker()
+    tracker.create_task_progress_sync("t", "sdxl")
+    tracker.close()
+    tracker.close()  # idempotent
+    assert tracker.closed and tracker.port == -1
+    with raises(pe.StateError, "closed"):
+        tracker.get_task_progress_sync("t")
+    with raises(pe.StateError, "closed"):
+        tracker.update_progress_sync("t", 1, 2)

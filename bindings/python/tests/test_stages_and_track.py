@@ -1,0 +1,125 @@
+"""StageManager (process-wide templates) and track() (tqdm-style loops)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from progress_engine import ProgressTracker, Stage, StageManager, track
+
+_ids = itertools.count()
+
+
+def unique(prefix):
+    # StageManager is process-wide: each test registers its own template ids.
+    return f"{prefix}-{next(_ids)}"
+
+
+def names(task):
+    return [s["name"] for s in task["stages"].values()]
+
+
+def test_stage_manager_reaches_trackers_opened_before_and_after(tracker):
+    template = unique("upscale")
+    StageManager.register_template_stages(
+        template, [Stage("load", "Loading", weight=1), Stage("upscale", "Upscaling", weight=3)]
+    )
+    assert names(tracker.create_task_progress_sync("before", template)) == ["load", "upscale"]
+    with ProgressTracker() as later:
+        task = later.create_task_progress_sync("after", template)
+        assert names(task) == ["load", "upscale"]
+        assert [s["weight"] for s in task["stages"].values()] == pytest.approx([0.25, 0.75])
+
+
+def test_stage_manager_with_no_tracker_open_still_validates():
+    # Registration happens through a short-lived engine when none is open (it is then registered in
+    # no engine yet, but kept for the next tracker); bad lists fail at once either way.
+    template = unique("alone")
+    StageManager.register_template_stages(template, [{"name": "only", "weight": 1}])
+    with pytest.raises(ValueError, match="empty"):
+        StageManager.register_template_stages(unique("bad"), [])
+    with ProgressTracker() as tracker:
+        assert names(tracker.create_task_progress_sync("t", template)) == ["only"]
+
+
+def test_stage_manager_replaces_a_template(tracker):
+    template = unique("replaced")
+    StageManager.register_template_stages(template, [Stage("a")])
+    StageManager.register_template_stages(template, [Stage("b"), Stage("c")])
+    assert names(tracker.create_task_progress_sync("t", template)) == ["b", "c"]
+    with ProgressTracker() as later:
+        assert names(later.create_task_progress_sync("t", template)) == ["b", "c"]
+
+
+def test_track_completes(tracker):
+    items = list(track(["a", "b", "c", "d"], task_id="loop", tracker=tracker))
+    assert items == ["a", "b", "c", "d"]
+    task = tracker.get_task_progress_sync("loop")
+    assert task["status"] == "completed" and task["overall_progress"] == 100
+    assert task["template_id"] == "track" and names(task) == ["queue", "processing", "finalizing"]
+    # The last step reached the engine before completion: the counter is read a last time.
+    progress = [e["progress"] for e in tracker.get_history_sync("loop")["events"] if e["type"] == "progress"]
+    assert progress[-1] == 1.0
+
+
+def test_track_iterable_exception_fails_and_propagates(tracker):
+    def items():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        for _ in track(items(), task_id="loop", total=5, tracker=tracker):
+            pass
+    task = tracker.get_task_progress_sync("loop")
+    assert task["status"] == "failed" and task["error"] == "disk gone"
+
+
+def test_track_break_cancels_with_the_step(tracker):
+    for i, _ in enumerate(track(range(10), task_id="loop", tracker=tracker)):
+        if i == 3:
+            break
+    task = tracker.get_task_progress_sync("loop")
+    assert task["status"] == "cancelled" and task["error"] == "stopped at step 3 of 10"
+
+
+def test_track_body_exception_in_with_fails(tracker):
+    with pytest.raises(KeyError):
+        with track(range(10), task_id="loop", tracker=tracker) as steps:
+            for i in steps:
+                if i == 4:
+                    raise KeyError("no such prompt")
+    task = tracker.get_task_progress_sync("loop")
+    assert task["status"] == "failed" and task["error"] == "'no such prompt'"
+
+
+def test_track_with_block_completes_and_break_cancels(tracker):
+    with track(range(3), task_id="whole", tracker=tracker) as steps:
+        assert len(steps) == 3
+        assert list(steps) == [0, 1, 2]
+    assert tracker.get_task_progress_sync("whole")["status"] == "completed"
+    with track(range(3), task_id="part", tracker=tracker) as steps:
+        for _ in steps:
+            break
+    task = tracker.get_task_progress_sync("part")
+    assert task["status"] == "cancelled" and task["error"] == "stopped at step 0 of 3"
+
+
+def test_track_total_and_options(tracker):
+    with pytest.raises(ValueError, match="total="):
+        track((x for x in range(3)), task_id="loop", tracker=tracker)
+    generated = track((x for x in range(3)), task_id="gen", total=3, tracker=tracker, quality="high")
+    assert sum(generated) == 3
+    task = tracker.get_task_progress_sync("gen")
+    assert task["status"] == "completed" and task["quality"] == "high"
+    assert list(track([], task_id="empty", tracker=tracker)) == []
+    assert tracker.get_task_progress_sync("empty")["status"] == "completed"
+
+
+def test_track_uses_the_default_tracker(no_engine_env):
+    from progress_engine import get_progress_tracker_sync
+
+    task_id = unique("default-track")
+    assert list(track(range(2), task_id=task_id)) == [0, 1]
+    assert get_progress_tracker_sync().get_task_progress_sync(task_id)["status"] == "completed"
