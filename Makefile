@@ -3,7 +3,7 @@
 
 PREFIX ?= /usr/local
 PYTHON ?= python3
-SWIFT_BUILD = swift build -c release --product ProgressEngine
+SWIFT_BUILD = swift build -c release
 LIB = .build/release/libProgressEngine.so
 
 .PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python clean

@@ -6,11 +6,21 @@ let package = Package(
     products: [
         // The product everything else loads: libProgressEngine.so with the C ABI of include/progress.h.
         .library(name: "ProgressEngine", type: .dynamic, targets: ["ProgressEngine"]),
+        .executable(name: "progress-server", targets: ["ProgressServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // C shims: what Swift cannot express (thread-local storage with C lifetime, relaxed atomic loads
-        // of caller-owned memory). Symbols are prefixed CProgress_.
-        .target(name: "CProgress", path: "Sources/CProgress"),
+        // C shims: what Swift cannot express (thread-local storage with C lifetime, relaxed atomics on
+        // caller-owned memory, libwebsockets' macros and callback). Symbols are prefixed CProgress_.
+        .systemLibrary(
+            name: "CLibwebsockets",
+            path: "Sources/CLibwebsockets",
+            pkgConfig: "libwebsockets",
+            providers: [.apt(["libwebsockets-dev"])]
+        ),
+        .target(name: "CProgress", dependencies: ["CLibwebsockets"], path: "Sources/CProgress"),
         .target(
             name: "ProgressEngine",
             dependencies: ["CProgress"],
@@ -20,6 +30,11 @@ let package = Package(
                 // cost more than the update itself. All shared state is guarded by Mutex.
                 .unsafeFlags(["-enforce-exclusivity=unchecked"]),
             ]
+        ),
+        .executableTarget(
+            name: "ProgressServer",
+            dependencies: ["ProgressEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/ProgressServer"
         ),
         .testTarget(name: "ProgressEngineTests", dependencies: ["ProgressEngine"], path: "Tests/ProgressEngineTests"),
     ]

@@ -2,6 +2,7 @@
 #define CPROGRESS_H
 /* C shims for the Swift engine. Each exists because Swift cannot express it directly. */
 #include <stddef.h>
+#include "CProgressListener.h"
 
 /* Per-thread last-error message with C lifetime: Swift has no thread-local storage whose pointer stays
  * valid after the Swift call returns, and progress_last_error() hands out a pointer the caller reads later.

@@ -45,8 +45,8 @@ public func progress_engine_close(_ handle: OpaquePointer?) {
 
 @_cdecl("progress_engine_port")
 public func progress_engine_port(_ handle: OpaquePointer?) -> CInt {
-    // No listener in this build: every engine reports -1.
-    -1
+    guard let handle else { return -1 }
+    return CInt(Unmanaged<Engine>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { $0.port })
 }
 
 @_cdecl("progress_engine_stats")

@@ -44,6 +44,8 @@ final class Engine: @unchecked Sendable {
     private let purged = Atomic<Int>(0)
     private let lastSweep = Locked<Double>(0)
     private var maintenance: MaintenanceThread?
+    /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared.
+    private(set) var listener: Listener?
 
     /// - Parameters:
     ///   - config: parsed configuration.
@@ -52,10 +54,6 @@ final class Engine: @unchecked Sendable {
     /// - Throws: `EngineError.unsupported` for a listener or Redis (not in this build), `.io` if the thread
     ///   cannot start.
     init(config: EngineConfig, clock: any EngineClock = SystemClock(), background: Bool = true) throws {
-        if let listen = config.listen {
-            throw EngineError.unsupported("listen \"\(listen)\": this build has no network listener yet; "
-                + "omit \"listen\" to run in memory")
-        }
         if let url = config.redisURL {
             throw EngineError.unsupported("redis_url \"\(url)\": this build has no Redis storage yet; "
                 + "omit \"redis_url\" to run in memory")
@@ -65,10 +63,22 @@ final class Engine: @unchecked Sendable {
         if background {
             maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
         }
+        if let listen = config.listen {
+            do {
+                listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
+            } catch {
+                maintenance?.stop()
+                throw error
+            }
+        }
     }
+
+    /// The listener's bound port, or -1 without a listener.
+    var port: Int { listener?.port ?? -1 }
 
     /// Stops the maintenance thread and reads every attached counter a last time. Idempotent.
     func close() {
+        listener?.stop()
         maintenance?.stop()
         maintenance = nil
         for id in counterTasks.withLock({ Array($0) }) {
@@ -77,10 +87,15 @@ final class Engine: @unchecked Sendable {
     }
 
     deinit {
+        listener?.stop()
         maintenance?.stop()
     }
 
     // MARK: - Validation
+
+    static func isValidId(_ id: String) -> Bool {
+        (try? validateId(id)) != nil
+    }
 
     /// Task and batch ids: 1-256 characters of UTF-8 without control characters.
     static func validateId(_ id: String, what: String = "task id") throws {
@@ -117,8 +132,10 @@ final class Engine: @unchecked Sendable {
             }
             guard isUpdate else { return try body(task) }
             do {
+                let seqBefore = task.seq
                 let r = try body(task)
                 shard.updates += 1
+                if task.seq != seqBefore, let listener { Engine.noteChange(task, listener) }
                 return r
             } catch {
                 shard.invalidUpdates += 1
@@ -159,14 +176,17 @@ final class Engine: @unchecked Sendable {
                 }
                 if !existing.status.isTerminal {
                     existing.markResumed(at: try existing.resolveTimestamp(explicit: options.timestamp, now: now))
+                    if let listener { Engine.noteChange(existing, listener) }
                 }
                 return false
             }
-            shard.tasks[key] = TaskRecord(
+            let task = TaskRecord(
                 id: id, key: key, templateId: templateId, category: category, quality: options.quality,
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
                 stages: stages, timestamp: options.timestamp ?? now,
                 historyCoalesceSeconds: Double(config.throttleMs) / 1000)
+            shard.tasks[key] = task
+            if let listener { Engine.noteChange(task, listener) }
             return true
         }
         if created, let batch = options.batchId {
@@ -254,8 +274,75 @@ final class Engine: @unchecked Sendable {
     func log(id: String, level: LogLevel, message: String, timestamp: Double? = nil) throws {
         let now = clock.now()
         logCount.add(1, ordering: .relaxed)
-        try withTask(id: id, isUpdate: false) { task in
+        let entry = try withTask(id: id, isUpdate: false) { task in
             task.log(level, message, at: timestamp ?? max(now, task.lastTimestamp))
+        }
+        listener?.noteLog(taskId: id, entry: entry)
+    }
+
+    // MARK: - Fan-out (called by the listener)
+
+    /// Queues a changed task for the listener, at most once until the listener takes it; an urgent change
+    /// (stage, terminal, created) queues it again so it is not held back by the throttle. Under the shard lock.
+    @inline(__always)
+    private static func noteChange(_ task: TaskRecord, _ listener: Listener) {
+        let flags = task.fanoutFlags
+        if flags & 1 == 0 {
+            task.fanoutFlags = task.lastChangeUrgent ? 3 : 1
+            listener.noteChange(taskId: task.id)
+        } else if task.lastChangeUrgent && flags & 2 == 0 {
+            task.fanoutFlags = flags | 2
+            listener.noteChange(taskId: task.id)
+        }
+    }
+
+    /// What the listener should do with a queued task now.
+    enum FanoutDecision {
+        /// Send this state to the task's subscribers.
+        case send(TaskSnapshot, urgent: Bool)
+        /// Throttled: look again at this monotonic time.
+        case later(Double)
+        /// Nothing to send (already taken, nobody watching, or the task is gone).
+        case nothing
+    }
+
+    /// Takes a queued task for fan-out unless the throttle holds it back.
+    /// - Parameters:
+    ///   - now: monotonic seconds.
+    ///   - throttle: minimum seconds between two fan-outs of a non-urgent change.
+    ///   - watched: whether anyone subscribes to the task (no snapshot is taken otherwise).
+    func takeFanout(id: String, now: Double, throttle: Double, watched: Bool) -> FanoutDecision {
+        let key = TaskKey(owning: id)
+        return table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], task.fanoutFlags & 1 != 0 else { return .nothing }
+            let urgent = task.fanoutFlags & 2 != 0
+            if !urgent && now - task.lastFanoutAt < throttle { return .later(task.lastFanoutAt + throttle) }
+            task.fanoutFlags = 0
+            task.lastFanoutAt = now
+            return watched ? .send(TaskSnapshot(task), urgent: urgent) : .nothing
+        }
+    }
+
+    /// Every task's current state (for a "*" subscription and the dashboard).
+    func allSnapshots() -> [TaskSnapshot] {
+        let now = clock.now()
+        var out: [TaskSnapshot] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where !task.isExpired(now: now, retention: config.retentionSeconds) {
+                    out.append(TaskSnapshot(task))
+                }
+            }
+        }
+        return out.sorted { $0.createdAt < $1.createdAt }
+    }
+
+    /// History events after `afterSeq`, with the oldest seq still held and the task's current seq.
+    func historyEvents(id: String, afterSeq: UInt64) throws -> (events: [HistoryEvent], firstSeq: UInt64, lastSeq: UInt64) {
+        try withTask(id: id, isUpdate: false, forReading: true) { task in
+            var events: [HistoryEvent] = []
+            task.history.forEach { if $0.seq > afterSeq { events.append($0) } }
+            return (events, task.history.first?.seq ?? 0, task.seq)
         }
     }
 
@@ -349,7 +436,10 @@ final class Engine: @unchecked Sendable {
             let key = TaskKey(owning: id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
-                if pollCounter(task, at: max(now, task.lastTimestamp)) { shard.updates += 1 }
+                if pollCounter(task, at: max(now, task.lastTimestamp)) {
+                    shard.updates += 1
+                    if let listener { Engine.noteChange(task, listener) }
+                }
             }
         }
         let sweepDue = lastSweep.withLock { last in
@@ -516,24 +606,39 @@ final class Engine: @unchecked Sendable {
         return w.output
     }
 
-    func statsJSON() -> String {
-        var tasks = 0, updates = 0, invalid = 0
+    /// Engine counters, for `progress_engine_stats` and `/metrics`.
+    struct Counters {
+        var tasks = 0, updates = 0, invalidUpdates = 0, events = 0, logs = 0, purgedTasks = 0, attachedCounters = 0
+    }
+
+    func counters() -> Counters {
+        var c = Counters()
         for shard in table.allShards {
             shard.withLock { s in
-                tasks += s.tasks.count
-                updates += s.updates
-                invalid += s.invalidUpdates
+                c.tasks += s.tasks.count
+                c.updates += s.updates
+                c.invalidUpdates += s.invalidUpdates
             }
         }
+        c.invalidUpdates += misses.load(ordering: .relaxed)
+        c.events = events.load(ordering: .relaxed)
+        c.logs = logCount.load(ordering: .relaxed)
+        c.purgedTasks = purged.load(ordering: .relaxed)
+        c.attachedCounters = counterTasks.withLock { $0.count }
+        return c
+    }
+
+    func statsJSON() -> String {
+        let c = counters()
         var w = JSONWriter()
         w.beginObject()
-        w.key("tasks"); w.integer(tasks)
-        w.key("updates"); w.integer(updates)
-        w.key("invalid_updates"); w.integer(invalid + misses.load(ordering: .relaxed))
-        w.key("events"); w.integer(events.load(ordering: .relaxed))
-        w.key("logs"); w.integer(logCount.load(ordering: .relaxed))
-        w.key("purged_tasks"); w.integer(purged.load(ordering: .relaxed))
-        w.key("attached_counters"); w.integer(counterTasks.withLock { $0.count })
+        w.key("tasks"); w.integer(c.tasks)
+        w.key("updates"); w.integer(c.updates)
+        w.key("invalid_updates"); w.integer(c.invalidUpdates)
+        w.key("events"); w.integer(c.events)
+        w.key("logs"); w.integer(c.logs)
+        w.key("purged_tasks"); w.integer(c.purgedTasks)
+        w.key("attached_counters"); w.integer(c.attachedCounters)
         w.endObject()
         return w.output
     }

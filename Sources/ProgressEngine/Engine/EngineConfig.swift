@@ -14,12 +14,13 @@ struct EngineConfig: Sendable {
     var authToken: String?
     var maxConnections = 1024
     var maxMessageBytes = 65_536
+    var maxSubscriptions = 1000
     var dashboard = true
 
     static let keys: Set<String> = [
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
         "preview_milestones", "preview_max_size", "resource_interval_ms", "heartbeat_timeout_seconds",
-        "auth_token", "max_connections", "max_message_bytes", "dashboard",
+        "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
     ]
 
     /// Parses `config_json`; nil or empty text gives the defaults.
@@ -69,6 +70,7 @@ struct EngineConfig: Sendable {
             }
             config.maxConnections = try integer(reader, "max_connections", in: 1...1_000_000) ?? config.maxConnections
             config.maxMessageBytes = try integer(reader, "max_message_bytes", in: 256...(64 << 20)) ?? config.maxMessageBytes
+            config.maxSubscriptions = try integer(reader, "max_subscriptions", in: 1...1_000_000) ?? config.maxSubscriptions
             config.dashboard = try reader.bool("dashboard") ?? config.dashboard
         } catch let error as EngineError where error.status == EngineError.json("").status {
             // A value of the wrong type is a configuration mistake, reported as such.

@@ -149,6 +149,69 @@ enum ISO8601 {
             + ".\(pad(millis, 3))Z"
     }
 
+    /// Parses "2024-01-15", "2024-01-15T10:30:00", with optional fraction and "Z" or "±HH:MM" (default UTC).
+    /// - Returns: epoch seconds, or nil if the text is not such a date.
+    static func parse(_ text: String) -> Double? {
+        let b = Array(text.utf8)
+        func digits(_ at: Int, _ count: Int) -> Int? {
+            guard at + count <= b.count else { return nil }
+            var v = 0
+            for i in at..<(at + count) {
+                guard (48...57).contains(b[i]) else { return nil }
+                v = v * 10 + Int(b[i] - 48)
+            }
+            return v
+        }
+        guard let year = digits(0, 4), b.count >= 10, b[4] == 45, let month = digits(5, 2), b[7] == 45,
+              let day = digits(8, 2), (1...12).contains(month), (1...31).contains(day) else { return nil }
+        var seconds = 0.0
+        var i = 10
+        if i < b.count {
+            guard b[i] == 84 || b[i] == 32, let h = digits(i + 1, 2), b.count > i + 3, b[i + 3] == 58,
+                  let m = digits(i + 4, 2), h < 24, m < 60 else { return nil }
+            seconds = Double(h * 3600 + m * 60)
+            i += 6
+            if i < b.count, b[i] == 58 {
+                guard let s = digits(i + 1, 2), s < 61 else { return nil }
+                seconds += Double(s)
+                i += 3
+                if i < b.count, b[i] == 46 {
+                    var scale = 0.1
+                    i += 1
+                    let start = i
+                    while i < b.count, (48...57).contains(b[i]) {
+                        seconds += Double(b[i] - 48) * scale
+                        scale /= 10
+                        i += 1
+                    }
+                    guard i > start else { return nil }
+                }
+            }
+            if i < b.count {
+                if b[i] == 90 {
+                    i += 1
+                } else if b[i] == 43 || b[i] == 45, let oh = digits(i + 1, 2), b.count >= i + 6, b[i + 3] == 58,
+                          let om = digits(i + 4, 2) {
+                    let offset = Double(oh * 3600 + om * 60)
+                    seconds -= b[i] == 43 ? offset : -offset
+                    i += 6
+                } else {
+                    return nil
+                }
+            }
+            guard i == b.count else { return nil }
+        }
+        // Days from civil (H. Hinnant), the inverse of `format`.
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let mp = (month + 9) % 12
+        let doy = (153 * mp + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return Double(days) * 86_400 + seconds
+    }
+
     private static func pad(_ value: Int64, _ width: Int) -> String {
         let s = String(value)
         return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s

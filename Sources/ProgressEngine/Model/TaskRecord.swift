@@ -75,6 +75,13 @@ final class TaskRecord: @unchecked Sendable {
     private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
     private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
     var counter: CounterBinding?
+    /// Whether the latest change must reach watchers without throttling (anything but a progress step).
+    private(set) var lastChangeUrgent = false
+    /// Listener bookkeeping, guarded by the shard lock like the rest: bit 0 = queued for fan-out,
+    /// bit 1 = an urgent change is among the queued ones.
+    var fanoutFlags: UInt8 = 0
+    /// Monotonic time of the last fan-out, for the per-task throttle.
+    var lastFanoutAt = -Double.infinity
     /// History keeps at most one progress event per stage per this many seconds (the newest), so a flood
     /// of steps does not push stage changes out of the bounded history.
     let historyCoalesceSeconds: Double
@@ -189,8 +196,10 @@ final class TaskRecord: @unchecked Sendable {
         if final == .completed { stages[index].progress = 1 }
     }
 
-    private func recordChange(_ type: HistoryType, at ts: Double) {
+    /// - Parameter enteredStage: a progress step that moved the task to another stage (urgent for watchers).
+    private func recordChange(_ type: HistoryType, at ts: Double, enteredStage: Bool = false) {
         if type == .progress { refreshCurrentStage() } else { refreshOverall() }
+        lastChangeUrgent = type != .progress || enteredStage
         seq &+= 1
         updatedAt = ts
         lastTimestamp = ts
@@ -232,7 +241,7 @@ final class TaskRecord: @unchecked Sendable {
         stages[target].progress = Double(step) / Double(total)
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
-        recordChange(.progress, at: ts)
+        recordChange(.progress, at: ts, enteredStage: entering)
     }
 
     /// `progress_stage_update`.
@@ -335,9 +344,13 @@ final class TaskRecord: @unchecked Sendable {
     }
 
     /// Appends to the log. Logs are accepted for finished tasks too (a runner's last words).
-    func log(_ level: LogLevel, _ message: String, at ts: Double) {
-        logs.append(LogEntry(timestamp: ts, level: level, message: message, stage: currentStage))
+    /// - Returns: the entry, for watchers.
+    @discardableResult
+    func log(_ level: LogLevel, _ message: String, at ts: Double) -> LogEntry {
+        let entry = LogEntry(timestamp: ts, level: level, message: message, stage: currentStage)
+        logs.append(entry)
         lastTimestamp = max(lastTimestamp, ts)
+        return entry
     }
 
     /// Per-stage durations of a completed task, for the ETA history.

@@ -1,0 +1,76 @@
+#ifndef CPROGRESS_LISTENER_H
+#define CPROGRESS_LISTENER_H
+/*
+ * The libwebsockets listener, reduced to what the Swift listener needs. This is C because libwebsockets
+ * is driven by macros (LWS_PRE padding), a callback with a union-typed `in`, and structs Swift would
+ * have to mirror field by field; here they stay behind a handful of plain functions.
+ *
+ * Threading: every callback runs on the thread that calls CProgress_listener_service(). Only
+ * CProgress_listener_wake() may be called from other threads (it is lws_cancel_service()).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct CProgress_listener CProgress_listener;
+
+/* Callbacks into Swift; `ctx` is CProgress_listener_config.ctx, `conn` an opaque connection handle
+ * (a struct lws *) valid until on_ws_close / the end of on_http. */
+typedef struct {
+    void *ctx;
+    /* An HTTP request: method ("GET", "POST", ...), decoded path, query arguments as "name=value" pairs
+     * each NUL-terminated one after the other (query_len bytes in all; decoded by libwebsockets), the
+     * Authorization header ("" if none), the peer address. Must call CProgress_http_respond once. */
+    void (*on_http)(void *ctx, void *conn, const char *method, const char *path, const char *query,
+                    size_t query_len, const char *authorization, const char *peer);
+    /* A WebSocket handshake completed. Returns a non-zero connection id; 0 refuses (closes). */
+    uint64_t (*on_ws_open)(void *ctx, void *conn, const char *path, const char *query, size_t query_len,
+                           const char *authorization, const char *peer);
+    /* A whole message (fragments reassembled), at most max_message_bytes. */
+    void (*on_ws_message)(void *ctx, uint64_t id, const char *data, size_t len, int binary);
+    /* The connection can take one write. Call CProgress_ws_write at most once, then return 1 if more is
+     * waiting (writable is requested again), 0 if not, -1 to close (after CProgress_ws_set_close). */
+    int (*on_ws_writable)(void *ctx, uint64_t id, void *conn);
+    /* The connection is gone (peer closed, error, or our close). */
+    void (*on_ws_close)(void *ctx, uint64_t id);
+    /* CProgress_listener_wake() was called (on the service thread). */
+    void (*on_wake)(void *ctx);
+    /* The timer set with CProgress_listener_set_timer fired. */
+    void (*on_timer)(void *ctx);
+} CProgress_listener_callbacks;
+
+typedef struct {
+    const char *iface;            /* IP address to bind, NULL = every interface */
+    int port;                     /* 0 = any free port */
+    size_t max_message_bytes;     /* larger WebSocket messages are closed with 1009 */
+    int max_fds;                  /* libwebsockets' fd table size (connections + margin) */
+    int header_timeout_secs;      /* a request whose headers are not complete by then is dropped */
+    CProgress_listener_callbacks callbacks;
+} CProgress_listener_config;
+
+/* Creates the context and binds. Returns 0 and sets *out and *bound_port, or -1 with a message in err. */
+int CProgress_listener_create(const CProgress_listener_config *config, CProgress_listener **out, int *bound_port,
+                              char *err, size_t err_len);
+/* Runs one round of the event loop (blocks until there is something to do or a wake). <0: fatal. */
+int CProgress_listener_service(CProgress_listener *l);
+/* Any thread: interrupts the service call, which then calls on_wake. */
+void CProgress_listener_wake(CProgress_listener *l);
+/* Service thread: on_timer runs once after `usec` microseconds (replaces a pending timer). */
+void CProgress_listener_set_timer(CProgress_listener *l, int64_t usec);
+/* Service thread, after the service loop ended: closes every connection and frees everything. */
+void CProgress_listener_destroy(CProgress_listener *l);
+
+/* The bytes a WebSocket message buffer must reserve before its payload (LWS_PRE). */
+size_t CProgress_ws_pre(void);
+/* Service thread: asks for on_ws_writable on this connection. */
+void CProgress_ws_request_writable(void *conn);
+/* Service thread, inside on_ws_writable: writes one text message whose payload starts at buf + LWS_PRE
+ * (the LWS_PRE bytes before it are scratch space for the frame header). Returns 0, or -1 on error. */
+int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len);
+/* Service thread: the close code and reason sent when on_ws_writable next returns -1. */
+void CProgress_ws_set_close(void *conn, int code, const char *reason);
+/* Service thread, inside on_http: the response. headers: extra "Name: value\r\n" lines or NULL.
+ * The body is copied. close_after: close the connection once sent (for requests whose body we skip). */
+void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,
+                            const void *body, size_t body_len, int close_after);
+
+#endif

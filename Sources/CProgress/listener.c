@@ -1,0 +1,318 @@
+/*
+ * libwebsockets glue for the Swift listener (see include/CProgressListener.h for the contract).
+ * One protocol serves both plain HTTP and WebSocket upgrades on one port; every callback runs on the
+ * service thread.
+ */
+#include "CProgressListener.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct CProgress_listener {
+    struct lws_context *context;
+    CProgress_listener_callbacks cb;
+    size_t max_message;
+    lws_sorted_usec_list_t timer;
+    struct lws_protocols protocols[2];
+};
+
+/* Per-connection state, allocated and zeroed by libwebsockets. */
+struct session {
+    uint64_t id; /* WebSocket connection id from Swift; 0 for plain HTTP */
+    /* WebSocket message being reassembled from fragments. */
+    unsigned char *rx;
+    size_t rx_len, rx_cap;
+    int rx_binary;
+    /* HTTP response body being sent. */
+    unsigned char *body;
+    size_t body_len, body_sent;
+    int close_after;
+    /* Close requested by Swift. */
+    int close_code;
+    char close_reason[96];
+};
+
+enum { QUERY_CAP = 8192, HEADER_CAP = 4096, PATH_CAP = 4096, PEER_CAP = 64, HTTP_CHUNK = 32768 };
+
+static void free_session(struct session *s) {
+    free(s->rx);
+    s->rx = NULL;
+    s->rx_len = s->rx_cap = 0;
+    free(s->body);
+    s->body = NULL;
+    s->body_len = s->body_sent = 0;
+}
+
+/* Query arguments as NUL-separated "name=value" fragments, decoded by libwebsockets. */
+static size_t collect_query(struct lws *wsi, char *buf, size_t cap) {
+    size_t used = 0;
+    for (int n = 0; used + 1 < cap; n++) {
+        int len = lws_hdr_copy_fragment(wsi, buf + used, (int)(cap - used), WSI_TOKEN_HTTP_URI_ARGS, n);
+        if (len < 0) break;
+        used += (size_t)len + 1;
+    }
+    return used;
+}
+
+static void copy_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int cap) {
+    buf[0] = '\0';
+    if (lws_hdr_total_length(wsi, token) > 0 && lws_hdr_copy(wsi, buf, cap, token) < 0) buf[0] = '\0';
+}
+
+static const char *method_of(struct lws *wsi) {
+    static const struct {
+        enum lws_token_indexes token;
+        const char *name;
+    } methods[] = {
+        {WSI_TOKEN_GET_URI, "GET"},       {WSI_TOKEN_POST_URI, "POST"},     {WSI_TOKEN_PUT_URI, "PUT"},
+        {WSI_TOKEN_PATCH_URI, "PATCH"},   {WSI_TOKEN_DELETE_URI, "DELETE"}, {WSI_TOKEN_OPTIONS_URI, "OPTIONS"},
+        {WSI_TOKEN_HEAD_URI, "HEAD"},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (lws_hdr_total_length(wsi, methods[i].token) > 0) return methods[i].name;
+    }
+    return "UNKNOWN";
+}
+
+static int write_http_body(struct lws *wsi, struct session *s) {
+    size_t left = s->body_len - s->body_sent;
+    size_t n = left > HTTP_CHUNK ? HTTP_CHUNK : left;
+    int final = n == left;
+    unsigned char *buf = malloc(LWS_PRE + n + 1);
+    if (buf == NULL) return -1;
+    memcpy(buf + LWS_PRE, s->body + s->body_sent, n);
+    int written = lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP);
+    free(buf);
+    if (written < (int)n) return -1;
+    s->body_sent += n;
+    if (!final) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    int close_after = s->close_after;
+    free(s->body);
+    s->body = NULL;
+    s->body_len = s->body_sent = 0;
+    if (close_after) return -1;
+    /* Keep-alive: wait for the next request on this connection (non-zero means close it). */
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
+    struct session *s = user;
+    struct lws_context *context = lws_get_context(wsi);
+    CProgress_listener *l = context ? lws_context_user(context) : NULL;
+    if (l == NULL) return lws_callback_http_dummy(wsi, reason, user, in, len);
+
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        l->cb.on_wake(l->cb.ctx);
+        return 0;
+
+    case LWS_CALLBACK_HTTP: {
+        char query[QUERY_CAP], auth[HEADER_CAP], peer[PEER_CAP];
+        size_t query_len = collect_query(wsi, query, sizeof query);
+        copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
+        lws_get_peer_simple(wsi, peer, sizeof peer);
+        free_session(s);
+        l->cb.on_http(l->cb.ctx, wsi, method_of(wsi), in ? (const char *)in : "/", query, query_len, auth, peer);
+        if (s->body == NULL) return -1; /* Swift did not respond: a bug; drop the connection */
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+
+    case LWS_CALLBACK_HTTP_BODY:
+        return 0; /* bodies are not used by any route; the response is already decided */
+
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (s == NULL || s->body == NULL) return 0;
+        return write_http_body(wsi, s);
+
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (s) free_session(s);
+        return 0;
+
+    case LWS_CALLBACK_ESTABLISHED: {
+        char path[PATH_CAP], query[QUERY_CAP], auth[HEADER_CAP], peer[PEER_CAP];
+        copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof path);
+        size_t query_len = collect_query(wsi, query, sizeof query);
+        copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
+        lws_get_peer_simple(wsi, peer, sizeof peer);
+        s->id = l->cb.on_ws_open(l->cb.ctx, wsi, path, query, query_len, auth, peer);
+        return s->id ? 0 : -1;
+    }
+
+    case LWS_CALLBACK_RECEIVE: {
+        if (s->id == 0) return -1;
+        if (s->rx_len == 0) s->rx_binary = lws_frame_is_binary(wsi);
+        if (s->rx_len + len > l->max_message) {
+            static const char why[] = "message too large";
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof why - 1);
+            return -1;
+        }
+        if (s->rx_len + len > s->rx_cap) {
+            size_t cap = s->rx_cap ? s->rx_cap : 1024;
+            while (cap < s->rx_len + len) cap *= 2;
+            unsigned char *grown = realloc(s->rx, cap);
+            if (grown == NULL) return -1;
+            s->rx = grown;
+            s->rx_cap = cap;
+        }
+        memcpy(s->rx + s->rx_len, in, len);
+        s->rx_len += len;
+        if (lws_is_final_fragment(wsi) && lws_remaining_packet_payload(wsi) == 0) {
+            size_t n = s->rx_len;
+            s->rx_len = 0;
+            l->cb.on_ws_message(l->cb.ctx, s->id, (const char *)s->rx, n, s->rx_binary);
+            /* Big buffers are not kept for the connection's lifetime. */
+            if (s->rx_cap > 65536) {
+                free(s->rx);
+                s->rx = NULL;
+                s->rx_cap = 0;
+            }
+        }
+        return 0;
+    }
+
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+        if (s->id == 0) return 0;
+        int more = l->cb.on_ws_writable(l->cb.ctx, s->id, wsi);
+        if (more < 0) {
+            if (s->close_code)
+                lws_close_reason(wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
+                                 strlen(s->close_reason));
+            return -1;
+        }
+        if (more > 0) lws_callback_on_writable(wsi);
+        return 0;
+    }
+
+    case LWS_CALLBACK_CLOSED:
+        if (s && s->id) {
+            uint64_t id = s->id;
+            s->id = 0;
+            l->cb.on_ws_close(l->cb.ctx, id);
+        }
+        if (s) free_session(s);
+        return 0;
+
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static void timer_fired(lws_sorted_usec_list_t *sul) {
+    CProgress_listener *l = lws_container_of(sul, CProgress_listener, timer);
+    l->cb.on_timer(l->cb.ctx);
+}
+
+int CProgress_listener_create(const CProgress_listener_config *config, CProgress_listener **out, int *bound_port,
+                              char *err, size_t err_len) {
+    *out = NULL;
+    CProgress_listener *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+    l->cb = config->callbacks;
+    l->max_message = config->max_message_bytes;
+    l->protocols[0].name = "http";
+    l->protocols[0].callback = callback;
+    l->protocols[0].per_session_data_size = sizeof(struct session);
+    l->protocols[0].rx_buffer_size = 65536;
+
+    /* Only errors from libwebsockets itself; the engine logs what matters to its users. */
+    lws_set_log_level(LLL_ERR, NULL);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = config->port;
+    info.iface = config->iface;
+    info.protocols = l->protocols;
+    info.user = l;
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    info.fd_limit_per_thread = (unsigned int)config->max_fds;
+    info.timeout_secs = (unsigned int)config->header_timeout_secs;
+    info.timeout_secs_ah_idle = (unsigned int)config->header_timeout_secs;
+    info.keepalive_timeout = 30;
+    info.max_http_header_data = 8192;
+    info.max_http_header_pool = 256;
+
+    l->context = lws_create_context(&info);
+    if (l->context == NULL) {
+        snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
+                 config->iface ? config->iface : "*", config->port);
+        free(l);
+        return -1;
+    }
+    struct lws_vhost *vhost = lws_get_vhost_by_name(l->context, "default");
+    *bound_port = vhost ? lws_get_vhost_listen_port(vhost) : config->port;
+    *out = l;
+    return 0;
+}
+
+int CProgress_listener_service(CProgress_listener *l) { return lws_service(l->context, 0); }
+
+void CProgress_listener_wake(CProgress_listener *l) { lws_cancel_service(l->context); }
+
+void CProgress_listener_set_timer(CProgress_listener *l, int64_t usec) {
+    lws_sul_schedule(l->context, 0, &l->timer, timer_fired, usec);
+}
+
+void CProgress_listener_destroy(CProgress_listener *l) {
+    if (l == NULL) return;
+    lws_context_destroy(l->context);
+    free(l);
+}
+
+size_t CProgress_ws_pre(void) { return LWS_PRE; }
+
+void CProgress_ws_request_writable(void *conn) { lws_callback_on_writable(conn); }
+
+int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len) {
+    int n = lws_write(conn, buf + LWS_PRE, payload_len, LWS_WRITE_TEXT);
+    return n < (int)payload_len ? -1 : 0;
+}
+
+void CProgress_ws_set_close(void *conn, int code, const char *reason) {
+    struct session *s = lws_wsi_user(conn);
+    if (s == NULL) return;
+    s->close_code = code;
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason ? reason : "");
+}
+
+void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,
+                            const void *body, size_t body_len, int close_after) {
+    struct lws *wsi = conn;
+    struct session *s = lws_wsi_user(wsi);
+    if (s == NULL) return;
+    unsigned char buf[LWS_PRE + 4096];
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
+    if (lws_add_http_common_headers(wsi, (unsigned int)status, content_type, body_len, &p, end)) return;
+    /* Extra headers arrive as "Name: value\r\n" lines. */
+    for (const char *line = headers; line && *line;) {
+        const char *eol = strstr(line, "\r\n");
+        const char *colon = strchr(line, ':');
+        if (eol == NULL || colon == NULL || colon > eol) break;
+        char name[128];
+        size_t name_len = (size_t)(colon - line) + 1;
+        if (name_len >= sizeof name) break;
+        memcpy(name, line, name_len);
+        name[name_len] = '\0';
+        const char *value = colon + 1;
+        while (*value == ' ') value++;
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)name, (const unsigned char *)value,
+                                        (int)(eol - value), &p, end))
+            return;
+        line = eol + 2;
+    }
+    if (lws_finalize_write_http_header(wsi, start, &p, end)) return;
+    s->body = malloc(body_len ? body_len : 1);
+    if (s->body == NULL) return;
+    if (body_len) memcpy(s->body, body, body_len);
+    s->body_len = body_len;
+    s->body_sent = 0;
+    s->close_after = close_after;
+}

@@ -1,0 +1,387 @@
+import CProgress
+import Glibc
+import Synchronization
+
+/// `host:port` of the `listen` option.
+struct ListenAddress: Equatable {
+    /// nil binds every interface.
+    let host: String?
+    let port: Int
+
+    /// Parses "127.0.0.1:8000", "0.0.0.0:0", ":8000", "localhost:8000".
+    /// - Throws: `EngineError.config` naming what is wrong.
+    static func parse(_ text: String) throws -> ListenAddress {
+        guard let colon = text.lastIndex(of: ":") else {
+            throw EngineError.config("listen \"\(text)\" must be HOST:PORT, e.g. \"127.0.0.1:8000\" (port 0 = any free port)")
+        }
+        let host = String(text[..<colon])
+        let portText = text[text.index(after: colon)...]
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            throw EngineError.config("listen \"\(text)\": port \"\(portText)\" must be a number within 0...65535")
+        }
+        if host.contains(":") || host.hasPrefix("[") {
+            throw EngineError.config("listen \"\(text)\": IPv6 addresses are not supported; use an IPv4 address or a host name")
+        }
+        let bind: String? = switch host {
+        case "", "0.0.0.0", "*": nil
+        case "localhost": "127.0.0.1"
+        default: host
+        }
+        return ListenAddress(host: bind, port: port)
+    }
+}
+
+/// Monotonic seconds, for throttling (never jumps with the wall clock).
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// The embedded libwebsockets listener: WebSocket + REST on one port (SPEC §7, §8).
+///
+/// Threads: one service thread, started by `init` and joined by `stop()`, owns every socket, every
+/// `ClientConnection` and all subscription state. Other threads only call `noteChange` / `noteLog`, which
+/// append to a locked inbox and wake the service thread with `lws_cancel_service()` (at most one wake in
+/// flight). Nothing a runner calls waits on a socket.
+final class Listener: @unchecked Sendable {
+    unowned let engine: Engine
+    private(set) var port = -1
+    let throttle: Double
+    let maxSubscriptions: Int
+    let maxConnections: Int
+    let authToken: String?
+    let metrics = ListenerMetrics()
+    /// A client whose unsent messages exceed either bound is closed (4008 "client too slow"): it would
+    /// otherwise hold memory for every task it watches without ever reading.
+    static let slowClientMaxMessages = 10_000
+    static let slowClientMaxBytes = 32 << 20
+    static let maxQueuedLogs = 100_000
+
+    private var c: OpaquePointer?
+    private var thread = pthread_t()
+    private var threadStarted = false
+    private let stopping = Atomic<Bool>(false)
+    private let wakePending = Atomic<Bool>(false)
+    /// Changed task ids and log entries from any thread, drained by the service thread.
+    private let inbox = Locked(Inbox())
+
+    struct Inbox {
+        var changed: [String] = []
+        var logs: [(String, LogEntry)] = []
+        var droppedLogs = 0
+    }
+
+    // Service-thread state.
+    var connections: [UInt64: ClientConnection] = [:]
+    private var subscribers: [String: Set<UInt64>] = [:]
+    private var wildcards: Set<UInt64> = []
+    private var nextConnectionId: UInt64 = 1
+    /// Throttled task ids and when to look at them again (monotonic seconds).
+    private var deferred: [String: Double] = [:]
+    private var timerDue = Double.infinity
+
+    /// Binds and starts the service thread.
+    /// - Throws: `EngineError.io` if the address cannot be bound or the thread cannot start.
+    init(engine: Engine, address: ListenAddress) throws {
+        self.engine = engine
+        throttle = Double(engine.config.throttleMs) / 1000
+        maxSubscriptions = engine.config.maxSubscriptions
+        maxConnections = engine.config.maxConnections
+        authToken = engine.config.authToken
+
+        var config = CProgress_listener_config()
+        config.port = Int32(address.port)
+        config.max_message_bytes = engine.config.maxMessageBytes
+        config.max_fds = Int32(min(engine.config.maxConnections + 256, 1 << 20))
+        config.header_timeout_secs = 10
+        config.callbacks = Listener.callbacks
+        // Unretained: the listener outlives the C context, which `stop()` destroys.
+        config.callbacks.ctx = Unmanaged.passUnretained(self).toOpaque()
+        var boundPort: Int32 = -1
+        var err = [CChar](repeating: 0, count: 256)
+        var handle: OpaquePointer?
+        let rc: Int32 = withOptionalCString(address.host) { iface in
+            config.iface = iface
+            return CProgress_listener_create(&config, &handle, &boundPort, &err, err.count)
+        }
+        guard rc == 0, let handle else {
+            let why = String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw EngineError.io("listen: \(why); pick another port (0 = any free one) or address")
+        }
+        c = handle
+        port = Int(boundPort)
+
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let started = pthread_create(&thread, nil, { raw in
+            let listener = Unmanaged<Listener>.fromOpaque(raw!).takeRetainedValue()
+            listener.serviceLoop()
+            return nil
+        }, context)
+        guard started == 0 else {
+            Unmanaged<Listener>.fromOpaque(context).release()
+            CProgress_listener_destroy(handle)
+            c = nil
+            throw EngineError.io("listen: cannot start the listener thread (pthread_create returned \(started))")
+        }
+        threadStarted = true
+    }
+
+    private func serviceLoop() {
+        while !stopping.load(ordering: .acquiring) {
+            if CProgress_listener_service(c) < 0 { break }
+        }
+    }
+
+    /// Stops the service thread, closes every connection and the listening socket. Idempotent; called by
+    /// `Engine.close()` from the closing thread.
+    func stop() {
+        guard threadStarted else { return }
+        threadStarted = false
+        stopping.store(true, ordering: .releasing)
+        CProgress_listener_wake(c)
+        pthread_join(thread, nil)
+        // The service thread is gone: destroying the context here runs the close callbacks on this thread.
+        CProgress_listener_destroy(c)
+        c = nil
+        connections.removeAll()
+        subscribers.removeAll()
+        wildcards.removeAll()
+    }
+
+    // MARK: - From any thread
+
+    /// A task changed; called under its shard lock, at most once per queued state (see `Engine.noteChange`).
+    func noteChange(taskId: String) {
+        inbox.withLock { $0.changed.append(taskId) }
+        wake()
+    }
+
+    /// A log entry for the task's subscribers.
+    func noteLog(taskId: String, entry: LogEntry) {
+        let queued = inbox.withLock { inbox -> Bool in
+            guard inbox.logs.count < Listener.maxQueuedLogs else {
+                inbox.droppedLogs += 1
+                return false
+            }
+            inbox.logs.append((taskId, entry))
+            return true
+        }
+        if queued { wake() }
+    }
+
+    private func wake() {
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing), let c {
+            CProgress_listener_wake(c)
+        }
+    }
+
+    // MARK: - Service thread: fan-out
+
+    fileprivate func drainInbox() {
+        wakePending.store(false, ordering: .releasing)
+        let (changed, logs, dropped) = inbox.withLock { inbox -> ([String], [(String, LogEntry)], Int) in
+            defer {
+                inbox.changed.removeAll(keepingCapacity: true)
+                inbox.logs.removeAll(keepingCapacity: true)
+                inbox.droppedLogs = 0
+            }
+            return (inbox.changed, inbox.logs, inbox.droppedLogs)
+        }
+        metrics.droppedLogs.add(dropped, ordering: .relaxed)
+        let now = monotonicNow()
+        for id in changed { fanOut(taskId: id, now: now) }
+        for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
+        armTimer(now: now)
+    }
+
+    fileprivate func timerFired() {
+        timerDue = .infinity
+        let now = monotonicNow()
+        let due = deferred.filter { $0.value <= now + 0.0005 }.map(\.key)
+        for id in due {
+            deferred[id] = nil
+            fanOut(taskId: id, now: now)
+        }
+        armTimer(now: now)
+    }
+
+    private func armTimer(now: Double) {
+        guard let next = deferred.values.min(), next < timerDue else { return }
+        timerDue = next
+        CProgress_listener_set_timer(c, Int64(max(0, next - now) * 1e6) + 1)
+    }
+
+    private func isWatched(_ taskId: String) -> Bool {
+        !wildcards.isEmpty || subscribers[taskId]?.isEmpty == false
+    }
+
+    private func fanOut(taskId: String, now: Double) {
+        switch engine.takeFanout(id: taskId, now: now, throttle: throttle, watched: isWatched(taskId)) {
+        case .nothing:
+            return
+        case let .later(due):
+            deferred[taskId] = min(deferred[taskId] ?? .infinity, due)
+        case let .send(snapshot, urgent):
+            deferred[taskId] = nil
+            let message = WireMessage(Messages.progressUpdate(snapshot))
+            forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
+            metrics.fanouts.add(1, ordering: .relaxed)
+        }
+    }
+
+    private func fanOutLog(taskId: String, entry: LogEntry) {
+        guard isWatched(taskId) else { return }
+        let message = WireMessage(Messages.taskLog(taskId: taskId, entry: entry))
+        forEachSubscriber(of: taskId) { $0.send(message) }
+    }
+
+    private func forEachSubscriber(of taskId: String, _ body: (ClientConnection) -> Void) {
+        var seen = wildcards
+        for id in wildcards { if let client = connections[id] { deliver(client, body) } }
+        for id in subscribers[taskId] ?? [] where seen.insert(id).inserted {
+            if let client = connections[id] { deliver(client, body) }
+        }
+    }
+
+    private func deliver(_ client: ClientConnection, _ body: (ClientConnection) -> Void) {
+        body(client)
+        if client.pendingCount > Listener.slowClientMaxMessages || client.queuedBytes > Listener.slowClientMaxBytes {
+            metrics.slowClientsClosed.add(1, ordering: .relaxed)
+            client.close(code: 4008, reason: "client too slow: \(client.pendingCount) messages unread", immediately: true)
+        }
+    }
+
+    // MARK: - Service thread: connections and subscriptions
+
+    fileprivate func open(wsi: UnsafeMutableRawPointer, path: String, query: [String: String], authorization: String,
+                          peer: String) -> UInt64 {
+        let id = nextConnectionId
+        nextConnectionId += 1
+        let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
+        let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer)
+        connections[id] = client
+        metrics.connectionsOpened.add(1, ordering: .relaxed)
+        if path != Routes.webSocketPath {
+            client.close(code: 4404, reason: "no WebSocket endpoint at \(path); use \(Routes.webSocketPath)")
+        } else if !isAuthorized(authorization: authorization, query: query) {
+            client.close(code: 4401, reason: "unauthorized: pass Authorization: Bearer TOKEN or ?token=TOKEN")
+        } else if connections.count > maxConnections {
+            metrics.connectionsRefused.add(1, ordering: .relaxed)
+            client.close(code: 1013, reason: "too many connections (max_connections \(maxConnections)); try again later")
+        } else if Engine.isValidId(clientId) == false {
+            client.close(code: 1008, reason: "client_id must be 1-256 printable characters")
+        } else {
+            client.send(WireMessage(Messages.connectionEstablished(clientId: clientId)))
+        }
+        return id
+    }
+
+    fileprivate func closed(id: UInt64) {
+        guard let client = connections.removeValue(forKey: id) else { return }
+        for task in client.subscriptions {
+            subscribers[task]?.remove(id)
+            if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
+        }
+        wildcards.remove(id)
+    }
+
+    fileprivate func writable(id: UInt64) -> Int32 {
+        guard let client = connections[id] else { return -1 }
+        let result = client.writeNext()
+        if result >= 0 { metrics.messagesSent.add(1, ordering: .relaxed) }
+        return result
+    }
+
+    func isAuthorized(authorization: String, query: [String: String]) -> Bool {
+        guard let token = authToken else { return true }
+        if authorization == "Bearer \(token)" { return true }
+        return query["token"] == token
+    }
+
+    /// Adds subscriptions; all or nothing against the per-connection cap.
+    func subscribe(_ client: ClientConnection, to ids: [String]) throws {
+        let new = Set(ids.filter { $0 != "*" }).subtracting(client.subscriptions)
+        guard client.subscriptions.count + new.count <= maxSubscriptions else {
+            throw ProtocolError(code: "limit", message: "subscribing to \(new.count) more tasks would exceed "
+                + "\(maxSubscriptions) subscriptions per connection; subscribe to \"*\" to watch every task")
+        }
+        for task in new {
+            client.subscriptions.insert(task)
+            subscribers[task, default: []].insert(client.id)
+        }
+        if ids.contains("*") {
+            client.wildcard = true
+            wildcards.insert(client.id)
+        }
+    }
+
+    func unsubscribe(_ client: ClientConnection, from ids: [String]) {
+        for task in ids {
+            if task == "*" {
+                client.wildcard = false
+                wildcards.remove(client.id)
+                continue
+            }
+            client.subscriptions.remove(task)
+            if !client.wildcard { client.forget(task: task) }
+            subscribers[task]?.remove(client.id)
+            if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
+        }
+    }
+
+    var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }
+    var connectionCount: Int { connections.count }
+    var subscriptionCount: Int { connections.values.reduce(0) { $0 + $1.subscriptions.count } }
+
+    // MARK: - C callbacks
+
+    private static func listener(_ ctx: UnsafeMutableRawPointer?) -> Listener {
+        Unmanaged<Listener>.fromOpaque(ctx!).takeUnretainedValue()
+    }
+
+    private static var callbacks: CProgress_listener_callbacks {
+        var cb = CProgress_listener_callbacks()
+        cb.on_http = { ctx, conn, method, path, query, queryLen, authorization, peer in
+            let l = Listener.listener(ctx)
+            Routes.handleHTTP(l, conn: conn!, method: String(cString: method!), path: String(cString: path!),
+                              query: parseQuery(query, queryLen), authorization: String(cString: authorization!),
+                              peer: String(cString: peer!))
+        }
+        cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, peer in
+            Listener.listener(ctx).open(wsi: conn!, path: String(cString: path!), query: parseQuery(query, queryLen),
+                                        authorization: String(cString: authorization!), peer: String(cString: peer!))
+        }
+        cb.on_ws_message = { ctx, id, data, len, binary in
+            let l = Listener.listener(ctx)
+            guard let client = l.connections[id] else { return }
+            let bytes = UnsafeRawBufferPointer(start: data, count: len)
+            Messages.handle(l, client: client, bytes: bytes.bindMemory(to: UInt8.self), binary: binary != 0)
+        }
+        cb.on_ws_writable = { ctx, id, _ in Listener.listener(ctx).writable(id: id) }
+        cb.on_ws_close = { ctx, id in Listener.listener(ctx).closed(id: id) }
+        cb.on_wake = { ctx in Listener.listener(ctx).drainInbox() }
+        cb.on_timer = { ctx in Listener.listener(ctx).timerFired() }
+        return cb
+    }
+}
+
+/// Query arguments from the C side's NUL-separated "name=value" list; the first of a repeated name wins.
+private func parseQuery(_ raw: UnsafePointer<CChar>?, _ len: Int) -> [String: String] {
+    guard let raw, len > 0 else { return [:] }
+    var out: [String: String] = [:]
+    let bytes = UnsafeRawBufferPointer(start: raw, count: len)
+    for part in bytes.split(separator: 0, omittingEmptySubsequences: true) {
+        let text = String(decoding: part, as: UTF8.self)
+        let pair = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        let name = String(pair[0])
+        if out[name] == nil { out[name] = pair.count > 1 ? String(pair[1]) : "" }
+    }
+    return out
+}
+
+/// Calls `body` with a C string for `s`, or NULL.
+func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+    guard let s else { return body(nil) }
+    return s.withCString { body($0) }
+}

@@ -1,0 +1,241 @@
+/// A client message the listener rejects: sent back as `{"type":"error","code","message"}`; the connection
+/// lives on.
+struct ProtocolError: Error {
+    let code: String
+    let message: String
+}
+
+/// The WebSocket protocol of SPEC §7: client messages in, server messages out.
+enum Messages {
+    // MARK: - Server → client
+
+    static func connectionEstablished(clientId: String) -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string("connection.established")
+        w.key("client_id"); w.string(clientId)
+        w.endObject()
+        return w
+    }
+
+    /// `progress.update` (or `progress.current`) with the whole TaskProgress in `data`.
+    static func progressUpdate(_ s: TaskSnapshot, type: String = "progress.update", recovered: Bool? = nil) -> JSONWriter {
+        var w = JSONWriter(capacity: 1536)
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key("task_id"); w.string(s.id)
+        w.key("seq"); w.integer(s.seq)
+        if let recovered { w.key("recovered"); w.bool(recovered) }
+        w.key("data"); TaskJSON.write(s, to: &w)
+        w.endObject()
+        return w
+    }
+
+    /// A missed event replayed from history on `resume`.
+    static func replayed(taskId: String, event e: HistoryEvent) -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string("progress.update")
+        w.key("task_id"); w.string(taskId)
+        w.key("seq"); w.integer(e.seq)
+        w.key("replayed"); w.bool(true)
+        w.key("data"); w.beginObject()
+        w.key("task_id"); w.string(taskId)
+        w.key("seq"); w.integer(e.seq)
+        w.key("timestamp"); w.timestamp(e.timestamp)
+        w.key("event"); w.string(e.type.name)
+        w.key("status"); w.string(e.status.name)
+        w.key("current_stage"); w.integer(e.stage)
+        w.key("stage_progress"); w.number(e.progress)
+        w.key("overall_progress"); w.number(e.overallProgress)
+        w.key("message"); w.string(e.message)
+        w.endObject()
+        w.endObject()
+        return w
+    }
+
+    static func taskLog(taskId: String, entry: LogEntry) -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string("task.log")
+        w.key("task_id"); w.string(taskId)
+        w.key("entry"); w.beginObject()
+        w.key("timestamp"); w.timestamp(entry.timestamp)
+        w.key("level"); w.string(entry.level.name)
+        w.key("message"); w.string(entry.message)
+        w.key("stage"); w.integer(entry.stage)
+        w.endObject()
+        w.endObject()
+        return w
+    }
+
+    static func error(code: String, message: String) -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string("error")
+        w.key("code"); w.string(code)
+        w.key("message"); w.string(message)
+        w.endObject()
+        return w
+    }
+
+    private static func taskIdList(type: String, _ ids: [String]) -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key("task_ids"); w.beginArray()
+        for id in ids { w.string(id) }
+        w.endArray()
+        w.endObject()
+        return w
+    }
+
+    private static func raw(type: String, key: String, id: String, dataJSON: String) throws -> JSONWriter {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key(key); w.string(id)
+        w.key("data"); w.value(try JSONParser.parse(dataJSON, context: "engine output"))
+        w.endObject()
+        return w
+    }
+
+    // MARK: - Client → server
+
+    /// Handles one client message on the service thread; every rejection becomes an `error` message.
+    static func handle(_ l: Listener, client: ClientConnection, bytes: UnsafeBufferPointer<UInt8>, binary: Bool) {
+        guard client.closing == nil else { return }
+        l.metrics.messagesReceived.add(1, ordering: .relaxed)
+        do {
+            guard !binary else {
+                throw ProtocolError(code: "binary_not_supported", message: "binary frames are not understood; send JSON text frames")
+            }
+            let value: JSONValue
+            do {
+                value = try JSONParser.parse(bytes: bytes, context: "message")
+            } catch let e as EngineError {
+                throw ProtocolError(code: "invalid_json", message: e.message)
+            }
+            try dispatch(l, client: client, value: value)
+        } catch let e as ProtocolError {
+            l.metrics.invalidMessages.add(1, ordering: .relaxed)
+            client.send(WireMessage(error(code: e.code, message: e.message)))
+        } catch let e as EngineError {
+            l.metrics.invalidMessages.add(1, ordering: .relaxed)
+            client.send(WireMessage(error(code: e.status == -2 ? "not_found" : "invalid_message", message: e.message)))
+        } catch {
+            client.send(WireMessage(Messages.error(code: "internal", message: "\(error)")))
+        }
+    }
+
+    private static func dispatch(_ l: Listener, client: ClientConnection, value: JSONValue) throws {
+        let reader: JSONObjectReader
+        do {
+            reader = try JSONObjectReader(value, context: "message")
+        } catch let e as EngineError {
+            throw ProtocolError(code: "invalid_message", message: e.message)
+        }
+        let type: String
+        do {
+            guard let t = try reader.string("type") else {
+                throw ProtocolError(code: "invalid_message", message: "message needs a \"type\" string")
+            }
+            type = t
+        } catch let e as EngineError {
+            throw ProtocolError(code: "invalid_message", message: e.message)
+        }
+        do {
+            switch type {
+            case "subscribe":
+                try subscribe(l, client: client, reader: reader)
+            case "unsubscribe":
+                let ids = try taskIds(reader)
+                l.unsubscribe(client, from: ids)
+                client.send(WireMessage(taskIdList(type: "unsubscribed", ids)))
+            case "get_progress":
+                guard let id = try reader.string("task_id") else {
+                    throw ProtocolError(code: "invalid_message", message: "get_progress needs a \"task_id\" string")
+                }
+                let snapshot = try l.engine.snapshot(id: id)
+                client.send(WireMessage(progressUpdate(snapshot, type: "progress.current")))
+            case "get_batch_progress":
+                guard let batch = try reader.string("batch_id") else {
+                    throw ProtocolError(code: "invalid_message", message: "get_batch_progress needs a \"batch_id\" string")
+                }
+                let ids = try reader.array("task_ids").map { try stringList($0, key: "task_ids") }
+                let json = try l.engine.batchJSON(batchId: batch, taskIds: ids)
+                client.send(WireMessage(try raw(type: "batch.progress", key: "batch_id", id: batch, dataJSON: json)))
+            case "ping":
+                var w = JSONWriter()
+                w.beginObject(); w.key("type"); w.string("pong"); w.endObject()
+                client.send(WireMessage(w))
+            default:
+                throw ProtocolError(code: "unknown_type", message: "unknown message type \"\(type)\"; known: subscribe, "
+                    + "unsubscribe, get_progress, get_batch_progress, ping")
+            }
+        } catch let e as EngineError where e.status == EngineError.json("").status {
+            throw ProtocolError(code: "invalid_message", message: e.message)
+        }
+    }
+
+    private static func stringList(_ values: [JSONValue], key: String) throws -> [String] {
+        try values.map {
+            guard case let .string(s) = $0 else {
+                throw ProtocolError(code: "invalid_message", message: "\"\(key)\" must be an array of strings")
+            }
+            return s
+        }
+    }
+
+    /// `task_ids`: a non-empty array of valid task ids or "*".
+    private static func taskIds(_ reader: JSONObjectReader) throws -> [String] {
+        guard let values = try reader.array("task_ids") else {
+            throw ProtocolError(code: "invalid_message", message: "\"task_ids\" must be an array of task ids (or \"*\")")
+        }
+        let ids = try stringList(values, key: "task_ids")
+        for id in ids where id != "*" {
+            guard Engine.isValidId(id) else {
+                throw ProtocolError(code: "invalid_message", message: "task id \(JSONValue.string(id).serialized()) is not "
+                    + "1-256 printable characters")
+            }
+        }
+        return ids
+    }
+
+    private static func subscribe(_ l: Listener, client: ClientConnection, reader: JSONObjectReader) throws {
+        let ids = try taskIds(reader)
+        var resume: [String: UInt64] = [:]
+        if let object = try reader.object("resume"), case let .object(members) = object {
+            for (id, value) in members {
+                guard case let .number(n) = value, n >= 0, n.rounded() == n, n < 9e15 else {
+                    throw ProtocolError(code: "invalid_message", message: "resume[\"\(id)\"] must be a seq number >= 0")
+                }
+                resume[id] = UInt64(n)
+            }
+        }
+        try l.subscribe(client, to: ids)
+        client.send(WireMessage(taskIdList(type: "subscribed", ids)))
+        let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
+        for snapshot in snapshots {
+            var recovered: Bool? = nil
+            if let last = resume[snapshot.id] {
+                recovered = replay(l, client: client, taskId: snapshot.id, after: last, current: snapshot.seq)
+            }
+            client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
+                                seq: snapshot.seq, urgent: true)
+        }
+    }
+
+    /// Replays the events after `after` that history still holds, up to (not including) the current state.
+    /// - Returns: whether history covered the gap (false: the client only gets the current state).
+    private static func replay(_ l: Listener, client: ClientConnection, taskId: String, after: UInt64, current: UInt64) -> Bool {
+        guard after < current, let history = try? l.engine.historyEvents(id: taskId, afterSeq: after) else {
+            return after <= current
+        }
+        guard history.firstSeq <= after + 1 else { return false }
+        for event in history.events where event.seq < current {
+            client.sendProgress(WireMessage(replayed(taskId: taskId, event: event)), task: taskId, seq: event.seq, urgent: true)
+        }
+        return true
+    }
+}

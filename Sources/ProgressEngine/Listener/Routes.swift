@@ -1,0 +1,213 @@
+import CProgress
+import Glibc
+
+/// The REST API of SPEC §8, answered on the service thread from the engine's in-memory state.
+enum Routes {
+    static let webSocketPath = "/api/v1/progress/ws"
+    static let tasksPrefix = "/api/v1/progress/tasks/"
+    static let batchPrefix = "/api/v1/progress/batch/"
+    static let previewsPrefix = "/api/v1/previews/"
+    /// Preview files are served by exact name only: no separators, no "..", nothing hidden.
+    static let maxPreviewBytes = 32 << 20
+
+    private struct HTTPError: Error {
+        let status: Int32
+        let code: String
+        let message: String
+        var headers = ""
+    }
+
+    private struct Response {
+        var status: Int32 = 200
+        var contentType = "application/json"
+        var headers = "Cache-Control: no-store\r\n"
+        var body: [UInt8]
+        var closeAfter = false
+    }
+
+    static func handleHTTP(_ l: Listener, conn: UnsafeMutableRawPointer, method: String, path: String,
+                           query: [String: String], authorization: String, peer: String) {
+        l.metrics.httpRequests.add(1, ordering: .relaxed)
+        var response: Response
+        do {
+            response = try route(l, method: method, path: path, query: query, authorization: authorization)
+        } catch let e as HTTPError {
+            response = errorResponse(status: e.status, code: e.code, message: e.message)
+            response.headers += e.headers
+            // A request with a body we did not read cannot keep the connection.
+            response.closeAfter = method != "GET" && method != "HEAD"
+        } catch let e as EngineError {
+            let status: Int32 = switch e.status {
+            case -2: 404
+            case -10: 413
+            case -11: 500
+            default: 400
+            }
+            response = errorResponse(status: status, code: status == 404 ? "not_found" : "bad_request", message: e.message)
+        } catch {
+            response = errorResponse(status: 500, code: "internal", message: "\(error)")
+        }
+        response.body.withUnsafeBytes { body in
+            CProgress_http_respond(conn, response.status, response.contentType, response.headers, body.baseAddress,
+                                   body.count, response.closeAfter ? 1 : 0)
+        }
+    }
+
+    private static func errorResponse(status: Int32, code: String, message: String) -> Response {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("error"); w.beginObject()
+        w.key("code"); w.string(code)
+        w.key("message"); w.string(message)
+        w.endObject()
+        w.endObject()
+        return Response(status: status, body: w.bytes)
+    }
+
+    private static func json(_ text: String) -> Response {
+        Response(body: Array(text.utf8))
+    }
+
+    private static func route(_ l: Listener, method: String, path: String, query: [String: String],
+                              authorization: String) throws -> Response {
+        if path == "/healthz" {
+            guard method == "GET" else { throw methodNotAllowed(method, path) }
+            return json(#"{"status":"ok"}"#)
+        }
+        guard method == "GET" else { throw methodNotAllowed(method, path) }
+        guard l.isAuthorized(authorization: authorization, query: query) else {
+            throw HTTPError(status: 401, code: "unauthorized",
+                            message: "missing or wrong token: send Authorization: Bearer TOKEN or ?token=TOKEN",
+                            headers: "WWW-Authenticate: Bearer\r\n")
+        }
+        if path == "/metrics" {
+            var r = Response(body: Array(metricsText(l).utf8))
+            r.contentType = "text/plain; version=0.0.4; charset=utf-8"
+            return r
+        }
+        if path.hasPrefix(tasksPrefix) {
+            let rest = String(path.dropFirst(tasksPrefix.count))
+            if rest.hasSuffix("/logs") {
+                let id = String(rest.dropLast("/logs".count))
+                let since = try query["since"].map(parseSince) ?? 0
+                let level = try query["level"].map { name -> LogLevel in
+                    guard let level = LogLevel(name: name) else {
+                        throw HTTPError(status: 400, code: "bad_request",
+                                        message: "level \"\(name)\" is not one of debug, info, warning, error")
+                    }
+                    return level
+                } ?? .debug
+                return json(try l.engine.logsJSON(id: try taskId(id), since: since, minLevel: level))
+            }
+            if rest.hasSuffix("/history") {
+                let id = String(rest.dropLast("/history".count))
+                let after = try query["after_seq"].map { text -> UInt64 in
+                    guard let n = UInt64(text) else {
+                        throw HTTPError(status: 400, code: "bad_request", message: "after_seq \"\(text)\" must be an integer >= 0")
+                    }
+                    return n
+                } ?? 0
+                return json(try l.engine.historyJSON(id: try taskId(id), afterSeq: after))
+            }
+            return json(try l.engine.taskJSON(id: try taskId(rest)))
+        }
+        if path.hasPrefix(batchPrefix) {
+            let batch = String(path.dropFirst(batchPrefix.count))
+            guard Engine.isValidId(batch), !batch.contains("/") else {
+                throw HTTPError(status: 400, code: "bad_request", message: "batch id must be 1-256 printable characters")
+            }
+            let ids = query["task_ids"].flatMap { csv -> [String]? in
+                let list = csv.split(separator: ",", omittingEmptySubsequences: true).map(String.init)
+                return list.isEmpty ? nil : list
+            }
+            return json(try l.engine.batchJSON(batchId: batch, taskIds: ids))
+        }
+        if path.hasPrefix(previewsPrefix) {
+            return try preview(l, name: String(path.dropFirst(previewsPrefix.count)))
+        }
+        throw HTTPError(status: 404, code: "not_found", message: "no route for \(path); see SPEC §8 for the API")
+    }
+
+    private static func methodNotAllowed(_ method: String, _ path: String) -> HTTPError {
+        HTTPError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path); use GET",
+                  headers: "Allow: GET\r\n")
+    }
+
+    private static func taskId(_ text: String) throws -> String {
+        guard Engine.isValidId(text) else {
+            throw HTTPError(status: 400, code: "bad_request", message: "task id must be 1-256 printable characters")
+        }
+        return text
+    }
+
+    /// `since`: ISO-8601 ("2024-01-01", "2024-01-01T10:00:00Z") or epoch seconds.
+    private static func parseSince(_ text: String) throws -> Double {
+        if let epoch = Double(text), epoch.isFinite { return epoch }
+        if let epoch = ISO8601.parse(text) { return epoch }
+        throw HTTPError(status: 400, code: "bad_request",
+                        message: "since \"\(text)\" is neither ISO-8601 (2024-01-01T10:00:00Z) nor epoch seconds")
+    }
+
+    private static func isSafePreviewName(_ name: String) -> Bool {
+        guard name.hasSuffix(".png"), name.utf8.count <= 255, !name.hasPrefix(".") else { return false }
+        return name.utf8.allSatisfy { b in
+            (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 45 || b == 95 || b == 46
+        } && !name.contains("..")
+    }
+
+    private static func preview(_ l: Listener, name: String) throws -> Response {
+        guard isSafePreviewName(name) else {
+            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
+        }
+        guard let dir = l.engine.config.previewDir else {
+            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\" (no preview_dir configured)")
+        }
+        guard let file = fopen(dir + "/" + name, "rb") else {
+            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+            if bytes.count > maxPreviewBytes {
+                throw HTTPError(status: 413, code: "too_large", message: "preview \"\(name)\" is larger than \(maxPreviewBytes) bytes")
+            }
+            if n < chunk.count { break }
+        }
+        var r = Response(body: bytes)
+        r.contentType = "image/png"
+        // Preview files are written once under their final name (milestone in the name), so they never change.
+        r.headers = "Cache-Control: public, max-age=86400, immutable\r\nX-Content-Type-Options: nosniff\r\n"
+        return r
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    static func metricsText(_ l: Listener) -> String {
+        let c = l.engine.counters()
+        let m = l.metrics
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ value: Int) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+        }
+        metric("progress_connections", "gauge", "Open WebSocket connections.", l.connectionCount)
+        metric("progress_subscriptions", "gauge", "Task subscriptions over all connections.", l.subscriptionCount)
+        metric("progress_connections_opened_total", "counter", "WebSocket connections accepted.", m.connectionsOpened.load(ordering: .relaxed))
+        metric("progress_connections_refused_total", "counter", "WebSocket connections closed for max_connections.", m.connectionsRefused.load(ordering: .relaxed))
+        metric("progress_messages_sent_total", "counter", "WebSocket messages sent.", m.messagesSent.load(ordering: .relaxed))
+        metric("progress_messages_received_total", "counter", "WebSocket messages received.", m.messagesReceived.load(ordering: .relaxed))
+        metric("progress_invalid_messages_total", "counter", "WebSocket messages answered with an error.", m.invalidMessages.load(ordering: .relaxed))
+        metric("progress_http_requests_total", "counter", "HTTP requests.", m.httpRequests.load(ordering: .relaxed))
+        metric("progress_fanouts_total", "counter", "Task states fanned out to subscribers.", m.fanouts.load(ordering: .relaxed))
+        metric("progress_slow_clients_closed_total", "counter", "Clients closed for not reading (4008).", m.slowClientsClosed.load(ordering: .relaxed))
+        metric("progress_dropped_logs_total", "counter", "Log entries not fanned out because the queue was full.", m.droppedLogs.load(ordering: .relaxed))
+        metric("progress_updates_received_total", "counter", "Accepted task updates.", c.updates)
+        metric("progress_invalid_updates_total", "counter", "Rejected task updates.", c.invalidUpdates)
+        metric("progress_tasks", "gauge", "Tasks held in memory.", c.tasks)
+        metric("progress_fanout_queue_depth", "gauge", "Changes and logs waiting for the listener thread.", l.queueDepth)
+        metric("progress_client_queue_depth", "gauge", "Messages waiting to be written to clients.",
+               l.connections.values.reduce(0) { $0 + $1.pendingCount })
+        return out
+    }
+}
