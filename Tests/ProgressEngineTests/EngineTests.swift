@@ -358,7 +358,10 @@ struct EngineTests {
         expectError(-7) { _ = try EngineConfig.parse(#"{"preview_milestones":[0, 50]}"#) }
         expectError(-6) { _ = try EngineConfig.parse("{") }
         expectError(-6) { _ = try EngineConfig.parse("[]") }
-        expectError(-8) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1:0"}"#), background: false) }
+        expectError(-8) { _ = try Engine(config: try EngineConfig.parse(#"{"redis_url":"redis://127.0.0.1:6379/0"}"#), background: false) }
+        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1"}"#), background: false) }
+        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1:99999"}"#), background: false) }
+        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"[::1]:0"}"#), background: false) }
         let full = try EngineConfig.parse(#"{"listen":null,"namespace":"p1","retention_seconds":5,"throttle_ms":0,"dashboard":false}"#)
         #expect(full.retentionSeconds == 5 && full.throttleMs == 0 && !full.dashboard && full.listen == nil)
     }
