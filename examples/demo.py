@@ -1,11 +1,11 @@
-"""The README's demo: sample runners report tasks to one in-process engine while a watcher prints them live.
+"""The README's demo: an engine with its listener, sample runners producing tasks, and the URLs to watch them.
 
 Runners (as a diffusion / video pipeline would report): an SDXL-like image task walking its stages step by step,
-a video task jumping straight to frames, a batch of three image tasks, a custom-template task, and one task
-that fails. The watcher polls the engine (there is no network listener yet) and redraws a table until every
-task has finished, then prints one task's TaskProgress JSON and its history.
+a video task jumping straight to frames, a batch of three image tasks, a custom-template task, a tqdm-style loop,
+and one task that fails. A watcher redraws a table in the terminal while the same state is served over
+WebSocket and REST. Rounds repeat (new task ids each round) until Ctrl-C, or `--rounds N`.
 
-Run: `make demo` (or `python3 examples/demo.py --speed 5` to go faster).
+Run: `make demo` (or `python3 examples/demo.py --speed 5 --rounds 1`).
 """
 
 import argparse
@@ -14,6 +14,7 @@ import json
 import sys
 
 from progress_engine import (
+    EngineIOError,
     ProgressContext,
     ProgressTracker,
     Stage,
@@ -117,31 +118,64 @@ async def watch(tracker, ids, interval):
         await asyncio.sleep(interval)
 
 
-async def main(speed):
+def open_tracker(listen):
+    try:
+        return ProgressTracker(listen=listen, retention_seconds=3600)
+    except EngineIOError as exc:
+        host = listen.rpartition(":")[0]
+        print(f"{exc}: using a free port instead", file=sys.stderr)
+        return ProgressTracker(listen=f"{host}:0", retention_seconds=3600)
+
+
+async def run_round(tracker, round_no, pace):
+    p = f"r{round_no}-"
+    ids = [p + name for name in ("sdxl-001", "video-001", "batch-a-1", "batch-a-2", "batch-a-3", "custom-001",
+                                 "audio-001", "sdxl-oom")]
+    runners = [
+        image_runner(tracker, ids[0], 30, pace),
+        video_runner(tracker, ids[1], 48, pace),
+        *(image_runner(tracker, ids[1 + i], 20 + 5 * i, pace, batch_id=p + "batch-a", quality="draft")
+          for i in range(1, 4)),
+        custom_runner(tracker, ids[5], pace),
+        loop_runner(tracker, ids[6], pace),
+        failing_runner(tracker, ids[7], pace),
+    ]
+    await asyncio.gather(watch(tracker, ids, 0.1), *runners)
+    batch = await tracker.get_batch_progress(p + "batch-a")
+    print(f"\n{p}batch-a: {batch['completed_tasks']}/{batch['total_tasks']} completed, "
+          f"overall {batch['overall_progress']:.1f}%")
+    return ids
+
+
+async def main(speed, rounds, listen):
     pace = 0.1 / speed
-    with ProgressTracker(retention_seconds=3600) as tracker:
-        ids = ["sdxl-001", "video-001", "batch-a-1", "batch-a-2", "batch-a-3", "custom-001", "audio-001", "sdxl-oom"]
-        runners = [
-            image_runner(tracker, "sdxl-001", 30, pace),
-            video_runner(tracker, "video-001", 48, pace),
-            *(image_runner(tracker, f"batch-a-{i}", 20 + 5 * i, pace, batch_id="batch-a", quality="draft")
-              for i in range(1, 4)),
-            custom_runner(tracker, "custom-001", pace),
-            loop_runner(tracker, "audio-001", pace),
-            failing_runner(tracker, "sdxl-oom", pace),
-        ]
-        print("ProgressEngine demo: 8 tasks from 6 sample runners (no listener yet: printing the engine's state)\n")
-        await asyncio.gather(watch(tracker, ids, 0.1), *runners)
-        batch = await tracker.get_batch_progress("batch-a")
-        print(f"\nbatch-a: {batch['completed_tasks']}/{batch['total_tasks']} completed, "
-              f"overall {batch['overall_progress']:.1f}%")
-        print("\nTaskProgress of sdxl-001:")
-        print(json.dumps(await tracker.get_task_progress("sdxl-001"), indent=2))
-        history = await tracker.get_history("sdxl-001")
-        print(f"\nhistory of sdxl-001: {len(history['events'])} events kept, last seq {history['last_seq']}")
+    with open_tracker(listen) as tracker:
+        url = tracker.url
+        print("ProgressEngine demo: 8 tasks per round from 6 sample runners\n")
+        print(f"  REST       {url}/api/v1/progress/tasks/r1-sdxl-001")
+        print(f"  WebSocket  ws{url[4:]}/api/v1/progress/ws  (send {{\"type\":\"subscribe\",\"task_ids\":[\"*\"]}})")
+        print(f"  metrics    {url}/metrics\n")
+        round_no = 0
+        while rounds == 0 or round_no < rounds:
+            round_no += 1
+            ids = await run_round(tracker, round_no, pace)
+            if round_no == 1:
+                print(f"\nTaskProgress of {ids[0]}:")
+                print(json.dumps(await tracker.get_task_progress(ids[0]), indent=2))
+                history = await tracker.get_history(ids[0])
+                print(f"\nhistory of {ids[0]}: {len(history['events'])} events kept, last seq {history['last_seq']}")
+            if rounds == 0 or round_no < rounds:
+                print(f"\nnext round in 3 s (Ctrl-C to stop; the state stays served at {url})\n")
+                await asyncio.sleep(3)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=1.0, help="run the sample runners this many times faster")
-    asyncio.run(main(parser.parse_args().speed))
+    parser.add_argument("--rounds", type=int, default=0, help="stop after this many rounds (0 = until Ctrl-C)")
+    parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT of the listener (port 0 = any)")
+    args = parser.parse_args()
+    try:
+        asyncio.run(main(args.speed, args.rounds, args.listen))
+    except KeyboardInterrupt:
+        print("\nstopped")

@@ -30,6 +30,11 @@
  * - Each engine owns one maintenance thread (started by progress_engine_open, joined by
  *   progress_engine_close). It purges finished tasks after `retention_seconds` and reads attached step
  *   counters (progress_task_attach_counter). It never calls back into user code.
+ * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
+ *   progress_engine_close). It alone touches libwebsockets: every socket, every client connection and all
+ *   subscription state. Other threads hand changes over through a locked queue and wake it with
+ *   lws_cancel_service() (at most one wake in flight), so an update never waits on a socket; the listener
+ *   reads task state under the same shard locks as everyone else and encodes JSON outside them.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
  *
  * Timestamps
@@ -122,15 +127,19 @@ PROGRESS_API void progress_string_free(char *s);
  *   listen ("host:port", null = no listener), redis_url ("redis://host:port/db", absent = memory only),
  *   namespace ("progress"), retention_seconds (86400), throttle_ms (100), preview_dir (string),
  *   preview_milestones ([25,50,75]), preview_max_size (512), resource_interval_ms (1000),
- *   heartbeat_timeout_seconds (30), auth_token (string), max_connections (int),
- *   max_message_bytes (int), dashboard (true).
- * This build serves in memory only: a non-null `listen` or `redis_url` gives PROGRESS_E_UNSUPPORTED.
+ *   heartbeat_timeout_seconds (30), auth_token (string), max_connections (1024 WebSocket clients),
+ *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions
+ *   (1000 task ids per connection; "*" counts as none), dashboard (true).
+ * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
+ * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
+ * address. This build keeps state in memory only: a `redis_url` gives PROGRESS_E_UNSUPPORTED.
  * On success *out is a new engine owned by the caller (release with progress_engine_close); on error
  * *out is set to NULL. */
 PROGRESS_API progress_status progress_engine_open(const char *config_json, progress_engine **out);
 
-/* Stops the maintenance thread, detaches counters (reading each a last time) and frees the engine.
- * NULL is a no-op. No other thread may use the engine during or after this call. */
+/* Stops the listener (closing every client connection and the listening socket), stops the maintenance
+ * thread, detaches counters (reading each a last time) and frees the engine. NULL is a no-op. No other
+ * thread may use the engine during or after this call. */
 PROGRESS_API void progress_engine_close(progress_engine *engine);
 
 /* The listener's bound TCP port, or -1 when the engine has no listener (or engine is NULL). */

@@ -70,6 +70,7 @@ class ProgressTracker:
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
+        self._listen = config.get("listen")
         # task_id -> int64 view of the task's attached (step, total_steps) array. The view keeps the
         # array alive; an entry goes only once the engine has stopped reading that array.
         self._counters: Dict[str, memoryview] = {}
@@ -99,6 +100,18 @@ class ProgressTracker:
     def port(self) -> int:
         """The listener's bound TCP port, or -1 without a listener (or once closed)."""
         return _lib.progress_engine_port(self._engine)
+
+    @property
+    def url(self) -> Optional[str]:
+        """http://HOST:PORT of the listener (the dashboard and REST API), or None without one. A
+        wildcard bind address is shown as 127.0.0.1."""
+        port = self.port
+        if port < 0 or not self._listen:
+            return None
+        host = str(self._listen).rpartition(":")[0]
+        if host in ("", "0.0.0.0", "*"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
 
     def __enter__(self) -> "ProgressTracker":
         return self
