@@ -13,14 +13,20 @@ let package = Package(
     ],
     targets: [
         // C shims: what Swift cannot express (thread-local storage with C lifetime, relaxed atomics on
-        // caller-owned memory, libwebsockets' macros and callback). Symbols are prefixed CProgress_.
+        // caller-owned memory, libwebsockets' macros and callback, libpng's simplified API). Symbols are prefixed CProgress_.
         .systemLibrary(
             name: "CLibwebsockets",
             path: "Sources/CLibwebsockets",
             pkgConfig: "libwebsockets",
             providers: [.apt(["libwebsockets-dev"])]
         ),
-        .target(name: "CProgress", dependencies: ["CLibwebsockets"], path: "Sources/CProgress"),
+        .systemLibrary(
+            name: "CLibpng",
+            path: "Sources/CLibpng",
+            pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]
+        ),
+        .target(name: "CProgress", dependencies: ["CLibwebsockets", "CLibpng"], path: "Sources/CProgress"),
         .target(
             name: "ProgressEngine",
             dependencies: ["CProgress"],

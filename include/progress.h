@@ -126,7 +126,9 @@ PROGRESS_API void progress_string_free(char *s);
  * keys are PROGRESS_E_CONFIG so typos are caught):
  *   listen ("host:port", null = no listener), redis_url ("redis://host:port/db", absent = memory only),
  *   namespace ("progress"), retention_seconds (86400), throttle_ms (100), preview_dir (string),
- *   preview_milestones ([25,50,75]), preview_max_size (512), resource_interval_ms (1000),
+ *   preview_milestones ([25,50,75]), preview_max_size (512), preview_every_steps (0 = milestones),
+ *   resource_interval_ms (1000: how often executing tasks' resource_usage is sampled: process CPU %,
+ *   resident memory, and GPU utilisation / memory through NVML when libnvidia-ml.so.1 is present),
  *   heartbeat_timeout_seconds (30), auth_token (string), max_connections (1024 WebSocket clients),
  *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions
  *   (1000 task ids per connection; "*" counts as none), dashboard (true).
@@ -146,7 +148,7 @@ PROGRESS_API void progress_engine_close(progress_engine *engine);
 PROGRESS_API int progress_engine_port(const progress_engine *engine);
 
 /* Engine counters as JSON: {"tasks", "updates", "invalid_updates", "events", "logs",
- * "purged_tasks", "attached_counters"}. *out_json is the caller's; free with progress_string_free. */
+ * "purged_tasks", "attached_counters", "previews_written", "previews_failed", "previews_dropped"}. *out_json is the caller's; free with progress_string_free. */
 PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char **out_json);
 
 /* ---- Tasks ------------------------------------------------------------------------------------- */
@@ -184,10 +186,12 @@ PROGRESS_API progress_status progress_update(progress_engine *engine, const char
                                              long long total_steps, const char *message);
 
 /* A runner event (the seed's callback(event, data)); data_json may be NULL ("{}"):
- *   "execution_progress" {step, total_steps, message?, preview_path?}  as progress_update
+ *   "execution_progress" {step, total_steps, message?, preview_path?}  as progress_update; a PNG at
+ *                        preview_path is decoded (libpng) for the preview when one is due
  *   a stage's name      {progress?, message?}                         enter that stage
  *   "log"               {level: "debug"|"info"|"warning"|"error", message}
- *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures
+ *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures,
+ *                        which take precedence over the sampler's from then on
  *   "execution_complete" {}                                            as progress_task_complete
  *   "execution_error"   {error}                                        as progress_task_fail
  * Every data object may carry "timestamp". Unknown events are logged in the task's log at debug
@@ -199,8 +203,16 @@ PROGRESS_API progress_status progress_event(progress_engine *engine, const char 
 PROGRESS_API progress_status progress_log(progress_engine *engine, const char *task_id, progress_log_level level,
                                           const char *message);
 
-/* Preview from raw 8-bit pixels (gray, RGB, RGBA). Previews land with their own issue: this build
- * validates the arguments and returns PROGRESS_E_UNSUPPORTED. */
+/* A preview from raw 8-bit pixels: gray (channels 1), RGB (3) or RGBA (4), rows `stride` bytes apart
+ * (>= width * channels), top row first; `pixels` must hold height * stride bytes. A preview is made when
+ * the task's overall progress first crosses each of `preview_milestones` (or, with `preview_every_steps`
+ * N > 0, on every N-th step), once each: then the pixels are copied on this thread (the only cost of the
+ * call) and downscaled to `preview_max_size` (box filter) and PNG-encoded on the engine's preview thread,
+ * written atomically into `preview_dir` (by default a private temporary folder removed on close) and
+ * served at the task's "preview_url". Video tasks name the file after the frame (the latest step).
+ * When no preview is due the call returns PROGRESS_OK at once without reading the pixels. A preview that
+ * fails (or is dropped because the encoder is busy) is logged in the task's log and counted in
+ * progress_engine_stats; the task goes on. Preview files are deleted when their task expires. */
 PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, const char *task_id,
                                                      const unsigned char *pixels, int width, int height,
                                                      int stride, int channels);

@@ -8,7 +8,7 @@ struct ConcurrencyTests {
     @Test("8 threads x 10,000 updates through the C thunk leave each task in its final state; readers run alongside")
     func manyThreads() throws {
         var handle: OpaquePointer?
-        #expect(progress_engine_open(#"{"throttle_ms": 1}"#, &handle) == 0)
+        #expect(progress_engine_open(#"{"throttle_ms": 1, "resource_interval_ms": 3600000}"#, &handle) == 0)
         defer { progress_engine_close(handle) }
         let threads = 8, updates = 10_000
         for i in 0..<threads {

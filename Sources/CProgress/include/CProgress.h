@@ -3,6 +3,8 @@
 /* C shims for the Swift engine. Each exists because Swift cannot express it directly. */
 #include <stddef.h>
 #include "CProgressListener.h"
+#include "CProgressPreview.h"
+#include "CProgressSystem.h"
 
 /* Per-thread last-error message with C lifetime: Swift has no thread-local storage whose pointer stays
  * valid after the Swift call returns, and progress_last_error() hands out a pointer the caller reads later.

@@ -119,16 +119,9 @@ public func progress_preview_pixels(_ handle: OpaquePointer?, _ taskId: UnsafePo
                                     _ channels: CInt) -> CInt {
     withEngine(handle) { engine in
         let id = try requiredString(taskId, "task_id")
-        guard pixels != nil else { throw EngineError.invalidArgument("pixels is NULL") }
-        guard width > 0, height > 0 else { throw EngineError.invalidArgument("width and height must be > 0, got \(width)x\(height)") }
-        guard [1, 3, 4].contains(channels) else {
-            throw EngineError.invalidArgument("channels must be 1 (gray), 3 (RGB) or 4 (RGBA), got \(channels)")
-        }
-        guard Int(stride) >= Int(width) * Int(channels) else {
-            throw EngineError.invalidArgument("stride \(stride) is less than width x channels (\(Int(width) * Int(channels)))")
-        }
-        _ = try engine.taskJSON(id: id)
-        throw EngineError.unsupported("previews are not in this build yet; the task is unaffected")
+        guard let pixels else { throw EngineError.invalidArgument("pixels is NULL") }
+        try engine.previewPixels(id: id, pixels: pixels, width: Int(width), height: Int(height), stride: Int(stride),
+                                 channels: Int(channels))
     }
 }
 

@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// Options of a task's creation (`options_json`).
@@ -46,6 +47,14 @@ final class Engine: @unchecked Sendable {
     private var maintenance: MaintenanceThread?
     /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared.
     private(set) var listener: Listener?
+    /// Encodes previews off the runners' threads; set once in `init`.
+    private(set) var previews: PreviewWorker?
+    /// The preview folder, made by the engine (and removed on close) when `preview_dir` is not set.
+    private var ownedPreviewDir: String?
+    let previewsWritten = Atomic<Int>(0)
+    let previewsFailed = Atomic<Int>(0)
+    let previewsDropped = Atomic<Int>(0)
+    private let resourceSampler = Locked(ResourceSampler())
 
     /// - Parameters:
     ///   - config: parsed configuration.
@@ -60,16 +69,36 @@ final class Engine: @unchecked Sendable {
         }
         self.config = config
         self.clock = clock
-        if background {
-            maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
-        }
-        if let listen = config.listen {
-            do {
-                listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
-            } catch {
-                maintenance?.stop()
-                throw error
+        do {
+            try startPreviews()
+            if background {
+                maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
             }
+            if let listen = config.listen {
+                listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
+            }
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// The preview folder as configured, or a private temporary one.
+    var previewDirectory: String? { previews?.directory }
+
+    private func startPreviews() throws {
+        var dir = config.previewDir
+        if dir == nil {
+            var template = Array("/tmp/progress-previews-XXXXXX".utf8CString)
+            guard let made = mkdtemp(&template) else {
+                throw EngineError.io("cannot create a temporary preview folder: \(String(cString: strerror(errno))); "
+                    + "set preview_dir")
+            }
+            dir = String(cString: made)
+            ownedPreviewDir = dir
+        }
+        previews = try PreviewWorker(directory: dir!, maxSize: config.previewMaxSize) { [weak self] job, result in
+            self?.previewFinished(job, result)
         }
     }
 
@@ -81,14 +110,33 @@ final class Engine: @unchecked Sendable {
         listener?.stop()
         maintenance?.stop()
         maintenance = nil
+        previews?.stop()
         for id in counterTasks.withLock({ Array($0) }) {
             try? detachCounter(id: id)
         }
+        if let dir = ownedPreviewDir {
+            removeFolder(dir)
+            ownedPreviewDir = nil
+        }
+    }
+
+    /// Removes the engine's own temporary preview folder and the files in it.
+    private func removeFolder(_ dir: String) {
+        guard let handle = opendir(dir) else { return }
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { unlink(dir + "/" + name) }
+        }
+        closedir(handle)
+        rmdir(dir)
     }
 
     deinit {
         listener?.stop()
         maintenance?.stop()
+        previews?.stop()
     }
 
     // MARK: - Validation
@@ -241,17 +289,21 @@ final class Engine: @unchecked Sendable {
         }
         let now = clock.now()
         switch event {
-        case let .progress(step, total, message, _):
-            // preview_path is accepted now and turned into previews when preview generation lands.
-            try withTask(id: id) { task in
+        case let .progress(step, total, message, previewPath):
+            let previewFile: String? = try withTask(id: id) { task in
                 try applyStep(task, step: step, total: total, message: message.map(MessageArgument.string) ?? .none,
                               at: try task.resolveTimestamp(explicit: explicit, now: now))
+                return previewPath == nil ? nil : previewDue(task)
+            }
+            // The runner's PNG is decoded on the preview thread, not here.
+            if let previewPath, let previewFile {
+                submitPreview(PreviewJob(taskId: id, fileName: previewFile, source: .file(previewPath)))
             }
         case let .log(level, message):
             try log(id: id, level: level, message: message, timestamp: explicit)
         case let .resources(usage):
             try withTask(id: id) { task in
-                try task.setResources(usage, at: try task.resolveTimestamp(explicit: explicit, now: now))
+                try task.setResources(usage, fromRunner: true, at: try task.resolveTimestamp(explicit: explicit, now: now))
             }
         case .complete:
             try complete(id: id, timestamp: explicit)
@@ -380,6 +432,105 @@ final class Engine: @unchecked Sendable {
         counterTasks.withLock { _ = $0.remove(id) }
     }
 
+    // MARK: - Previews
+
+    /// The preview due for `task` now, if any. Under the shard lock.
+    private func previewDue(_ task: TaskRecord) -> String? {
+        guard previews != nil else { return nil }
+        return task.previewDue(milestones: config.previewMilestones, everySteps: config.previewEverySteps,
+                               fileStem: Engine.fileStem(task.id))
+    }
+
+    /// A file-name-safe, collision-free stem for a task id: its safe characters (up to 48) and a hash.
+    static func fileStem(_ id: String) -> String {
+        var safe = ""
+        for scalar in id.unicodeScalars where safe.unicodeScalars.count < 48 {
+            let v = scalar.value
+            let ok = (48...57).contains(v) || (65...90).contains(v) || (97...122).contains(v) || v == 45 || v == 95
+            safe.unicodeScalars.append(ok ? scalar : "_")
+        }
+        let hash = TaskKey(owning: id).hash
+        let hex = String(hash & 0xffff_ffff, radix: 16)
+        return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex
+    }
+
+    /// `progress_preview_pixels`: when a preview is due, copies the pixels (the only work on the caller's
+    /// thread) and queues them for the preview thread; otherwise returns at once.
+    func previewPixels(id: String, pixels: UnsafePointer<UInt8>, width: Int, height: Int, stride: Int, channels: Int) throws {
+        guard width > 0, height > 0, width <= 65536, height <= 65536 else {
+            throw EngineError.invalidArgument("width and height must be within 1...65536, got \(width)x\(height)")
+        }
+        guard [1, 3, 4].contains(channels) else {
+            throw EngineError.invalidArgument("channels must be 1 (gray), 3 (RGB) or 4 (RGBA), got \(channels)")
+        }
+        let rowBytes = width * channels
+        guard stride >= rowBytes else {
+            throw EngineError.invalidArgument("stride \(stride) is less than width x channels (\(rowBytes))")
+        }
+        guard let worker = previews else { return }
+        let due: String? = try withTask(id: id, isUpdate: false) { task in
+            guard !task.status.isTerminal else {
+                throw EngineError.state("task \"\(id)\" is \(task.status.name) and accepts no further previews")
+            }
+            return previewDue(task)
+        }
+        guard let fileName = due else { return }
+        let buffer = worker.buffer(bytes: rowBytes * height)
+        if stride == rowBytes {
+            buffer.pointer.update(from: pixels, count: rowBytes * height)
+        } else {
+            for y in 0..<height {
+                (buffer.pointer + y * rowBytes).update(from: pixels + y * stride, count: rowBytes)
+            }
+        }
+        submitPreview(PreviewJob(taskId: id, fileName: fileName,
+                                 source: .pixels(buffer, width: width, height: height, channels: channels)))
+    }
+
+    private func submitPreview(_ job: PreviewJob) {
+        guard let worker = previews, worker.submit(job) else {
+            previewsDropped.add(1, ordering: .relaxed)
+            try? log(id: job.taskId, level: .warning,
+                     message: "preview \(job.fileName) skipped: the preview encoder is busy with earlier ones")
+            return
+        }
+    }
+
+    /// On the preview thread, once a job is done.
+    private func previewFinished(_ job: PreviewJob, _ result: Result<Void, EngineError>) {
+        switch result {
+        case .success:
+            previewsWritten.add(1, ordering: .relaxed)
+            let now = clock.now()
+            let attached = (try? withTask(id: job.taskId) { task -> Bool in
+                task.setPreview(file: job.fileName, url: Routes.previewsPrefix + job.fileName, at: max(now, task.lastTimestamp))
+                return true
+            }) ?? false
+            // The task expired while its preview was being made: the file has no owner.
+            if !attached, let dir = previewDirectory { unlink(dir + "/" + job.fileName) }
+        case let .failure(error):
+            previewsFailed.add(1, ordering: .relaxed)
+            try? log(id: job.taskId, level: .warning, message: "preview \(job.fileName) failed: \(error.message)")
+        }
+    }
+
+    // MARK: - Resources
+
+    /// Samples this process's CPU, memory and GPU and fills the executing tasks' `resource_usage` (fields
+    /// a runner reported itself are left alone). Called by the maintenance thread every resource_interval_ms.
+    func sampleResources(now: Double) {
+        guard let usage = resourceSampler.withLock({ $0.sample(now: monotonicNow()) }) else { return }
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where task.status == .executing {
+                    let seq = task.seq
+                    try? task.setResources(usage, fromRunner: false, at: max(now, task.lastTimestamp))
+                    if task.seq != seq, let listener { Engine.noteChange(task, listener) }
+                }
+            }
+        }
+    }
+
     // MARK: - Step counters
 
     func attachCounter(id: String, pointer: UnsafePointer<CLongLong>) throws {
@@ -442,14 +593,18 @@ final class Engine: @unchecked Sendable {
                 }
             }
         }
+        if resourceSampler.withLock({ $0.isDue(now: monotonicNow(), intervalMs: config.resourceIntervalMs) }) {
+            sampleResources(now: now)
+        }
         let sweepDue = lastSweep.withLock { last in
             guard now - last >= 1 else { return false }
             last = now
             return true
         }
         if sweepDue { sweep(now: now) }
-        guard !ids.isEmpty else { return 1 }
-        return max(0.001, min(Double(config.throttleMs), 50) / 1000)
+        let idle = min(1, Double(config.resourceIntervalMs) / 1000)
+        guard !ids.isEmpty else { return idle }
+        return max(0.001, min(Double(config.throttleMs), 50, idle * 1000) / 1000)
     }
 
     /// Drops finished tasks older than `retention_seconds`.
@@ -460,6 +615,9 @@ final class Engine: @unchecked Sendable {
                 for task in state.tasks.values where task.isExpired(now: now, retention: config.retentionSeconds) {
                     state.tasks[task.key] = nil
                     gone.append((task.id, task.batchId))
+                    if let dir = previewDirectory {
+                        for file in task.previewFiles { unlink(dir + "/" + file) }
+                    }
                 }
             }
         }
@@ -609,6 +767,7 @@ final class Engine: @unchecked Sendable {
     /// Engine counters, for `progress_engine_stats` and `/metrics`.
     struct Counters {
         var tasks = 0, updates = 0, invalidUpdates = 0, events = 0, logs = 0, purgedTasks = 0, attachedCounters = 0
+        var previewsWritten = 0, previewsFailed = 0, previewsDropped = 0
     }
 
     func counters() -> Counters {
@@ -625,6 +784,9 @@ final class Engine: @unchecked Sendable {
         c.logs = logCount.load(ordering: .relaxed)
         c.purgedTasks = purged.load(ordering: .relaxed)
         c.attachedCounters = counterTasks.withLock { $0.count }
+        c.previewsWritten = previewsWritten.load(ordering: .relaxed)
+        c.previewsFailed = previewsFailed.load(ordering: .relaxed)
+        c.previewsDropped = previewsDropped.load(ordering: .relaxed)
         return c
     }
 
@@ -639,6 +801,9 @@ final class Engine: @unchecked Sendable {
         w.key("logs"); w.integer(c.logs)
         w.key("purged_tasks"); w.integer(c.purgedTasks)
         w.key("attached_counters"); w.integer(c.attachedCounters)
+        w.key("previews_written"); w.integer(c.previewsWritten)
+        w.key("previews_failed"); w.integer(c.previewsFailed)
+        w.key("previews_dropped"); w.integer(c.previewsDropped)
         w.endObject()
         return w.output
     }

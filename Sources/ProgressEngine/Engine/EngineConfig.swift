@@ -9,6 +9,8 @@ struct EngineConfig: Sendable {
     var previewDir: String?
     var previewMilestones: [Double] = [25, 50, 75]
     var previewMaxSize = 512
+    /// A preview every N steps instead of at milestones (0 = milestones).
+    var previewEverySteps = 0
     var resourceIntervalMs = 1000
     var heartbeatTimeoutSeconds = 30.0
     var authToken: String?
@@ -19,7 +21,7 @@ struct EngineConfig: Sendable {
 
     static let keys: Set<String> = [
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
-        "preview_milestones", "preview_max_size", "resource_interval_ms", "heartbeat_timeout_seconds",
+        "preview_milestones", "preview_max_size", "preview_every_steps", "resource_interval_ms", "heartbeat_timeout_seconds",
         "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
     ]
 
@@ -58,6 +60,7 @@ struct EngineConfig: Sendable {
                 }.sorted()
             }
             config.previewMaxSize = try integer(reader, "preview_max_size", in: 16...8192) ?? config.previewMaxSize
+            config.previewEverySteps = try integer(reader, "preview_every_steps", in: 0...1_000_000) ?? config.previewEverySteps
             config.resourceIntervalMs = try integer(reader, "resource_interval_ms", in: 10...3_600_000)
                 ?? config.resourceIntervalMs
             if let h = try reader.number("heartbeat_timeout_seconds") {

@@ -18,6 +18,7 @@ struct TaskSnapshot: Sendable {
     let startedAt: Double?
     let completedAt: Double?
     let error: String?
+    let previewURL: String?
     let metadata: JSONValue?
     let resourceConfig: JSONValue?
 
@@ -39,6 +40,7 @@ struct TaskSnapshot: Sendable {
         startedAt = task.startedAt
         completedAt = task.completedAt
         error = task.error
+        previewURL = task.previewURL
         metadata = task.metadata
         resourceConfig = task.resourceConfig
     }
@@ -62,7 +64,7 @@ enum TaskJSON {
         w.key("eta"); w.null()
         w.key("eta_seconds"); w.null()
         w.key("eta_confidence"); w.null()
-        w.key("preview_url"); w.null()
+        w.key("preview_url"); w.string(task.previewURL)
         w.key("stages"); w.beginObject()
         for (index, stage) in task.stages.enumerated() {
             w.key(String(index)); w.beginObject()

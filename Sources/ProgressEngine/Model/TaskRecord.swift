@@ -72,6 +72,16 @@ final class TaskRecord: @unchecked Sendable {
     private(set) var error: String?
     private(set) var resources = ResourceUsage()
     private(set) var resourcePeaks = ResourceUsage()
+    /// Fields the runner reported itself; the sampler leaves those alone.
+    private var runnerReported = ResourceUsage()
+    /// The step of the latest progress update (a video task's frame index).
+    private(set) var lastStep: Int64 = 0
+    private(set) var previewURL: String?
+    /// Preview files of this task, deleted when it expires.
+    private(set) var previewFiles: [String] = []
+    /// How many of the configured milestones already have their preview.
+    private var capturedMilestones = 0
+    private var lastPreviewStep: Int64 = -1
     private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
     private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
     var counter: CounterBinding?
@@ -206,6 +216,17 @@ final class TaskRecord: @unchecked Sendable {
         let event = HistoryEvent(seq: seq, timestamp: ts, type: type, stage: currentStage,
                                  progress: stages[currentStage].progress, overallProgress: overallProgress,
                                  status: status, message: stages[currentStage].message)
+        if type == .resources {
+            // Sampled every resource_interval_ms: only the latest of a run of samples stays in history.
+            var replaced = false
+            history.updateLast { last in
+                if last.type == .resources {
+                    last = event
+                    replaced = true
+                }
+            }
+            if replaced { return }
+        }
         if type == .progress {
             // Replace the previous progress event of the same stage inside the coalescing window.
             var replaced = false
@@ -239,6 +260,7 @@ final class TaskRecord: @unchecked Sendable {
         let entering = target != currentStage || stages[target].status == .pending
         if entering { enterStage(target, at: ts) }
         stages[target].progress = Double(step) / Double(total)
+        lastStep = step
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
         recordChange(.progress, at: ts, enteredStage: entering)
@@ -329,18 +351,52 @@ final class TaskRecord: @unchecked Sendable {
         recordChange(.resumed, at: ts)
     }
 
-    func setResources(_ usage: ResourceUsage, at ts: Double) throws {
+    /// Resource figures: from the runner (`fromRunner`, they take precedence from then on) or the sampler
+    /// (only the fields the runner never reported). Peaks are kept.
+    func setResources(_ usage: ResourceUsage, fromRunner: Bool, at ts: Double) throws {
         try ensureActive()
-        func merge(_ new: Double?, _ current: inout Double?, _ peak: inout Double?) {
-            guard let new else { return }
+        var changed = false
+        func merge(_ new: Double?, _ current: inout Double?, _ peak: inout Double?, _ reported: inout Double?) {
+            guard let new, fromRunner || reported == nil else { return }
+            if fromRunner { reported = new }
+            changed = changed || current != new
             current = new
             peak = max(peak ?? new, new)
         }
-        merge(usage.cpuPercent, &resources.cpuPercent, &resourcePeaks.cpuPercent)
-        merge(usage.memoryMB, &resources.memoryMB, &resourcePeaks.memoryMB)
-        merge(usage.gpuPercent, &resources.gpuPercent, &resourcePeaks.gpuPercent)
-        merge(usage.gpuMemoryMB, &resources.gpuMemoryMB, &resourcePeaks.gpuMemoryMB)
-        recordChange(.resources, at: ts)
+        merge(usage.cpuPercent, &resources.cpuPercent, &resourcePeaks.cpuPercent, &runnerReported.cpuPercent)
+        merge(usage.memoryMB, &resources.memoryMB, &resourcePeaks.memoryMB, &runnerReported.memoryMB)
+        merge(usage.gpuPercent, &resources.gpuPercent, &resourcePeaks.gpuPercent, &runnerReported.gpuPercent)
+        merge(usage.gpuMemoryMB, &resources.gpuMemoryMB, &resourcePeaks.gpuMemoryMB, &runnerReported.gpuMemoryMB)
+        if changed { recordChange(.resources, at: ts) }
+    }
+
+    /// The name of a preview file due now, or nil: when overall progress first crosses a milestone (or, with
+    /// `everySteps`, on every N-th step), once each. Marks it taken.
+    func previewDue(milestones: [Double], everySteps: Int, fileStem: String) -> String? {
+        guard !status.isTerminal else { return nil }
+        let label: String
+        if everySteps > 0 {
+            guard lastStep > 0, lastStep % Int64(everySteps) == 0, lastStep != lastPreviewStep else { return nil }
+            lastPreviewStep = lastStep
+            label = "s\(lastStep)"
+        } else {
+            var crossed = capturedMilestones
+            while crossed < milestones.count && overallProgress >= milestones[crossed] { crossed += 1 }
+            guard crossed > capturedMilestones else { return nil }
+            capturedMilestones = crossed
+            let m = milestones[crossed - 1]
+            label = m.rounded() == m ? String(Int(m)) : String(m)
+        }
+        // Video tasks preview their current frame: its index goes into the name.
+        let frame = category == "video_generation" ? "_f\(lastStep)" : ""
+        return "\(fileStem)_\(label)\(frame).png"
+    }
+
+    /// A preview file was written.
+    func setPreview(file: String, url: String, at ts: Double) {
+        previewFiles.append(file)
+        previewURL = url
+        recordChange(.preview, at: ts)
     }
 
     /// Appends to the log. Logs are accepted for finished tasks too (a runner's last words).

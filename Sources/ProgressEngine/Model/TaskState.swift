@@ -90,7 +90,7 @@ struct ResourceUsage: Sendable {
 
 /// What kind of change an entry of a task's history records.
 enum HistoryType: UInt8, Sendable {
-    case created, progress, stage, completed, failed, cancelled, resources, resumed
+    case created, progress, stage, completed, failed, cancelled, resources, resumed, preview
 
     var name: String {
         switch self {
@@ -102,6 +102,7 @@ enum HistoryType: UInt8, Sendable {
         case .cancelled: return "cancelled"
         case .resources: return "resources"
         case .resumed: return "resumed"
+        case .preview: return "preview"
         }
     }
 }

@@ -1,0 +1,109 @@
+#include "CProgressPreview.h"
+
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void CProgress_downscale(const uint8_t *src, int src_w, int src_h, size_t src_stride, int channels, uint8_t *dst,
+                         int dst_w, int dst_h) {
+    /* Separable box filter in fixed point: first rows (horizontal), then columns. Coverage of source
+     * pixel x by destination pixel d spans [d*sx, (d+1)*sx) in source coordinates. */
+    const double sx = (double)src_w / dst_w, sy = (double)src_h / dst_h;
+    float *row = calloc((size_t)dst_w * (size_t)channels, sizeof(float));
+    float *acc = calloc((size_t)dst_w * (size_t)channels, sizeof(float));
+    if (row == NULL || acc == NULL) {
+        free(row);
+        free(acc);
+        memset(dst, 0, (size_t)dst_w * (size_t)dst_h * (size_t)channels);
+        return;
+    }
+    int sy_index = 0;
+    for (int dy = 0; dy < dst_h; dy++) {
+        double y0 = dy * sy, y1 = (dy + 1) * sy;
+        memset(acc, 0, (size_t)dst_w * (size_t)channels * sizeof(float));
+        for (sy_index = (int)y0; sy_index < src_h && sy_index < y1; sy_index++) {
+            double wy = (sy_index + 1 < y1 ? sy_index + 1 : y1) - (sy_index > y0 ? sy_index : y0);
+            if (wy <= 0) continue;
+            const uint8_t *line = src + (size_t)sy_index * src_stride;
+            for (int dx = 0; dx < dst_w; dx++) {
+                double x0 = dx * sx, x1 = (dx + 1) * sx;
+                float sum[4] = {0, 0, 0, 0};
+                for (int x = (int)x0; x < src_w && x < x1; x++) {
+                    float wx = (float)((x + 1 < x1 ? x + 1 : x1) - (x > x0 ? x : x0));
+                    const uint8_t *p = line + (size_t)x * (size_t)channels;
+                    for (int c = 0; c < channels; c++) sum[c] += wx * p[c];
+                }
+                for (int c = 0; c < channels; c++) acc[(size_t)dx * channels + c] += (float)wy * sum[c];
+            }
+        }
+        const float norm = (float)(1.0 / (sx * sy));
+        uint8_t *out = dst + (size_t)dy * (size_t)dst_w * (size_t)channels;
+        for (size_t i = 0; i < (size_t)dst_w * (size_t)channels; i++) {
+            float v = acc[i] * norm + 0.5f;
+            out[i] = v >= 255.f ? 255 : (uint8_t)v;
+        }
+    }
+    free(row);
+    free(acc);
+}
+
+static png_uint_32 format_for(int channels) {
+    return channels == 1 ? PNG_FORMAT_GRAY : channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_RGBA;
+}
+
+int CProgress_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels, char *err,
+                        size_t err_len) {
+    png_image image;
+    memset(&image, 0, sizeof image);
+    image.version = PNG_IMAGE_VERSION;
+    image.width = (png_uint_32)width;
+    image.height = (png_uint_32)height;
+    image.format = format_for(channels);
+    if (!png_image_write_to_file(&image, path, 0, pixels, width * channels, NULL)) {
+        snprintf(err, err_len, "libpng could not write %s: %s", path, image.message);
+        png_image_free(&image);
+        return -1;
+    }
+    return 0;
+}
+
+int CProgress_png_read(const char *path, size_t max_pixels, uint8_t **out, int *width, int *height, int *channels,
+                       char *err, size_t err_len) {
+    *out = NULL;
+    png_image image;
+    memset(&image, 0, sizeof image);
+    image.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_file(&image, path)) {
+        snprintf(err, err_len, "cannot read PNG %s: %s", path, image.message);
+        png_image_free(&image);
+        return -1;
+    }
+    if ((size_t)image.width * image.height > max_pixels) {
+        snprintf(err, err_len, "PNG %s is %ux%u, larger than the %zu pixels previews accept", path, image.width,
+                 image.height, max_pixels);
+        png_image_free(&image);
+        return -1;
+    }
+    int n = (image.format & PNG_FORMAT_FLAG_COLOR) ? 3 : 1;
+    if (image.format & PNG_FORMAT_FLAG_ALPHA) n = 4; /* gray+alpha widens to RGBA */
+    image.format = format_for(n);
+    size_t size = PNG_IMAGE_SIZE(image);
+    uint8_t *buffer = malloc(size ? size : 1);
+    if (buffer == NULL) {
+        snprintf(err, err_len, "out of memory decoding %s", path);
+        png_image_free(&image);
+        return -1;
+    }
+    if (!png_image_finish_read(&image, NULL, buffer, 0, NULL)) {
+        snprintf(err, err_len, "corrupt PNG %s: %s", path, image.message);
+        free(buffer);
+        png_image_free(&image);
+        return -1;
+    }
+    *out = buffer;
+    *width = (int)image.width;
+    *height = (int)image.height;
+    *channels = n;
+    return 0;
+}
