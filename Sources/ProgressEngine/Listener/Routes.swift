@@ -75,6 +75,17 @@ enum Routes {
             return json(#"{"status":"ok"}"#)
         }
         guard method == "GET" else { throw methodNotAllowed(method, path) }
+        // The dashboard's files hold no data (it reads everything over the WebSocket with the token from
+        // its own URL), so they are served without a token and the page can say when the token is wrong.
+        if l.engine.config.dashboard, let asset = dashboardAsset(path) {
+            var r = Response(body: Array(asset.body.utf8))
+            r.contentType = asset.contentType
+            r.headers = (path == "/" ? "Cache-Control: no-cache\r\n" : "Cache-Control: public, max-age=300\r\n")
+                + "X-Content-Type-Options: nosniff\r\n"
+                + "Content-Security-Policy: default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; "
+                + "style-src 'self'; script-src 'self'; frame-ancestors 'none'\r\n"
+            return r
+        }
         guard l.isAuthorized(authorization: authorization, query: query) else {
             throw HTTPError(status: 401, code: "unauthorized",
                             message: "missing or wrong token: send Authorization: Bearer TOKEN or ?token=TOKEN",
@@ -126,6 +137,15 @@ enum Routes {
             return try preview(l, name: String(path.dropFirst(previewsPrefix.count)))
         }
         throw HTTPError(status: 404, code: "not_found", message: "no route for \(path); see SPEC §8 for the API")
+    }
+
+    private static func dashboardAsset(_ path: String) -> DashboardAssets.Asset? {
+        switch path {
+        case "/", "/index.html": return DashboardAssets.files["index.html"]
+        case "/dashboard/app.js": return DashboardAssets.files["app.js"]
+        case "/dashboard/app.css": return DashboardAssets.files["app.css"]
+        default: return nil
+        }
     }
 
     private static func methodNotAllowed(_ method: String, _ path: String) -> HTTPError {
