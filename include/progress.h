@@ -242,8 +242,10 @@ PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const c
                                                 progress_log_level min_level, char **out_json);
 
 /* {"task_id", "events": [{seq, timestamp, type, stage, progress, overall_progress, status, message}]}:
- * the task's events with seq > after_seq (0 = all kept), oldest first. The newest 4096 events of a task
- * are kept; "first_seq" tells the oldest one still held. *out_json is the caller's. */
+ * the task's events with seq > after_seq (0 = all kept), oldest first. Every change is an event (each
+ * progress step too; runs of sampled resource figures keep only their latest); the newest 4096 events of
+ * a task are kept, "first_seq" tells the oldest one still held, "last_seq" the task's current seq.
+ * *out_json is the caller's. */
 PROGRESS_API progress_status progress_task_history(progress_engine *engine, const char *task_id,
                                                    long long after_seq, char **out_json);
 

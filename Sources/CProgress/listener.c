@@ -283,6 +283,8 @@ void CProgress_ws_set_close(void *conn, int code, const char *reason) {
     snprintf(s->close_reason, sizeof s->close_reason, "%s", reason ? reason : "");
 }
 
+void CProgress_ws_close_within(void *conn, int secs) { lws_set_timeout(conn, PENDING_TIMEOUT_USER_OK, secs); }
+
 void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,
                             const void *body, size_t body_len, int close_after) {
     struct lws *wsi = conn;

@@ -65,7 +65,7 @@ struct TaskTableTests {
             let key = TaskKey(owning: id)
             let r = TaskRecord(id: id, key: key, templateId: "x", category: nil, quality: nil, batchId: nil,
                                resourceConfig: nil, metadata: nil, stages: CategoryDefaults.stages(for: nil),
-                               timestamp: 0, historyCoalesceSeconds: 0)
+                               timestamp: 0)
             map[key] = r
             records[id] = r
         }

@@ -68,6 +68,9 @@ void CProgress_ws_request_writable(void *conn);
 int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len);
 /* Service thread: the close code and reason sent when on_ws_writable next returns -1. */
 void CProgress_ws_set_close(void *conn, int code, const char *reason);
+/* Service thread: drops the connection if it is still open `secs` seconds from now (a client that stopped
+ * reading never becomes writable, so its close frame could wait forever). */
+void CProgress_ws_close_within(void *conn, int secs);
 /* Service thread, inside on_http: the response. headers: extra "Name: value\r\n" lines or NULL.
  * The body is copied. close_after: close the connection once sent (for requests whose body we skip). */
 void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,

@@ -231,8 +231,7 @@ final class Engine: @unchecked Sendable {
             let task = TaskRecord(
                 id: id, key: key, templateId: templateId, category: category, quality: options.quality,
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
-                stages: stages, timestamp: options.timestamp ?? now,
-                historyCoalesceSeconds: Double(config.throttleMs) / 1000)
+                stages: stages, timestamp: options.timestamp ?? now)
             shard.tasks[key] = task
             if let listener { Engine.noteChange(task, listener) }
             return true

@@ -110,6 +110,8 @@ final class ClientConnection {
         }
         closing = (code, reason)
         requestWritable()
+        // If the close frame cannot be written (the client stopped reading), the connection goes anyway.
+        CProgress_ws_close_within(wsi, 5)
     }
 
     private func requestWritable() {

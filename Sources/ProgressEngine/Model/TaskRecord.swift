@@ -92,15 +92,11 @@ final class TaskRecord: @unchecked Sendable {
     var fanoutFlags: UInt8 = 0
     /// Monotonic time of the last fan-out, for the per-task throttle.
     var lastFanoutAt = -Double.infinity
-    /// History keeps at most one progress event per stage per this many seconds (the newest), so a flood
-    /// of steps does not push stage changes out of the bounded history.
-    let historyCoalesceSeconds: Double
-    private var lastKeptProgressTime = -Double.infinity
 
     /// Creates a task in `queued` state. A first stage named "queue" is entered at once.
     init(id: String, key: TaskKey, templateId: String, category: String?, quality: String?, batchId: String?,
          resourceConfig: JSONValue?, metadata: JSONValue?, stages definitions: [StageDefinition],
-         timestamp: Double, historyCoalesceSeconds: Double) {
+         timestamp: Double) {
         self.id = id
         self.key = key
         self.templateId = templateId
@@ -116,7 +112,6 @@ final class TaskRecord: @unchecked Sendable {
         self.createdAt = timestamp
         self.updatedAt = timestamp
         self.lastTimestamp = timestamp
-        self.historyCoalesceSeconds = historyCoalesceSeconds
         if isQueueStage(0) {
             stages[0].status = .inProgress
             stages[0].startedAt = timestamp
@@ -226,19 +221,6 @@ final class TaskRecord: @unchecked Sendable {
                 }
             }
             if replaced { return }
-        }
-        if type == .progress {
-            // Replace the previous progress event of the same stage inside the coalescing window.
-            var replaced = false
-            let stage = currentStage, window = ts - lastKeptProgressTime < historyCoalesceSeconds
-            history.updateLast { last in
-                if window, last.type == .progress, last.stage == stage {
-                    last = event
-                    replaced = true
-                }
-            }
-            if replaced { return }
-            lastKeptProgressTime = ts
         }
         history.append(event)
     }
