@@ -221,7 +221,10 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     l->protocols[0].name = "http";
     l->protocols[0].callback = callback;
     l->protocols[0].per_session_data_size = sizeof(struct session);
-    l->protocols[0].rx_buffer_size = 65536;
+    /* libwebsockets gives every WebSocket connection its own receive buffer of this size; clients send
+     * small JSON messages, and larger ones arrive in pieces that `callback` reassembles, so a small buffer
+     * keeps an idle connection cheap. */
+    l->protocols[0].rx_buffer_size = 4096;
 
     /* Only errors from libwebsockets itself; the engine logs what matters to its users. */
     lws_set_log_level(LLL_ERR, NULL);
