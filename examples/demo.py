@@ -2,8 +2,11 @@
 
 Runners (as a diffusion / video pipeline would report): an SDXL-like image task walking its stages step by step,
 a video task jumping straight to frames, a batch of three image tasks, a custom-template task, a tqdm-style loop,
-and one task that fails. A watcher redraws a table in the terminal while the same state is served over
-WebSocket and REST. Rounds repeat (new task ids each round) until Ctrl-C, or `--rounds N`.
+and one task that fails. The image and video runners hand the engine synthetic pixels every step (it keeps a
+preview at 25/50/75 %) and report simulated GPU figures, as a pipeline that knows its device would. The live
+dashboard is served at the listener's root (open the first URL printed); a watcher also redraws a table in the
+terminal while the same state is served over WebSocket and REST. Rounds repeat (new task ids each round) until
+Ctrl-C, or `--rounds N`.
 
 Run: `make demo` (or `python3 examples/demo.py --speed 5 --rounds 1`).
 """
@@ -11,7 +14,11 @@ Run: `make demo` (or `python3 examples/demo.py --speed 5 --rounds 1`).
 import argparse
 import asyncio
 import json
+import math
+import random
+import shutil
 import sys
+import tempfile
 
 from progress_engine import (
     EngineIOError,
@@ -24,6 +31,30 @@ from progress_engine import (
 )
 
 BAR = 24
+PREVIEW_SIZE = 64
+
+
+def sample_image(task_id, done, frame=0):
+    """A synthetic "denoising" picture: noise fading into a smooth pattern as `done` (0-1) grows, as RGB bytes."""
+    rng = random.Random(f"{task_id}:{frame}:{round(done, 3)}")
+    hue = (sum(task_id.encode()) % 360) / 360 * 2 * math.pi
+    size = PREVIEW_SIZE
+    pixels = bytearray(size * size * 3)
+    i = 0
+    for y in range(size):
+        for x in range(size):
+            wave = math.sin((x + frame * 3) / 9 + hue) * math.cos(y / 11 - hue)
+            for c in range(3):
+                clean = 128 + 110 * math.sin(wave * 2 + hue + c * 2.1)
+                pixels[i] = int(max(0, min(255, done * clean + (1 - done) * rng.randrange(256))))
+                i += 1
+    return bytes(pixels), size, size, 3
+
+
+async def report_gpu(tracker, task_id, load):
+    """Simulated GPU figures (a real runner would read them from its framework)."""
+    await tracker.send_event(task_id, "resources", {"gpu_percent": round(min(100.0, load + random.uniform(-6, 6)), 1),
+                                                    "gpu_memory_mb": round(6144 + 40 * load)})
 
 
 async def image_runner(tracker, task_id, steps, pace, batch_id=None, quality="high"):
@@ -35,6 +66,13 @@ async def image_runner(tracker, task_id, steps, pace, batch_id=None, quality="hi
         await asyncio.sleep(5 * pace)
         for step in range(1, steps + 1):
             await callback("execution_progress", {"step": step, "total_steps": steps, "message": f"Step {step}/{steps}"})
+            if step % 3 == 0 or step == steps:
+                # A runner decodes a preview now and then; the engine keeps one when the task has crossed a
+                # milestone (25/50/75 %) since the last, and returns at once otherwise.
+                await tracker.update_preview(task_id=task_id, image=sample_image(task_id, step / steps))
+            await report_gpu(tracker, task_id, 70 + 20 * math.sin(step / 3))
+            if step == steps // 2:
+                await callback("log", {"level": "info", "message": f"Half way: {step}/{steps} steps, guidance 7.5"})
             await asyncio.sleep(pace)
         await callback("post_processing", {"message": "Upscaling"})
         await asyncio.sleep(3 * pace)
@@ -46,6 +84,9 @@ async def video_runner(tracker, task_id, frames, pace):
     for frame in range(1, frames + 1):
         # Straight to steps: the engine moves the task to its main stage (frame_generation).
         await tracker.update_progress(task_id=task_id, step=frame, total_steps=frames, message=f"Frame {frame}/{frames}")
+        if frame % 4 == 0:
+            await tracker.update_preview(task_id=task_id, image=sample_image(task_id, 0.9, frame))
+        await report_gpu(tracker, task_id, 85)
         await asyncio.sleep(pace)
     await tracker.update_stage(task_id=task_id, stage=3, status=StageStatus.IN_PROGRESS, progress=0.0,
                                message="Encoding video")
@@ -75,6 +116,7 @@ async def failing_runner(tracker, task_id, pace):
             for step in range(1, 12):
                 await tracker.update_progress(task_id=task_id, step=step, total_steps=30)
                 await asyncio.sleep(pace)
+            await tracker.log(task_id, "error", "torch.cuda.OutOfMemoryError: tried to allocate 2.00 GiB (demo)")
             raise RuntimeError("CUDA out of memory (demo)")
     except RuntimeError:
         pass  # ProgressContext marked the task failed and re-raised; the demo goes on.
@@ -118,13 +160,14 @@ async def watch(tracker, ids, interval):
         await asyncio.sleep(interval)
 
 
-def open_tracker(listen):
+def open_tracker(listen, preview_dir):
+    config = dict(retention_seconds=3600, preview_dir=preview_dir)
     try:
-        return ProgressTracker(listen=listen, retention_seconds=3600)
+        return ProgressTracker(listen=listen, **config)
     except EngineIOError as exc:
         host = listen.rpartition(":")[0]
         print(f"{exc}: using a free port instead", file=sys.stderr)
-        return ProgressTracker(listen=f"{host}:0", retention_seconds=3600)
+        return ProgressTracker(listen=f"{host}:0", **config)
 
 
 async def run_round(tracker, round_no, pace):
@@ -149,8 +192,17 @@ async def run_round(tracker, round_no, pace):
 
 async def main(speed, rounds, listen):
     pace = 0.1 / speed
-    with open_tracker(listen) as tracker:
+    preview_dir = tempfile.mkdtemp(prefix="progress-demo-previews-")
+    try:
+        await run_demo(pace, rounds, listen, preview_dir)
+    finally:
+        shutil.rmtree(preview_dir, ignore_errors=True)
+
+
+async def run_demo(pace, rounds, listen, preview_dir):
+    with open_tracker(listen, preview_dir) as tracker:
         url = tracker.url
+        print(f"ProgressEngine dashboard: {url}/   <- open this in a browser\n")
         print("ProgressEngine demo: 8 tasks per round from 6 sample runners\n")
         print(f"  REST       {url}/api/v1/progress/tasks/r1-sdxl-001")
         print(f"  WebSocket  ws{url[4:]}/api/v1/progress/ws  (send {{\"type\":\"subscribe\",\"task_ids\":[\"*\"]}})")

@@ -80,7 +80,10 @@ enum Routes {
         if l.engine.config.dashboard, let asset = dashboardAsset(path) {
             var r = Response(body: Array(asset.body.utf8))
             r.contentType = asset.contentType
-            r.headers = (path == "/" ? "Cache-Control: no-cache\r\n" : "Cache-Control: public, max-age=300\r\n")
+            // The page is always revalidated; it names its script and style by content hash
+            // (scripts/embed-dashboard.py), so those can be cached for good.
+            r.headers = (path == "/" || path == "/index.html" ? "Cache-Control: no-cache\r\n"
+                : "Cache-Control: public, max-age=31536000, immutable\r\n")
                 + "X-Content-Type-Options: nosniff\r\n"
                 + "Content-Security-Policy: default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; "
                 + "style-src 'self'; script-src 'self'; frame-ancestors 'none'\r\n"

@@ -1,0 +1,96 @@
+"""The dashboard's files as the listener serves them (plain HTTP, no browser): content types, cache headers,
+nosniff and CSP, no token needed for them, the embedded copy up to date, and no markup built from data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dashboard_support import ROOT, http_get
+
+DASHBOARD = ROOT / "dashboard"
+CSP = ("default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; style-src 'self'; "
+       "script-src 'self'; frame-ancestors 'none'")
+
+def _embed():
+    """scripts/embed-dashboard.py as a module (its name is not importable as written)."""
+    import importlib.util
+    path = DASHBOARD.parent / "scripts" / "embed-dashboard.py"
+    spec = importlib.util.spec_from_file_location("embed_dashboard", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ASSETS = [
+    ("/", "index.html", "text/html; charset=utf-8", "no-cache"),
+    ("/index.html", "index.html", "text/html; charset=utf-8", "no-cache"),
+    ("/dashboard/app.js", "app.js", "text/javascript; charset=utf-8", "max-age="),
+    ("/dashboard/app.css", "app.css", "text/css; charset=utf-8", "max-age="),
+]
+
+
+@pytest.mark.parametrize("path,name,content_type,cache", ASSETS)
+def test_assets_served_with_types_and_cache_headers(trackers, path, name, content_type, cache):
+    tracker = trackers(auth_token="s3cret")  # the page's files need no token: they hold no data
+    r = http_get(tracker.url + path)
+    assert r.status == 200, r
+    assert r.headers["content-type"] == content_type
+    assert cache in r.headers["cache-control"]
+    if cache == "max-age=":
+        assert int(re.search(r"max-age=(\d+)", r.headers["cache-control"]).group(1)) > 0
+        assert "no-store" not in r.headers["cache-control"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == CSP
+    # The embedded copy is the checked-in file (embed-dashboard.py strips trailing newlines and points the
+    # page at content-hashed asset URLs, which is what lets the assets be cached for good).
+    expected = (DASHBOARD / name).read_text(encoding="utf-8").rstrip("\n")
+    if name == "index.html":
+        expected = _embed().versioned(expected)
+        assert re.search(r'src="/dashboard/app\.js\?v=[0-9a-f]{12}"', expected)
+    assert r.body.decode("utf-8") == expected
+
+
+def test_api_still_needs_the_token(trackers):
+    tracker = trackers(auth_token="s3cret")
+    assert http_get(tracker.url + "/api/v1/progress/tasks/x").status == 401
+    assert http_get(tracker.url + "/api/v1/progress/tasks/x?token=s3cret").status == 404
+
+
+def test_dashboard_can_be_turned_off(trackers):
+    tracker = trackers(dashboard=False)
+    assert http_get(tracker.url + "/").status == 404
+    assert http_get(tracker.url + "/dashboard/app.js").status == 404
+
+
+def test_embedded_copy_is_up_to_date():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "embed-dashboard.py"), "--check"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_page_needs_no_inline_code_and_no_external_assets():
+    html = (DASHBOARD / "index.html").read_text(encoding="utf-8")
+    js = (DASHBOARD / "app.js").read_text(encoding="utf-8")
+    css = (DASHBOARD / "app.css").read_text(encoding="utf-8")
+    # CSP allows only the page's own files: no inline scripts, styles or handlers.
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/dashboard/app.js">']
+    assert "<style" not in html
+    assert not re.search(r"\sstyle\s*=", html)
+    assert not re.search(r"\son[a-z]+\s*=", html)
+    # Nothing fetched from elsewhere (the SVG namespace is a name, not a fetch).
+    for name, text in (("index.html", html), ("app.js", js), ("app.css", css)):
+        urls = [u for u in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", text)
+                if u != "http://www.w3.org/2000/svg"]
+        assert urls == [], (name, urls)
+    assert "@import" not in css
+
+
+def test_script_builds_no_markup_from_data():
+    js = (DASHBOARD / "app.js").read_text(encoding="utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                 "setAttribute(\"on", "createContextualFragment"):
+        assert sink not in js, sink
