@@ -695,12 +695,10 @@ final class Engine: @unchecked Sendable {
     }
 
     func taskJSON(id: String) throws -> String {
-        try withStoredFallback({
-            let snapshot = try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) }
-            var w = JSONWriter(capacity: 1024)
-            TaskJSON.write(snapshot, to: &w)
-            return w.output
-        }, stored: { $0.stateJSON(id) })
+        let snapshot = try snapshot(id: id)
+        var w = JSONWriter(capacity: 1024)
+        TaskJSON.write(snapshot, to: &w)
+        return w.output
     }
 
     func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String {

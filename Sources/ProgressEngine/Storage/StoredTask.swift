@@ -70,7 +70,7 @@ struct StoredTask: Sendable {
         let current = Int(try r.integer("current_stage") ?? 0)
         guard current >= 0, current < stages.count else { throw EngineError.json("stored task: current_stage out of range") }
         let created = try required(time("created_at", r), "created_at")
-        return StoredTask(
+        var task = StoredTask(
             id: try required(r.string("task_id"), "task_id"),
             templateId: try required(r.string("template_id"), "template_id"),
             category: try r.string("template_category"), quality: try r.string("quality"),
@@ -82,6 +82,8 @@ struct StoredTask: Sendable {
             resources: try usage(r.object("resource_usage")), resourcePeaks: try usage(r.object("resource_peaks")),
             metadata: r.value("metadata").flatMap { $0.isNull ? nil : $0 },
             resourceConfig: r.value("resource_config").flatMap { $0.isNull ? nil : $0 })
+        try task.applyStoredTimes(r.value("stored_times"))
+        return task
     }
 
     private static func usage(_ value: JSONValue?) throws -> ResourceUsage {
@@ -91,11 +93,43 @@ struct StoredTask: Sendable {
                              gpuPercent: try u.number("gpu_percent"), gpuMemoryMB: try u.number("gpu_memory_mb"))
     }
 
-    /// The TaskProgress JSON of a record.
-    static func json(_ snapshot: TaskSnapshot) -> String {
+    /// The document Redis stores: the TaskProgress JSON of a record plus `stored_times`, its times as epoch
+    /// seconds (TaskProgress shows milliseconds), so a restored task reports exactly the same durations.
+    static func json(_ s: TaskSnapshot) -> String {
         var w = JSONWriter(capacity: 1024)
-        TaskJSON.write(snapshot, to: &w)
-        return w.output
+        TaskJSON.write(s, to: &w)
+        var times = JSONWriter(capacity: 128)
+        times.beginObject()
+        times.key("created"); times.number(s.createdAt)
+        times.key("updated"); times.number(s.updatedAt)
+        times.key("started"); times.number(s.startedAt)
+        times.key("completed"); times.number(s.completedAt)
+        times.key("stages"); times.beginArray()
+        for stage in s.stages {
+            times.beginArray(); times.number(stage.startedAt); times.number(stage.completedAt); times.endArray()
+        }
+        times.endArray()
+        times.endObject()
+        var bytes = w.bytes
+        bytes.removeLast()
+        bytes += Array(",\"stored_times\":".utf8) + times.bytes + [UInt8(ascii: "}")]
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Takes the precise times of `stored_times` when the document has them.
+    private mutating func applyStoredTimes(_ value: JSONValue?) throws {
+        guard let value else { return }
+        let t = try JSONObjectReader(value, context: "stored_times")
+        createdAt = try t.number("created") ?? createdAt
+        updatedAt = try t.number("updated") ?? updatedAt
+        startedAt = try t.number("started") ?? startedAt
+        completedAt = try t.number("completed") ?? completedAt
+        guard case let .array(pairs)? = t.value("stages"), pairs.count == stages.count else { return }
+        for (i, pair) in pairs.enumerated() {
+            guard case let .array(p) = pair, p.count == 2 else { continue }
+            if case let .number(n) = p[0] { stages[i].startedAt = n }
+            if case let .number(n) = p[1] { stages[i].completedAt = n }
+        }
     }
 }
 
