@@ -172,7 +172,7 @@ final class RedisStorage: @unchecked Sendable {
     /// Tasks whose engine's last heartbeat is older than `before` (epoch seconds).
     func staleHeartbeats(before: Double) -> [String]? {
         read { c -> [String] in
-            let reply = try c.command(["ZRANGEBYSCORE", RedisArgument(keys.heartbeats), "-inf", RedisArgument("(\(before))"),
+            let reply = try c.command(["ZRANGEBYSCORE", RedisArgument(keys.heartbeats), "-inf", RedisArgument("(" + String(before)),
                                        "LIMIT", "0", "1000"])
             guard case let .array(items) = reply else { return [] }
             return items.compactMap(\.text)
