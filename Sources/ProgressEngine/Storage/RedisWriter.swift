@@ -41,6 +41,17 @@ final class RedisWriter: @unchecked Sendable {
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
     static let ioTimeout = 1.0
+    /// SET KEYS[1] ARGV[2] PX ARGV[3] unless the stored state's seq is greater than ARGV[1]. The top-level "seq" is
+    /// the first `"seq":` of the document (strings are escaped, so none can contain it).
+    static let setIfNotOlder = RedisArgument("""
+        local cur = redis.call('GET', KEYS[1])
+        if cur then
+          local seq = tonumber(string.match(cur, '"seq":(%d+)'))
+          if seq and seq > tonumber(ARGV[1]) then return 0 end
+        end
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        return 1
+        """)
 
     private var thread = pthread_t()
     private var running = false
@@ -362,7 +373,14 @@ final class RedisWriter: @unchecked Sendable {
             c.append(["DEL", RedisArgument(keys.events(id)), RedisArgument(keys.logs(id))])
             n += 1
         }
-        c.append(["SET", RedisArgument(keys.state(id)), RedisArgument(stateJSON), "PX", ttl])
+        if w.firstSeq == 1 {
+            c.append(["SET", RedisArgument(keys.state(id)), RedisArgument(stateJSON), "PX", ttl])
+        } else {
+            // Never replaces a newer state: a pipeline abandoned on a timeout may still sit in a stopped Redis'
+            // socket buffer and run after the retry that superseded it.
+            c.append(["EVAL", RedisWriter.setIfNotOlder, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
+                      RedisArgument(stateJSON), ttl])
+        }
         n += 1
         let events = StoredEvents.thin(w.events, limit: RedisWriter.maxEventsPerWrite)
         let thinned = w.events.count - events.count
