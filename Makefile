@@ -6,7 +6,7 @@ PYTHON ?= python3
 SWIFT_BUILD = swift build -c release
 LIB = .build/release/libProgressEngine.so
 
-.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python clean
+.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-redis clean
 
 all: build
 
@@ -52,6 +52,10 @@ bench-c:
 
 bench-python:
 	$(PYTHON) benchmarks/python/bench_update.py
+
+# Redis write-through cost to a runner (starts its own redis-server); not part of `make bench` (needs Redis).
+bench-redis: setup build
+	$(MAKE) -C benchmarks/redis run
 
 clean:
 	rm -rf .build .build-tsan .build-asan

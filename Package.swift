@@ -26,10 +26,18 @@ let package = Package(
             pkgConfig: "libpng",
             providers: [.apt(["libpng-dev"])]
         ),
+        // Redis write-through (Sources/ProgressEngine/Storage): only hiredis' argv functions are used, so no
+        // varargs cross into Swift and no shim is needed.
+        .systemLibrary(
+            name: "CLibhiredis",
+            path: "Sources/CLibhiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
         .target(name: "CProgress", dependencies: ["CLibwebsockets", "CLibpng"], path: "Sources/CProgress"),
         .target(
             name: "ProgressEngine",
-            dependencies: ["CProgress"],
+            dependencies: ["CProgress", "CLibhiredis"],
             path: "Sources/ProgressEngine",
             swiftSettings: [
                 // The hot path is measured in nanoseconds; exclusivity checks on every table access

@@ -35,6 +35,18 @@
  *   subscription state. Other threads hand changes over through a locked queue and wake it with
  *   lws_cancel_service() (at most one wake in flight), so an update never waits on a socket; the listener
  *   reads task state under the same shard locks as everyone else and encodes JSON outside them.
+ * - An engine with `redis_url` owns one Redis writer thread with its own hiredis connection (started by
+ *   progress_engine_open, flushed and joined by progress_engine_close). An update only sets a flag on the task
+ *   and, when the task goes from clean to dirty, appends its id to a locked queue and signals the writer; it
+ *   never waits on Redis, whether Redis is up, slow, stopped or gone. The writer writes each changed task at
+ *   most once per throttle_ms (stage changes and terminal states at once), pipelined.
+ * - An engine with both `listen` and `redis_url` also owns one subscriber thread with its own connection
+ *   (SUBSCRIBE to the update channel; started by progress_engine_open, joined by progress_engine_close). It
+ *   mirrors other engines' tasks into this engine and hands them to the listener like local changes.
+ * - Reading a task this engine does not hold (progress_task_get, _logs, _history, _batch_get, REST,
+ *   WebSocket subscribe, and progress_task_create with "resume") asks Redis synchronously on the calling
+ *   thread through a third connection under a lock, with 200 ms connect/read timeouts; after a failure Redis
+ *   is not asked again for a second. See docs/REDIS.md.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
  *
  * Timestamps
@@ -124,23 +136,29 @@ PROGRESS_API void progress_string_free(char *s);
 
 /* Opens an engine. `config_json` may be NULL or "{}" for the defaults; keys (all optional, unknown
  * keys are PROGRESS_E_CONFIG so typos are caught):
- *   listen ("host:port", null = no listener), redis_url ("redis://host:port/db", absent = memory only),
- *   namespace ("progress"), retention_seconds (86400), throttle_ms (100), preview_dir (string),
+ *   listen ("host:port", null = no listener), redis_url ("redis://[[user]:password@]host[:port][/db]",
+ *   absent = memory only; see docs/REDIS.md), namespace ("progress": the prefix of every Redis key),
+ *   retention_seconds (86400; also the expiry of a task's Redis keys), throttle_ms (100), preview_dir (string),
  *   preview_milestones ([25,50,75]), preview_max_size (512), preview_every_steps (0 = milestones),
  *   resource_interval_ms (1000: how often executing tasks' resource_usage is sampled: process CPU %,
  *   resident memory, and GPU utilisation / memory through NVML when libnvidia-ml.so.1 is present),
- *   heartbeat_timeout_seconds (30), auth_token (string), max_connections (1024 WebSocket clients),
+ *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
+ *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients),
  *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions
  *   (1000 task ids per connection; "*" counts as none), dashboard (true).
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
- * address. This build keeps state in memory only: a `redis_url` gives PROGRESS_E_UNSUPPORTED.
+ * address. A malformed `redis_url` is PROGRESS_E_CONFIG; an unreachable Redis is no error: the engine opens,
+ * works from memory, logs the failure on stderr and keeps reconnecting in the background (back-off 50 ms..2 s),
+ * then writes what changed meanwhile.
  * On success *out is a new engine owned by the caller (release with progress_engine_close); on error
  * *out is set to NULL. */
 PROGRESS_API progress_status progress_engine_open(const char *config_json, progress_engine **out);
 
 /* Stops the listener (closing every client connection and the listening socket), stops the maintenance
- * thread, detaches counters (reading each a last time) and frees the engine. NULL is a no-op. No other
+ * thread, detaches counters (reading each a last time), flushes pending Redis writes and frees the engine.
+ * The flush takes at most 2 seconds (then what is left is dropped, counted and logged); with Redis
+ * unreachable, closing makes a few short connection attempts within that bound. NULL is a no-op. No other
  * thread may use the engine during or after this call. */
 PROGRESS_API void progress_engine_close(progress_engine *engine);
 
@@ -148,7 +166,11 @@ PROGRESS_API void progress_engine_close(progress_engine *engine);
 PROGRESS_API int progress_engine_port(const progress_engine *engine);
 
 /* Engine counters as JSON: {"tasks", "updates", "invalid_updates", "events", "logs",
- * "purged_tasks", "attached_counters", "previews_written", "previews_failed", "previews_dropped"}. *out_json is the caller's; free with progress_string_free. */
+ * "purged_tasks", "attached_counters", "previews_written", "previews_failed", "previews_dropped"}; with
+ * redis_url also "redis_connected" (0/1), "redis_queue_depth" (tasks not yet written), "redis_task_writes",
+ * "redis_commands", "redis_command_errors", "redis_dropped_events", "redis_dropped_logs",
+ * "redis_dropped_writes", "redis_reconnects", "redis_remote_updates", "redis_workers_lost".
+ * *out_json is the caller's; free with progress_string_free. */
 PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char **out_json);
 
 /* ---- Tasks ------------------------------------------------------------------------------------- */
@@ -159,7 +181,9 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".
  * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
  * metadata (object), resume (bool), timestamp (epoch seconds). An existing id gives PROGRESS_E_EXISTS
- * unless resume is true, in which case the existing task is kept as it is (PROGRESS_OK).
+ * unless resume is true, in which case the existing task is kept as it is (PROGRESS_OK). With redis_url and
+ * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
+ * from its stored state, seq included; without resume the id starts a new task, replacing what Redis held.
  * A task whose first stage is named "queue" is in that stage from its creation (status "queued");
  * it becomes "executing" when a later stage is entered. */
 PROGRESS_API progress_status progress_task_create(progress_engine *engine, const char *task_id,
@@ -245,7 +269,8 @@ PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const c
  * the task's events with seq > after_seq (0 = all kept), oldest first. Every change is an event (each
  * progress step too; runs of sampled resource figures keep only their latest); the newest 4096 events of
  * a task are kept, "first_seq" tells the oldest one still held, "last_seq" the task's current seq.
- * *out_json is the caller's. */
+ * For a task this engine does not hold, the history comes from Redis' stream (docs/REDIS.md), where a flood
+ * of steps may have been thinned to the latest step per write. *out_json is the caller's. */
 PROGRESS_API progress_status progress_task_history(progress_engine *engine, const char *task_id,
                                                    long long after_seq, char **out_json);
 

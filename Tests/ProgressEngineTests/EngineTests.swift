@@ -375,7 +375,7 @@ struct EngineTests {
         expectError(-7) { _ = try EngineConfig.parse(#"{"preview_milestones":[0, 50]}"#) }
         expectError(-6) { _ = try EngineConfig.parse("{") }
         expectError(-6) { _ = try EngineConfig.parse("[]") }
-        expectError(-8) { _ = try Engine(config: try EngineConfig.parse(#"{"redis_url":"redis://127.0.0.1:6379/0"}"#), background: false) }
+        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"redis_url":"127.0.0.1:6379"}"#), background: false) }
         expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1"}"#), background: false) }
         expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1:99999"}"#), background: false) }
         expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"[::1]:0"}"#), background: false) }

@@ -32,7 +32,7 @@ struct TaskOptions: Sendable {
 final class Engine: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
-    private let table = TaskTable()
+    let table = TaskTable()
     private let templates = Locked<[String: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
     private let batches = Locked<[String: [String]]>([:])
@@ -55,18 +55,17 @@ final class Engine: @unchecked Sendable {
     let previewsFailed = Atomic<Int>(0)
     let previewsDropped = Atomic<Int>(0)
     private let resourceSampler = Locked(ResourceSampler())
+    /// Redis write-through, recovery and the fleet channel when `redis_url` is set; set once in `init`.
+    private(set) var storage: RedisStorage?
 
     /// - Parameters:
     ///   - config: parsed configuration.
     ///   - clock: where time comes from (a `ManualClock` in tests).
     ///   - background: start the maintenance thread (tests drive `maintenanceRound()` themselves).
-    /// - Throws: `EngineError.unsupported` for a listener or Redis (not in this build), `.io` if the thread
-    ///   cannot start.
+    /// - Throws: `EngineError.config` for a bad listen address or redis_url, `.io` if a thread cannot start or the
+    ///   address cannot be bound. An unreachable Redis is no error: the engine retries in the background.
     init(config: EngineConfig, clock: any EngineClock = SystemClock(), background: Bool = true) throws {
-        if let url = config.redisURL {
-            throw EngineError.unsupported("redis_url \"\(url)\": this build has no Redis storage yet; "
-                + "omit \"redis_url\" to run in memory")
-        }
+        if let url = config.redisURL { _ = try RedisURL.parse(url) }
         self.config = config
         self.clock = clock
         do {
@@ -76,6 +75,10 @@ final class Engine: @unchecked Sendable {
             }
             if let listen = config.listen {
                 listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
+            }
+            if let url = config.redisURL {
+                storage = try RedisStorage(engine: self, urlText: url)
+                loadStoredTemplates()
             }
         } catch {
             close()
@@ -107,6 +110,7 @@ final class Engine: @unchecked Sendable {
 
     /// Stops the maintenance thread and reads every attached counter a last time. Idempotent.
     func close() {
+        storage?.stopSubscriber()
         listener?.stop()
         maintenance?.stop()
         maintenance = nil
@@ -114,6 +118,8 @@ final class Engine: @unchecked Sendable {
         for id in counterTasks.withLock({ Array($0) }) {
             try? detachCounter(id: id)
         }
+        // Last: the counters' final values above are among what is flushed.
+        storage?.stopWriter()
         if let dir = ownedPreviewDir {
             removeFolder(dir)
             ownedPreviewDir = nil
@@ -134,6 +140,8 @@ final class Engine: @unchecked Sendable {
     }
 
     deinit {
+        storage?.stopSubscriber()
+        storage?.stopWriter()
         listener?.stop()
         maintenance?.stop()
         previews?.stop()
@@ -170,7 +178,7 @@ final class Engine: @unchecked Sendable {
     ///   - describe: the id for messages, computed only on error.
     ///   - isUpdate: count the call as an update (accepted, or invalid when `body` throws).
     ///   - forReading: a finished task past its retention is treated as gone (and dropped).
-    private func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
+    func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
                              _ body: (TaskRecord) throws -> R) throws -> R {
         let now = forReading ? clock.now() : 0
         let result: R? = try table.shard(for: key).withLock { shard in
@@ -183,7 +191,7 @@ final class Engine: @unchecked Sendable {
                 let seqBefore = task.seq
                 let r = try body(task)
                 shard.updates += 1
-                if task.seq != seqBefore, let listener { Engine.noteChange(task, listener) }
+                if task.seq != seqBefore { noteChanged(task) }
                 return r
             } catch {
                 shard.invalidUpdates += 1
@@ -199,7 +207,7 @@ final class Engine: @unchecked Sendable {
         return result
     }
 
-    private func withTask<R>(id: String, isUpdate: Bool = true, forReading: Bool = false,
+    func withTask<R>(id: String, isUpdate: Bool = true, forReading: Bool = false,
                              _ body: (TaskRecord) throws -> R) throws -> R {
         try withTask(TaskKey(owning: id), describe: { id }, isUpdate: isUpdate, forReading: forReading, body)
     }
@@ -217,6 +225,8 @@ final class Engine: @unchecked Sendable {
             throw EngineError.range("timestamp \(ts) is not a valid epoch time in seconds")
         }
         let key = TaskKey(owning: id)
+        // A restarted runner's task that this engine does not hold: Redis has it (read off the update path).
+        let restored = options.resume && storage != nil && !holdsTask(key) ? storedRecord(id: id) : nil
         let created: Bool = try table.shard(for: key).withLock { shard in
             if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
                 guard options.resume else {
@@ -224,20 +234,37 @@ final class Engine: @unchecked Sendable {
                 }
                 if !existing.status.isTerminal {
                     existing.markResumed(at: try existing.resolveTimestamp(explicit: options.timestamp, now: now))
-                    if let listener { Engine.noteChange(existing, listener) }
+                    noteChanged(existing)
                 }
                 return false
+            }
+            if let restored {
+                if !restored.status.isTerminal {
+                    restored.markResumed(at: try restored.resolveTimestamp(explicit: options.timestamp, now: now))
+                }
+                shard.tasks[key] = restored
+                noteChanged(restored)
+                return true
             }
             let task = TaskRecord(
                 id: id, key: key, templateId: templateId, category: category, quality: options.quality,
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
                 stages: stages, timestamp: options.timestamp ?? now)
             shard.tasks[key] = task
-            if let listener { Engine.noteChange(task, listener) }
+            noteChanged(task)
             return true
         }
-        if created, let batch = options.batchId {
-            batches.withLock { $0[batch, default: []].append(id) }
+        if created, let batch = restored?.batchId ?? options.batchId { noteBatchMember(batch: batch, id: id) }
+    }
+
+    /// Whether the table holds a task under `key` (expired or not).
+    func holdsTask(_ key: TaskKey) -> Bool {
+        table.shard(for: key).withLock { $0.tasks[key] != nil }
+    }
+
+    func noteBatchMember(batch: String, id: String) {
+        batches.withLock { all in
+            if all[batch]?.contains(id) != true { all[batch, default: []].append(id) }
         }
     }
 
@@ -326,12 +353,22 @@ final class Engine: @unchecked Sendable {
         let now = clock.now()
         logCount.add(1, ordering: .relaxed)
         let entry = try withTask(id: id, isUpdate: false) { task in
-            task.log(level, message, at: timestamp ?? max(now, task.lastTimestamp))
+            let entry = task.log(level, message, at: timestamp ?? max(now, task.lastTimestamp))
+            if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
+            return entry
         }
         listener?.noteLog(taskId: id, entry: entry)
     }
 
-    // MARK: - Fan-out (called by the listener)
+    // MARK: - Fan-out (called by the listener) and write-through
+
+    /// A task changed (its seq moved): queue it for the listener and, unless it mirrors another engine's task,
+    /// for the Redis writer. Under the shard lock.
+    @inline(__always)
+    func noteChanged(_ task: TaskRecord) {
+        if let listener { Engine.noteChange(task, listener) }
+        if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: task.lastChangeUrgent) }
+    }
 
     /// Queues a changed task for the listener, at most once until the listener takes it; an urgent change
     /// (stage, terminal, created) queues it again so it is not held back by the throttle. Under the shard lock.
@@ -388,15 +425,6 @@ final class Engine: @unchecked Sendable {
         return out.sorted { $0.createdAt < $1.createdAt }
     }
 
-    /// History events after `afterSeq`, with the oldest seq still held and the task's current seq.
-    func historyEvents(id: String, afterSeq: UInt64) throws -> (events: [HistoryEvent], firstSeq: UInt64, lastSeq: UInt64) {
-        try withTask(id: id, isUpdate: false, forReading: true) { task in
-            var events: [HistoryEvent] = []
-            task.history.forEach { if $0.seq > afterSeq { events.append($0) } }
-            return (events, task.history.first?.seq ?? 0, task.seq)
-        }
-    }
-
     func complete(id: String, timestamp: Double? = nil) throws {
         let now = clock.now()
         let record: CompletionRecord = try withTask(id: id) { task in
@@ -409,6 +437,7 @@ final class Engine: @unchecked Sendable {
         }
         counterTasks.withLock { _ = $0.remove(id) }
         completions.add(record)
+        storage?.persistCompletion(record)
     }
 
     func fail(id: String, error: String?, timestamp: Double? = nil) throws {
@@ -524,7 +553,7 @@ final class Engine: @unchecked Sendable {
                 for task in state.tasks.values where task.status == .executing {
                     let seq = task.seq
                     try? task.setResources(usage, fromRunner: false, at: max(now, task.lastTimestamp))
-                    if task.seq != seq, let listener { Engine.noteChange(task, listener) }
+                    if task.seq != seq { noteChanged(task) }
                 }
             }
         }
@@ -588,7 +617,7 @@ final class Engine: @unchecked Sendable {
                 guard let task = shard.tasks[key] else { return }
                 if pollCounter(task, at: max(now, task.lastTimestamp)) {
                     shard.updates += 1
-                    if let listener { Engine.noteChange(task, listener) }
+                    noteChanged(task)
                 }
             }
         }
@@ -638,16 +667,31 @@ final class Engine: @unchecked Sendable {
         let stages = try StageDefinition.parseList(try JSONParser.parse(stagesJSON, context: "stages_json"),
                                                    context: "stages_json of template \"\(id)\"")
         templates.withLock { $0[id] = stages }
+        storage?.persistTemplate(id: id, stagesJSON: stagesJSON)
+    }
+
+    /// Templates registered through another engine of the fleet (Redis), unless registered here already.
+    private func loadStoredTemplates() {
+        guard let storage else { return }
+        for (id, json) in storage.templates() {
+            guard let value = try? JSONParser.parse(json, context: "stored template"),
+                  let stages = try? StageDefinition.parseList(value, context: "stored template \"\(id)\"") else { continue }
+            templates.withLock { if $0[id] == nil { $0[id] = stages } }
+        }
     }
 
     func recordCompletion(json: String) throws {
-        completions.add(try CompletionRecord.parse(json, now: clock.now()))
+        let record = try CompletionRecord.parse(json, now: clock.now())
+        completions.add(record)
+        storage?.persistCompletion(record)
     }
 
     // MARK: - Reading
 
+    /// The task's state; from Redis when this engine does not hold it.
     func snapshot(id: String) throws -> TaskSnapshot {
-        try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) }
+        try withStoredFallback({ try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) } },
+                               stored: { _ in storedRecord(id: id).map(TaskSnapshot.init) })
     }
 
     func taskJSON(id: String) throws -> String {
@@ -658,12 +702,19 @@ final class Engine: @unchecked Sendable {
     }
 
     func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String {
-        try withTask(id: id, isUpdate: false, forReading: true) { task in
+        let (entries, dropped): ([LogEntry], Int) = try withStoredFallback({
+            try withTask(id: id, isUpdate: false, forReading: true) { task in
+                var entries: [LogEntry] = []
+                task.logs.forEach { entries.append($0) }
+                return (entries, task.logs.dropped)
+            }
+        }, stored: { storage in storage.stateJSON(id) == nil ? nil : storage.logs(id).map { ($0, 0) } })
+        do {
             var w = JSONWriter(capacity: 1024)
             w.beginObject()
-            w.key("task_id"); w.string(task.id)
+            w.key("task_id"); w.string(id)
             w.key("logs"); w.beginArray()
-            task.logs.forEach { entry in
+            entries.forEach { entry in
                 guard entry.timestamp >= since, entry.level.rawValue >= minLevel.rawValue else { return }
                 w.beginObject()
                 w.key("timestamp"); w.timestamp(entry.timestamp)
@@ -673,21 +724,33 @@ final class Engine: @unchecked Sendable {
                 w.endObject()
             }
             w.endArray()
-            w.key("dropped"); w.integer(task.logs.dropped)
+            w.key("dropped"); w.integer(dropped)
             w.endObject()
             return w.output
         }
     }
 
     func historyJSON(id: String, afterSeq: UInt64) throws -> String {
-        try withTask(id: id, isUpdate: false, forReading: true) { task in
+        let (events, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
+            try withTask(id: id, isUpdate: false, forReading: true) { task in
+                (task.history.newest(while: { _ in true }), task.seq)
+            }
+        }, stored: { storage in
+            guard let task = storage.loadTask(id) else { return nil }
+            var events: [HistoryEvent] = []
+            for entry in storage.streamEntries(id, from: 1) ?? [] {
+                for e in entry.events where e.seq > (events.last?.seq ?? 0) { events.append(e) }
+            }
+            return (events, task.seq)
+        })
+        do {
             var w = JSONWriter(capacity: 4096)
             w.beginObject()
-            w.key("task_id"); w.string(task.id)
-            w.key("first_seq"); w.integer(task.history.first?.seq ?? 0)
-            w.key("last_seq"); w.integer(task.seq)
+            w.key("task_id"); w.string(id)
+            w.key("first_seq"); w.integer(events.first?.seq ?? 0)
+            w.key("last_seq"); w.integer(lastSeq)
             w.key("events"); w.beginArray()
-            task.history.forEach { e in
+            events.forEach { e in
                 guard e.seq > afterSeq else { return }
                 w.beginObject()
                 w.key("seq"); w.integer(e.seq)
@@ -709,12 +772,26 @@ final class Engine: @unchecked Sendable {
     /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
         try Engine.validateId(batchId, what: "batch_id")
-        let ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
+        var ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
+        if taskIds == nil, let storage {
+            // Other engines' tasks of the batch, and this engine's own from before a restart.
+            let known = Set(ids)
+            ids += storage.batchMembers(batchId).filter { !known.contains($0) }
+        }
         var found: [(id: String, status: TaskStatus, overall: Double)] = []
         var missing: [String] = []
+        var notHeld: [String] = []
         for id in ids {
             if let entry = try? withTask(id: id, isUpdate: false, forReading: true, { ($0.id, $0.status, $0.overallProgress) }) {
                 found.append(entry)
+            } else {
+                notHeld.append(id)
+            }
+        }
+        let stored = storage?.stateJSONs(notHeld) ?? [:]
+        for id in notHeld {
+            if let text = stored[id], let task = try? StoredTask.parse(text) {
+                found.append((id, task.status, TaskRecord(restoring: task).overallProgress))
             } else {
                 missing.append(id)
             }
@@ -803,6 +880,19 @@ final class Engine: @unchecked Sendable {
         w.key("previews_written"); w.integer(c.previewsWritten)
         w.key("previews_failed"); w.integer(c.previewsFailed)
         w.key("previews_dropped"); w.integer(c.previewsDropped)
+        if let m = storage?.metrics {
+            w.key("redis_connected"); w.integer(m.connected.load(ordering: .relaxed))
+            w.key("redis_queue_depth"); w.integer(m.queueDepth.load(ordering: .relaxed))
+            w.key("redis_task_writes"); w.integer(m.taskWrites.load(ordering: .relaxed))
+            w.key("redis_commands"); w.integer(m.commands.load(ordering: .relaxed))
+            w.key("redis_command_errors"); w.integer(m.commandErrors.load(ordering: .relaxed))
+            w.key("redis_dropped_events"); w.integer(m.droppedEvents.load(ordering: .relaxed))
+            w.key("redis_dropped_logs"); w.integer(m.droppedLogs.load(ordering: .relaxed))
+            w.key("redis_dropped_writes"); w.integer(m.droppedWrites.load(ordering: .relaxed))
+            w.key("redis_reconnects"); w.integer(m.reconnects.load(ordering: .relaxed))
+            w.key("redis_remote_updates"); w.integer(m.remoteUpdates.load(ordering: .relaxed))
+            w.key("redis_workers_lost"); w.integer(m.workersLost.load(ordering: .relaxed))
+        }
         w.endObject()
         return w.output
     }

@@ -226,14 +226,12 @@ enum Messages {
         }
     }
 
-    /// Replays the events after `after` that history still holds, up to (not including) the current state.
-    /// - Returns: whether history covered the gap (false: the client only gets the current state).
+    /// Replays the events after `after` up to (not including) the current state, from memory or, for a task
+    /// whose history this engine does not hold, from the Redis stream.
+    /// - Returns: whether every missed event was replayed (false: the client only gets the current state).
     private static func replay(_ l: Listener, client: ClientConnection, taskId: String, after: UInt64, current: UInt64) -> Bool {
-        guard after < current, let history = try? l.engine.historyEvents(id: taskId, afterSeq: after) else {
-            return after <= current
-        }
-        guard history.firstSeq <= after + 1 else { return false }
-        for event in history.events where event.seq < current {
+        guard let events = l.engine.missedEvents(id: taskId, after: after, current: current) else { return false }
+        for event in events {
             client.sendProgress(WireMessage(replayed(taskId: taskId, event: event)), task: taskId, seq: event.seq, urgent: true)
         }
         return true

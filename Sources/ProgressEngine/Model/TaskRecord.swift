@@ -92,6 +92,19 @@ final class TaskRecord: @unchecked Sendable {
     var fanoutFlags: UInt8 = 0
     /// Monotonic time of the last fan-out, for the per-task throttle.
     var lastFanoutAt = -Double.infinity
+    /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued
+    /// for writing, bit 1 = an urgent change is among the queued ones.
+    var storageFlags: UInt8 = 0
+    /// Monotonic time of the last write to Redis, for the per-task throttle.
+    var lastWriteAt = -Double.infinity
+    /// Redis holds the events up to this seq and this many of the log's entries (acknowledged writes).
+    var persistedSeq: UInt64 = 0
+    var persistedLogs = 0
+    /// A copy of another engine's task, kept current from the update channel; never written back.
+    var isMirror = false
+    /// History in memory is not complete up to this seq (a restored task, a mirror that missed updates), so a
+    /// resume from before it is answered from Redis or not at all.
+    var historyGapSeq: UInt64 = 0
 
     /// Creates a task in `queued` state. A first stage named "queue" is entered at once.
     init(id: String, key: TaskKey, templateId: String, category: String?, quality: String?, batchId: String?,
@@ -394,5 +407,67 @@ final class TaskRecord: @unchecked Sendable {
     /// Per-stage durations of a completed task, for the ETA history.
     var stageDurations: [(Int, Double)] {
         stages.indices.compactMap { i in stages[i].duration.map { (i, $0) } }
+    }
+}
+
+// MARK: - Restoring from storage
+
+extension TaskRecord {
+    /// A task rebuilt from what Redis holds (a restarted runner's task, another engine's task). It keeps its
+    /// seq, so watchers see no regression; its history and log start empty (Redis has the earlier ones).
+    convenience init(restoring stored: StoredTask) {
+        self.init(id: stored.id, key: TaskKey(owning: stored.id), templateId: stored.templateId,
+                  category: stored.category, quality: stored.quality, batchId: stored.batchId,
+                  resourceConfig: stored.resourceConfig, metadata: stored.metadata,
+                  stages: stored.stages.map(\.definition), timestamp: stored.createdAt)
+        history = Ring(capacity: TaskRecord.historyCapacity)
+        restore(from: stored)
+        persistedSeq = stored.seq
+        historyGapSeq = stored.seq
+    }
+
+    /// Takes every changing field from `stored` (identity fields are the task's own).
+    func restore(from stored: StoredTask) {
+        stages = ContiguousArray(stored.stages)
+        currentStage = min(max(0, stored.currentStage), stages.count - 1)
+        status = stored.status
+        seq = stored.seq
+        updatedAt = stored.updatedAt
+        startedAt = stored.startedAt
+        completedAt = stored.completedAt
+        lastTimestamp = max(lastTimestamp, stored.updatedAt)
+        error = stored.error
+        previewURL = stored.previewURL
+        resources = stored.resources
+        resourcePeaks = stored.resourcePeaks
+        refreshOverall()
+        lastChangeUrgent = true
+    }
+
+    /// A mirror's newer state from the update channel, with the events that led to it.
+    /// - Returns: whether anything was newer than what the mirror had.
+    func applyRemote(_ stored: StoredTask, events: [HistoryEvent]) -> Bool {
+        guard stored.seq > seq else { return false }
+        let urgent = stored.status != status || stored.currentStage != currentStage
+            || events.contains { $0.type != .progress }
+        appendRemoteHistory(events.filter { $0.seq <= stored.seq })
+        restore(from: stored)
+        lastChangeUrgent = urgent
+        return true
+    }
+
+    /// Appends another engine's events that are newer than the history's newest.
+    func appendRemoteHistory(_ events: [HistoryEvent]) {
+        var last = history.last?.seq ?? 0
+        for e in events where e.seq > last {
+            history.append(e)
+            last = e.seq
+        }
+    }
+
+    /// Appends log entries received from another engine (not counted as this engine's to write).
+    func appendRemoteLog(_ entry: LogEntry) {
+        logs.append(entry)
+        persistedLogs = logs.appended
     }
 }

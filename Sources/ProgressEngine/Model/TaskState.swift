@@ -89,7 +89,7 @@ struct ResourceUsage: Sendable {
 }
 
 /// What kind of change an entry of a task's history records.
-enum HistoryType: UInt8, Sendable {
+enum HistoryType: UInt8, Sendable, CaseIterable {
     case created, progress, stage, completed, failed, cancelled, resources, resumed, preview
 
     var name: String {
@@ -174,4 +174,31 @@ struct Ring<Element> {
     }
 
     var first: Element? { storage.isEmpty ? nil : storage[head % storage.count] }
+
+    /// The newest elements for which `take` holds, walking back from the newest; oldest first. Costs what it
+    /// returns, not the ring's size (the Redis writer takes the events since its last write this way).
+    func newest(while take: (Element) -> Bool) -> [Element] {
+        var out: [Element] = []
+        var i = storage.count - 1
+        while i >= 0 {
+            let element = storage[(head + i) % storage.count]
+            guard take(element) else { break }
+            out.append(element)
+            i -= 1
+        }
+        out.reverse()
+        return out
+    }
+
+    /// The newest `n` elements (fewer if the ring holds fewer), oldest first.
+    func newest(_ n: Int) -> [Element] {
+        var remaining = min(n, storage.count)
+        return newest(while: { _ in
+            remaining -= 1
+            return remaining >= 0
+        })
+    }
+
+    /// Elements ever appended (held and dropped).
+    var appended: Int { dropped + storage.count }
 }

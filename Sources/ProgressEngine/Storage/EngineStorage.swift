@@ -1,0 +1,174 @@
+/// The engine's side of Redis storage: what the writer takes from tasks, what recovery and the fleet put back.
+/// Everything here runs under the same shard locks as the rest of the engine.
+extension Engine {
+    enum WriteDecision {
+        case write(TaskWrite)
+        /// Throttled: look again at this monotonic time.
+        case later(Double)
+        /// Nothing to write (already taken, a mirror, or the task is gone).
+        case nothing
+    }
+
+    /// Takes a dirty task for writing unless the throttle holds it back (urgent changes are never held back).
+    /// - Parameters:
+    ///   - now: monotonic seconds.
+    ///   - throttle: minimum seconds between two writes of a task's non-urgent changes.
+    func takeWrite(id: String, now: Double, throttle: Double) -> WriteDecision {
+        let key = TaskKey(owning: id)
+        return table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], !task.isMirror, task.storageFlags & 1 != 0 else { return .nothing }
+            let urgent = task.storageFlags & 2 != 0
+            if !urgent && now - task.lastWriteAt < throttle { return .later(task.lastWriteAt + throttle) }
+            task.storageFlags = 0
+            task.lastWriteAt = now
+            let after = task.persistedSeq
+            let events = task.history.newest(while: { $0.seq > after })
+            var lost = 0
+            if let first = events.first, first.seq > after + 1, task.history.count == TaskRecord.historyCapacity {
+                lost = Int(first.seq - after - 1)
+            }
+            let total = task.logs.appended
+            let newLogs = total - task.persistedLogs
+            let logs = task.logs.newest(newLogs)
+            return .write(TaskWrite(id: task.id, snapshot: TaskSnapshot(task), events: events, firstSeq: after + 1,
+                                    lostEvents: lost, logs: logs, logsTotal: total, lostLogs: newLogs - logs.count))
+        }
+    }
+
+    /// A write did not reach Redis: the task stays dirty (urgent, so it goes first after reconnecting).
+    func requeueWrite(id: String) {
+        let key = TaskKey(owning: id)
+        table.shard(for: key).withLock { shard in shard.tasks[key]?.storageFlags = 3 }
+    }
+
+    /// Redis acknowledged a write: events up to `seq` and `logs` log entries are stored.
+    func ackWrite(id: String, seq: UInt64, logs: Int) {
+        let key = TaskKey(owning: id)
+        table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key] else { return }
+            task.persistedSeq = max(task.persistedSeq, seq)
+            task.persistedLogs = max(task.persistedLogs, logs)
+        }
+    }
+
+    /// Executing tasks this engine runs (not mirrors), for heartbeats.
+    func executingOwnedTaskIds() -> [String] {
+        var ids: [String] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where task.status == .executing && !task.isMirror { ids.append(task.id) }
+            }
+        }
+        return ids
+    }
+
+    // MARK: - Recovery: tasks this engine does not hold
+
+    /// Runs `body`; when it finds no task and Redis is configured, answers with `stored` instead.
+    func withStoredFallback<R>(_ body: () throws -> R, stored: (RedisStorage) -> R?) throws -> R {
+        do {
+            return try body()
+        } catch let e as EngineError where e.status == EngineError.notFound("").status {
+            guard let storage, let r = stored(storage) else { throw e }
+            return r
+        }
+    }
+
+    /// A task read from Redis as a record of its own (not inserted in the table).
+    func storedRecord(id: String) -> TaskRecord? {
+        storage?.loadTask(id).map { TaskRecord(restoring: $0) }
+    }
+
+    /// The events a resuming client missed: after `after`, before `current` (whose state it gets next).
+    /// - Returns: nil when neither memory nor the Redis stream holds every one of them.
+    func missedEvents(id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? {
+        guard after < current else { return after == current ? [] : nil }
+        if after + 1 == current { return [] }
+        let memory = try? withTask(id: id, isUpdate: false, forReading: true) { task -> [HistoryEvent]? in
+            guard after >= task.historyGapSeq, let first = task.history.first, first.seq <= after + 1 else { return nil }
+            return task.history.newest(while: { $0.seq > after }).filter { $0.seq < current }
+        }
+        if let events = memory ?? nil { return events }
+        return storage?.recoverEvents(id, after: after, current: current)
+    }
+
+    // MARK: - Fleet: other engines' tasks
+
+    /// Applies another engine's published change to the local mirror of the task (made on first sight), and
+    /// lets the listener fan it out. Mirrors are never written back.
+    func applyRemote(_ stored: StoredTask, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry]) {
+        let key = TaskKey(owning: stored.id)
+        let isNew: Bool = table.shard(for: key).withLock { shard in
+            if let task = shard.tasks[key] {
+                guard stored.seq > task.seq || !logs.isEmpty else { return false }
+                if !task.isMirror {
+                    // This engine took the task over (resume, or "worker lost") but its runner is alive and ahead.
+                    guard stored.seq > task.seq else { return false }
+                    task.isMirror = true
+                }
+                if firstSeq > task.seq + 1 || !complete {
+                    task.historyGapSeq = max(task.historyGapSeq, complete ? firstSeq - 1 : stored.seq)
+                }
+                if task.applyRemote(stored, events: events) { noteChanged(task) }
+                for entry in logs { task.appendRemoteLog(entry) }
+                return false
+            }
+            let task = TaskRecord(restoring: stored)
+            task.isMirror = true
+            task.historyGapSeq = complete ? max(firstSeq, 1) - 1 : stored.seq
+            task.appendRemoteHistory(events)
+            for entry in logs { task.appendRemoteLog(entry) }
+            shard.tasks[key] = task
+            noteChanged(task)
+            return true
+        }
+        if isNew, let batch = stored.batchId { noteBatchMember(batch: batch, id: stored.id) }
+        if let listener { for entry in logs { listener.noteLog(taskId: stored.id, entry: entry) } }
+    }
+
+    /// After the subscriber (re)connects: mirrors may have missed updates; take Redis' state for them.
+    func refreshMirrors() {
+        guard let storage else { return }
+        var ids: [String] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where task.isMirror && !task.status.isTerminal { ids.append(task.id) }
+            }
+        }
+        for (id, text) in storage.stateJSONs(ids) {
+            guard let stored = try? StoredTask.parse(text) else { continue }
+            applyRemote(stored, events: [], firstSeq: stored.seq + 1, complete: false, logs: [])
+        }
+    }
+
+    /// Fails a task whose engine stopped heartbeating (SPEC §5 worker failures), once: the failure is written and
+    /// published as this engine's change; a task no longer executing in Redis just leaves the heartbeat set.
+    func failLostWorker(id: String) {
+        guard let storage else { return }
+        let key = TaskKey(owning: id)
+        // A task this engine runs itself is alive: its heartbeat is only late.
+        let own = table.shard(for: key).withLock { $0.tasks[key].map { !$0.isMirror && !$0.status.isTerminal } ?? false }
+        if own { return }
+        guard let read = storage.read({ c in try c.command(["GET", RedisArgument(storage.keys.state(id))]).text }) else {
+            return
+        }
+        guard let text = read, let stored = try? StoredTask.parse(text), stored.status == .executing else {
+            storage.forgetHeartbeat(id)
+            return
+        }
+        table.shard(for: key).withLock { shard in
+            if let task = shard.tasks[key], task.seq >= stored.seq {
+                task.isMirror = false
+                task.persistedSeq = max(task.persistedSeq, task.seq)
+                task.persistedLogs = task.logs.appended
+            } else {
+                shard.tasks[key] = TaskRecord(restoring: stored)
+            }
+        }
+        do {
+            try fail(id: id, error: "worker lost")
+            storage.metrics.workersLost.add(1, ordering: .relaxed)
+            StorageLog.write("warning", "worker_lost", [("task_id", id)])
+        } catch {}
+    }
+}

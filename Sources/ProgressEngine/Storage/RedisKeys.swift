@@ -1,0 +1,38 @@
+/// The Redis key layout (docs/REDIS.md). Every key of one task carries the task id as its hash tag, so a
+/// task's keys share a Redis Cluster slot; ids are escaped inside the tag so that no id can end it early.
+struct RedisKeys: Sendable {
+    let namespace: String
+
+    /// The task id (or batch or template id) as it appears inside `{…}`: `%`, `{` and `}` become `%25`,
+    /// `%7B`, `%7D`; every other byte is kept, so ordinary ids stay readable in `redis-cli`.
+    static func tag(_ id: String) -> String {
+        guard id.utf8.contains(where: { $0 == 0x25 || $0 == 0x7B || $0 == 0x7D }) else { return id }
+        var out = ""
+        for scalar in id.unicodeScalars {
+            switch scalar {
+            case "%": out += "%25"
+            case "{": out += "%7B"
+            case "}": out += "%7D"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    /// TaskProgress JSON of the task (a string).
+    func state(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:state" }
+    /// The task's log, JSON entries oldest first (a list, the newest 1000 kept).
+    func logs(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:logs" }
+    /// The task's event history (a stream whose entry ids are `<last seq>-0`).
+    func events(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:events" }
+    /// Ids of the tasks created with a batch id (a set).
+    func batch(_ id: String) -> String { "\(namespace):batch:{\(RedisKeys.tag(id))}" }
+    /// Registered template stages: template id → stages JSON (a hash).
+    var templates: String { "\(namespace):templates" }
+    /// ETA completion records of a template, JSON, oldest first (a list, the newest 1000 kept).
+    func eta(_ templateId: String) -> String { "\(namespace):eta:{\(RedisKeys.tag(templateId))}" }
+    /// Executing tasks → epoch seconds of their engine's last heartbeat (a sorted set).
+    var heartbeats: String { "\(namespace):heartbeats" }
+    /// The pub/sub channel every engine publishes its changes on.
+    var channel: String { "\(namespace):updates" }
+}

@@ -1,0 +1,212 @@
+import Glibc
+
+/// An engine's Redis side (SPEC §9): the writer thread (write-through, heartbeats), the subscriber thread of an
+/// engine with a listener (fleet fan-out, lost workers), and a reader for tasks the engine does not hold.
+///
+/// Three hiredis contexts, never shared: the writer's and the subscriber's belong to their threads; the reader's
+/// is used under a lock, synchronously, with 200 ms timeouts, only off the update path (REST, WebSocket
+/// subscribe, batch queries, `resume`). After a failed read the reader does not try again for a second, so a
+/// down Redis costs those calls at most 200 ms once a second, never the runner's updates.
+final class RedisStorage: @unchecked Sendable {
+    let url: RedisURL
+    let keys: RedisKeys
+    /// Tells this engine's messages on the update channel from other engines'.
+    let engineId: String
+    let metrics = RedisMetrics()
+    private(set) var writer: RedisWriter?
+    private(set) var subscriber: RedisSubscriber?
+    private let reader = Locked<ReaderState>(ReaderState())
+    static let readTimeout = 0.2
+    static let readRetryAfter = 1.0
+
+    private struct ReaderState {
+        var connection: RedisConnection?
+        var failedAt = -Double.infinity
+    }
+
+    /// Starts the writer (and, for an engine with a listener, the subscriber). Redis need not be up.
+    /// - Throws: `EngineError.config` for a bad URL, `.io` if a thread cannot start.
+    init(engine: Engine, urlText: String) throws {
+        url = try RedisURL.parse(urlText)
+        keys = RedisKeys(namespace: engine.config.namespace)
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        engineId = "\(hostName)-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+        writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
+        if engine.listener != nil {
+            subscriber = try RedisSubscriber(engine: engine, storage: self)
+        }
+    }
+
+    /// Stops the subscriber (before the listener it feeds is stopped).
+    func stopSubscriber() {
+        subscriber?.stop()
+    }
+
+    /// Flushes and stops the writer (bounded by `RedisWriter.closeFlushSeconds`).
+    func stopWriter() {
+        writer?.stop()
+    }
+
+    // MARK: - Reading (any thread, off the update path)
+
+    /// Runs `body` on the reader's connection.
+    /// - Returns: nil if Redis cannot be reached (or failed within the last second).
+    func read<R>(_ body: (RedisConnection) throws -> R) -> R? {
+        reader.withLock { state in
+            let now = monotonicNow()
+            if state.connection == nil {
+                guard now - state.failedAt >= RedisStorage.readRetryAfter else { return nil }
+                do {
+                    state.connection = try RedisConnection(url: url, timeout: RedisStorage.readTimeout)
+                } catch {
+                    state.failedAt = now
+                    return nil
+                }
+            }
+            do {
+                let result = try body(state.connection!)
+                metrics.recoveryReads.add(1, ordering: .relaxed)
+                return result
+            } catch {
+                state.connection = nil
+                state.failedAt = now
+                return nil
+            }
+        }
+    }
+
+    /// The stored TaskProgress JSON of a task; nil if Redis has none or cannot be reached.
+    func stateJSON(_ id: String) -> String? {
+        read { c in try c.command(["GET", RedisArgument(keys.state(id))]).text } ?? nil
+    }
+
+    func loadTask(_ id: String) -> StoredTask? {
+        stateJSON(id).flatMap { try? StoredTask.parse($0) }
+    }
+
+    /// States of many tasks in one round trip (batch queries); missing ones are nil.
+    func stateJSONs(_ ids: [String]) -> [String: String] {
+        guard !ids.isEmpty else { return [:] }
+        return read { c -> [String: String] in
+            for id in ids { c.append(["GET", RedisArgument(keys.state(id))]) }
+            var out: [String: String] = [:]
+            for id in ids {
+                if let text = try c.reply().text { out[id] = text }
+            }
+            return out
+        } ?? [:]
+    }
+
+    func logs(_ id: String) -> [LogEntry]? {
+        read { c -> [LogEntry] in
+            guard case let .array(items) = try c.command(["LRANGE", RedisArgument(keys.logs(id)), "0", "-1"]) else { return [] }
+            return items.compactMap { item in
+                item.text.flatMap { try? StoredEvents.parseLog(JSONParser.parse($0, context: "stored log")) }
+            }
+        }
+    }
+
+    /// One entry of a task's event stream: the events of one write, covering seqs `first...last`.
+    struct StreamEntry {
+        var first: UInt64
+        var last: UInt64
+        var complete: Bool
+        var events: [HistoryEvent]
+    }
+
+    /// The stream entries whose last seq is `from` or later, oldest first.
+    func streamEntries(_ id: String, from: UInt64) -> [StreamEntry]? {
+        read { c -> [StreamEntry] in
+            let reply = try c.command(["XRANGE", RedisArgument(keys.events(id)), RedisArgument("\(max(from, 1))-0"), "+"])
+            guard case let .array(entries) = reply else { return [] }
+            var out: [StreamEntry] = []
+            for entry in entries {
+                guard case let .array(pair) = entry, pair.count == 2, let idText = pair[0].text,
+                      let last = UInt64(idText.split(separator: "-").first ?? ""), case let .array(fields) = pair[1]
+                else { continue }
+                var item = StreamEntry(first: last, last: last, complete: false, events: [])
+                var i = 0
+                while i + 1 < fields.count {
+                    let value = fields[i + 1].text ?? ""
+                    switch fields[i].text {
+                    case "first": item.first = UInt64(value) ?? last
+                    case "complete": item.complete = value == "1"
+                    case "events": item.events = (try? StoredEvents.parseEvents(JSONParser.parse(value, context: "stream"))) ?? []
+                    default: break
+                    }
+                    i += 2
+                }
+                out.append(item)
+            }
+            return out
+        }
+    }
+
+    /// The events after `after` and before `current` from the stream, if it holds every one of them (in the
+    /// sense of SPEC §7: nothing the client missed is left out); nil otherwise.
+    func recoverEvents(_ id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? {
+        guard after + 1 < current else { return [] }
+        guard let entries = streamEntries(id, from: after + 1), let firstEntry = entries.first,
+              firstEntry.first <= after + 1 else { return nil }
+        var covered = after
+        var out: [HistoryEvent] = []
+        for entry in entries {
+            guard entry.first <= covered + 1 else { return nil }
+            if entry.last > covered && !entry.complete { return nil }
+            for e in entry.events where e.seq > max(covered, out.last?.seq ?? 0) && e.seq < current { out.append(e) }
+            covered = max(covered, entry.last)
+            if covered + 1 >= current { return out }
+        }
+        return nil
+    }
+
+    func batchMembers(_ batchId: String) -> [String] {
+        read { c -> [String] in
+            guard case let .array(items) = try c.command(["SMEMBERS", RedisArgument(keys.batch(batchId))]) else { return [] }
+            return items.compactMap(\.text).sorted()
+        } ?? []
+    }
+
+    /// Tasks whose engine's last heartbeat is older than `before` (epoch seconds).
+    func staleHeartbeats(before: Double) -> [String]? {
+        read { c -> [String] in
+            let reply = try c.command(["ZRANGEBYSCORE", RedisArgument(keys.heartbeats), "-inf", RedisArgument("(" + String(before)),
+                                       "LIMIT", "0", "1000"])
+            guard case let .array(items) = reply else { return [] }
+            return items.compactMap(\.text)
+        }
+    }
+
+    func forgetHeartbeat(_ id: String) {
+        _ = read { c in try c.command(["ZREM", RedisArgument(keys.heartbeats), RedisArgument(id)]) }
+    }
+
+    func templates() -> [(String, String)] {
+        read { c -> [(String, String)] in
+            guard case let .array(items) = try c.command(["HGETALL", RedisArgument(keys.templates)]) else { return [] }
+            var out: [(String, String)] = []
+            var i = 0
+            while i + 1 < items.count {
+                if let k = items[i].text, let v = items[i + 1].text { out.append((k, v)) }
+                i += 2
+            }
+            return out
+        } ?? []
+    }
+
+    // MARK: - Writing what is not a task
+
+    func persistTemplate(id: String, stagesJSON: String) {
+        writer?.enqueue(commands: [["HSET", RedisArgument(keys.templates), RedisArgument(id), RedisArgument(stagesJSON)]])
+    }
+
+    func persistCompletion(_ record: CompletionRecord) {
+        var w = JSONWriter()
+        record.write(to: &w)
+        let key = RedisArgument(keys.eta(record.templateId))
+        writer?.enqueue(commands: [["RPUSH", key, RedisArgument(w.bytes)],
+                                   ["LTRIM", key, RedisArgument(String(-CompletionHistory.capacity)), "-1"]])
+    }
+}

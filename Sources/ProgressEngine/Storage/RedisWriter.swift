@@ -1,0 +1,446 @@
+import Glibc
+
+/// What the writer takes from a task for one write: its state and what happened since the last write.
+struct TaskWrite {
+    let id: String
+    let snapshot: TaskSnapshot
+    /// Events after `persistedSeq`, oldest first (before thinning).
+    let events: [HistoryEvent]
+    /// The first seq this write covers (the one after the last acknowledged write).
+    let firstSeq: UInt64
+    /// Whether events were pushed out of the history before this write (Redis down or slow for long).
+    let lostEvents: Int
+    let logs: [LogEntry]
+    /// The log's total count of entries ever appended, acknowledged once the write succeeds.
+    let logsTotal: Int
+    let lostLogs: Int
+}
+
+/// Writes every change of this engine's tasks through to Redis (SPEC §9), on a thread of its own with its own
+/// hiredis context, pipelined.
+///
+/// The runner's thread only ever sets a flag on the task and, when the task goes from clean to dirty, appends
+/// its id to a locked inbox and signals a condition variable (as `Engine.noteChange` does for the listener).
+/// The writer takes each dirty task at most once per `throttle_ms` (urgent changes, such as a stage change or
+/// a terminal state, at once): its latest state, the events and log entries added since the last write. While
+/// Redis is down or slow the tasks stay dirty in memory: the latest state of every task is kept, events and
+/// logs up to the task's history (4096) and log (1000) bounds; what falls out of them is counted as dropped.
+/// The writer reconnects with exponential back-off (50 ms to 2 s) and then writes everything still dirty.
+final class RedisWriter: @unchecked Sendable {
+    unowned let engine: Engine
+    let url: RedisURL
+    let keys: RedisKeys
+    let engineId: String
+    let metrics: RedisMetrics
+    private let throttle: Double
+    private let heartbeatInterval: Double
+    /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
+    static let maxEventsPerWrite = 64
+    static let maxQueuedExtras = 10_000
+    static let streamMaxLength = 4096
+    /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
+    static let closeFlushSeconds = 2.0
+    static let ioTimeout = 1.0
+    /// SET KEYS[1] ARGV[2] PX ARGV[3] unless the stored state's seq is greater than ARGV[1]. The top-level "seq" is
+    /// the first `"seq":` of the document (strings are escaped, so none can contain it).
+    static let setIfNotOlder = RedisArgument("""
+        local cur = redis.call('GET', KEYS[1])
+        if cur then
+          local seq = tonumber(string.match(cur, '"seq":(%d+)'))
+          if seq and seq > tonumber(ARGV[1]) then return 0 end
+        end
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        return 1
+        """)
+
+    private var thread = pthread_t()
+    private var running = false
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Guarded by `mutex`.
+    private var inbox: [String] = []
+    private var extrasInbox: [[[RedisArgument]]] = []
+    private var stopping = false
+    private var sleeping = false
+
+    // Writer-thread state.
+    private var pending: [String: Double] = [:]
+    private var extras: [[[RedisArgument]]] = []
+    private var connection: RedisConnection?
+    private var everConnected = false
+    private var nextConnectAt = 0.0
+    private var backoff = 0.05
+    private var lastHeartbeat = -Double.infinity
+    private var lastError = ""
+
+    /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
+    /// - Throws: `EngineError.io` if the thread cannot start.
+    init(engine: Engine, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
+        self.engine = engine
+        self.url = url
+        self.keys = keys
+        self.engineId = engineId
+        self.metrics = metrics
+        throttle = Double(engine.config.throttleMs) / 1000
+        heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            let me = Unmanaged<RedisWriter>.fromOpaque(raw!).takeRetainedValue()
+            me.loop()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<RedisWriter>.fromOpaque(context).release()
+            throw EngineError.io("cannot start the Redis writer thread: pthread_create returned \(rc)")
+        }
+        running = true
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    // MARK: - From any thread
+
+    /// A task of this engine changed; called under its shard lock. Queues it at most once until the writer
+    /// takes it, and once more for an urgent change so the throttle does not hold that back.
+    @inline(__always)
+    func noteChange(_ task: TaskRecord, urgent: Bool) {
+        let flags = task.storageFlags
+        if flags & 1 == 0 {
+            task.storageFlags = urgent ? 3 : 1
+            enqueue(task.id)
+        } else if urgent && flags & 2 == 0 {
+            task.storageFlags = flags | 2
+            enqueue(task.id)
+        }
+    }
+
+    private func enqueue(_ id: String) {
+        pthread_mutex_lock(mutex)
+        inbox.append(id)
+        if sleeping { pthread_cond_signal(cond) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Queues other writes (a registered template, an ETA record), bounded; dropped and counted when full.
+    func enqueue(commands: [[RedisArgument]]) {
+        pthread_mutex_lock(mutex)
+        if extrasInbox.count >= RedisWriter.maxQueuedExtras {
+            pthread_mutex_unlock(mutex)
+            metrics.droppedWrites.add(1, ordering: .relaxed)
+            return
+        }
+        extrasInbox.append(commands)
+        if sleeping { pthread_cond_signal(cond) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Flushes what is dirty (for at most `closeFlushSeconds`), then stops the thread. Idempotent.
+    func stop() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_signal(cond)
+        pthread_mutex_unlock(mutex)
+        if running {
+            pthread_join(thread, nil)
+            running = false
+        }
+    }
+
+    // MARK: - Writer thread
+
+    private func loop() {
+        while true {
+            let now = monotonicNow()
+            var wakeAt = now + 1
+            if connection == nil {
+                wakeAt = min(wakeAt, nextConnectAt)
+            } else {
+                wakeAt = min(wakeAt, lastHeartbeat + heartbeatInterval)
+                if let due = pending.values.min() { wakeAt = min(wakeAt, due) }
+                if !extras.isEmpty { wakeAt = now }
+            }
+            let stop = waitForWork(until: wakeAt)
+            if stop { break }
+            round(now: monotonicNow(), deadline: nil)
+        }
+        finalFlush()
+        connection = nil
+        metrics.connected.store(0, ordering: .relaxed)
+    }
+
+    /// Sleeps until `deadline` (monotonic) or new work; moves the inbox into the writer's own state.
+    /// - Returns: whether the engine is closing.
+    private func waitForWork(until deadline: Double) -> Bool {
+        pthread_mutex_lock(mutex)
+        if inbox.isEmpty && extrasInbox.isEmpty && !stopping {
+            let delay = deadline - monotonicNow()
+            if delay > 0 {
+                var ts = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &ts)
+                let ns = Int(ts.tv_nsec) + Int(min(delay, 3600) * 1e9)
+                ts.tv_sec += ns / 1_000_000_000
+                ts.tv_nsec = ns % 1_000_000_000
+                sleeping = true
+                pthread_cond_timedwait(cond, mutex, &ts)
+                sleeping = false
+            }
+        }
+        let ids = inbox
+        let more = extrasInbox
+        inbox.removeAll(keepingCapacity: true)
+        extrasInbox.removeAll(keepingCapacity: true)
+        let stop = stopping
+        pthread_mutex_unlock(mutex)
+        for id in ids { pending[id] = 0 }
+        extras.append(contentsOf: more)
+        metrics.queueDepth.store(pending.count, ordering: .relaxed)
+        return stop
+    }
+
+    /// Writes what is due (everything, ignoring the throttle, when `deadline` is set: the engine is closing).
+    private func round(now: Double, deadline: Double?) {
+        guard ensureConnected(now: now, deadline: deadline) else { return }
+        if now - lastHeartbeat >= heartbeatInterval {
+            heartbeat(now: now)
+            guard connection != nil else { return }
+        }
+        var writes: [TaskWrite] = []
+        for (id, due) in pending where due <= now || deadline != nil {
+            switch engine.takeWrite(id: id, now: now, throttle: deadline != nil ? 0 : throttle) {
+            case .nothing: pending[id] = nil
+            case let .later(at): pending[id] = at
+            case let .write(w):
+                pending[id] = nil
+                writes.append(w)
+            }
+        }
+        let batch = extras
+        extras.removeAll()
+        guard !writes.isEmpty || !batch.isEmpty else { return }
+        if !send(writes: writes, extras: batch) {
+            for w in writes {
+                engine.requeueWrite(id: w.id)
+                pending[w.id] = 0
+            }
+            extras.insert(contentsOf: batch, at: 0)
+        }
+        metrics.queueDepth.store(pending.count, ordering: .relaxed)
+    }
+
+    private func finalFlush() {
+        let deadline = monotonicNow() + RedisWriter.closeFlushSeconds
+        // Redis unreachable at close: one short attempt, so closing a runner costs it little.
+        if connection == nil { nextConnectAt = 0 }
+        var attempts = 0
+        while monotonicNow() < deadline {
+            _ = waitForWork(until: 0)
+            if pending.isEmpty && extras.isEmpty { return }
+            if connection == nil {
+                attempts += 1
+                if attempts > 3 { break }
+                nextConnectAt = 0
+            }
+            round(now: monotonicNow(), deadline: deadline)
+        }
+        if !pending.isEmpty || !extras.isEmpty {
+            metrics.droppedWrites.add(pending.count + extras.count, ordering: .relaxed)
+            StorageLog.write("error", "close_unflushed", [("redis", url.display), ("tasks", String(pending.count)),
+                                                          ("other_writes", String(extras.count)),
+                                                          ("reason", connection == nil ? lastError : "time bound")])
+        }
+    }
+
+    private func ensureConnected(now: Double, deadline: Double?) -> Bool {
+        if connection != nil { return true }
+        guard now >= nextConnectAt else { return false }
+        let timeout = deadline.map { max(0.05, min(RedisWriter.ioTimeout, $0 - now)) } ?? RedisWriter.ioTimeout
+        do {
+            connection = try RedisConnection(url: url, timeout: timeout)
+            if everConnected { metrics.reconnects.add(1, ordering: .relaxed) }
+            StorageLog.write("info", everConnected ? "reconnected" : "connected", [("redis", url.display),
+                                                                                  ("role", "writer")])
+            everConnected = true
+            backoff = 0.05
+            metrics.connected.store(1, ordering: .relaxed)
+            // Everything queued while disconnected is written now; heartbeats first, so no listener takes a
+            // live task for lost.
+            lastHeartbeat = -Double.infinity
+            for id in pending.keys { pending[id] = 0 }
+            return true
+        } catch let e as EngineError {
+            disconnected(e.message, now: now)
+            return false
+        } catch {
+            return false
+        }
+    }
+
+    private func disconnected(_ why: String, now: Double) {
+        let wasConnected = connection != nil
+        connection = nil
+        metrics.connected.store(0, ordering: .relaxed)
+        nextConnectAt = now + backoff
+        backoff = min(backoff * 2, 2)
+        if wasConnected || why != lastError {
+            StorageLog.write("warning", "disconnected", [("redis", url.display), ("role", "writer"), ("reason", why),
+                                                         ("retry_in_s", String(backoff))])
+        }
+        lastError = why
+    }
+
+    /// ZADD of every executing task of this engine, so listeners can tell a live worker from a lost one.
+    private func heartbeat(now: Double) {
+        lastHeartbeat = now
+        let ids = engine.executingOwnedTaskIds()
+        guard !ids.isEmpty, let connection else { return }
+        let score = RedisArgument(String(SystemClock().now()))
+        var sent = 0
+        for chunk in stride(from: 0, to: ids.count, by: 1000) {
+            var args: [RedisArgument] = ["ZADD", RedisArgument(keys.heartbeats)]
+            for id in ids[chunk..<min(chunk + 1000, ids.count)] {
+                args.append(score)
+                args.append(RedisArgument(id))
+            }
+            connection.append(args)
+            sent += 1
+        }
+        metrics.commands.add(sent, ordering: .relaxed)
+        do {
+            for _ in 0..<sent { _ = try connection.reply() }
+        } catch let e as EngineError {
+            disconnected(e.message, now: monotonicNow())
+        } catch {}
+    }
+
+    /// Pipelines the writes and reads every reply.
+    /// - Returns: false if the connection failed (nothing counts as written then).
+    private func send(writes: [TaskWrite], extras: [[[RedisArgument]]]) -> Bool {
+        guard let connection else { return false }
+        var count = 0
+        for group in extras {
+            for command in group {
+                connection.append(command)
+                count += 1
+            }
+        }
+        var acks: [(String, UInt64, Int)] = []
+        for w in writes {
+            count += appendWrite(w, to: connection)
+            acks.append((w.id, w.snapshot.seq, w.logsTotal))
+        }
+        metrics.commands.add(count, ordering: .relaxed)
+        do {
+            for _ in 0..<count {
+                if case let .error(message) = try connection.reply(), !message.contains("equal or smaller") {
+                    metrics.commandErrors.add(1, ordering: .relaxed)
+                    if lastError != message {
+                        lastError = message
+                        StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
+                    }
+                }
+            }
+        } catch let e as EngineError {
+            disconnected(e.message, now: monotonicNow())
+            return false
+        } catch {
+            return false
+        }
+        for (id, seq, logs) in acks { engine.ackWrite(id: id, seq: seq, logs: logs) }
+        metrics.taskWrites.add(writes.count, ordering: .relaxed)
+        return true
+    }
+
+    /// Appends one task's commands. - Returns: how many.
+    private func appendWrite(_ w: TaskWrite, to c: RedisConnection) -> Int {
+        let s = w.snapshot
+        let id = w.id
+        let ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
+        let stateJSON = StoredTask.json(s)
+        var n = 0
+        if w.firstSeq == 1 {
+            // A new task: what an earlier task of the same id left (history, log) is not its own.
+            c.append(["DEL", RedisArgument(keys.events(id)), RedisArgument(keys.logs(id))])
+            n += 1
+        }
+        if w.firstSeq == 1 {
+            c.append(["SET", RedisArgument(keys.state(id)), RedisArgument(stateJSON), "PX", ttl])
+        } else {
+            // Never replaces a newer state: a pipeline abandoned on a timeout may still sit in a stopped Redis'
+            // socket buffer and run after the retry that superseded it.
+            c.append(["EVAL", RedisWriter.setIfNotOlder, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
+                      RedisArgument(stateJSON), ttl])
+        }
+        n += 1
+        let events = StoredEvents.thin(w.events, limit: RedisWriter.maxEventsPerWrite)
+        let thinned = w.events.count - events.count
+        if thinned + w.lostEvents > 0 { metrics.droppedEvents.add(thinned + w.lostEvents, ordering: .relaxed) }
+        var eventsWriter = JSONWriter(capacity: 128 * max(1, events.count))
+        eventsWriter.beginArray()
+        for e in events { StoredEvents.write(e, to: &eventsWriter) }
+        eventsWriter.endArray()
+        let complete = thinned == 0 && w.lostEvents == 0
+        if let last = events.last {
+            c.append(["XADD", RedisArgument(keys.events(id)), "MAXLEN", "~", RedisArgument(String(RedisWriter.streamMaxLength)),
+                      RedisArgument("\(max(last.seq, s.seq))-0"), "first", RedisArgument(String(w.firstSeq)),
+                      "complete", complete ? "1" : "0", "events", RedisArgument(eventsWriter.bytes)])
+            c.append(["PEXPIRE", RedisArgument(keys.events(id)), ttl])
+            n += 2
+        }
+        if w.lostLogs > 0 { metrics.droppedLogs.add(w.lostLogs, ordering: .relaxed) }
+        var logsWriter = JSONWriter()
+        logsWriter.beginArray()
+        if !w.logs.isEmpty {
+            var args: [RedisArgument] = ["RPUSH", RedisArgument(keys.logs(id))]
+            for entry in w.logs {
+                args.append(RedisArgument(StoredEvents.logJSON(entry)))
+                StoredEvents.write(entry, to: &logsWriter)
+            }
+            c.append(args)
+            c.append(["LTRIM", RedisArgument(keys.logs(id)), RedisArgument(String(-TaskRecord.logCapacity)), "-1"])
+            c.append(["PEXPIRE", RedisArgument(keys.logs(id)), ttl])
+            n += 3
+        }
+        logsWriter.endArray()
+        if let batch = s.batchId {
+            c.append(["SADD", RedisArgument(keys.batch(batch)), RedisArgument(id)])
+            c.append(["PEXPIRE", RedisArgument(keys.batch(batch)), ttl])
+            n += 2
+        }
+        if s.status == .executing {
+            c.append(["ZADD", RedisArgument(keys.heartbeats), RedisArgument(String(SystemClock().now())), RedisArgument(id)])
+            n += 1
+        } else if s.status.isTerminal {
+            c.append(["ZREM", RedisArgument(keys.heartbeats), RedisArgument(id)])
+            n += 1
+        }
+        // The update channel: what a listener needs to mirror the task and fan it out.
+        var header = JSONWriter(capacity: 256)
+        header.beginObject()
+        header.key("engine"); header.string(engineId)
+        header.key("task_id"); header.string(id)
+        header.key("first"); header.integer(w.firstSeq)
+        header.key("complete"); header.bool(complete)
+        header.key("events"); header.value(.null)
+        header.endObject()
+        // `"events":null}` is replaced by the encoded events, logs and state, which are not parsed again.
+        var message = header.bytes
+        message.removeLast("null}".utf8.count)
+        message += eventsWriter.bytes
+        message += Array(",\"logs\":".utf8) + logsWriter.bytes
+        message += Array(",\"state\":".utf8) + Array(stateJSON.utf8) + [UInt8(ascii: "}")]
+        c.append(["PUBLISH", RedisArgument(keys.channel), RedisArgument(message)])
+        n += 1
+        return n
+    }
+}

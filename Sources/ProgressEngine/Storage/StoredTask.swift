@@ -1,0 +1,205 @@
+/// A task as Redis holds it: the TaskProgress JSON (SPEC §6) that `TaskJSON` writes, read back. Everything a
+/// `TaskRecord` needs to go on from where its engine left it is in there (stages with their weights, statuses,
+/// progress, times and messages; status, seq, error, resources), so a restarted runner's task or another
+/// engine's task is rebuilt with `TaskRecord(restoring:)` and keeps its seq.
+struct StoredTask: Sendable {
+    var id: String
+    var templateId: String
+    var category: String?
+    var quality: String?
+    var batchId: String?
+    var status: TaskStatus
+    var currentStage: Int
+    var stages: [StageState]
+    var seq: UInt64
+    var createdAt: Double
+    var updatedAt: Double
+    var startedAt: Double?
+    var completedAt: Double?
+    var error: String?
+    var previewURL: String?
+    var resources: ResourceUsage
+    var resourcePeaks: ResourceUsage
+    var metadata: JSONValue?
+    var resourceConfig: JSONValue?
+
+    /// Parses stored TaskProgress JSON.
+    /// - Throws: `EngineError.json` when the document is not a TaskProgress this engine wrote.
+    static func parse(_ text: String) throws -> StoredTask {
+        try parse(try JSONParser.parse(text, context: "stored task"))
+    }
+
+    static func parse(_ value: JSONValue) throws -> StoredTask {
+        let r = try JSONObjectReader(value, context: "stored task")
+        func required<T>(_ v: T?, _ key: String) throws -> T {
+            guard let v else { throw EngineError.json("stored task has no \"\(key)\"") }
+            return v
+        }
+        func time(_ key: String, _ reader: JSONObjectReader) throws -> Double? {
+            guard let text = try reader.string(key) else { return nil }
+            guard let t = ISO8601.parse(text) else { throw EngineError.json("stored task: \(key) \"\(text)\" is not a time") }
+            return t
+        }
+        let statusName = try required(r.string("status"), "status")
+        guard let status = TaskStatus.all.first(where: { $0.name == statusName }) else {
+            throw EngineError.json("stored task: unknown status \"\(statusName)\"")
+        }
+        guard case let .object(stageMembers)? = try r.object("stages"), !stageMembers.isEmpty else {
+            throw EngineError.json("stored task has no stages")
+        }
+        var stages: [StageState] = []
+        for (index, (key, value)) in stageMembers.enumerated() {
+            guard key == String(index) else { throw EngineError.json("stored task: stage keys must be 0, 1, ...") }
+            let s = try JSONObjectReader(value, context: "stored stage \(key)")
+            let definition = StageDefinition(name: try required(s.string("name"), "name"),
+                                             description: try s.string("description") ?? "",
+                                             weight: try required(s.number("weight"), "weight"))
+            let statusName = try required(s.string("status"), "stage status")
+            guard let stageStatus = [StageStatus.pending, .inProgress, .completed, .failed, .skipped]
+                .first(where: { $0.name == statusName }) else {
+                throw EngineError.json("stored task: unknown stage status \"\(statusName)\"")
+            }
+            var stage = StageState(definition: definition)
+            stage.status = stageStatus
+            stage.progress = try s.number("progress") ?? 0
+            stage.startedAt = try time("started_at", s)
+            stage.completedAt = try time("completed_at", s)
+            stage.message = try s.string("message")
+            stages.append(stage)
+        }
+        let current = Int(try r.integer("current_stage") ?? 0)
+        guard current >= 0, current < stages.count else { throw EngineError.json("stored task: current_stage out of range") }
+        let created = try required(time("created_at", r), "created_at")
+        var task = StoredTask(
+            id: try required(r.string("task_id"), "task_id"),
+            templateId: try required(r.string("template_id"), "template_id"),
+            category: try r.string("template_category"), quality: try r.string("quality"),
+            batchId: try r.string("batch_id"), status: status, currentStage: current, stages: stages,
+            seq: UInt64(max(0, try r.integer("seq") ?? 0)), createdAt: created,
+            updatedAt: try time("updated_at", r) ?? created, startedAt: try time("started_at", r),
+            completedAt: try time("completed_at", r), error: try r.string("error"),
+            previewURL: try r.string("preview_url"),
+            resources: try usage(r.object("resource_usage")), resourcePeaks: try usage(r.object("resource_peaks")),
+            metadata: r.value("metadata").flatMap { $0.isNull ? nil : $0 },
+            resourceConfig: r.value("resource_config").flatMap { $0.isNull ? nil : $0 })
+        try task.applyStoredTimes(r.value("stored_times"))
+        return task
+    }
+
+    private static func usage(_ value: JSONValue?) throws -> ResourceUsage {
+        guard let value else { return ResourceUsage() }
+        let u = try JSONObjectReader(value, context: "stored resource usage")
+        return ResourceUsage(cpuPercent: try u.number("cpu_percent"), memoryMB: try u.number("memory_mb"),
+                             gpuPercent: try u.number("gpu_percent"), gpuMemoryMB: try u.number("gpu_memory_mb"))
+    }
+
+    /// The document Redis stores: the TaskProgress JSON of a record plus `stored_times`, its times as epoch
+    /// seconds (TaskProgress shows milliseconds), so a restored task reports exactly the same durations.
+    static func json(_ s: TaskSnapshot) -> String {
+        var w = JSONWriter(capacity: 1024)
+        TaskJSON.write(s, to: &w)
+        var times = JSONWriter(capacity: 128)
+        times.beginObject()
+        times.key("created"); times.number(s.createdAt)
+        times.key("updated"); times.number(s.updatedAt)
+        times.key("started"); times.number(s.startedAt)
+        times.key("completed"); times.number(s.completedAt)
+        times.key("stages"); times.beginArray()
+        for stage in s.stages {
+            times.beginArray(); times.number(stage.startedAt); times.number(stage.completedAt); times.endArray()
+        }
+        times.endArray()
+        times.endObject()
+        var bytes = w.bytes
+        bytes.removeLast()
+        bytes += Array(",\"stored_times\":".utf8) + times.bytes + [UInt8(ascii: "}")]
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Takes the precise times of `stored_times` when the document has them.
+    private mutating func applyStoredTimes(_ value: JSONValue?) throws {
+        guard let value else { return }
+        let t = try JSONObjectReader(value, context: "stored_times")
+        createdAt = try t.number("created") ?? createdAt
+        updatedAt = try t.number("updated") ?? updatedAt
+        startedAt = try t.number("started") ?? startedAt
+        completedAt = try t.number("completed") ?? completedAt
+        guard case let .array(pairs)? = t.value("stages"), pairs.count == stages.count else { return }
+        for (i, pair) in pairs.enumerated() {
+            guard case let .array(p) = pair, p.count == 2 else { continue }
+            if case let .number(n) = p[0] { stages[i].startedAt = n }
+            if case let .number(n) = p[1] { stages[i].completedAt = n }
+        }
+    }
+}
+
+/// History events and log entries as Redis and the update channel carry them (epoch-second timestamps, so
+/// nothing is lost to ISO-8601's milliseconds).
+enum StoredEvents {
+    static func write(_ e: HistoryEvent, to w: inout JSONWriter) {
+        w.beginObject()
+        w.key("seq"); w.integer(e.seq)
+        w.key("ts"); w.number(e.timestamp)
+        w.key("type"); w.string(e.type.name)
+        w.key("stage"); w.integer(e.stage)
+        w.key("progress"); w.number(e.progress)
+        w.key("overall"); w.number(e.overallProgress)
+        w.key("status"); w.string(e.status.name)
+        w.key("message"); w.string(e.message)
+        w.endObject()
+    }
+
+    static func parseEvent(_ value: JSONValue) throws -> HistoryEvent {
+        let r = try JSONObjectReader(value, context: "stored event")
+        guard let seq = try r.integer("seq"), seq > 0, let ts = try r.number("ts"), let typeName = try r.string("type"),
+              let type = HistoryType.allCases.first(where: { $0.name == typeName }),
+              let statusName = try r.string("status"), let status = TaskStatus.all.first(where: { $0.name == statusName })
+        else { throw EngineError.json("stored event is incomplete") }
+        return HistoryEvent(seq: UInt64(seq), timestamp: ts, type: type, stage: Int(try r.integer("stage") ?? 0),
+                            progress: try r.number("progress") ?? 0, overallProgress: try r.number("overall") ?? 0,
+                            status: status, message: try r.string("message"))
+    }
+
+    /// A JSON array of events.
+    static func parseEvents(_ value: JSONValue) throws -> [HistoryEvent] {
+        guard case let .array(items) = value else { throw EngineError.json("stored events must be an array") }
+        return try items.map(parseEvent)
+    }
+
+    static func write(_ entry: LogEntry, to w: inout JSONWriter) {
+        w.beginObject()
+        w.key("ts"); w.number(entry.timestamp)
+        w.key("level"); w.string(entry.level.name)
+        w.key("message"); w.string(entry.message)
+        w.key("stage"); w.integer(entry.stage)
+        w.endObject()
+    }
+
+    static func parseLog(_ value: JSONValue) throws -> LogEntry {
+        let r = try JSONObjectReader(value, context: "stored log entry")
+        guard let ts = try r.number("ts"), let levelName = try r.string("level"), let level = LogLevel(name: levelName),
+              let message = try r.string("message")
+        else { throw EngineError.json("stored log entry is incomplete") }
+        return LogEntry(timestamp: ts, level: level, message: message, stage: Int(try r.integer("stage") ?? 0))
+    }
+
+    static func logJSON(_ entry: LogEntry) -> String {
+        var w = JSONWriter()
+        write(entry, to: &w)
+        return w.output
+    }
+
+    /// Of a run of events taken for one write, the ones that go to Redis: all of them up to `limit`; beyond,
+    /// every event but a progress step that another progress step follows (so a flood of steps costs one
+    /// event per write, while stage changes and terminal states are all kept). Gaps this leaves in seq are how
+    /// readers know history is not complete (resume then reports recovered: false).
+    static func thin(_ events: [HistoryEvent], limit: Int) -> [HistoryEvent] {
+        guard events.count > limit else { return events }
+        var out: [HistoryEvent] = []
+        for (i, e) in events.enumerated() {
+            if e.type == .progress, i + 1 < events.count, events[i + 1].type == .progress { continue }
+            out.append(e)
+        }
+        return out
+    }
+}

@@ -1,0 +1,73 @@
+import Testing
+@testable import ProgressEngine
+
+@Suite("Redis storage: the parts that need no server (tests/redis runs the rest against redis-server)")
+struct StorageTests {
+    @Test("redis_url: host, port, password, database; mistakes are configuration errors naming what to fix")
+    func urls() throws {
+        #expect(try RedisURL.parse("redis://h") == RedisURL(host: "h", port: 6379, password: nil, database: 0))
+        #expect(try RedisURL.parse("redis://10.0.0.1:7000/3") == RedisURL(host: "10.0.0.1", port: 7000, password: nil, database: 3))
+        #expect(try RedisURL.parse("redis://:s3cr@t@h:1/") == RedisURL(host: "h", port: 1, password: "s3cr@t", database: 0))
+        #expect(try RedisURL.parse("redis://user:pw@h:2").password == "pw")
+        #expect(try RedisURL.parse("redis://:pw@h:2").display == "redis://h:2/0")
+        for bad in ["h:6379", "http://h", "redis://", "redis://:1", "redis://h:0", "redis://h:x", "redis://h:1/db",
+                    "redis://@h", "redis://h:1/-1"] {
+            #expect(throws: EngineError.self) { try RedisURL.parse(bad) }
+            do { _ = try RedisURL.parse(bad) } catch let e as EngineError {
+                #expect(e.status == -7 && e.message.contains("redis_url"))
+            } catch {}
+        }
+    }
+
+    @Test("Keys: one hash tag per task, braces and % escaped inside it, readable otherwise")
+    func keys() {
+        let k = RedisKeys(namespace: "ns")
+        #expect(k.state("job-1") == "ns:task:{job-1}:state")
+        #expect(k.events("a}b{c%") == "ns:task:{a%7Db%7Bc%25}:events")
+        #expect(k.logs("é x") == "ns:task:{é x}:logs")
+        #expect(k.batch("b{1}") == "ns:batch:{b%7B1%7D}")
+        #expect(k.eta("tpl") == "ns:eta:{tpl}" && k.templates == "ns:templates" && k.heartbeats == "ns:heartbeats")
+        #expect(k.channel == "ns:updates")
+        // Distinct ids never share keys.
+        #expect(RedisKeys.tag("a%7Db") != RedisKeys.tag("a}b"))
+        // The tag is exactly the escaped id: the first "}" after the first "{" ends it.
+        let key = k.state("x}y")
+        let open = key.firstIndex(of: "{")!, close = key[open...].firstIndex(of: "}")!
+        #expect(key[key.index(after: open)..<close] == "x%7Dy")
+    }
+
+    @Test("A task restored from its stored JSON is the same task: stages, progress, times, seq, error")
+    func roundTrip() throws {
+        let clock = ManualClock(1_700_000_000.123456)
+        let engine = try Engine(config: EngineConfig(), clock: clock, background: false)
+        defer { engine.close() }
+        try engine.createTask(id: "t", templateId: "tpl", category: "video_generation",
+                              options: try TaskOptions.parse(#"{"quality":"hd","batch_id":"b","metadata":{"k":[1,2]}}"#))
+        clock.advance(1.000123)
+        try engine.update(key: TaskKey(owning: "t"), describe: { "t" }, step: 3, total: 7, message: .string("three"))
+        clock.advance(0.5)
+        try engine.fail(id: "t", error: "boom")
+        let original = try engine.snapshot(id: "t")
+        let stored = try StoredTask.parse(StoredTask.json(original))
+        let restored = TaskSnapshot(TaskRecord(restoring: stored))
+        var a = JSONWriter(), b = JSONWriter()
+        TaskJSON.write(original, to: &a)
+        TaskJSON.write(restored, to: &b)
+        #expect(a.output == b.output)
+        #expect(restored.seq == original.seq && restored.error == "boom" && restored.stages[2].progress == 3.0 / 7)
+        #expect(restored.stages.map(\.duration) == original.stages.map(\.duration))
+    }
+
+    @Test("A flood of progress steps is thinned to one per run; stage and terminal events all stay")
+    func thinning() {
+        func e(_ seq: UInt64, _ type: HistoryType) -> HistoryEvent {
+            HistoryEvent(seq: seq, timestamp: 0, type: type, stage: 0, progress: 0, overallProgress: 0, status: .executing)
+        }
+        let few = [e(1, .progress), e(2, .progress)]
+        #expect(StoredEvents.thin(few, limit: 64).map(\.seq) == [1, 2])
+        var many = (1...100).map { e($0, .progress) }
+        many[49] = e(50, .stage)
+        many.append(e(101, .completed))
+        #expect(StoredEvents.thin(many, limit: 64).map(\.seq) == [49, 50, 100, 101])
+    }
+}

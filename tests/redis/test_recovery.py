@@ -1,0 +1,72 @@
+"""Restart recovery (SPEC §9): a new engine process reads the tasks it does not hold from Redis, for REST,
+WebSocket subscribe (with resume from the history stream), batch queries, and a restarted runner's resume."""
+
+import json
+
+from conftest import http_get, run_runner, ws_connect, ws_messages
+from progress_engine import ProgressTracker
+
+FIRST_RUN = """
+t = ProgressTracker(redis_url={url!r}, throttle_ms=10)
+t.create_task_progress_sync(task_id="done", template_id="tpl", batch_id="b")
+t.log_sync("done", "info", "first words")
+t.complete_task_sync("done")
+t.create_task_progress_sync(task_id="half", template_id="tpl", batch_id="b")
+for i in range(1, 11):
+    t.update_progress_sync(task_id="half", step=i, total_steps=20, message=f"step {{i}}")
+    time.sleep(0.02)
+print(json.dumps({{"done": t.get_task_progress_sync("done"), "half": t.get_task_progress_sync("half")}}))
+t.close()  # flushes
+"""
+
+
+def test_second_engine_serves_the_first_ones_tasks(redis):
+    before = json.loads(run_runner(FIRST_RUN.format(url=redis.url)))
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as b:
+        port = b.port
+        status, body = http_get(port, "/api/v1/progress/tasks/half")
+        assert status == 200 and body == before["half"]
+        assert b.get_task_progress_sync("done") == before["done"]
+        status, logs = http_get(port, "/api/v1/progress/tasks/done/logs")
+        assert [x["message"] for x in logs["logs"]] == ["first words"]
+        status, history = http_get(port, "/api/v1/progress/tasks/half/history")
+        assert [e["seq"] for e in history["events"]] == list(range(1, before["half"]["seq"] + 1))
+        status, batch = http_get(port, "/api/v1/progress/batch/b")
+        assert batch["total_tasks"] == 2 and batch["completed_tasks"] == 1 and batch["missing"] == []
+        assert http_get(port, "/api/v1/progress/tasks/nope")[0] == 404
+
+        # WebSocket: the current state on subscribe, and resume replayed from the Redis stream.
+        ws = ws_connect(port)
+        last = before["half"]["seq"]
+        ws.send(json.dumps({"type": "subscribe", "task_ids": ["half"], "resume": {"half": 3}}))
+        msgs = ws_messages(ws, lambda m: any(x.get("seq") == last and not x.get("replayed") for x in m))
+        updates = [m for m in msgs if m["type"] == "progress.update"]
+        assert [m["seq"] for m in updates] == list(range(4, last + 1))
+        assert all(m.get("replayed") for m in updates[:-1])
+        assert updates[-1]["recovered"] is True and updates[-1]["data"] == before["half"]
+        ws.close()
+
+
+def test_restarted_runner_resumes_its_task(redis):
+    run_runner(FIRST_RUN.format(url=redis.url))
+    out = run_runner(f"""
+t = ProgressTracker(redis_url={redis.url!r}, throttle_ms=10)
+t.create_task_progress_sync(task_id="half", template_id="tpl", resume=True)
+resumed = t.get_task_progress_sync("half")
+for i in range(11, 21):
+    t.update_progress_sync(task_id="half", step=i, total_steps=20, message=f"step {{i}}")
+t.complete_task_sync("half")
+print(json.dumps({{"resumed": resumed, "final": t.get_task_progress_sync("half")}}))
+t.close()
+""")
+    result = json.loads(out)
+    resumed, final = result["resumed"], result["final"]
+    # The task went on from where it was: same stages, progress and timestamps, seq continuing (the resume is an event).
+    assert resumed["stages"]["1"]["progress"] == 0.5 and resumed["status"] == "executing"
+    assert resumed["seq"] == 12 and resumed["created_at"] != resumed["updated_at"]
+    assert final["status"] == "completed" and final["seq"] == 23
+    stored = json.loads(redis.cli("GET", "progress:task:{half}:state"))
+    stored.pop("stored_times")
+    assert stored == final
+    with ProgressTracker(redis_url=redis.url) as c:
+        assert [e["seq"] for e in c.get_history_sync("half")["events"]] == list(range(1, 24))

@@ -1,0 +1,108 @@
+"""Write-through (SPEC §9): task state, logs, history stream, batch membership, templates and ETA records reach
+Redis under the documented keys, finished tasks expire within retention_seconds, and configuration errors of
+redis_url are reported."""
+
+import json
+
+import pytest
+
+from conftest import flushed, wait_until
+from progress_engine import ProgressTracker, _lib
+from progress_engine.errors import ConfigError
+
+
+def key(kind, task_id, ns="progress"):
+    tag = task_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return f"{ns}:task:{{{tag}}}:{kind}"
+
+
+def stream_events(redis, task_id, ns="progress"):
+    """Every event of a task's stream (entries flattened, oldest first)."""
+    lines = redis.lines("XRANGE", key("events", task_id, ns), "-", "+")
+    events = []
+    for i, line in enumerate(lines):
+        if line == "events":
+            events += json.loads(lines[i + 1])
+    return events
+
+
+def test_state_logs_history_and_keys(redis):
+    retention = 120
+    with ProgressTracker(redis_url=redis.url, throttle_ms=20, retention_seconds=retention) as t:
+        t.register_template_stages_sync("tpl", [{"name": "load", "weight": 1}, {"name": "sample", "weight": 3}])
+        tid = "job {1}%/é"
+        t.create_task_progress_sync(task_id=tid, template_id="tpl", batch_id="B-1")
+        for i in range(1, 31):
+            t.update_progress_sync(task_id=tid, step=i, total_steps=30, message=f"step {i}")
+        t.log_sync(tid, "info", "sampling done")
+        t.complete_task_sync(tid)
+        t.create_task_progress_sync(task_id="running", template_id="tpl", batch_id="B-1")
+        t.update_progress_sync(task_id="running", step=1, total_steps=10, message="go")
+        flushed(t)
+        local = t.get_task_progress_sync(tid)
+        history = t.get_history_sync(tid)
+
+    state = json.loads(redis.cli("GET", key("state", tid)))
+    # TaskProgress, plus the times as epoch seconds (for an exact restore).
+    times = state.pop("stored_times")
+    assert state == local and len(times["stages"]) == len(local["stages"])
+    assert state["status"] == "completed" and state["seq"] == local["seq"]
+    # Every event, in order, nothing twice (no flood here, so nothing thinned).
+    assert [e["seq"] for e in stream_events(redis, tid)] == [e["seq"] for e in history["events"]]
+    logs = [json.loads(x) for x in redis.lines("LRANGE", key("logs", tid), 0, -1)]
+    assert [x["message"] for x in logs] == ["sampling done"]
+    # Finished: expires within retention; active: has an expiry too (refreshed on every write).
+    for kind in ("state", "events", "logs"):
+        ttl = int(redis.cli("TTL", key(kind, tid)))
+        assert 0 < ttl <= retention, (kind, ttl)
+    assert 0 < int(redis.cli("TTL", key("state", "running"))) <= retention
+    assert sorted(redis.lines("SMEMBERS", "progress:batch:{B-1}")) == sorted([tid, "running"])
+    assert json.loads(redis.cli("HGET", "progress:templates", "tpl"))[1]["name"] == "sample"
+    etas = [json.loads(x) for x in redis.lines("LRANGE", "progress:eta:{tpl}", 0, -1)]
+    assert [r["task_id"] for r in etas] == [tid]
+    # The running task heartbeats; the finished one does not.
+    assert redis.lines("ZRANGE", "progress:heartbeats", 0, -1) == ["running"]
+    # Every key of a task carries the same hash tag, so they share a cluster slot.
+    tagged = [k for k in redis.lines("KEYS", "progress:task:*") if "job" in k]
+    assert sorted(tagged) == sorted(key(k, tid) for k in ("state", "events", "logs"))
+    assert {k[k.index("{"):k.index("}") + 1] for k in tagged} == {"{job %7B1%7D%25/é}"}
+
+
+def test_namespace_and_coalescing(redis):
+    """A flood of updates costs Redis a bounded number of writes: the latest state per throttle window."""
+    with ProgressTracker(redis_url=redis.url, throttle_ms=100, namespace="ns2") as t:
+        t.create_task_progress_sync(task_id="flood", template_id="tpl")
+        h = t._handle()
+        for i in range(1, 20001):
+            _lib.progress_update(h, b"flood", i, 20000, None)
+        flushed(t)
+        stats = t.stats_sync()
+        final = t.get_task_progress_sync("flood")
+    assert stats["redis_task_writes"] < 50, stats
+    assert json.loads(redis.cli("GET", key("state", "flood", "ns2")))["seq"] == final["seq"]
+    events = stream_events(redis, "flood", "ns2")
+    assert events[-1]["seq"] == final["seq"] and len(events) < 200
+    assert stats["redis_dropped_events"] > 0
+
+
+@pytest.mark.parametrize("url", ["http://x:1", "redis://", "redis://h:0", "redis://h:99999", "redis://h:1/x",
+                                 "redis://@h:1"])
+def test_bad_url_is_a_config_error(url):
+    with pytest.raises(ConfigError) as e:
+        ProgressTracker(redis_url=url)
+    assert "redis_url" in str(e.value)
+
+
+def test_unreachable_redis_does_not_fail_the_runner():
+    import time
+    from conftest import free_port
+    t0 = time.time()
+    t = ProgressTracker(redis_url=f"redis://127.0.0.1:{free_port()}/0", throttle_ms=10)
+    t.create_task_progress_sync(task_id="x", template_id="tpl")
+    for i in range(100):
+        t.update_progress_sync(task_id="x", step=i, total_steps=100, message="m")
+    t.complete_task_sync("x")
+    assert t.get_task_progress_sync("x")["status"] == "completed"
+    assert t.stats_sync()["redis_connected"] == 0
+    t.close()
+    assert time.time() - t0 < 4
