@@ -68,17 +68,21 @@ final class Engine: @unchecked Sendable {
         if let url = config.redisURL { _ = try RedisURL.parse(url) }
         self.config = config
         self.clock = clock
+        // Each thread starts only after everything it reads is set (pthread_create orders those writes
+        // before the thread's reads): storage, then the listener, then the subscriber feeding the listener,
+        // then the maintenance thread, which touches all of them.
         do {
             try startPreviews()
-            if background {
-                maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
-            }
-            if let listen = config.listen {
-                listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
-            }
             if let url = config.redisURL {
                 storage = try RedisStorage(engine: self, urlText: url)
                 loadStoredTemplates()
+            }
+            if let listen = config.listen {
+                listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
+                try storage?.startSubscriber(engine: self)
+            }
+            if background {
+                maintenance = try MaintenanceThread { [weak self] in self?.maintenanceRound() ?? 1 }
             }
         } catch {
             close()

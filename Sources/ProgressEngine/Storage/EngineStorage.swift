@@ -135,7 +135,7 @@ extension Engine {
                 for task in state.tasks.values where task.isMirror && !task.status.isTerminal { ids.append(task.id) }
             }
         }
-        for (id, text) in storage.stateJSONs(ids) {
+        for (_, text) in storage.stateJSONs(ids) {
             guard let stored = try? StoredTask.parse(text) else { continue }
             applyRemote(stored, events: [], firstSeq: stored.seq + 1, complete: false, logs: [])
         }

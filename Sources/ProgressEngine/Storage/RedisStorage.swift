@@ -24,7 +24,7 @@ final class RedisStorage: @unchecked Sendable {
         var failedAt = -Double.infinity
     }
 
-    /// Starts the writer (and, for an engine with a listener, the subscriber). Redis need not be up.
+    /// Starts the writer. Redis need not be up.
     /// - Throws: `EngineError.config` for a bad URL, `.io` if a thread cannot start.
     init(engine: Engine, urlText: String) throws {
         url = try RedisURL.parse(urlText)
@@ -34,9 +34,12 @@ final class RedisStorage: @unchecked Sendable {
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         engineId = "\(hostName)-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
         writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
-        if engine.listener != nil {
-            subscriber = try RedisSubscriber(engine: engine, storage: self)
-        }
+    }
+
+    /// Starts the subscriber of an engine with a listener, once that listener exists (the subscriber's
+    /// thread feeds it).
+    func startSubscriber(engine: Engine) throws {
+        subscriber = try RedisSubscriber(engine: engine, storage: self)
     }
 
     /// Stops the subscriber (before the listener it feeds is stopped).
