@@ -197,7 +197,8 @@ PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, co
                                                      int stride, int channels);
 
 /* Completes the task: open stages complete, overall_progress becomes 100, status "completed", and a
- * completion record (per-stage durations) is stored for ETA. A finished task gives PROGRESS_E_STATE. */
+ * completion record (per-stage durations and profiles, the template category) is stored for ETA. A finished task
+ * gives PROGRESS_E_STATE. */
 PROGRESS_API progress_status progress_task_complete(progress_engine *engine, const char *task_id);
 
 /* Fails the task: the current stage fails, status "failed", `error` kept (may be NULL: "unknown error"). */
@@ -250,9 +251,13 @@ PROGRESS_API progress_status progress_task_detach_counter(progress_engine *engin
 PROGRESS_API progress_status progress_register_template_stages(progress_engine *engine, const char *template_id,
                                                                const char *stages_json);
 
-/* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "quality"?,
- * "stage_durations": {"0": seconds, ...}, "total_duration", "resource_config"?, "timestamp"?}.
- * The newest 1000 records per template + quality are kept. */
+/* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
+ * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
+ * "timestamp"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how stages that
+ * reported progress spent their time: seconds to the first report, robust seconds per step (per whole stage
+ * without "steps"), seconds after progress reached 1; the engine writes them in its own records. Records without
+ * a category serve their own template only. The newest 1000 records per template + quality + resource_config
+ * are kept, for at most 1000 such combinations (the one with the oldest newest record goes first). */
 PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);
 
 /* {"template_id", "quality", "records": [...]}: stored completion records of a template, of one

@@ -265,8 +265,9 @@ final class Engine: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             readCounterOneLastTime(task, at: ts)
             try task.complete(at: ts)
-            return CompletionRecord(taskId: task.id, templateId: task.templateId, quality: task.quality,
-                                    stageDurations: task.stageDurations, totalDuration: ts - task.createdAt,
+            return CompletionRecord(taskId: task.id, templateId: task.templateId, category: task.category,
+                                    quality: task.quality, stageDurations: task.stageDurations,
+                                    profiles: task.profiles, totalDuration: ts - task.createdAt,
                                     resourceConfig: task.resourceConfig, timestamp: ts)
         }
         counterTasks.withLock { _ = $0.remove(id) }

@@ -55,6 +55,8 @@ final class TaskRecord: @unchecked Sendable {
     let quality: String?
     let batchId: String?
     let resourceConfig: JSONValue?
+    /// `resourceConfig` as `CompletionHistory.resourceKey`, for matching history on every read.
+    let resourceKey: String?
     let metadata: JSONValue?
 
     private(set) var stages: ContiguousArray<StageState>
@@ -75,6 +77,10 @@ final class TaskRecord: @unchecked Sendable {
     private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
     private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
     var counter: CounterBinding?
+    /// The current stage's pace, for the ETA.
+    private(set) var live = LiveRate()
+    /// How each completed stage that reported progress spent its time, for the completion record.
+    private(set) var profiles: [Int: StageProfile] = [:]
     /// History keeps at most one progress event per stage per this many seconds (the newest), so a flood
     /// of steps does not push stage changes out of the bounded history.
     let historyCoalesceSeconds: Double
@@ -91,6 +97,7 @@ final class TaskRecord: @unchecked Sendable {
         self.quality = quality
         self.batchId = batchId
         self.resourceConfig = resourceConfig
+        self.resourceKey = resourceConfig.map(CompletionHistory.resourceKey)
         self.metadata = metadata
         self.stages = ContiguousArray(definitions.map { StageState(definition: $0) })
         var main = 0
@@ -175,6 +182,7 @@ final class TaskRecord: @unchecked Sendable {
             stages[index].status = .inProgress
             stages[index].startedAt = ts
         }
+        if live.stage != index { live.enter(stage: index) }
         currentStage = index
         if status == .queued && !isQueueStage(index) {
             status = .executing
@@ -187,6 +195,10 @@ final class TaskRecord: @unchecked Sendable {
         stages[index].status = final
         stages[index].completedAt = ts
         if final == .completed { stages[index].progress = 1 }
+        if final == .completed, live.stage == index, let startedAt = stages[index].startedAt,
+           let profile = StageProfile.measured(live, startedAt: startedAt, endedAt: ts) {
+            profiles[index] = profile
+        }
     }
 
     private func recordChange(_ type: HistoryType, at ts: Double) {
@@ -230,6 +242,7 @@ final class TaskRecord: @unchecked Sendable {
         let entering = target != currentStage || stages[target].status == .pending
         if entering { enterStage(target, at: ts) }
         stages[target].progress = Double(step) / Double(total)
+        live.note(progress: stages[target].progress, steps: total, at: ts)
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
         recordChange(.progress, at: ts)
@@ -257,6 +270,8 @@ final class TaskRecord: @unchecked Sendable {
             }
             enterStage(index, at: ts)
             stages[index].progress = progress
+            // Entering a stage names no progress (0); only real progress measures its pace.
+            if progress > 0 { live.note(progress: progress, steps: 0, at: ts) }
         case .completed, .skipped:
             guard stages[index].status.isOpen else {
                 throw EngineError.state("stage \(index) (\"\(name)\") of task \"\(id)\" is already \(stages[index].status.name)")
