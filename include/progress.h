@@ -41,8 +41,27 @@
  *
  * ETA
  * ---
- * Until ETA prediction lands, "eta", "eta_seconds" and "eta_confidence" of a task are always null.
- * Completion records are already stored (progress_eta_record_completion, and one per completed task).
+ * "eta" (ISO-8601 UTC), "eta_seconds" and "eta_confidence" (0..1) of a task are computed when the task is read,
+ * so every read reflects the latest change; progress_update only keeps a few numbers on the current stage's pace.
+ * - eta_seconds counts from the task's latest event ("updated_at"): eta = updated_at + eta_seconds. The engine's
+ *   time is its latest event of any task (explicit timestamps included), never the system clock, so replays
+ *   predict as live runs do; an ETA moves when any task of the engine reports, not while all are silent.
+ * - History: completion records (progress_eta_record_completion, and one per completed task) of similar tasks:
+ *   same template, quality and resource_config; else same template and quality; else same template; else same
+ *   template category (the first of these with 3 records). Per stage: durations; for stages that reported
+ *   progress, the time to their first report, seconds per step and the time after their last step. Once the
+ *   current stage reports steps, the records of the runs closest to it in step count and pace.
+ * - The current stage's remaining time blends its live pace (the median of its recent report intervals, so a
+ *   slow first step or a stall does not throw it off) with history's seconds per step, the live part weighing
+ *   more as the stage advances; a stage that has not reported yet gets what history says remains of it after
+ *   the time already spent. Later stages come from history; without any, from their weights at the pace known.
+ *   With no history at all: the live pace alone; no estimate (null) before the first progress.
+ * - Queue: while a task waits in a first stage named "queue", its start is forecast from the tasks of the same
+ *   template and resource_config that are executing (their ETAs) and those ahead of it in line (first come,
+ *   first served), else from the recent waits; the wait is counted apart from the execution after it.
+ * - eta_confidence = 1 / (1 + expected deviation / remaining time): lower when history is scarce or spread out,
+ *   when the job's size is not known yet, and for a wait behind many queued tasks.
+ * - Completed: eta_seconds 0, eta = completed_at, confidence 1. Failed or cancelled: all three null.
  */
 #ifndef PROGRESS_H
 #define PROGRESS_H
@@ -208,11 +227,14 @@ PROGRESS_API progress_status progress_task_fail(progress_engine *engine, const c
 PROGRESS_API progress_status progress_task_cancel(progress_engine *engine, const char *task_id,
                                                   const char *reason);
 
-/* The task's state as TaskProgress JSON (SPEC §6). *out_json is the caller's (progress_string_free). */
+/* The task's state as TaskProgress JSON (SPEC §6), with "eta", "eta_seconds" and "eta_confidence" as described
+ * under ETA at the top of this header. *out_json is the caller's (progress_string_free). */
 PROGRESS_API progress_status progress_task_get(progress_engine *engine, const char *task_id, char **out_json);
 
 /* BatchProgress JSON. task_ids_csv ("a,b,c") may be NULL or "": then the tasks created with this
- * batch_id. Ids not found are listed in "missing". *out_json is the caller's. */
+ * batch_id. Ids not found are listed in "missing". "eta" is the latest ETA of the tasks that will finish (failed
+ * and cancelled ones aside), null when one of them has none; each task's own "eta" is in "tasks".
+ * *out_json is the caller's. */
 PROGRESS_API progress_status progress_batch_get(progress_engine *engine, const char *batch_id,
                                                 const char *task_ids_csv, char **out_json);
 

@@ -38,6 +38,7 @@ final class Engine: @unchecked Sendable {
     /// Ids of tasks with an attached step counter, for the maintenance thread.
     private let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
+    private let queues = QueueBoard()
     private let misses = Atomic<Int>(0)
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
@@ -116,9 +117,17 @@ final class Engine: @unchecked Sendable {
                 return nil
             }
             guard isUpdate else { return try body(task) }
+            // A task leaving its queue, or finishing, changes the line the queued tasks see. Told under the shard
+            // lock, so that the board sees a task's changes in their order (the board lock is taken inside shard
+            // locks only, never the other way round).
+            let before = task.status
+            defer {
+                if task.status != before, let line = task.queueLine { queues.moved(task.id, key: line, to: task.status) }
+            }
             do {
                 let r = try body(task)
                 shard.updates += 1
+                shard.latestEvent = max(shard.latestEvent, task.updatedAt)
                 return r
             } catch {
                 shard.invalidUpdates += 1
@@ -162,11 +171,14 @@ final class Engine: @unchecked Sendable {
                 }
                 return false
             }
-            shard.tasks[key] = TaskRecord(
+            let task = TaskRecord(
                 id: id, key: key, templateId: templateId, category: category, quality: options.quality,
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
                 stages: stages, timestamp: options.timestamp ?? now,
                 historyCoalesceSeconds: Double(config.throttleMs) / 1000)
+            shard.tasks[key] = task
+            shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+            if let line = task.queueLine { queues.enqueue(id, key: line, created: task.createdAt) }
             return true
         }
         if created, let batch = options.batchId {
@@ -350,7 +362,13 @@ final class Engine: @unchecked Sendable {
             let key = TaskKey(owning: id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
-                if pollCounter(task, at: max(now, task.lastTimestamp)) { shard.updates += 1 }
+                let before = task.status
+                if pollCounter(task, at: max(now, task.lastTimestamp)) {
+                    shard.updates += 1
+                    shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+                }
+                // A counter's first steps move a queued task to its main stage.
+                if task.status != before, let line = task.queueLine { queues.moved(id, key: line, to: task.status) }
             }
         }
         let sweepDue = lastSweep.withLock { last in
@@ -400,8 +418,90 @@ final class Engine: @unchecked Sendable {
 
     // MARK: - Reading
 
-    func snapshot(id: String) throws -> TaskSnapshot {
-        try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) }
+    /// A copy of the task's state with its ETA.
+    /// - Parameters:
+    ///   - id: the task.
+    ///   - now: the engine's time (`eventTime()`), when the caller has it already.
+    /// - Throws: `.notFound`, `.invalidArgument` (id).
+    func snapshot(id: String, now: Double? = nil) throws -> TaskSnapshot {
+        var snapshot = try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) }
+        snapshot.eta = estimate(snapshot, now: now ?? eventTime())
+        return snapshot
+    }
+
+    /// The engine's time for ETAs: the latest event time of any task. Events rather than the system clock, so
+    /// replays with explicit timestamps see their own time; read from every shard (a lock each, no shared
+    /// counter on the update path).
+    func eventTime() -> Double {
+        var latest = 0.0
+        for shard in table.allShards { latest = max(latest, shard.withLock { $0.latestEvent }) }
+        return latest
+    }
+
+    /// The task's ETA from its snapshot and the completion history. Called after the shard lock is released:
+    /// the history has its own lock and statistics are cached, so a read costs a few lookups and a little
+    /// arithmetic.
+    /// - Parameter task: a snapshot of the task.
+    /// - Returns: the estimate, nil when nothing is known to base one on (or the task failed or was cancelled).
+    func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate? {
+        predictor(for: task).estimate(task, now: now,
+                                      queueStart: task.status == .queued ? queueStart(of: task, now: now) : nil)
+    }
+
+    private func predictor(for task: TaskSnapshot) -> ETAPredictor {
+        ETAPredictor(
+            history: completions.similar(template: task.templateId, quality: task.quality,
+                                         resource: task.resourceKey, category: task.category),
+            queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
+    }
+
+    /// Queued tasks ahead whose execution is forecast one by one; the rest count at their mean.
+    static let forecastAhead = 64
+
+    /// When a queued task will start, from its line (`QueueBoard`): a worker frees up when the task it runs
+    /// completes (that task's own ETA), then takes the next task in line for as long as that one's execution is
+    /// predicted to take, until the task's turn comes. While the task waits every worker is busy, so the tasks
+    /// executing tell how many workers there are. Times count from the engine's time (`eventTime`).
+    /// - Parameters:
+    ///   - task: a queued task.
+    ///   - now: the engine's time.
+    /// - Returns: the forecast start (epoch seconds) and its variance; nil when the task waits in no line, no task
+    ///   of its line is executing, or the execution of those ahead cannot be predicted.
+    private func queueStart(of task: TaskSnapshot, now: Double) -> (time: Double, variance: Double)? {
+        guard let key = task.queueLine, let line = queues.line(of: task.id, key: key) else { return nil }
+        func snapshot(_ id: String) -> TaskSnapshot? { try? withTask(id: id, isUpdate: false) { TaskSnapshot($0) } }
+        let reference = max(task.updatedAt, now)
+        var free: [Double] = [], runningVariance = 0.0
+        for id in line.running {
+            guard let other = snapshot(id), let eta = predictor(for: other).estimate(other, now: reference) else {
+                continue
+            }
+            free.append(other.updatedAt + eta.seconds)
+            runningVariance += eta.deviation * eta.deviation
+        }
+        guard !free.isEmpty else { return nil }
+        let workers = Double(free.count)
+        var executions: [(seconds: Double, variance: Double)] = []
+        for id in line.ahead.prefix(Engine.forecastAhead) {
+            if let other = snapshot(id), let execution = predictor(for: other).expectedExecution(other) {
+                executions.append(execution)
+            }
+        }
+        if executions.isEmpty && !line.ahead.isEmpty { return nil }
+        free = free.map { max($0, reference) }
+        var variance = runningVariance / workers
+        for execution in executions {
+            let next = free.indices.min { free[$0] < free[$1] } ?? 0
+            free[next] += execution.seconds
+            variance += execution.variance / workers
+        }
+        var start = free.min() ?? reference
+        // Tasks ahead beyond those forecast one by one (or without a forecast) take the mean of those that were.
+        let unforecast = line.ahead.count - executions.count
+        if unforecast > 0 {
+            start += Double(unforecast) * executions.map(\.seconds).reduce(0, +) / Double(executions.count) / workers
+        }
+        return (start, variance)
     }
 
     func taskJSON(id: String) throws -> String {
@@ -464,11 +564,12 @@ final class Engine: @unchecked Sendable {
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
         try Engine.validateId(batchId, what: "batch_id")
         let ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
-        var found: [(id: String, status: TaskStatus, overall: Double)] = []
+        var found: [TaskSnapshot] = []
         var missing: [String] = []
+        let now = eventTime()
         for id in ids {
-            if let entry = try? withTask(id: id, isUpdate: false, forReading: true, { ($0.id, $0.status, $0.overallProgress) }) {
-                found.append(entry)
+            if let snapshot = try? snapshot(id: id, now: now) {
+                found.append(snapshot)
             } else {
                 missing.append(id)
             }
@@ -487,14 +588,19 @@ final class Engine: @unchecked Sendable {
             w.key(status.name); w.integer(counts[status] ?? 0)
         }
         w.endObject()
-        w.key("overall_progress"); w.number(found.isEmpty ? 0 : found.map(\.overall).reduce(0, +) / Double(found.count))
-        w.key("eta"); w.null()
+        w.key("overall_progress")
+        w.number(found.isEmpty ? 0 : found.map(\.overallProgress).reduce(0, +) / Double(found.count))
+        // The batch is done when its last task is: the latest ETA of the tasks that will finish. Unknown when
+        // one of them has no ETA; failed and cancelled tasks never finish and do not count.
+        let finishing = found.filter { $0.status != .failed && $0.status != .cancelled }
+        let etas = finishing.compactMap(\.etaTime)
+        w.key("eta"); w.timestamp(etas.count == finishing.count ? etas.max() : nil)
         w.key("tasks"); w.beginObject()
         for t in found {
             w.key(t.id); w.beginObject()
             w.key("status"); w.string(t.status.name)
-            w.key("overall_progress"); w.number(t.overall)
-            w.key("eta"); w.null()
+            w.key("overall_progress"); w.number(t.overallProgress)
+            w.key("eta"); w.timestamp(t.etaTime)
             w.endObject()
         }
         w.endObject()

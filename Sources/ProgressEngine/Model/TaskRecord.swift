@@ -116,6 +116,11 @@ final class TaskRecord: @unchecked Sendable {
 
     private func isQueueStage(_ index: Int) -> Bool { index == 0 && stages[0].definition.name == "queue" }
 
+    /// The line a task with a queue stage waits in (`QueueBoard`); nil for tasks without one.
+    var queueLine: QueueBoard.Key? {
+        isQueueStage(0) ? QueueBoard.Key(template: templateId, resource: resourceKey) : nil
+    }
+
     // MARK: - Time
 
     /// The time of a change: an explicit timestamp (checked not to go backwards) or the clock's, never
