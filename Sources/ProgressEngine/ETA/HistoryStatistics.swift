@@ -11,6 +11,9 @@ struct HistoryStatistics: Sendable {
     let count: Int
     /// The records themselves, oldest first, for `similar(stage:steps:stepSeconds:)`.
     private let records: [CompletionRecord]
+    /// Per stage index, the records with a profile of it: log steps (nil without steps), log seconds per step
+    /// and the record's index; logs taken once here rather than on every read.
+    private let profiled: [[(logSteps: Double?, logStepSeconds: Double, record: Int)]]
     private let durations: [Sample]
     /// Mean and variance of each stage's durations.
     private let moments: [(mean: Double, variance: Double)]
@@ -26,13 +29,16 @@ struct HistoryStatistics: Sendable {
         count = records.count
         var durations: [[Double]] = [], tails: [[Double]] = []
         var stepSeconds: [[Double]] = [], stageSeconds: [[Double]] = []
-        func add(_ value: Double, at index: Int, to lists: inout [[Double]]) {
+        var profiled: [[(logSteps: Double?, logStepSeconds: Double, record: Int)]] = []
+        func add<T>(_ value: T, at index: Int, to lists: inout [[T]]) {
             while lists.count <= index { lists.append([]) }
             lists[index].append(value)
         }
-        for record in records {
+        for (i, record) in records.enumerated() {
             for (index, seconds) in record.stageDurations { add(seconds, at: index, to: &durations) }
             for (index, profile) in record.profiles {
+                add((profile.steps.map { log(Double($0)) }, log(max(profile.stepSeconds, 1e-9)), i), at: index,
+                    to: &profiled)
                 if let tail = profile.tail { add(tail, at: index, to: &tails) }
                 if profile.steps != nil {
                     add(profile.stepSeconds, at: index, to: &stepSeconds)
@@ -51,6 +57,7 @@ struct HistoryStatistics: Sendable {
         self.tails = sorted(tails)
         self.stepSeconds = sorted(stepSeconds)
         self.stageSeconds = sorted(stageSeconds)
+        self.profiled = profiled
         let recent = records.suffix(HistoryStatistics.recentQueueRecords).compactMap { record in
             record.stageDurations.first(where: { $0.0 == 0 })?.1
         }
@@ -86,16 +93,16 @@ struct HistoryStatistics: Sendable {
     ///   - stepSeconds: its live pace per step, nil while unknown.
     /// - Returns: nil when fewer records than that have a profile of the stage.
     func similar(stage: Int, steps: Int64, stepSeconds: Double?) -> HistoryStatistics? {
-        let withSteps = steps > 0
+        guard stage >= 0 && stage < profiled.count else { return nil }
+        let logSteps = steps > 0 ? log(Double(steps)) : nil
+        let logStepSeconds = stepSeconds.flatMap { $0 > 0 ? log($0) : nil }
         var scored: [(distance: Double, index: Int)] = []
-        for (i, record) in records.enumerated() {
-            guard let profile = record.profiles[stage], (profile.steps != nil) == withSteps else { continue }
+        scored.reserveCapacity(profiled[stage].count)
+        for candidate in profiled[stage] where (candidate.logSteps == nil) == (logSteps == nil) {
             var distance = 0.0
-            if let profileSteps = profile.steps { distance += abs(log(Double(profileSteps) / Double(steps))) }
-            if let stepSeconds, stepSeconds > 0, profile.stepSeconds > 0 {
-                distance += abs(log(profile.stepSeconds / stepSeconds))
-            }
-            scored.append((distance, i))
+            if let a = candidate.logSteps, let b = logSteps { distance += abs(a - b) }
+            if let logStepSeconds { distance += abs(candidate.logStepSeconds - logStepSeconds) }
+            scored.append((distance, candidate.record))
         }
         let k = max(5, Int(Double(scored.count).squareRoot().rounded(.up)))
         guard scored.count >= k else { return nil }
