@@ -6,7 +6,7 @@ PYTHON ?= python3
 SWIFT_BUILD = swift build -c release --product ProgressEngine
 LIB = .build/release/libProgressEngine.so
 
-.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python clean
+.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-eta clean
 
 all: build
 
@@ -45,13 +45,17 @@ tsan: setup
 asan: setup
 	tests/c/asan.sh
 
-bench: setup build bench-c bench-python
+bench: setup build bench-c bench-python bench-eta
 
 bench-c:
 	$(MAKE) -C benchmarks/c run
 
 bench-python:
 	$(PYTHON) benchmarks/python/bench_update.py
+
+# ETA accuracy against three baselines on generated traces (see benchmarks/eta/README.md).
+bench-eta:
+	$(PYTHON) benchmarks/eta/bench_eta.py
 
 clean:
 	rm -rf .build .build-tsan .build-asan
