@@ -189,7 +189,8 @@ PROGRESS_API progress_status progress_stage_update(progress_engine *engine, cons
 /* The sampling-loop hot path: sets the current stage's progress to step / total_steps.
  * 0 <= step <= total_steps and total_steps > 0 (PROGRESS_E_RANGE otherwise). While the task is still
  * before its main stage (the stage of largest weight), the task first moves to the main stage.
- * message may be NULL (kept as it was). Takes one shard lock; allocates only to copy a changed message. */
+ * message may be NULL (kept as it was). Takes one shard lock (and once per task, when the step moves it out of
+ * its queue, the engine's queue-board lock); allocates only to copy a changed message. */
 PROGRESS_API progress_status progress_update(progress_engine *engine, const char *task_id, long long step,
                                              long long total_steps, const char *message);
 
