@@ -185,8 +185,7 @@ struct ETAPredictor {
                               variance: left * left * rateVariance + left * noise)]
             let tails = history?.tails(index) ?? Sample(sorted: [])
             if !tails.isEmpty {
-                parts.append(live.completeTime.isNaN
-                    ? Part(tails) : remaining(of: tails, elapsed: max(0, now - live.completeTime)))
+                parts.append(live.completeTime.map { remaining(of: tails, elapsed: max(0, now - $0)) } ?? Part(tails))
             }
             return parts
         }

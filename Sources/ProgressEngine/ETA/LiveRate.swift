@@ -9,7 +9,7 @@
 struct LiveRate: Sendable {
     static let capacity = 16
 
-    /// The stage these figures describe; -1 before any report.
+    /// The stage these figures describe; -1 until a stage is entered.
     private(set) var stage = -1
     /// total_steps of the reports (0 when progress came without steps, from a stage update).
     private(set) var steps: Int64 = 0
@@ -18,14 +18,16 @@ struct LiveRate: Sendable {
     private(set) var firstProgress = 0.0
     private(set) var lastTime = 0.0
     private(set) var lastProgress = 0.0
-    /// When the progress first reached 1; NaN until then.
-    private(set) var completeTime = Double.nan
     /// Samples seen since the first report (may exceed `capacity`; only the newest are kept).
     private(set) var count = 0
     private var samples = InlineArray<16, Double>(repeating: 0)
 
     /// Whether the stage has had a report.
     var hasReport: Bool { !firstTime.isNaN }
+
+    /// When the progress reached 1, or nil. Reports that add no progress leave `lastTime` alone, so once at 1
+    /// it stays the time of reaching 1.
+    var completeTime: Double? { hasReport && lastProgress >= 1 ? lastTime : nil }
 
     /// Starts over for a stage just entered.
     mutating func enter(stage index: Int) {
@@ -40,26 +42,29 @@ struct LiveRate: Sendable {
     ///   - ts: the report's time.
     @inline(__always)
     mutating func note(progress: Double, steps: Int64, at ts: Double) {
-        // A first report, a new total or progress going back (a restarted loop) starts a new measurement.
-        guard hasReport, steps == self.steps, progress >= lastProgress else {
-            let index = stage
-            self = LiveRate()
-            stage = index
-            self.steps = steps
-            firstTime = ts
-            firstProgress = progress
+        let gained = progress - lastProgress
+        // The common case first, in as few instructions as it takes: one more interval of the same loop.
+        if gained > 0 && steps == self.steps && hasReport {
+            samples[count & (LiveRate.capacity - 1)] = (ts - lastTime) / gained
+            count &+= 1
             lastTime = ts
             lastProgress = progress
-            if progress >= 1 { completeTime = ts }
-            return
+        } else if gained < 0 || steps != self.steps || !hasReport {
+            restart(progress: progress, steps: steps, at: ts)
         }
-        let gained = progress - lastProgress
-        guard gained > 0 else { return }
-        samples[count & (LiveRate.capacity - 1)] = (ts - lastTime) / gained
-        count &+= 1
+    }
+
+    /// A first report, a new total or progress going back (a restarted loop) starts a new measurement.
+    @inline(never)
+    private mutating func restart(progress: Double, steps: Int64, at ts: Double) {
+        let index = stage
+        self = LiveRate()
+        stage = index
+        self.steps = steps
+        firstTime = ts
+        firstProgress = progress
         lastTime = ts
         lastProgress = progress
-        if progress >= 1 && completeTime.isNaN { completeTime = ts }
     }
 
     /// The kept samples (seconds per whole stage), sorted ascending.

@@ -29,7 +29,7 @@ struct StageProfile: Sendable, Equatable {
         return StageProfile(
             steps: steps, head: rounded(live.firstTime - startedAt),
             stepSeconds: rounded(Sample(sorted: samples).median / Double(steps ?? 1)),
-            tail: live.completeTime.isNaN ? nil : rounded(endedAt - live.completeTime))
+            tail: live.completeTime.map { rounded(endedAt - $0) })
     }
 
     /// Parses `{"steps"?, "head", "step_seconds", "tail"?}`.

@@ -119,18 +119,17 @@ final class Engine: @unchecked Sendable {
             guard isUpdate else { return try body(task) }
             // A task leaving its queue, or finishing, changes the line the queued tasks see. Told under the shard
             // lock, so that the board sees a task's changes in their order (the board lock is taken inside shard
-            // locks only, never the other way round).
+            // locks only, never the other way round). Not in a `defer`: that costs a call on every update.
             let before = task.status
-            defer {
-                if task.status != before, let line = task.queueLine { queues.moved(task.id, key: line, to: task.status) }
-            }
             do {
                 let r = try body(task)
                 shard.updates += 1
                 shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+                if task.status != before { statusChanged(task) }
                 return r
             } catch {
                 shard.invalidUpdates += 1
+                if task.status != before { statusChanged(task) }
                 throw error
             }
         }
@@ -141,6 +140,12 @@ final class Engine: @unchecked Sendable {
             throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
         }
         return result
+    }
+
+    /// Tells the queue board that a task changed status. Called under the task's shard lock.
+    @inline(never)
+    private func statusChanged(_ task: TaskRecord) {
+        if let line = task.queueLine { queues.moved(task.id, key: line, to: task.status) }
     }
 
     private func withTask<R>(id: String, isUpdate: Bool = true, forReading: Bool = false,
@@ -368,7 +373,7 @@ final class Engine: @unchecked Sendable {
                     shard.latestEvent = max(shard.latestEvent, task.updatedAt)
                 }
                 // A counter's first steps move a queued task to its main stage.
-                if task.status != before, let line = task.queueLine { queues.moved(id, key: line, to: task.status) }
+                if task.status != before { statusChanged(task) }
             }
         }
         let sweepDue = lastSweep.withLock { last in
