@@ -13,17 +13,16 @@ struct LiveRate: Sendable {
     private(set) var stage = -1
     /// total_steps of the reports (0 when progress came without steps, from a stage update).
     private(set) var steps: Int64 = 0
-    /// Time and progress of the stage's first report; `firstTime` is NaN until there is one.
-    private(set) var firstTime = Double.nan
+    /// Whether the stage has had a report. A stored flag: testing a Double for NaN takes nine instructions.
+    private(set) var hasReport = false
+    /// Time and progress of the stage's first report (when `hasReport`).
+    private(set) var firstTime = 0.0
     private(set) var firstProgress = 0.0
     private(set) var lastTime = 0.0
     private(set) var lastProgress = 0.0
     /// Samples seen since the first report (may exceed `capacity`; only the newest are kept).
     private(set) var count = 0
     private var samples = InlineArray<16, Double>(repeating: 0)
-
-    /// Whether the stage has had a report.
-    var hasReport: Bool { !firstTime.isNaN }
 
     /// When the progress reached 1, or nil. Reports that add no progress leave `lastTime` alone, so once at 1
     /// it stays the time of reaching 1.
@@ -61,6 +60,7 @@ struct LiveRate: Sendable {
         self = LiveRate()
         stage = index
         self.steps = steps
+        hasReport = true
         firstTime = ts
         firstProgress = progress
         lastTime = ts
