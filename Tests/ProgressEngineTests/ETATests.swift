@@ -186,6 +186,13 @@ struct ETATests {
         try engine.updateStage(id: "ahead", stage: 1, status: .inProgress, progress: 0, message: .none)
         #expect(try eta(engine, "me").seconds == 31)
         #expect(try eta(engine, "me").at == ISO8601.format(131))
+        // A long line: the first 64 ahead are forecast one by one, the rest at their mean; 70 ahead of "last"
+        // ("me" and 69 more), each 13 s, after "ahead" is done at 118.
+        for i in 0..<70 {
+            try engine.createTask(id: i < 69 ? "wait\(i)" : "last", templateId: "q", category: "image_generation",
+                                  options: TaskOptions())
+        }
+        #expect(try eta(engine, "last").seconds == 13 + 70 * 13 + 13)
     }
 
     @Test("finished tasks: completed at completed_at with 0 s, failed and cancelled without; batch ETA is the latest")

@@ -9,9 +9,13 @@ final class QueueBoard: Sendable {
         let resource: String?
     }
 
-    /// Ids of the tasks ahead of one queued task, first in line first, and of the tasks executing.
+    /// What a queued task sees of its line.
     struct Line: Sendable {
+        /// Ids of the first tasks ahead of it, first in line first (at most the `limit` asked for).
         var ahead: [String]
+        /// How many tasks are ahead of it in all.
+        var aheadCount: Int
+        /// Ids of the tasks executing.
         var running: [String]
     }
 
@@ -55,13 +59,15 @@ final class QueueBoard: Sendable {
     /// - Parameters:
     ///   - id: the queued task.
     ///   - key: its line.
+    ///   - limit: how many of the tasks ahead to name; a long line is counted, not copied.
     /// - Returns: nil when the task is not waiting in that line.
-    func line(of id: String, key: Key) -> Line? {
+    func line(of id: String, key: Key, limit: Int) -> Line? {
         lines.withLock { all in
             guard let state = all[key], let position = state.waiting.firstIndex(where: { $0.id == id }) else {
                 return nil
             }
-            return Line(ahead: state.waiting[..<position].map(\.id), running: state.running.sorted())
+            return Line(ahead: state.waiting[..<min(position, limit)].map(\.id), aheadCount: position,
+                        running: state.running.sorted())
         }
     }
 }

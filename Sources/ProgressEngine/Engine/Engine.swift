@@ -473,7 +473,9 @@ final class Engine: @unchecked Sendable {
     /// - Returns: the forecast start (epoch seconds) and its variance; nil when the task waits in no line, no task
     ///   of its line is executing, or the execution of those ahead cannot be predicted.
     private func queueStart(of task: TaskSnapshot, now: Double) -> (time: Double, variance: Double)? {
-        guard let key = task.queueLine, let line = queues.line(of: task.id, key: key) else { return nil }
+        guard let key = task.queueLine, let line = queues.line(of: task.id, key: key, limit: Engine.forecastAhead) else {
+            return nil
+        }
         func snapshot(_ id: String) -> TaskSnapshot? { try? withTask(id: id, isUpdate: false) { TaskSnapshot($0) } }
         let reference = max(task.updatedAt, now)
         var free: [Double] = [], runningVariance = 0.0
@@ -487,12 +489,12 @@ final class Engine: @unchecked Sendable {
         guard !free.isEmpty else { return nil }
         let workers = Double(free.count)
         var executions: [(seconds: Double, variance: Double)] = []
-        for id in line.ahead.prefix(Engine.forecastAhead) {
+        for id in line.ahead {
             if let other = snapshot(id), let execution = predictor(for: other).expectedExecution(other) {
                 executions.append(execution)
             }
         }
-        if executions.isEmpty && !line.ahead.isEmpty { return nil }
+        if executions.isEmpty && line.aheadCount > 0 { return nil }
         free = free.map { max($0, reference) }
         var variance = runningVariance / workers
         for execution in executions {
@@ -502,9 +504,11 @@ final class Engine: @unchecked Sendable {
         }
         var start = free.min() ?? reference
         // Tasks ahead beyond those forecast one by one (or without a forecast) take the mean of those that were.
-        let unforecast = line.ahead.count - executions.count
+        let unforecast = line.aheadCount - executions.count
         if unforecast > 0 {
-            start += Double(unforecast) * executions.map(\.seconds).reduce(0, +) / Double(executions.count) / workers
+            let share = Double(unforecast) / Double(executions.count) / workers
+            start += share * executions.map(\.seconds).reduce(0, +)
+            variance += share * executions.map(\.variance).reduce(0, +)
         }
         return (start, variance)
     }
