@@ -46,6 +46,7 @@
  * - eta_seconds counts from the task's latest event ("updated_at"): eta = updated_at + eta_seconds. The engine's
  *   time is its latest event of any task (explicit timestamps included), never the system clock, so replays
  *   predict as live runs do; an ETA moves when any task of the engine reports, not while all are silent.
+ *   Replay recorded runs into an engine of their own: live events would move its time past theirs.
  * - History: completion records (progress_eta_record_completion, and one per completed task) of similar tasks:
  *   same template, quality and resource_config; else same template and quality; else same template; else same
  *   template category (the first of these with 3 records). Per stage: durations; for stages that reported
