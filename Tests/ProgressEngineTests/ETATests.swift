@@ -139,7 +139,8 @@ struct ETATests {
             ("new", "brand-new", nil, nil, 9),  // no record of the template: its category
         ]
         for (id, template, quality, gpu, expected) in cases {
-            try engine.createTask(id: id, templateId: template, category: id == "new" ? "audio_generation" : "image_generation",
+            let category = id == "new" ? "audio_generation" : "image_generation"
+            try engine.createTask(id: id, templateId: template, category: category,
                                   options: options(quality: quality, gpu: gpu))
             try engine.updateStage(id: id, stage: 2, status: .inProgress, progress: 0, message: .none)
             #expect(try eta(engine, id).seconds == expected, "\(id)")
@@ -159,7 +160,8 @@ struct ETATests {
                 + #""stage_durations":{"2":\#(seconds),"3":2},"task_id":"r\#(i)"}"#)
         }
         for template in ["steady", "jumpy"] {
-            try engine.createTask(id: template, templateId: template, category: "image_generation", options: TaskOptions())
+            try engine.createTask(id: template, templateId: template, category: "image_generation",
+                                  options: TaskOptions())
             try engine.updateStage(id: template, stage: 2, status: .inProgress, progress: 0, message: .none)
         }
         let steady = try eta(engine, "steady").confidence ?? 0, jumpy = try eta(engine, "jumpy").confidence ?? 1
@@ -260,7 +262,8 @@ struct ETATests {
                 + #""stage_profiles":{"2":{"head":-1,"step_seconds":1}}}"#)
         }
         expectError(-6) {
-            try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"stage_profiles":{"2":{"head":1}}}"#)
+            try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"#
+                + #""stage_profiles":{"2":{"head":1}}}"#)
         }
         expectError(-6) {
             try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"stage_profiles":{"x":{}}}"#)

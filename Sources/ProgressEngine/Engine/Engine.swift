@@ -473,9 +473,8 @@ final class Engine: @unchecked Sendable {
     /// - Returns: the forecast start (epoch seconds) and its variance; nil when the task waits in no line, no task
     ///   of its line is executing, or the execution of those ahead cannot be predicted.
     private func queueStart(of task: TaskSnapshot, now: Double) -> (time: Double, variance: Double)? {
-        guard let key = task.queueLine, let line = queues.line(of: task.id, key: key, limit: Engine.forecastAhead) else {
-            return nil
-        }
+        guard let key = task.queueLine,
+              let line = queues.line(of: task.id, key: key, limit: Engine.forecastAhead) else { return nil }
         func snapshot(_ id: String) -> TaskSnapshot? { try? withTask(id: id, isUpdate: false) { TaskSnapshot($0) } }
         let reference = max(task.updatedAt, now)
         var free: [Double] = [], runningVariance = 0.0

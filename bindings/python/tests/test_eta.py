@@ -30,7 +30,8 @@ def test_imported_history_of_the_category_and_a_replayed_run(tracker):
     tracker.send_event_sync("t", "model_loading", {"timestamp": t0 + 2})
     tracker.send_event_sync("t", "generation", {"timestamp": t0 + 6})
     for step in range(1, 6):
-        tracker.send_event_sync("t", "execution_progress", {"step": step, "total_steps": 10, "timestamp": t0 + 6 + step})
+        data = {"step": step, "total_steps": 10, "timestamp": t0 + 6 + step}
+        tracker.send_event_sync("t", "execution_progress", data)
     task = tracker.get_task_progress_sync("t")
     # 4 intervals of 1 s per step, history's 1 s per step too: 5 steps left, then post-processing.
     assert task["eta_seconds"] == 5 + 3
