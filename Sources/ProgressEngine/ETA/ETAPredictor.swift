@@ -88,8 +88,8 @@ struct ETAPredictor {
                 } else if let part = queueRemaining(elapsed: elapsed) {
                     parts.append(part)
                 }
-            } else if let current = currentRemaining(task, basis, elapsed: elapsed, now: now, pace: &pace) {
-                parts += current
+            } else if let stageParts = currentRemaining(task, basis, elapsed: elapsed, now: now, pace: &pace) {
+                parts += stageParts
             } else {
                 unknownWeight += stage.definition.weight * (1 - stage.progress)
             }
