@@ -6,8 +6,8 @@ PYTHON ?= python3
 SWIFT_BUILD = swift build -c release
 LIB = .build/release/libProgressEngine.so
 
-.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-redis \
-	bench-fanout bench-preview bench-eta clean
+.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-eta \
+	bench-redis bench-fanout bench-preview clean
 
 all: build
 
@@ -46,7 +46,7 @@ tsan: setup
 asan: setup
 	tests/c/asan.sh
 
-bench: setup build bench-c bench-python
+bench: setup build bench-c bench-python bench-eta
 
 bench-c:
 	$(MAKE) -C benchmarks/c run
@@ -54,11 +54,14 @@ bench-c:
 bench-python:
 	$(PYTHON) benchmarks/python/bench_update.py
 
-<<<<<<< ours
+# ETA accuracy against three baselines on generated traces (see benchmarks/eta/README.md).
+bench-eta:
+	$(PYTHON) benchmarks/eta/bench_eta.py
+
 # Redis write-through cost to a runner (starts its own redis-server); not part of `make bench` (needs Redis).
 bench-redis: setup build
 	$(MAKE) -C benchmarks/redis run
-=======
+
 # WebSocket fan-out: the listener vs a Python `websockets` server vs redis-server (about 3 minutes).
 bench-fanout: setup build
 	$(MAKE) -C benchmarks/fanout run PYTHON=$(PYTHON)
@@ -66,7 +69,6 @@ bench-fanout: setup build
 # Previews: 1024x1024 RGB -> 512 px PNG vs Pillow, and the runner-thread cost of a preview call vs memcpy.
 bench-preview: setup build
 	$(PYTHON) benchmarks/preview/bench_preview.py
->>>>>>> theirs
 
 clean:
 	rm -rf .build .build-tsan .build-asan

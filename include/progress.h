@@ -58,8 +58,28 @@
  *
  * ETA
  * ---
- * Until ETA prediction lands, "eta", "eta_seconds" and "eta_confidence" of a task are always null.
- * Completion records are already stored (progress_eta_record_completion, and one per completed task).
+ * "eta" (ISO-8601 UTC), "eta_seconds" and "eta_confidence" (0..1) of a task are computed when the task is read,
+ * so every read reflects the latest change; progress_update only keeps a few numbers on the current stage's pace.
+ * - eta_seconds counts from the task's latest event ("updated_at"): eta = updated_at + eta_seconds. The engine's
+ *   time is its latest event of any task (explicit timestamps included), never the system clock, so replays
+ *   predict as live runs do; an ETA moves when any task of the engine reports, not while all are silent.
+ *   Replay recorded runs into an engine of their own: live events would move its time past theirs.
+ * - History: completion records (progress_eta_record_completion, and one per completed task) of similar tasks:
+ *   same template, quality and resource_config; else same template and quality; else same template; else same
+ *   template category (the first of these with 3 records). Per stage: durations; for stages that reported
+ *   progress, the time to their first report, seconds per step and the time after their last step. Once the
+ *   current stage reports steps, the records of the runs closest to it in step count and pace.
+ * - The current stage's remaining time blends its live pace (the median of its recent report intervals, so a
+ *   slow first step or a stall does not throw it off) with history's seconds per step, the live part weighing
+ *   more as the stage advances; a stage that has not reported yet gets what history says remains of it after
+ *   the time already spent. Later stages come from history; without any, from their weights at the pace known.
+ *   With no history at all: the live pace alone; no estimate (null) before the first progress.
+ * - Queue: while a task waits in a first stage named "queue", its start is forecast from the tasks of the same
+ *   template and resource_config that are executing (their ETAs) and those ahead of it in line (first come,
+ *   first served), else from the recent waits; the wait is counted apart from the execution after it.
+ * - eta_confidence = 1 / (1 + expected deviation / remaining time): lower when history is scarce or spread out,
+ *   when the job's size is not known yet, and for a wait behind many queued tasks.
+ * - Completed: eta_seconds 0, eta = completed_at, confidence 1. Failed or cancelled: all three null.
  */
 #ifndef PROGRESS_H
 #define PROGRESS_H
@@ -205,7 +225,8 @@ PROGRESS_API progress_status progress_stage_update(progress_engine *engine, cons
 /* The sampling-loop hot path: sets the current stage's progress to step / total_steps.
  * 0 <= step <= total_steps and total_steps > 0 (PROGRESS_E_RANGE otherwise). While the task is still
  * before its main stage (the stage of largest weight), the task first moves to the main stage.
- * message may be NULL (kept as it was). Takes one shard lock; allocates only to copy a changed message. */
+ * message may be NULL (kept as it was). Takes one shard lock (and once per task, when the step moves it out of
+ * its queue, the engine's queue-board lock); allocates only to copy a changed message. */
 PROGRESS_API progress_status progress_update(progress_engine *engine, const char *task_id, long long step,
                                              long long total_steps, const char *message);
 
@@ -242,7 +263,8 @@ PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, co
                                                      int stride, int channels);
 
 /* Completes the task: open stages complete, overall_progress becomes 100, status "completed", and a
- * completion record (per-stage durations) is stored for ETA. A finished task gives PROGRESS_E_STATE. */
+ * completion record (per-stage durations and profiles, the template category) is stored for ETA. A finished task
+ * gives PROGRESS_E_STATE. */
 PROGRESS_API progress_status progress_task_complete(progress_engine *engine, const char *task_id);
 
 /* Fails the task: the current stage fails, status "failed", `error` kept (may be NULL: "unknown error"). */
@@ -252,11 +274,14 @@ PROGRESS_API progress_status progress_task_fail(progress_engine *engine, const c
 PROGRESS_API progress_status progress_task_cancel(progress_engine *engine, const char *task_id,
                                                   const char *reason);
 
-/* The task's state as TaskProgress JSON (SPEC §6). *out_json is the caller's (progress_string_free). */
+/* The task's state as TaskProgress JSON (SPEC §6), with "eta", "eta_seconds" and "eta_confidence" as described
+ * under ETA at the top of this header. *out_json is the caller's (progress_string_free). */
 PROGRESS_API progress_status progress_task_get(progress_engine *engine, const char *task_id, char **out_json);
 
 /* BatchProgress JSON. task_ids_csv ("a,b,c") may be NULL or "": then the tasks created with this
- * batch_id. Ids not found are listed in "missing". *out_json is the caller's. */
+ * batch_id. Ids not found are listed in "missing". "eta" is the latest ETA of the tasks that will finish (failed
+ * and cancelled ones aside), null when one of them has none; each task's own "eta" is in "tasks".
+ * *out_json is the caller's. */
 PROGRESS_API progress_status progress_batch_get(progress_engine *engine, const char *batch_id,
                                                 const char *task_ids_csv, char **out_json);
 
@@ -298,9 +323,13 @@ PROGRESS_API progress_status progress_task_detach_counter(progress_engine *engin
 PROGRESS_API progress_status progress_register_template_stages(progress_engine *engine, const char *template_id,
                                                                const char *stages_json);
 
-/* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "quality"?,
- * "stage_durations": {"0": seconds, ...}, "total_duration", "resource_config"?, "timestamp"?}.
- * The newest 1000 records per template + quality are kept. */
+/* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
+ * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
+ * "timestamp"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how stages that
+ * reported progress spent their time: seconds to the first report, robust seconds per step (per whole stage
+ * without "steps"), seconds after progress reached 1; the engine writes them in its own records. Records without
+ * a category serve their own template only. The newest 1000 records per template + quality + resource_config
+ * are kept, for at most 1000 such combinations (the one with the oldest newest record goes first). */
 PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);
 
 /* {"template_id", "quality", "records": [...]}: stored completion records of a template, of one

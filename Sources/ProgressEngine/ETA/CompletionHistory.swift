@@ -1,92 +1,142 @@
-
-
-/// A finished run of a template: what the ETA predictor learns from (the seed's `record_completion`).
-struct CompletionRecord: Sendable {
-    var taskId: String?
-    var templateId: String
-    var quality: String?
-    /// (stage index, seconds), ascending by index.
-    var stageDurations: [(Int, Double)]
-    var totalDuration: Double
-    var resourceConfig: JSONValue?
-    var timestamp: Double
-
-    /// Parses `{"task_id"?, "template_id", "quality"?, "stage_durations": {"0": s, ...}, "total_duration",
-    /// "resource_config"?, "timestamp"?}`.
-    static func parse(_ text: String, now: Double) throws -> CompletionRecord {
-        let reader = try JSONObjectReader(try JSONParser.parse(text, context: "record_json"), context: "record_json")
-        try reader.rejectUnknownKeys(allowed: ["task_id", "template_id", "quality", "stage_durations", "total_duration",
-                                               "resource_config", "timestamp"], error: EngineError.json)
-        guard let templateId = try reader.string("template_id"), !templateId.isEmpty else {
-            throw EngineError.json("record_json needs a non-empty \"template_id\" string")
-        }
-        guard let total = try reader.number("total_duration") else {
-            throw EngineError.json("record_json needs a \"total_duration\" number (seconds)")
-        }
-        guard total >= 0 else { throw EngineError.range("total_duration must be >= 0 seconds, got \(total)") }
-        var durations: [(Int, Double)] = []
-        if let object = try reader.object("stage_durations"), case let .object(members) = object {
-            for (key, value) in members {
-                guard let index = Int(key), index >= 0, index < 256 else {
-                    throw EngineError.json("stage_durations key \"\(key)\" must be a stage index 0...255")
-                }
-                guard case let .number(seconds) = value, seconds >= 0 else {
-                    throw EngineError.json("stage_durations[\"\(key)\"] must be a number >= 0")
-                }
-                durations.append((index, seconds))
-            }
-        }
-        durations.sort { $0.0 < $1.0 }
-        let timestamp = try reader.number("timestamp") ?? now
-        guard timestamp.isFinite, timestamp >= 0 else { throw EngineError.range("timestamp \(timestamp) is not valid") }
-        return CompletionRecord(taskId: try reader.string("task_id"), templateId: templateId,
-                                quality: try reader.string("quality"), stageDurations: durations,
-                                totalDuration: total, resourceConfig: try reader.object("resource_config"),
-                                timestamp: timestamp)
-    }
-
-    func write(to w: inout JSONWriter) {
-        w.beginObject()
-        w.key("task_id"); w.string(taskId)
-        w.key("template_id"); w.string(templateId)
-        w.key("quality"); w.string(quality)
-        w.key("stage_durations"); w.beginObject()
-        for (index, seconds) in stageDurations {
-            w.key(String(index)); w.number(seconds)
-        }
-        w.endObject()
-        w.key("total_duration"); w.number(totalDuration)
-        w.key("resource_config"); w.value(resourceConfig ?? .null)
-        w.key("timestamp"); w.number(timestamp)
-        w.endObject()
-    }
-}
-
-/// Completion records per template and quality, the newest `capacity` of each kept.
+/// Completion records per template + quality + resource configuration, the newest `capacity` of each kept,
+/// with the statistics of each level of similar-task matching cached until a record changes them.
 final class CompletionHistory: Sendable {
     static let capacity = 1000
-    private struct Key: Hashable {
-        let template: String
-        let quality: String?
+    /// Distinct template + quality + resource configuration combinations kept; past it, the one whose newest
+    /// record is oldest is dropped, so callers inventing configurations cannot grow memory without bound.
+    static let maxKeys = 1000
+    /// Records a level of matching needs before it is preferred over a less specific one.
+    static let minimumRecords = 3
+
+    /// A set of similar records: one level of similar-task matching.
+    enum Level: Hashable, Sendable {
+        /// Same template, quality and resource configuration.
+        case exact(template: String, quality: String?, resource: String?)
+        /// Same template and quality, any resources.
+        case quality(template: String, quality: String?)
+        case template(String)
+        /// Any template of the category.
+        case category(String)
+        /// Same template and resource configuration, any quality: whose queue a task waits in.
+        case resource(template: String, resource: String?)
+
+        /// Whether a record, kept under `key`, belongs to this level.
+        func matches(_ key: Key, _ record: CompletionRecord) -> Bool {
+            switch self {
+            case let .exact(template, quality, resource):
+                return key == Key(template: template, quality: quality, resource: resource)
+            case let .quality(template, quality): return key.template == template && key.quality == quality
+            case let .template(template): return key.template == template
+            case let .category(category): return record.category == category
+            case let .resource(template, resource): return key.template == template && key.resource == resource
+            }
+        }
     }
 
-    private let records = Locked<[Key: Ring<CompletionRecord>]>([:])
+    struct Key: Hashable {
+        let template: String
+        let quality: String?
+        /// The resource configuration as canonical JSON (`resourceKey`).
+        let resource: String?
+    }
 
+    private struct Store {
+        var rings: [Key: Ring<CompletionRecord>] = [:]
+        var cache: [Level: HistoryStatistics] = [:]
+    }
+
+    private let store = Locked(Store())
+
+    /// A resource configuration as text that is equal for equal configurations: object keys sorted at every
+    /// depth, so {"gpu": "A100", "count": 2} and {"count": 2, "gpu": "A100"} match.
+    /// - Parameter config: a task's or a record's `resource_config`.
+    /// - Returns: canonical compact JSON.
+    static func resourceKey(_ config: JSONValue) -> String {
+        func canonical(_ v: JSONValue) -> JSONValue {
+            switch v {
+            case let .object(members):
+                return .object(members.sorted { $0.0 < $1.0 }.map { ($0.0, canonical($0.1)) })
+            case let .array(elements): return .array(elements.map(canonical))
+            default: return v
+            }
+        }
+        return canonical(config).serialized()
+    }
+
+    /// Keeps a record (from a completed task or a caller) and drops the cached statistics it changes.
+    /// - Parameter record: the record.
     func add(_ record: CompletionRecord) {
-        let key = Key(template: record.templateId, quality: record.quality)
-        records.withLock { all in
-            all[key, default: Ring(capacity: CompletionHistory.capacity)].append(record)
+        let key = Key(template: record.templateId, quality: record.quality,
+                      resource: record.resourceConfig.map(CompletionHistory.resourceKey))
+        store.withLock { s in
+            if s.rings[key] == nil && s.rings.count >= CompletionHistory.maxKeys {
+                let stalest = s.rings.min { ($0.value.last?.timestamp ?? 0) < ($1.value.last?.timestamp ?? 0) }
+                if let stalest { s.rings[stalest.key] = nil }
+                s.cache.removeAll()
+            }
+            s.rings[key, default: Ring(capacity: CompletionHistory.capacity)].append(record)
+            // A level's cache entry can only change when a record it matches arrives (or one it matched is
+            // pushed out of that same ring), so only these are dropped.
+            s.cache.removeValue(forKey: .exact(template: key.template, quality: key.quality, resource: key.resource))
+            s.cache.removeValue(forKey: .quality(template: key.template, quality: key.quality))
+            s.cache.removeValue(forKey: .template(key.template))
+            s.cache.removeValue(forKey: .resource(template: key.template, resource: key.resource))
+            // A record pushed out may have had another category than the new one.
+            s.cache = s.cache.filter { level, _ in if case .category = level { return false } else { return true } }
         }
     }
 
     /// Records of a template (of one quality, or of all when `quality` is nil), oldest first.
+    /// - Parameters:
+    ///   - template: the template.
+    ///   - quality: one quality, or nil for all.
+    /// - Returns: the records, any resource configuration.
     func records(template: String, quality: String?) -> [CompletionRecord] {
-        records.withLock { all in
+        store.withLock { s in
             var out: [CompletionRecord] = []
-            for (key, ring) in all where key.template == template && (quality == nil || key.quality == quality) {
+            for (key, ring) in s.rings where key.template == template && (quality == nil || key.quality == quality) {
                 ring.forEach { out.append($0) }
             }
             return out.sorted { $0.timestamp < $1.timestamp }
         }
+    }
+
+    /// The statistics of one level, from the cache or computed (and cached) under the lock.
+    /// - Parameter level: which records.
+    /// - Returns: their statistics (count 0 when there are none).
+    func statistics(_ level: Level) -> HistoryStatistics {
+        store.withLock { s in
+            if let cached = s.cache[level] { return cached }
+            var matching: [CompletionRecord] = []
+            for (key, ring) in s.rings {
+                ring.forEach { record in if level.matches(key, record) { matching.append(record) } }
+            }
+            matching.sort { $0.timestamp < $1.timestamp }
+            let statistics = HistoryStatistics(records: matching)
+            s.cache[level] = statistics
+            return statistics
+        }
+    }
+
+    /// Similar-task matching: the most specific level with `minimumRecords` records (same template, quality and
+    /// resources; then same template and quality; then template; then category), else the most specific one
+    /// with any, else nil.
+    /// - Parameters:
+    ///   - template: the task's template.
+    ///   - quality: its quality.
+    ///   - resource: its resource configuration as `resourceKey`.
+    ///   - category: its template category.
+    /// - Returns: the chosen level's statistics.
+    func similar(template: String, quality: String?, resource: String?, category: String?) -> HistoryStatistics? {
+        var levels: [Level] = [.exact(template: template, quality: quality, resource: resource),
+                               .quality(template: template, quality: quality), .template(template)]
+        if let category { levels.append(.category(category)) }
+        var fallback: HistoryStatistics?
+        for level in levels {
+            let statistics = self.statistics(level)
+            if statistics.count >= CompletionHistory.minimumRecords { return statistics }
+            if fallback == nil && statistics.count > 0 { fallback = statistics }
+        }
+        return fallback
     }
 }

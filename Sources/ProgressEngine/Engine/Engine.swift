@@ -39,6 +39,7 @@ final class Engine: @unchecked Sendable {
     /// Ids of tasks with an attached step counter, for the maintenance thread.
     private let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
+    private let queues = QueueBoard()
     private let misses = Atomic<Int>(0)
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
@@ -191,14 +192,21 @@ final class Engine: @unchecked Sendable {
                 return nil
             }
             guard isUpdate else { return try body(task) }
+            // A task leaving its queue, or finishing, changes the line the queued tasks see. Told under the shard
+            // lock, so that the board sees a task's changes in their order (the board lock is taken inside shard
+            // locks only, never the other way round). Not in a `defer`: that costs a call on every update.
+            let before = task.status
             do {
                 let seqBefore = task.seq
                 let r = try body(task)
                 shard.updates += 1
                 if task.seq != seqBefore { noteChanged(task) }
+                shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+                if task.status != before { statusChanged(task) }
                 return r
             } catch {
                 shard.invalidUpdates += 1
+                if task.status != before { statusChanged(task) }
                 throw error
             }
         }
@@ -209,6 +217,12 @@ final class Engine: @unchecked Sendable {
             throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
         }
         return result
+    }
+
+    /// Tells the queue board that a task changed status. Called under the task's shard lock.
+    @inline(never)
+    func statusChanged(_ task: TaskRecord) {
+        if let line = task.queueLine { queues.moved(task.id, key: line, to: task.status) }
     }
 
     func withTask<R>(id: String, isUpdate: Bool = true, forReading: Bool = false,
@@ -247,6 +261,7 @@ final class Engine: @unchecked Sendable {
                     restored.markResumed(at: try restored.resolveTimestamp(explicit: options.timestamp, now: now))
                 }
                 shard.tasks[key] = restored
+                shard.latestEvent = max(shard.latestEvent, restored.updatedAt)
                 noteChanged(restored)
                 return true
             }
@@ -255,6 +270,8 @@ final class Engine: @unchecked Sendable {
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
                 stages: stages, timestamp: options.timestamp ?? now)
             shard.tasks[key] = task
+            shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+            if let line = task.queueLine { queues.enqueue(id, key: line, created: task.createdAt) }
             noteChanged(task)
             return true
         }
@@ -426,6 +443,8 @@ final class Engine: @unchecked Sendable {
                 }
             }
         }
+        let time = eventTime()
+        for i in out.indices { out[i].eta = estimate(out[i], now: time) }
         return out.sorted { $0.createdAt < $1.createdAt }
     }
 
@@ -435,8 +454,9 @@ final class Engine: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             readCounterOneLastTime(task, at: ts)
             try task.complete(at: ts)
-            return CompletionRecord(taskId: task.id, templateId: task.templateId, quality: task.quality,
-                                    stageDurations: task.stageDurations, totalDuration: ts - task.createdAt,
+            return CompletionRecord(taskId: task.id, templateId: task.templateId, category: task.category,
+                                    quality: task.quality, stageDurations: task.stageDurations,
+                                    profiles: task.profiles, totalDuration: ts - task.createdAt,
                                     resourceConfig: task.resourceConfig, timestamp: ts)
         }
         counterTasks.withLock { _ = $0.remove(id) }
@@ -619,10 +639,14 @@ final class Engine: @unchecked Sendable {
             let key = TaskKey(owning: id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
+                let before = task.status
                 if pollCounter(task, at: max(now, task.lastTimestamp)) {
                     shard.updates += 1
+                    shard.latestEvent = max(shard.latestEvent, task.updatedAt)
                     noteChanged(task)
                 }
+                // A counter's first steps move a queued task to its main stage.
+                if task.status != before { statusChanged(task) }
             }
         }
         if resourceSampler.withLock({ $0.isDue(now: monotonicNow(), intervalMs: config.resourceIntervalMs) }) {
@@ -692,10 +716,94 @@ final class Engine: @unchecked Sendable {
 
     // MARK: - Reading
 
-    /// The task's state; from Redis when this engine does not hold it.
-    func snapshot(id: String) throws -> TaskSnapshot {
-        try withStoredFallback({ try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) } },
-                               stored: { _ in storedRecord(id: id).map(TaskSnapshot.init) })
+    /// A copy of the task's state with its ETA; from Redis when this engine does not hold it.
+    /// - Parameters:
+    ///   - id: the task.
+    ///   - now: the engine's time (`eventTime()`), when the caller has it already.
+    /// - Throws: `.notFound`, `.invalidArgument` (id).
+    func snapshot(id: String, now: Double? = nil) throws -> TaskSnapshot {
+        var snapshot = try withStoredFallback({ try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) } },
+                                              stored: { _ in storedRecord(id: id).map(TaskSnapshot.init) })
+        snapshot.eta = estimate(snapshot, now: now ?? eventTime())
+        return snapshot
+    }
+
+    /// The engine's time for ETAs: the latest event time of any task. Events rather than the system clock, so
+    /// replays with explicit timestamps see their own time; read from every shard (a lock each, no shared
+    /// counter on the update path).
+    func eventTime() -> Double {
+        var latest = 0.0
+        for shard in table.allShards { latest = max(latest, shard.withLock { $0.latestEvent }) }
+        return latest
+    }
+
+    /// The task's ETA from its snapshot and the completion history. Called after the shard lock is released:
+    /// the history has its own lock and statistics are cached, so a read costs a few lookups and a little
+    /// arithmetic.
+    /// - Parameter task: a snapshot of the task.
+    /// - Returns: the estimate, nil when nothing is known to base one on (or the task failed or was cancelled).
+    func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate? {
+        predictor(for: task).estimate(task, now: now,
+                                      queueStart: task.status == .queued ? queueStart(of: task, now: now) : nil)
+    }
+
+    private func predictor(for task: TaskSnapshot) -> ETAPredictor {
+        ETAPredictor(
+            history: completions.similar(template: task.templateId, quality: task.quality,
+                                         resource: task.resourceKey, category: task.category),
+            queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
+    }
+
+    /// Queued tasks ahead whose execution is forecast one by one; the rest count at their mean.
+    static let forecastAhead = 64
+
+    /// When a queued task will start, from its line (`QueueBoard`): a worker frees up when the task it runs
+    /// completes (that task's own ETA), then takes the next task in line for as long as that one's execution is
+    /// predicted to take, until the task's turn comes. While the task waits every worker is busy, so the tasks
+    /// executing tell how many workers there are. Times count from the engine's time (`eventTime`).
+    /// - Parameters:
+    ///   - task: a queued task.
+    ///   - now: the engine's time.
+    /// - Returns: the forecast start (epoch seconds) and its variance; nil when the task waits in no line, no task
+    ///   of its line is executing, or the execution of those ahead cannot be predicted.
+    private func queueStart(of task: TaskSnapshot, now: Double) -> (time: Double, variance: Double)? {
+        guard let key = task.queueLine,
+              let line = queues.line(of: task.id, key: key, limit: Engine.forecastAhead) else { return nil }
+        func snapshot(_ id: String) -> TaskSnapshot? { try? withTask(id: id, isUpdate: false) { TaskSnapshot($0) } }
+        let reference = max(task.updatedAt, now)
+        var free: [Double] = [], runningVariance = 0.0
+        for id in line.running {
+            guard let other = snapshot(id), let eta = predictor(for: other).estimate(other, now: reference) else {
+                continue
+            }
+            free.append(other.updatedAt + eta.seconds)
+            runningVariance += eta.deviation * eta.deviation
+        }
+        guard !free.isEmpty else { return nil }
+        let workers = Double(free.count)
+        var executions: [(seconds: Double, variance: Double)] = []
+        for id in line.ahead {
+            if let other = snapshot(id), let execution = predictor(for: other).expectedExecution(other) {
+                executions.append(execution)
+            }
+        }
+        if executions.isEmpty && line.aheadCount > 0 { return nil }
+        free = free.map { max($0, reference) }
+        var variance = runningVariance / workers
+        for execution in executions {
+            let next = free.indices.min { free[$0] < free[$1] } ?? 0
+            free[next] += execution.seconds
+            variance += execution.variance / workers
+        }
+        var start = free.min() ?? reference
+        // Tasks ahead beyond those forecast one by one (or without a forecast) take the mean of those that were.
+        let unforecast = line.aheadCount - executions.count
+        if unforecast > 0 {
+            let share = Double(unforecast) / Double(executions.count) / workers
+            start += share * executions.map(\.seconds).reduce(0, +)
+            variance += share * executions.map(\.variance).reduce(0, +)
+        }
+        return (start, variance)
     }
 
     func taskJSON(id: String) throws -> String {
@@ -782,20 +890,13 @@ final class Engine: @unchecked Sendable {
             let known = Set(ids)
             ids += storage.batchMembers(batchId).filter { !known.contains($0) }
         }
-        var found: [(id: String, status: TaskStatus, overall: Double)] = []
+        var found: [TaskSnapshot] = []
         var missing: [String] = []
-        var notHeld: [String] = []
+        let now = eventTime()
         for id in ids {
-            if let entry = try? withTask(id: id, isUpdate: false, forReading: true, { ($0.id, $0.status, $0.overallProgress) }) {
-                found.append(entry)
-            } else {
-                notHeld.append(id)
-            }
-        }
-        let stored = storage?.stateJSONs(notHeld) ?? [:]
-        for id in notHeld {
-            if let text = stored[id], let task = try? StoredTask.parse(text) {
-                found.append((id, task.status, TaskRecord(restoring: task).overallProgress))
+            // `snapshot` reads a task this engine does not hold from Redis.
+            if let snapshot = try? snapshot(id: id, now: now) {
+                found.append(snapshot)
             } else {
                 missing.append(id)
             }
@@ -814,14 +915,19 @@ final class Engine: @unchecked Sendable {
             w.key(status.name); w.integer(counts[status] ?? 0)
         }
         w.endObject()
-        w.key("overall_progress"); w.number(found.isEmpty ? 0 : found.map(\.overall).reduce(0, +) / Double(found.count))
-        w.key("eta"); w.null()
+        w.key("overall_progress")
+        w.number(found.isEmpty ? 0 : found.map(\.overallProgress).reduce(0, +) / Double(found.count))
+        // The batch is done when its last task is: the latest ETA of the tasks that will finish. Unknown when
+        // one of them has no ETA; failed and cancelled tasks never finish and do not count.
+        let finishing = found.filter { $0.status != .failed && $0.status != .cancelled }
+        let etas = finishing.compactMap(\.etaTime)
+        w.key("eta"); w.timestamp(etas.count == finishing.count ? etas.max() : nil)
         w.key("tasks"); w.beginObject()
         for t in found {
             w.key(t.id); w.beginObject()
             w.key("status"); w.string(t.status.name)
-            w.key("overall_progress"); w.number(t.overall)
-            w.key("eta"); w.null()
+            w.key("overall_progress"); w.number(t.overallProgress)
+            w.key("eta"); w.timestamp(t.etaTime)
             w.endObject()
         }
         w.endObject()

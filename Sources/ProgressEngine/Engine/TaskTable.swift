@@ -148,6 +148,8 @@ struct ShardState {
     /// shared atomic that every updating thread would fight over.
     var updates = 0
     var invalidUpdates = 0
+    /// The latest event time of the shard's tasks (`Engine.eventTime`).
+    var latestEvent = 0.0
 }
 
 /// One shard: its tasks behind its own lock (`Locked` pads itself against false sharing).

@@ -80,6 +80,8 @@ final class Listener: @unchecked Sendable {
     /// Throttled task ids and when to look at them again (monotonic seconds).
     private var deferred: [String: Double] = [:]
     private var timerDue = Double.infinity
+    /// `Engine.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
+    private var etaTime: Double?
 
     /// Binds and starts the service thread.
     /// - Throws: `EngineError.io` if the address cannot be bound or the thread cannot start.
@@ -189,6 +191,7 @@ final class Listener: @unchecked Sendable {
             return (inbox.changed, inbox.logs, inbox.droppedLogs)
         }
         metrics.droppedLogs.add(dropped, ordering: .relaxed)
+        etaTime = nil
         let now = monotonicNow()
         for id in changed { fanOut(taskId: id, now: now) }
         for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
@@ -197,6 +200,7 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func timerFired() {
         timerDue = .infinity
+        etaTime = nil
         let now = monotonicNow()
         let due = deferred.filter { $0.value <= now + 0.0005 }.map(\.key)
         for id in due {
@@ -222,7 +226,10 @@ final class Listener: @unchecked Sendable {
             return
         case let .later(due):
             deferred[taskId] = min(deferred[taskId] ?? .infinity, due)
-        case let .send(snapshot, urgent):
+        case .send(var snapshot, let urgent):
+            // The engine's time for ETAs is read once per round of fan-outs (it visits every shard).
+            if etaTime == nil { etaTime = engine.eventTime() }
+            snapshot.eta = engine.estimate(snapshot, now: etaTime!)
             deferred[taskId] = nil
             let message = WireMessage(Messages.progressUpdate(snapshot))
             forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }

@@ -21,6 +21,11 @@ struct TaskSnapshot: Sendable {
     let previewURL: String?
     let metadata: JSONValue?
     let resourceConfig: JSONValue?
+    let resourceKey: String?
+    let queueLine: QueueBoard.Key?
+    let live: LiveRate
+    /// Filled in by `Engine.estimate` once the shard lock is released; nil until then and when unknown.
+    var eta: ETAEstimate?
 
     init(_ task: TaskRecord) {
         id = task.id
@@ -43,6 +48,15 @@ struct TaskSnapshot: Sendable {
         previewURL = task.previewURL
         metadata = task.metadata
         resourceConfig = task.resourceConfig
+        resourceKey = task.resourceKey
+        queueLine = task.queueLine
+        live = task.live
+    }
+
+    /// The predicted completion as epoch seconds: completed_at once completed, else updated_at + eta_seconds.
+    var etaTime: Double? {
+        guard let eta else { return nil }
+        return status == .completed ? completedAt : updatedAt + eta.seconds
     }
 }
 
@@ -60,10 +74,11 @@ enum TaskJSON {
         w.key("current_stage"); w.integer(task.currentStage)
         w.key("total_stages"); w.integer(task.stages.count)
         w.key("overall_progress"); w.number(task.overallProgress)
-        // ETA prediction is its own piece of work; until it lands these stay null.
-        w.key("eta"); w.null()
-        w.key("eta_seconds"); w.null()
-        w.key("eta_confidence"); w.null()
+        // eta_seconds counts from the latest event (updated_at), so the estimate stays a pure function of the
+        // task's events and replays give the same figures as live runs.
+        w.key("eta"); w.timestamp(task.etaTime)
+        w.key("eta_seconds"); w.number(task.eta?.seconds)
+        w.key("eta_confidence"); w.number(task.eta?.confidence)
         w.key("preview_url"); w.string(task.previewURL)
         w.key("stages"); w.beginObject()
         for (index, stage) in task.stages.enumerated() {

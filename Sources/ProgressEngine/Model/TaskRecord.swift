@@ -55,6 +55,8 @@ final class TaskRecord: @unchecked Sendable {
     let quality: String?
     let batchId: String?
     let resourceConfig: JSONValue?
+    /// `resourceConfig` as `CompletionHistory.resourceKey`, for matching history on every read.
+    let resourceKey: String?
     let metadata: JSONValue?
 
     private(set) var stages: ContiguousArray<StageState>
@@ -105,6 +107,10 @@ final class TaskRecord: @unchecked Sendable {
     /// History in memory is not complete up to this seq (a restored task, a mirror that missed updates), so a
     /// resume from before it is answered from Redis or not at all.
     var historyGapSeq: UInt64 = 0
+    /// The current stage's pace, for the ETA.
+    private(set) var live = LiveRate()
+    /// How each completed stage that reported progress spent its time, for the completion record.
+    private(set) var profiles: [Int: StageProfile] = [:]
 
     /// Creates a task in `queued` state. A first stage named "queue" is entered at once.
     init(id: String, key: TaskKey, templateId: String, category: String?, quality: String?, batchId: String?,
@@ -117,6 +123,7 @@ final class TaskRecord: @unchecked Sendable {
         self.quality = quality
         self.batchId = batchId
         self.resourceConfig = resourceConfig
+        self.resourceKey = resourceConfig.map(CompletionHistory.resourceKey)
         self.metadata = metadata
         self.stages = ContiguousArray(definitions.map { StageState(definition: $0) })
         var main = 0
@@ -133,6 +140,11 @@ final class TaskRecord: @unchecked Sendable {
     }
 
     private func isQueueStage(_ index: Int) -> Bool { index == 0 && stages[0].definition.name == "queue" }
+
+    /// The line a task with a queue stage waits in (`QueueBoard`); nil for tasks without one.
+    var queueLine: QueueBoard.Key? {
+        isQueueStage(0) ? QueueBoard.Key(template: templateId, resource: resourceKey) : nil
+    }
 
     // MARK: - Time
 
@@ -200,6 +212,7 @@ final class TaskRecord: @unchecked Sendable {
             stages[index].status = .inProgress
             stages[index].startedAt = ts
         }
+        if live.stage != index { live.enter(stage: index) }
         currentStage = index
         if status == .queued && !isQueueStage(index) {
             status = .executing
@@ -212,6 +225,10 @@ final class TaskRecord: @unchecked Sendable {
         stages[index].status = final
         stages[index].completedAt = ts
         if final == .completed { stages[index].progress = 1 }
+        if final == .completed, live.stage == index, let startedAt = stages[index].startedAt,
+           let profile = StageProfile.measured(live, startedAt: startedAt, endedAt: ts) {
+            profiles[index] = profile
+        }
     }
 
     /// - Parameter enteredStage: a progress step that moved the task to another stage (urgent for watchers).
@@ -256,6 +273,7 @@ final class TaskRecord: @unchecked Sendable {
         if entering { enterStage(target, at: ts) }
         stages[target].progress = Double(step) / Double(total)
         lastStep = step
+        live.note(progress: stages[target].progress, steps: total, at: ts)
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
         recordChange(.progress, at: ts, enteredStage: entering)
@@ -283,6 +301,8 @@ final class TaskRecord: @unchecked Sendable {
             }
             enterStage(index, at: ts)
             stages[index].progress = progress
+            // Entering a stage names no progress (0); only real progress measures its pace.
+            if progress > 0 { live.note(progress: progress, steps: 0, at: ts) }
         case .completed, .skipped:
             guard stages[index].status.isOpen else {
                 throw EngineError.state("stage \(index) (\"\(name)\") of task \"\(id)\" is already \(stages[index].status.name)")

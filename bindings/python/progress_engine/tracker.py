@@ -437,8 +437,13 @@ class ETAPredictor:
         quality: Optional[str] = None,
         resource_config: Optional[Mapping[str, Any]] = None,
         timestamp: Optional[float] = None,
+        template_category: Optional[str] = None,
+        stage_profiles: Optional[Mapping[Union[int, str], Mapping[str, Any]]] = None,
     ) -> None:
-        """Stores a completion record; stage_durations maps stage index to seconds."""
+        """Stores a completion record; stage_durations maps stage index to seconds. Beyond the seed's
+        arguments: template_category lets tasks of other templates of that category learn from it;
+        stage_profiles maps stage index to {"steps"?, "head", "step_seconds", "tail"?} (see
+        progress_eta_record_completion in progress.h)."""
         record: Dict[str, Any] = {
             "template_id": template_id,
             "stage_durations": {str(stage): seconds for stage, seconds in stage_durations.items()},
@@ -449,6 +454,9 @@ class ETAPredictor:
             ("quality", quality),
             ("resource_config", resource_config),
             ("timestamp", timestamp),
+            ("template_category", template_category),
+            ("stage_profiles", None if stage_profiles is None
+             else {str(stage): dict(profile) for stage, profile in stage_profiles.items()}),
         ):
             if value is not None:
                 record[key] = value
