@@ -5,7 +5,7 @@ import json
 import signal
 import time
 
-from conftest import http_get, run_runner, wait_until, ws_connect, ws_messages
+from redis_support import http_get, run_runner, wait_until, ws_connect, ws_messages
 from progress_engine import ProgressTracker
 
 

@@ -5,7 +5,7 @@ import json
 import signal
 import time
 
-from conftest import run_runner, wait_until
+from redis_support import run_runner, wait_until
 
 RUNNER = """
 t = ProgressTracker(redis_url={url!r}, throttle_ms=20)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import flushed, wait_until
+from redis_support import flushed, wait_until
 from progress_engine import ProgressTracker, _lib
 from progress_engine.errors import ConfigError
 

@@ -3,7 +3,7 @@ import Glibc
 /// What the writer takes from a task for one write: its state and what happened since the last write.
 struct TaskWrite {
     let id: String
-    let snapshot: TaskSnapshot
+    var snapshot: TaskSnapshot
     /// Events after `persistedSeq`, oldest first (before thinning).
     let events: [HistoryEvent]
     /// The first seq this write covers (the one after the last acknowledged write).
@@ -216,12 +216,16 @@ final class RedisWriter: @unchecked Sendable {
             guard connection != nil else { return }
         }
         var writes: [TaskWrite] = []
+        var etaTime: Double?
         for (id, due) in pending where due <= now || deadline != nil {
             switch engine.takeWrite(id: id, now: now, throttle: deadline != nil ? 0 : throttle) {
             case .nothing: pending[id] = nil
             case let .later(at): pending[id] = at
-            case let .write(w):
+            case var .write(w):
                 pending[id] = nil
+                // The stored state carries the ETA as a reader of this engine would see it at this moment.
+                if etaTime == nil { etaTime = engine.eventTime() }
+                w.snapshot.eta = engine.estimate(w.snapshot, now: etaTime!)
                 writes.append(w)
             }
         }
