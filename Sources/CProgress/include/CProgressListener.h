@@ -42,7 +42,6 @@ typedef struct {
     const char *iface;            /* IP address to bind, NULL = every interface */
     int port;                     /* 0 = any free port */
     size_t max_message_bytes;     /* larger WebSocket messages are closed with 1009 */
-    int max_fds;                  /* libwebsockets' fd table size (connections + margin) */
     int header_timeout_secs;      /* a request whose headers are not complete by then is dropped */
     CProgress_listener_callbacks callbacks;
 } CProgress_listener_config;

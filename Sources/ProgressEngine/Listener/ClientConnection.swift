@@ -1,5 +1,6 @@
 import CProgress
 import Glibc
+import Synchronization
 
 /// One message ready for the wire: allocated once with libwebsockets' LWS_PRE scratch bytes in front and
 /// shared by every client it goes to, so a fan-out to N clients serialises once and copies nothing.
@@ -48,7 +49,6 @@ final class ClientConnection {
     /// Task id → seq of the newest update queued for it, so no state is sent twice or out of order.
     private var lastSeq: [String: UInt64] = [:]
     private(set) var queuedBytes = 0
-    private var writableRequested = false
     /// Set when the connection is to be closed with this code once its queue reaches the front.
     private(set) var closing: (code: Int32, reason: String)?
 
@@ -99,6 +99,11 @@ final class ClientConnection {
         lastSeq[task] = nil
     }
 
+    /// Forgets the seqs of every task not subscribed by id (the client left "*").
+    func forgetAllButSubscriptions() {
+        lastSeq = lastSeq.filter { subscriptions.contains($0.key) }
+    }
+
     /// Closes with `code` after what is already queued (or at once when `immediately`).
     func close(code: Int32, reason: String, immediately: Bool = false) {
         guard closing == nil else { return }
@@ -114,16 +119,17 @@ final class ClientConnection {
         CProgress_ws_close_within(wsi, 5)
     }
 
+    /// Asks libwebsockets for a writable callback. Asked again on every queued message rather than
+    /// remembered: libwebsockets folds repeated requests into one, and a remembered "already asked" would stop
+    /// the connection for good if one request ever went unanswered.
     private func requestWritable() {
-        guard !writableRequested else { return }
-        writableRequested = true
         CProgress_ws_request_writable(wsi)
     }
 
     /// Writes the next queued message.
+    /// - Parameter sent: incremented when a message was written.
     /// - Returns: 1 if more is waiting, 0 if not, -1 to close the connection.
-    func writeNext() -> Int32 {
-        writableRequested = false
+    func writeNext(sent: borrowing Atomic<Int>) -> Int32 {
         guard head < queue.count else {
             if let closing {
                 CProgress_ws_set_close(wsi, closing.code, closing.reason)
@@ -142,9 +148,8 @@ final class ClientConnection {
             compact()
         }
         guard CProgress_ws_write(wsi, next.message.buffer, next.message.length) == 0 else { return -1 }
-        let more = head < queue.count || closing != nil
-        if more { writableRequested = true }
-        return more ? 1 : 0
+        sent.add(1, ordering: .relaxed)
+        return head < queue.count || closing != nil ? 1 : 0
     }
 
     /// Drops the sent prefix of the queue and renumbers the replaceable index.

@@ -95,7 +95,6 @@ final class Listener: @unchecked Sendable {
         var config = CProgress_listener_config()
         config.port = Int32(address.port)
         config.max_message_bytes = engine.config.maxMessageBytes
-        config.max_fds = Int32(min(engine.config.maxConnections + 256, 1 << 20))
         config.header_timeout_secs = 10
         config.callbacks = Listener.callbacks
         // Unretained: the listener outlives the C context, which `stop()` destroys.
@@ -295,9 +294,7 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func writable(id: UInt64) -> Int32 {
         guard let client = connections[id] else { return -1 }
-        let result = client.writeNext()
-        if result >= 0 { metrics.messagesSent.add(1, ordering: .relaxed) }
-        return result
+        return client.writeNext(sent: metrics.messagesSent)
     }
 
     func isAuthorized(authorization: String, query: [String: String]) -> Bool {
@@ -328,6 +325,7 @@ final class Listener: @unchecked Sendable {
             if task == "*" {
                 client.wildcard = false
                 wildcards.remove(client.id)
+                client.forgetAllButSubscriptions()
                 continue
             }
             client.subscriptions.remove(task)

@@ -47,6 +47,8 @@ enum Routes {
         } catch {
             response = errorResponse(status: 500, code: "internal", message: "\(error)")
         }
+        // HEAD: the headers of the answer, no body (its Content-Length would then be wrong, so it is 0).
+        if method == "HEAD" { response.body = [] }
         response.body.withUnsafeBytes { body in
             CProgress_http_respond(conn, response.status, response.contentType, response.headers, body.baseAddress,
                                    body.count, response.closeAfter ? 1 : 0)

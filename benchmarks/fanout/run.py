@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark of ProgressEngine's embedded WebSocket listener (see README.md).
+
+Runs the same C load harness (loadclient) against
+  (a) listener — ProgressEngine's listener, driven by `runner engine` (progress_update calls),
+  (b) python   — a Python `websockets` server broadcasting the same update stream (python_server.py),
+  (c) redis    — redis-server, `runner redis` PUBLISHing the same messages to per-task channels,
+for N = 100, 1,000 and 10,000 clients, and prints one side-by-side table with the issue's targets.
+
+    python3 benchmarks/fanout/run.py            # or: make bench-fanout (builds first)
+    python3 benchmarks/fanout/run.py --n 1000 --servers listener,redis --json /tmp/fanout.json
+
+Everything it starts runs in its own process group on 127.0.0.1 and is killed at the end; every wait
+has a timeout.
+"""
+import argparse
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = 100                 # M: tasks the runners update
+FIXED_DELIVERIES = 20_000   # the issue's fixed load, deliveries/s
+FIXED_SUBS = 4_000          # N * K at the fixed load: 5 updates/s per task x 4,000 subscriptions = 20,000/s
+QUIET_FOR = 0.3             # a drain is over when no delivery came for this long
+# The resource sampler makes every executing task change once per resource_interval_ms; the main runs
+# switch it off so only runner calls make deliveries (the `listener-defaults` row keeps it).
+NO_SAMPLER = '"resource_interval_ms":3600000'
+
+TARGETS = {
+    "held": 10_000,
+    "p99_ms": 10.0,
+    "vs_python": 1 / 5,
+    "vs_redis": 2.0,
+    "idle_kib": 8.0,
+}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---- processes -------------------------------------------------------------------------------------
+
+class Proc:
+    """A child in its own process group whose stdout lines are read by a thread."""
+
+    live = []
+
+    def __init__(self, argv, name, stdin=True):
+        self.name = name
+        self.p = subprocess.Popen(argv, cwd=HERE, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        self.lines = queue.Queue()
+        self.stderr = []
+        threading.Thread(target=self._pump, args=(self.p.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.p.stderr, self.stderr.append), daemon=True).start()
+        Proc.live.append(self)
+
+    @staticmethod
+    def _pump(stream, put):
+        for line in stream:
+            put(line.rstrip("\n"))
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def send(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def expect(self, word, timeout):
+        """The JSON of the next line starting with `word`; raises on FATAL, exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: no {word} within {timeout:.0f} s; stderr: {self.tail()}")
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.p.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited {self.p.returncode}; stderr: {self.tail()}")
+                continue
+            head, _, rest = line.partition(" ")
+            if head == "FATAL":
+                raise RuntimeError(f"{self.name}: {rest}")
+            if head == word:
+                return json.loads(rest) if rest else {}
+
+    def tail(self):
+        return " | ".join(self.stderr[-5:])
+
+    def stop(self):
+        if self.p.poll() is None and self.p.stdin is not None:
+            try:
+                self.send("quit")
+                self.p.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.p.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.p.wait(timeout=3)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self in Proc.live:
+            Proc.live.remove(self)
+
+    @classmethod
+    def stop_all(cls):
+        for proc in list(cls.live):
+            try:
+                proc.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {proc.name}: {e}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- /proc -------------------------------------------------------------------------------------------
+
+def cpu_ns(pid, exclude_tid=None):
+    """On-CPU nanoseconds of a process's threads (schedstat), leaving out one thread."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if exclude_tid is not None and int(tid) == exclude_tid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def machine_busy_s():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- servers -----------------------------------------------------------------------------------------
+
+class Server:
+    """A server under test: `pid` is measured (CPU without `exclude_tid`, RSS); `driver` takes run commands."""
+
+    def __init__(self, kind, n, throttle_ms, extra_config, template, workdir):
+        self.kind = kind
+        self.procs = []
+        self.exclude_tid = None
+        if kind == "listener":
+            argv = ["./runner", "engine", str(throttle_ms), str(TASKS), str(n + 64)]
+            if extra_config:
+                argv.append(extra_config)
+            self.driver = self._start(argv, "runner engine")
+            ready = self.driver.expect("READY", 30)
+            self.pid, self.port, self.exclude_tid = ready["pid"], ready["port"], ready["updater_tid"]
+        elif kind == "python":
+            self.driver = self._start([sys.executable, "python_server.py", str(TASKS), template], "python_server")
+            ready = self.driver.expect("READY", 30)
+            self.pid, self.port = ready["pid"], ready["port"]
+        elif kind == "redis":
+            self.port = free_port()
+            redis = self._start([shutil.which("redis-server") or "/usr/bin/redis-server",
+                                 "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", workdir, "--maxclients", str(n + 64), "--tcp-backlog", "4096",
+                                 "--client-output-buffer-limit", "pubsub 0 0 0", "--protected-mode", "no",
+                                 "--loglevel", "warning"], "redis-server", stdin=False)
+            self.pid = redis.pid
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or redis.p.poll() is not None:
+                        raise RuntimeError(f"redis-server did not start: {redis.tail()}")
+                    time.sleep(0.05)
+            self.driver = self._start(["./runner", "redis", str(self.port), str(TASKS), template], "runner redis")
+            self.driver.expect("READY", 30)
+        else:
+            raise ValueError(kind)
+
+    def _start(self, argv, name, stdin=True):
+        proc = Proc(argv, name, stdin)
+        self.procs.append(proc)
+        return proc
+
+    def cpu_ns(self):
+        return cpu_ns(self.pid, self.exclude_tid)
+
+    def all_cpu_ns(self):
+        """CPU of every process of this server, runner threads included (for the machine's other load)."""
+        pids = {self.pid} | {p.pid for p in self.procs}
+        return sum(cpu_ns(pid) for pid in pids if os.path.exists(f"/proc/{pid}"))
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def client_mode(kind):
+    return "redis" if kind == "redis" else "ws"
+
+
+def load_plan(n):
+    """K subscriptions per client and the per-task update period giving FIXED_DELIVERIES/s at N clients."""
+    k = min(TASKS, max(1, FIXED_SUBS // n))
+    period_ms = round(1000 * n * k / FIXED_DELIVERIES)
+    return k, period_ms
+
+
+def listener_metrics(port):
+    """The listener's own counters (GET /metrics), or {} for other servers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def measure(server, client, seconds, period_ms):
+    """One window: reset, run the stream, wait for the client to drain; figures over the whole window."""
+    client.send("reset")
+    client.expect("RESET", 10)
+    m0 = listener_metrics(server.port) if server.kind == "listener" else {}
+    ours0 = server.all_cpu_ns() + cpu_ns(client.pid)
+    cpu0, busy0, t0 = server.cpu_ns(), machine_busy_s(), time.monotonic()
+    server.driver.send(f"run {seconds} {period_ms}")
+    done = server.driver.expect("DONE", seconds + 60)
+    deadline = time.monotonic() + 60
+    while True:
+        client.send("report")
+        rep = client.expect("REPORT", 30)
+        if rep["deliveries"] and rep["since_reset_s"] - rep["last_rx_s"] >= QUIET_FOR:
+            break
+        if time.monotonic() > deadline:
+            rep["drain_timeout"] = True
+            break
+        time.sleep(0.1)
+    cpu1, busy1, t1 = server.cpu_ns(), machine_busy_s(), time.monotonic()
+    ours1 = server.all_cpu_ns() + cpu_ns(client.pid)
+    m1 = listener_metrics(server.port) if server.kind == "listener" else {}
+    n = rep["deliveries"]
+    span = rep["last_rx_s"] or (t1 - t0)
+    server_cpu_s = (cpu1 - cpu0) / 1e9
+    return {
+        "updates": done["updates"], "receivers": done["receivers"], "late_ms": done["late_ms"],
+        "deliveries": n, "rate": n / span if span else 0.0, "span_s": span,
+        "payload_bytes": rep["bytes"] / n if n else None,
+        "p50_ms": rep["p50_us"] / 1000, "p99_ms": rep["p99_us"] / 1000, "p999_ms": rep["p999_us"] / 1000,
+        "max_ms": rep["max_us"] / 1000, "samples": rep["samples"], "repeats": rep["repeats"],
+        "server_cpu_s": server_cpu_s, "cpu_us_per_delivery": server_cpu_s * 1e6 / n if n else None,
+        "server_cpu_share": server_cpu_s / span if span else None,
+        "client_cpu_share": rep["client_cpu_us"] / 1e6 / span if span else None,
+        "machine_busy_cores": (busy1 - busy0) / (t1 - t0),
+        # CPU of everything else on the machine (other users' work competes with this benchmark)
+        "other_load_cores": max(0.0, (busy1 - busy0) - (ours1 - ours0) / 1e9) / (t1 - t0),
+        # listener only: snapshots encoded and fanned out, messages written (its /metrics counters)
+        "fanouts": m1.get("progress_fanouts_total", 0) - m0.get("progress_fanouts_total", 0) if m0 else None,
+        "messages_sent": (m1.get("progress_messages_sent_total", 0) - m0.get("progress_messages_sent_total", 0)
+                          if m0 else None),
+        "open": rep["open"], "closed": rep["closed"], "errors": rep["errors"], "first_error": rep["first_error"],
+        "drain_timeout": rep.get("drain_timeout", False),
+    }
+
+
+def session(kind, n, args, template, workdir, throttle_ms, extra_config, fixed, sat, idle):
+    """Starts a server, connects N clients (idle RSS), subscribes them, runs the windows asked for."""
+    k, period_ms = load_plan(n)
+    out = {"server": kind, "n": n, "k": k, "period_ms": period_ms, "throttle_ms": throttle_ms}
+    server = Server(kind, n, throttle_ms, extra_config, template, workdir)
+    client = None
+    try:
+        time.sleep(0.5)
+        rss0 = rss_kib(server.pid)
+        client = Proc(["./loadclient", client_mode(kind), str(server.port), str(n), str(TASKS), str(k)],
+                      f"loadclient {kind} {n}")
+        conn = client.expect("CONNECTED", 150)
+        out["connect"] = conn
+        time.sleep(1.0)
+        if idle:
+            rss1 = rss_kib(server.pid)
+            out["rss_before_kib"], out["rss_idle_kib"] = rss0, rss1
+            out["idle_kib_per_conn"] = (rss1 - rss0) / max(1, conn["open"])
+        client.send("sub")
+        out["subscribe"] = client.expect("SUBSCRIBED", 120)
+        time.sleep(1.0)
+        if idle:
+            # the same connections once each has sent one message and holds K subscriptions
+            out["subscribed_kib_per_conn"] = (rss_kib(server.pid) - rss0) / max(1, conn["open"])
+        if fixed:
+            out["fixed"] = measure(server, client, args.fixed_seconds, period_ms)
+        if sat:
+            out["sat"] = measure(server, client, args.sat_seconds, 0)
+        client.send("report")
+        rep = client.expect("REPORT", 30)
+        out["held"] = rep["open"]
+        out["failed"] = conn["failed"] + rep["failed"]
+        out["rss_end_kib"] = rss_kib(server.pid)
+    finally:
+        if client:
+            client.stop()
+        server.stop()
+    return out
+
+
+def wait_quiet(limit_s):
+    """Waits (at most limit_s) for the rest of the machine to use under 0.3 cores; returns the last load."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        b0 = machine_busy_s()
+        time.sleep(1.0)
+        load = machine_busy_s() - b0
+        if load < 0.3 or time.monotonic() >= deadline:
+            return load
+        log(f"  the machine is busy ({load:.2f} cores used by others); waiting")
+
+
+def run_all(args):
+    workdir = tempfile.mkdtemp(prefix="fanout-")
+    try:
+        template = os.path.join(workdir, "task.json")
+        dump = subprocess.run(["./runner", "dump"], cwd=HERE, capture_output=True, text=True, timeout=30, check=True)
+        with open(template, "w") as f:
+            f.write(dump.stdout)
+        results = []
+        for n in args.n:
+            for kind in args.servers:
+                if kind == "listener-defaults" and n != 1_000:
+                    continue
+                load = wait_quiet(args.quiet_wait)
+                t = time.monotonic()
+                try:
+                    if kind == "listener":
+                        # throttle_ms 100 (the default) for the fixed load, 0 for saturation: two engines.
+                        r = session(kind, n, args, template, workdir, 100, NO_SAMPLER, True, False, True)
+                        r2 = session(kind, n, args, template, workdir, 0, NO_SAMPLER, False, True, False)
+                        r["sat"], r["held"] = r2["sat"], min(r["held"], r2["held"])
+                        r["failed"] += r2["failed"]
+                        r["sat_session"] = {k: r2[k] for k in ("connect", "subscribe", "throttle_ms")}
+                    elif kind == "listener-defaults":
+                        r = session("listener", n, args, template, workdir, 100, None, True, False, False)
+                        r["server"] = kind
+                    else:
+                        r = session(kind, n, args, template, workdir, None, None, True, True, True)
+                except Exception as e:  # keep going: one failed cell must not hide the others
+                    r = {"server": kind, "n": n, "error": str(e)}
+                    Proc.stop_all()
+                r["seconds"] = time.monotonic() - t
+                r["load_before"] = load
+                log(f"{kind:>17} N={n:<6} {r['seconds']:5.1f} s  " + summary_line(r))
+                results.append(r)
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+def fmt(x, spec=".1f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def summary_line(r):
+    if "error" in r:
+        return "ERROR " + r["error"]
+    f, s = r.get("fixed", {}), r.get("sat", {})
+    return (f"fixed {fmt(f.get('rate'), '.0f')}/s p99 {fmt(f.get('p99_ms'), '.2f')} ms; "
+            f"sat {fmt(s.get('rate'), '.0f')}/s {fmt(s.get('cpu_us_per_delivery'), '.2f')} us/deliv; "
+            f"idle {fmt(r.get('idle_kib_per_conn'), '.2f')} KiB/conn; held {r.get('held')}")
+
+
+def table(results):
+    head = ("server", "N", "K", "held", "sat deliv/s", "sat CPU-us/deliv", "fixed deliv/s", "p50 ms", "p99 ms",
+            "fixed CPU-us/deliv", "idle KiB/conn")
+    rows = [head]
+    for r in results:
+        if "error" in r:
+            rows.append((r["server"], f"{r['n']:,}", "", "ERROR: " + r["error"][:100]) + ("",) * (len(head) - 4))
+            continue
+        f, s = r.get("fixed", {}), r.get("sat", {})
+        rows.append((r["server"], f"{r['n']:,}", str(r["k"]), f"{r['held']:,}",
+                     fmt(s.get("rate"), ",.0f"), fmt(s.get("cpu_us_per_delivery"), ".2f"),
+                     fmt(f.get("rate"), ",.0f"), fmt(f.get("p50_ms"), ".2f"), fmt(f.get("p99_ms"), ".2f"),
+                     fmt(f.get("cpu_us_per_delivery"), ".2f"), fmt(r.get("idle_kib_per_conn"), ".2f")))
+    return render(rows)
+
+
+def details(results):
+    head = ("server", "N", "sat server/client CPU", "sat p50/p99 ms", "sat encodes/deliv", "fixed server/client CPU",
+            "subscribed KiB/conn", "connect s", "other load (cores)")
+    rows = [head]
+    for r in results:
+        if "error" in r:
+            continue
+        f, s = r.get("fixed", {}), r.get("sat", {})
+
+        def share(w):
+            return f"{w['server_cpu_share']:.2f}/{w['client_cpu_share']:.2f}" if w else "-"
+
+        enc = (s["fanouts"] / s["deliveries"]) if s and s.get("fanouts") is not None and s["deliveries"] else None
+        others = [w["other_load_cores"] for w in (f, s) if w]
+        rows.append((r["server"], f"{r['n']:,}", share(s),
+                     f"{s['p50_ms']:.1f}/{s['p99_ms']:.1f}" if s else "-", fmt(enc, ".3f"), share(f),
+                     fmt(r.get("subscribed_kib_per_conn"), ".2f"), fmt(r.get("connect", {}).get("seconds"), ".2f"),
+                     "/".join(f"{x:.2f}" for x in others) or "-"))
+    return render(rows)
+
+
+def render(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def verdicts(results):
+    by = {(r["server"], r["n"]): r for r in results if "error" not in r}
+    out = []
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    big = by.get(("listener", 10_000))
+    ok = None if big is None else (big["held"] >= TARGETS["held"] and big["failed"] == 0)
+    out.append(f"- 10,000 concurrent connections held: {verdict(ok)}"
+               + ("" if big is None else f" ({big['held']:,} open at the end, {big['failed']} failed)"))
+
+    mid = by.get(("listener", 1_000))
+    if mid and "fixed" in mid:
+        f = mid["fixed"]
+        ok = f["p99_ms"] <= TARGETS["p99_ms"] and f["rate"] >= 0.95 * FIXED_DELIVERIES
+        out.append(f"- p99 <= 10 ms at 1,000 clients and 20,000 deliveries/s: {verdict(ok)} "
+                   f"(p99 {f['p99_ms']:.2f} ms at {f['rate']:,.0f} deliveries/s)")
+    else:
+        out.append("- p99 <= 10 ms at 1,000 clients and 20,000 deliveries/s: n/a (not run)")
+
+    for ref, limit, label in (("python", TARGETS["vs_python"], "<= 1/5 of the Python server's"),
+                              ("redis", TARGETS["vs_redis"], "<= 2x redis-server's")):
+        parts, oks = [], []
+        for window in ("sat", "fixed"):
+            for n in sorted({r["n"] for r in results}):
+                a, b = by.get(("listener", n)), by.get((ref, n))
+                if not a or not b or window not in a or window not in b:
+                    continue
+                x, y = a[window]["cpu_us_per_delivery"], b[window]["cpu_us_per_delivery"]
+                if x is None or not y:
+                    continue
+                ratio = x / y
+                oks.append(ratio <= limit)
+                parts.append(f"{window} N={n:,}: {x:.2f} vs {y:.2f} us = {ratio:.2f}x")
+        ok = None if not oks else all(oks)
+        out.append(f"- CPU per delivery {label}: {verdict(ok)} ({'; '.join(parts) or 'not run'})")
+
+    sizes = [(n, by[("listener", n)]["idle_kib_per_conn"]) for n in sorted({r["n"] for r in results})
+             if ("listener", n) in by and "idle_kib_per_conn" in by[("listener", n)]]
+    if sizes:
+        n, kib = sizes[-1]
+        out.append(f"- <= 8 KiB RSS per idle connection: {verdict(kib <= TARGETS['idle_kib'])} "
+                   f"({kib:.2f} KiB at N={n:,}; " + ", ".join(f"N={m:,}: {v:.2f}" for m, v in sizes) + ")")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1_000, 10_000],
+                    help="client counts (default 100,1000,10000)")
+    ap.add_argument("--servers", type=lambda s: s.split(","),
+                    default=["listener", "python", "redis", "listener-defaults"],
+                    help="listener,python,redis,listener-defaults (the last runs at N=1,000 only)")
+    ap.add_argument("--fixed-seconds", type=float, default=5.0)
+    ap.add_argument("--sat-seconds", type=float, default=4.0)
+    ap.add_argument("--quiet-wait", type=float, default=10.0,
+                    help="seconds to wait before each cell for other load on the machine to drop (default 10)")
+    ap.add_argument("--json", help="also write every figure to this file")
+    args = ap.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(args.n) + 300 > hard:
+        log(f"RLIMIT_NOFILE hard limit is {hard}: N={max(args.n):,} needs {max(args.n) + 300} descriptors per "
+            "process; those cells will fail (raise the hard limit: ulimit -Hn, or LimitNOFILE= in systemd)")
+    if not (os.path.exists(os.path.join(HERE, "loadclient")) and os.path.exists(os.path.join(HERE, "runner"))):
+        sys.exit("build first: make -C benchmarks/fanout (or make bench-fanout from the repository root)")
+
+    t0 = time.monotonic()
+    try:
+        plan = [(s, n) for n in args.n for s in args.servers if s != "listener-defaults" or n == 1_000]
+        log(f"fan-out benchmark: {len(plan)} cells, M={TASKS} tasks, {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f} before the run")
+        results = run_all(args)
+    finally:
+        Proc.stop_all()
+
+    print(f"\nFan-out: M={TASKS} tasks; K tasks per client; fixed load = {FIXED_DELIVERIES:,} deliveries/s "
+          f"({args.fixed_seconds:g} s, throttle_ms 100); saturation = updates offered far above capacity "
+          f"({args.sat_seconds:g} s, listener throttle_ms 0); {os.cpu_count()} CPUs shared by server and "
+          f"load client; {time.monotonic() - t0:.0f} s in all.\n")
+    print(table(results))
+    print("\nDetails (CPU in cores over the window; other load = the rest of the machine, fixed/sat):\n")
+    print(details(results))
+    print("\nTargets (listener):")
+    print(verdicts(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
