@@ -32,16 +32,40 @@ void CProgress_downscale(const uint8_t *src, int src_w, int src_h, size_t src_st
                 for (int x = (int)x0; x < src_w && x < x1; x++) {
                     float wx = (float)((x + 1 < x1 ? x + 1 : x1) - (x > x0 ? x : x0));
                     const uint8_t *p = line + (size_t)x * (size_t)channels;
-                    for (int c = 0; c < channels; c++) sum[c] += wx * p[c];
+                    if (channels == 4) {
+                        /* Colour weighted by alpha (premultiplied), so transparent pixels' colour does not
+                         * bleed into visible neighbours; divided out again below. */
+                        float a = wx * p[3];
+                        sum[0] += a * p[0];
+                        sum[1] += a * p[1];
+                        sum[2] += a * p[2];
+                        sum[3] += a;
+                    } else {
+                        for (int c = 0; c < channels; c++) sum[c] += wx * p[c];
+                    }
                 }
                 for (int c = 0; c < channels; c++) acc[(size_t)dx * channels + c] += (float)wy * sum[c];
             }
         }
         const float norm = (float)(1.0 / (sx * sy));
         uint8_t *out = dst + (size_t)dy * (size_t)dst_w * (size_t)channels;
-        for (size_t i = 0; i < (size_t)dst_w * (size_t)channels; i++) {
-            float v = acc[i] * norm + 0.5f;
-            out[i] = v >= 255.f ? 255 : (uint8_t)v;
+        if (channels == 4) {
+            for (int dx = 0; dx < dst_w; dx++) {
+                const float *px = acc + (size_t)dx * 4;
+                uint8_t *o = out + (size_t)dx * 4;
+                float alpha = px[3] * norm;
+                for (int c = 0; c < 3; c++) {
+                    float v = px[3] > 0 ? px[c] / px[3] + 0.5f : 0.f;
+                    o[c] = v >= 255.f ? 255 : (uint8_t)v;
+                }
+                alpha += 0.5f;
+                o[3] = alpha >= 255.f ? 255 : (uint8_t)alpha;
+            }
+        } else {
+            for (size_t i = 0; i < (size_t)dst_w * (size_t)channels; i++) {
+                float v = acc[i] * norm + 0.5f;
+                out[i] = v >= 255.f ? 255 : (uint8_t)v;
+            }
         }
     }
     free(row);
@@ -60,6 +84,9 @@ int CProgress_png_write(const char *path, const uint8_t *pixels, int width, int 
     image.width = (png_uint_32)width;
     image.height = (png_uint_32)height;
     image.format = format_for(channels);
+    /* FAST: libpng's quicker filter and zlib settings. A preview is read once or twice and then expires, so
+     * encode time (measured 25-93 ms → 15-16 ms for 512 px) matters more than its 1.5-2x larger file. */
+    image.flags = PNG_IMAGE_FLAG_FAST;
     if (!png_image_write_to_file(&image, path, 0, pixels, width * channels, NULL)) {
         snprintf(err, err_len, "libpng could not write %s: %s", path, image.message);
         png_image_free(&image);

@@ -490,11 +490,13 @@ final class Engine: @unchecked Sendable {
     private func previewDue(_ task: TaskRecord) -> String? {
         guard previews != nil else { return nil }
         return task.previewDue(milestones: config.previewMilestones, everySteps: config.previewEverySteps,
-                               fileStem: Engine.fileStem(task.id))
+                               fileStem: Engine.fileStem(task.id, created: task.createdAt))
     }
 
-    /// A file-name-safe, collision-free stem for a task id: its safe characters (up to 48) and a hash.
-    static func fileStem(_ id: String) -> String {
+    /// A file-name-safe, collision-free stem for a task: its id's safe characters (up to 48), a hash of the
+    /// id, and its creation time in milliseconds (an id reused after expiry gets new names, so a cached
+    /// preview is never stale).
+    static func fileStem(_ id: String, created: Double) -> String {
         var safe = ""
         for scalar in id.unicodeScalars where safe.unicodeScalars.count < 48 {
             let v = scalar.value
@@ -503,7 +505,8 @@ final class Engine: @unchecked Sendable {
         }
         let hash = TaskKey(owning: id).hash
         let hex = String(hash & 0xffff_ffff, radix: 16)
-        return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex
+        let millis = String(Int64((created * 1000).rounded()), radix: 36)
+        return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex + "-" + millis
     }
 
     /// `progress_preview_pixels`: when a preview is due, copies the pixels (the only work on the caller's
@@ -520,10 +523,13 @@ final class Engine: @unchecked Sendable {
             throw EngineError.invalidArgument("stride \(stride) is less than width x channels (\(rowBytes))")
         }
         guard let worker = previews else { return }
+        let now = clock.now()
         let due: String? = try withTask(id: id, isUpdate: false) { task in
             guard !task.status.isTerminal else {
                 throw EngineError.state("task \"\(id)\" is \(task.status.name) and accepts no further previews")
             }
+            // Steps still in the task's counter count: the runner's latest step may have crossed a milestone.
+            if task.counter != nil, pollCounter(task, at: max(now, task.lastTimestamp)) { noteChanged(task) }
             return previewDue(task)
         }
         guard let fileName = due else { return }
@@ -553,9 +559,10 @@ final class Engine: @unchecked Sendable {
         switch result {
         case .success:
             previewsWritten.add(1, ordering: .relaxed)
-            let now = clock.now()
             let attached = (try? withTask(id: job.taskId) { task -> Bool in
-                task.setPreview(file: job.fileName, url: Routes.previewsPrefix + job.fileName, at: max(now, task.lastTimestamp))
+                // Stamped at the task's latest event: a background change must not move the runner's timeline
+                // (a replay's next explicit timestamp would look like it went backwards).
+                task.setPreview(file: job.fileName, url: Routes.previewsPrefix + job.fileName, at: task.lastTimestamp)
                 return true
             }) ?? false
             // The task expired while its preview was being made: the file has no owner.
@@ -576,7 +583,8 @@ final class Engine: @unchecked Sendable {
             shard.withLock { state in
                 for task in state.tasks.values where task.status == .executing {
                     let seq = task.seq
-                    try? task.setResources(usage, fromRunner: false, at: max(now, task.lastTimestamp))
+                    // Stamped at the task's latest event, like a finished preview: never ahead of the runner.
+                    try? task.setResources(usage, fromRunner: false, at: task.lastTimestamp)
                     if task.seq != seq { noteChanged(task) }
                 }
             }

@@ -184,7 +184,7 @@ enum Routes {
         guard isSafePreviewName(name) else {
             throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
         }
-        guard let dir = l.engine.config.previewDir else {
+        guard let dir = l.engine.previewDirectory else {
             throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\" (no preview_dir configured)")
         }
         guard let file = fopen(dir + "/" + name, "rb") else {
@@ -203,7 +203,8 @@ enum Routes {
         }
         var r = Response(body: bytes)
         r.contentType = "image/png"
-        // Preview files are written once under their final name (milestone in the name), so they never change.
+        // Preview files are written once under their final name (task creation time and milestone in the
+        // name), so they never change.
         r.headers = "Cache-Control: public, max-age=86400, immutable\r\nX-Content-Type-Options: nosniff\r\n"
         return r
     }

@@ -20,11 +20,12 @@ def to_pixels(image: Any) -> Tuple[bytes, int, int, int]:
     `(buffer, width, height, channels)` tuple of packed rows."""
     if isinstance(image, tuple):
         return _from_tuple(image)
+    # PIL first: Pillow images also expose __array_interface__, but not as a buffer.
+    if hasattr(image, "mode") and hasattr(image, "size") and hasattr(image, "tobytes"):
+        return _from_pil(image)
     interface = getattr(image, "__array_interface__", None)
     if interface is not None:
         return _from_array(image, interface)
-    if hasattr(image, "mode") and hasattr(image, "size") and hasattr(image, "tobytes"):
-        return _from_pil(image)
     raise TypeError(
         "update_preview() takes a uint8 array (H×W, H×W×3, H×W×4), a PIL image or a "
         f"(buffer, width, height, channels) tuple, not {type(image).__name__}"
@@ -57,10 +58,15 @@ def _from_array(image: Any, interface: dict) -> Tuple[bytes, int, int, int]:
 
 
 def _from_pil(image: Any) -> Tuple[bytes, int, int, int]:
+    width, height = image.size
+    if image.mode in ("I;16", "I;16L", "I;16B"):
+        # 16-bit gray: keep the high byte of each sample (convert("L") would clip everything above 255).
+        data = image.tobytes()
+        high = data[0::2] if image.mode == "I;16B" else data[1::2]
+        return _checked(high, width, height, 1)
     if image.mode not in _PIL_CHANNELS:
         # Palette images may be transparent; every other mode converts losslessly enough to RGB.
         image = image.convert("RGBA" if image.mode in ("P", "PA", "LA", "La", "RGBa") else "RGB")
-    width, height = image.size
     return _checked(image.tobytes(), width, height, _PIL_CHANNELS[image.mode])
 
 
