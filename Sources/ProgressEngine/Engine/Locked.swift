@@ -8,12 +8,13 @@ import Glibc
 /// update path).
 final class Locked<Value>: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var value: Value
+    /// Touch only between `lock()` and `unlock()` (or inside `withLock`).
+    var unsafeValue: Value
     // Keeps two hot locks from sharing a cache line when allocated back to back.
     private let padding: (Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0)
 
     init(_ value: Value) {
-        self.value = value
+        self.unsafeValue = value
         pthread_mutex_init(mutex, nil)
     }
 
@@ -27,6 +28,17 @@ final class Locked<Value>: @unchecked Sendable {
     func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        return try body(&value)
+        return try body(&unsafeValue)
+    }
+
+    /// For the update path, which cannot afford a closure's captured context: pair with `unlock()`.
+    @inline(__always)
+    func lock() {
+        pthread_mutex_lock(mutex)
+    }
+
+    @inline(__always)
+    func unlock() {
+        pthread_mutex_unlock(mutex)
     }
 }

@@ -268,7 +268,9 @@ final class TaskRecord: @unchecked Sendable {
             throw EngineError.state("stage \(target) (\"\(stages[target].definition.name)\") of task \"\(id)\" is "
                 + "\(stages[target].status.name); enter the next stage before reporting steps")
         }
-        let newMessage = try message.resolve(current: stages[target].message)
+        // Without a message the current one is not even read (reading it retains it).
+        let newMessage: String?
+        if case .none = message { newMessage = nil } else { newMessage = try message.resolve(current: stages[target].message) }
         let entering = target != currentStage || stages[target].status == .pending
         if entering { enterStage(target, at: ts) }
         stages[target].progress = Double(step) / Double(total)
@@ -428,6 +430,12 @@ final class TaskRecord: @unchecked Sendable {
     var stageDurations: [(Int, Double)] {
         stages.indices.compactMap { i in stages[i].duration.map { (i, $0) } }
     }
+
+    /// Keeps the next heap object (often another task) off this one's last cache line: its header holds the
+    /// reference count that every update of *that* task writes, and the fields above are written by every
+    /// update of this one. Measured: two threads on two adjacent tasks ran 2x slower without it. Declared
+    /// last, so it is laid out last.
+    private let trailingPadding: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0, 0, 0, 0)
 }
 
 // MARK: - Restoring from storage
