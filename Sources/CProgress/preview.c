@@ -1,6 +1,8 @@
 #include "CProgressPreview.h"
 
+#include <errno.h>
 #include <png.h>
+#include <zlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,23 +78,64 @@ static png_uint_32 format_for(int channels) {
     return channels == 1 ? PNG_FORMAT_GRAY : channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_RGBA;
 }
 
+/* libpng reports errors by longjmp to the setjmp below, in this same C function: no Swift frame is ever
+ * between the two. The full API is used for writing (the simplified png_image API, used for reading, offers
+ * no control over compression): RLE-only deflate with the Paeth filter encodes a 512 px preview in about
+ * 9 ms, against 25-93 ms for libpng's defaults and 15-16 ms for png_image's FAST flag, at the default's
+ * file size. */
+struct png_write_state {
+    FILE *file;
+    char *err;
+    size_t err_len;
+};
+
+static void png_write_error(png_structp png, png_const_charp message) {
+    struct png_write_state *state = png_get_error_ptr(png);
+    snprintf(state->err, state->err_len, "libpng could not write the preview: %s", message);
+    png_longjmp(png, 1);
+}
+
+static void png_write_warning(png_structp png, png_const_charp message) {
+    (void)png;
+    (void)message; /* warnings (e.g. about chunks) do not affect the image */
+}
+
 int CProgress_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels, char *err,
                         size_t err_len) {
-    png_image image;
-    memset(&image, 0, sizeof image);
-    image.version = PNG_IMAGE_VERSION;
-    image.width = (png_uint_32)width;
-    image.height = (png_uint_32)height;
-    image.format = format_for(channels);
-    /* FAST: libpng's quicker filter and zlib settings. A preview is read once or twice and then expires, so
-     * encode time (measured 25-93 ms → 15-16 ms for 512 px) matters more than its 1.5-2x larger file. */
-    image.flags = PNG_IMAGE_FLAG_FAST;
-    if (!png_image_write_to_file(&image, path, 0, pixels, width * channels, NULL)) {
-        snprintf(err, err_len, "libpng could not write %s: %s", path, image.message);
-        png_image_free(&image);
+    struct png_write_state state = {fopen(path, "wb"), err, err_len};
+    if (state.file == NULL) {
+        snprintf(err, err_len, "cannot create %s: %s", path, strerror(errno));
         return -1;
     }
-    return 0;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &state, png_write_error, png_write_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (png == NULL || info == NULL) {
+        snprintf(err, err_len, "libpng could not start a PNG (out of memory)");
+        png_destroy_write_struct(&png, NULL);
+        fclose(state.file);
+        return -1;
+    }
+    /* `volatile`: read after a longjmp back here. */
+    volatile int status = -1;
+    if (setjmp(png_jmpbuf(png)) == 0) {
+        png_init_io(png, state.file);
+        int color = channels == 1 ? PNG_COLOR_TYPE_GRAY : channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
+        png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8, color, PNG_INTERLACE_NONE,
+                     PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+        png_set_compression_strategy(png, Z_RLE);
+        png_set_compression_level(png, 6);
+        png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_PAETH);
+        png_write_info(png, info);
+        for (int y = 0; y < height; y++) png_write_row(png, pixels + (size_t)y * (size_t)width * (size_t)channels);
+        png_write_end(png, NULL);
+        status = 0;
+    }
+    png_destroy_write_struct(&png, &info);
+    if (fclose(state.file) != 0 && status == 0) {
+        snprintf(err, err_len, "cannot write %s: %s", path, strerror(errno));
+        status = -1;
+    }
+    return status;
 }
 
 int CProgress_png_read(const char *path, size_t max_pixels, uint8_t **out, int *width, int *height, int *channels,

@@ -1,8 +1,9 @@
 #ifndef CPROGRESS_PREVIEW_H
 #define CPROGRESS_PREVIEW_H
 /*
- * Preview image work in C: the pixel loops run at C speed, and libpng is used only through its simplified
- * png_image API, so libpng's setjmp/longjmp error handling never crosses a Swift frame.
+ * Preview image work in C: the pixel loops run at C speed, and libpng's setjmp/longjmp error handling stays
+ * inside these functions, so it never crosses a Swift frame (reading uses the simplified png_image API;
+ * writing the full API, for control over compression: see preview.c).
  */
 #include <stddef.h>
 #include <stdint.h>
