@@ -1,0 +1,229 @@
+// libFuzzer entry point for every parser of outside input (see fuzz/README.md). Compiled by fuzz/build.sh into
+// the ProgressEngine module itself, so internal APIs are reachable without @testable. The target is chosen by
+// the environment variable PE_FUZZ_TARGET.
+import CProgress
+import Glibc
+
+private enum FuzzTarget: String, CaseIterable {
+    case json, config, event, stages, completion, ws, rest, redis, png
+}
+
+private let target: FuzzTarget = {
+    guard let name = getenv("PE_FUZZ_TARGET").map({ String(cString: $0) }), let t = FuzzTarget(rawValue: name) else {
+        let known = FuzzTarget.allCases.map(\.rawValue).joined(separator: " ")
+        fputs("set PE_FUZZ_TARGET to one of: \(known)\n", stderr)
+        exit(2)
+    }
+    return t
+}()
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = UnsafeBufferPointer(start: data, count: size)
+    switch target {
+    case .json: fuzzJSON(bytes)
+    case .config: fuzzConfig(bytes)
+    case .event: fuzzEvent(bytes)
+    case .stages: fuzzStages(bytes)
+    case .completion: fuzzCompletion(bytes)
+    case .ws: fuzzWebSocket(bytes)
+    case .rest: fuzzREST(bytes)
+    case .redis: fuzzRedis(bytes)
+    case .png: fuzzPNG(bytes)
+    }
+    return 0
+}
+
+private func text(_ bytes: some Collection<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
+
+/// Splits at the first newline: (first line, rest or nil when there is no newline).
+private func firstLine(_ bytes: UnsafeBufferPointer<UInt8>) -> (Slice<UnsafeBufferPointer<UInt8>>, Slice<UnsafeBufferPointer<UInt8>>?) {
+    guard let nl = bytes.firstIndex(of: 10) else { return (bytes[...], nil) }
+    return (bytes[..<nl], bytes[(nl + 1)...])
+}
+
+private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if !condition {
+        fputs("fuzz invariant broken: \(message())\n", stderr)
+        abort()
+    }
+}
+
+// MARK: - json: the parser every other input goes through
+
+private func fuzzJSON(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let value = try? JSONParser.parse(bytes: bytes, context: "fuzz") else { return }
+    // What the engine writes back must parse to the same value.
+    let out = value.serialized()
+    guard let again = try? JSONParser.parse(out, context: "fuzz round trip") else {
+        check(false, "serialized value does not parse: \(out)")
+        return
+    }
+    check(again == value, "round trip changed the value: \(out)")
+    _ = try? JSONParser.parse(text(bytes), context: "fuzz")
+}
+
+// MARK: - config: config_json of progress_engine_create
+
+private func fuzzConfig(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let config = try? EngineConfig.parse(text(bytes)) else { return }
+    if let listen = config.listen { _ = try? ListenAddress.parse(listen) }
+    if let url = config.redisURL { _ = try? RedisURL.parse(url) }
+}
+
+// MARK: - event: a runner's callback(event, data): the name on the first line, data_json after it
+
+private func fuzzEvent(_ bytes: UnsafeBufferPointer<UInt8>) {
+    let (name, data) = firstLine(bytes)
+    _ = try? RunnerEvent.parse(name: text(name), dataJSON: data.map(text))
+    if let data { _ = try? TaskOptions.parse(text(data)) }
+}
+
+// MARK: - stages: stages_json of progress_register_template
+
+private func fuzzStages(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let value = try? JSONParser.parse(bytes: bytes, context: "stages_json"),
+          let stages = try? StageDefinition.parseList(value, context: "stages_json") else { return }
+    check(!stages.isEmpty, "an accepted stage list is empty")
+    let sum = stages.reduce(0.0) { $0 + $1.weight }
+    check(stages.allSatisfy { $0.weight.isFinite && $0.weight >= 0 } && abs(sum - 1) < 1e-6,
+          "accepted weights are not normalised: \(stages.map(\.weight))")
+}
+
+// MARK: - completion: record_json of progress_record_completion
+
+private func fuzzCompletion(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let record = try? CompletionRecord.parse(text(bytes), now: 1_700_000_000) else { return }
+    let history = CompletionHistory()
+    history.add(record)
+}
+
+// MARK: - ws and rest: the listener's callbacks on an engine holding a few tasks
+
+private let fuzzEngine: Engine = {
+    let dir = "/tmp/pe-fuzz-previews-\(getpid())"
+    mkdir(dir, 0o700)
+    // A preview file the REST target can fetch by name.
+    if let f = fopen(dir + "/t1-1-50.png", "wb") {
+        let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        fwrite(png, 1, png.count, f)
+        fclose(f)
+    }
+    do {
+        let config = try EngineConfig.parse(#"{"listen":"127.0.0.1:0","auth_token":"fuzz","preview_dir":"\#(dir)","max_subscriptions":8}"#)
+        let engine = try Engine(config: config, background: false)
+        try engine.registerTemplate(id: "tmpl", stagesJSON: #"[{"name":"load","weight":1},{"name":"run","weight":3}]"#)
+        for (id, batch) in [("t1", "b1"), ("t2", "b1"), ("t3", nil)] {
+            var options = TaskOptions()
+            options.batchId = batch
+            try engine.createTask(id: id, templateId: "tmpl", category: "image_generation", options: options)
+            try engine.event(id: id, name: "execution_progress", dataJSON: #"{"step":3,"total_steps":10,"message":"m"}"#)
+            try engine.event(id: id, name: "log", dataJSON: #"{"level":"warning","message":"w"}"#)
+            try engine.event(id: id, name: "run", dataJSON: #"{"progress":0.5}"#)
+        }
+        try engine.complete(id: "t3")
+        check(FuzzStub_has_listener() != 0, "the stub listener was not created")
+        return engine
+    } catch {
+        fputs("fuzz engine setup failed: \(error)\n", stderr)
+        abort()
+    }
+}()
+
+/// WebSocket: the first line is the handshake's query ("name=value" pairs separated by '&'), the rest is
+/// client messages separated by NUL bytes; each is handled, and the queue drained, like the listener does.
+private func fuzzWebSocket(_ bytes: UnsafeBufferPointer<UInt8>) {
+    _ = fuzzEngine
+    let (queryLine, rest) = firstLine(bytes)
+    var query = Array(queryLine.map { $0 == UInt8(ascii: "&") ? 0 : $0 })
+    query.append(0)
+    let id = query.withUnsafeBufferPointer { q in
+        q.withMemoryRebound(to: CChar.self) { FuzzStub_ws_open(Routes.webSocketPath, $0.baseAddress, $0.count, "") }
+    }
+    check(id != 0, "the listener refused a connection id")
+    FuzzStub_ws_drain(id)
+    if let rest {
+        for message in rest.split(separator: 0, maxSplits: 16, omittingEmptySubsequences: false) {
+            // A copy of exactly the message's size, so ASan sees any read past its end.
+            let copy = message.map { CChar(bitPattern: $0) }
+            copy.withUnsafeBufferPointer { FuzzStub_ws_message(id, $0.baseAddress, $0.count, 0) }
+            FuzzStub_ws_drain(id)
+        }
+    }
+    FuzzStub_ws_close(id)
+}
+
+/// REST: "METHOD\nPATH\nAUTHORIZATION\nQUERY" where QUERY is the decoded arguments as libwebsockets hands them
+/// over ("name=value" pairs, NUL-terminated one after the other). Missing lines are empty.
+private func fuzzREST(_ bytes: UnsafeBufferPointer<UInt8>) {
+    _ = fuzzEngine
+    var parts: [[UInt8]] = []
+    var rest = bytes[...]
+    for _ in 0..<3 {
+        guard let nl = rest.firstIndex(of: 10) else { break }
+        parts.append(Array(rest[..<nl]))
+        rest = rest[(nl + 1)...]
+    }
+    parts.append(Array(rest))
+    while parts.count < 4 { parts.append([]) }
+    // C strings end at the first NUL, as they would coming from libwebsockets.
+    func cString(_ b: [UInt8]) -> [CChar] { b.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0] }
+    let method = cString(parts[0]), path = cString(parts[1]), auth = cString(parts[2])
+    let query = parts[3].map { CChar(bitPattern: $0) }
+    query.withUnsafeBufferPointer { q in
+        FuzzStub_http(method, path, q.baseAddress, q.count, auth)
+    }
+    // Since values and stored times go through ISO8601.parse; it must not trap on any text either.
+    _ = ISO8601.parse(text(parts[3]))
+}
+
+// MARK: - redis: what another engine (or anyone with access to Redis) left there, and redis_url
+
+private func fuzzRedis(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let kind = bytes.first else { return }
+    let body = text(bytes.dropFirst())
+    switch kind % 5 {
+    case 0:
+        _ = try? RedisURL.parse(body)
+    case 1:
+        // A stored task is rebuilt into a live record and served as JSON, as on recovery.
+        guard let stored = try? StoredTask.parse(body) else { return }
+        let record = TaskRecord(restoring: stored)
+        var w = JSONWriter()
+        TaskJSON.write(TaskSnapshot(record), to: &w)
+        check((try? JSONParser.parse(w.output, context: "task json")) != nil, "restored task's JSON does not parse")
+    case 2:
+        guard let value = try? JSONParser.parse(body, context: "event") else { return }
+        _ = try? StoredEvents.parseEvent(value)
+        _ = try? StoredEvents.parseEvents(value)
+    case 3:
+        guard let value = try? JSONParser.parse(body, context: "log") else { return }
+        _ = try? StoredEvents.parseLog(value)
+    default:
+        _ = try? ListenAddress.parse(body)
+    }
+}
+
+// MARK: - png: a PNG file given as preview_path, decoded and downscaled as the preview worker does
+
+private let pngPath = "/tmp/pe-fuzz-\(getpid()).png"
+
+private func fuzzPNG(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let f = fopen(pngPath, "wb") else { abort() }
+    if bytes.count > 0 { fwrite(bytes.baseAddress, 1, bytes.count, f) }
+    fclose(f)
+    var decoded: UnsafeMutablePointer<UInt8>?
+    var w: Int32 = 0, h: Int32 = 0, c: Int32 = 0
+    var err = [CChar](repeating: 0, count: 512)
+    // Smaller than PreviewWorker.maxSourcePixels (64 Mi) so that one input cannot take seconds; the code path is
+    // the same.
+    guard CProgress_png_read(pngPath, 1 << 20, &decoded, &w, &h, &c, &err, err.count) == 0, let decoded else { return }
+    defer { free(decoded) }
+    check(w > 0 && h > 0 && [1, 3, 4].contains(c), "decoded \(w)x\(h)x\(c)")
+    let maxSize = 64
+    let scale = min(1.0, Double(maxSize) / Double(max(w, h)))
+    let outW = max(1, Int((Double(w) * scale).rounded())), outH = max(1, Int((Double(h) * scale).rounded()))
+    let small = UnsafeMutablePointer<UInt8>.allocate(capacity: outW * outH * Int(c))
+    defer { small.deallocate() }
+    CProgress_downscale(decoded, w, h, Int(w) * Int(c), c, small, Int32(outW), Int32(outH))
+}

@@ -1,0 +1,12 @@
+/* The harness's calls into fuzz/stub_listener.c (the listener's C -> Swift callbacks, driven without sockets). */
+#ifndef FUZZ_STUB_H
+#define FUZZ_STUB_H
+#include <stddef.h>
+#include <stdint.h>
+int FuzzStub_has_listener(void);
+void FuzzStub_http(const char *method, const char *path, const char *query, size_t query_len, const char *authorization);
+uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len, const char *authorization);
+void FuzzStub_ws_message(uint64_t id, const char *data, size_t len, int binary);
+void FuzzStub_ws_drain(uint64_t id);
+void FuzzStub_ws_close(uint64_t id);
+#endif
