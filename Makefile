@@ -7,7 +7,7 @@ SWIFT_BUILD = swift build -c release
 LIB = .build/release/libProgressEngine.so
 
 .PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-eta \
-	bench-redis bench-fanout bench-preview clean
+	bench-redis bench-fanout bench-preview fuzz fuzz-smoke clean
 
 all: build
 
@@ -31,7 +31,7 @@ install: build
 demo: setup build
 	$(PYTHON) examples/demo.py
 
-test: setup build test-swift test-python
+test: setup build test-swift test-python fuzz-smoke
 
 test-swift:
 	swift test
@@ -45,6 +45,15 @@ tsan: setup
 
 asan: setup
 	tests/c/asan.sh
+
+# libFuzzer targets for every parser of outside input (see fuzz/README.md). `make fuzz` runs each for
+# FUZZ_SECONDS (default 60); `make fuzz-smoke` (part of `make test`) runs each briefly with a fixed seed.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-smoke: setup
+	fuzz/run.sh --smoke
 
 bench: setup build bench-c bench-python bench-eta
 
@@ -71,4 +80,4 @@ bench-preview: setup build
 	$(PYTHON) benchmarks/preview/bench_preview.py
 
 clean:
-	rm -rf .build .build-tsan .build-asan
+	rm -rf .build .build-tsan .build-asan .build-fuzz

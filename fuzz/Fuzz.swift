@@ -100,9 +100,15 @@ private func fuzzCompletion(_ bytes: UnsafeBufferPointer<UInt8>) {
 
 // MARK: - ws and rest: the listener's callbacks on an engine holding a few tasks
 
+private let previewDir = "/tmp/pe-fuzz-previews-\(getpid())"
+
 private let fuzzEngine: Engine = {
-    let dir = "/tmp/pe-fuzz-previews-\(getpid())"
+    let dir = previewDir
     mkdir(dir, 0o700)
+    atexit {
+        unlink(previewDir + "/t1-1-50.png")
+        rmdir(previewDir)
+    }
     // A preview file the REST target can fetch by name.
     if let f = fopen(dir + "/t1-1-50.png", "wb") {
         let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
@@ -208,7 +214,10 @@ private func fuzzRedis(_ bytes: UnsafeBufferPointer<UInt8>) {
 
 private let pngPath = "/tmp/pe-fuzz-\(getpid()).png"
 
+private let pngCleanup: Void = { atexit { unlink(pngPath) } }()
+
 private func fuzzPNG(_ bytes: UnsafeBufferPointer<UInt8>) {
+    _ = pngCleanup
     guard let f = fopen(pngPath, "wb") else { abort() }
     if bytes.count > 0 { fwrite(bytes.baseAddress, 1, bytes.count, f) }
     fclose(f)

@@ -8,7 +8,8 @@
 #                  (default 50000) inputs or 5 s per target, whichever comes first
 #
 # Each run starts from the committed seeds in fuzz/corpus/<target> (which include every crash input found so
-# far, so those are re-checked first) and writes what it learns to .build-fuzz/corpus/<target>, never into the
+# far, so those are re-checked first) and writes what it learns to .build-fuzz/corpus/<target> (--smoke: a
+# fresh .build-fuzz/smoke/<target>), never into the
 # repository. Crash inputs land in .build-fuzz/artifacts/<target>/.
 set -euo pipefail
 
@@ -28,6 +29,8 @@ failed=()
 for t in "${targets[@]}"; do
     [ -d "fuzz/corpus/$t" ] || { echo "fuzz/run.sh: unknown target $t (known: ${all[*]})" >&2; exit 2; }
     work=".build-fuzz/corpus/$t"
+    # The smoke run starts from the committed seeds only, so it does the same work on every machine.
+    if ((smoke)); then work=".build-fuzz/smoke/$t"; rm -rf "$work"; fi
     artifacts=".build-fuzz/artifacts/$t/"
     mkdir -p "$work" "$artifacts"
     if ((smoke)); then
@@ -42,7 +45,7 @@ for t in "${targets[@]}"; do
         -artifact_prefix="$artifacts" "$work" "fuzz/corpus/$t" >"$log" 2>&1 || status=$?
     ms=$((($(date +%s%N) - start) / 1000000))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    rate=$(( ${execs:-0} * 1000 / (ms > 0 ? ms : 1) ))
     line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
     cov=$(echo "$line" | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)
     printf 'fuzz %-10s %3d.%ds  %9s execs  %7s/s  %s  exit %d\n' "$t" $((ms / 1000)) $((ms % 1000 / 100)) "${execs:-?}" "${rate:-?}" "$cov" "$status"
