@@ -5,7 +5,7 @@ import CProgress
 import Glibc
 
 private enum FuzzTarget: String, CaseIterable {
-    case json, config, event, stages, completion, ws, rest, redis, png
+    case json, config, event, apply, stages, completion, ws, rest, redis, png
 }
 
 private let target: FuzzTarget = {
@@ -24,6 +24,7 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
     case .json: fuzzJSON(bytes)
     case .config: fuzzConfig(bytes)
     case .event: fuzzEvent(bytes)
+    case .apply: fuzzApply(bytes)
     case .stages: fuzzStages(bytes)
     case .completion: fuzzCompletion(bytes)
     case .ws: fuzzWebSocket(bytes)
@@ -77,6 +78,59 @@ private func fuzzEvent(_ bytes: UnsafeBufferPointer<UInt8>) {
     let (name, data) = firstLine(bytes)
     _ = try? RunnerEvent.parse(name: text(name), dataJSON: data.map(text))
     if let data { _ = try? TaskOptions.parse(text(data)) }
+}
+
+// MARK: - apply: a runner's task from options_json to its last event, applied to a fresh engine
+
+private let applyPreviewDir: String = {
+    let dir = "/tmp/pe-fuzz-apply-\(getpid())"
+    mkdir(dir, 0o700)
+    atexit { rmdir("/tmp/pe-fuzz-apply-\(getpid())") }
+    return dir
+}()
+
+/// Line 1: options_json of progress_task_create (empty: none). Each further line (at most 32): an event name,
+/// then a space and its data_json (no space: no data). Events naming a `preview_path` are skipped: they would
+/// make the preview thread open whatever path the input names (the png target covers the decoding).
+/// Afterwards the task's JSON, logs, history and batch must all be valid JSON.
+private func fuzzApply(_ bytes: UnsafeBufferPointer<UInt8>) {
+    let lines = bytes.split(separator: 10, maxSplits: 33, omittingEmptySubsequences: false).prefix(33)
+    guard let first = lines.first, let options = try? TaskOptions.parse(text(first)) else { return }
+    let engine: Engine
+    do {
+        let config = try EngineConfig.parse(#"{"preview_dir":"\#(applyPreviewDir)","retention_seconds":0}"#)
+        engine = try Engine(config: config, clock: ManualClock(), background: false)
+        try engine.registerTemplate(id: "tmpl", stagesJSON:
+            #"[{"name":"load","weight":1},{"name":"denoise","weight":6},{"name":"decode","weight":1}]"#)
+        try engine.createTask(id: "task", templateId: "tmpl", category: nil, options: options)
+    } catch {
+        return   // options the engine refuses (a bad timestamp): nothing to apply
+    }
+    defer { engine.close() }
+    for line in lines.dropFirst() {
+        let name: String, data: String?
+        if let space = line.firstIndex(of: 32) {
+            name = text(line[..<space])
+            data = text(line[(space + 1)...])
+        } else {
+            name = text(line)
+            data = nil
+        }
+        if data?.contains("preview_path") == true { continue }
+        _ = try? engine.event(id: "task", name: name, dataJSON: data)
+    }
+    for (what, json) in [("task", try? engine.taskJSON(id: "task")),
+                         ("logs", try? engine.logsJSON(id: "task", since: 0, minLevel: .debug)),
+                         ("history", try? engine.historyJSON(id: "task", afterSeq: 0)),
+                         ("batch", options.batchId.flatMap { try? engine.batchJSON(batchId: $0, taskIds: nil) }),
+                         ("stats", engine.statsJSON())] {
+        guard let json else {
+            check(what == "batch", "no \(what) JSON for the task")
+            continue
+        }
+        check((try? JSONParser.parse(json, context: what)) != nil, "\(what) JSON does not parse: \(json)")
+    }
+    engine.sweep(now: 4_000_000_000)
 }
 
 // MARK: - stages: stages_json of progress_register_template
