@@ -128,9 +128,15 @@ struct JSONWriter {
 
 /// ISO-8601 formatting of epoch seconds without Foundation (the library links only the Swift runtime).
 enum ISO8601 {
-    /// "2026-11-29T17:43:22.123Z" for any finite epoch time.
+    /// The range ISO-8601's four-digit years can show: 0000-01-01T00:00:00.000Z ... 9999-12-31T23:59:59.999Z.
+    static let formattableEpochs = -62_167_219_200.0 ... 253_402_300_799.999
+
+    /// "2026-11-29T17:43:22.123Z" for any epoch time. Times outside `formattableEpochs` (a runner may pass any
+    /// finite timestamp) are shown as its nearest end rather than trapping on the conversion to Int64; NaN as
+    /// the epoch.
     static func format(_ epoch: Double) -> String {
-        let totalMillis = Int64((epoch * 1000).rounded(.down))
+        let clamped = epoch.isNaN ? 0 : min(max(epoch, formattableEpochs.lowerBound), formattableEpochs.upperBound)
+        let totalMillis = Int64((clamped * 1000).rounded(.down))
         var days = totalMillis >= 0 ? totalMillis / 86_400_000 : (totalMillis - 86_399_999) / 86_400_000
         let msOfDay = totalMillis - days * 86_400_000
         // Civil-from-days (H. Hinnant's algorithm), valid for the proleptic Gregorian calendar.
