@@ -29,7 +29,8 @@ failed=()
 for t in "${targets[@]}"; do
     [ -d "fuzz/corpus/$t" ] || { echo "fuzz/run.sh: unknown target $t (known: ${all[*]})" >&2; exit 2; }
     work=".build-fuzz/corpus/$t"
-    # The smoke run starts from the committed seeds only, so it does the same work on every machine.
+    # The smoke run starts from the committed seeds only (with a fixed seed; still not bit-for-bit repeatable:
+    # libFuzzer's comparison tracing sees addresses, which ASLR changes).
     if ((smoke)); then work=".build-fuzz/smoke/$t"; rm -rf "$work"; fi
     artifacts=".build-fuzz/artifacts/$t/"
     mkdir -p "$work" "$artifacts"
