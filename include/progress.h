@@ -28,8 +28,13 @@
  *   Updates to different tasks rarely contend; updates to one task are applied in the order their
  *   calls take the shard lock.
  * - Each engine owns one maintenance thread (started by progress_engine_open, joined by
- *   progress_engine_close). It purges finished tasks after `retention_seconds` and reads attached step
- *   counters (progress_task_attach_counter). It never calls back into user code.
+ *   progress_engine_close). It purges finished tasks after `retention_seconds` (and their preview files),
+ *   reads attached step counters (progress_task_attach_counter) and samples resource usage every
+ *   `resource_interval_ms`. It never calls back into user code.
+ * - Each engine owns one preview thread (started by progress_engine_open, joined by progress_engine_close
+ *   after it finishes the queued previews). progress_preview_pixels only copies the pixels and queues them
+ *   (at most 8 waiting; more are dropped and counted); decoding, downscaling, PNG encoding and the file
+ *   write happen on the preview thread.
  * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
  *   progress_engine_close). It alone touches libwebsockets: every socket, every client connection and all
  *   subscription state. Other threads hand changes over through a locked queue and wake it with
