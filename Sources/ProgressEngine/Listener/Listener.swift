@@ -113,17 +113,12 @@ final class Listener: @unchecked Sendable {
         c = handle
         port = Int(boundPort)
 
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let started = pthread_create(&thread, nil, { raw in
-            let listener = Unmanaged<Listener>.fromOpaque(raw!).takeRetainedValue()
-            listener.serviceLoop()
-            return nil
-        }, context)
-        guard started == 0 else {
-            Unmanaged<Listener>.fromOpaque(context).release()
+        do {
+            thread = try startThread("the listener thread") { [self] in self.serviceLoop() }
+        } catch {
             CProgress_listener_destroy(handle)
             c = nil
-            throw EngineError.io("listen: cannot start the listener thread (pthread_create returned \(started))")
+            throw error
         }
         threadStarted = true
     }
