@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,8 +210,11 @@ class Procs:
 
     def python(self, code: str, *, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
         e = dict(os.environ, PYTHONUNBUFFERED="1", **env)
-        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdout=stdout, stderr=subprocess.PIPE,
+        # stderr goes to a file, never a pipe: an undrained pipe would block the engine's log writes.
+        err = tempfile.TemporaryFile("w+")
+        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdout=stdout, stderr=err,
                              text=True, env=e, preexec_fn=preexec_fn)
+        p.errfile = err
         self.procs.append(p)
         return p
 
@@ -226,7 +230,7 @@ class Procs:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-            for f in (p.stdout, p.stderr):
+            for f in (p.stdout, getattr(p, "errfile", None)):
                 if f is not None:
                     f.close()
 
@@ -301,18 +305,26 @@ def start_runner(procs: Procs, **cfg) -> subprocess.Popen:
     cfg.setdefault("prefix", "task")
     p = procs.python(RUNNER, RUNNER_CONFIG=json.dumps(cfg))
     line = p.stdout.readline()
-    assert line.startswith("started"), (line, p.stderr.read() if p.poll() is not None else "")
+    assert line.startswith("started"), (line, stderr_of(p))
     return p
 
 
 def start_listener(procs: Procs, preexec_fn=None, **cfg) -> Tuple[subprocess.Popen, int]:
+    err = tempfile.TemporaryFile("w+")
     p = subprocess.Popen([sys.executable, "-c", PRELUDE + LISTENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
+                         stderr=err, text=True, preexec_fn=preexec_fn,
                          env=dict(os.environ, PYTHONUNBUFFERED="1", LISTENER_CONFIG=json.dumps(cfg)))
+    p.errfile = err
     procs.procs.append(p)
     line = p.stdout.readline()
-    assert line.startswith("port"), (line, p.stderr.read() if p.poll() is not None else "")
+    assert line.startswith("port"), (line, stderr_of(p))
     return p, int(line.split()[1])
+
+
+def stderr_of(p: subprocess.Popen) -> str:
+    p.errfile.flush()
+    p.errfile.seek(0)
+    return p.errfile.read()
 
 
 @dataclass
@@ -325,7 +337,8 @@ class Ack:
 def read_runner(p: subprocess.Popen, timeout: float = 60) -> Tuple[List[Ack], Optional[dict]]:
     """Every ack of a runner (to its end, or what it wrote before it was killed) and its result (None if
     killed)."""
-    out, err = p.communicate(timeout=timeout)
+    out, _ = p.communicate(timeout=timeout)
+    err = stderr_of(p)
     acks, result = [], None
     for line in out.splitlines():
         parts = line.split(" ", 1)
@@ -366,6 +379,8 @@ def message_steps(messages: Iterable[dict]) -> Dict[str, Set[int]]:
     for m in messages:
         data = m.get("data", m)
         msg = data.get("message") or ""
+        if "stages" in data:  # a whole TaskProgress: the message is its current stage's
+            msg = (data["stages"].get(str(data.get("current_stage"))) or {}).get("message") or ""
         task = m.get("task_id") or data.get("task_id")
         if task and msg.startswith("s") and msg[1:].isdigit():
             out.setdefault(task, set()).add(int(msg[1:]))
