@@ -152,7 +152,7 @@ def test_stopped_client_process_is_dropped_others_served_runner_not_slowed(procs
                     lat.append(time.perf_counter() - t0)
                     acks.append(Ack("quiet", step, time.monotonic()))
                     time.sleep(0.12)  # slower than throttle_ms: every quiet update is its own message
-            closed = wait_until(lambda: (lambda m: m if "progress_slow_clients_closed_total 1" in m else None)(
+            wait_until(lambda: (lambda m: m if "progress_slow_clients_closed_total 1" in m else None)(
                 _metrics_text(t.port)), 10, what="the stopped client to be dropped")
             wait_until(lambda: message_steps(seen).get("quiet", set()) >= {a.step for a in acks}, 5,
                        what="the reader to get every quiet update")
