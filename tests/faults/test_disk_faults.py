@@ -3,7 +3,6 @@ counted, the task goes on, and previews are written again once there is space (d
 
 import os
 import subprocess
-import time
 
 import pytest
 

@@ -96,7 +96,7 @@ def test_redis_keys_are_safe_for_any_id(redis):
         plain = [tid for tid in HOSTILE_IDS if tid != "*"]
         ws.send(json.dumps({"type": "subscribe", "task_ids": plain}))
         ws.send(json.dumps({"type": "get_progress", "task_id": "*"}))
-        msgs = ws_until(ws, lambda m: {x.get("task_id") or (x.get("data") or {}).get("task_id") for x in m}
+        ws_until(ws, lambda m: {x.get("task_id") or (x.get("data") or {}).get("task_id") for x in m}
                         >= set(HOSTILE_IDS), 10)
         ws.close()
     record("redis_keys_hostile_ids", ids=len(HOSTILE_IDS), keys=len(keys), read_back=len(HOSTILE_IDS))
