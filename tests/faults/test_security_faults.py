@@ -100,3 +100,83 @@ def test_redis_keys_are_safe_for_any_id(redis):
                         >= set(HOSTILE_IDS), 10)
         ws.close()
     record("redis_keys_hostile_ids", ids=len(HOSTILE_IDS), keys=len(keys), read_back=len(HOSTILE_IDS))
+
+
+def _ws_close_code(port, headers=None, source=None):
+    """Opens a WebSocket (optionally with extra headers, from a given local address) and returns
+    ("open", None) if it gets connection.established and stays open, else ("closed", code)."""
+    import websocket
+    sock = None
+    if source is not None:
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+    ws = websocket.WebSocket()
+    try:
+        ws.connect(f"ws://127.0.0.1:{port}/api/v1/progress/ws", header=headers or [], timeout=5,
+                   suppress_origin=True, socket=sock)
+        first = ws.recv_data(control_frame=True)
+        if first[0] == websocket.ABNF.OPCODE_CLOSE:
+            return "closed", int.from_bytes(first[1][:2], "big")
+        assert json.loads(first[1])["type"] == "connection.established"
+        return "open", ws
+    except websocket.WebSocketConnectionClosedException:
+        return "closed", None
+
+
+def test_origin_allow_list():
+    from progress_engine import ProgressTracker
+    allowed = ["https://app.example.com", "http://localhost:3000/"]
+    with ProgressTracker(listen="127.0.0.1:0", allowed_origins=allowed) as t:
+        outcomes = {}
+        for origin in ["https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "http://localhost:3000", None,
+                       "https://evil.example.com", "https://app.example.com.evil.net", "null",
+                       "http://localhost:3001"]:
+            state, ws = _ws_close_code(t.port, [f"Origin: {origin}"] if origin else [])
+            outcomes[origin] = ws if state == "closed" else "open"
+            if state == "open":
+                ws.close()
+        assert outcomes == {"https://app.example.com": "open", "HTTPS://APP.EXAMPLE.COM": "open",
+                            "http://localhost:3000": "open", None: "open",
+                            "https://evil.example.com": 4403, "https://app.example.com.evil.net": 4403,
+                            "null": 4403, "http://localhost:3001": 4403}, outcomes
+    # Without the option every origin is accepted (the default, as before).
+    with ProgressTracker(listen="127.0.0.1:0") as t:
+        state, ws = _ws_close_code(t.port, ["Origin: https://anything.example"])
+        assert state == "open"
+        ws.close()
+    record("origin_allow_list", allowed=2, accepted=4, refused_4403=4)
+
+
+def test_bad_allowed_origins_is_a_config_error():
+    import pytest
+    from progress_engine import ProgressTracker
+    for bad in (["", "x"], "https://a.example", [1]):
+        with pytest.raises(Exception, match="allowed_origins"):
+            ProgressTracker(listen="127.0.0.1:0", allowed_origins=bad)
+    with pytest.raises(Exception, match="max_connections_per_ip"):
+        ProgressTracker(listen="127.0.0.1:0", max_connections_per_ip=0)
+
+
+def test_connections_per_ip_limit():
+    """max_connections_per_ip 3: a fourth connection from 127.0.0.1 is closed with 1013 while another address
+    (127.0.0.2, loopback too) still connects; a slot freed is usable again."""
+    from progress_engine import ProgressTracker
+    with ProgressTracker(listen="127.0.0.1:0", max_connections_per_ip=3) as t:
+        held = []
+        for _ in range(3):
+            state, ws = _ws_close_code(t.port)
+            assert state == "open"
+            held.append(ws)
+        assert _ws_close_code(t.port) == ("closed", 1013)
+        state, other = _ws_close_code(t.port, source="127.0.0.2")
+        assert state == "open"
+        other.close()
+        held.pop().close()
+        ok = wait_until(lambda: (lambda r: r if r[0] == "open" else None)(_ws_close_code(t.port)), 5,
+                        what="a freed slot")
+        ok[1].close()
+        for ws in held:
+            ws.close()
+    record("connections_per_ip", limit=3, fourth_refused_code=1013, other_address_served=True)
