@@ -170,7 +170,7 @@ private let fuzzEngine: Engine = {
         fclose(f)
     }
     do {
-        let config = try EngineConfig.parse(#"{"listen":"127.0.0.1:0","auth_token":"fuzz","preview_dir":"\#(dir)","max_subscriptions":8}"#)
+        let config = try EngineConfig.parse(#"{"listen":"127.0.0.1:0","auth_token":"fuzz","preview_dir":"\#(dir)","max_subscriptions":8,"allowed_origins":["http://ok.example"]}"#)
         let engine = try Engine(config: config, background: false)
         try engine.registerTemplate(id: "tmpl", stagesJSON: #"[{"name":"load","weight":1},{"name":"run","weight":3}]"#)
         for (id, batch) in [("t1", "b1"), ("t2", "b1"), ("t3", nil)] {
@@ -190,15 +190,18 @@ private let fuzzEngine: Engine = {
     }
 }()
 
-/// WebSocket: the first line is the handshake's query ("name=value" pairs separated by '&'), the rest is
-/// client messages separated by NUL bytes; each is handled, and the queue drained, like the listener does.
+/// WebSocket: the first line is the handshake's query ("name=value" pairs separated by '&'), then optionally a
+/// tab and the Origin header; the rest is client messages separated by NUL bytes; each is handled, and the
+/// queue drained, like the listener does.
 private func fuzzWebSocket(_ bytes: UnsafeBufferPointer<UInt8>) {
     _ = fuzzEngine
-    let (queryLine, rest) = firstLine(bytes)
-    var query = Array(queryLine.map { $0 == UInt8(ascii: "&") ? 0 : $0 })
+    let (handshake, rest) = firstLine(bytes)
+    let tab = handshake.firstIndex(of: 9)
+    var query = Array(handshake[..<(tab ?? handshake.endIndex)].map { $0 == UInt8(ascii: "&") ? 0 : $0 })
     query.append(0)
+    let origin = tab.map { handshake[($0 + 1)...].prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0] } ?? [0]
     let id = query.withUnsafeBufferPointer { q in
-        q.withMemoryRebound(to: CChar.self) { FuzzStub_ws_open(Routes.webSocketPath, $0.baseAddress, $0.count, "") }
+        q.withMemoryRebound(to: CChar.self) { FuzzStub_ws_open(Routes.webSocketPath, $0.baseAddress, $0.count, "", origin) }
     }
     check(id != 0, "the listener refused a connection id")
     FuzzStub_ws_drain(id)

@@ -81,9 +81,10 @@ void FuzzStub_http(const char *method, const char *path, const char *query, size
     current->cb.on_http(current->cb.ctx, &conn, method, path, query, query_len, authorization, "127.0.0.1");
 }
 
-uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len, const char *authorization) {
+uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len, const char *authorization,
+                          const char *origin) {
     static int conn;
-    return current->cb.on_ws_open(current->cb.ctx, &conn, path, query, query_len, authorization, "127.0.0.1");
+    return current->cb.on_ws_open(current->cb.ctx, &conn, path, query, query_len, authorization, origin, "127.0.0.1");
 }
 
 void FuzzStub_ws_message(uint64_t id, const char *data, size_t len, int binary) {

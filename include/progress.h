@@ -28,8 +28,13 @@
  *   Updates to different tasks rarely contend; updates to one task are applied in the order their
  *   calls take the shard lock.
  * - Each engine owns one maintenance thread (started by progress_engine_open, joined by
- *   progress_engine_close). It purges finished tasks after `retention_seconds` and reads attached step
- *   counters (progress_task_attach_counter). It never calls back into user code.
+ *   progress_engine_close). It purges finished tasks after `retention_seconds` (and their preview files),
+ *   reads attached step counters (progress_task_attach_counter) and samples resource usage every
+ *   `resource_interval_ms`. It never calls back into user code.
+ * - Each engine owns one preview thread (started by progress_engine_open, joined by progress_engine_close
+ *   after it finishes the queued previews). progress_preview_pixels only copies the pixels and queues them
+ *   (at most 8 waiting; more are dropped and counted); decoding, downscaling, PNG encoding and the file
+ *   write happen on the preview thread.
  * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
  *   progress_engine_close). It alone touches libwebsockets: every socket, every client connection and all
  *   subscription state. Other threads hand changes over through a locked queue and wake it with
@@ -165,7 +170,10 @@ PROGRESS_API void progress_string_free(char *s);
  *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
  *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients),
  *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions
- *   (1000 task ids per connection; "*" counts as none), dashboard (true).
+ *   (1000 task ids per connection; "*" counts as none), dashboard (true), max_connections_per_ip (unset:
+ *   WebSocket clients from one peer address beyond it are closed with 1013), allowed_origins (unset: an
+ *   array of origins such as "https://app.example.com"; a WebSocket whose Origin header is not one of them,
+ *   compared case-insensitively, is closed with 4403; one without Origin (not a browser) is accepted).
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
  * address. A malformed `redis_url` is PROGRESS_E_CONFIG; an unreachable Redis is no error: the engine opens,

@@ -34,6 +34,7 @@ while read -r req; do
     module=${req%%[<>=]*}
     case "$module" in
         pillow) module=PIL ;;
+        websocket-client) module=websocket ;;
     esac
     "$python" -c "import ${module//-/_}" 2>/dev/null || need+=("$req")
 done < requirements-dev.txt

@@ -151,12 +151,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
 
     case LWS_CALLBACK_ESTABLISHED: {
-        char path[PATH_CAP], query[QUERY_CAP], auth[HEADER_CAP], peer[PEER_CAP];
+        char path[PATH_CAP], query[QUERY_CAP], auth[HEADER_CAP], origin[HEADER_CAP], peer[PEER_CAP];
         copy_header(wsi, WSI_TOKEN_GET_URI, path, sizeof path);
         size_t query_len = collect_query(wsi, query, sizeof query);
         copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
+        copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
         lws_get_peer_simple(wsi, peer, sizeof peer);
-        s->id = l->cb.on_ws_open(l->cb.ctx, wsi, path, query, query_len, auth, peer);
+        s->id = l->cb.on_ws_open(l->cb.ctx, wsi, path, query, query_len, auth, origin, peer);
         return s->id ? 0 : -1;
     }
 

@@ -22,9 +22,10 @@ typedef struct {
      * Authorization header ("" if none), the peer address. Must call CProgress_http_respond once. */
     void (*on_http)(void *ctx, void *conn, const char *method, const char *path, const char *query,
                     size_t query_len, const char *authorization, const char *peer);
-    /* A WebSocket handshake completed. Returns a non-zero connection id; 0 refuses (closes). */
+    /* A WebSocket handshake completed; origin is the Origin header ("" if none). Returns a non-zero
+     * connection id; 0 refuses (closes). */
     uint64_t (*on_ws_open)(void *ctx, void *conn, const char *path, const char *query, size_t query_len,
-                           const char *authorization, const char *peer);
+                           const char *authorization, const char *origin, const char *peer);
     /* A whole message (fragments reassembled), at most max_message_bytes. */
     void (*on_ws_message)(void *ctx, uint64_t id, const char *data, size_t len, int binary);
     /* The connection can take one write. Call CProgress_ws_write at most once, then return 1 if more is

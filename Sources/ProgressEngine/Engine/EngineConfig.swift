@@ -15,6 +15,11 @@ struct EngineConfig: Sendable {
     var heartbeatTimeoutSeconds = 30.0
     var authToken: String?
     var maxConnections = 1024
+    /// WebSocket connections allowed from one peer address (nil: only max_connections applies).
+    var maxConnectionsPerIP: Int?
+    /// Origin header values a browser's WebSocket may come from (nil: any; a request without Origin, which
+    /// is not a browser's, is always accepted).
+    var allowedOrigins: Set<String>?
     var maxMessageBytes = 65_536
     var maxSubscriptions = 1000
     var dashboard = true
@@ -23,6 +28,7 @@ struct EngineConfig: Sendable {
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
         "preview_milestones", "preview_max_size", "preview_every_steps", "resource_interval_ms", "heartbeat_timeout_seconds",
         "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
+        "max_connections_per_ip", "allowed_origins",
     ]
 
     /// Parses `config_json`; nil or empty text gives the defaults.
@@ -75,11 +81,27 @@ struct EngineConfig: Sendable {
             config.maxMessageBytes = try integer(reader, "max_message_bytes", in: 256...(64 << 20)) ?? config.maxMessageBytes
             config.maxSubscriptions = try integer(reader, "max_subscriptions", in: 1...1_000_000) ?? config.maxSubscriptions
             config.dashboard = try reader.bool("dashboard") ?? config.dashboard
+            config.maxConnectionsPerIP = try integer(reader, "max_connections_per_ip", in: 1...1_000_000)
+            if let origins = try reader.array("allowed_origins") {
+                config.allowedOrigins = Set(try origins.map { o in
+                    guard case let .string(s) = o, !s.isEmpty, s.utf8.count <= 1024 else {
+                        throw EngineError.config("allowed_origins must be an array of origins such as \"https://app.example.com\"")
+                    }
+                    return EngineConfig.normalizedOrigin(s)
+                })
+            }
         } catch let error as EngineError where error.status == EngineError.json("").status {
             // A value of the wrong type is a configuration mistake, reported as such.
             throw EngineError.config(error.message)
         }
         return config
+    }
+
+    /// Origins compare case-insensitively (scheme and host are), without a trailing slash.
+    static func normalizedOrigin(_ s: String) -> String {
+        var o = s.lowercased()
+        while o.hasSuffix("/") { o.removeLast() }
+        return o
     }
 
     private static func integer(_ reader: JSONObjectReader, _ key: String, in range: ClosedRange<Int>) throws -> Int? {

@@ -20,16 +20,7 @@ final class MaintenanceThread: @unchecked Sendable {
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
         pthread_cond_init(cond, &attr)
         pthread_condattr_destroy(&attr)
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let me = Unmanaged<MaintenanceThread>.fromOpaque(raw!).takeRetainedValue()
-            me.loop()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<MaintenanceThread>.fromOpaque(context).release()
-            throw EngineError.io("cannot start the engine's maintenance thread: pthread_create returned \(rc)")
-        }
+        thread = try startThread("the engine's maintenance thread") { [self] in self.loop() }
         running = true
     }
 

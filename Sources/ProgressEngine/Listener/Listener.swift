@@ -50,6 +50,8 @@ final class Listener: @unchecked Sendable {
     let throttle: Double
     let maxSubscriptions: Int
     let maxConnections: Int
+    let maxConnectionsPerIP: Int?
+    let allowedOrigins: Set<String>?
     let authToken: String?
     let metrics = ListenerMetrics()
     /// A client whose unsent messages exceed either bound is closed (4008 "client too slow"): it would
@@ -77,6 +79,8 @@ final class Listener: @unchecked Sendable {
     private var subscribers: [String: Set<UInt64>] = [:]
     private var wildcards: Set<UInt64> = []
     private var nextConnectionId: UInt64 = 1
+    /// Open connections per peer address (kept only with max_connections_per_ip).
+    private var connectionsByPeer: [String: Int] = [:]
     /// Throttled task ids and when to look at them again (monotonic seconds).
     private var deferred: [String: Double] = [:]
     private var timerDue = Double.infinity
@@ -90,6 +94,8 @@ final class Listener: @unchecked Sendable {
         throttle = Double(engine.config.throttleMs) / 1000
         maxSubscriptions = engine.config.maxSubscriptions
         maxConnections = engine.config.maxConnections
+        maxConnectionsPerIP = engine.config.maxConnectionsPerIP
+        allowedOrigins = engine.config.allowedOrigins
         authToken = engine.config.authToken
 
         var config = CProgress_listener_config()
@@ -113,17 +119,12 @@ final class Listener: @unchecked Sendable {
         c = handle
         port = Int(boundPort)
 
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let started = pthread_create(&thread, nil, { raw in
-            let listener = Unmanaged<Listener>.fromOpaque(raw!).takeRetainedValue()
-            listener.serviceLoop()
-            return nil
-        }, context)
-        guard started == 0 else {
-            Unmanaged<Listener>.fromOpaque(context).release()
+        do {
+            thread = try startThread("the listener thread") { [self] in self.serviceLoop() }
+        } catch {
             CProgress_listener_destroy(handle)
             c = nil
-            throw EngineError.io("listen: cannot start the listener thread (pthread_create returned \(started))")
+            throw error
         }
         threadStarted = true
     }
@@ -261,17 +262,27 @@ final class Listener: @unchecked Sendable {
     // MARK: - Service thread: connections and subscriptions
 
     fileprivate func open(wsi: UnsafeMutableRawPointer, path: String, query: [String: String], authorization: String,
-                          peer: String) -> UInt64 {
+                          origin: String, peer: String) -> UInt64 {
         let id = nextConnectionId
         nextConnectionId += 1
         let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
         let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer)
         connections[id] = client
         metrics.connectionsOpened.add(1, ordering: .relaxed)
+        var fromPeer = 0
+        if maxConnectionsPerIP != nil {
+            fromPeer = (connectionsByPeer[peer] ?? 0) + 1
+            connectionsByPeer[peer] = fromPeer
+        }
         if path != Routes.webSocketPath {
             client.close(code: 4404, reason: "no WebSocket endpoint at \(path); use \(Routes.webSocketPath)")
         } else if !isAuthorized(authorization: authorization, query: query) {
             client.close(code: 4401, reason: "unauthorized: pass Authorization: Bearer TOKEN or ?token=TOKEN")
+        } else if let allowed = allowedOrigins, !origin.isEmpty, !allowed.contains(EngineConfig.normalizedOrigin(origin)) {
+            client.close(code: 4403, reason: "origin not allowed (allowed_origins)")
+        } else if let perIP = maxConnectionsPerIP, fromPeer > perIP {
+            metrics.connectionsRefused.add(1, ordering: .relaxed)
+            client.close(code: 1013, reason: "too many connections from this address (max_connections_per_ip \(perIP)); try again later")
         } else if connections.count > maxConnections {
             metrics.connectionsRefused.add(1, ordering: .relaxed)
             client.close(code: 1013, reason: "too many connections (max_connections \(maxConnections)); try again later")
@@ -285,6 +296,9 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func closed(id: UInt64) {
         guard let client = connections.removeValue(forKey: id) else { return }
+        if maxConnectionsPerIP != nil, let n = connectionsByPeer[client.peer] {
+            connectionsByPeer[client.peer] = n > 1 ? n - 1 : nil
+        }
         for task in client.subscriptions {
             subscribers[task]?.remove(id)
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
@@ -353,9 +367,10 @@ final class Listener: @unchecked Sendable {
                               query: parseQuery(query, queryLen), authorization: String(cString: authorization!),
                               peer: String(cString: peer!))
         }
-        cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, peer in
+        cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, origin, peer in
             Listener.listener(ctx).open(wsi: conn!, path: String(cString: path!), query: parseQuery(query, queryLen),
-                                        authorization: String(cString: authorization!), peer: String(cString: peer!))
+                                        authorization: String(cString: authorization!), origin: String(cString: origin!),
+                                        peer: String(cString: peer!))
         }
         cb.on_ws_message = { ctx, id, data, len, binary in
             let l = Listener.listener(ctx)

@@ -65,16 +65,7 @@ final class PreviewWorker: @unchecked Sendable {
         if mkdir(directory, 0o755) != 0 && errno != EEXIST {
             throw EngineError.io("preview_dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
         }
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let worker = Unmanaged<PreviewWorker>.fromOpaque(raw!).takeRetainedValue()
-            worker.loop()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<PreviewWorker>.fromOpaque(context).release()
-            throw EngineError.io("cannot start the preview thread: pthread_create returned \(rc)")
-        }
+        thread = try startThread("the preview thread") { [self] in self.loop() }
         running = true
     }
 

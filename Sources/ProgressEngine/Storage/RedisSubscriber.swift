@@ -31,17 +31,12 @@ final class RedisSubscriber: @unchecked Sendable {
         self.storage = storage
         scanInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
         guard pipe(&wakePipe) == 0 else { throw EngineError.io("cannot create the Redis subscriber's pipe: errno \(errno)") }
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let me = Unmanaged<RedisSubscriber>.fromOpaque(raw!).takeRetainedValue()
-            me.loop()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<RedisSubscriber>.fromOpaque(context).release()
+        do {
+            thread = try startThread("the Redis subscriber thread") { [self] in self.loop() }
+        } catch {
             close(wakePipe[0])
             close(wakePipe[1])
-            throw EngineError.io("cannot start the Redis subscriber thread: pthread_create returned \(rc)")
+            throw error
         }
         running = true
     }

@@ -89,16 +89,7 @@ final class RedisWriter: @unchecked Sendable {
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
         pthread_cond_init(cond, &attr)
         pthread_condattr_destroy(&attr)
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let me = Unmanaged<RedisWriter>.fromOpaque(raw!).takeRetainedValue()
-            me.loop()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<RedisWriter>.fromOpaque(context).release()
-            throw EngineError.io("cannot start the Redis writer thread: pthread_create returned \(rc)")
-        }
+        thread = try startThread("the Redis writer thread") { [self] in self.loop() }
         running = true
     }
 

@@ -1,0 +1,275 @@
+"""Listener faults: the listener killed and restarted (clients resume), a client process stopped (SIGSTOP), the
+OS file-descriptor limit reached (docs/RELIABILITY.md)."""
+
+import json
+import resource
+import signal
+import socket
+import threading
+import time
+
+from faults_support import (WS_PATH, Ack, account, http_get, message_steps, read_runner, record, start_listener,
+                            start_runner, stderr_of, wait_until, ws_connect, ws_until)
+
+
+def updates(msgs, task=None):
+    return [m for m in msgs if m.get("type") == "progress.update" and (task is None or m["task_id"] == task)]
+
+
+def test_listener_sigkill_and_restart_clients_resume_with_nothing_lost(redis, procs):
+    """Fleet: a runner process and a listener process share Redis. The listener is killed (SIGKILL) mid-run and
+    another one started on the same port; the client reconnects with `resume` and gets every event it missed,
+    then live updates, with no gap and no duplicate."""
+    listener, port = start_listener(procs, listen="127.0.0.1:0", redis_url=redis.url, throttle_ms=20)
+    runner = start_runner(procs, engine=dict(redis_url=redis.url, throttle_ms=20), tasks=2, interval=0.01,
+                          seconds=4.0, prefix="job")
+    tasks = ["job-0", "job-1"]
+    ws = ws_connect(port, "resumer")
+    ws.send(json.dumps({"type": "subscribe", "task_ids": tasks}))
+    seen = []
+    ws_until(ws, lambda m: all(any(u["seq"] > 30 for u in updates(m, t)) for t in tasks), 10, seen)
+    before = list(seen)
+    listener.kill()
+    listener.wait(10)
+    killed = time.monotonic()
+    # The client sees the connection end (it may first read what was already in its socket).
+    try:
+        ws_until(ws, lambda m: False, 5, seen)
+    except Exception:
+        pass
+    ws.close()
+    last = {t: max(u["seq"] for u in updates(seen, t)) for t in tasks}
+    time.sleep(0.5)  # updates go on meanwhile, to Redis only
+    listener2, port2 = start_listener(procs, listen=f"127.0.0.1:{port}", redis_url=redis.url, throttle_ms=20)
+    assert port2 == port
+    restarted = time.monotonic()
+    ws = ws_connect(port, "resumer")
+    ws.send(json.dumps({"type": "subscribe", "task_ids": tasks, "resume": last}))
+    acks, result = read_runner(runner)
+    final = result["final"]
+    after = []
+    ws_until(ws, lambda m: all(any(u["seq"] == final[t] for u in updates(m, t)) for t in tasks), 15, after)
+    ws.close()
+    for t in tasks:
+        got = [u["seq"] for u in updates(after, t)]
+        # Exactly every seq after the last one seen, in order (replayed from the stream, then live; a live
+        # state may cover several seqs when updates come faster than throttle_ms, so: strictly increasing,
+        # and the replayed part without a gap).
+        assert got == sorted(set(got)) and got[0] == last[t] + 1 and got[-1] == final[t], (t, got[:5], got[-5:])
+        replayed = [u["seq"] for u in updates(after, t) if u.get("replayed")]
+        assert replayed == list(range(last[t] + 1, last[t] + 1 + len(replayed))), t
+        assert [u for u in updates(after, t) if "recovered" in u][0]["recovered"] is True
+    acc = account("listener_sigkill_restart", acks, redis, message_steps(seen + after))
+    acc.notes["down_ms"] = round((restarted - killed) * 1000)
+    acc.notes["replayed_after_resume"] = sum(1 for u in updates(after) if u.get("replayed"))
+    assert acc.lost == 0, [vars(a) for a in acc.lost_acks[:10]]
+    # Everything acknowledged after the last update the client saw before the kill reached the client after
+    # the restart as such, except what a live state coalesced (sent faster than throttle_ms: those are in the
+    # stream, and the state that replaced them was delivered).
+    seen_before = {t: max(message_steps(before)[t]) for t in tasks}
+    after_steps = message_steps(after)
+    later = [a for a in acks if a.step > seen_before[a.task]]
+    acc.notes["acked_after_last_seen"] = len(later)
+    acc.notes["of_which_delivered_after_resume"] = sum(a.step in after_steps.get(a.task, ()) for a in later)
+
+
+SLOW_CLIENT = """
+port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ["PORT"])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", port))
+s.sendall(("GET /api/v1/progress/ws?client_id=stopped HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n"
+           "Connection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
+buf = b""
+while b"\\r\\n\\r\\n" not in buf:
+    buf += s.recv(4096)
+buf = buf.partition(b"\\r\\n\\r\\n")[2]
+payload = b'{"type":"subscribe","task_ids":["chatty"]}'
+s.sendall(bytes([0x81, 0x80 | len(payload)]) + b"\\0\\0\\0\\0" + payload)
+print("ready", flush=True)
+s.settimeout(60)
+code = None
+while True:
+    while len(buf) >= 2:
+        n, at = buf[1] & 0x7F, 2
+        if n == 126:
+            n, at = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            n, at = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < at + n:
+            break
+        op, body, buf = buf[0] & 0x0F, buf[at:at + n], buf[at + n:]
+        if op == 8:
+            code = int.from_bytes(body[:2], "big")
+            print("closed", code, flush=True)
+            sys.exit(0)
+    chunk = s.recv(1 << 20)
+    if not chunk:
+        print("closed", None, flush=True)
+        sys.exit(0)
+    buf += chunk
+"""
+
+
+def test_stopped_client_process_is_dropped_others_served_runner_not_slowed(procs):
+    from progress_engine import ProgressTracker, _lib
+    with ProgressTracker(listen="127.0.0.1:0", throttle_ms=100) as t:
+        t.create_task_progress_sync("chatty", "x")
+        t.create_task_progress_sync("quiet", "x")
+        slow = procs.python(SLOW_CLIENT, PORT=str(t.port))
+        assert slow.stdout.readline().strip() == "ready"
+        wait_until(lambda: "progress_connections 1" in _metrics_text(t.port), 5, what="the client to be connected")
+        slow.send_signal(signal.SIGSTOP)
+        reader = ws_connect(t.port, "reader")
+        reader.send(json.dumps({"type": "subscribe", "task_ids": ["quiet"]}))
+        seen = []
+        ws_until(reader, lambda m: any(x["type"] == "subscribed" for x in m), 5, seen)
+        stop = threading.Event()
+
+        def read():
+            reader.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    seen.append(json.loads(reader.recv()))
+                except Exception:
+                    continue
+
+        th = threading.Thread(target=read)
+        th.start()
+        h = t._handle()
+        line = "L" * 4096
+        lat, acks = [], []
+        try:
+            for i in range(12_000):
+                t0 = time.perf_counter()
+                rc = _lib.progress_log(h, b"chatty", 1, line.encode())
+                lat.append(time.perf_counter() - t0)
+                assert rc == 0
+                if i % 600 == 0:
+                    step = i // 600 + 1
+                    t0 = time.perf_counter()
+                    assert _lib.progress_update(h, b"quiet", step, 100, f"s{step}".encode()) == 0
+                    lat.append(time.perf_counter() - t0)
+                    acks.append(Ack("quiet", step, time.monotonic()))
+                    time.sleep(0.12)  # slower than throttle_ms: every quiet update is its own message
+            wait_until(lambda: (lambda m: m if "progress_slow_clients_closed_total 1" in m else None)(
+                _metrics_text(t.port)), 10, what="the stopped client to be dropped")
+            wait_until(lambda: message_steps(seen).get("quiet", set()) >= {a.step for a in acks}, 5,
+                       what="the reader to get every quiet update")
+        finally:
+            stop.set()
+            th.join(5)
+            reader.close()
+        slow.send_signal(signal.SIGCONT)
+        out, _ = slow.communicate(timeout=30)
+        assert "closed 4008" in out, out
+        lat.sort()
+        history = http_get(t.port, "/api/v1/progress/tasks/quiet/history")[1]["events"]
+        acc = account("client_sigstop", acks, None, message_steps(seen))
+        hist_steps = message_steps({"task_id": "quiet", **e} for e in history)
+        assert acc.lost == 0 and acc.delivered == len(acks)
+        assert hist_steps.get("quiet", set()) >= {a.step for a in acks}
+        acc.notes["runner_calls"] = len(lat)
+        acc.notes["runner_p99_us"] = round(lat[len(lat) * 99 // 100] * 1e6, 1)
+        acc.notes["runner_max_ms"] = round(lat[-1] * 1e3, 2)
+        # The runner never waits on a client: microseconds per call (the slowest is scheduling noise).
+        assert lat[len(lat) * 99 // 100] < 0.001 and lat[-1] < 0.3, (lat[len(lat) * 99 // 100], lat[-1])
+
+
+def _metrics_text(port):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+FD_LISTENER = """
+t = ProgressTracker(listen="127.0.0.1:0", throttle_ms=20)
+t.create_task_progress_sync("tick", "x")
+print("port", t.port, flush=True)
+i = 0
+while True:
+    i += 1
+    t.update_progress_sync(task_id="tick", step=i, total_steps=1_000_000, message=f"s{i}")
+    time.sleep(0.05)
+"""
+
+
+def _handshake(port, timeout):
+    """A WebSocket handshake on a fresh socket: the socket if the server answered 101 in time, else None."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall((f"GET {WS_PATH}?client_id=fd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if data.startswith(b"HTTP/1.1 101"):
+            return s
+    except OSError:
+        pass
+    s.close()
+    return None
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def test_fd_exhaustion_at_the_os_limit(procs):
+    limit = 96
+
+    def lower():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    p = procs.python(FD_LISTENER, preexec_fn=lower)
+    line = p.stdout.readline()
+    assert line.startswith("port"), stderr_of(p)
+    port = int(line.split()[1])
+    watcher = ws_connect(port, "watcher")
+    watcher.send(json.dumps({"type": "subscribe", "task_ids": ["tick"]}))
+    ws_until(watcher, lambda m: len(updates(m)) > 0, 5)
+    held = []
+    refused = None
+    for _ in range(limit + 20):
+        s = _handshake(port, 1.0)
+        if s is None:
+            refused = len(held)
+            break
+        held.append(s)
+    try:
+        assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"
+        # Exhausted: the existing client is still served (new ticks arrive), and the listener does not spin.
+        cpu0, t0 = _cpu_seconds(p.pid), time.monotonic()
+        got = ws_until(watcher, lambda m: len(updates(m)) >= 10, 5)
+        cpu = (_cpu_seconds(p.pid) - cpu0) / (time.monotonic() - t0)
+        assert len(updates(got)) >= 10
+        # Half the held connections close: the listener accepts again (the one left pending in the backlog
+        # first) and a new client is served.
+        for s in held[: len(held) // 2]:
+            s.close()
+        del held[: len(held) // 2]
+        recovered = wait_until(lambda: _handshake(port, 2.0), 10, 0.2, "a new connection after some closed")
+        recovered.close()
+        ws2 = ws_connect(port, "after")
+        ws2.send(json.dumps({"type": "ping"}))
+        assert ws_until(ws2, lambda m: any(x["type"] == "pong" for x in m), 5)
+        ws2.close()
+        assert p.poll() is None
+        # Known defect (docs/RELIABILITY.md): while accept() fails with EMFILE, libwebsockets retries at once
+        # (the listening socket stays readable) and logs one line per try: a busy listener thread and a log
+        # flood, measured here, not asserted. What is promised holds: existing clients are served, and
+        # connections are accepted again once descriptors are free.
+        record("fd_exhaustion_os_limit", rlimit_nofile=limit, connections_accepted=refused,
+               existing_client_served=True, recovered=True, listener_cpu_while_exhausted=round(cpu, 2),
+               accept_error_log_lines=stderr_of(p).count("accept: errno 24"))
+    finally:
+        for s in held:
+            s.close()
+        watcher.close()
