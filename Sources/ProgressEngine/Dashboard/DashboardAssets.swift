@@ -69,7 +69,7 @@ enum DashboardAssets {
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script src="/dashboard/app.js?v=f6cf01bfc5a7"></script>
+<script src="/dashboard/app.js?v=22b0787f0ee4"></script>
 </body>
 </html>
 """##),
@@ -376,7 +376,9 @@ enum DashboardAssets {
     conn.noticeTimer = null;
     // 0.5 s, 1 s, 2 s, 4 s, then 5 s; a little jitter so that many pages do not all come back at once.
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, conn.attempt));
-    const delay = Math.round(base * (0.9 + Math.random() * 0.2));
+    // A drop() from the console may ask to stay away a while (tests make "missed while away" certain).
+    const held = Math.max(0, (conn.holdUntil || 0) - Date.now());
+    const delay = Math.max(held, Math.round(base * (0.9 + Math.random() * 0.2)));
     conn.attempt += 1;
     const verb = conn.everConnected ? "reconnecting" : "connecting";
     setConn(
@@ -1196,7 +1198,8 @@ enum DashboardAssets {
       handleMessage(msg);
       render();
     },
-    drop: () => {
+    drop: (holdMs) => {
+      conn.holdUntil = Date.now() + (holdMs || 0);
       if (conn.ws) conn.ws.close(4000, "dropped from the console");
     },
     get connection() {
