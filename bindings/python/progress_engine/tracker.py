@@ -286,8 +286,10 @@ class ProgressTracker:
             self._finished(task_id)
 
     def update_preview_sync(self, task_id: str, image: Any) -> None:
-        """Sets the task's preview from pixels: a uint8 array (H×W, H×W×3, H×W×4), a PIL image, or a
-        (buffer, width, height, channels) tuple. This engine build raises UnsupportedError."""
+        """Offers the task's current image as a preview: a uint8 array (H×W, H×W×3, H×W×4), a PIL image,
+        or a (buffer, width, height, channels) tuple. The engine keeps it only when a milestone (or every
+        N steps) is due, encodes it off this thread and sets the task's preview_url; otherwise the call
+        changes nothing."""
         pixels, width, height, channels = to_pixels(image)
         _lib.progress_preview_pixels(
             self._handle(), _lib.encode(task_id), pixels, width, height, width * channels, channels
@@ -306,7 +308,7 @@ class ProgressTracker:
 
     def stats_sync(self) -> Dict[str, Any]:
         """Engine counters: tasks, updates, invalid_updates, events, logs, purged_tasks,
-        attached_counters."""
+        attached_counters, previews_written / _failed / _dropped, and redis_* with a redis_url."""
         return _lib.call_json(_lib.progress_engine_stats, self._handle())
 
     @property
