@@ -95,7 +95,7 @@ def test_bad_url_is_a_config_error(url):
 
 def test_unreachable_redis_does_not_fail_the_runner():
     import time
-    from conftest import free_port
+    from redis_support import free_port
     t0 = time.time()
     t = ProgressTracker(redis_url=f"redis://127.0.0.1:{free_port()}/0", throttle_ms=10)
     t.create_task_progress_sync(task_id="x", template_id="tpl")
