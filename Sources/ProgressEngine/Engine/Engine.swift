@@ -861,12 +861,7 @@ final class Engine: @unchecked Sendable {
             w.key("logs"); w.beginArray()
             entries.forEach { entry in
                 guard entry.timestamp >= since, entry.level.rawValue >= minLevel.rawValue else { return }
-                w.beginObject()
-                w.key("timestamp"); w.timestamp(entry.timestamp)
-                w.key("level"); w.string(entry.level.name)
-                w.key("message"); w.string(entry.message)
-                w.key("stage"); w.integer(entry.stage)
-                w.endObject()
+                entry.write(to: &w)
             }
             w.endArray()
             w.key("dropped"); w.integer(dropped)

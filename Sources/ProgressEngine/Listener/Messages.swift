@@ -59,12 +59,7 @@ enum Messages {
         w.beginObject()
         w.key("type"); w.string("task.log")
         w.key("task_id"); w.string(taskId)
-        w.key("entry"); w.beginObject()
-        w.key("timestamp"); w.timestamp(entry.timestamp)
-        w.key("level"); w.string(entry.level.name)
-        w.key("message"); w.string(entry.message)
-        w.key("stage"); w.integer(entry.stage)
-        w.endObject()
+        w.key("entry"); entry.write(to: &w)
         w.endObject()
         return w
     }

@@ -117,3 +117,15 @@ enum TaskJSON {
         w.endObject()
     }
 }
+
+extension LogEntry {
+    /// A log entry as REST `logs` and WebSocket `task.log` show it: {timestamp, level, message, stage}.
+    func write(to w: inout JSONWriter) {
+        w.beginObject()
+        w.key("timestamp"); w.timestamp(timestamp)
+        w.key("level"); w.string(level.name)
+        w.key("message"); w.string(message)
+        w.key("stage"); w.integer(stage)
+        w.endObject()
+    }
+}
