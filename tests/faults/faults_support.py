@@ -340,7 +340,12 @@ def read_runner(p: subprocess.Popen, timeout: float = 60) -> Tuple[List[Ack], Op
     out, _ = p.communicate(timeout=timeout)
     err = stderr_of(p)
     acks, result = [], None
-    for line in out.splitlines():
+    lines = out.split("\n")
+    # A SIGKILLed runner can die in the middle of writing a line: only its last line may be cut short (that
+    # ack was never complete on stdout, so it does not count as acknowledged).
+    if p.returncode == -signal.SIGKILL and lines:
+        lines = lines[:-1]
+    for line in lines:
         parts = line.split(" ", 1)
         if parts[0] == "ack":
             task, step, at = parts[1].split()
