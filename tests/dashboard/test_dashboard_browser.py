@@ -424,6 +424,8 @@ def test_resumes_with_the_missed_events_after_a_drop(dash, trackers):
     want = tracker.get_task_progress_sync("resumed")["overall_progress"]
     dash.wait(lambda: "Reconnected" in dash.conn_text() and "missed events replayed" in dash.conn_text(),
               "the replay notice")
+    # The replayed events come first, the current state right after them: wait (bounded) for that state.
+    dash.wait(lambda: (dash.card_info("resumed") or {}).get("msg") == "stage 3", "the current state after replay")
     info = dash.card_info("resumed")
     assert info["progress"] == pytest.approx(want) and info["msg"] == "stage 3"
     assert [s["status"] for s in dash.segments("resumed")] == ["completed", "completed", "completed", "in_progress"]
