@@ -50,11 +50,13 @@ static void touch(const unsigned char *p, size_t n) {
     sink = x;
 }
 
-int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len) {
+int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len) {
     (void)conn;
-    touch(buf, STUB_PRE + payload_len);
+    touch(buf, STUB_PRE + len);
     return 0;
 }
+
+int CProgress_ws_buffered(void *conn) { (void)conn; return 0; }
 
 void CProgress_ws_set_close(void *conn, int code, const char *reason) {
     (void)conn; (void)code;

@@ -242,6 +242,9 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
      * small JSON messages, and larger ones arrive in pieces that `callback` reassembles, so a small buffer
      * keeps an idle connection cheap. */
     l->protocols[0].rx_buffer_size = 4096;
+    /* One send() may carry a whole batch of frames (the Swift side writes up to 256 KiB at a time); without
+     * this libwebsockets would cut every write at rx_buffer_size and send the rest on later loop passes. */
+    l->protocols[0].tx_packet_size = 256 * 1024 + 4096;
 
     /* Only errors from libwebsockets itself; the engine logs what matters to its users. */
     lws_set_log_level(LLL_ERR, NULL);
@@ -294,10 +297,14 @@ size_t CProgress_ws_pre(void) { return LWS_PRE; }
 
 void CProgress_ws_request_writable(void *conn) { lws_callback_on_writable(conn); }
 
-int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len) {
-    int n = lws_write(conn, buf + LWS_PRE, payload_len, LWS_WRITE_TEXT);
-    return n < (int)payload_len ? -1 : 0;
+int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len) {
+    /* LWS_WRITE_RAW: the bytes are complete frames already; libwebsockets sends them as they are, and keeps
+     * (and sends first, before anything of its own such as a pong or a close) what the socket did not take. */
+    int n = lws_write(conn, buf + LWS_PRE, len, LWS_WRITE_RAW);
+    return n < (int)len ? -1 : 0;
 }
+
+int CProgress_ws_buffered(void *conn) { return lws_partial_buffered(conn) ? 1 : 0; }
 
 void CProgress_ws_set_close(void *conn, int code, const char *reason) {
     struct session *s = lws_wsi_user(conn);

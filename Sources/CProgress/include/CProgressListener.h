@@ -28,7 +28,7 @@ typedef struct {
                            const char *authorization, const char *origin, const char *peer);
     /* A whole message (fragments reassembled), at most max_message_bytes. */
     void (*on_ws_message)(void *ctx, uint64_t id, const char *data, size_t len, int binary);
-    /* The connection can take one write. Call CProgress_ws_write at most once, then return 1 if more is
+    /* The connection can take a write. Call CProgress_ws_write_frames at most once, then return 1 if more is
      * waiting (writable is requested again), 0 if not, -1 to close (after CProgress_ws_set_close). */
     int (*on_ws_writable)(void *ctx, uint64_t id, void *conn);
     /* The connection is gone (peer closed, error, or our close). */
@@ -63,9 +63,14 @@ void CProgress_listener_destroy(CProgress_listener *l);
 size_t CProgress_ws_pre(void);
 /* Service thread: asks for on_ws_writable on this connection. */
 void CProgress_ws_request_writable(void *conn);
-/* Service thread, inside on_ws_writable: writes one text message whose payload starts at buf + LWS_PRE
- * (the LWS_PRE bytes before it are scratch space for the frame header). Returns 0, or -1 on error. */
-int CProgress_ws_write(void *conn, unsigned char *buf, size_t payload_len);
+/* Service thread: writes `len` bytes of complete, unmasked WebSocket frames starting at buf + LWS_PRE, in
+ * one send. Allowed inside on_ws_writable, and outside any callback of this connection when
+ * CProgress_ws_buffered() is 0. What the socket does not take at once is kept by libwebsockets, sent
+ * before anything else on the connection, and followed by on_ws_writable. Returns 0, or -1 on error. */
+int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len);
+/* Service thread: 1 while libwebsockets still holds unsent bytes of an earlier write (on_ws_writable follows
+ * once they are out), else 0. */
+int CProgress_ws_buffered(void *conn);
 /* Service thread: the close code and reason sent when on_ws_writable next returns -1. */
 void CProgress_ws_set_close(void *conn, int code, const char *reason);
 /* Service thread: drops the connection if it is still open `secs` seconds from now (a client that stopped

@@ -2,19 +2,36 @@ import CProgress
 import Glibc
 import Synchronization
 
-/// One message ready for the wire: allocated once with libwebsockets' LWS_PRE scratch bytes in front and
-/// shared by every client it goes to, so a fan-out to N clients serialises once and copies nothing.
+/// One message ready for the wire: a complete unmasked WebSocket text frame (header and payload), built once
+/// and shared by every client it goes to, so a fan-out to N clients serialises and frames it once.
 final class WireMessage {
-    let buffer: UnsafeMutablePointer<UInt8>
+    let frame: UnsafeMutablePointer<UInt8>
+    /// Bytes of the whole frame (header + payload).
+    let frameLength: Int
+    /// Bytes of the payload (the JSON text).
     let length: Int
 
     init(_ bytes: [UInt8]) {
-        let pre = CProgress_ws_pre()
-        let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: pre + max(bytes.count, 1))
-        bytes.withUnsafeBufferPointer { src in
-            if let base = src.baseAddress { (storage + pre).update(from: base, count: bytes.count) }
+        let header = WireMessage.headerLength(bytes.count)
+        let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: header + bytes.count)
+        // RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits; no mask (server).
+        storage[0] = 0x81
+        switch header {
+        case 2:
+            storage[1] = UInt8(bytes.count)
+        case 4:
+            storage[1] = 126
+            storage[2] = UInt8(truncatingIfNeeded: bytes.count >> 8)
+            storage[3] = UInt8(truncatingIfNeeded: bytes.count)
+        default:
+            storage[1] = 127
+            for i in 0..<8 { storage[2 + i] = UInt8(truncatingIfNeeded: UInt64(bytes.count) >> (56 - 8 * UInt64(i))) }
         }
-        buffer = storage
+        bytes.withUnsafeBufferPointer { src in
+            if let base = src.baseAddress { (storage + header).update(from: base, count: bytes.count) }
+        }
+        frame = storage
+        frameLength = header + bytes.count
         length = bytes.count
     }
 
@@ -23,8 +40,45 @@ final class WireMessage {
     }
 
     deinit {
-        buffer.deallocate()
+        frame.deallocate()
     }
+
+    static func headerLength(_ payload: Int) -> Int {
+        payload < 126 ? 2 : payload <= 0xFFFF ? 4 : 10
+    }
+}
+
+/// The listener's scratch buffer for writes: the frames of one flush, copied one after the other behind
+/// libwebsockets' LWS_PRE bytes, and handed to the socket in one send. Service thread only.
+final class WriteBatch {
+    static let preferredBytes = 256 << 10
+    private(set) var buffer: UnsafeMutablePointer<UInt8>
+    private(set) var capacity: Int
+    let pre = CProgress_ws_pre()
+
+    init() {
+        capacity = WriteBatch.preferredBytes
+        buffer = .allocate(capacity: pre + capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Makes room for `bytes` (one frame larger than the preferred size gets a buffer of its own size).
+    func reserve(_ bytes: Int) {
+        guard bytes > capacity else { return }
+        buffer.deallocate()
+        capacity = bytes
+        buffer = .allocate(capacity: pre + capacity)
+    }
+
+    /// Where the frames go.
+    var start: UnsafeMutablePointer<UInt8> { buffer + pre }
+}
+
+/// Clients with messages queued since the last flush; flushed by the listener at the end of each round
+/// (wake, timer, received message). Service thread only.
+final class FlushList {
+    var clients: [ClientConnection] = []
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only.
@@ -51,12 +105,20 @@ final class ClientConnection {
     private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
     private(set) var closing: (code: Int32, reason: String)?
+    private let flushList: FlushList
+    /// On `flushList` now.
+    fileprivate(set) var scheduled = false
+    /// False once libwebsockets reported the connection closed.
+    var isOpen = true
+    /// A write outside the writable callback failed: the next callback closes the connection.
+    private var writeFailed = false
 
-    init(id: UInt64, wsi: UnsafeMutableRawPointer, clientId: String, peer: String) {
+    init(id: UInt64, wsi: UnsafeMutableRawPointer, clientId: String, peer: String, flushList: FlushList) {
         self.id = id
         self.wsi = wsi
         self.clientId = clientId
         self.peer = peer
+        self.flushList = flushList
     }
 
     var pendingCount: Int { queue.count - head }
@@ -77,7 +139,10 @@ final class ClientConnection {
         }
         queue.append(Outgoing(message: message, replaceableTask: replaceableTask))
         queuedBytes += message.length
-        requestWritable()
+        if !scheduled {
+            scheduled = true
+            flushList.clients.append(self)
+        }
     }
 
     /// An urgent update of a task: queued after everything before it, and no later update may overtake it
@@ -114,22 +179,39 @@ final class ClientConnection {
             queuedBytes = 0
         }
         closing = (code, reason)
-        requestWritable()
+        // The close frame is written from the writable callback, after whatever is still queued.
+        CProgress_ws_request_writable(wsi)
         // If the close frame cannot be written (the client stopped reading), the connection goes anyway.
         CProgress_ws_close_within(wsi, 5)
     }
 
-    /// Asks libwebsockets for a writable callback. Asked again on every queued message rather than
-    /// remembered: libwebsockets folds repeated requests into one, and a remembered "already asked" would stop
-    /// the connection for good if one request ever went unanswered.
-    private func requestWritable() {
-        CProgress_ws_request_writable(wsi)
+    /// End of a round, outside this connection's callbacks: writes what is queued at once unless
+    /// libwebsockets still holds part of an earlier write (then its writable callback continues).
+    func flushNow(_ batch: WriteBatch, sent: borrowing Atomic<Int>) {
+        scheduled = false
+        // Nothing to write (a pending close goes from the writable callback close() asked for), or
+        // libwebsockets still holds part of an earlier write and will call writable itself.
+        guard isOpen, !writeFailed, head < queue.count, CProgress_ws_buffered(wsi) == 0 else { return }
+        switch writeQueued(batch, sent: sent) {
+        case 0: break
+        case 1: CProgress_ws_request_writable(wsi)
+        default:
+            writeFailed = true
+            CProgress_ws_request_writable(wsi)
+        }
     }
 
-    /// Writes the next queued message.
-    /// - Parameter sent: incremented when a message was written.
+    /// The writable callback: writes what is queued.
     /// - Returns: 1 if more is waiting, 0 if not, -1 to close the connection.
-    func writeNext(sent: borrowing Atomic<Int>) -> Int32 {
+    func writable(_ batch: WriteBatch, sent: borrowing Atomic<Int>) -> Int32 {
+        if writeFailed { return -1 }
+        return writeQueued(batch, sent: sent)
+    }
+
+    /// Writes the queued frames, as many as fit one batch, in one send (libwebsockets keeps and later sends
+    /// whatever the socket does not take at once, ahead of anything else on the connection).
+    /// - Returns: 1 if more is waiting (or a close), 0 if not, -1 to close the connection.
+    private func writeQueued(_ batch: WriteBatch, sent: borrowing Atomic<Int>) -> Int32 {
         guard head < queue.count else {
             if let closing {
                 CProgress_ws_set_close(wsi, closing.code, closing.reason)
@@ -137,18 +219,27 @@ final class ClientConnection {
             }
             return 0
         }
-        let next = queue[head]
-        head += 1
-        if let task = next.replaceableTask, replaceable[task] == head - 1 { replaceable[task] = nil }
-        queuedBytes -= next.message.length
+        var used = 0
+        var count = 0
+        while head < queue.count {
+            let message = queue[head].message
+            if used > 0 && used + message.frameLength > batch.capacity { break }
+            if used == 0 { batch.reserve(message.frameLength) }
+            (batch.start + used).update(from: message.frame, count: message.frameLength)
+            used += message.frameLength
+            count += 1
+            if let task = queue[head].replaceableTask, replaceable[task] == head { replaceable[task] = nil }
+            queuedBytes -= message.length
+            head += 1
+        }
         if head == queue.count {
             queue.removeAll(keepingCapacity: queue.capacity <= 64)
             head = 0
         } else if head >= 1024 && head * 2 >= queue.count {
             compact()
         }
-        guard CProgress_ws_write(wsi, next.message.buffer, next.message.length) == 0 else { return -1 }
-        sent.add(1, ordering: .relaxed)
+        guard CProgress_ws_write_frames(wsi, batch.buffer, used) == 0 else { return -1 }
+        sent.add(count, ordering: .relaxed)
         return head < queue.count || closing != nil ? 1 : 0
     }
 

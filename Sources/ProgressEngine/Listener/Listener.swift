@@ -76,6 +76,9 @@ final class Listener: @unchecked Sendable {
 
     // Service-thread state.
     var connections: [UInt64: ClientConnection] = [:]
+    /// Clients with something queued since the last flush, written at the end of the round.
+    private let flushList = FlushList()
+    private let batch = WriteBatch()
     private var subscribers: [String: Set<UInt64>] = [:]
     private var wildcards: Set<UInt64> = []
     private var nextConnectionId: UInt64 = 1
@@ -196,6 +199,16 @@ final class Listener: @unchecked Sendable {
         for id in changed { fanOut(taskId: id, now: now) }
         for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
         armTimer(now: now)
+        flush()
+    }
+
+    /// Writes what each client was sent during this round: one send per client with all its new frames,
+    /// straight from the service thread rather than a writable callback (which would cost another pass of
+    /// the event loop per round).
+    fileprivate func flush() {
+        guard !flushList.clients.isEmpty else { return }
+        for client in flushList.clients { client.flushNow(batch, sent: metrics.messagesSent) }
+        flushList.clients.removeAll(keepingCapacity: flushList.clients.capacity <= 4096)
     }
 
     fileprivate func timerFired() {
@@ -208,6 +221,7 @@ final class Listener: @unchecked Sendable {
             fanOut(taskId: id, now: now)
         }
         armTimer(now: now)
+        flush()
     }
 
     private func armTimer(now: Double) {
@@ -266,7 +280,7 @@ final class Listener: @unchecked Sendable {
         let id = nextConnectionId
         nextConnectionId += 1
         let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
-        let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer)
+        let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer, flushList: flushList)
         connections[id] = client
         metrics.connectionsOpened.add(1, ordering: .relaxed)
         var fromPeer = 0
@@ -296,6 +310,7 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func closed(id: UInt64) {
         guard let client = connections.removeValue(forKey: id) else { return }
+        client.isOpen = false
         if maxConnectionsPerIP != nil, let n = connectionsByPeer[client.peer] {
             connectionsByPeer[client.peer] = n > 1 ? n - 1 : nil
         }
@@ -308,7 +323,7 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func writable(id: UInt64) -> Int32 {
         guard let client = connections[id] else { return -1 }
-        return client.writeNext(sent: metrics.messagesSent)
+        return client.writable(batch, sent: metrics.messagesSent)
     }
 
     func isAuthorized(authorization: String, query: [String: String]) -> Bool {
@@ -368,15 +383,19 @@ final class Listener: @unchecked Sendable {
                               peer: String(cString: peer!))
         }
         cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, origin, peer in
-            Listener.listener(ctx).open(wsi: conn!, path: String(cString: path!), query: parseQuery(query, queryLen),
-                                        authorization: String(cString: authorization!), origin: String(cString: origin!),
-                                        peer: String(cString: peer!))
+            let l = Listener.listener(ctx)
+            let id = l.open(wsi: conn!, path: String(cString: path!), query: parseQuery(query, queryLen),
+                            authorization: String(cString: authorization!), origin: String(cString: origin!),
+                            peer: String(cString: peer!))
+            l.flush()
+            return id
         }
         cb.on_ws_message = { ctx, id, data, len, binary in
             let l = Listener.listener(ctx)
             guard let client = l.connections[id] else { return }
             let bytes = UnsafeRawBufferPointer(start: data, count: len)
             Messages.handle(l, client: client, bytes: bytes.bindMemory(to: UInt8.self), binary: binary != 0)
+            l.flush()
         }
         cb.on_ws_writable = { ctx, id, _ in Listener.listener(ctx).writable(id: id) }
         cb.on_ws_close = { ctx, id in Listener.listener(ctx).closed(id: id) }
