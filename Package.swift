@@ -34,7 +34,8 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
-        .target(name: "CProgress", dependencies: ["CLibwebsockets", "CLibpng"], path: "Sources/CProgress"),
+        .target(name: "CProgress", dependencies: ["CLibwebsockets", "CLibpng"], path: "Sources/CProgress",
+                linkerSettings: [.linkedLibrary("uv")]),
         .target(
             name: "ProgressEngine",
             dependencies: ["CProgress", "CLibhiredis"],

@@ -36,10 +36,13 @@
  *   (at most 8 waiting; more are dropped and counted); decoding, downscaling, PNG encoding and the file
  *   write happen on the preview thread.
  * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
- *   progress_engine_close). It alone touches libwebsockets: every socket, every client connection and all
- *   subscription state. Other threads hand changes over through a locked queue and wake it with
- *   lws_cancel_service() (at most one wake in flight), so an update never waits on a socket; the listener
- *   reads task state under the same shard locks as everyone else and encodes JSON outside them.
+ *   progress_engine_close). It alone touches libwebsockets and the listener's own libuv event loop (epoll;
+ *   run only by this thread, so libwebsockets installs no signal handlers in the host process): every
+ *   socket, every client connection and all subscription state. Other threads hand changes over through a
+ *   locked queue and wake it with lws_cancel_service() (at most one wake in flight), so an update never
+ *   waits on a socket; the listener reads task state under the same shard locks as everyone else, encodes
+ *   each update's JSON once outside them, and writes each client's new messages in one send at the end of
+ *   the round. libuv keeps one pipe (2 fds) open for the life of the process once a listener has started.
  * - An engine with `redis_url` owns one Redis writer thread with its own hiredis connection (started by
  *   progress_engine_open, flushed and joined by progress_engine_close). An update only sets a flag on the task
  *   and, when the task goes from clean to dirty, appends its id to a locked queue and signals the writer; it

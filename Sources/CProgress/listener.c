@@ -7,11 +7,18 @@
 
 #include <libwebsockets.h>
 #include <stdio.h>
+#include <uv.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct CProgress_listener {
+    /* Set to NULL by libwebsockets once the context is wholly destroyed (info.pcontext). */
     struct lws_context *context;
+    /* The event loop: libuv (epoll), owned by this listener and run only by the service thread, so
+     * libwebsockets leaves the process's signals alone (it installs SIGINT/SIGTERM/... watchers only in a
+     * loop of its own). has_loop is 0 when libwebsockets' libuv support is missing: then its poll() loop. */
+    uv_loop_t loop;
+    int has_loop;
     CProgress_listener_callbacks cb;
     size_t max_message;
     lws_sorted_usec_list_t timer;
@@ -33,6 +40,9 @@ struct session {
     int close_code;
     char close_reason[96];
 };
+
+static void close_loop(CProgress_listener *l);
+static void write_close_frame(struct lws *wsi, int code, const char *reason);
 
 enum { QUERY_CAP = 8192, HEADER_CAP = 4096, PATH_CAP = 4096, PEER_CAP = 64, HTTP_CHUNK = 32768 };
 
@@ -197,9 +207,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (s->id == 0) return 0;
         int more = l->cb.on_ws_writable(l->cb.ctx, s->id, wsi);
         if (more < 0) {
-            if (s->close_code)
-                lws_close_reason(wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
-                                 strlen(s->close_reason));
+            if (s->close_code) write_close_frame(wsi, s->close_code, s->close_reason);
             return -1;
         }
         if (more > 0) lws_callback_on_writable(wsi);
@@ -218,6 +226,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
+}
+
+/* Writes a close frame (RFC 6455 §5.5.1) as raw bytes; the connection is then closed by returning -1 from
+ * the writable callback. Not lws_close_reason(): with the libuv loop, libwebsockets 4.1 asks for one more
+ * writable pass to send its close frame from inside that callback's close, and that pass never comes (the
+ * client would see the TCP connection end with no close code). libwebsockets still sends what the socket did
+ * not take at once before it closes (LRS_FLUSHING_BEFORE_CLOSE, bounded by its own 5 s timeout). */
+static void write_close_frame(struct lws *wsi, int code, const char *reason) {
+    unsigned char buf[LWS_PRE + 4 + 123];
+    unsigned char *frame = buf + LWS_PRE;
+    size_t reason_len = strlen(reason);
+    if (reason_len > 123) reason_len = 123; /* control frame payloads are at most 125 bytes */
+    frame[0] = 0x88;
+    frame[1] = (unsigned char)(2 + reason_len);
+    frame[2] = (unsigned char)((code >> 8) & 0xff);
+    frame[3] = (unsigned char)(code & 0xff);
+    memcpy(frame + 4, reason, reason_len);
+    lws_write(wsi, frame, 4 + reason_len, LWS_WRITE_RAW);
 }
 
 static void timer_fired(lws_sorted_usec_list_t *sul) {
@@ -266,7 +292,23 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     info.max_http_header_data = 8192;
     info.max_http_header_pool = 256;
 
-    l->context = lws_create_context(&info);
+    /* Events from libuv (epoll: the cost of a loop pass follows the ready connections, not all of them),
+     * in a loop this listener owns. Without the evlib_uv plugin, libwebsockets' own poll() loop. */
+    void *foreign_loops[1] = {&l->loop};
+    if (uv_loop_init(&l->loop) == 0) {
+        l->has_loop = 1;
+        info.options |= LWS_SERVER_OPTION_LIBUV;
+        info.foreign_loops = foreign_loops;
+        info.pcontext = &l->context;
+        l->context = lws_create_context(&info);
+        if (l->context == NULL) {
+            close_loop(l);
+            info.options &= ~(uint64_t)LWS_SERVER_OPTION_LIBUV;
+            info.foreign_loops = NULL;
+            info.pcontext = NULL;
+        }
+    }
+    if (l->context == NULL) l->context = lws_create_context(&info);
     if (l->context == NULL) {
         snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
                  config->iface ? config->iface : "*", config->port);
@@ -279,7 +321,12 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     return 0;
 }
 
-int CProgress_listener_service(CProgress_listener *l) { return lws_service(l->context, 0); }
+int CProgress_listener_service(CProgress_listener *l) {
+    if (!l->has_loop) return lws_service(l->context, 0);
+    /* One pass: blocks until a socket, the wake pipe or a timer is ready. 0 means nothing is left to wait
+     * for, which only happens once the context is gone. */
+    return uv_run(&l->loop, UV_RUN_ONCE) ? 0 : (l->context ? 0 : -1);
+}
 
 void CProgress_listener_wake(CProgress_listener *l) { lws_cancel_service(l->context); }
 
@@ -287,9 +334,34 @@ void CProgress_listener_set_timer(CProgress_listener *l, int64_t usec) {
     lws_sul_schedule(l->context, 0, &l->timer, timer_fired, usec);
 }
 
+static void close_handle(uv_handle_t *handle, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+/* Runs the loop until libwebsockets' handles are closed, then closes it. */
+static void close_loop(CProgress_listener *l) {
+    if (!l->has_loop) return;
+    for (int i = 0; i < 1000 && uv_loop_alive(&l->loop); i++) uv_run(&l->loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&l->loop) == UV_EBUSY) {
+        /* Something still open (a bug in the teardown order): close it rather than leak the epoll fd. */
+        uv_walk(&l->loop, close_handle, NULL);
+        for (int i = 0; i < 1000 && uv_loop_alive(&l->loop); i++) uv_run(&l->loop, UV_RUN_NOWAIT);
+        if (uv_loop_close(&l->loop) != 0) fprintf(stderr, "progress engine: listener event loop not closed\n");
+    }
+    l->has_loop = 0;
+}
+
 void CProgress_listener_destroy(CProgress_listener *l) {
     if (l == NULL) return;
-    lws_context_destroy(l->context);
+    if (l->context) lws_context_destroy(l->context);
+    /* With a foreign loop the context finishes closing its connections in the loop: run it until the
+     * context is gone (libwebsockets clears l->context), then close the loop. */
+    for (int i = 0; l->has_loop && l->context && i < 1000; i++) {
+        uv_run(&l->loop, UV_RUN_NOWAIT);
+        if (l->context && i % 100 == 99) lws_context_destroy(l->context);
+    }
+    close_loop(l);
     free(l);
 }
 
