@@ -6,7 +6,10 @@
 #include "CProgressListener.h"
 
 #include <libwebsockets.h>
+#include <errno.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <uv.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,14 @@ struct CProgress_listener {
      * loop of its own). has_loop is 0 when libwebsockets' libuv support is missing: then its poll() loop. */
     uv_loop_t loop;
     int has_loop;
+    /* Out of file descriptors: the listening socket's watcher is stopped for ACCEPT_PAUSE_MS, then
+     * restarted with libwebsockets' own callback (see pause_accepting). */
+    uv_timer_t accept_timer;
+    int accept_timer_open;
+    uv_poll_t *listen_watcher;
+    uv_poll_cb listen_cb;
+    unsigned long accept_pauses;
+    time_t accept_warned_at;
     CProgress_listener_callbacks cb;
     size_t max_message;
     lws_sorted_usec_list_t timer;
@@ -42,6 +53,30 @@ struct session {
 };
 
 static void close_loop(CProgress_listener *l);
+static void pause_accepting(CProgress_listener *l);
+
+enum { ACCEPT_PAUSE_MS = 250 };
+
+/* Set by log_line() on the thread whose accept() just failed with EMFILE/ENFILE: that is the service thread
+ * of the listener in question (each runs its own loop), so CProgress_listener_service reads it there. */
+static __thread int accept_out_of_fds;
+
+/* libwebsockets' error lines. When accept() fails for want of descriptors, libwebsockets 4.1 logs the
+ * error and returns, and since the connection is still waiting the listening socket is readable again at
+ * once: a busy loop and one log line per try (hundreds of thousands a second). Those lines are not
+ * printed; the listener pauses accepting instead and says so itself (pause_accepting). */
+static void log_line(int level, const char *line) {
+    (void)level;
+    const char *e = strstr(line, "accept: errno ");
+    if (e) {
+        int err = atoi(e + strlen("accept: errno "));
+        if (err == EMFILE || err == ENFILE) {
+            accept_out_of_fds = 1;
+            return;
+        }
+    }
+    fprintf(stderr, "progress engine: libwebsockets: %s", line);
+}
 static void write_close_frame(struct lws *wsi, int code, const char *reason);
 
 enum { QUERY_CAP = 8192, HEADER_CAP = 4096, PATH_CAP = 4096, PEER_CAP = 64, HTTP_CHUNK = 32768 };
@@ -273,7 +308,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     l->protocols[0].tx_packet_size = 256 * 1024 + 4096;
 
     /* Only errors from libwebsockets itself; the engine logs what matters to its users. */
-    lws_set_log_level(LLL_ERR, NULL);
+    lws_set_log_level(LLL_ERR, log_line);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -325,7 +360,12 @@ int CProgress_listener_service(CProgress_listener *l) {
     if (!l->has_loop) return lws_service(l->context, 0);
     /* One pass: blocks until a socket, the wake pipe or a timer is ready. 0 means nothing is left to wait
      * for, which only happens once the context is gone. */
-    return uv_run(&l->loop, UV_RUN_ONCE) ? 0 : (l->context ? 0 : -1);
+    int alive = uv_run(&l->loop, UV_RUN_ONCE);
+    if (accept_out_of_fds) {
+        accept_out_of_fds = 0;
+        pause_accepting(l);
+    }
+    return alive ? 0 : (l->context ? 0 : -1);
 }
 
 void CProgress_listener_wake(CProgress_listener *l) { lws_cancel_service(l->context); }
@@ -337,6 +377,50 @@ void CProgress_listener_set_timer(CProgress_listener *l, int64_t usec) {
 static void close_handle(uv_handle_t *handle, void *arg) {
     (void)arg;
     if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+/* The watcher libwebsockets keeps on the listening socket (the one poll handle whose fd accepts). */
+static void find_listen_watcher(uv_handle_t *handle, void *arg) {
+    CProgress_listener *l = arg;
+    uv_os_fd_t fd;
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    if (l->listen_watcher == NULL && handle->type == UV_POLL && !uv_is_closing(handle) &&
+        uv_fileno(handle, &fd) == 0 && getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) == 0 && accepting)
+        l->listen_watcher = (uv_poll_t *)handle;
+}
+
+static void resume_accepting(uv_timer_t *timer) {
+    CProgress_listener *l = timer->data;
+    if (l->listen_watcher && l->listen_cb && !uv_is_closing((uv_handle_t *)l->listen_watcher))
+        uv_poll_start(l->listen_watcher, UV_READABLE, l->listen_cb);
+}
+
+/* accept() failed for want of file descriptors: stop watching the listening socket for ACCEPT_PAUSE_MS
+ * (waiting connections stay in the kernel's backlog), so the service thread keeps serving the clients it
+ * has instead of spinning on accept(). Connections are accepted again once descriptors are free. */
+static void pause_accepting(CProgress_listener *l) {
+    if (!l->has_loop) return;
+    if (l->listen_watcher == NULL) uv_walk(&l->loop, find_listen_watcher, l);
+    if (l->listen_watcher == NULL || uv_is_closing((uv_handle_t *)l->listen_watcher)) return;
+    if (!l->accept_timer_open) {
+        if (uv_timer_init(&l->loop, &l->accept_timer) != 0) return;
+        l->accept_timer.data = l;
+        l->accept_timer_open = 1;
+    }
+    if (l->listen_watcher->poll_cb) l->listen_cb = l->listen_watcher->poll_cb;
+    uv_poll_stop(l->listen_watcher);
+    uv_timer_start(&l->accept_timer, resume_accepting, ACCEPT_PAUSE_MS, 0);
+    l->accept_pauses++;
+    time_t now = time(NULL);
+    if (l->accept_warned_at == 0 || now - l->accept_warned_at >= 10) {
+        l->accept_warned_at = now;
+        fprintf(stderr,
+                "progress engine: listener out of file descriptors (accept: %s); not accepting new connections "
+                "for %d ms at a time (%lu pauses so far), existing clients are still served; raise the process's "
+                "open-file limit (ulimit -n) or lower max_connections\n",
+                strerror(EMFILE), ACCEPT_PAUSE_MS, l->accept_pauses);
+    }
 }
 
 /* Runs the loop until libwebsockets' handles are closed, then closes it. */
@@ -354,6 +438,12 @@ static void close_loop(CProgress_listener *l) {
 
 void CProgress_listener_destroy(CProgress_listener *l) {
     if (l == NULL) return;
+    if (l->accept_timer_open) {
+        uv_timer_stop(&l->accept_timer);
+        uv_close((uv_handle_t *)&l->accept_timer, NULL);
+        l->accept_timer_open = 0;
+        l->listen_watcher = NULL;
+    }
     if (l->context) lws_context_destroy(l->context);
     /* With a foreign loop the context finishes closing its connections in the loop: run it until the
      * context is gone (libwebsockets clears l->context), then close the loop. */

@@ -245,11 +245,16 @@ def test_fd_exhaustion_at_the_os_limit(procs):
         held.append(s)
     try:
         assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"
-        # Exhausted: the existing client is still served (new ticks arrive), and the listener does not spin.
+        # Exhausted, with a connection waiting in the kernel's backlog all along (accept() keeps failing
+        # for it): the existing client is still served (new ticks arrive), and the listener does not spin.
+        pending = socket.create_connection(("127.0.0.1", port), timeout=2)
         cpu0, t0 = _cpu_seconds(p.pid), time.monotonic()
         got = ws_until(watcher, lambda m: len(updates(m)) >= 10, 5)
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - t0)))
         cpu = (_cpu_seconds(p.pid) - cpu0) / (time.monotonic() - t0)
+        pending.close()
         assert len(updates(got)) >= 10
+        assert cpu < 0.3, f"the listener process used {cpu:.2f} cores while out of descriptors (spinning on accept?)"
         # Half the held connections close: the listener accepts again (the one left pending in the backlog
         # first) and a new client is served.
         for s in held[: len(held) // 2]:
@@ -262,13 +267,16 @@ def test_fd_exhaustion_at_the_os_limit(procs):
         assert ws_until(ws2, lambda m: any(x["type"] == "pong" for x in m), 5)
         ws2.close()
         assert p.poll() is None
-        # Known defect (docs/RELIABILITY.md): while accept() fails with EMFILE, libwebsockets retries at once
-        # (the listening socket stays readable) and logs one line per try: a busy listener thread and a log
-        # flood, measured here, not asserted. What is promised holds: existing clients are served, and
-        # connections are accepted again once descriptors are free.
+        # While accept() fails with EMFILE the listener stops watching the listening socket for 250 ms at a
+        # time and says so at most once per 10 s: no log line per failed accept() (libwebsockets' own
+        # "accept: errno 24" lines are not printed), no busy loop.
+        err = stderr_of(p)
+        warnings = err.count("listener out of file descriptors")
+        assert err.count("accept: errno") == 0, err[-2000:]
+        assert 1 <= warnings <= 3, err[-2000:]
         record("fd_exhaustion_os_limit", rlimit_nofile=limit, connections_accepted=refused,
                existing_client_served=True, recovered=True, listener_cpu_while_exhausted=round(cpu, 2),
-               accept_error_log_lines=stderr_of(p).count("accept: errno 24"))
+               out_of_fds_warnings=warnings, stderr_lines=err.count("\n"))
     finally:
         for s in held:
             s.close()
