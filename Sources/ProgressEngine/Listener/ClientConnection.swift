@@ -81,13 +81,22 @@ final class FlushList {
     var clients: [ClientConnection] = []
 }
 
+/// What one client knows of one task: the newest seq queued for it, and where its unsent replaceable
+/// update sits in the client's queue. One dictionary lookup per delivery finds it.
+final class TaskSlot {
+    var lastSeq: UInt64 = 0
+    var hasSeq = false
+    /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none.
+    var pending = -1
+}
+
 /// A WebSocket client of the listener. Lives on the service thread only.
 final class ClientConnection {
     /// What is waiting to be written, oldest first.
     private struct Outgoing {
         var message: WireMessage
-        /// The task a replaceable progress update is about (a newer state of the task replaces it in place).
-        let replaceableTask: String?
+        /// The task of a replaceable progress update (a newer state of the task replaces it in place).
+        let slot: TaskSlot?
     }
 
     let id: UInt64
@@ -98,10 +107,8 @@ final class ClientConnection {
     var wildcard = false
     private var queue: [Outgoing] = []
     private var head = 0
-    /// Task id → index in `queue` of its unsent, replaceable progress update.
-    private var replaceable: [String: Int] = [:]
-    /// Task id → seq of the newest update queued for it, so no state is sent twice or out of order.
-    private var lastSeq: [String: UInt64] = [:]
+    /// Task id → what this client was sent of it, so no state is sent twice or out of order.
+    private var slots: [String: TaskSlot] = [:]
     private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
     private(set) var closing: (code: Int32, reason: String)?
@@ -125,19 +132,15 @@ final class ClientConnection {
 
     func isSubscribed(to taskId: String) -> Bool { wildcard || subscriptions.contains(taskId) }
 
-    /// Queues a message. A progress update (`replaceableTask` set) replaces the task's previous unsent one,
-    /// so a client that reads slowly gets the latest state per task rather than a backlog.
-    func send(_ message: WireMessage, replaceableTask: String? = nil) {
+    /// Queues a message that is never replaced (responses, logs, urgent updates).
+    func send(_ message: WireMessage) {
+        enqueue(message, slot: nil)
+    }
+
+    private func enqueue(_ message: WireMessage, slot: TaskSlot?) {
         guard closing == nil else { return }
-        if let task = replaceableTask, let index = replaceable[task] {
-            queuedBytes += message.length - queue[index].message.length
-            queue[index].message = message
-            return
-        }
-        if let task = replaceableTask {
-            replaceable[task] = queue.count
-        }
-        queue.append(Outgoing(message: message, replaceableTask: replaceableTask))
+        if let slot { slot.pending = queue.count }
+        queue.append(Outgoing(message: message, slot: slot))
         queuedBytes += message.length
         if !scheduled {
             scheduled = true
@@ -145,37 +148,53 @@ final class ClientConnection {
         }
     }
 
-    /// An urgent update of a task: queued after everything before it, and no later update may overtake it
-    /// by replacing an older entry, so the task's seq only increases on the wire.
-    func sendUrgent(_ message: WireMessage, task: String) {
-        replaceable[task] = nil
-        send(message)
-    }
-
     /// Queues a task's state (or a replayed event) unless the client already has that seq or a newer one.
+    /// A non-urgent update replaces the task's previous unsent one in place, so a client that reads slowly
+    /// gets the latest state per task rather than a backlog. An urgent one (stage change, terminal state,
+    /// replayed event) is queued after everything before it, and no later update may overtake it by
+    /// replacing an older entry, so the task's seq only increases on the wire.
     func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
-        if let last = lastSeq[task], seq <= last { return }
-        lastSeq[task] = seq
-        if urgent { sendUrgent(message, task: task) } else { send(message, replaceableTask: task) }
+        let slot: TaskSlot
+        if let known = slots[task] {
+            slot = known
+        } else {
+            slot = TaskSlot()
+            slots[task] = slot
+        }
+        if slot.hasSeq && seq <= slot.lastSeq { return }
+        slot.hasSeq = true
+        slot.lastSeq = seq
+        if urgent {
+            slot.pending = -1
+            enqueue(message, slot: nil)
+        } else if slot.pending >= 0 {
+            guard closing == nil else { return }
+            queuedBytes += message.length - queue[slot.pending].message.length
+            queue[slot.pending].message = message
+        } else {
+            enqueue(message, slot: slot)
+        }
     }
 
-    /// Forgets a task's seq once the client no longer watches it.
+    /// Forgets a task's seq once the client no longer watches it (an unsent update of it still goes, and
+    /// is still replaced by a newer one).
     func forget(task: String) {
-        lastSeq[task] = nil
+        guard let slot = slots[task] else { return }
+        if slot.pending >= 0 { slot.hasSeq = false } else { slots[task] = nil }
     }
 
     /// Forgets the seqs of every task not subscribed by id (the client left "*").
     func forgetAllButSubscriptions() {
-        lastSeq = lastSeq.filter { subscriptions.contains($0.key) }
+        for task in slots.keys where !subscriptions.contains(task) { forget(task: task) }
     }
 
     /// Closes with `code` after what is already queued (or at once when `immediately`).
     func close(code: Int32, reason: String, immediately: Bool = false) {
         guard closing == nil else { return }
         if immediately {
+            for slot in slots.values { slot.pending = -1 }
             queue.removeAll()
             head = 0
-            replaceable.removeAll()
             queuedBytes = 0
         }
         closing = (code, reason)
@@ -228,7 +247,7 @@ final class ClientConnection {
             (batch.start + used).update(from: message.frame, count: message.frameLength)
             used += message.frameLength
             count += 1
-            if let task = queue[head].replaceableTask, replaceable[task] == head { replaceable[task] = nil }
+            if let slot = queue[head].slot, slot.pending == head { slot.pending = -1 }
             queuedBytes -= message.length
             head += 1
         }
@@ -243,10 +262,12 @@ final class ClientConnection {
         return head < queue.count || closing != nil ? 1 : 0
     }
 
-    /// Drops the sent prefix of the queue and renumbers the replaceable index.
+    /// Drops the sent prefix of the queue and renumbers the replaceable entries.
     private func compact() {
+        for i in head..<queue.count {
+            if let slot = queue[i].slot, slot.pending == i { slot.pending = i - head }
+        }
         queue.removeFirst(head)
-        replaceable = replaceable.mapValues { $0 - head }
         head = 0
     }
 }

@@ -79,8 +79,9 @@ final class Listener: @unchecked Sendable {
     /// Clients with something queued since the last flush, written at the end of the round.
     private let flushList = FlushList()
     private let batch = WriteBatch()
-    private var subscribers: [String: Set<UInt64>] = [:]
-    private var wildcards: Set<UInt64> = []
+    /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
+    private var subscribers: [String: [UInt64: ClientConnection]] = [:]
+    private var wildcards: [UInt64: ClientConnection] = [:]
     private var nextConnectionId: UInt64 = 1
     /// Open connections per peer address (kept only with max_connections_per_ip).
     private var connectionsByPeer: [String: Int] = [:]
@@ -258,11 +259,9 @@ final class Listener: @unchecked Sendable {
     }
 
     private func forEachSubscriber(of taskId: String, _ body: (ClientConnection) -> Void) {
-        var seen = wildcards
-        for id in wildcards { if let client = connections[id] { deliver(client, body) } }
-        for id in subscribers[taskId] ?? [] where seen.insert(id).inserted {
-            if let client = connections[id] { deliver(client, body) }
-        }
+        for client in wildcards.values { deliver(client, body) }
+        guard let watching = subscribers[taskId] else { return }
+        for (id, client) in watching where wildcards.isEmpty || wildcards[id] == nil { deliver(client, body) }
     }
 
     private func deliver(_ client: ClientConnection, _ body: (ClientConnection) -> Void) {
@@ -315,10 +314,10 @@ final class Listener: @unchecked Sendable {
             connectionsByPeer[client.peer] = n > 1 ? n - 1 : nil
         }
         for task in client.subscriptions {
-            subscribers[task]?.remove(id)
+            subscribers[task]?[id] = nil
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
-        wildcards.remove(id)
+        wildcards[id] = nil
     }
 
     fileprivate func writable(id: UInt64) -> Int32 {
@@ -341,11 +340,11 @@ final class Listener: @unchecked Sendable {
         }
         for task in new {
             client.subscriptions.insert(task)
-            subscribers[task, default: []].insert(client.id)
+            subscribers[task, default: [:]][client.id] = client
         }
         if ids.contains("*") {
             client.wildcard = true
-            wildcards.insert(client.id)
+            wildcards[client.id] = client
         }
     }
 
@@ -353,13 +352,13 @@ final class Listener: @unchecked Sendable {
         for task in ids {
             if task == "*" {
                 client.wildcard = false
-                wildcards.remove(client.id)
+                wildcards[client.id] = nil
                 client.forgetAllButSubscriptions()
                 continue
             }
             client.subscriptions.remove(task)
             if !client.wildcard { client.forget(task: task) }
-            subscribers[task]?.remove(client.id)
+            subscribers[task]?[client.id] = nil
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
     }
