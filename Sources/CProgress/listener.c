@@ -7,7 +7,10 @@
 
 #include <libwebsockets.h>
 #include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <uv.h>
@@ -61,6 +64,34 @@ enum { ACCEPT_PAUSE_MS = 250 };
  * of the listener in question (each runs its own loop), so CProgress_listener_service reads it there. */
 static __thread int accept_out_of_fds;
 
+static _Atomic unsigned long stderr_dropped;
+
+/* Writes one log line to stderr without ever blocking the service thread: when stderr is a pipe or socket
+ * that nobody drains and it is full, the line is dropped and counted, and the next line that can be
+ * written says how many were lost. */
+static void log_stderr(const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
+        stderr_dropped++;
+        return;
+    }
+    unsigned long dropped = stderr_dropped;
+    if (dropped) {
+        char note[160];
+        int m = snprintf(note, sizeof note, "progress engine: %lu log line(s) dropped: stderr was not being read\n",
+                         dropped);
+        if (m > 0 && write(STDERR_FILENO, note, (size_t)m) == m) stderr_dropped -= dropped;
+    }
+    if (write(STDERR_FILENO, line, len) < 0) stderr_dropped++;
+}
+
 /* libwebsockets' error lines. When accept() fails for want of descriptors, libwebsockets 4.1 logs the
  * error and returns, and since the connection is still waiting the listening socket is readable again at
  * once: a busy loop and one log line per try (hundreds of thousands a second). Those lines are not
@@ -75,7 +106,7 @@ static void log_line(int level, const char *line) {
             return;
         }
     }
-    fprintf(stderr, "progress engine: libwebsockets: %s", line);
+    log_stderr("progress engine: libwebsockets: %s", line);
 }
 static void write_close_frame(struct lws *wsi, int code, const char *reason);
 
@@ -415,8 +446,7 @@ static void pause_accepting(CProgress_listener *l) {
     time_t now = time(NULL);
     if (l->accept_warned_at == 0 || now - l->accept_warned_at >= 10) {
         l->accept_warned_at = now;
-        fprintf(stderr,
-                "progress engine: listener out of file descriptors (accept: %s); not accepting new connections "
+        log_stderr("progress engine: listener out of file descriptors (accept: %s); not accepting new connections "
                 "for %d ms at a time (%lu pauses so far), existing clients are still served; raise the process's "
                 "open-file limit (ulimit -n) or lower max_connections\n",
                 strerror(EMFILE), ACCEPT_PAUSE_MS, l->accept_pauses);
@@ -431,7 +461,7 @@ static void close_loop(CProgress_listener *l) {
         /* Something still open (a bug in the teardown order): close it rather than leak the epoll fd. */
         uv_walk(&l->loop, close_handle, NULL);
         for (int i = 0; i < 1000 && uv_loop_alive(&l->loop); i++) uv_run(&l->loop, UV_RUN_NOWAIT);
-        if (uv_loop_close(&l->loop) != 0) fprintf(stderr, "progress engine: listener event loop not closed\n");
+        if (uv_loop_close(&l->loop) != 0) log_stderr("progress engine: listener event loop not closed\n");
     }
     l->has_loop = 0;
 }

@@ -210,7 +210,7 @@ class Procs:
 
     def python(self, code: str, *, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
         e = dict(os.environ, PYTHONUNBUFFERED="1", **env)
-        # stderr goes to a file, never a pipe: an undrained pipe would block the engine's log writes.
+        # stderr goes to a file the test can read back at any time (stderr_of).
         err = tempfile.TemporaryFile("w+")
         p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdout=stdout, stderr=err,
                              text=True, env=e, preexec_fn=preexec_fn)

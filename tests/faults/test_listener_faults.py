@@ -2,14 +2,17 @@
 OS file-descriptor limit reached (docs/RELIABILITY.md)."""
 
 import json
+import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
-from faults_support import (WS_PATH, Ack, account, http_get, message_steps, read_runner, record, start_listener,
-                            start_runner, stderr_of, wait_until, ws_connect, ws_until)
+from faults_support import (PRELUDE, WS_PATH, Ack, account, http_get, message_steps, read_runner, record,
+                            start_listener, start_runner, stderr_of, wait_until, ws_connect, ws_until)
 
 
 def updates(msgs, task=None):
@@ -222,27 +225,32 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 
-def test_fd_exhaustion_at_the_os_limit(procs):
-    limit = 96
-
-    def lower():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    p = procs.python(FD_LISTENER, preexec_fn=lower)
-    line = p.stdout.readline()
-    assert line.startswith("port"), stderr_of(p)
-    port = int(line.split()[1])
+def _exhaust(port: int, limit: int) -> tuple[socket.socket, list[socket.socket], int | None]:
+    """A subscribed watcher of "tick", then connections until one is not answered: (watcher, held, how many
+    were accepted, or None if none was refused)."""
     watcher = ws_connect(port, "watcher")
     watcher.send(json.dumps({"type": "subscribe", "task_ids": ["tick"]}))
     ws_until(watcher, lambda m: len(updates(m)) > 0, 5)
     held = []
-    refused = None
     for _ in range(limit + 20):
         s = _handshake(port, 1.0)
         if s is None:
-            refused = len(held)
-            break
+            return watcher, held, len(held)
         held.append(s)
+    return watcher, held, None
+
+
+def _lower_nofile(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def test_fd_exhaustion_at_the_os_limit(procs):
+    limit = 96
+    p = procs.python(FD_LISTENER, preexec_fn=_lower_nofile(limit))
+    line = p.stdout.readline()
+    assert line.startswith("port"), stderr_of(p)
+    port = int(line.split()[1])
+    watcher, held, refused = _exhaust(port, limit)
     try:
         assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"
         # Exhausted, with a connection waiting in the kernel's backlog all along (accept() keeps failing
@@ -277,6 +285,55 @@ def test_fd_exhaustion_at_the_os_limit(procs):
         record("fd_exhaustion_os_limit", rlimit_nofile=limit, connections_accepted=refused,
                existing_client_served=True, recovered=True, listener_cpu_while_exhausted=round(cpu, 2),
                out_of_fds_warnings=warnings, stderr_lines=err.count("\n"))
+    finally:
+        for s in held:
+            s.close()
+        watcher.close()
+
+
+# The child fills its own stderr pipe (which the test never reads) before it starts the listener.
+FULL_STDERR = """
+import fcntl
+flags = fcntl.fcntl(2, fcntl.F_GETFL)
+fcntl.fcntl(2, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+try:
+    while True:
+        os.write(2, b"x" * 4096)
+except BlockingIOError:
+    pass
+fcntl.fcntl(2, fcntl.F_SETFL, flags)
+""" + FD_LISTENER
+
+
+def test_undrained_stderr_does_not_block_the_listener(procs):
+    """The engine's log lines go to stderr; when stderr is a full pipe nobody reads (a careless supervisor),
+    the listener drops them rather than blocking its thread: running out of descriptors, which makes it
+    warn, leaves the existing client served and the listener accepting again afterwards."""
+    limit = 96
+    p = subprocess.Popen([sys.executable, "-c", PRELUDE + FULL_STDERR], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                         preexec_fn=_lower_nofile(limit))
+    procs.procs.append(p)
+    line = p.stdout.readline()
+    assert line.startswith("port"), line
+    port = int(line.split()[1])
+    watcher, held, refused = _exhaust(port, limit)
+    try:
+        assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"
+        # Out of descriptors with a connection waiting: the listener warns (into the full pipe) and goes on.
+        pending = socket.create_connection(("127.0.0.1", port), timeout=2)
+        time.sleep(0.5)
+        got = ws_until(watcher, lambda m: len(updates(m)) >= 10, 5)
+        assert len(updates(got)) >= 10, "the listener stopped serving its client with stderr full"
+        pending.close()
+        for s in held:
+            s.close()
+        held.clear()
+        recovered = wait_until(lambda: _handshake(port, 2.0), 10, 0.2, "a new connection with stderr full")
+        recovered.close()
+        assert p.poll() is None
+        record("undrained_stderr", rlimit_nofile=limit, connections_accepted=refused, existing_client_served=True,
+               recovered=True)
     finally:
         for s in held:
             s.close()
