@@ -186,9 +186,10 @@ PROGRESS_API void progress_string_free(char *s);
  * *out is set to NULL. */
 PROGRESS_API progress_status progress_engine_open(const char *config_json, progress_engine **out);
 
-/* Stops the listener (closing every client connection and the listening socket), stops the maintenance
- * thread, detaches counters (reading each a last time), flushes pending Redis writes and frees the engine.
- * The flush takes at most 2 seconds (then what is left is dropped, counted and logged); with Redis
+/* Stops the engine's threads that change tasks (the Redis subscriber, the maintenance thread, the preview thread
+ * once the queued previews are written), detaches counters (reading each a last time), stops the listener (which
+ * sends these last changes, then closes every client connection and the listening socket), flushes pending Redis
+ * writes and frees the engine. The flush takes at most 2 seconds (then what is left is dropped, counted and logged); with Redis
  * unreachable, closing makes a few short connection attempts within that bound. NULL is a no-op. No other
  * thread may use the engine during or after this call. */
 PROGRESS_API void progress_engine_close(progress_engine *engine);

@@ -117,16 +117,23 @@ final class Engine: @unchecked Sendable {
     /// The listener's bound port, or -1 without a listener.
     var port: Int { listener?.port ?? -1 }
 
-    /// Stops the maintenance thread and reads every attached counter a last time. Idempotent.
+    /// Stops the background threads, reads every attached counter a last time, stops the listener, flushes the
+    /// Redis writes. Idempotent.
+    ///
+    /// Every thread that changes tasks (and so wakes the listener: the subscriber, the maintenance thread's counter
+    /// reads and resource samples, the preview thread attaching a finished preview) is joined before the listener
+    /// stops: a wake after that would reach a libwebsockets context that `Listener.stop()` is destroying or has
+    /// freed (lws_cancel_service on it from the maintenance thread was seen with the destroy slowed down; see
+    /// tests/c/close_stress.c). The listener then fans out these last changes before it closes the connections.
     func close() {
         storage?.stopSubscriber()
-        listener?.stop()
         maintenance?.stop()
         maintenance = nil
         previews?.stop()
         for id in counterTasks.withLock({ Array($0) }) {
             try? detachCounter(id: id)
         }
+        listener?.stop()
         // Last: the counters' final values above are among what is flushed.
         storage?.stopWriter()
         if let dir = ownedPreviewDir {
@@ -150,10 +157,10 @@ final class Engine: @unchecked Sendable {
 
     deinit {
         storage?.stopSubscriber()
-        storage?.stopWriter()
-        listener?.stop()
         maintenance?.stop()
         previews?.stop()
+        listener?.stop()
+        storage?.stopWriter()
     }
 
     // MARK: - Validation
