@@ -323,8 +323,8 @@ PROGRESS_API progress_status progress_task_history(progress_engine *engine, cons
 PROGRESS_API progress_status progress_task_attach_counter(progress_engine *engine, const char *task_id,
                                                           const volatile long long *counter);
 
-/* Reads the task's counter a last time, applies it, and stops reading it. PROGRESS_E_NOT_FOUND if the
- * task has no counter attached. */
+/* Reads the task's counter a last time, applies it (an update like any other: counted, sent to watchers,
+ * written through), and stops reading it. PROGRESS_E_NOT_FOUND if the task has no counter attached. */
 PROGRESS_API progress_status progress_task_detach_counter(progress_engine *engine, const char *task_id);
 
 /* ---- Templates and ETA history ----------------------------------------------------------------- */

@@ -85,6 +85,42 @@ def test_namespace_and_coalescing(redis):
     assert stats["redis_dropped_events"] > 0
 
 
+def test_last_counter_read_is_written_through_and_fanned_out(redis):
+    """The last read of a step counter is an update like any other. progress_task_detach_counter (and
+    progress_engine_close for a counter still attached) applied it in memory only: Redis and watchers never saw
+    that step unless another change of the task followed."""
+    import ctypes
+    from redis_support import ws_connect, ws_messages
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", throttle_ms=20) as t:
+        h = t._handle()
+        counters = {}
+        for tid in ("detached", "closed"):
+            t.create_task_progress_sync(task_id=tid, template_id="tpl")
+            counters[tid] = (ctypes.c_longlong * 2)(1, 100)
+            _lib.progress_task_attach_counter(h, _lib.encode(tid), counters[tid])
+        # The maintenance thread applies step 1 of both; the writer stores it.
+        wait_until(lambda: all(t.get_task_progress_sync(tid)["stages"]["1"]["progress"] == 0.01 for tid in counters),
+                   what="the counters' first step")
+        flushed(t)
+        ws = ws_connect(t.port)
+        ws.send(json.dumps({"type": "subscribe", "task_ids": ["detached"]}))
+        ws_messages(ws, lambda ms: any(m["type"] == "progress.update" for m in ms))
+        # Step 40, then the last read at once (before the maintenance thread's next round, 20 ms away).
+        counters["detached"][0] = 40
+        _lib.progress_task_detach_counter(h, b"detached")
+        local = t.get_task_progress_sync("detached")
+        assert local["stages"]["1"]["progress"] == 0.4
+        flushed(t)
+        stored = json.loads(redis.cli("GET", key("state", "detached")))
+        assert (stored["seq"], stored["stages"]["1"]["progress"]) == (local["seq"], 0.4)
+        seen = ws_messages(ws, lambda ms: any(m.get("seq") == local["seq"] for m in ms))
+        assert seen[-1]["data"]["stages"]["1"]["progress"] == 0.4
+        ws.close()
+        counters["closed"][0] = 70  # read by close
+    stored = json.loads(redis.cli("GET", key("state", "closed")))
+    assert stored["stages"]["1"]["progress"] == 0.7
+
+
 @pytest.mark.parametrize("url", ["http://x:1", "redis://", "redis://h:0", "redis://h:99999", "redis://h:1/x",
                                  "redis://@h:1"])
 def test_bad_url_is_a_config_error(url):

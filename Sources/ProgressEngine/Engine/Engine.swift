@@ -639,12 +639,28 @@ final class Engine: @unchecked Sendable {
 
     func detachCounter(id: String) throws {
         let now = clock.now()
-        let had: Bool = try withTask(id: id, isUpdate: false) { task in
+        let key = TaskKey(owning: id)
+        // The last read is applied like a maintenance round's: a step it finds is an update of the task, counted,
+        // fanned out and written through (it was once applied silently, so Redis and watchers never saw it unless
+        // another change of the task followed).
+        let had: Bool? = table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key] else { return nil }
             guard task.counter != nil else { return false }
+            let before = task.status, seq = task.seq
             readCounterOneLastTime(task, at: max(now, task.lastTimestamp))
+            if task.seq != seq {
+                shard.updates += 1
+                shard.latestEvent = max(shard.latestEvent, task.updatedAt)
+                noteChanged(task)
+            }
+            if task.status != before { statusChanged(task) }
             return true
         }
         counterTasks.withLock { _ = $0.remove(id) }
+        guard let had else {
+            try Engine.validateId(id)
+            throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+        }
         guard had else { throw EngineError.notFound("task \"\(id)\" has no counter attached") }
     }
 
