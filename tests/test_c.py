@@ -162,3 +162,50 @@ def test_stress(tmp_path, env):
                *pkg_config(env, "--libs"), "-lm"])
     output = check_run([program], env=env)
     assert "stress: all checks passed" in output
+
+
+def test_close_stress(tmp_path, env):
+    """progress_engine_close while the engine's threads still change tasks (see tests/c/close_stress.c); -rdynamic
+    so the program's slowed-down lws_context_destroy is the one the library calls."""
+    program = tmp_path / "close_stress"
+    check_run(["cc", "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-rdynamic",
+               *pkg_config(env, "--cflags"), str(ROOT / "tests" / "c" / "close_stress.c"), "-o", str(program),
+               *pkg_config(env, "--libs"), "-ldl"])
+    output = check_run([program], env=env)
+    assert "close_stress: 3 rounds, no wake of a dying listener context; all checks passed" in output
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    """A redis-server of the test's own on a free loopback port (no persistence)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                             text=True).stdout.strip() != "PONG":
+            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_fleet_stress(tmp_path, env, redis_port):
+    """The listener and Redis write-through driven from every side in one process, at a small scale (about 4 s; the
+    sanitizer runs of tests/c/tsan.sh and tests/c/asan.sh use a larger one)."""
+    program = tmp_path / "fleet_stress"
+    check_run(["cc", "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread",
+               *pkg_config(env, "--cflags"), str(ROOT / "tests" / "c" / "fleet_stress.c"), "-o", str(program),
+               *pkg_config(env, "--libs"), "-lhiredis", "-lm"])
+    output = check_run([program, str(redis_port)], env=env)
+    assert "fleet_stress: all checks passed" in output, output
