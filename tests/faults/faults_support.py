@@ -9,7 +9,10 @@ one is classified:
 
 - persisted: an event with its message is in the task's Redis stream;
 - superseded: not in the stream, but inside the seq range of a stream entry marked `complete 0` (a flood or
-  an outage backlog thinned to the latest step of a run, which the engine counts in `redis_dropped_events`);
+  an outage backlog thinned to the latest step of a run, which the engine counts in `redis_dropped_events`). When
+  the runner reports each update's seq (`seqs=True`) that is exact; otherwise the seqs between the persisted steps
+  around it must all be covered by stream entries, one of them incomplete (a hole no entry covers, such as writes
+  Redis acknowledged and then lost in a crash, makes it lost);
 - delivered: seen by a WebSocket client or in a listener's history;
 - lost: none of these.
 
@@ -116,12 +119,14 @@ class Resp:
 
 
 class RedisServer:
-    """redis-server on a free loopback port in its own folder (AOF on; fsync `always` unless told)."""
+    """redis-server on a free loopback port in its own folder (AOF on; fsync `always` unless told). `env`: extra
+    environment variables of the process (LD_PRELOAD for tests/faults/aof_power_loss.c)."""
 
-    def __init__(self, folder: Path, appendfsync: str = "always") -> None:
+    def __init__(self, folder: Path, appendfsync: str = "always", env: Optional[Dict[str, str]] = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.appendfsync = appendfsync
+        self.env = env
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -132,7 +137,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
              "--appendfsync", self.appendfsync, "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **(self.env or {})))
         wait_until(self._pong, timeout=10, what="redis-server to start")
 
     def _pong(self) -> bool:
@@ -269,7 +274,11 @@ while time.monotonic() < end:
         rc = _lib.progress_update(h, _lib.encode(tid), step, 1_000_000, _lib.encode(f"s{step}"))
         lat.append(time.perf_counter() - t0)
         if rc == 0:
-            print("ack", tid, step, time.monotonic(), flush=True)
+            at = time.monotonic()
+            if cfg.get("seqs"):  # the update's seq (exact while nothing else changes the task: no resource samples)
+                print("ack", tid, step, at, t.get_task_progress_sync(tid)["seq"], flush=True)
+            else:
+                print("ack", tid, step, at, flush=True)
     next_at += cfg["interval"]
     pause = next_at - time.monotonic()
     if pause > 0:
@@ -332,6 +341,7 @@ class Ack:
     task: str
     step: int
     at: float  # time.monotonic() of the runner (the same clock in every process of the machine)
+    seq: Optional[int] = None  # the update's seq, when the runner was started with seqs=True
 
 
 def read_runner(p: subprocess.Popen, timeout: float = 60) -> Tuple[List[Ack], Optional[dict]]:
@@ -348,8 +358,8 @@ def read_runner(p: subprocess.Popen, timeout: float = 60) -> Tuple[List[Ack], Op
     for line in lines:
         parts = line.split(" ", 1)
         if parts[0] == "ack":
-            task, step, at = parts[1].split()
-            acks.append(Ack(task, int(step), float(at)))
+            task, step, at, *seq = parts[1].split()
+            acks.append(Ack(task, int(step), float(at), int(seq[0]) if seq else None))
         elif parts[0] == "result":
             result = json.loads(parts[1])
     if result is None and p.returncode not in (-signal.SIGKILL,):
@@ -400,9 +410,11 @@ def account(name: str, acks: List[Ack], redis: Optional[RedisServer] = None,
     in_stream: Dict[str, Set[int]] = {}
     step_seq: Dict[str, List[Tuple[int, int]]] = {}  # task -> sorted (step, seq) of persisted progress events
     thinned: Dict[str, List[Tuple[int, int]]] = {}  # task -> seq ranges of entries marked incomplete
+    covered: Dict[str, List[Tuple[int, int]]] = {}  # task -> seq ranges of every entry
     for task in tasks if redis is not None else []:
-        steps, pairs, ranges = set(), [], []
+        steps, pairs, ranges, spans = set(), [], [], []
         for e in read_stream(redis, task):
+            spans.append((e.first, e.last))
             if not e.complete:
                 ranges.append((e.first, e.last))
             for ev in e.events:
@@ -412,19 +424,24 @@ def account(name: str, acks: List[Ack], redis: Optional[RedisServer] = None,
                     steps.add(int(msg[1:]))
                     if ev["type"] == "progress":
                         pairs.append((int(msg[1:]), ev["seq"]))
-        in_stream[task], step_seq[task], thinned[task] = steps, sorted(pairs), ranges
+        in_stream[task], step_seq[task], thinned[task], covered[task] = steps, sorted(pairs), ranges, sorted(spans)
     delivered = delivered or {}
     for a in acks:
         p = a.step in in_stream.get(a.task, ())
         d = a.step in delivered.get(a.task, ())
         s = False
-        if not p and step_seq.get(a.task):
-            # Missing from the stream: superseded if an entry marked incomplete lies between the persisted
-            # steps around it (a complete entry holds every event of its range, so it cannot be there).
+        if not p and a.seq is not None:
+            # The update's own seq is known: superseded if an entry marked incomplete covers it.
+            s = any(lo <= a.seq <= hi for lo, hi in thinned.get(a.task, ()))
+        elif not p and step_seq.get(a.task):
+            # Missing from the stream: its seq lies between those of the persisted steps around it. Superseded if
+            # an entry marked incomplete overlaps that gap (a complete entry holds every event of its range, so it
+            # cannot be there) and entries cover all of it (a hole no entry covers is a loss).
             pairs = step_seq[a.task]
             before = max((q for st, q in pairs if st < a.step), default=0)
             after = min((q for st, q in pairs if st > a.step), default=None)
-            s = after is not None and any(lo <= after and hi > before for lo, hi in thinned[a.task])
+            s = (after is not None and any(lo < after and hi > before for lo, hi in thinned[a.task])
+                 and _covers(covered[a.task], before + 1, after - 1))
         acc.persisted += p
         acc.superseded += s and not p
         acc.delivered += d
@@ -433,6 +450,16 @@ def account(name: str, acks: List[Ack], redis: Optional[RedisServer] = None,
             acc.lost_acks.append(a)
     FIGURES.append(acc)
     return acc
+
+
+def _covers(spans: List[Tuple[int, int]], lo: int, hi: int) -> bool:
+    """Whether the sorted (first, last) seq ranges cover every seq of lo..hi."""
+    need = lo
+    for first, last in spans:
+        if first > need:
+            break
+        need = max(need, last + 1)
+    return lo <= hi and need > hi
 
 
 def record(name: str, **figures) -> None:
