@@ -39,7 +39,13 @@ test-swift:
 test-python:
 	$(PYTHON) -m pytest -q tests bindings/python/tests
 
-# ThreadSanitizer / AddressSanitizer builds of the C concurrency stress test (see tests/c/README.md).
+# ThreadSanitizer / AddressSanitizer: one command each, each fails on any sanitizer report or failed check
+# (see tests/c/README.md and docs/RELIABILITY.md "Sanitizers"). Both build the library with the sanitizer and run
+# tests/c/stress.c (runner threads on one engine), tests/c/close_stress.c (close while the engine's threads still
+# change tasks) and tests/c/fleet_stress.c (listener + Redis write-through + runners + WebSocket clients joining,
+# leaving and reading slowly + REST + close with clients connected, against a redis-server the script starts on a
+# free loopback port and stops); asan also runs the C examples, with LeakSanitizer on. About 1 minute each on 2
+# cores; FLEET_ARGS="runners tasks steps sessions pace_us" changes fleet_stress's scale (default 4 120 256 10 1000).
 tsan: setup
 	tests/c/tsan.sh
 
