@@ -72,6 +72,8 @@ final class Listener: @unchecked Sendable {
         var changed: [String] = []
         var logs: [(String, LogEntry)] = []
         var droppedLogs = 0
+        /// Set by `stop()`: no wake may reach the libwebsockets context any more (it is being destroyed).
+        var closed = false
     }
 
     // Service-thread state.
@@ -145,7 +147,12 @@ final class Listener: @unchecked Sendable {
         guard threadStarted else { return }
         threadStarted = false
         stopping.store(true, ordering: .releasing)
-        CProgress_listener_wake(c)
+        // The last wake. Under the inbox lock, as every wake is: a wake from another thread either finished
+        // before this (the context was alive) or sees `closed` and leaves the context alone.
+        inbox.withLock { inbox in
+            inbox.closed = true
+            CProgress_listener_wake(c)
+        }
         pthread_join(thread, nil)
         // The service thread is gone: destroying the context here runs the close callbacks on this thread.
         CProgress_listener_destroy(c)
@@ -176,9 +183,13 @@ final class Listener: @unchecked Sendable {
         if queued { wake() }
     }
 
+    /// Wakes the service thread unless a wake is already on its way. The context is only touched under the
+    /// inbox lock and only until `stop()` marked the inbox closed, so a change that races `stop()` can never
+    /// call `lws_cancel_service()` on a context being destroyed.
     private func wake() {
-        if !wakePending.exchange(true, ordering: .acquiringAndReleasing), let c {
-            CProgress_listener_wake(c)
+        guard !wakePending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        inbox.withLock { inbox in
+            if !inbox.closed, let c { CProgress_listener_wake(c) }
         }
     }
 
