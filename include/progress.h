@@ -37,7 +37,8 @@
  *   write happen on the preview thread.
  * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
  *   progress_engine_close). It alone touches libwebsockets and the listener's own libuv event loop (epoll;
- *   run only by this thread, so libwebsockets installs no signal handlers in the host process): every
+ *   run only by this thread, so libwebsockets installs no signal handlers in the host process; without
+ *   libwebsockets' evlib-uv plugin it warns and uses libwebsockets' poll() loop): every
  *   socket, every client connection and all subscription state. Other threads hand changes over through a
  *   locked queue and wake it with lws_cancel_service() (at most one wake in flight), so an update never
  *   waits on a socket; the listener reads task state under the same shard locks as everyone else, encodes

@@ -374,7 +374,13 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
             info.pcontext = NULL;
         }
     }
-    if (l->context == NULL) l->context = lws_create_context(&info);
+    if (l->context == NULL) {
+        l->context = lws_create_context(&info);
+        if (l->context)
+            log_stderr("progress engine: libwebsockets' libuv support (Debian package libwebsockets-evlib-uv) is "
+                       "missing: the listener uses libwebsockets' poll() loop, which costs more per message with "
+                       "many connections\n");
+    }
     if (l->context == NULL) {
         snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
                  config->iface ? config->iface : "*", config->port);
