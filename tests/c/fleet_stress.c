@@ -54,6 +54,8 @@
 
 #include <progress.h>
 
+#include "json_scan.h"
+
 #include <hiredis/hiredis.h>
 
 #include <arpa/inet.h>
@@ -127,83 +129,7 @@ static uint32_t rnd(uint32_t *state) /* xorshift32 */
 
 static int chance(uint32_t *state, int percent) { return (int)(rnd(state) % 100) < percent; }
 
-/* ---- Minimal JSON reading (as in stress.c): one member of an object ----------------------------- */
-
-static const char *skip_ws(const char *p)
-{
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    return p;
-}
-
-static const char *skip_string(const char *p)
-{
-    for (p++; *p && *p != '"'; p++)
-        if (*p == '\\' && p[1])
-            p++;
-    return *p ? p + 1 : NULL;
-}
-
-static const char *skip_value(const char *p)
-{
-    int depth = 0;
-    do {
-        p = skip_ws(p);
-        if (*p == '"') {
-            if (!(p = skip_string(p)))
-                return NULL;
-            continue;
-        }
-        if (*p == '{' || *p == '[')
-            depth++;
-        else if (*p == '}' || *p == ']')
-            depth--;
-        else if (depth == 0) {
-            while (*p && *p != ',' && *p != '}' && *p != ']')
-                p++;
-            return p;
-        }
-        if (!*p)
-            return NULL;
-        p++;
-    } while (depth > 0);
-    return p;
-}
-
-static const char *json_member(const char *obj, const char *key)
-{
-    size_t len = strlen(key);
-    const char *p = obj ? skip_ws(obj) : NULL;
-    if (!p || *p++ != '{')
-        return NULL;
-    for (;;) {
-        p = skip_ws(p);
-        if (*p != '"')
-            return NULL;
-        const char *name = p + 1, *end = skip_string(p);
-        if (!end)
-            return NULL;
-        p = skip_ws(end);
-        if (*p++ != ':')
-            return NULL;
-        p = skip_ws(p);
-        if ((size_t)(end - 1 - name) == len && memcmp(name, key, len) == 0)
-            return p;
-        if (!(p = skip_value(p)))
-            return NULL;
-        p = skip_ws(p);
-        if (*p++ != ',')
-            return NULL;
-    }
-}
-
-static long long json_int(const char *obj, const char *key)
-{
-    const char *v = json_member(obj, key);
-    char *end;
-    long long n = v ? strtoll(v, &end, 10) : -1;
-    return v && end != v ? n : -1;
-}
+/* ---- Minimal JSON reading: json_scan.h, and ---------------------------------------------------- */
 
 static double json_number(const char *obj, const char *key)
 {
