@@ -270,7 +270,10 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
  * served at the task's "preview_url". Video tasks name the file after the frame (the latest step).
  * When no preview is due the call returns PROGRESS_OK at once without reading the pixels. A preview that
  * fails (or is dropped because the encoder is busy) is logged in the task's log and counted in
- * progress_engine_stats; the task goes on. Preview files are deleted when their task expires. */
+ * progress_engine_stats; the task goes on. A preview accepted before the task ended is still attached
+ * when it is ready, even if the task completed, failed or was cancelled meanwhile: its "preview_url"
+ * changes (and "seq" advances) while its status stays terminal. Preview files are deleted when their
+ * task expires. */
 PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, const char *task_id,
                                                      const unsigned char *pixels, int width, int height,
                                                      int stride, int channels);
