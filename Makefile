@@ -31,7 +31,7 @@ install: build
 demo: setup build
 	$(PYTHON) examples/demo.py
 
-test: setup build test-swift fuzz-smoke test-python
+test: setup build test-swift fuzz-smoke test-python tsan asan
 
 test-swift:
 	swift test
