@@ -170,7 +170,10 @@ PROGRESS_API void progress_string_free(char *s);
  *   retention_seconds (86400; also the expiry of a task's Redis keys), throttle_ms (100), preview_dir (string),
  *   preview_milestones ([25,50,75]), preview_max_size (512), preview_every_steps (0 = milestones),
  *   resource_interval_ms (1000: how often executing tasks' resource_usage is sampled: process CPU %,
- *   resident memory, and GPU utilisation / memory through NVML when libnvidia-ml.so.1 is present),
+ *   resident memory, and GPU utilisation / memory through NVML when libnvidia-ml.so.1 is present; a
+ *   sample reaches WebSocket subscribers with the task's next update while the runner reports, and on its
+ *   own once the task has had no update for max(2 s, 2 x resource_interval_ms), so samples never hold a
+ *   runner's step back behind the throttle),
  *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
  *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients),
  *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions

@@ -300,6 +300,35 @@ def test_stage_and_terminal_changes_are_not_throttled(wire):
     wire.run(scenario())
 
 
+
+def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
+    """The engine's resource sampler changes an executing task by itself (every resource_interval_ms). While the
+    runner reports, a sample rides along with the runner's next update instead of going out alone: alone, it
+    would open the task's throttle window and hold the runner's next step back for up to throttle_ms."""
+    t = wire.open(throttle_ms=300, resource_interval_ms=50)
+    t.create_task_progress_sync("busy", "sdxl", "image_generation")
+    t.update_progress_sync("busy", 1, 100, message="s1")
+
+    async def scenario():
+        async with wire.connect(t, "r") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["busy"]}, "subscribed")
+            await wire.recv(ws)
+            delays, last = [], None
+            for i in range(2, 10):
+                await asyncio.sleep(0.35)  # slower than the throttle: the runner's own steps are never held
+                start = time.monotonic()
+                t.update_progress_sync("busy", i, 100, message=f"s{i}")
+                last = await wire.recv_until(
+                    ws, lambda m: m["type"] == "progress.update" and m["data"]["stages"]["2"]["message"] == f"s{i}", 2)
+                delays.append(time.monotonic() - start)
+            # Samples taken every 50 ms, each of them a change: before, most steps waited 100-300 ms.
+            assert max(delays) < 0.1, [round(d, 3) for d in delays]
+            # The sampler's figures still reach the client, with the runner's updates.
+            assert last["data"]["resource_usage"]["memory_mb"] > 0, last["data"]["resource_usage"]
+
+    wire.run(scenario())
+
 def _register(t, template_id, n):
     t.register_template_stages_sync(template_id, [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(n)])
 

@@ -420,6 +420,12 @@ final class Engine: @unchecked Sendable {
     @inline(__always)
     func noteChanged(_ task: TaskRecord) {
         if let listener { Engine.noteChange(task, listener) }
+        noteWriteOnly(task)
+    }
+
+    /// A change for Redis only (the listener sends it with the task's next change). Under the shard lock.
+    @inline(__always)
+    func noteWriteOnly(_ task: TaskRecord) {
         if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: task.lastChangeUrgent) }
     }
 
@@ -611,16 +617,30 @@ final class Engine: @unchecked Sendable {
     /// a runner reported itself are left alone). Called by the maintenance thread every resource_interval_ms.
     func sampleResources(now: Double) {
         guard let usage = resourceSampler.withLock({ $0.sample(now: monotonicNow()) }) else { return }
+        let quiet = Engine.quietRunnerSeconds(resourceIntervalMs: config.resourceIntervalMs)
         for shard in table.allShards {
             shard.withLock { state in
                 for task in state.tasks.values where task.status == .executing {
-                    let seq = task.seq
+                    let seq = task.seq, runnerAt = task.updatedAt
                     // Stamped at the task's latest event, like a finished preview: never ahead of the runner.
                     try? task.setResources(usage, fromRunner: false, at: task.lastTimestamp)
-                    if task.seq != seq { noteChanged(task) }
+                    guard task.seq != seq else { continue }
+                    if now - runnerAt >= quiet {
+                        noteChanged(task)
+                    } else {
+                        // The runner is reporting: its next update carries these figures to the subscribers. Sent
+                        // alone, the sample would open the task's throttle window and hold that update back for up
+                        // to throttle_ms. Redis gets it as usual.
+                        noteWriteOnly(task)
+                    }
                 }
             }
         }
+    }
+
+    /// How long a task must go without an update of its own before a resource sample is fanned out alone.
+    static func quietRunnerSeconds(resourceIntervalMs: Int) -> Double {
+        max(2, 2 * Double(resourceIntervalMs) / 1000)
     }
 
     // MARK: - Step counters
