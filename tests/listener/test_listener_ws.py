@@ -329,6 +329,39 @@ def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
 
     wire.run(scenario())
 
+
+def test_a_task_id_reused_after_expiry_is_delivered_from_its_new_seq(wire):
+    """A client watching "*" remembers each task's newest seq, so it is never sent an older state. When a task
+    expires (retention_seconds) that memory goes with it: a new task created later under the same id starts
+    again at a low seq, and its updates reach the client (before, they were held back as "older" than the
+    expired task's last seq). The metric of what clients remember falls back too."""
+    t = wire.open(retention_seconds=0.3, throttle_ms=0)
+
+    async def scenario():
+        async with wire.connect(t, "watcher") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["*"]}, "subscribed")
+            t.create_task_progress_sync("reused", "sdxl", "image_generation")
+            for i in range(1, 30):
+                t.update_progress_sync("reused", i, 100, message=f"old {i}")
+            t.complete_task_sync("reused")
+            old = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                        and m["data"]["status"] == "completed", 5)
+            assert wire.metrics(t)["progress_client_task_slots"] == 1
+            # Expired (a sweep runs about once a second) ...
+            deadline = time.monotonic() + 5
+            while wire.metrics(t)["progress_client_task_slots"] != 0:
+                assert time.monotonic() < deadline, "the expired task is still remembered by the client"
+                await asyncio.sleep(0.1)
+            # ... and created again: its first states have seqs far below the old task's last one.
+            t.create_task_progress_sync("reused", "sdxl", "image_generation")
+            t.update_progress_sync("reused", 1, 100, message="new 1")
+            new = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                        and m["data"]["stages"]["2"]["message"] == "new 1", 5)
+            assert new["seq"] < old["seq"], (new["seq"], old["seq"])
+
+    wire.run(scenario())
+
 def _register(t, template_id, n):
     t.register_template_stages_sync(template_id, [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(n)])
 

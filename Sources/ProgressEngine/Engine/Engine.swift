@@ -755,6 +755,7 @@ final class Engine: @unchecked Sendable {
         }
         guard !gone.isEmpty else { return }
         purged.add(gone.count, ordering: .relaxed)
+        listener?.noteExpired(taskIds: gone.map { $0.0 })
         let expiredIds = Set(gone.map { $0.0 })
         batches.withLock { all in
             for batch in Set(gone.compactMap { $0.1 }) {

@@ -183,6 +183,14 @@ final class ClientConnection {
         if slot.pending >= 0 { slot.hasSeq = false } else { slots[task] = nil }
     }
 
+    /// Forgets a task that expired: a new task under its id starts again at a low seq. An unsent update of the
+    /// expired task still goes.
+    func forgetExpired(task: String) {
+        slots[task] = nil
+    }
+
+    var taskSlotCount: Int { slots.count }
+
     /// Forgets the seqs of every task not subscribed by id (the client left "*").
     func forgetAllButSubscriptions() {
         for task in slots.keys where !subscriptions.contains(task) { forget(task: task) }

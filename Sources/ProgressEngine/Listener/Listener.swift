@@ -72,6 +72,8 @@ final class Listener: @unchecked Sendable {
         var changed: [String] = []
         var logs: [(String, LogEntry)] = []
         var droppedLogs = 0
+        /// Tasks removed after retention_seconds: clients forget what they were sent of them.
+        var expired: [String] = []
         /// Set by `stop()`: no wake may reach the libwebsockets context any more (it is being destroyed).
         var closed = false
     }
@@ -170,6 +172,13 @@ final class Listener: @unchecked Sendable {
         wake()
     }
 
+    /// Tasks the engine removed after retention_seconds (called by the maintenance thread's sweep).
+    func noteExpired(taskIds: [String]) {
+        guard !taskIds.isEmpty else { return }
+        inbox.withLock { $0.expired.append(contentsOf: taskIds) }
+        wake()
+    }
+
     /// A log entry for the task's subscribers.
     func noteLog(taskId: String, entry: LogEntry) {
         let queued = inbox.withLock { inbox -> Bool in
@@ -197,14 +206,16 @@ final class Listener: @unchecked Sendable {
 
     fileprivate func drainInbox() {
         wakePending.store(false, ordering: .releasing)
-        let (changed, logs, dropped) = inbox.withLock { inbox -> ([String], [(String, LogEntry)], Int) in
+        let (changed, logs, dropped, expired) = inbox.withLock { inbox -> ([String], [(String, LogEntry)], Int, [String]) in
             defer {
                 inbox.changed.removeAll(keepingCapacity: true)
                 inbox.logs.removeAll(keepingCapacity: true)
                 inbox.droppedLogs = 0
+                inbox.expired.removeAll()
             }
-            return (inbox.changed, inbox.logs, inbox.droppedLogs)
+            return (inbox.changed, inbox.logs, inbox.droppedLogs, inbox.expired)
         }
+        for id in expired { forgetExpired(taskId: id) }
         metrics.droppedLogs.add(dropped, ordering: .relaxed)
         etaTime = nil
         let now = monotonicNow()
@@ -260,6 +271,16 @@ final class Listener: @unchecked Sendable {
             let message = WireMessage(Messages.progressUpdate(snapshot))
             forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
             metrics.fanouts.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// A task is gone: no client keeps its seq (a new task under the same id starts again at a low seq), and
+    /// nothing is deferred for it.
+    private func forgetExpired(taskId: String) {
+        deferred[taskId] = nil
+        for client in wildcards.values { client.forgetExpired(task: taskId) }
+        if let watching = subscribers[taskId] {
+            for client in watching.values { client.forgetExpired(task: taskId) }
         }
     }
 
@@ -377,6 +398,7 @@ final class Listener: @unchecked Sendable {
     var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }
     var connectionCount: Int { connections.count }
     var subscriptionCount: Int { connections.values.reduce(0) { $0 + $1.subscriptions.count } }
+    var taskSlotCount: Int { connections.values.reduce(0) { $0 + $1.taskSlotCount } }
 
     // MARK: - C callbacks
 

@@ -219,6 +219,9 @@ enum Routes {
         }
         metric("progress_connections", "gauge", "Open WebSocket connections.", l.connectionCount)
         metric("progress_subscriptions", "gauge", "Task subscriptions over all connections.", l.subscriptionCount)
+        metric("progress_client_task_slots", "gauge",
+               "Tasks the connected clients have been sent and remember the seq of (dropped when a task expires).",
+               l.taskSlotCount)
         metric("progress_connections_opened_total", "counter", "WebSocket connections accepted.", m.connectionsOpened.load(ordering: .relaxed))
         metric("progress_connections_refused_total", "counter", "WebSocket connections closed for max_connections.", m.connectionsRefused.load(ordering: .relaxed))
         metric("progress_messages_sent_total", "counter", "WebSocket messages sent.", m.messagesSent.load(ordering: .relaxed))
