@@ -26,3 +26,69 @@ func startThread(_ what: String, _ body: @escaping () -> Void) throws -> pthread
     }
     return thread
 }
+
+/// A background thread of the engine with the mutex and condition variable its owner guards its queue with,
+/// and the stop protocol all of them share: set `stopping` under the lock, signal, join.
+/// The owner starts it once (`start`), calls `stop()` from its own stop (idempotent), and reads `stopping`
+/// and its own queue only between `lock()` and `unlock()`.
+final class WorkerThread: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var thread = pthread_t()
+    private var running = false
+    /// Set by `stop()`. Guarded by the lock.
+    private(set) var stopping = false
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)  // timed waits do not move with the wall clock
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Starts the thread (see `startThread`).
+    func start(_ what: String, _ body: @escaping () -> Void) throws {
+        thread = try startThread(what, body)
+        running = true
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+
+    /// Wakes the thread if it waits. Called with the lock held.
+    func signal() { pthread_cond_signal(cond) }
+
+    /// Waits for a signal. Called with the lock held (released while waiting).
+    func wait() { pthread_cond_wait(cond, mutex) }
+
+    /// Waits for a signal or `seconds` (at most an hour). Called with the lock held (released while waiting).
+    func wait(seconds: Double) {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let ns = Int(deadline.tv_nsec) + Int(min(max(seconds, 0), 3600) * 1e9)
+        deadline.tv_sec += ns / 1_000_000_000
+        deadline.tv_nsec = ns % 1_000_000_000
+        pthread_cond_timedwait(cond, mutex, &deadline)
+    }
+
+    /// Sets `stopping`, wakes the thread and waits for it to end. Idempotent.
+    func stop() {
+        lock()
+        stopping = true
+        signal()
+        unlock()
+        if running {
+            pthread_join(thread, nil)
+            running = false
+        }
+    }
+}

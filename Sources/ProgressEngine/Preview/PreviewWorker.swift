@@ -42,14 +42,10 @@ final class PreviewWorker: @unchecked Sendable {
 
     let directory: String
     let maxSize: Int
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `mutex`.
+    private let worker = WorkerThread()
+    // Guarded by the worker's lock.
     private var queue: [PreviewJob] = []
     private var pool: [PixelBuffer] = []
-    private var stopping = false
-    private var thread = pthread_t()
-    private var running = false
     private let done: @Sendable (PreviewJob, Result<Void, EngineError>) -> Void
 
     /// - Parameters:
@@ -60,26 +56,16 @@ final class PreviewWorker: @unchecked Sendable {
         self.directory = directory
         self.maxSize = maxSize
         self.done = done
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
         if mkdir(directory, 0o755) != 0 && errno != EEXIST {
             throw EngineError.io("preview_dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
         }
-        thread = try startThread("the preview thread") { [self] in self.loop() }
-        running = true
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
+        try worker.start("the preview thread") { [self] in self.loop() }
     }
 
     /// A buffer of at least `bytes`, from the pool when one fits.
     func buffer(bytes: Int) -> PixelBuffer {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        worker.lock()
+        defer { worker.unlock() }
         if let index = pool.firstIndex(where: { $0.capacity >= bytes && $0.capacity <= bytes * 2 }) {
             return pool.remove(at: index)
         }
@@ -88,49 +74,42 @@ final class PreviewWorker: @unchecked Sendable {
 
     /// Queues a job; false if the queue is full or the worker is stopping (the caller counts a dropped preview).
     func submit(_ job: PreviewJob) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        guard !stopping, queue.count < PreviewWorker.queueCapacity else {
+        worker.lock()
+        defer { worker.unlock() }
+        guard !worker.stopping, queue.count < PreviewWorker.queueCapacity else {
             if case let .pixels(buffer, _, _, _) = job.source { recycle(buffer) }
             return false
         }
         queue.append(job)
-        pthread_cond_signal(cond)
+        worker.signal()
         return true
     }
 
     /// Finishes the queued jobs and stops the thread; idempotent.
     func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(cond)
-        pthread_mutex_unlock(mutex)
-        if running {
-            pthread_join(thread, nil)
-            running = false
-        }
+        worker.stop()
     }
 
-    /// Called with `mutex` held.
+    /// Called with the worker's lock held.
     private func recycle(_ buffer: PixelBuffer) {
         if pool.count < 2 { pool.append(buffer) }
     }
 
     private func loop() {
         while true {
-            pthread_mutex_lock(mutex)
-            while queue.isEmpty && !stopping { pthread_cond_wait(cond, mutex) }
+            worker.lock()
+            while queue.isEmpty && !worker.stopping { worker.wait() }
             if queue.isEmpty {
-                pthread_mutex_unlock(mutex)
+                worker.unlock()
                 return
             }
             let job = queue.removeFirst()
-            pthread_mutex_unlock(mutex)
+            worker.unlock()
             let result = make(job)
             if case let .pixels(buffer, _, _, _) = job.source {
-                pthread_mutex_lock(mutex)
+                worker.lock()
                 recycle(buffer)
-                pthread_mutex_unlock(mutex)
+                worker.unlock()
             }
             done(job, result)
         }

@@ -53,14 +53,10 @@ final class RedisWriter: @unchecked Sendable {
         return 1
         """)
 
-    private var thread = pthread_t()
-    private var running = false
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `mutex`.
+    private let worker = WorkerThread()
+    // Guarded by the worker's lock.
     private var inbox: [String] = []
     private var extrasInbox: [[[RedisArgument]]] = []
-    private var stopping = false
     private var sleeping = false
 
     // Writer-thread state.
@@ -83,21 +79,7 @@ final class RedisWriter: @unchecked Sendable {
         self.metrics = metrics
         throttle = Double(engine.config.throttleMs) / 1000
         heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
-        pthread_mutex_init(mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(cond, &attr)
-        pthread_condattr_destroy(&attr)
-        thread = try startThread("the Redis writer thread") { [self] in self.loop() }
-        running = true
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
+        try worker.start("the Redis writer thread") { [self] in self.loop() }
     }
 
     // MARK: - From any thread
@@ -117,35 +99,28 @@ final class RedisWriter: @unchecked Sendable {
     }
 
     private func enqueue(_ id: String) {
-        pthread_mutex_lock(mutex)
+        worker.lock()
         inbox.append(id)
-        if sleeping { pthread_cond_signal(cond) }
-        pthread_mutex_unlock(mutex)
+        if sleeping { worker.signal() }
+        worker.unlock()
     }
 
     /// Queues other writes (a registered template, an ETA record), bounded; dropped and counted when full.
     func enqueue(commands: [[RedisArgument]]) {
-        pthread_mutex_lock(mutex)
+        worker.lock()
         if extrasInbox.count >= RedisWriter.maxQueuedExtras {
-            pthread_mutex_unlock(mutex)
+            worker.unlock()
             metrics.droppedWrites.add(1, ordering: .relaxed)
             return
         }
         extrasInbox.append(commands)
-        if sleeping { pthread_cond_signal(cond) }
-        pthread_mutex_unlock(mutex)
+        if sleeping { worker.signal() }
+        worker.unlock()
     }
 
     /// Flushes what is dirty (for at most `closeFlushSeconds`), then stops the thread. Idempotent.
     func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(cond)
-        pthread_mutex_unlock(mutex)
-        if running {
-            pthread_join(thread, nil)
-            running = false
-        }
+        worker.stop()
     }
 
     // MARK: - Writer thread
@@ -173,17 +148,12 @@ final class RedisWriter: @unchecked Sendable {
     /// Sleeps until `deadline` (monotonic) or new work; moves the inbox into the writer's own state.
     /// - Returns: whether the engine is closing.
     private func waitForWork(until deadline: Double) -> Bool {
-        pthread_mutex_lock(mutex)
-        if inbox.isEmpty && extrasInbox.isEmpty && !stopping {
+        worker.lock()
+        if inbox.isEmpty && extrasInbox.isEmpty && !worker.stopping {
             let delay = deadline - monotonicNow()
             if delay > 0 {
-                var ts = timespec()
-                clock_gettime(CLOCK_MONOTONIC, &ts)
-                let ns = Int(ts.tv_nsec) + Int(min(delay, 3600) * 1e9)
-                ts.tv_sec += ns / 1_000_000_000
-                ts.tv_nsec = ns % 1_000_000_000
                 sleeping = true
-                pthread_cond_timedwait(cond, mutex, &ts)
+                worker.wait(seconds: delay)
                 sleeping = false
             }
         }
@@ -191,8 +161,8 @@ final class RedisWriter: @unchecked Sendable {
         let more = extrasInbox
         inbox.removeAll(keepingCapacity: true)
         extrasInbox.removeAll(keepingCapacity: true)
-        let stop = stopping
-        pthread_mutex_unlock(mutex)
+        let stop = worker.stopping
+        worker.unlock()
         for id in ids { pending[id] = 0 }
         extras.append(contentsOf: more)
         metrics.queueDepth.store(pending.count, ordering: .relaxed)
