@@ -81,4 +81,34 @@ struct TaskTableTests {
             #expect(map[TaskKey(borrowing: buf)] === records["task-7"])
         }
     }
+
+    @Test("a record replaced under its id is found by the new record's key after the old one is gone")
+    func replace() {
+        func record(_ id: String) -> TaskRecord {
+            TaskRecord(id: id, key: TaskKey(owning: id), templateId: "x", category: nil, quality: nil, batchId: nil,
+                       resourceConfig: nil, metadata: nil, stages: CategoryDefaults.stages(for: nil), timestamp: 0)
+        }
+        var map = TaskMap()
+        var current: [TaskRecord] = []
+        for i in 0..<200 {
+            let r = record("task-\(i)")
+            map[r.key] = r
+            current.append(r)
+        }
+        // Each replacement drops the last reference to the old record and so frees its key's bytes; the map
+        // must compare against the new record's bytes from then on (ASan: `swift test --sanitize=address`).
+        for round in 0..<3 {
+            for i in 0..<200 {
+                let r = record("task-\(i)")
+                map[TaskKey(owning: "task-\(i)")] = r
+                current[i] = r
+            }
+            // Take the freed blocks back and scribble on them, so stale bytes cannot still compare equal.
+            let scribbles = (0..<400).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: 9, alignment: 1) }
+            for p in scribbles { p.initializeMemory(as: UInt8.self, repeating: UInt8(0xA0 + round)) }
+            defer { for p in scribbles { p.deallocate() } }
+            #expect(map.count == 200)
+            for i in 0..<200 { #expect(map[TaskKey(owning: "task-\(i)")] === current[i]) }
+        }
+    }
 }

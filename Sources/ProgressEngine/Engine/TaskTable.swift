@@ -1,28 +1,36 @@
 import Glibc
 
 
-/// A task id as a dictionary key. Stored keys own their bytes; lookup keys borrow the caller's C string for
-/// the duration of one call, so the hot path finds a task without allocating.
+/// A task id as a hash-table key. Stored keys own a copy of the id's bytes; lookup keys borrow the caller's C
+/// string for the duration of one call, so the hot path finds a task without allocating. Either way `bytes`
+/// is a plain pointer: comparing keys touches no reference count.
 struct TaskKey: Hashable, @unchecked Sendable {
-    private enum Storage {
-        case owned(ContiguousArray<UInt8>)
-        case borrowed(UnsafeRawBufferPointer)
+    /// Frees an owning key's bytes with the last copy of the key.
+    private final class Owner {
+        let bytes: UnsafeMutableRawBufferPointer
+        init(_ bytes: UnsafeMutableRawBufferPointer) { self.bytes = bytes }
+        deinit { bytes.deallocate() }
     }
 
-    private let storage: Storage
+    /// The id's UTF-8 bytes: valid while this key (an owning one) or the borrowed bytes are.
+    let bytes: UnsafeRawBufferPointer
+    private let owner: Owner?
     /// FNV-1a of the id's UTF-8 bytes; also picks the shard.
     let hash: UInt64
 
     /// An owning key for a task id.
     init(owning id: String) {
-        let bytes = ContiguousArray(id.utf8)
-        storage = .owned(bytes)
-        hash = bytes.withUnsafeBytes { TaskKey.fnv1a($0) }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: id.utf8.count, alignment: 1)
+        _ = copy.initializeMemory(as: UInt8.self, from: id.utf8)
+        owner = Owner(copy)
+        bytes = UnsafeRawBufferPointer(copy)
+        hash = TaskKey.fnv1a(bytes)
     }
 
     /// A key borrowing `bytes`, valid only while `bytes` is.
     init(borrowing bytes: UnsafeRawBufferPointer) {
-        storage = .borrowed(bytes)
+        self.bytes = bytes
+        owner = nil
         hash = TaskKey.fnv1a(bytes)
     }
 
@@ -34,20 +42,12 @@ struct TaskKey: Hashable, @unchecked Sendable {
         return h
     }
 
-    private func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        switch storage {
-        case let .owned(a): return a.withUnsafeBytes(body)
-        case let .borrowed(b): return body(b)
-        }
+    static func sameBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        a.count == b.count && (a.isEmpty || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
     }
 
     static func == (lhs: TaskKey, rhs: TaskKey) -> Bool {
-        guard lhs.hash == rhs.hash else { return false }
-        return lhs.withBytes { a in
-            rhs.withBytes { b in
-                a.count == b.count && (a.isEmpty || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
-            }
-        }
+        lhs.hash == rhs.hash && sameBytes(lhs.bytes, rhs.bytes)
     }
 
     func hash(into hasher: inout Hasher) {
@@ -60,12 +60,16 @@ struct TaskKey: Hashable, @unchecked Sendable {
 /// SipHash cost more than the rest of an update.
 struct TaskMap {
     private var hashes: ContiguousArray<UInt64>
+    /// Each slot's key bytes, owned by the slot's record (`record.key`): a probe compares ids without loading
+    /// the record, so a lookup retains nothing but the record it returns.
+    private var keys: ContiguousArray<UnsafeRawBufferPointer>
     private var records: ContiguousArray<TaskRecord?>
     private var mask: Int
     private(set) var count = 0
 
     init() {
         hashes = ContiguousArray(repeating: 0, count: 16)
+        keys = ContiguousArray(repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: 16)
         records = ContiguousArray(repeating: nil, count: 16)
         mask = 15
     }
@@ -79,7 +83,7 @@ struct TaskMap {
         while true {
             let stored = hashes[i]
             if stored == 0 { return nil }
-            if stored == h, records[i]!.key == key { return i }
+            if stored == h, TaskKey.sameBytes(keys[i], key.bytes) { return i }
             i = (i + 1) & mask
         }
     }
@@ -89,11 +93,12 @@ struct TaskMap {
         set {
             if let newValue {
                 if let i = find(key) {
+                    keys[i] = newValue.key.bytes  // the old record, and with it its key's bytes, may go now
                     records[i] = newValue
                     return
                 }
                 if (count + 1) * 2 > hashes.count { grow() }
-                insertNew(TaskMap.slotHash(key), newValue)
+                insertNew(newValue)
                 count += 1
             } else if let i = find(key) {
                 remove(at: i)
@@ -101,19 +106,22 @@ struct TaskMap {
         }
     }
 
-    private mutating func insertNew(_ h: UInt64, _ record: TaskRecord) {
+    private mutating func insertNew(_ record: TaskRecord) {
+        let h = TaskMap.slotHash(record.key)
         var i = Int(truncatingIfNeeded: h >> 7) & mask
         while hashes[i] != 0 { i = (i + 1) & mask }
         hashes[i] = h
+        keys[i] = record.key.bytes
         records[i] = record
     }
 
     private mutating func grow() {
         let oldRecords = records
         hashes = ContiguousArray(repeating: 0, count: oldRecords.count * 2)
+        keys = ContiguousArray(repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: oldRecords.count * 2)
         records = ContiguousArray(repeating: nil, count: oldRecords.count * 2)
         mask = hashes.count - 1
-        for case let record? in oldRecords { insertNew(TaskMap.slotHash(record.key), record) }
+        for case let record? in oldRecords { insertNew(record) }
     }
 
     /// Backward-shift deletion keeps every probe chain unbroken without tombstones.
@@ -127,12 +135,14 @@ struct TaskMap {
             let distanceToHole = (i - hole) & mask
             if distanceToEntry >= distanceToHole {
                 hashes[hole] = hashes[i]
+                keys[hole] = keys[i]
                 records[hole] = records[i]
                 hole = i
             }
             i = (i + 1) & mask
         }
         hashes[hole] = 0
+        keys[hole] = UnsafeRawBufferPointer(start: nil, count: 0)
         records[hole] = nil
         count -= 1
     }
