@@ -5,7 +5,7 @@ import json
 import signal
 import time
 
-from redis_support import http_get, run_runner, wait_until, ws_connect, ws_messages
+from redis_support import http_get, run_runner, wait_until, ws_connect, ws_until
 from progress_engine import ProgressTracker
 
 
@@ -17,7 +17,7 @@ def test_runner_process_to_client_on_listener(redis):
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", throttle_ms=5) as b:
         ws = ws_connect(b.port)
         ws.send(json.dumps({"type": "subscribe", "task_ids": ["*"]}))
-        ws_messages(ws, lambda m: any(x["type"] == "subscribed" for x in m))
+        ws_until(ws, lambda m: any(x["type"] == "subscribed" for x in m))
         out = run_runner(f"""
 t = ProgressTracker(redis_url={redis.url!r}, throttle_ms=5)
 t.create_task_progress_sync(task_id="remote", template_id="tpl")
@@ -31,7 +31,7 @@ print(json.dumps(t.get_task_progress_sync("remote")))
 t.close()
 """)
         final = json.loads(out)
-        msgs = ws_messages(ws, lambda m: any(x.get("seq") == final["seq"] for x in updates_of(m, "remote"))
+        msgs = ws_until(ws, lambda m: any(x.get("seq") == final["seq"] for x in updates_of(m, "remote"))
                            and any(x["type"] == "task.log" for x in m))
         seqs = [m["seq"] for m in updates_of(msgs, "remote")]
         # In order, nothing twice, ending in the final state. Normally every seq is its own message; when the
@@ -90,7 +90,7 @@ def test_resume_replays_exactly_what_was_missed(redis):
         for i in range(1, 6):
             a.update_progress_sync(task_id="r", step=i, total_steps=200, message=f"step {i}")
             time.sleep(0.01)
-        msgs = ws_messages(ws, lambda m: any(x.get("seq") == 6 for x in updates_of(m, "r")))
+        msgs = ws_until(ws, lambda m: any(x.get("seq") == 6 for x in updates_of(m, "r")))
         last = updates_of(msgs, "r")[-1]["seq"]
         ws.close()
         for i in range(6, 56):  # 50 events while the client is away
@@ -99,13 +99,13 @@ def test_resume_replays_exactly_what_was_missed(redis):
         wait_until(lambda: http_get(b.port, "/api/v1/progress/tasks/r")[1]["seq"] == last + 50, what="mirror")
         ws = ws_connect(b.port)
         ws.send(json.dumps({"type": "subscribe", "task_ids": ["r"], "resume": {"r": last}}))
-        msgs = ws_messages(ws, lambda m: any(x.get("seq") == last + 50 for x in updates_of(m, "r")))
+        msgs = ws_until(ws, lambda m: any(x.get("seq") == last + 50 for x in updates_of(m, "r")))
         got = updates_of(msgs, "r")
         assert [m["seq"] for m in got] == list(range(last + 1, last + 51))
         assert all(m.get("replayed") for m in got[:-1]) and got[-1]["recovered"] is True
         # Then live.
         a.update_progress_sync(task_id="r", step=100, total_steps=200, message="live")
-        live = ws_messages(ws, lambda m: len(updates_of(m, "r")) > 0)
+        live = ws_until(ws, lambda m: len(updates_of(m, "r")) > 0)
         assert updates_of(live, "r")[0]["seq"] == last + 51
         ws.close()
 
@@ -113,7 +113,7 @@ def test_resume_replays_exactly_what_was_missed(redis):
         with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as c:
             ws = ws_connect(c.port)
             ws.send(json.dumps({"type": "subscribe", "task_ids": ["r"], "resume": {"r": last}}))
-            msgs = ws_messages(ws, lambda m: any(x.get("seq") == last + 51 and not x.get("replayed")
+            msgs = ws_until(ws, lambda m: any(x.get("seq") == last + 51 and not x.get("replayed")
                                                  for x in updates_of(m, "r")))
             got = updates_of(msgs, "r")
             assert [m["seq"] for m in got] == list(range(last + 1, last + 52))
@@ -135,6 +135,6 @@ def test_resume_after_a_flood_is_honest(redis):
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as c:
         ws = ws_connect(c.port)
         ws.send(json.dumps({"type": "subscribe", "task_ids": ["f"], "resume": {"f": 10}}))
-        got = updates_of(ws_messages(ws, lambda m: len(updates_of(m, "f")) > 0), "f")
+        got = updates_of(ws_until(ws, lambda m: len(updates_of(m, "f")) > 0), "f")
         assert len(got) == 1 and got[0]["recovered"] is False and got[0]["data"] == final
         ws.close()

@@ -47,7 +47,7 @@ def test_redis_sigkill_mid_run_then_restart(redis):
     proc = run_runner(RUNNER.format(url=redis.url, seconds=3), wait=False)
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.7)
-    redis.kill(signal.SIGKILL)
+    redis.signal(signal.SIGKILL)
     time.sleep(1.0)
     redis.start()  # same folder: the AOF brings back what was written before the kill
     out, err = proc.communicate(timeout=60)

@@ -3,7 +3,7 @@ WebSocket subscribe (with resume from the history stream), batch queries, and a 
 
 import json
 
-from redis_support import http_get, run_runner, ws_connect, ws_messages
+from redis_support import http_get, run_runner, ws_connect, ws_until
 from progress_engine import ProgressTracker
 
 FIRST_RUN = """
@@ -44,7 +44,7 @@ def test_second_engine_serves_the_first_ones_tasks(redis):
         ws = ws_connect(port)
         last = before["half"]["seq"]
         ws.send(json.dumps({"type": "subscribe", "task_ids": ["half"], "resume": {"half": 3}}))
-        msgs = ws_messages(ws, lambda m: any(x.get("seq") == last and not x.get("replayed") for x in m))
+        msgs = ws_until(ws, lambda m: any(x.get("seq") == last and not x.get("replayed") for x in m))
         updates = [m for m in msgs if m["type"] == "progress.update"]
         assert [m["seq"] for m in updates] == list(range(4, last + 1))
         assert all(m.get("replayed") for m in updates[:-1])

@@ -90,7 +90,7 @@ def test_last_counter_read_is_written_through_and_fanned_out(redis):
     progress_engine_close for a counter still attached) applied it in memory only: Redis and watchers never saw
     that step unless another change of the task followed."""
     import ctypes
-    from redis_support import ws_connect, ws_messages
+    from redis_support import ws_connect, ws_until
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", throttle_ms=20) as t:
         h = t._handle()
         counters = {}
@@ -104,7 +104,7 @@ def test_last_counter_read_is_written_through_and_fanned_out(redis):
         flushed(t)
         ws = ws_connect(t.port)
         ws.send(json.dumps({"type": "subscribe", "task_ids": ["detached"]}))
-        ws_messages(ws, lambda ms: any(m["type"] == "progress.update" for m in ms))
+        ws_until(ws, lambda ms: any(m["type"] == "progress.update" for m in ms))
         # Step 40, then the last read at once (before the maintenance thread's next round, 20 ms away).
         counters["detached"][0] = 40
         _lib.progress_task_detach_counter(h, b"detached")
@@ -113,7 +113,7 @@ def test_last_counter_read_is_written_through_and_fanned_out(redis):
         flushed(t)
         stored = json.loads(redis.cli("GET", key("state", "detached")))
         assert (stored["seq"], stored["stages"]["1"]["progress"]) == (local["seq"], 0.4)
-        seen = ws_messages(ws, lambda ms: any(m.get("seq") == local["seq"] for m in ms))
+        seen = ws_until(ws, lambda ms: any(m.get("seq") == local["seq"] for m in ms))
         assert seen[-1]["data"]["stages"]["1"]["progress"] == 0.4
         ws.close()
         counters["closed"][0] = 70  # read by close
