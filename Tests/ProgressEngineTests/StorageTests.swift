@@ -8,7 +8,9 @@ struct StorageTests {
         #expect(try RedisURL.parse("redis://h") == RedisURL(host: "h", port: 6379, password: nil, database: 0))
         #expect(try RedisURL.parse("redis://10.0.0.1:7000/3") == RedisURL(host: "10.0.0.1", port: 7000, password: nil, database: 3))
         #expect(try RedisURL.parse("redis://:s3cr@t@h:1/") == RedisURL(host: "h", port: 1, password: "s3cr@t", database: 0))
-        #expect(try RedisURL.parse("redis://user:pw@h:2").password == "pw")
+        #expect(try RedisURL.parse("redis://user:pw@h:2") == RedisURL(host: "h", port: 2, user: "user", password: "pw", database: 0))
+        #expect(try RedisURL.parse("redis://user:pw@h:2").display == "redis://user@h:2/0")
+        #expect(try RedisURL.parse("redis://pw@h:2") == RedisURL(host: "h", port: 2, password: "pw", database: 0))
         #expect(try RedisURL.parse("redis://:pw@h:2").display == "redis://h:2/0")
         for bad in ["h:6379", "http://h", "redis://", "redis://:1", "redis://h:0", "redis://h:x", "redis://h:1/db",
                     "redis://@h", "redis://h:1/-1"] {

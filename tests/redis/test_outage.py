@@ -72,3 +72,28 @@ def test_redis_paused_runner_unaffected(redis):
     result = json.loads(out)
     assert result["slowest"] < 0.3 and result["p99"] < 0.001, (result["slowest"], result["p99"])
     check_final(redis, result["final"])
+
+
+def test_close_with_redis_frozen_mid_write_keeps_the_close_bound(redis):
+    """Redis stops answering (SIGSTOP) while the writer waits for a reply: close still returns within the 2 s flush
+    bound (counted from the close, the round under way included), and what it could not write is dropped and
+    counted. It used to take the rest of the blocked call (up to 1 s) plus a full 2 s more."""
+    from progress_engine import ProgressTracker
+    from redis_support import flushed
+    t = ProgressTracker(redis_url=redis.url, throttle_ms=10)
+    try:
+        t.create_task_progress_sync(task_id="frozen", template_id="tpl")
+        flushed(t)
+        redis.pause()
+        # 1.2 s of steps: the writer's first pipeline times out after 1 s, it reconnects (the kernel still
+        # accepts connections of a stopped process) and blocks on its next reply when the close comes.
+        for i in range(60):
+            t.update_progress_sync(task_id="frozen", step=i + 1, total_steps=100, message=f"s{i + 1}")
+            time.sleep(0.02)
+        start = time.monotonic()
+        t.close()
+        took = time.monotonic() - start
+    finally:
+        redis.resume()
+        t.close()
+    assert took < 2.4, f"close took {took:.2f} s with Redis frozen (bound: 2 s)"

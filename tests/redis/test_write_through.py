@@ -142,3 +142,27 @@ def test_unreachable_redis_does_not_fail_the_runner():
     assert t.stats_sync()["redis_connected"] == 0
     t.close()
     assert time.time() - t0 < 4
+
+
+def test_an_acl_user_in_redis_url_logs_in_as_that_user(tmp_path):
+    """`redis://user:password@…` sends `AUTH user password` (Redis 6+ ACL users), not `AUTH password` as the
+    default user: with the default user switched off, only the named user gets in."""
+    from live_support import RedisServer, Resp
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        admin = server.client()
+        assert admin("ACL", "SETUSER", "runner", "on", ">s3cret", "allkeys", "allchannels", "allcommands") == "OK"
+        assert admin("ACL", "SETUSER", "default", "off") == "OK"
+        with ProgressTracker(redis_url=f"redis://runner:s3cret@127.0.0.1:{server.port}/0", throttle_ms=10) as t:
+            t.create_task_progress_sync(task_id="acl", template_id="tpl")
+            t.update_progress_sync(task_id="acl", step=3, total_steps=10, message="three")
+            flushed(t)
+        check = Resp(server.port)
+        assert check("AUTH", "runner", "s3cret") == "OK"
+        state = json.loads(check("GET", key("state", "acl")))
+        assert state["stages"][str(state["current_stage"])]["message"] == "three"
+        check.close()
+        admin.close()
+    finally:
+        server.stop()

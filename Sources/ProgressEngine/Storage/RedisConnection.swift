@@ -50,7 +50,11 @@ final class RedisConnection {
         }
         redisSetTimeout(c, tv)
         if let password = url.password {
-            try expectOK(command(["AUTH", RedisArgument(password)]), "AUTH")
+            if let user = url.user {
+                try expectOK(command(["AUTH", RedisArgument(user), RedisArgument(password)]), "AUTH as user \"\(user)\"")
+            } else {
+                try expectOK(command(["AUTH", RedisArgument(password)]), "AUTH")
+            }
         }
         if url.database != 0 {
             try expectOK(command(["SELECT", RedisArgument(String(url.database))]), "SELECT \(url.database)")

@@ -2,11 +2,21 @@
 struct RedisURL: Equatable, Sendable {
     let host: String
     let port: Int
+    /// The ACL user (Redis 6+) of `user:password@`; nil for `:password@` or a lone password (the default user).
+    var user: String? = nil
     let password: String?
     let database: Int
 
+    init(host: String, port: Int, user: String? = nil, password: String?, database: Int) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+    }
+
     /// The URL without its password, for messages and logs.
-    var display: String { "redis://\(host):\(port)/\(database)" }
+    var display: String { "redis://\(user.map { "\($0)@" } ?? "")\(host):\(port)/\(database)" }
 
     /// Parses a `redis_url`.
     /// - Throws: `EngineError.config` saying what to fix.
@@ -16,16 +26,19 @@ struct RedisURL: Equatable, Sendable {
             throw EngineError.config("redis_url \"\(text)\" must start with redis:// (\(example))")
         }
         var rest = Substring(text.dropFirst("redis://".count))
-        var password: String?
+        var password: String?, user: String?
         if let at = rest.lastIndex(of: "@") {
             let credentials = rest[..<at]
             rest = rest[rest.index(after: at)...]
-            // "user:password" or ":password" (Redis < 6 has no user names); a lone word is a password.
-            let secret = credentials.firstIndex(of: ":").map { credentials[credentials.index(after: $0)...] } ?? credentials
+            // "user:password" (an ACL user, Redis 6+: AUTH user password) or ":password" (the default user, as
+            // Redis < 6 has no user names); a lone word is a password.
+            let colon = credentials.firstIndex(of: ":")
+            let secret = colon.map { credentials[credentials.index(after: $0)...] } ?? credentials
             guard !secret.isEmpty else {
                 throw EngineError.config("redis_url: the password before \"@\" is empty; remove \"@\" or give one (\(example))")
             }
             password = String(secret)
+            if let colon, colon != credentials.startIndex { user = String(credentials[..<colon]) }
         }
         var database = 0
         if let slash = rest.firstIndex(of: "/") {
@@ -52,6 +65,6 @@ struct RedisURL: Equatable, Sendable {
         guard !host.contains("?"), !host.contains("["), !host.contains(" ") else {
             throw EngineError.config("redis_url: host \"\(host)\" is not a host name or IPv4 address (\(example))")
         }
-        return RedisURL(host: host, port: port, password: password, database: database)
+        return RedisURL(host: host, port: port, user: user, password: password, database: database)
     }
 }

@@ -58,6 +58,8 @@ final class RedisWriter: @unchecked Sendable {
     private var inbox: [String] = []
     private var extrasInbox: [[[RedisArgument]]] = []
     private var sleeping = false
+    /// When `stop()` was first called (monotonic): the close bound counts from it.
+    private var stopRequestedAt: Double?
 
     // Writer-thread state.
     private var pending: [String: Double] = [:]
@@ -118,8 +120,12 @@ final class RedisWriter: @unchecked Sendable {
         worker.unlock()
     }
 
-    /// Flushes what is dirty (for at most `closeFlushSeconds`), then stops the thread. Idempotent.
+    /// Flushes what is dirty, then stops the thread; returns at most `closeFlushSeconds` (and the few
+    /// milliseconds of one bounded socket call) after it was called. Idempotent.
     func stop() {
+        worker.lock()
+        if stopRequestedAt == nil { stopRequestedAt = monotonicNow() }
+        worker.unlock()
         worker.stop()
     }
 
@@ -204,7 +210,12 @@ final class RedisWriter: @unchecked Sendable {
     }
 
     private func finalFlush() {
-        let deadline = monotonicNow() + RedisWriter.closeFlushSeconds
+        // The bound counts from the close call: a round under way then (a socket call of at most ioTimeout)
+        // spends part of it.
+        worker.lock()
+        let requested = stopRequestedAt ?? monotonicNow()
+        worker.unlock()
+        let deadline = requested + RedisWriter.closeFlushSeconds
         // Redis unreachable at close: one short attempt, so closing a runner costs it little.
         if connection == nil { nextConnectAt = 0 }
         var attempts = 0
@@ -227,7 +238,11 @@ final class RedisWriter: @unchecked Sendable {
     }
 
     private func ensureConnected(now: Double, deadline: Double?) -> Bool {
-        if connection != nil { return true }
+        if let connection {
+            // While the engine closes, no read or write may run past the close bound.
+            if let deadline { connection.setTimeout(max(0.05, min(RedisWriter.ioTimeout, deadline - now))) }
+            return true
+        }
         guard now >= nextConnectAt else { return false }
         let timeout = deadline.map { max(0.05, min(RedisWriter.ioTimeout, $0 - now)) } ?? RedisWriter.ioTimeout
         do {
