@@ -76,7 +76,9 @@ private func fuzzConfig(_ bytes: UnsafeBufferPointer<UInt8>) {
 
 private func fuzzEvent(_ bytes: UnsafeBufferPointer<UInt8>) {
     let (name, data) = firstLine(bytes)
-    _ = try? RunnerEvent.parse(name: text(name), dataJSON: data.map(text))
+    if case let (.stage(stageName, stageData), _)? = try? RunnerEvent.parse(name: text(name), dataJSON: data.map(text)) {
+        _ = try? RunnerEvent.stageArguments(name: stageName, data: stageData)
+    }
     if let data { _ = try? TaskOptions.parse(text(data)) }
 }
 

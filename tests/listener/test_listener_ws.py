@@ -301,6 +301,39 @@ def test_stage_and_terminal_changes_are_not_throttled(wire):
 
 
 
+def test_resources_and_progress_within_a_stage_are_throttled(wire):
+    """Only the task's creation, stage changes, terminal states and a resume skip the throttle (SPEC §7): a runner's
+    resource figures, and progress reported through progress_stage_update for the stage the task is in, wait
+    for the throttle like a step (a runner sending resources with every step would otherwise defeat it)."""
+    t = wire.open(throttle_ms=1000, resource_interval_ms=3600000)
+    t.create_task_progress_sync("paced", "sdxl", "image_generation")
+
+    async def scenario():
+        async with wire.connect(t, "p") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["paced"]}, "subscribed")
+            await wire.recv(ws)
+
+            async def timed(change, accept):
+                start = time.monotonic()
+                change()
+                m = await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and accept(m), 4)
+                return m, time.monotonic() - start
+
+            _, dt = await timed(lambda: t.update_stage_sync("paced", 1), lambda m: m["data"]["current_stage"] == 1)
+            assert dt < 0.5, f"stage change took {dt:.2f} s"
+            _, dt = await timed(lambda: t.send_event_sync("paced", "resources", {"cpu_percent": 42.0}),
+                                lambda m: m["data"]["resource_usage"]["cpu_percent"] == 42.0)
+            assert 0.6 < dt < 2.0, f"the runner's resource figures arrived after {dt:.2f} s (throttle 1 s)"
+            _, dt = await timed(lambda: t.update_stage_sync("paced", 1, StageStatus.IN_PROGRESS, 0.5),
+                                lambda m: m["data"]["stages"]["1"]["progress"] == 0.5)
+            assert 0.6 < dt < 2.0, f"progress within the current stage arrived after {dt:.2f} s (throttle 1 s)"
+            _, dt = await timed(lambda: t.update_stage_sync("paced", 1, StageStatus.COMPLETED),
+                                lambda m: m["data"]["stages"]["1"]["status"] == "completed")
+            assert dt < 0.5, f"completing the current stage took {dt:.2f} s"
+
+    wire.run(scenario())
+
 def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
     """The engine's resource sampler changes an executing task by itself (every resource_interval_ms). While the
     runner reports, a sample rides along with the runner's next update instead of going out alone: alone, it

@@ -40,6 +40,8 @@ final class Engine: @unchecked Sendable {
     private let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
     private let queues = QueueBoard()
+    /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
+    /// data) and counter pairs that could not be applied. Added to `invalid_updates`.
     private let misses = Atomic<Int>(0)
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
@@ -388,12 +390,19 @@ final class Engine: @unchecked Sendable {
             try complete(id: id, timestamp: explicit)
         case let .error(message):
             try fail(id: id, error: message, timestamp: explicit)
-        case let .stage(name, progress, message):
+        case let .stage(name, data):
             let isStage = try withTask(id: id, isUpdate: false) { task in
                 task.stages.contains(where: { $0.definition.name == name })
             }
             guard isStage else {
                 return try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
+            }
+            let progress: Double?, message: String?
+            do {
+                (progress, message) = try RunnerEvent.stageArguments(name: name, data: data)
+            } catch {
+                misses.add(1, ordering: .relaxed)  // rejected before reaching the task, as parse errors are
+                throw error
             }
             try withTask(id: id) { task in
                 try task.enterStage(named: name, progress: progress, message: message.map(MessageArgument.string) ?? .none,
@@ -406,7 +415,7 @@ final class Engine: @unchecked Sendable {
         let now = clock.now()
         logCount.add(1, ordering: .relaxed)
         let entry = try withTask(id: id, isUpdate: false) { task in
-            let entry = task.log(level, message, at: timestamp ?? max(now, task.lastTimestamp))
+            let entry = task.log(level, message, at: try task.resolveTimestamp(explicit: timestamp, now: now))
             if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
             return entry
         }
@@ -684,7 +693,10 @@ final class Engine: @unchecked Sendable {
         guard had else { throw EngineError.notFound("task \"\(id)\" has no counter attached") }
     }
 
-    /// Applies the counter's values if they changed; returns whether it did. Called under the shard lock.
+    /// Applies the counter's values if they changed; returns whether it did. A pair that cannot be applied (e.g. a
+    /// step past total_steps) is skipped and counted in `invalid_updates`, as progress_update would count it; so is
+    /// a pair read between the caller's two stores, which the next read applies once finished. Called under the
+    /// shard lock.
     @discardableResult
     private func pollCounter(_ task: TaskRecord, at ts: Double) -> Bool {
         guard var counter = task.counter else { return false }
@@ -693,9 +705,13 @@ final class Engine: @unchecked Sendable {
         counter.lastStep = step
         counter.lastTotal = total
         task.counter = counter
-        // A pair that is not valid yet (total written after step) is skipped; the next round applies it.
-        try? task.applyStep(step: step, total: total, message: .none, at: ts)
-        return true
+        do {
+            try task.applyStep(step: step, total: total, message: .none, at: ts)
+            return true
+        } catch {
+            misses.add(1, ordering: .relaxed)
+            return false
+        }
     }
 
     private func readCounterOneLastTime(_ task: TaskRecord, at ts: Double) {

@@ -6,8 +6,9 @@ enum RunnerEvent {
     case resources(ResourceUsage)
     case complete
     case error(String?)
-    /// An event named after a stage (or an unknown event, when the task has no such stage).
-    case stage(name: String, progress: Double?, message: String?)
+    /// An event named after a stage, or an unknown event when the task has no such stage. Its data is checked
+    /// (`stageArguments`) only once it is known to name a stage: an unknown event's data is ignored with it.
+    case stage(name: String, data: JSONValue)
 
     /// Parses `data_json` of event `name`.
     /// - Returns: the event and its explicit timestamp, if any.
@@ -54,9 +55,16 @@ enum RunnerEvent {
             try allow(["error"])
             event = .error(try reader.string("error"))
         default:
-            try allow(["progress", "message"])
-            event = .stage(name: name, progress: try reader.number("progress"), message: try reader.string("message"))
+            event = .stage(name: name, data: data)
         }
         return (event, try reader.number("timestamp"))
+    }
+
+    /// The data of an event that names one of the task's stages: {progress?, message?, timestamp?}.
+    /// - Throws: `.json` for other keys or wrong types.
+    static func stageArguments(name: String, data: JSONValue) throws -> (progress: Double?, message: String?) {
+        let reader = try JSONObjectReader(data, context: "data_json of event \"\(name)\"")
+        try reader.rejectUnknownKeys(allowed: ["progress", "message", "timestamp"], error: EngineError.json)
+        return (try reader.number("progress"), try reader.string("message"))
     }
 }

@@ -87,7 +87,9 @@ final class TaskRecord: @unchecked Sendable {
     private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
     private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
     var counter: CounterBinding?
-    /// Whether the latest change must reach watchers without throttling (anything but a progress step).
+    /// Whether the latest change must reach watchers without throttling (SPEC §7: the task's creation, a stage
+    /// change, a terminal state, a resume). Progress within a stage, resource usage and a new preview wait for
+    /// the throttle like a step; the latest state still goes out when its window ends.
     private(set) var lastChangeUrgent = false
     /// Listener bookkeeping, guarded by the shard lock like the rest: bit 0 = queued for fan-out,
     /// bit 1 = an urgent change is among the queued ones.
@@ -231,10 +233,14 @@ final class TaskRecord: @unchecked Sendable {
         }
     }
 
-    /// - Parameter enteredStage: a progress step that moved the task to another stage (urgent for watchers).
-    private func recordChange(_ type: HistoryType, at ts: Double, enteredStage: Bool = false) {
+    /// - Parameter stageChanged: the change moved the task to another stage or changed a stage's status (urgent
+    ///   for watchers). Creation, terminal states and a resume are urgent by their type.
+    private func recordChange(_ type: HistoryType, at ts: Double, stageChanged: Bool = false) {
         if type == .progress { refreshCurrentStage() } else { refreshOverall() }
-        lastChangeUrgent = type != .progress || enteredStage
+        switch type {
+        case .created, .completed, .failed, .cancelled, .resumed: lastChangeUrgent = true
+        case .progress, .stage, .resources, .preview: lastChangeUrgent = stageChanged
+        }
         seq &+= 1
         updatedAt = ts
         lastTimestamp = ts
@@ -278,7 +284,7 @@ final class TaskRecord: @unchecked Sendable {
         live.note(progress: stages[target].progress, steps: total, at: ts)
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
-        recordChange(.progress, at: ts, enteredStage: entering)
+        recordChange(.progress, at: ts, stageChanged: entering)
     }
 
     /// `progress_stage_update`.
@@ -293,6 +299,7 @@ final class TaskRecord: @unchecked Sendable {
         }
         let newMessage = try message.resolve(current: stages[index].message)
         let name = stages[index].definition.name
+        let (statusBefore, currentBefore) = (stages[index].status, currentStage)
         switch newStatus {
         case .pending:
             throw EngineError.invalidArgument("a stage cannot be set back to pending; stages only move forward")
@@ -314,11 +321,16 @@ final class TaskRecord: @unchecked Sendable {
         case .failed:
             if index > currentStage { enterStage(index, at: ts) }
             if let newMessage { stages[index].message = newMessage }
-            fail(error: stages[index].message ?? "stage \(name) failed", stageIndex: index, at: ts)
+            // The error is the message passed (now the stage's message), else "stage NAME failed"; never the
+            // stage's last progress text.
+            var passed = true
+            if case .none = message { passed = false }
+            fail(error: passed ? stages[index].message ?? "" : "stage \(name) failed", stageIndex: index, at: ts)
             return
         }
         if let newMessage { stages[index].message = newMessage }
-        recordChange(.stage, at: ts)
+        // Progress or a message within the stage the task is in is not a stage change: throttled like a step.
+        recordChange(.stage, at: ts, stageChanged: stages[index].status != statusBefore || currentStage != currentBefore)
     }
 
     /// Enters the stage named `name` (a runner event named after a stage).
@@ -477,7 +489,7 @@ extension TaskRecord {
     func applyRemote(_ stored: StoredTask, events: [HistoryEvent]) -> Bool {
         guard stored.seq > seq else { return false }
         let urgent = stored.status != status || stored.currentStage != currentStage
-            || events.contains { $0.type != .progress }
+            || events.contains { $0.type != .progress && $0.type != .resources && $0.type != .preview }
         appendRemoteHistory(events.filter { $0.seq <= stored.seq })
         restore(from: stored)
         lastChangeUrgent = urgent

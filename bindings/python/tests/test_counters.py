@@ -139,3 +139,20 @@ def test_finishing_events_drop_the_counter(tracker, task):
     tracker.send_event_sync(task, "execution_complete")
     assert tracker._counters == {}
     assert tracker.get_task_progress_sync(task)["status"] == "completed"
+
+
+def test_counter_pairs_the_engine_cannot_apply_are_counted_as_invalid(tracker, task, throttle_ms, poll):
+    """Counting past total_steps is no error for the runner (as with tqdm), but the engine does not apply such a
+    pair: it is counted in invalid_updates, not in updates, and the task keeps its last valid step."""
+    steps = tracker.stepper(task, 10)
+    for _ in range(10):
+        steps.update()
+    poll(lambda: stage(tracker, task), lambda s: s["progress"] == 1.0, 2 * throttle_ms / 1000)
+    before = tracker.stats_sync()
+    assert before["invalid_updates"] == 0
+    for _ in range(5):
+        steps.update()  # 15 of 10
+    after = poll(tracker.stats_sync, lambda s: s["invalid_updates"] >= 1, 2 * throttle_ms / 1000)
+    assert 1 <= after["invalid_updates"] <= 5, after  # one per changed pair the maintenance thread read
+    assert after["updates"] == before["updates"], (before, after)
+    assert stage(tracker, task)["progress"] == 1.0

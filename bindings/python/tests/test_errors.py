@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import pytest
 
@@ -215,3 +216,47 @@ def test_closed_tracker():
         tracker.get_task_progress_sync("t")
     with raises(pe.StateError, "closed"):
         tracker.update_progress_sync("t", 1, 2)
+
+
+def test_unknown_event_with_any_data_is_logged_and_ignored(tracker, task):
+    """SPEC §5: an event the task has no stage of is logged at debug level and ignored, whatever its data holds;
+    only an event that names a stage checks its keys."""
+    before = tracker.get_task_progress_sync(task)
+    tracker.send_event_sync(task, "model_loaded", {"model": "sdxl-base", "vram_gb": 12, "timestamp": time.time()})
+    assert tracker.get_task_progress_sync(task) == before
+    logs = tracker.get_logs_sync(task)["logs"]
+    assert [(e["level"], e["message"]) for e in logs] == [("debug", 'unknown event "model_loaded" ignored')]
+    assert tracker.stats_sync()["invalid_updates"] == 0
+    stage_name = before["stages"]["1"]["name"]
+    with raises(pe.JSONError, '"vram_gb"'):
+        tracker.send_event_sync(task, stage_name, {"progress": 0.5, "vram_gb": 12})
+    with raises(pe.JSONError, "malformed JSON"):
+        tracker.send_event_sync(task, "model_loaded", "{not json")
+    assert tracker.get_task_progress_sync(task) == before
+    assert tracker.stats_sync()["invalid_updates"] == 2
+
+
+def test_log_event_timestamps_are_checked_like_any_other(tracker, task):
+    """A `log` event's explicit timestamp may not go backwards or be invalid (PROGRESS_E_RANGE, nothing logged)."""
+    now = time.time()
+    tracker.send_event_sync(task, "log", {"message": "later", "timestamp": now + 10})
+    with raises(pe.RangeError, "backwards"):
+        tracker.send_event_sync(task, "log", {"message": "earlier", "timestamp": now + 5})
+    with raises(pe.RangeError, "not a valid epoch time"):
+        tracker.send_event_sync(task, "log", {"message": "negative", "timestamp": -1})
+    tracker.send_event_sync(task, "log", {"message": "same", "timestamp": now + 10})
+    assert [e["message"] for e in tracker.get_logs_sync(task)["logs"]] == ["later", "same"]
+
+
+def test_failing_a_stage_without_a_message_names_the_stage(tracker, task):
+    """The task's error is the message passed, else "stage NAME failed" — never the stage's last progress text."""
+    for task_id, passed in ((task, None), ("t2", "Generating frame 5/10")):
+        if task_id == "t2":
+            tracker.create_task_progress_sync("t2", "sdxl", "image_generation")
+        tracker.update_progress_sync(task_id, 5, 10, message="Generating frame 5/10")
+        state = tracker.get_task_progress_sync(task_id)
+        current = state["current_stage"]
+        assert state["stages"][str(current)]["message"] == "Generating frame 5/10"
+        tracker.update_stage_sync(task_id, current, pe.StageStatus.FAILED, message=passed)
+        name = state["stages"][str(current)]["name"]
+        assert tracker.get_task_progress_sync(task_id)["error"] == (passed or f"stage {name} failed")
