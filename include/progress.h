@@ -165,7 +165,7 @@ PROGRESS_API void progress_string_free(char *s);
 
 /* Opens an engine. `config_json` may be NULL or "{}" for the defaults; keys (all optional, unknown
  * keys are PROGRESS_E_CONFIG so typos are caught):
- *   listen ("host:port", null = no listener), redis_url ("redis://[[user]:password@]host[:port][/db]",
+ *   listen ("host:port", null = no listener), redis_url ("redis://[[user]:password@]host[:port][/db]"; with a user, AUTH user password (Redis 6 ACL),
  *   absent = memory only; see docs/REDIS.md), namespace ("progress": the prefix of every Redis key),
  *   retention_seconds (86400; also the expiry of a task's Redis keys), throttle_ms (100), preview_dir (string),
  *   preview_milestones ([25,50,75]), preview_max_size (512), preview_every_steps (0 = milestones),
@@ -193,8 +193,10 @@ PROGRESS_API progress_status progress_engine_open(const char *config_json, progr
 /* Stops the engine's threads that change tasks (the Redis subscriber, the maintenance thread, the preview thread
  * once the queued previews are written), detaches counters (reading each a last time), stops the listener (which
  * sends these last changes, then closes every client connection and the listening socket), flushes pending Redis
- * writes and frees the engine. The flush takes at most 2 seconds (then what is left is dropped, counted and logged); with Redis
- * unreachable, closing makes a few short connection attempts within that bound. NULL is a no-op. No other
+ * writes and frees the engine. The flush takes at most 2 seconds (then what is left is dropped, counted and logged),
+ * counted from when it is asked for: a Redis round under way then spends part of it, and no socket call runs
+ * past the bound (each is also bounded by 1 s); with Redis unreachable, closing makes a few short connection
+ * attempts within that bound. NULL is a no-op. No other
  * thread may use the engine during or after this call. */
 PROGRESS_API void progress_engine_close(progress_engine *engine);
 
@@ -217,7 +219,8 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".
  * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
  * metadata (object), resume (bool), timestamp (epoch seconds). An existing id gives PROGRESS_E_EXISTS
- * unless resume is true, in which case the existing task is kept as it is (PROGRESS_OK). With redis_url and
+ * unless resume is true, in which case the existing task is kept (PROGRESS_OK): its state stays, and a task
+ * that had not finished records a "resumed" event (seq advances; watchers see the runner is back). With redis_url and
  * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
  * from its stored state, seq included; without resume the id starts a new task, replacing what Redis held.
  * A task whose first stage is named "queue" is in that stage from its creation (status "queued");
@@ -271,7 +274,8 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
  * call) and downscaled to `preview_max_size` (box filter) and PNG-encoded on the engine's preview thread,
  * written atomically into `preview_dir` (by default a private temporary folder removed on close) and
  * served at the task's "preview_url". Video tasks name the file after the frame (the latest step).
- * When no preview is due the call returns PROGRESS_OK at once without reading the pixels. A preview that
+ * When no preview is due the call returns PROGRESS_OK at once without reading the pixels; a task that
+ * already completed, failed or was cancelled gives PROGRESS_E_STATE (it takes no new previews). A preview that
  * fails (or is dropped because the encoder is busy) is logged in the task's log and counted in
  * progress_engine_stats; the task goes on. A preview accepted before the task ended is still attached
  * when it is ready, even if the task completed, failed or was cancelled meanwhile: its "preview_url"
@@ -304,8 +308,9 @@ PROGRESS_API progress_status progress_task_get(progress_engine *engine, const ch
 PROGRESS_API progress_status progress_batch_get(progress_engine *engine, const char *batch_id,
                                                 const char *task_ids_csv, char **out_json);
 
-/* {"task_id", "logs": [{timestamp, level, message, stage}]}: entries at `since` (epoch seconds; 0 = all)
- * or later, of level min_level or above, oldest first. *out_json is the caller's. */
+/* {"task_id", "logs": [{timestamp, level, message, stage}], "dropped"}: entries at `since` (epoch seconds;
+ * 0 = all) or later, of level min_level or above, oldest first; "dropped" = older entries pushed out of the
+ * task's log (it keeps the newest 1000). *out_json is the caller's. */
 PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const char *task_id, double since,
                                                 progress_log_level min_level, char **out_json);
 

@@ -3,7 +3,7 @@
 Search order (the first library that loads and has the expected major version wins):
   1. $PROGRESS_ENGINE_LIB, when set: only that path; if it fails, nothing else is tried, so an
      override never silently falls back to another build;
-  2. libProgressEngine.so inside this package folder (wheels, `make install` copies);
+  2. libProgressEngine.so inside this package folder (where a wheel puts it);
   3. the repository's SwiftPM build folders, <repo>/.build/release then <repo>/.build/debug, so a
      checkout works right after `make build` without any environment variable;
   4. the system loader (`libProgressEngine.so` on the ldconfig / LD_LIBRARY_PATH search path).

@@ -24,8 +24,9 @@ class StageManager:
     def register_template_stages(cls, template_id: str, stages: Iterable[Union[Stage, Mapping[str, Any]]]) -> None:
         """Registers `stages` for `template_id` in every open tracker and every tracker opened later.
 
-        Raises the engine's error (JSONError, RangeError, ...) for an invalid list, and then nothing
-        is registered anywhere."""
+        Raises the engine's error for an invalid list (InvalidArgumentError: empty, a name twice, a bad
+        weight; JSONError: not a list of {name, weight}; LimitError: more than 256 stages), and then
+        nothing is registered anywhere."""
         data = stages_json(stages)
         with cls._lock:
             trackers = list(cls._trackers)

@@ -147,7 +147,8 @@ class ProgressTracker:
     ) -> Dict[str, Any]:
         """Creates a task and returns its TaskProgress. Its stages are those registered for
         template_id, else the defaults of template_category, else queue / processing / finalizing.
-        An existing task_id raises ExistsError unless resume=True, which keeps that task as it is.
+        An existing task_id raises ExistsError unless resume=True, which keeps that task: its state stays,
+        and one that had not finished records a "resumed" event (its seq advances).
         timestamp (epoch seconds) replaces the clock, for replaying recorded runs."""
         options = {
             key: value
@@ -257,7 +258,7 @@ class ProgressTracker:
         since: Union[float, datetime, None] = None,
         level: Union[LogLevel, int, str, None] = None,
     ) -> Dict[str, Any]:
-        """{"task_id", "logs": [{timestamp, level, message, stage}]}, oldest first: entries at `since`
+        """{"task_id", "logs": [{timestamp, level, message, stage}], "dropped"}, oldest first: entries at `since`
         (epoch seconds or an aware datetime) or later, of `level` or above."""
         if since is None:
             since = 0.0
@@ -269,7 +270,8 @@ class ProgressTracker:
         )
 
     def get_history_sync(self, task_id: str, after_seq: int = 0) -> Dict[str, Any]:
-        """{"task_id", "first_seq", "events": [...]}: the task's events with seq > after_seq."""
+        """{"task_id", "first_seq", "last_seq", "events": [...]}: the task's events with seq > after_seq
+        (first_seq: the oldest event still held; last_seq: the task's current seq)."""
         return _lib.call_json(_lib.progress_task_history, self._handle(), _lib.encode(task_id), after_seq)
 
     def send_event_sync(self, task_id: str, event: str, data: Union[Mapping[str, Any], str, None] = None) -> None:
@@ -289,7 +291,7 @@ class ProgressTracker:
         """Offers the task's current image as a preview: a uint8 array (H×W, H×W×3, H×W×4), a PIL image,
         or a (buffer, width, height, channels) tuple. The engine keeps it only when a milestone (or every
         N steps) is due, encodes it off this thread and sets the task's preview_url; otherwise the call
-        changes nothing."""
+        changes nothing. A task that already finished raises StateError."""
         pixels, width, height, channels = to_pixels(image)
         _lib.progress_preview_pixels(
             self._handle(), _lib.encode(task_id), pixels, width, height, width * channels, channels
