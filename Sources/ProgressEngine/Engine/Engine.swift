@@ -346,10 +346,11 @@ final class Engine: @unchecked Sendable {
         let now = clock.now()
         let finished: Bool = try withTask(id: id) { task in
             let ts = max(now, task.lastTimestamp)
-            // A failing stage fails the task: its counter is read a last time first, then released.
+            // Steps the runner left in the task's counter came before this change: they are applied first, to the
+            // stage they were reported for. A failing stage fails the task: its counter is then released.
             let valid = stage >= 0 && stage < task.stages.count && progress >= 0 && progress <= 1
-            if status == .failed && valid && !task.status.isTerminal && task.counter != nil {
-                readCounterOneLastTime(task, at: ts)
+            if valid && !task.status.isTerminal && task.counter != nil {
+                if status == .failed { readCounterOneLastTime(task, at: ts) } else { pollCounter(task, at: ts) }
             }
             try task.updateStage(stage, status: status, progress: progress, message: message, at: ts)
             return task.status.isTerminal
@@ -405,8 +406,10 @@ final class Engine: @unchecked Sendable {
                 throw error
             }
             try withTask(id: id) { task in
+                let ts = try task.resolveTimestamp(explicit: explicit, now: now)
+                catchUpCounter(task, at: ts, notify: false)  // the runner's steps came before this stage change
                 try task.enterStage(named: name, progress: progress, message: message.map(MessageArgument.string) ?? .none,
-                                    at: try task.resolveTimestamp(explicit: explicit, now: now))
+                                    at: ts)
             }
         }
     }
@@ -415,7 +418,9 @@ final class Engine: @unchecked Sendable {
         let now = clock.now()
         logCount.add(1, ordering: .relaxed)
         let entry = try withTask(id: id, isUpdate: false) { task in
-            let entry = task.log(level, message, at: try task.resolveTimestamp(explicit: timestamp, now: now))
+            let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
+            catchUpCounter(task, at: ts, notify: true)  // so the entry names the stage the runner is in
+            let entry = task.log(level, message, at: ts)
             if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
             return entry
         }
@@ -576,7 +581,7 @@ final class Engine: @unchecked Sendable {
                 throw EngineError.state("task \"\(id)\" is \(task.status.name) and accepts no further previews")
             }
             // Steps still in the task's counter count: the runner's latest step may have crossed a milestone.
-            if task.counter != nil, pollCounter(task, at: max(now, task.lastTimestamp)) { noteChanged(task) }
+            catchUpCounter(task, at: max(now, task.lastTimestamp), notify: true)
             return previewDue(task)
         }
         guard let fileName = due else { return }
@@ -714,6 +719,14 @@ final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Applies steps still in the task's counter before something that must come after them (a stage change, a
+    /// log entry, a read): the runner wrote them first. `notify`: the caller is not an update that announces the
+    /// change itself. Under the shard lock.
+    @inline(__always)
+    private func catchUpCounter(_ task: TaskRecord, at ts: Double, notify: Bool) {
+        if task.counter != nil, !task.status.isTerminal, pollCounter(task, at: ts), notify { noteChanged(task) }
+    }
+
     private func readCounterOneLastTime(_ task: TaskRecord, at ts: Double) {
         if task.counter != nil, !task.status.isTerminal { pollCounter(task, at: ts) }
         task.counter = nil
@@ -815,7 +828,13 @@ final class Engine: @unchecked Sendable {
     ///   - now: the engine's time (`eventTime()`), when the caller has it already.
     /// - Throws: `.notFound`, `.invalidArgument` (id).
     func snapshot(id: String, now: Double? = nil) throws -> TaskSnapshot {
-        var snapshot = try withStoredFallback({ try withTask(id: id, isUpdate: false, forReading: true) { TaskSnapshot($0) } },
+        var snapshot = try withStoredFallback({
+            try withTask(id: id, isUpdate: false, forReading: true) { task in
+                // A read right after the runner's step sees it (the counter is otherwise read within throttle_ms).
+                catchUpCounter(task, at: max(clock.now(), task.lastTimestamp), notify: true)
+                return TaskSnapshot(task)
+            }
+        },
                                               stored: { _ in storedRecord(id: id).map(TaskSnapshot.init) })
         snapshot.eta = estimate(snapshot, now: now ?? eventTime())
         return snapshot

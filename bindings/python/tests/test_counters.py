@@ -156,3 +156,34 @@ def test_counter_pairs_the_engine_cannot_apply_are_counted_as_invalid(tracker, t
     assert 1 <= after["invalid_updates"] <= 5, after  # one per changed pair the maintenance thread read
     assert after["updates"] == before["updates"], (before, after)
     assert stage(tracker, task)["progress"] == 1.0
+
+
+@pytest.mark.parametrize("change", ["update_stage_sync", "stage event"])
+def test_steps_in_the_counter_land_on_their_stage_before_a_stage_change(tracker, change):
+    """The seed's flow: steps 1..30 of 30 through the counter, then the next stage at once. The steps belong to
+    the stage they were reported in; they are applied before the stage change, not later onto the new stage."""
+    tracker.create_task_progress_sync("s", "sdxl", "image_generation")
+    names = [s["name"] for _, s in sorted(tracker.get_task_progress_sync("s")["stages"].items(), key=lambda kv: int(kv[0]))]
+    for i in range(1, 31):
+        tracker.update_progress_sync("s", i, 30)
+    main = names.index("generation") if "generation" in names else 2
+    nxt = main + 1
+    if change == "update_stage_sync":
+        tracker.update_stage_sync("s", nxt, StageStatus.IN_PROGRESS)
+    else:
+        tracker.send_event_sync("s", names[nxt], {})
+    state = tracker.get_task_progress_sync("s")
+    assert state["current_stage"] == nxt, state
+    assert state["stages"][str(main)]["status"] == "completed" and state["stages"][str(main)]["progress"] == 1.0
+    assert state["stages"][str(nxt)]["progress"] == 0.0, state["stages"][str(nxt)]
+    assert state["status"] == "executing" and state["overall_progress"] < 100
+    steps = [e for e in tracker.get_history_sync("s")["events"] if e["type"] == "progress" and e["stage"] == main]
+    assert steps and steps[-1]["progress"] == 1.0
+
+
+def test_a_read_right_after_a_counter_step_sees_it(tracker):
+    tracker.create_task_progress_sync("r", "plain")
+    tracker.update_progress_sync("r", 1, 10)
+    tracker.update_progress_sync("r", 3, 10)  # two stores into the counter, no engine call
+    state = tracker.get_task_progress_sync("r")
+    assert state["stages"][str(state["current_stage"])]["progress"] == 0.3
