@@ -22,4 +22,50 @@ public enum ServerConfig {
         }
         return JSONValue.object(members).serialized()
     }
+
+    /// The configuration of a server: `merge`, then `listen` set to `defaultListen` when neither the file nor the
+    /// command line names it.
+    /// - Throws: `EngineError.config` when `listen` is null or not a string: a server without a listener would
+    ///   serve nothing.
+    public static func server(fileJSON: String?, overrides: [(String, String)], defaultListen: String) throws -> String {
+        guard case var .object(members) = try JSONParser.parse(merge(fileJSON: fileJSON, overrides: overrides),
+                                                               context: "the configuration") else {
+            throw EngineError.config("the configuration must be a JSON object")
+        }
+        switch members.first(where: { $0.0 == "listen" })?.1 {
+        case nil:
+            members.append(("listen", .string(defaultListen)))
+        case .string?:
+            break
+        case let other?:
+            throw EngineError.config("\"listen\" is \(other.typeName); progress-server needs a listen address "
+                + "(\"host:port\", port 0 = any free port) to serve its clients")
+        }
+        return JSONValue.object(members).serialized()
+    }
+
+    /// `json` with its secrets masked, for logs: `auth_token`'s value and the password of `redis_url`.
+    public static func redacted(_ json: String) -> String {
+        guard case let .object(members)? = try? JSONParser.parse(json, context: "the configuration") else {
+            return "(not a JSON object)"
+        }
+        return JSONValue.object(members.map { key, value in
+            switch (key, value) {
+            case ("auth_token", .string):
+                return (key, .string("***"))
+            case let ("redis_url", .string(url)):
+                return (key, .string(maskPassword(url)))
+            default:
+                return (key, value)
+            }
+        }).serialized()
+    }
+
+    /// `redis://user:secret@host` → `redis://user:***@host` (and `:secret@`, `secret@` alike).
+    static func maskPassword(_ url: String) -> String {
+        guard url.hasPrefix("redis://"), let at = url.lastIndex(of: "@") else { return url }
+        let credentials = url[url.index(url.startIndex, offsetBy: "redis://".count)..<at]
+        let user = credentials.firstIndex(of: ":").map { String(credentials[..<$0]) + ":" } ?? ""
+        return "redis://" + user + "***" + url[at...]
+    }
 }

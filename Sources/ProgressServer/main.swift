@@ -42,10 +42,7 @@ struct ProgressServer: ParsableCommand {
         var overrides: [(String, String)] = []
         if let listen { overrides.append(("listen", listen)) }
         if let redisURL { overrides.append(("redis_url", redisURL)) }
-        var json = try ServerConfig.merge(fileJSON: fileText, overrides: overrides)
-        if listen == nil, !(fileText ?? "").contains("\"listen\"") {
-            json = try ServerConfig.merge(fileJSON: json, overrides: [("listen", "127.0.0.1:8000")])
-        }
+        let json = try ServerConfig.server(fileJSON: fileText, overrides: overrides, defaultListen: "127.0.0.1:8000")
 
         // Signals are taken synchronously by sigwait below, so no handler runs at an arbitrary point.
         var signals = sigset_t()
@@ -61,7 +58,7 @@ struct ProgressServer: ParsableCommand {
                                           "message": String(cString: progress_last_error())])
             throw ExitCode(2)
         }
-        log("info", "listening", ["port": String(progress_engine_port(engine)), "config": json])
+        log("info", "listening", ["port": String(progress_engine_port(engine)), "config": ServerConfig.redacted(json)])
         var received: Int32 = 0
         sigwait(&signals, &received)
         log("info", "stopping", ["signal": received == SIGINT ? "SIGINT" : "SIGTERM"])

@@ -383,3 +383,34 @@ struct EngineTests {
         #expect(full.retentionSeconds == 5 && full.throttleMs == 0 && !full.dashboard && full.listen == nil)
     }
 }
+
+@Suite("progress-server configuration")
+struct ServerConfigTests {
+    @Test("listen defaults when absent, is kept when set, and null or a number is an error")
+    func listen() throws {
+        let absent = try parsed(ServerConfig.server(fileJSON: #"{"throttle_ms": 50}"#, overrides: [], defaultListen: "127.0.0.1:8000"))
+        #expect(string(absent["listen"]) == "127.0.0.1:8000")
+        let set = try parsed(ServerConfig.server(fileJSON: #"{"listen": "0.0.0.0:9000"}"#, overrides: [], defaultListen: "x:1"))
+        #expect(string(set["listen"]) == "0.0.0.0:9000")
+        let overridden = try parsed(ServerConfig.server(fileJSON: #"{"listen": null}"#, overrides: [("listen", "127.0.0.1:0")],
+                                                        defaultListen: "x:1"))
+        #expect(string(overridden["listen"]) == "127.0.0.1:0")
+        for bad in [#"{"listen": null}"#, #"{"listen": 8000}"#] {
+            #expect(throws: EngineError.self) { try ServerConfig.server(fileJSON: bad, overrides: [], defaultListen: "x:1") }
+        }
+    }
+
+    @Test("logged configuration hides auth_token and the Redis password")
+    func redacted() throws {
+        let json = #"{"listen":"127.0.0.1:0","auth_token":"s3cret","redis_url":"redis://u:pw@h:6379/0","throttle_ms":5}"#
+        let shown = ServerConfig.redacted(json)
+        #expect(!shown.contains("s3cret") && !shown.contains("pw@"))
+        let v = try parsed(shown)
+        #expect(string(v["auth_token"]) == "***")
+        #expect(string(v["redis_url"]) == "redis://u:***@h:6379/0")
+        #expect(number(v["throttle_ms"]) == 5)
+        #expect(ServerConfig.maskPassword("redis://:pw@h") == "redis://:***@h")
+        #expect(ServerConfig.maskPassword("redis://pw@h") == "redis://***@h")
+        #expect(ServerConfig.maskPassword("redis://h:1/0") == "redis://h:1/0")
+    }
+}
