@@ -438,11 +438,16 @@ def test_resume_replays_missed_events(wire):
     updates = updates_of(seen)
     replayed = [m for m in updates if m.get("replayed")]
     assert [m["seq"] for m in replayed] == [e["seq"] for e in history[:-1]], (replayed, history)
+    full = set(t.get_task_progress_sync("r1"))
     for m, e in zip(replayed, history):
-        d = m["data"]
-        assert (d["seq"], d["current_stage"], d["overall_progress"], d["event"]) == \
-            (e["seq"], e["stage"], e["overall_progress"], e["type"]), (m, e)
-        assert ISO_Z.match(d["timestamp"])
+        d = m["data"]  # a whole TaskProgress (SPEC §7), as the task stood at that event
+        assert set(d) == full, set(d) ^ full
+        assert (d["seq"], d["current_stage"], d["overall_progress"], d["status"]) == \
+            (e["seq"], e["stage"], e["overall_progress"], e["status"]), (m, e)
+        stage = d["stages"][str(d["current_stage"])]
+        assert (stage["progress"], stage["message"]) == (e["progress"], e["message"]), (stage, e)
+        assert all(s["status"] == "pending" for i, s in d["stages"].items() if int(i) > d["current_stage"])
+        assert ISO_Z.match(d["updated_at"]) and d["eta"] is None
     state = [m for m in updates if "recovered" in m]
     assert len(state) == 1 and state[0]["recovered"] is True and state[0]["seq"] == current
     assert updates.index(state[0]) == len(replayed), "the current state must follow the replay"
@@ -464,8 +469,21 @@ def test_resume_up_to_date_and_ahead(wire):
             await wire.recv_until(ws, lambda m: "recovered" in m, 3, seen)
             return seen
 
-    seen = wire.run(resume(seq))
-    assert len(seen) == 1 and seen[0]["recovered"] is True and seen[0]["seq"] == seq, seen
+    async def resume_up_to_date():
+        async with wire.connect(t, "r") as ws:
+            await wire.established(ws)
+            seen = []
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["r2"], "resume": {"r2": seq}}, "subscribed")
+            # Nothing to catch up: no message, not even the state the client holds (no duplicate); the next
+            # change arrives as usual.
+            assert await wire.request(ws, {"type": "ping"}, "pong", seen=seen) == {"type": "pong"}
+            t.update_stage_sync("r2", 2)
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update", 3, seen)
+            return seen
+
+    seen = wire.run(resume_up_to_date())
+    assert [m["type"] for m in seen] == ["pong", "progress.update"] and seen[1]["seq"] == seq + 1, seen
+    seq += 1
     seen = wire.run(resume(seq + 1000))  # a seq this task never had
     assert len(seen) == 1 and seen[0]["recovered"] is False and seen[0]["seq"] == seq, seen
 

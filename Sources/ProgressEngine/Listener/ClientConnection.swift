@@ -154,13 +154,7 @@ final class ClientConnection {
     /// replayed event) is queued after everything before it, and no later update may overtake it by
     /// replacing an older entry, so the task's seq only increases on the wire.
     func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
-        let slot: TaskSlot
-        if let known = slots[task] {
-            slot = known
-        } else {
-            slot = TaskSlot()
-            slots[task] = slot
-        }
+        let slot = self.slot(task)
         if slot.hasSeq && seq <= slot.lastSeq { return }
         slot.hasSeq = true
         slot.lastSeq = seq
@@ -174,6 +168,23 @@ final class ClientConnection {
         } else {
             enqueue(message, slot: slot)
         }
+    }
+
+    /// Records that the client already holds the task at `seq` (a resume that was up to date): nothing is sent, and
+    /// a fan-out of that same seq is not either.
+    func noteDelivered(task: String, seq: UInt64) {
+        let slot = self.slot(task)
+        if slot.hasSeq && seq <= slot.lastSeq { return }
+        slot.hasSeq = true
+        slot.lastSeq = seq
+    }
+
+    /// The task's slot, made on first use.
+    private func slot(_ task: String) -> TaskSlot {
+        if let known = slots[task] { return known }
+        let slot = TaskSlot()
+        slots[task] = slot
+        return slot
     }
 
     /// Forgets a task's seq once the client no longer watches it (an unsent update of it still goes, and

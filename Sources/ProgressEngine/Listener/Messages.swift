@@ -18,38 +18,18 @@ enum Messages {
         return w
     }
 
-    /// `progress.update` (or `progress.current`) with the whole TaskProgress in `data`.
-    static func progressUpdate(_ s: TaskSnapshot, type: String = "progress.update", recovered: Bool? = nil) -> JSONWriter {
+    /// `progress.update` (or `progress.current`) with the whole TaskProgress in `data`; `replayed`: a missed event
+    /// replayed on `resume` (`data` is the task as of that event, `TaskSnapshot.asOf`).
+    static func progressUpdate(_ s: TaskSnapshot, type: String = "progress.update", recovered: Bool? = nil,
+                               replayed: Bool = false) -> JSONWriter {
         var w = JSONWriter(capacity: 1536)
         w.beginObject()
         w.key("type"); w.string(type)
         w.key("task_id"); w.string(s.id)
         w.key("seq"); w.integer(s.seq)
+        if replayed { w.key("replayed"); w.bool(true) }
         if let recovered { w.key("recovered"); w.bool(recovered) }
         w.key("data"); TaskJSON.write(s, to: &w)
-        w.endObject()
-        return w
-    }
-
-    /// A missed event replayed from history on `resume`.
-    static func replayed(taskId: String, event e: HistoryEvent) -> JSONWriter {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("type"); w.string("progress.update")
-        w.key("task_id"); w.string(taskId)
-        w.key("seq"); w.integer(e.seq)
-        w.key("replayed"); w.bool(true)
-        w.key("data"); w.beginObject()
-        w.key("task_id"); w.string(taskId)
-        w.key("seq"); w.integer(e.seq)
-        w.key("timestamp"); w.timestamp(e.timestamp)
-        w.key("event"); w.string(e.type.name)
-        w.key("status"); w.string(e.status.name)
-        w.key("current_stage"); w.integer(e.stage)
-        w.key("stage_progress"); w.number(e.progress)
-        w.key("overall_progress"); w.number(e.overallProgress)
-        w.key("message"); w.string(e.message)
-        w.endObject()
         w.endObject()
         return w
     }
@@ -214,7 +194,13 @@ enum Messages {
         for snapshot in snapshots {
             var recovered: Bool? = nil
             if let last = resume[snapshot.id] {
-                recovered = replay(l, client: client, taskId: snapshot.id, after: last, current: snapshot.seq)
+                recovered = replay(l, client: client, current: snapshot, after: last)
+                // Already up to date: the client holds this state, and sending it again would be a duplicate. Its
+                // seq is still noted, so the next change goes out as usual.
+                if recovered == true && last == snapshot.seq {
+                    client.noteDelivered(task: snapshot.id, seq: snapshot.seq)
+                    continue
+                }
             }
             client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
                                 seq: snapshot.seq, urgent: true)
@@ -224,10 +210,11 @@ enum Messages {
     /// Replays the events after `after` up to (not including) the current state, from memory or, for a task
     /// whose history this engine does not hold, from the Redis stream.
     /// - Returns: whether every missed event was replayed (false: the client only gets the current state).
-    private static func replay(_ l: Listener, client: ClientConnection, taskId: String, after: UInt64, current: UInt64) -> Bool {
-        guard let events = l.engine.missedEvents(id: taskId, after: after, current: current) else { return false }
+    private static func replay(_ l: Listener, client: ClientConnection, current: TaskSnapshot, after: UInt64) -> Bool {
+        guard let events = l.engine.missedEvents(id: current.id, after: after, current: current.seq) else { return false }
         for event in events {
-            client.sendProgress(WireMessage(replayed(taskId: taskId, event: event)), task: taskId, seq: event.seq, urgent: true)
+            client.sendProgress(WireMessage(progressUpdate(current.asOf(event), replayed: true)), task: current.id,
+                                seq: event.seq, urgent: true)
         }
         return true
     }

@@ -6,19 +6,19 @@ struct TaskSnapshot: Sendable {
     let category: String?
     let quality: String?
     let batchId: String?
-    let status: TaskStatus
-    let currentStage: Int
-    let stages: ContiguousArray<StageState>
-    let overallProgress: Double
-    let resources: ResourceUsage
+    private(set) var status: TaskStatus
+    private(set) var currentStage: Int
+    private(set) var stages: ContiguousArray<StageState>
+    private(set) var overallProgress: Double
+    private(set) var resources: ResourceUsage
     let resourcePeaks: ResourceUsage
-    let seq: UInt64
+    private(set) var seq: UInt64
     let createdAt: Double
-    let updatedAt: Double
-    let startedAt: Double?
-    let completedAt: Double?
-    let error: String?
-    let previewURL: String?
+    private(set) var updatedAt: Double
+    private(set) var startedAt: Double?
+    private(set) var completedAt: Double?
+    private(set) var error: String?
+    private(set) var previewURL: String?
     let metadata: JSONValue?
     let resourceConfig: JSONValue?
     let resourceKey: String?
@@ -51,6 +51,44 @@ struct TaskSnapshot: Sendable {
         resourceKey = task.resourceKey
         queueLine = task.queueLine
         live = task.live
+    }
+
+    /// The task as it stood at its history event `e`, for a replay on `resume` (SPEC §7: every `progress.update`
+    /// carries a TaskProgress): what the event records (seq, time, status, current stage with its progress and
+    /// message, overall progress); the stages before it as they finished (stages only move forward) and those
+    /// after it not started yet; null for what the history does not record (ETA, resource usage, preview).
+    func asOf(_ e: HistoryEvent) -> TaskSnapshot {
+        var s = self
+        s.seq = e.seq
+        s.updatedAt = e.timestamp
+        s.status = e.status
+        s.currentStage = min(max(e.stage, 0), stages.count - 1)
+        s.overallProgress = e.overallProgress
+        s.resources = ResourceUsage()
+        s.previewURL = nil
+        s.eta = nil
+        if e.status == .queued { s.startedAt = nil }
+        if !e.status.isTerminal { s.completedAt = nil }
+        if e.status != .failed { s.error = nil }
+        for i in s.stages.indices where i >= s.currentStage {
+            if i > s.currentStage {
+                s.stages[i].status = .pending
+                s.stages[i].progress = 0
+                s.stages[i].startedAt = nil
+                s.stages[i].completedAt = nil
+                s.stages[i].message = nil
+                continue
+            }
+            // The event's own stage: finished by then only if it finished no later than the event.
+            if let done = s.stages[i].completedAt, done <= e.timestamp {} else {
+                s.stages[i].completedAt = nil
+                s.stages[i].status = e.status == .queued || e.type == .created ? .pending : .inProgress
+            }
+            if let started = s.stages[i].startedAt, started > e.timestamp { s.stages[i].startedAt = nil }
+            s.stages[i].progress = e.progress
+            s.stages[i].message = e.message
+        }
+        return s
     }
 
     /// The predicted completion as epoch seconds: completed_at once completed, else updated_at + eta_seconds.
