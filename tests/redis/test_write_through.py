@@ -166,3 +166,27 @@ def test_an_acl_user_in_redis_url_logs_in_as_that_user(tmp_path):
         admin.close()
     finally:
         server.stop()
+
+
+def test_active_tasks_keep_their_keys_and_a_finished_log_lives_from_the_end(redis):
+    """SPEC §9: finished tasks expire retention_seconds after they finish — their log too, not that long after its
+    last entry — and active ones have their expiry refreshed, even when they report nothing for longer than the
+    retention (queued behind others, or in a long silent stage)."""
+    import time
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, retention_seconds=2, heartbeat_timeout_seconds=0.6) as t:
+        t.create_task_progress_sync(task_id="quiet", template_id="tpl")  # queued, never changed again
+        t.create_task_progress_sync(task_id="busy", template_id="tpl")
+        t.update_progress_sync(task_id="busy", step=1, total_steps=10, message="one")  # executing, then silent
+        t.create_task_progress_sync(task_id="done", template_id="tpl")
+        t.log_sync("done", "info", "the only log line")
+        flushed(t)
+        time.sleep(1.5)
+        t.complete_task_sync("done")
+        flushed(t)
+        assert int(redis.cli("PTTL", key("logs", "done"))) > 1500, "the log must live retention_seconds from the end"
+        time.sleep(2.6)  # longer than the retention, with no change of "quiet" or "busy"
+        for tid in ("quiet", "busy"):
+            for kind in ("state", "events"):
+                assert 0 < int(redis.cli("PTTL", key(kind, tid))) <= 2000, (tid, kind)
+        assert redis.cli("EXISTS", key("state", "done")) == "0"  # expired 2 s after it finished
+        assert redis.cli("EXISTS", key("logs", "done")) == "0"

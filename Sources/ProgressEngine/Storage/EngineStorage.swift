@@ -52,6 +52,20 @@ extension Engine {
     }
 
     /// Executing tasks this engine runs (not mirrors), for heartbeats.
+    /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run), with the
+    /// batch each belongs to.
+    func activeOwnedTasks() -> [(id: String, batch: String?)] {
+        var out: [(id: String, batch: String?)] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where !task.status.isTerminal && !task.isMirror {
+                    out.append((task.id, task.batchId))
+                }
+            }
+        }
+        return out
+    }
+
     func executingOwnedTaskIds() -> [String] {
         var ids: [String] = []
         for shard in table.allShards {

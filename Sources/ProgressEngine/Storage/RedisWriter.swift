@@ -34,6 +34,9 @@ final class RedisWriter: @unchecked Sendable {
     let metrics: RedisMetrics
     private let throttle: Double
     private let heartbeatInterval: Double
+    /// How often the keys of active tasks get a full retention again (`refreshActiveExpiry`).
+    private let expiryRefreshInterval: Double
+    private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
     static let maxEventsPerWrite = 64
     static let maxQueuedExtras = 10_000
@@ -81,6 +84,7 @@ final class RedisWriter: @unchecked Sendable {
         self.metrics = metrics
         throttle = Double(engine.config.throttleMs) / 1000
         heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
+        expiryRefreshInterval = max(heartbeatInterval, engine.config.retentionSeconds / 4)
         try worker.start("the Redis writer thread") { [self] in self.loop() }
     }
 
@@ -282,6 +286,7 @@ final class RedisWriter: @unchecked Sendable {
     /// ZADD of every executing task of this engine, so listeners can tell a live worker from a lost one.
     private func heartbeat(now: Double) {
         lastHeartbeat = now
+        if now - lastExpiryRefresh >= expiryRefreshInterval { refreshActiveExpiry(now: now) }
         let ids = engine.executingOwnedTaskIds()
         guard !ids.isEmpty, let connection else { return }
         let score = RedisArgument(String(SystemClock().now()))
@@ -295,12 +300,46 @@ final class RedisWriter: @unchecked Sendable {
             connection.append(args)
             sent += 1
         }
-        metrics.commands.add(sent, ordering: .relaxed)
+        _ = drainReplies(connection, &sent)
+    }
+
+    /// SPEC §9: active tasks have their expiry refreshed. A task that runs for longer than `retention_seconds`
+    /// without a change (queued behind others, or a long stage that reports nothing) would otherwise lose its keys
+    /// while it runs. Every `expiryRefreshInterval` (a quarter of the retention, at least the heartbeat interval)
+    /// the keys of this engine's queued and executing tasks get a full retention again, pipelined.
+    private func refreshActiveExpiry(now: Double) {
+        guard let connection else { return }
+        lastExpiryRefresh = now
+        let ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
+        var sent = 0
+        var batches = Set<String>()
+        for task in engine.activeOwnedTasks() {
+            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id)] {
+                connection.append(["PEXPIRE", RedisArgument(key), ttl])
+                sent += 1
+            }
+            if let batch = task.batch, batches.insert(batch).inserted {
+                connection.append(["PEXPIRE", RedisArgument(keys.batch(batch)), ttl])
+                sent += 1
+            }
+            if sent >= 3000 { if !drainReplies(connection, &sent) { return } }
+        }
+        _ = drainReplies(connection, &sent)
+    }
+
+    /// Reads `count` pipelined replies (then 0); false when the connection failed.
+    private func drainReplies(_ connection: RedisConnection, _ count: inout Int) -> Bool {
+        metrics.commands.add(count, ordering: .relaxed)
+        defer { count = 0 }
         do {
-            for _ in 0..<sent { _ = try connection.reply() }
+            for _ in 0..<count { _ = try connection.reply() }
+            return true
         } catch let e as EngineError {
             disconnected(e.message, now: monotonicNow())
-        } catch {}
+            return false
+        } catch {
+            return false
+        }
     }
 
     /// Pipelines the writes and reads every reply.
@@ -388,9 +427,12 @@ final class RedisWriter: @unchecked Sendable {
             }
             c.append(args)
             c.append(["LTRIM", RedisArgument(keys.logs(id)), RedisArgument(String(-TaskRecord.logCapacity)), "-1"])
-            c.append(["PEXPIRE", RedisArgument(keys.logs(id)), ttl])
-            n += 3
+            n += 2
         }
+        // Renewed with every write, not only with new entries: a finished task's log lives retention_seconds from
+        // its end, like its state (it used to expire that long after its last entry).
+        c.append(["PEXPIRE", RedisArgument(keys.logs(id)), ttl])
+        n += 1
         logsWriter.endArray()
         if let batch = s.batchId {
             c.append(["SADD", RedisArgument(keys.batch(batch)), RedisArgument(id)])
