@@ -176,7 +176,8 @@ PROGRESS_API void progress_string_free(char *s);
  *   runner's step back behind the throttle),
  *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
  *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients),
- *   max_message_bytes (65536, the largest WebSocket message a client may send), max_subscriptions
+ *   max_message_bytes (65536, the largest WebSocket message a client may send; a larger one gets an "error"
+ *   message, then close 1009), max_subscriptions
  *   (1000 task ids per connection; "*" counts as none), dashboard (true), max_connections_per_ip (unset:
  *   WebSocket clients from one peer address beyond it are closed with 1013), allowed_origins (unset: an
  *   array of origins such as "https://app.example.com"; a WebSocket whose Origin header is not one of them,

@@ -109,6 +109,7 @@ static void log_line(int level, const char *line) {
     log_stderr("progress engine: libwebsockets: %s", line);
 }
 static void write_close_frame(struct lws *wsi, int code, const char *reason);
+static void write_text_frame(struct lws *wsi, const char *format, size_t value);
 
 enum { QUERY_CAP = 8192, HEADER_CAP = 4096, PATH_CAP = 4096, PEER_CAP = 64, HTTP_CHUNK = 32768 };
 
@@ -241,6 +242,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (s->id == 0) return -1;
         if (s->rx_len == 0) s->rx_binary = lws_frame_is_binary(wsi);
         if (s->rx_len + len > l->max_message) {
+            /* SPEC §7: an oversized frame gets an `error` message, then close 1009. */
+            write_text_frame(wsi, "{\"type\":\"error\",\"code\":\"message_too_large\",\"message\":\"over "
+                             "max_message_bytes (%zu); closing (1009)\"}",
+                             l->max_message);
             static const char why[] = "message too large";
             lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof why - 1);
             return -1;
@@ -310,6 +315,18 @@ static void write_close_frame(struct lws *wsi, int code, const char *reason) {
     frame[3] = (unsigned char)(code & 0xff);
     memcpy(frame + 4, reason, reason_len);
     lws_write(wsi, frame, 4 + reason_len, LWS_WRITE_RAW);
+}
+
+/* Writes a short text frame (at most 125 bytes of payload: `format` with one size_t) as raw bytes, as
+ * write_close_frame does, for the error sent just before a close. */
+static void write_text_frame(struct lws *wsi, const char *format, size_t value) {
+    unsigned char buf[LWS_PRE + 2 + 126];
+    unsigned char *frame = buf + LWS_PRE;
+    int n = snprintf((char *)frame + 2, 126, format, value);
+    if (n < 0 || n > 125) return;
+    frame[0] = 0x81;
+    frame[1] = (unsigned char)n;
+    lws_write(wsi, frame, 2 + (size_t)n, LWS_WRITE_RAW);
 }
 
 static void timer_fired(lws_sorted_usec_list_t *sul) {

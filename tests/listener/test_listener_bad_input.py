@@ -128,7 +128,9 @@ def test_ten_megabyte_frame_closes_with_1009(wire):
             except wire.ConnectionClosed:
                 pass
             code, got = await wire.closed_with(ws)
-            assert code == 1009 and got == [], (code, got)
+            # SPEC §7: an `error` message first, then close 1009.
+            assert code == 1009 and [m["type"] for m in got] == ["error"], (code, got)
+            assert got[0]["code"] == "message_too_large" and "(65536)" in got[0]["message"], got  # the default
 
     wire.run(scenario())
     wire.assert_alive(t)
@@ -146,8 +148,9 @@ def test_message_just_under_the_limit_is_accepted_and_over_it_closes(wire):
             assert await wire.request(ws, text, "pong") == {"type": "pong"}
             # The same limit holds for a message split into fragments.
             await ws.send(iter(['{"type":"ping","pad":"', "x" * 600, "x" * 600, '"}']))
-            code, _ = await wire.closed_with(ws)
-            assert code == 1009
+            code, got = await wire.closed_with(ws)
+            assert code == 1009 and [m.get("code") for m in got] == ["message_too_large"], (code, got)
+            assert "(1024)" in got[0]["message"], got
 
     wire.run(scenario())
     wire.assert_alive(t)
