@@ -25,10 +25,10 @@ def test_second_engine_serves_the_first_ones_tasks(redis):
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as b:
         port = b.port
         status, body = http_get(port, "/api/v1/progress/tasks/half")
-        # The ETA is computed by the engine that reads the task, from what it knows: B never saw this task's
-        # pace, so it has no estimate of its own yet; everything stored is identical.
+        # The ETA is computed by the engine that reads the task, from what it knows (the fleet's completion
+        # records, loaded at open: "done" is one; not this task's pace); everything stored is identical.
         eta_fields = ("eta", "eta_seconds", "eta_confidence")
-        assert all(body[k] is None for k in eta_fields)
+        assert body["eta_confidence"] is not None  # estimated from the loaded record of "done"
         assert status == 200 and {k: v for k, v in body.items() if k not in eta_fields} == \
             {k: v for k, v in before["half"].items() if k not in eta_fields}
         assert b.get_task_progress_sync("done") == before["done"]
@@ -77,3 +77,25 @@ t.close()
     assert stored == final
     with ProgressTracker(redis_url=redis.url) as c:
         assert [e["seq"] for e in c.get_history_sync("half")["events"]] == list(range(1, 24))
+
+
+def test_a_new_engine_predicts_from_the_fleets_completion_history(redis):
+    """SPEC §9/§10: completion records are kept in Redis; an engine opened later (a restarted runner, a listener
+    of the fleet) loads them and estimates from that history at once."""
+    from redis_support import flushed
+    from progress_engine import ETAPredictor
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as a:
+        for i in range(6):
+            ETAPredictor(a).record_completion_sync(template_id="tpl-eta", stage_durations={0: 1.0, 1: 10.0 + i, 2: 1.0},
+                                     total_duration=12.0 + i, task_id=f"old-{i}")
+        flushed(a)
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as b:
+        b.create_task_progress_sync("new", "tpl-eta")
+        b.update_stage_sync("new", 1)
+        state = b.get_task_progress_sync("new")
+        assert state["eta_seconds"] is not None and 8 <= state["eta_seconds"] <= 20, state
+        assert state["eta_confidence"] > 0
+    with ProgressTracker() as alone:  # the same task without the history: no estimate yet
+        alone.create_task_progress_sync("new", "tpl-eta")
+        alone.update_stage_sync("new", 1)
+        assert alone.get_task_progress_sync("new")["eta_seconds"] is None

@@ -79,6 +79,7 @@ final class Engine: @unchecked Sendable {
             if let url = config.redisURL {
                 storage = try RedisStorage(engine: self, urlText: url)
                 loadStoredTemplates()
+                loadStoredCompletions()
             }
             if let listen = config.listen {
                 listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
@@ -811,6 +812,15 @@ final class Engine: @unchecked Sendable {
             guard let value = try? JSONParser.parse(json, context: "stored template"),
                   let stages = try? StageDefinition.parseList(value, context: "stored template \"\(id)\"") else { continue }
             templates.withLock { if $0[id] == nil { $0[id] = stages } }
+        }
+    }
+
+    /// The fleet's completion records (Redis): a restarted engine, or a listener of the fleet, predicts ETAs from
+    /// the history at once instead of starting from none. Records that do not parse are skipped.
+    private func loadStoredCompletions() {
+        guard let storage else { return }
+        for text in storage.completionRecords() {
+            if let record = try? CompletionRecord.parse(text, now: 0) { completions.add(record) }
         }
     }
 

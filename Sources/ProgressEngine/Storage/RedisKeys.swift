@@ -31,6 +31,15 @@ struct RedisKeys: Sendable {
     var templates: String { "\(namespace):templates" }
     /// ETA completion records of a template, JSON, oldest first (a list, the newest 1000 kept).
     func eta(_ templateId: String) -> String { "\(namespace):eta:{\(RedisKeys.tag(templateId))}" }
+    /// A SCAN pattern matching every `eta` list of this namespace.
+    var etaPattern: String {
+        var escaped = ""
+        for c in namespace {
+            if "*?[]\\".contains(c) { escaped.append("\\") }
+            escaped.append(c)
+        }
+        return escaped + ":eta:*"
+    }
     /// Executing tasks → epoch seconds of their engine's last heartbeat (a sorted set).
     var heartbeats: String { "\(namespace):heartbeats" }
     /// The pub/sub channel every engine publishes its changes on.

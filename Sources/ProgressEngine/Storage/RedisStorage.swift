@@ -199,6 +199,29 @@ final class RedisStorage: @unchecked Sendable {
         } ?? []
     }
 
+    /// The completion records the fleet's engines wrote (the `eta` lists, at most `CompletionHistory.maxKeys` of
+    /// them, the newest `capacity` records of each, oldest first); empty when Redis cannot be read.
+    func completionRecords() -> [String] {
+        read { c -> [String] in
+            var out: [String] = []
+            var cursor = "0", lists = 0
+            repeat {
+                guard case let .array(reply) = try c.command(["SCAN", RedisArgument(cursor), "MATCH",
+                                                              RedisArgument(keys.etaPattern), "COUNT", "1000"]),
+                      reply.count == 2, let next = reply[0].text, case let .array(found) = reply[1] else { break }
+                cursor = next
+                for key in found.compactMap(\.text) where lists < CompletionHistory.maxKeys {
+                    lists += 1
+                    if case let .array(items) = try c.command(["LRANGE", RedisArgument(key),
+                                                               RedisArgument(String(-CompletionHistory.capacity)), "-1"]) {
+                        out += items.compactMap(\.text)
+                    }
+                }
+            } while cursor != "0" && lists < CompletionHistory.maxKeys
+            return out
+        } ?? []
+    }
+
     // MARK: - Writing what is not a task
 
     func persistTemplate(id: String, stagesJSON: String) {
