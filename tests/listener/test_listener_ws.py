@@ -301,6 +301,32 @@ def test_stage_and_terminal_changes_are_not_throttled(wire):
 
 
 
+def test_back_to_back_stage_changes_each_arrive(wire):
+    """SPEC §7: stage changes and terminal states are never coalesced away, even when a runner makes them faster
+    than the listener's thread runs: each state right after a stage change reaches the subscriber, in order."""
+    t = wire.open(throttle_ms=1000)
+    for round_ in range(5):
+        task = f"quick-{round_}"
+        t.create_task_progress_sync(task, "sdxl", "image_generation")
+
+        async def scenario():
+            async with wire.connect(t, "q") as ws:
+                await wire.established(ws)
+                await wire.request(ws, {"type": "subscribe", "task_ids": [task]}, "subscribed")
+                await wire.recv(ws)
+                for stage in (1, 2, 3):
+                    t.update_stage_sync(task, stage)
+                t.complete_task_sync(task)
+                seen = []
+                await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                      and m["data"]["status"] == "completed", 3, seen)
+                return [m for m in seen if m["type"] == "progress.update"]
+
+        updates = wire.run(scenario())
+        assert [(m["data"]["current_stage"], m["data"]["status"]) for m in updates] == \
+            [(1, "executing"), (2, "executing"), (3, "executing"), (3, "completed")], updates
+        assert [m["seq"] for m in updates] == sorted({m["seq"] for m in updates})
+
 def test_resources_and_progress_within_a_stage_are_throttled(wire):
     """Only the task's creation, stage changes, terminal states and a resume skip the throttle (SPEC §7): a runner's
     resource figures, and progress reported through progress_stage_update for the stage the task is in, wait

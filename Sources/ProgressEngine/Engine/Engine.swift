@@ -449,6 +449,13 @@ final class Engine: @unchecked Sendable {
     @inline(__always)
     private static func noteChange(_ task: TaskRecord, _ listener: Listener) {
         let flags = task.fanoutFlags
+        if task.lastChangeUrgent {
+            // An urgent state still unsent is kept for the listener before this change moves past it.
+            if flags & 2 != 0, let earlier = task.urgentState, task.heldUrgent.count < Engine.maxHeldUrgent {
+                task.heldUrgent.append(earlier)
+            }
+            task.urgentState = TaskSnapshot(task)
+        }
         if flags & 1 == 0 {
             task.fanoutFlags = task.lastChangeUrgent ? 3 : 1
             listener.noteChange(taskId: task.id)
@@ -458,10 +465,14 @@ final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Urgent states kept per task while the listener has not taken them (a runner stuck in a loop of resumes
+    /// cannot grow it further; stage changes are bounded by the stages).
+    static let maxHeldUrgent = 64
+
     /// What the listener should do with a queued task now.
     enum FanoutDecision {
-        /// Send this state to the task's subscribers.
-        case send(TaskSnapshot, urgent: Bool)
+        /// Send `held` (earlier urgent states, oldest first), then this state, to the task's subscribers.
+        case send(TaskSnapshot, urgent: Bool, held: [TaskSnapshot])
         /// Throttled: look again at this monotonic time.
         case later(Double)
         /// Nothing to send (already taken, nobody watching, or the task is gone).
@@ -481,7 +492,10 @@ final class Engine: @unchecked Sendable {
             if !urgent && now - task.lastFanoutAt < throttle { return .later(task.lastFanoutAt + throttle) }
             task.fanoutFlags = 0
             task.lastFanoutAt = now
-            return watched ? .send(TaskSnapshot(task), urgent: urgent) : .nothing
+            let held = task.heldUrgent
+            if !held.isEmpty { task.heldUrgent = [] }
+            task.urgentState = nil
+            return watched ? .send(TaskSnapshot(task), urgent: urgent, held: held) : .nothing
         }
     }
 

@@ -263,15 +263,21 @@ final class Listener: @unchecked Sendable {
             return
         case let .later(due):
             deferred[taskId] = min(deferred[taskId] ?? .infinity, due)
-        case .send(var snapshot, let urgent):
+        case .send(let snapshot, let urgent, let held):
             // The engine's time for ETAs is read once per round of fan-outs (it visits every shard).
             if etaTime == nil { etaTime = engine.eventTime() }
-            snapshot.eta = engine.estimate(snapshot, now: etaTime!)
             deferred[taskId] = nil
-            let message = WireMessage(Messages.progressUpdate(snapshot))
-            forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
-            metrics.fanouts.add(1, ordering: .relaxed)
+            for state in held { send(state, taskId: taskId, urgent: true) }
+            send(snapshot, taskId: taskId, urgent: urgent)
         }
+    }
+
+    private func send(_ state: TaskSnapshot, taskId: String, urgent: Bool) {
+        var snapshot = state
+        snapshot.eta = engine.estimate(snapshot, now: etaTime!)
+        let message = WireMessage(Messages.progressUpdate(snapshot))
+        forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
+        metrics.fanouts.add(1, ordering: .relaxed)
     }
 
     /// A task is gone: no client keeps its seq (a new task under the same id starts again at a low seq), and

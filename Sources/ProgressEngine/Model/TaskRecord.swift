@@ -94,6 +94,11 @@ final class TaskRecord: @unchecked Sendable {
     /// Listener bookkeeping, guarded by the shard lock like the rest: bit 0 = queued for fan-out,
     /// bit 1 = an urgent change is among the queued ones.
     var fanoutFlags: UInt8 = 0
+    /// The state right after the latest urgent change the listener has not taken yet, and earlier such states a
+    /// newer urgent change came after before the listener took them (shard lock). Each of these is sent, in order:
+    /// SPEC §7, stage changes and terminal states are never coalesced away. Few: stages only move forward.
+    var urgentState: TaskSnapshot?
+    var heldUrgent: [TaskSnapshot] = []
     /// Monotonic time of the last fan-out, for the per-task throttle.
     var lastFanoutAt = -Double.infinity
     /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued
