@@ -12,6 +12,10 @@
  * - After an error, progress_last_error() returns a message for the calling thread describing the last
  *   failed call on that thread (what happened and what to do). The library owns that string; it stays
  *   valid until the next failing call on the same thread. Successful calls do not clear it.
+ * - A rejected update (a bad value, a finished task or stage, bad event data, a counter pair that cannot be
+ *   applied) changes nothing, is counted ("invalid_updates") and is logged: a warning in the task's log
+ *   ("rejected update (PROGRESS_E_…: why)"), at most one a second per task saying how many more were rejected
+ *   since; an update of an unknown task, as a JSON line on standard error, at most one a second.
  * - Strings passed in are copied; the caller keeps ownership. Strings handed out through `char **out_json`
  *   belong to the caller and are released with progress_string_free().
  * - A NULL engine, a NULL required string, or a string that is not valid UTF-8 gives
@@ -328,7 +332,7 @@ PROGRESS_API progress_status progress_task_history(progress_engine *engine, cons
 
 /* Attaches caller-owned memory `counter[0]` = step, `counter[1]` = total_steps to a task. The
  * maintenance thread reads it every min(throttle_ms, 50) ms (at least every 1 ms) and, when either
- * value changed, applies it exactly as progress_update would; invalid pairs are counted and skipped.
+ * value changed, applies it exactly as progress_update would; invalid pairs are counted, logged and skipped.
  * The caller writes the two values with plain (or relaxed atomic) 64-bit stores; each is read
  * atomically. The memory must stay valid until progress_task_detach_counter() returns, or the task
  * is completed/failed/cancelled, or the engine is closed; each of these reads it a last time first.

@@ -43,6 +43,8 @@ final class Engine: @unchecked Sendable {
     /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
     /// data) and counter pairs that could not be applied. Added to `invalid_updates`.
     private let misses = Atomic<Int>(0)
+    /// Rate limit of `logRejectedUnknown`.
+    private let unknownRejects = Locked<(lastAt: Double, notLogged: Int)>((-Double.infinity, 0))
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
     private let purged = Atomic<Int>(0)
@@ -220,6 +222,7 @@ final class Engine: @unchecked Sendable {
                 return r
             } catch {
                 shard.invalidUpdates += 1
+                logRejected(task, error, at: clock.now())
                 if task.status != before { statusChanged(task) }
                 throw error
             }
@@ -228,9 +231,56 @@ final class Engine: @unchecked Sendable {
             if isUpdate { misses.add(1, ordering: .relaxed) }
             let id = try describe()
             try Engine.validateId(id)
-            throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+            let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+            if isUpdate { logRejectedUnknown(error) }
+            throw error
         }
         return result
+    }
+
+    /// SPEC §5: an invalid update is counted and logged. It goes into the task's log as a warning (shown by `logs`,
+    /// the dashboard, `task.log`), at most one entry a second per task, which says how many more were rejected
+    /// since the previous one; the caller still gets the error code. Under the task's shard lock.
+    @inline(never)
+    func logRejected(_ task: TaskRecord, _ error: Error, at now: Double) {
+        guard now - task.lastRejectLogAt >= 1 else {
+            task.rejectsNotLogged += 1
+            return
+        }
+        let more = task.rejectsNotLogged
+        task.rejectsNotLogged = 0
+        task.lastRejectLogAt = now
+        let why = (error as? EngineError).map { "\(EngineError.statusName($0.status)): \($0.message)" } ?? "\(error)"
+        let entry = task.log(.warning, "rejected update (\(why))" + (more > 0 ? "; \(more) more rejected since the last such entry" : ""),
+                             at: max(now, task.lastTimestamp))
+        if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
+        listener?.noteLog(taskId: task.id, entry: entry)
+    }
+
+    /// `logRejected` for a call rejected before it reached the task (bad event data), when the task exists.
+    private func logRejected(id: String, _ error: Error) {
+        let key = TaskKey(owning: id)
+        table.shard(for: key).withLock { shard in
+            if let task = shard.tasks[key] { logRejected(task, error, at: clock.now()) }
+        }
+    }
+
+    /// An update of a task this engine does not hold has no task log: it is logged on standard error (a JSON line,
+    /// at most one a second for the whole engine, saying how many more there were).
+    private func logRejectedUnknown(_ error: EngineError) {
+        let now = clock.now()
+        let more: Int? = unknownRejects.withLock { state in
+            guard now - state.lastAt >= 1 else {
+                state.notLogged += 1
+                return nil
+            }
+            defer { state = (now, 0) }
+            return state.notLogged
+        }
+        guard let more else { return }
+        var fields = [("error", "\(EngineError.statusName(error.status))"), ("message", error.message)]
+        if more > 0 { fields.append(("more_since_last", String(more))) }
+        EngineLog.write("warning", "update_rejected", fields)
     }
 
     /// Tells the queue board that a task changed status. Called under the task's shard lock.
@@ -315,13 +365,16 @@ final class Engine: @unchecked Sendable {
             misses.add(1, ordering: .relaxed)
             let id = try describe()
             try Engine.validateId(id)
-            throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+            let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+            logRejectedUnknown(error)
+            throw error
         }
         let before = task.status, seqBefore = task.seq
         do {
             try Engine.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
         } catch {
             shard.unsafeValue.invalidUpdates += 1
+            logRejected(task, error, at: now)
             shard.unlock()
             throw error
         }
@@ -368,6 +421,7 @@ final class Engine: @unchecked Sendable {
         } catch {
             // Rejected before reaching the task: counted here, as withTask counts the rest.
             misses.add(1, ordering: .relaxed)
+            logRejected(id: id, error)
             throw error
         }
         let now = clock.now()
@@ -404,6 +458,7 @@ final class Engine: @unchecked Sendable {
                 (progress, message) = try RunnerEvent.stageArguments(name: name, data: data)
             } catch {
                 misses.add(1, ordering: .relaxed)  // rejected before reaching the task, as parse errors are
+                logRejected(id: id, error)
                 throw error
             }
             try withTask(id: id) { task in
@@ -730,6 +785,7 @@ final class Engine: @unchecked Sendable {
             return true
         } catch {
             misses.add(1, ordering: .relaxed)
+            logRejected(task, error, at: clock.now())
             return false
         }
     }

@@ -99,6 +99,10 @@ final class TaskRecord: @unchecked Sendable {
     /// SPEC §7, stage changes and terminal states are never coalesced away. Few: stages only move forward.
     var urgentState: TaskSnapshot?
     var heldUrgent: [TaskSnapshot] = []
+    /// Rejected updates of this task logged in its log at most once a second (shard lock): when the last such
+    /// entry was written (engine clock) and how many were rejected since without an entry.
+    var lastRejectLogAt = -Double.infinity
+    var rejectsNotLogged = 0
     /// Monotonic time of the last fan-out, for the per-task throttle.
     var lastFanoutAt = -Double.infinity
     /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued

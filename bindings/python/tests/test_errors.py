@@ -192,7 +192,25 @@ def test_malformed_event_json(tracker, task):
     with raises(pe.JSONError, "step"):
         tracker.send_event_sync(task, "execution_progress", {"step": 1})
     assert tracker.get_task_progress_sync(task) == before
-    assert tracker.get_logs_sync(task)["logs"] == []
+    # SPEC §5: counted and logged — one warning in the task's log for the three (at most one a second).
+    logs = tracker.get_logs_sync(task)["logs"]
+    assert [(e["level"], e["message"][:34]) for e in logs] == [("warning", "rejected update (PROGRESS_E_JSON: ")]
+    assert "malformed JSON" in logs[0]["message"]
+
+
+def test_rejected_updates_are_logged_at_most_once_a_second_per_task(tracker, task):
+    for _ in range(5):
+        with raises(pe.RangeError, "out of range"):
+            tracker.update_progress_sync(task, 11, 10, message="eleven of ten")
+    warnings = [e["message"] for e in tracker.get_logs_sync(task, level="warning")["logs"]]
+    assert len(warnings) == 1 and warnings[0].startswith("rejected update (PROGRESS_E_RANGE: step 11 of total_steps 10")
+    time.sleep(1.05)
+    with raises(pe.StateError):
+        tracker.update_stage_sync(task, 0, pe.StageStatus.COMPLETED)  # stage 0 finished long ago
+    warnings = [e["message"] for e in tracker.get_logs_sync(task, level="warning")["logs"]]
+    assert len(warnings) == 2 and warnings[1].startswith("rejected update (PROGRESS_E_STATE")
+    assert warnings[1].endswith("; 4 more rejected since the last such entry"), warnings[1]
+    assert tracker.stats_sync()["invalid_updates"] == 6
 
 
 def test_log_levels(tracker, task):
