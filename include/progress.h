@@ -324,7 +324,9 @@ PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const c
  * progress step too; runs of sampled resource figures keep only their latest); the newest 4096 events of
  * a task are kept, "first_seq" tells the oldest one still held, "last_seq" the task's current seq.
  * For a task this engine does not hold, the history comes from Redis' stream (docs/REDIS.md), where a flood
- * of steps may have been thinned to the latest step per write. *out_json is the caller's. */
+ * of steps may have been thinned to the latest step per write; for one it holds only in part (restored by a
+ * resume, mirrored, or past the 4096 kept), the older events come from that stream too (and, for a restored or
+ * mirrored task, the older log entries from Redis in progress_task_logs). *out_json is the caller's. */
 PROGRESS_API progress_status progress_task_history(progress_engine *engine, const char *task_id,
                                                    long long after_seq, char **out_json);
 

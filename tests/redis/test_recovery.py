@@ -99,3 +99,30 @@ def test_a_new_engine_predicts_from_the_fleets_completion_history(redis):
         alone.create_task_progress_sync("new", "tpl-eta")
         alone.update_stage_sync("new", 1)
         assert alone.get_task_progress_sync("new")["eta_seconds"] is None
+
+
+def test_a_resumed_task_serves_its_whole_history_and_log(redis):
+    """A restarted runner that resumes its task holds only what happened since in memory; its history and log,
+    read from that engine (C API, REST), still start at the task's beginning: the rest comes from Redis."""
+    from redis_support import flushed
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as a:
+        a.create_task_progress_sync(task_id="long", template_id="tpl")
+        a.log_sync("long", "info", "before the restart")
+        for i in range(1, 6):
+            a.update_progress_sync(task_id="long", step=i, total_steps=10, message=f"step {i}")
+        flushed(a)
+        before = a.get_task_progress_sync("long")["seq"]
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, listen="127.0.0.1:0") as b:
+        b.create_task_progress_sync(task_id="long", template_id="tpl", resume=True)
+        b.log_sync("long", "info", "after the restart")
+        b.update_progress_sync(task_id="long", step=6, total_steps=10, message="step 6")
+        final = b.get_task_progress_sync("long")["seq"]
+        assert final == before + 2  # the resume event, then step 6
+        history = b.get_history_sync("long")
+        assert [e["seq"] for e in history["events"]] == list(range(1, final + 1)), history
+        assert history["first_seq"] == 1
+        assert [e["message"] for e in b.get_logs_sync("long")["logs"]] == ["before the restart", "after the restart"]
+        status, body = http_get(b.port, "/api/v1/progress/tasks/long/history")
+        assert status == 200 and [e["seq"] for e in body["events"]] == list(range(1, final + 1))
+        status, body = http_get(b.port, "/api/v1/progress/tasks/long/logs")
+        assert [e["message"] for e in body["logs"]] == ["before the restart", "after the restart"]

@@ -1006,13 +1006,21 @@ final class Engine: @unchecked Sendable {
     }
 
     func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String {
-        let (entries, dropped): ([LogEntry], Int) = try withStoredFallback({
+        var partial = false
+        var (entries, dropped): ([LogEntry], Int) = try withStoredFallback({
             try withTask(id: id, isUpdate: false, forReading: true) { task in
                 var entries: [LogEntry] = []
                 task.logs.forEach { entries.append($0) }
+                partial = task.historyGapSeq > 0
                 return (entries, task.logs.dropped)
             }
         }, stored: { storage in storage.stateJSON(id) == nil ? nil : storage.logs(id).map { ($0, 0) } })
+        // A task this engine restored (a resumed runner) or mirrors holds only the entries since: the earlier
+        // ones are in Redis.
+        if partial, let stored = storage?.logs(id) {
+            let first = entries.first?.timestamp ?? .infinity
+            entries = stored.filter { $0.timestamp < first } + entries
+        }
         do {
             var w = JSONWriter(capacity: 1024)
             w.beginObject()
@@ -1030,9 +1038,12 @@ final class Engine: @unchecked Sendable {
     }
 
     func historyJSON(id: String, afterSeq: UInt64) throws -> String {
-        let (events, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
+        var partial = false
+        var (events, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
             try withTask(id: id, isUpdate: false, forReading: true) { task in
-                (task.history.newest(while: { _ in true }), task.seq)
+                let events = task.history.newest(while: { _ in true })
+                partial = task.historyGapSeq > 0 || (events.first?.seq ?? 1) > 1
+                return (events, task.seq)
             }
         }, stored: { storage in
             guard let task = storage.loadTask(id) else { return nil }
@@ -1042,6 +1053,16 @@ final class Engine: @unchecked Sendable {
             }
             return (events, task.seq)
         })
+        // Events older than memory holds (a restored or mirrored task, or a long one past the ring) come from the
+        // Redis stream, as far back as it goes.
+        if partial, let storage, let entries = storage.streamEntries(id, from: 1) {
+            let first = events.first?.seq ?? (lastSeq + 1)
+            var older: [HistoryEvent] = []
+            for entry in entries {
+                for e in entry.events where e.seq < first && e.seq > (older.last?.seq ?? 0) { older.append(e) }
+            }
+            events = older + events
+        }
         do {
             var w = JSONWriter(capacity: 4096)
             w.beginObject()
