@@ -1055,8 +1055,9 @@ final class Engine: @unchecked Sendable {
         })
         // Events older than memory holds (a restored or mirrored task, or a long one past the ring) come from the
         // Redis stream, as far back as it goes.
-        if partial, let storage, let entries = storage.streamEntries(id, from: 1) {
-            let first = events.first?.seq ?? (lastSeq + 1)
+        let firstHeld = events.first?.seq ?? (lastSeq + 1)
+        if partial, afterSeq + 1 < firstHeld, let storage, let entries = storage.streamEntries(id, from: afterSeq + 1) {
+            let first = firstHeld
             var older: [HistoryEvent] = []
             for entry in entries {
                 for e in entry.events where e.seq < first && e.seq > (older.last?.seq ?? 0) { older.append(e) }
