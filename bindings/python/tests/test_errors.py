@@ -62,12 +62,21 @@ def test_each_code_maps_to_its_class_and_builtin():
 
 @pytest.mark.parametrize(
     "task_id, fragment",
-    [("", "empty"), ("x" * 300, "300 characters"), ("bad\x01id", "control character")],
+    [("", "empty"), ("x" * 300, "300 characters"), ("bad\x01id", "control character"),
+     ("job\u202eexe.png", "invisible format character U+202E"), ("zero\u200bwidth", "U+200B"),
+     ("\ufeffbom", "U+FEFF"), ("line\u2028break", "line or paragraph separator"),
+     ("private\ue000", "private-use character"), ("tag\U000e0001", "U+E0001"), ("unassigned\u0378", "unassigned")],
 )
 def test_bad_task_id(tracker, task_id, fragment):
     with raises(pe.InvalidArgumentError, fragment):
         tracker.create_task_progress_sync(task_id, "sdxl")
     assert tracker.stats_sync()["tasks"] == 0
+
+
+def test_printable_ids_with_joiners_and_any_script_are_accepted(tracker):
+    for task_id in ("👩\u200d💻 render", "日本語のジョブ", "नमस्ते", "mi\u200cxed", "عربي"):
+        tracker.create_task_progress_sync(task_id, "sdxl")
+        assert tracker.get_task_progress_sync(task_id)["task_id"] == task_id
 
 
 def test_task_id_limits_in_the_binding(tracker):
