@@ -11,7 +11,8 @@ import pytest
 from faults_support import RedisServer, account, read_runner, read_stream, start_runner
 
 #: 4 tasks, one update of each every 10 ms, throttle 20 ms: about 2 events per task per write, so the stream is
-#: exact while Redis is up; an outage's backlog (> 64 events per task) is written thinned and counted.
+#: exact while Redis is up; an outage's backlog (100-200 events per task) is written whole (a write carries up to
+#: 1,024 events; beyond that it is thinned and counted, which the accounting classifies as superseded).
 RUN = dict(tasks=4, interval=0.01, seconds=3.0)
 
 

@@ -38,7 +38,7 @@ final class RedisWriter: @unchecked Sendable {
     private let expiryRefreshInterval: Double
     private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
-    static let maxEventsPerWrite = 64
+    static let maxEventsPerWrite = 1024
     static let maxQueuedExtras = 10_000
     static let streamMaxLength = 4096
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
