@@ -265,6 +265,16 @@ def test_task_log_delivered_to_subscribers_only(wire):
     assert second["entry"]["level"] == "debug" and second["entry"]["message"] == "détail \"quoted\"\n"
 
 
+def timer(wire, ws):
+    """timed(change, accept): makes the change, waits for the progress.update it accepts; (message, seconds)."""
+    async def timed(change, accept):
+        start = time.monotonic()
+        change()
+        m = await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and accept(m), 4)
+        return m, time.monotonic() - start
+    return timed
+
+
 def test_stage_and_terminal_changes_are_not_throttled(wire):
     """With a 1 s throttle a plain step waits for the throttle, but a stage change and the terminal state
     go out at once."""
@@ -277,11 +287,7 @@ def test_stage_and_terminal_changes_are_not_throttled(wire):
             await wire.request(ws, {"type": "subscribe", "task_ids": ["urgent"]}, "subscribed")
             await wire.recv(ws)
 
-            async def timed(change, accept):
-                start = time.monotonic()
-                change()
-                m = await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and accept(m), 4)
-                return m, time.monotonic() - start
+            timed = timer(wire, ws)
 
             _, dt = await timed(lambda: t.update_stage_sync("urgent", 1), lambda m: m["data"]["current_stage"] == 1)
             assert dt < 0.5, f"stage change took {dt:.2f} s"
@@ -340,11 +346,7 @@ def test_resources_and_progress_within_a_stage_are_throttled(wire):
             await wire.request(ws, {"type": "subscribe", "task_ids": ["paced"]}, "subscribed")
             await wire.recv(ws)
 
-            async def timed(change, accept):
-                start = time.monotonic()
-                change()
-                m = await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and accept(m), 4)
-                return m, time.monotonic() - start
+            timed = timer(wire, ws)
 
             _, dt = await timed(lambda: t.update_stage_sync("paced", 1), lambda m: m["data"]["current_stage"] == 1)
             assert dt < 0.5, f"stage change took {dt:.2f} s"
