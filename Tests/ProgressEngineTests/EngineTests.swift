@@ -299,10 +299,11 @@ struct EngineTests {
         try engine.event(id: "l", name: "log", dataJSON: #"{"level":"error","message":"e"}"#)
         expectError(-6) { try engine.event(id: "l", name: "log", dataJSON: #"{"level":"loud","message":"e"}"#) }
         let all = try parsed(engine.logsJSON(id: "l", since: 0, minLevel: .debug))
-        if case let .array(a)? = all["logs"] { #expect(a.count == 3) }
+        if case let .array(a)? = all["logs"] { #expect(a.count == 4) }  // the rejected event is logged too
         let warn = try parsed(engine.logsJSON(id: "l", since: 105, minLevel: .warning))
         if case let .array(a)? = warn["logs"] {
-            #expect(a.compactMap { string($0["message"]) } == ["w", "e"])
+            #expect(a.compactMap { string($0["message"]) } == ["w", "e",
+                #"rejected update (PROGRESS_E_JSON: log level "loud" is not one of debug, info, warning, error)"#])
         }
         for i in 0..<1500 { try engine.log(id: "l", level: .info, message: "\(i)") }
         let bounded = try parsed(engine.logsJSON(id: "l", since: 0, minLevel: .debug))

@@ -269,7 +269,7 @@ final class Engine: @unchecked Sendable {
         task.lastRejectLogAt = now
         let why = (error as? EngineError).map { "\(EngineError.statusName($0.status)): \($0.message)" } ?? "\(error)"
         let entry = task.log(.warning, "rejected update (\(why))" + (more > 0 ? "; \(more) more rejected since the last such entry" : ""),
-                             at: max(now, task.lastTimestamp))
+                             at: max(now, task.lastTimestamp), advancesTime: false)
         if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
         listener?.noteLog(taskId: task.id, entry: entry)
     }

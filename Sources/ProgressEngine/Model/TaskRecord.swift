@@ -440,10 +440,12 @@ final class TaskRecord: @unchecked Sendable {
     /// Appends to the log. Logs are accepted for finished tasks too (a runner's last words).
     /// - Returns: the entry, for watchers.
     @discardableResult
-    func log(_ level: LogLevel, _ message: String, at ts: Double) -> LogEntry {
+    /// - Parameter advancesTime: false for the engine's own entries (a rejected update), which must not move the
+    ///   task's time past what a runner replaying with explicit timestamps reports next.
+    func log(_ level: LogLevel, _ message: String, at ts: Double, advancesTime: Bool = true) -> LogEntry {
         let entry = LogEntry(timestamp: ts, level: level, message: message, stage: currentStage)
         logs.append(entry)
-        lastTimestamp = max(lastTimestamp, ts)
+        if advancesTime { lastTimestamp = max(lastTimestamp, ts) }
         return entry
     }
 
