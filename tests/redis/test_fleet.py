@@ -138,3 +138,28 @@ def test_resume_after_a_flood_is_honest(redis):
         got = updates_of(ws_until(ws, lambda m: len(updates_of(m, "f")) > 0), "f")
         assert len(got) == 1 and got[0]["recovered"] is False and got[0]["data"] == final
         ws.close()
+
+
+def test_star_on_a_listener_started_later_lists_the_fleets_tasks(redis):
+    """SPEC §7: "*" is every task. A listener started after the runners (or restarted) holds none of their tasks;
+    its "*" subscribers still get each task of the fleet written within the retention, finished or running, from
+    Redis' task index, and then the live updates."""
+    from redis_support import flushed
+    with ProgressTracker(redis_url=redis.url, throttle_ms=5) as a:
+        a.create_task_progress_sync(task_id="finished", template_id="tpl")
+        a.complete_task_sync("finished")
+        a.create_task_progress_sync(task_id="running", template_id="tpl")
+        a.update_progress_sync(task_id="running", step=3, total_steps=10, message="three")
+        flushed(a)
+        with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", throttle_ms=5) as b:
+            ws = ws_connect(b.port)
+            ws.send(json.dumps({"type": "subscribe", "task_ids": ["*"]}))
+            msgs = ws_until(ws, lambda m: updates_of(m, "finished") and updates_of(m, "running"))
+            assert updates_of(msgs, "finished")[0]["data"]["status"] == "completed"
+            running = updates_of(msgs, "running")[0]["data"]
+            assert running["status"] == "executing" and running["stages"][str(running["current_stage"])]["message"] == "three"
+            a.update_progress_sync(task_id="running", step=4, total_steps=10, message="four")
+            live = ws_until(ws, lambda m: any(x["data"]["stages"][str(x["data"]["current_stage"])]["message"] == "four"
+                                              for x in updates_of(m, "running")))
+            assert updates_of(live, "running")
+            ws.close()

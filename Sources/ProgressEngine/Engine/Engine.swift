@@ -571,6 +571,9 @@ final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Tasks a `"*"` subscription reads from Redis at most (the newest written).
+    static let maxStoredWildcardTasks = 1000
+
     /// Every task's current state (for a "*" subscription and the dashboard).
     func allSnapshots() -> [TaskSnapshot] {
         let now = clock.now()
@@ -580,6 +583,18 @@ final class Engine: @unchecked Sendable {
                 for task in state.tasks.values where !task.isExpired(now: now, retention: config.retentionSeconds) {
                     out.append(TaskSnapshot(task))
                 }
+            }
+        }
+        // With Redis, "*" is every task of the fleet: those this engine does not hold (a listener just started,
+        // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
+        if let storage {
+            let held = Set(out.map(\.id))
+            let ids = storage.recentTaskIds(limit: Engine.maxStoredWildcardTasks, retention: config.retentionSeconds)
+                .filter { !held.contains($0) }
+            let states = storage.stateJSONs(ids)
+            for id in ids {
+                guard let text = states[id], let stored = try? StoredTask.parse(text) else { continue }
+                out.append(TaskSnapshot(TaskRecord(restoring: stored)))
             }
         }
         let time = eventTime()

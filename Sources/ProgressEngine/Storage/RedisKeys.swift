@@ -40,6 +40,9 @@ struct RedisKeys: Sendable {
         }
         return escaped + ":eta:*"
     }
+    /// Every task of the namespace → epoch seconds of its latest write (a sorted set): what a `"*"` subscription
+    /// lists of the tasks an engine does not hold. Entries older than the retention are trimmed.
+    var tasks: String { "\(namespace):tasks" }
     /// Executing tasks → epoch seconds of their engine's last heartbeat (a sorted set).
     var heartbeats: String { "\(namespace):heartbeats" }
     /// The pub/sub channel every engine publishes its changes on.

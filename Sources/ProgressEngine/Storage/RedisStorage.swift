@@ -85,6 +85,17 @@ final class RedisStorage: @unchecked Sendable {
         read { c in try c.command(["GET", RedisArgument(keys.state(id))]).text } ?? nil
     }
 
+    /// The ids of the namespace's tasks written within the retention (the task index), newest first, at most `limit`.
+    func recentTaskIds(limit: Int, retention: Double) -> [String] {
+        read { c -> [String] in
+            let since = SystemClock().now() - retention
+            guard case let .array(items) = try c.command(["ZREVRANGEBYSCORE", RedisArgument(keys.tasks), "+inf",
+                                                          RedisArgument(String(since)), "LIMIT", "0",
+                                                          RedisArgument(String(limit))]) else { return [] }
+            return items.compactMap(\.text)
+        } ?? []
+    }
+
     func loadTask(_ id: String) -> StoredTask? {
         stateJSON(id).flatMap { try? StoredTask.parse($0) }
     }

@@ -311,7 +311,10 @@ final class RedisWriter: @unchecked Sendable {
         guard let connection else { return }
         lastExpiryRefresh = now
         let ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
-        var sent = 0
+        // The task index forgets tasks whose keys have expired.
+        connection.append(["ZREMRANGEBYSCORE", RedisArgument(keys.tasks), "-inf",
+                           RedisArgument("(" + String(SystemClock().now() - engine.config.retentionSeconds))])
+        var sent = 1
         var batches = Set<String>()
         for task in engine.activeOwnedTasks() {
             for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id)] {
@@ -439,8 +442,11 @@ final class RedisWriter: @unchecked Sendable {
             c.append(["PEXPIRE", RedisArgument(keys.batch(batch)), ttl])
             n += 2
         }
+        let wallNow = RedisArgument(String(SystemClock().now()))
+        c.append(["ZADD", RedisArgument(keys.tasks), wallNow, RedisArgument(id)])
+        n += 1
         if s.status == .executing {
-            c.append(["ZADD", RedisArgument(keys.heartbeats), RedisArgument(String(SystemClock().now())), RedisArgument(id)])
+            c.append(["ZADD", RedisArgument(keys.heartbeats), wallNow, RedisArgument(id)])
             n += 1
         } else if s.status.isTerminal {
             c.append(["ZREM", RedisArgument(keys.heartbeats), RedisArgument(id)])
