@@ -163,3 +163,24 @@ def test_star_on_a_listener_started_later_lists_the_fleets_tasks(redis):
                                               for x in updates_of(m, "running")))
             assert updates_of(live, "running")
             ws.close()
+
+
+def test_a_listener_learns_etas_from_the_fleets_completions(redis):
+    """Tasks other engines complete join a listener's ETA history as they complete (their owners store the
+    records; the listener had loaded only those written before it opened)."""
+    import time as _time
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", throttle_ms=5) as b:
+        with ProgressTracker(redis_url=redis.url, throttle_ms=5) as a:
+            t0 = _time.time() - 100
+            for i in range(5):
+                tid = f"done-{i}"
+                a.create_task_progress_sync(tid, "tpl-fleet", "image_generation", timestamp=t0 + i)
+                a.send_event_sync(tid, "model_loading", {"timestamp": t0 + i + 1})
+                a.send_event_sync(tid, "generation", {"timestamp": t0 + i + 3})
+                a.send_event_sync(tid, "execution_complete", {"timestamp": t0 + i + 13})
+            wait_until(lambda: http_get(b.port, "/api/v1/progress/tasks/done-4")[1].get("status") == "completed",
+                       what="the last completion mirrored")
+        b.create_task_progress_sync("new", "tpl-fleet", "image_generation")
+        b.update_stage_sync("new", 1)
+        state = b.get_task_progress_sync("new")
+        assert state["eta_seconds"] is not None and 5 <= state["eta_seconds"] <= 20, state

@@ -112,9 +112,20 @@ extension Engine {
     /// lets the listener fan it out. Mirrors are never written back.
     func applyRemote(_ stored: StoredTask, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry]) {
         let key = TaskKey(owning: stored.id)
+        var completion: CompletionRecord?
+        /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).
+        func noteCompletion(_ task: TaskRecord) {
+            guard task.status == .completed, let end = task.completedAt else { return }
+            completion = CompletionRecord(taskId: task.id, templateId: task.templateId, category: task.category,
+                                          quality: task.quality, stageDurations: task.stageDurations, profiles: task.profiles,
+                                          totalDuration: end - task.createdAt, resourceConfig: task.resourceConfig,
+                                          timestamp: end)
+        }
         let isNew: Bool = table.shard(for: key).withLock { shard in
             if let task = shard.tasks[key] {
                 guard stored.seq > task.seq || !logs.isEmpty else { return false }
+                let wasCompleted = task.status == .completed
+                defer { if !wasCompleted { noteCompletion(task) } }
                 if !task.isMirror {
                     // This engine took the task over (resume, or "worker lost") but its runner is alive and ahead.
                     guard stored.seq > task.seq else { return false }
@@ -129,6 +140,7 @@ extension Engine {
             }
             let task = TaskRecord(restoring: stored)
             task.isMirror = true
+            noteCompletion(task)
             task.historyGapSeq = complete ? max(firstSeq, 1) - 1 : stored.seq
             task.appendRemoteHistory(events)
             for entry in logs { task.appendRemoteLog(entry) }
@@ -136,6 +148,7 @@ extension Engine {
             noteChanged(task)
             return true
         }
+        if let completion { completions.add(completion) }
         if isNew, let batch = stored.batchId { noteBatchMember(batch: batch, id: stored.id) }
         if let listener { for entry in logs { listener.noteLog(taskId: stored.id, entry: entry) } }
     }
