@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
+from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
 T = TypeVar("T")
@@ -20,14 +21,16 @@ def track(
     **create_kwargs: Any,
 ) -> "Track[T]":
     """Yields the items of `iterable`, reporting one step per item to task `task_id` (created at
-    the first item; tracker None: the default tracker). See Track for how the task ends."""
+    the first item; tracker None: the default tracker). See Track for how the task ends.
+
+    total None: len(iterable), when it has one. An iterable of unknown length (a generator) is
+    tracked too: the task enters its main stage and each item updates that stage's message
+    ("N items"), with no percentage and no ETA until it completes (pass total= for them)."""
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
-            raise ValueError(
-                f"track() cannot tell how many items a {type(iterable).__name__} has; pass total="
-            ) from None
+            total = None
     return Track(
         iterable,
         task_id,
@@ -52,7 +55,8 @@ class Track(Iterator[T]):
     """
 
     def __init__(
-        self, iterable: Iterable[T], task_id: str, total: int, tracker: ProgressTracker, create: Dict[str, Any]
+        self, iterable: Iterable[T], task_id: str, total: Optional[int], tracker: ProgressTracker,
+        create: Dict[str, Any],
     ) -> None:
         self.task_id = task_id
         self.total = total
@@ -62,6 +66,8 @@ class Track(Iterator[T]):
         self._items = _items(self._run, iterable, create)
 
     def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError("this track() has no length: its iterable had none and no total= was given")
         return self.total
 
     def __iter__(self) -> "Track[T]":
@@ -89,11 +95,12 @@ class Track(Iterator[T]):
 class _Run:
     """The task of one Track, shared by the Track and its generator."""
 
-    def __init__(self, tracker: ProgressTracker, task_id: str, total: int) -> None:
+    def __init__(self, tracker: ProgressTracker, task_id: str, total: Optional[int]) -> None:
         self.tracker = tracker
         self.task_id = task_id
         self.total = total
         self.steps: Optional[StepCounter] = None
+        self.counted = 0  # items so far, when the total is unknown
         self.open = False  # the task exists and has not been finished here yet
         self.in_with = False
 
@@ -112,8 +119,11 @@ class _Run:
     def stop(self) -> None:
         if self.open:
             self.open = False
-            step = self.steps.step if self.steps is not None else 0
-            self.tracker.cancel_task_sync(self.task_id, f"stopped at step {step} of {self.total}")
+            if self.total is None:
+                reason = f"stopped after {self.counted} items"
+            else:
+                reason = f"stopped at step {self.steps.step if self.steps is not None else 0} of {self.total}"
+            self.tracker.cancel_task_sync(self.task_id, reason)
 
 
 def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator[T]:
@@ -127,6 +137,14 @@ def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator
             for item in iterable:
                 yield item
                 update()
+        elif run.total is None:
+            # Unknown length: step 0 of 1 enters the main stage; each item then sets its message.
+            tracker.update_progress_sync(task_id, 0, 1, message="0 items")
+            stage = tracker.get_task_progress_sync(task_id)["current_stage"]
+            for item in iterable:
+                yield item
+                run.counted += 1
+                tracker.update_stage_sync(task_id, stage, StageStatus.IN_PROGRESS, 0.0, f"{run.counted} items")
         else:
             yield from iterable  # nothing to count: completes at once, or fails
     except GeneratorExit:

@@ -106,9 +106,33 @@ def test_track_with_block_completes_and_break_cancels(tracker):
     assert task["status"] == "cancelled" and task["error"] == "stopped at step 0 of 3"
 
 
+def test_track_of_unknown_length_counts_its_items(tracker):
+    """SPEC §13: track(iterable, total=None) yields the items and reports one step each. A generator has no length:
+    the task still runs in its main stage, counting items in its message, and completes at the end."""
+    seen = []
+    counting = track((x * x for x in range(4)), task_id="gen-count", tracker=tracker)
+    with pytest.raises(TypeError, match="no length"):
+        len(counting)
+    for value in counting:
+        seen.append(value)
+        state = tracker.get_task_progress_sync("gen-count")
+        stage = state["stages"][str(state["current_stage"])]
+        assert state["status"] == "executing" and stage["message"] == f"{len(seen) - 1} items"
+        assert state["eta_seconds"] is None  # no total, no estimate
+    assert seen == [0, 1, 4, 9]
+    task = tracker.get_task_progress_sync("gen-count")
+    assert task["status"] == "completed"
+    assert [s["message"] for s in task["stages"].values() if s["message"]] == ["4 items"]
+    stopped = track((x for x in range(10)), task_id="gen-stop", tracker=tracker)
+    for value in stopped:
+        if value == 2:
+            break
+    del stopped
+    task = tracker.get_task_progress_sync("gen-stop")
+    assert task["status"] == "cancelled" and task["error"] == "stopped after 2 items"
+
+
 def test_track_total_and_options(tracker):
-    with pytest.raises(ValueError, match="total="):
-        track((x for x in range(3)), task_id="loop", tracker=tracker)
     generated = track((x for x in range(3)), task_id="gen", total=3, tracker=tracker, quality="high")
     assert sum(generated) == 3
     task = tracker.get_task_progress_sync("gen")
