@@ -196,9 +196,11 @@ class ProgressTracker:
         before its main stage there first).
 
         Without a message this is the hot path: two stores into the task's step counter, which the
-        engine applies within throttle_ms (and always at complete / fail / cancel / close). With a
-        message, or for an invalid pair, the engine is called at once (and raises RangeError for
-        an invalid pair)."""
+        engine applies within throttle_ms, and before anything that must follow it (a stage change,
+        a log entry, a read of the task, complete / fail / cancel / close). A pair the engine then
+        cannot apply (the task or its stage already finished) is not raised here: it is counted in
+        stats()["invalid_updates"] and logged in the task's log. With a message, or for a pair that
+        is out of range, the engine is called at once (and raises)."""
         if message is None and 0 <= step <= total_steps > 0:
             try:  # cheaper than .get() while the counter exists, which is every call but the first
                 counter = self._counters[task_id]
