@@ -3,6 +3,7 @@
  * One protocol serves both plain HTTP and WebSocket upgrades on one port; every callback runs on the
  * service thread.
  */
+#include "CProgress.h"
 #include "CProgressListener.h"
 
 #include <libwebsockets.h>
@@ -76,7 +77,13 @@ static void log_stderr(const char *fmt, ...) {
     int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    CProgress_log_line(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so the note (< 160 bytes) and a line of
+ * at most 3,900 bytes are written whole and at once. */
+void CProgress_log_line(const char *line, size_t len) {
+    if (len > 3900) len = 3900;
     struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
     if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
         stderr_dropped++;

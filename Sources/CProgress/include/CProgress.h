@@ -16,6 +16,11 @@ const char *CProgress_last_error(void);
 /* A relaxed atomic 64-bit load of caller-owned memory (a step counter written by another thread or by
  * Python): Swift's atomics only operate on memory Swift allocated itself. */
 long long CProgress_load_relaxed(const volatile long long *p);
+/* Writes one log line (newline included, at most 3,900 bytes: longer ones are cut) to stderr without ever
+ * blocking: when stderr is a pipe or socket that nobody drains and it is full, the line is dropped and counted,
+ * and the next line that can be written says how many were lost. For the engine's own log lines, which runner
+ * threads may write (a rejected update of an unknown task). */
+void CProgress_log_line(const char *line, size_t len);
 /* The matching relaxed store, for Swift code (and tests) writing a counter the engine reads. */
 void CProgress_store_relaxed(volatile long long *p, long long value);
 

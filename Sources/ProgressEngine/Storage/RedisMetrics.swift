@@ -1,3 +1,4 @@
+import CProgress
 import Glibc
 import Synchronization
 
@@ -51,6 +52,10 @@ enum EngineLog {
         }
         w.endObject()
         let line = w.bytes + [UInt8(ascii: "\n")]
-        _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        // Never blocks, whatever thread logs (a runner's, for a rejected update): an undrained stderr pipe drops
+        // and counts lines instead.
+        line.withUnsafeBufferPointer { buf in
+            buf.withMemoryRebound(to: CChar.self) { CProgress_log_line($0.baseAddress, $0.count) }
+        }
     }
 }

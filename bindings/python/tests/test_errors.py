@@ -287,3 +287,46 @@ def test_failing_a_stage_without_a_message_names_the_stage(tracker, task):
         tracker.update_stage_sync(task_id, current, pe.StageStatus.FAILED, message=passed)
         name = state["stages"][str(current)]["name"]
         assert tracker.get_task_progress_sync(task_id)["error"] == (passed or f"stage {name} failed")
+
+
+def test_a_rejected_update_of_an_unknown_task_never_blocks_on_stderr():
+    """The engine logs an update of an unknown task on stderr (at most once a second). A runner whose stderr is a
+    pipe nobody reads, and full, must not block in progress_update for it: the line is dropped and counted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(pe.__file__).resolve().parents[1])!r})
+import progress_engine as pe
+os.set_blocking(2, False)
+try:
+    while True:
+        os.write(2, b"x" * 4096)  # fill the undrained stderr pipe
+except BlockingIOError:
+    pass
+os.set_blocking(2, True)
+t = pe.ProgressTracker()
+worst = 0.0
+for i in range(3):
+    start = time.perf_counter()
+    try:
+        t.update_progress_sync("no-such-task", 1, 2, message="m")
+    except pe.NotFoundError:
+        pass
+    worst = max(worst, time.perf_counter() - start)
+    time.sleep(1.05)  # past the once-a-second limit: every call tries to log
+t.close()
+print(worst, flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import select
+        ready, _, _ = select.select([proc.stdout], [], [], 20)  # stderr is never read
+        assert ready, "the runner blocked with a full stderr pipe"
+        out = proc.stdout.readline()
+        assert out, f"the runner died: exit {proc.wait(5)}"
+        assert float(out) < 0.05, f"a rejected update took {float(out) * 1000:.1f} ms"
+    finally:
+        proc.kill()
+        proc.wait(10)
