@@ -874,16 +874,19 @@ final class Engine: @unchecked Sendable {
     /// Drops finished tasks older than `retention_seconds`.
     func sweep(now: Double) {
         var gone: [(String, String?)] = []
+        var files: [String] = []
         for shard in table.allShards {
             shard.withLock { state in
                 for task in state.tasks.values where task.isExpired(now: now, retention: config.retentionSeconds) {
                     state.tasks[task.key] = nil
                     gone.append((task.id, task.batchId))
-                    if let dir = previewDirectory {
-                        for file in task.previewFiles { unlink(dir + "/" + file) }
-                    }
+                    files += task.previewFiles
                 }
             }
+        }
+        // Deleted after the shard locks are released: updates of a shard never wait on the file system.
+        if let dir = previewDirectory {
+            for file in files { unlink(dir + "/" + file) }
         }
         guard !gone.isEmpty else { return }
         purged.add(gone.count, ordering: .relaxed)
