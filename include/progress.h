@@ -48,6 +48,9 @@
  *   waits on a socket; the listener reads task state under the same shard locks as everyone else, encodes
  *   each update's JSON once outside them, and writes each client's new messages in one send at the end of
  *   the round. libuv keeps one pipe (2 fds) open for the life of the process once a listener has started.
+ *   (Setting the loop and libwebsockets' context up happens on the thread calling progress_engine_open before
+ *   the listener thread starts, and tearing them down on the thread calling progress_engine_close after it
+ *   was joined: never two threads at once.)
  * - An engine with `redis_url` owns one Redis writer thread with its own hiredis connection (started by
  *   progress_engine_open, flushed and joined by progress_engine_close). An update only sets a flag on the task
  *   and, when the task goes from clean to dirty, appends its id to a locked queue and signals the writer; it
@@ -57,9 +60,12 @@
  *   (SUBSCRIBE to the update channel; started by progress_engine_open, joined by progress_engine_close). It
  *   mirrors other engines' tasks into this engine and hands them to the listener like local changes.
  * - Reading a task this engine does not hold (progress_task_get, _logs, _history, _batch_get, REST,
- *   WebSocket subscribe, and progress_task_create with "resume") asks Redis synchronously on the calling
- *   thread through a third connection under a lock, with 200 ms connect/read timeouts; after a failure Redis
- *   is not asked again for a second. See docs/REDIS.md.
+ *   WebSocket subscribe, and progress_task_create with "resume"), a batch's members, a task's older history of
+ *   a task held only in part, and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the
+ *   calling thread through a third connection under a lock (the subscriber thread uses it too, for its lost-worker
+ *   scan and to refresh mirrors), with 200 ms connect/read timeouts (a host name is resolved without a
+ *   timeout: use an address for a bound); after a failure Redis is not asked again for a second. Updates never
+ *   do. The Python binding's awaitable reads run in a worker thread when redis_url is set. See docs/REDIS.md.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
  *
  * Timestamps
@@ -251,8 +257,10 @@ PROGRESS_API progress_status progress_stage_update(progress_engine *engine, cons
 /* The sampling-loop hot path: sets the current stage's progress to step / total_steps.
  * 0 <= step <= total_steps and total_steps > 0 (PROGRESS_E_RANGE otherwise). While the task is still
  * before its main stage (the stage of largest weight), the task first moves to the main stage.
- * message may be NULL (kept as it was). Takes one shard lock (and once per task, when the step moves it out of
- * its queue, the engine's queue-board lock); allocates only to copy a changed message. */
+ * message may be NULL (kept as it was). Takes one shard lock; under it, when the task goes from unchanged to
+ * changed since the listener or the Redis writer last took it, the listener's queue lock (to queue the task and
+ * wake the listener thread) and the Redis writer's queue lock; once per task, when the step moves it out of its
+ * queue, the engine's queue-board lock. Allocates only to copy a changed message. */
 PROGRESS_API progress_status progress_update(progress_engine *engine, const char *task_id, long long step,
                                              long long total_steps, const char *message);
 

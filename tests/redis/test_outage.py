@@ -97,3 +97,41 @@ def test_close_with_redis_frozen_mid_write_keeps_the_close_bound(redis):
         redis.resume()
         t.close()
     assert took < 2.4, f"close took {took:.2f} s with Redis frozen (bound: 2 s)"
+
+
+def test_async_reads_that_ask_a_stopped_redis_leave_the_event_loop_running(redis):
+    """With redis_url, reading a task the engine does not hold asks Redis synchronously (200 ms timeouts). The
+    awaitable reads run in a worker thread then, so a stopped Redis stalls the caller, not its event loop."""
+    import asyncio
+    from progress_engine import NotFoundError, ProgressTracker
+    t = ProgressTracker(redis_url=redis.url, throttle_ms=10)
+    try:
+        redis.pause()
+
+        async def scenario():
+            ticks = 0
+            done = asyncio.Event()
+
+            async def ticker():
+                nonlocal ticks
+                while not done.is_set():
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            tick_task = asyncio.create_task(ticker())
+            start = asyncio.get_running_loop().time()
+            try:
+                await t.get_task_progress("held-elsewhere")
+            except NotFoundError:
+                pass
+            took = asyncio.get_running_loop().time() - start
+            done.set()
+            await tick_task
+            return took, ticks
+
+        took, ticks = asyncio.run(scenario())
+        assert took >= 0.15, f"the read did not wait for Redis ({took:.3f} s)"
+        assert ticks >= 0.5 * took / 0.01, f"the event loop ran {ticks} ticks in {took:.2f} s"
+    finally:
+        redis.resume()
+        t.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import json
@@ -20,14 +21,26 @@ from .stages import StageManager
 _FINISHING_EVENTS = frozenset({"execution_complete", "execution_error"})
 
 
-def _async_twin(sync: Callable[..., Any]) -> Callable[..., Any]:
-    """The awaitable form of a `*_sync` method. Engine calls never block (one shard lock held for
+def _async_twin(sync: Callable[..., Any], may_read_redis: bool = False) -> Callable[..., Any]:
+    """The awaitable form of a `*_sync` method. Updates never block (one shard lock held for
     nanoseconds, never network or disk), so running them inline on the event loop is both correct
-    and the cheapest way."""
+    and the cheapest way. `may_read_redis`: a read (or a resume) that asks Redis synchronously for a
+    task the engine does not hold (up to 200 ms per round trip), so with `redis_url` it runs in a
+    worker thread instead, and the event loop goes on meanwhile."""
 
-    @functools.wraps(sync)
-    async def twin(*args: Any, **kwargs: Any) -> Any:
-        return sync(*args, **kwargs)
+    if may_read_redis:
+
+        @functools.wraps(sync)
+        async def twin(self: "ProgressTracker", *args: Any, **kwargs: Any) -> Any:
+            if self._redis:
+                return await asyncio.to_thread(sync, self, *args, **kwargs)
+            return sync(self, *args, **kwargs)
+
+    else:
+
+        @functools.wraps(sync)
+        async def twin(*args: Any, **kwargs: Any) -> Any:
+            return sync(*args, **kwargs)
 
     twin.__name__ = sync.__name__[: -len("_sync")]
     twin.__qualname__ = sync.__qualname__[: -len("_sync")]
@@ -61,7 +74,9 @@ class ProgressTracker:
     keys (listen, redis_url, namespace, retention_seconds, throttle_ms, ...); an unknown key raises
     ConfigError, so typos are caught.
 
-    Every `*_sync` method has an awaitable twin without the suffix (as in the seed). All methods may be
+    Every `*_sync` method has an awaitable twin without the suffix (as in the seed); with redis_url, the
+    reads that may ask Redis (get_task_progress, get_batch_progress, get_logs, get_history, and
+    create_task_progress, for resume) run in a worker thread, the rest inline. All methods may be
     called from any thread. Close with close(), `with` or `async with`; a tracker that is garbage
     collected or still open at exit is closed then.
     """
@@ -71,6 +86,7 @@ class ProgressTracker:
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
         self._listen = config.get("listen")
+        self._redis = bool(config.get("redis_url"))
         # task_id -> int64 view of the task's attached (step, total_steps) array. The view keeps the
         # array alive; an entry goes only once the engine has stopped reading that array.
         self._counters: Dict[str, memoryview] = {}
@@ -359,17 +375,17 @@ class ProgressTracker:
 
     # ---- the seed's awaitable API ---------------------------------------------------------------
 
-    create_task_progress = _async_twin(create_task_progress_sync)
+    create_task_progress = _async_twin(create_task_progress_sync, may_read_redis=True)
     update_stage = _async_twin(update_stage_sync)
     update_progress = _async_twin(update_progress_sync)
     complete_task = _async_twin(complete_task_sync)
     fail_task = _async_twin(fail_task_sync)
     cancel_task = _async_twin(cancel_task_sync)
-    get_task_progress = _async_twin(get_task_progress_sync)
-    get_batch_progress = _async_twin(get_batch_progress_sync)
+    get_task_progress = _async_twin(get_task_progress_sync, may_read_redis=True)
+    get_batch_progress = _async_twin(get_batch_progress_sync, may_read_redis=True)
     log = _async_twin(log_sync)
-    get_logs = _async_twin(get_logs_sync)
-    get_history = _async_twin(get_history_sync)
+    get_logs = _async_twin(get_logs_sync, may_read_redis=True)
+    get_history = _async_twin(get_history_sync, may_read_redis=True)
     send_event = _async_twin(send_event_sync)
     update_preview = _async_twin(update_preview_sync)
     register_template_stages = _async_twin(register_template_stages_sync)
