@@ -5,11 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python=${PYTHON:-python3}
 apt_packages=(pkg-config libwebsockets-dev libuv1-dev libhiredis-dev libpng-dev redis-server chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# Python 3 with pip (the Swift images have one; a bare Debian may not).
+if ! "$python" -m pip --version >/dev/null 2>&1; then
+    missing+=(python3 python3-pip python3-venv)
+    python=python3
+fi
 if ((${#missing[@]})); then
     echo "setup: installing Debian packages: ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
@@ -22,7 +28,6 @@ if ! command -v swift >/dev/null; then
     exit 1
 fi
 
-python=${PYTHON:-python3}
 pip_install() {
     # Debian's own Python refuses pip installs without this flag (PEP 668); other Pythons ignore it.
     "$python" -m pip install -q --disable-pip-version-check "$@" 2>/dev/null \
@@ -43,7 +48,8 @@ if ((${#need[@]})); then
     pip_install "${need[@]}"
 fi
 # The binding, editable, so it finds the library in .build/ without any environment variable.
-if ! "$python" -c "import progress_engine, os, sys; sys.exit(0 if os.path.realpath(progress_engine.__file__).startswith(os.path.realpath('bindings/python')) else 1)" 2>/dev/null; then
+# Found without importing it (an import loads the library, which may not be built yet).
+if ! "$python" -c "import importlib.util, os, sys; s = importlib.util.find_spec('progress_engine'); sys.exit(0 if s and s.origin and os.path.realpath(s.origin).startswith(os.path.realpath('bindings/python')) else 1)" 2>/dev/null; then
     echo "setup: installing the Python binding (pip install -e bindings/python)"
     pip_install -e bindings/python
 fi
