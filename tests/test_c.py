@@ -83,6 +83,19 @@ def test_pkg_config_version_matches_header(env):
     assert pkg_config(env, "--modversion") == [".".join(map(str, header_version()[0]))]
 
 
+def test_readme_c_quick_start_builds_and_runs(tmp_path, env):
+    """The README's C quick start, compiled as its shell block says (-Wall -Wextra -Werror, pkg-config) and run."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## C quick start", 1)[1]
+    source = re.search(r"```c\n(.*?)```", section, flags=re.S).group(1)
+    (tmp_path / "main.c").write_text(source)
+    cflags = pkg_config(env, "--cflags")
+    libs = pkg_config(env, "--libs")
+    check_run(["cc", "-Wall", "-Wextra", "-Werror", "main.c", *cflags, *libs, "-o", "quickstart"], cwd=tmp_path, env=env)
+    task = json.loads(check_run([str(tmp_path / "quickstart")], env=env))
+    assert task["task_id"] == "task-1" and task["status"] == "completed" and task["overall_progress"] == 100
+
+
 def test_every_example_is_indexed():
     index = (EXAMPLES / "README.md").read_text()
     folders = sorted(p.name for p in EXAMPLES.iterdir() if (p / "main.c").is_file())
