@@ -65,11 +65,7 @@ enum { ACCEPT_PAUSE_MS = 250 };
  * of the listener in question (each runs its own loop), so CProgress_listener_service reads it there. */
 static __thread int accept_out_of_fds;
 
-static _Atomic unsigned long stderr_dropped;
-
-/* Writes one log line to stderr without ever blocking the service thread: when stderr is a pipe or socket
- * that nobody drains and it is full, the line is dropped and counted, and the next line that can be
- * written says how many were lost. */
+/* Writes one log line to stderr without ever blocking the service thread (CProgress_log_line). */
 static void log_stderr(const char *fmt, ...) {
     char line[1024];
     va_list ap;
@@ -80,24 +76,6 @@ static void log_stderr(const char *fmt, ...) {
     CProgress_log_line(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
-/* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so the note (< 160 bytes) and a line of
- * at most 3,900 bytes are written whole and at once. */
-void CProgress_log_line(const char *line, size_t len) {
-    if (len > 3900) len = 3900;
-    struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
-    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
-        stderr_dropped++;
-        return;
-    }
-    unsigned long dropped = stderr_dropped;
-    if (dropped) {
-        char note[160];
-        int m = snprintf(note, sizeof note, "progress engine: %lu log line(s) dropped: stderr was not being read\n",
-                         dropped);
-        if (m > 0 && write(STDERR_FILENO, note, (size_t)m) == m) stderr_dropped -= dropped;
-    }
-    if (write(STDERR_FILENO, line, len) < 0) stderr_dropped++;
-}
 
 /* libwebsockets' error lines. When accept() fails for want of descriptors, libwebsockets 4.1 logs the
  * error and returns, and since the connection is still waiting the listening socket is readable again at

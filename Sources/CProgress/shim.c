@@ -1,7 +1,10 @@
 #include "CProgress.h"
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static _Thread_local char *last_error;
 static _Thread_local size_t last_error_cap;
@@ -37,4 +40,26 @@ long long CProgress_load_relaxed(const volatile long long *p) {
 
 void CProgress_store_relaxed(volatile long long *p, long long value) {
     __atomic_store_n((long long *)p, value, __ATOMIC_RELAXED);
+}
+
+/* Lines dropped because stderr could not take them (see CProgress_log_line). */
+static _Atomic unsigned long stderr_dropped;
+
+/* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so the note (< 160 bytes) and a line of
+ * at most 3,900 bytes are written whole and at once. */
+void CProgress_log_line(const char *line, size_t len) {
+    if (len > 3900) len = 3900;
+    struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
+        stderr_dropped++;
+        return;
+    }
+    unsigned long dropped = stderr_dropped;
+    if (dropped) {
+        char note[160];
+        int m = snprintf(note, sizeof note, "progress engine: %lu log line(s) dropped: stderr was not being read\n",
+                         dropped);
+        if (m > 0 && write(STDERR_FILENO, note, (size_t)m) == m) stderr_dropped -= dropped;
+    }
+    if (write(STDERR_FILENO, line, len) < 0) stderr_dropped++;
 }
