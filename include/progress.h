@@ -285,7 +285,7 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
 /* A preview from raw 8-bit pixels: gray (channels 1), RGB (3) or RGBA (4), rows `stride` bytes apart
  * (>= width * channels), top row first; `pixels` must hold height * stride bytes. A preview is made when
  * the task's overall progress first crosses each of `preview_milestones` (or, with `preview_every_steps`
- * N > 0, on every N-th step), once each: then the pixels are copied on this thread (the only cost of the
+ * N > 0, each time the step crosses the next multiple of N), once each: then the pixels are copied on this thread (the only cost of the
  * call) and downscaled to `preview_max_size` (box filter) and PNG-encoded on the engine's preview thread,
  * written atomically into `preview_dir` (by default a private temporary folder removed on close) and
  * served at the task's "preview_url". Video tasks name the file after the frame (the latest step).

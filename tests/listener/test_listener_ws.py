@@ -497,21 +497,10 @@ def test_resume_up_to_date_and_ahead(wire):
             await wire.recv_until(ws, lambda m: "recovered" in m, 3, seen)
             return seen
 
-    async def resume_up_to_date():
-        async with wire.connect(t, "r") as ws:
-            await wire.established(ws)
-            seen = []
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["r2"], "resume": {"r2": seq}}, "subscribed")
-            # Nothing to catch up: no message, not even the state the client holds (no duplicate); the next
-            # change arrives as usual.
-            assert await wire.request(ws, {"type": "ping"}, "pong", seen=seen) == {"type": "pong"}
-            t.update_stage_sync("r2", 2)
-            await wire.recv_until(ws, lambda m: m["type"] == "progress.update", 3, seen)
-            return seen
-
-    seen = wire.run(resume_up_to_date())
-    assert [m["type"] for m in seen] == ["pong", "progress.update"] and seen[1]["seq"] == seq + 1, seen
-    seq += 1
+    # Nothing to replay: the current state alone, as on any subscribe (SPEC §7), with recovered: true.
+    seen = wire.run(resume(seq))
+    assert len(seen) == 1 and seen[0]["recovered"] is True and seen[0]["seq"] == seq, seen
+    assert "replayed" not in seen[0]
     seen = wire.run(resume(seq + 1000))  # a seq this task never had
     assert len(seen) == 1 and seen[0]["recovered"] is False and seen[0]["seq"] == seq, seen
 

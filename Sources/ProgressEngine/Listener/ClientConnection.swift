@@ -170,15 +170,6 @@ final class ClientConnection {
         }
     }
 
-    /// Records that the client already holds the task at `seq` (a resume that was up to date): nothing is sent, and
-    /// a fan-out of that same seq is not either.
-    func noteDelivered(task: String, seq: UInt64) {
-        let slot = self.slot(task)
-        if slot.hasSeq && seq <= slot.lastSeq { return }
-        slot.hasSeq = true
-        slot.lastSeq = seq
-    }
-
     /// The task's slot, made on first use.
     private func slot(_ task: String) -> TaskSlot {
         if let known = slots[task] { return known }

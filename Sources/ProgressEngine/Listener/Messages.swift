@@ -194,13 +194,9 @@ enum Messages {
         for snapshot in snapshots {
             var recovered: Bool? = nil
             if let last = resume[snapshot.id] {
+                // SPEC §7: the current state is sent at once on subscribe, after the replay; a client already at
+                // that seq gets it too (with "recovered": true), which tells it the task is still there.
                 recovered = replay(l, client: client, current: snapshot, after: last)
-                // Already up to date: the client holds this state, and sending it again would be a duplicate. Its
-                // seq is still noted, so the next change goes out as usual.
-                if recovered == true && last == snapshot.seq {
-                    client.noteDelivered(task: snapshot.id, seq: snapshot.seq)
-                    continue
-                }
             }
             client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
                                 seq: snapshot.seq, urgent: true)

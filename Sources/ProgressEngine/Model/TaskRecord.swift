@@ -414,7 +414,10 @@ final class TaskRecord: @unchecked Sendable {
         guard !status.isTerminal else { return nil }
         let label: String
         if everySteps > 0 {
-            guard lastStep > 0, lastStep % Int64(everySteps) == 0, lastStep != lastPreviewStep else { return nil }
+            // Due once the step has crossed the next multiple of N since the last preview (a runner offering frames
+            // every few steps need not land on the multiple itself).
+            let n = Int64(everySteps)
+            guard lastStep > 0, lastStep / n > max(lastPreviewStep, 0) / n else { return nil }
             lastPreviewStep = lastStep
             label = "s\(lastStep)"
         } else {

@@ -278,6 +278,18 @@ def test_every_n_steps(open_tracker, preview_dir):
         check_preview(preview_dir / name, (40, 40), 1, max_size=32, marker=n)
 
 
+def test_every_n_steps_with_frames_offered_off_the_multiples(open_tracker, preview_dir):
+    """A runner that offers a frame every 3 steps with preview_every_steps 5 gets one preview each time the step
+    crosses the next multiple of 5 (at steps 6, 12, 15, 21), not only when it lands on one (15)."""
+    tracker = open_tracker(preview_every_steps=5, preview_max_size=32)
+    tracker.create_task_progress_sync("t", FLAT)
+    for n in range(3, 22, 3):
+        step(tracker, "t", n, total=30)
+        tracker.update_preview_sync("t", make_image(40, 40, 1, marker=n))
+    wait_previews(tracker, 4)
+    assert [f.rsplit("_", 1)[1] for f in pngs(preview_dir)] == ["s12.png", "s15.png", "s21.png", "s6.png"]
+
+
 @pytest.mark.parametrize("width, height", [(1024, 1024), (768, 1024), (1000, 333), (300, 200), (17, 9)])
 def test_size_keeps_aspect_and_never_upscales(open_tracker, preview_dir, width, height):
     tracker = open_tracker(preview_max_size=512)
