@@ -286,6 +286,17 @@
       );
       return;
     }
+    // Refusals that reconnecting cannot change: say why and stop.
+    const refused = { 4403: "this page's origin is not in the listener's allowed_origins",
+                      4404: "the listener has no WebSocket at this path", 1008: "the listener refused the client id" };
+    if (refused[code]) {
+      conn.fatal = true;
+      setConn("unauthorized", "Refused");
+      showBanner("error", "The listener refused this page (close code " + code + ": " + refused[code] +
+        (event.reason ? "; " + event.reason : "") + "). Reconnecting would not change that; fix the listener's " +
+        "configuration or the page's address, then reload.");
+      return;
+    }
     let why = "connection lost";
     if (code === 1013) why = "the listener has too many connections";
     else if (code === 4008) why = "the page fell behind the updates";
@@ -419,7 +430,10 @@
     const etaSeconds = num(data.eta_seconds);
     const etaAt = parseTime(data.eta);
     if (!TERMINAL.has(data.status) && (etaSeconds !== null || etaAt !== null)) {
-      t.etaTarget = etaSeconds !== null ? now + etaSeconds * 1000 : etaAt + (clockOffset || 0);
+      // eta_seconds counts from updated_at (the server's clock), not from this message's arrival: a state that
+      // was already a few seconds old when it came (on subscribe, after a reconnect) has that much less to go.
+      const base = updated !== null && clockOffset !== null ? updated + clockOffset : now;
+      t.etaTarget = etaSeconds !== null ? base + etaSeconds * 1000 : etaAt + (clockOffset || 0);
       const predicted = etaAt !== null ? etaAt : serverNow() + etaSeconds * 1000;
       if (data.status === "executing") t.etaPredictions.push(predicted);
       if (t.etaPredictions.length > 500) t.etaPredictions.splice(0, t.etaPredictions.length - 500);

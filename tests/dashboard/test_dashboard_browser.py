@@ -336,6 +336,44 @@ def test_eta_countdown_with_confidence(dash, trackers):
     assert dash.console_errors() == []
 
 
+def test_eta_countdown_counts_from_the_states_time_not_its_arrival(dash, trackers):
+    """eta_seconds counts from updated_at: a state that arrives 10 s after it was taken (on subscribe, after a
+    reconnect, from a mirror) has 10 s less to go than its eta_seconds."""
+    tracker = trackers()
+    tracker.create_task_progress_sync("eta-live", "stable-diffusion-xl", "image_generation")
+    tracker.update_progress_sync("eta-live", 3, 30, "Step 3/30")
+    dash.open(tracker)
+    dash.wait_card("eta-live")
+    state = tracker.get_task_progress_sync("eta-live")
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000Z"  # noqa: E731
+    now = time.time()
+    # The page learns the clock from a fresh state first (as from the listener), then gets a 10 s old one.
+    fresh = dict(state, task_id="eta-old", status="executing", updated_at=iso(now), eta_seconds=None, eta=None)
+    dash.js("window.progressDashboard.ingest({type: 'progress.update', task_id: 'eta-old', seq: 5, data: arguments[0]})",
+            fresh)
+    old = dict(fresh, updated_at=iso(now - 10), eta_seconds=95.0, eta_confidence=0.5, eta=iso(now - 10 + 95))
+    dash.js("window.progressDashboard.ingest({type: 'progress.update', task_id: 'eta-old', seq: 6, data: arguments[0]})",
+            old)
+    eta = dash.card_info("eta-old")["eta"]
+    assert eta in ("ETA 1:25 (50 % confidence)", "ETA 1:24 (50 % confidence)"), eta
+    assert dash.console_errors() == []
+
+
+def test_refusals_that_reconnecting_cannot_change_are_said_and_not_retried(dash, trackers):
+    tracker = trackers(allowed_origins=["https://app.example.com"])
+    tracker.create_task_progress_sync("origin-task", "stable-diffusion-xl", "image_generation")
+    dash.open(tracker, wait_live=False)
+    dash.wait(lambda: dash.conn_state() == "unauthorized", "the refused state")
+    assert dash.conn_text() == "Refused"
+    banner = dash.js("const b = document.getElementById('banner'); return b.hidden ? null : b.textContent")
+    assert "4403" in banner and "allowed_origins" in banner, banner
+    opened = dash.js("return window.progressDashboard.connections ? window.progressDashboard.connections() : null")
+    time.sleep(1.5)  # no reconnect attempts (the page would say "Reconnecting")
+    assert dash.conn_state() == "unauthorized" and dash.conn_text() == "Refused"
+    if opened is not None:
+        assert dash.js("return window.progressDashboard.connections()") == opened
+
+
 def test_resource_sparklines(dash, trackers):
     tracker = trackers(resource_interval_ms=50)
     tracker.create_task_progress_sync("res-1", "stable-diffusion-xl", "image_generation")
