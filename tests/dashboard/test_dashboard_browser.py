@@ -397,6 +397,26 @@ def test_resource_sparklines(dash, trackers):
     assert dash.console_errors() == []
 
 
+def test_a_resume_map_too_large_for_the_listener_is_dropped_not_resent(dash, trackers):
+    """The page resumes its open tasks on reconnect. A listener with a small max_message_bytes refuses that
+    subscribe (error, close 1009; the map counts UTF-8 bytes: these ids are 2 bytes a character): the page
+    subscribes again without the map and goes live, instead of sending the same frame for ever."""
+    first = trackers()
+    port = first.port
+    ids = [f"{i:02d}-" + "é" * 150 for i in range(30)]  # about 9 KB of ids in UTF-8
+    for tid in ids:
+        first.create_task_progress_sync(tid, "stable-diffusion-xl", "image_generation")
+        first.update_progress_sync(tid, 1, 30, "Step 1/30")
+    dash.open(first)
+    dash.wait_card(ids[-1])
+    first.close()
+    dash.wait(lambda: dash.conn_state() == "reconnecting", "the page to notice the drop")
+    second = trackers(port=port, max_message_bytes=4096)
+    second.create_task_progress_sync("after-1009", "stable-diffusion-xl", "image_generation")
+    dash.wait(lambda: dash.conn_state() == "live", "the page live again without its resume map", timeout=20)
+    dash.wait_card("after-1009")
+
+
 def test_reconnects_after_the_listener_restarts(dash, trackers):
     first = trackers()
     port = first.port

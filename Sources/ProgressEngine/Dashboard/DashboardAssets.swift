@@ -69,7 +69,7 @@ enum DashboardAssets {
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script src="/dashboard/app.js?v=27c1970c3ec9"></script>
+<script src="/dashboard/app.js?v=c05e586584f9"></script>
 </body>
 </html>
 """##),
@@ -92,7 +92,7 @@ enum DashboardAssets {
   const SAMPLE_MS = 250; // at most one sparkline point per this interval
   const WARN_MS = 10000;
   const STALE_AFTER_MS = 3000; // an open task not re-sent this long after a (re)subscribe is no longer reported
-  const RESUME_BUDGET = 48000; // characters of the resume map (the listener caps frames at 64 KiB by default)
+  const RESUME_BUDGET = 48000; // UTF-8 bytes of the resume map (the listener caps frames at 64 KiB by default)
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const STATUSES = ["queued", "executing", "completed", "failed", "cancelled"];
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -328,7 +328,10 @@ enum DashboardAssets {
     }, PING_MS);
   }
 
-  /** {task_id: last seq} of the tasks that can still change, most recently updated first, within budget. */
+  /** {task_id: last seq} of the tasks that can still change, most recently updated first, within budget (UTF-8
+   *  bytes; none after a subscribe the listener refused as too large, close 1009: the current states come anyway). */
+  const utf8 = new TextEncoder();
+  let resumeBudget = RESUME_BUDGET;
   function resumeMap() {
     const out = {};
     let size = 2;
@@ -336,8 +339,8 @@ enum DashboardAssets {
       .filter((t) => !TERMINAL.has(t.data.status) && typeof t.seq === "number")
       .sort((a, b) => b.receivedAt - a.receivedAt);
     for (const t of open) {
-      size += JSON.stringify(t.id).length + String(t.seq).length + 2;
-      if (size > RESUME_BUDGET) break;
+      size += utf8.encode(JSON.stringify(t.id)).length + String(t.seq).length + 2;
+      if (size > resumeBudget) break;
       out[t.id] = t.seq;
     }
     return out;
@@ -374,6 +377,7 @@ enum DashboardAssets {
       return;
     }
     let why = "connection lost";
+    if (code === 1009) resumeBudget = 0;  // the resume map was too large for the listener: subscribe without it
     if (code === 1013) why = "the listener has too many connections";
     else if (code === 4008) why = "the page fell behind the updates";
     else if (code === 1001) why = "the listener went away";
