@@ -289,29 +289,34 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
  * writable pass to send its close frame from inside that callback's close, and that pass never comes (the
  * client would see the TCP connection end with no close code). libwebsockets still sends what the socket did
  * not take at once before it closes (LRS_FLUSHING_BEFORE_CLOSE, bounded by its own 5 s timeout). */
-static void write_close_frame(struct lws *wsi, int code, const char *reason) {
-    unsigned char buf[LWS_PRE + 4 + 123];
+/* Writes a final, unmasked frame of at most 125 bytes of payload (the 7-bit length form) as raw bytes. */
+static void write_small_frame(struct lws *wsi, unsigned char opcode, const void *payload, size_t len) {
+    unsigned char buf[LWS_PRE + 2 + 125];
     unsigned char *frame = buf + LWS_PRE;
+    if (len > 125) len = 125;
+    frame[0] = (unsigned char)(0x80 | opcode);
+    frame[1] = (unsigned char)len;
+    memcpy(frame + 2, payload, len);
+    lws_write(wsi, frame, 2 + len, LWS_WRITE_RAW);
+}
+
+static void write_close_frame(struct lws *wsi, int code, const char *reason) {
+    unsigned char payload[125];
     size_t reason_len = strlen(reason);
     if (reason_len > 123) reason_len = 123; /* control frame payloads are at most 125 bytes */
-    frame[0] = 0x88;
-    frame[1] = (unsigned char)(2 + reason_len);
-    frame[2] = (unsigned char)((code >> 8) & 0xff);
-    frame[3] = (unsigned char)(code & 0xff);
-    memcpy(frame + 4, reason, reason_len);
-    lws_write(wsi, frame, 4 + reason_len, LWS_WRITE_RAW);
+    payload[0] = (unsigned char)((code >> 8) & 0xff);
+    payload[1] = (unsigned char)(code & 0xff);
+    memcpy(payload + 2, reason, reason_len);
+    write_small_frame(wsi, 0x8, payload, 2 + reason_len);
 }
 
 /* Writes a short text frame (at most 125 bytes of payload: `format` with one size_t) as raw bytes, as
  * write_close_frame does, for the error sent just before a close. */
 static void write_text_frame(struct lws *wsi, const char *format, size_t value) {
-    unsigned char buf[LWS_PRE + 2 + 126];
-    unsigned char *frame = buf + LWS_PRE;
-    int n = snprintf((char *)frame + 2, 126, format, value);
+    char payload[126];
+    int n = snprintf(payload, sizeof payload, format, value);
     if (n < 0 || n > 125) return;
-    frame[0] = 0x81;
-    frame[1] = (unsigned char)n;
-    lws_write(wsi, frame, 2 + (size_t)n, LWS_WRITE_RAW);
+    write_small_frame(wsi, 0x1, payload, (size_t)n);
 }
 
 static void timer_fired(lws_sorted_usec_list_t *sul) {
