@@ -91,3 +91,12 @@ struct CompletionRecord: Sendable {
         w.endObject()
     }
 }
+
+extension CompletionRecord {
+    /// The record of `task`, completed at `end` (this engine's own task, or another engine's that it mirrors).
+    init(completed task: TaskRecord, at end: Double) {
+        self.init(taskId: task.id, templateId: task.templateId, category: task.category, quality: task.quality,
+                  stageDurations: task.stageDurations, profiles: task.profiles, totalDuration: end - task.createdAt,
+                  resourceConfig: task.resourceConfig, timestamp: end)
+    }
+}

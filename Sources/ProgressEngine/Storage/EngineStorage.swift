@@ -51,7 +51,6 @@ extension Engine {
         }
     }
 
-    /// Executing tasks this engine runs (not mirrors), for heartbeats.
     /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run), with the
     /// batch each belongs to.
     func activeOwnedTasks() -> [(id: String, batch: String?)] {
@@ -66,6 +65,7 @@ extension Engine {
         return out
     }
 
+    /// Executing tasks this engine runs (not mirrors), for heartbeats.
     func executingOwnedTaskIds() -> [String] {
         var ids: [String] = []
         for shard in table.allShards {
@@ -116,10 +116,7 @@ extension Engine {
         /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).
         func noteCompletion(_ task: TaskRecord) {
             guard task.status == .completed, let end = task.completedAt else { return }
-            completion = CompletionRecord(taskId: task.id, templateId: task.templateId, category: task.category,
-                                          quality: task.quality, stageDurations: task.stageDurations, profiles: task.profiles,
-                                          totalDuration: end - task.createdAt, resourceConfig: task.resourceConfig,
-                                          timestamp: end)
+            completion = CompletionRecord(completed: task, at: end)
         }
         let isNew: Bool = table.shard(for: key).withLock { shard in
             if let task = shard.tasks[key] {
