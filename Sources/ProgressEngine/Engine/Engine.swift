@@ -246,13 +246,18 @@ final class Engine: @unchecked Sendable {
         }
         guard let result else {
             if isUpdate { misses.add(1, ordering: .relaxed) }
-            let id = try describe()
-            try Engine.validateId(id)
-            let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
-            if isUpdate { logRejectedUnknown(error) }
-            throw error
+            throw try unknownTask(describe(), logged: isUpdate)
         }
         return result
+    }
+
+    /// The error for task `id`, which this engine does not hold (`.invalidArgument` when `id` is no valid id).
+    /// `logged`: an update, rejected and logged as such (`logRejectedUnknown`).
+    private func unknownTask(_ id: String, logged: Bool) throws -> EngineError {
+        try Engine.validateId(id)
+        let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
+        if logged { logRejectedUnknown(error) }
+        return error
     }
 
     /// SPEC §5: an invalid update is counted and logged. It goes into the task's log as a warning (shown by `logs`,
@@ -274,8 +279,10 @@ final class Engine: @unchecked Sendable {
         listener?.noteLog(taskId: task.id, entry: entry)
     }
 
-    /// `logRejected` for a call rejected before it reached the task (bad event data), when the task exists.
-    private func logRejected(id: String, _ error: Error) {
+    /// A call rejected before it reached the task (bad event data): counted here (withTask counts the rest) and
+    /// logged in the task's log when the task exists.
+    private func rejectedBeforeTask(id: String, _ error: Error) {
+        misses.add(1, ordering: .relaxed)
         let key = TaskKey(owning: id)
         table.shard(for: key).withLock { shard in
             if let task = shard.tasks[key] { logRejected(task, error, at: clock.now()) }
@@ -380,11 +387,7 @@ final class Engine: @unchecked Sendable {
         guard let task = shard.unsafeValue.tasks[key] else {
             shard.unlock()
             misses.add(1, ordering: .relaxed)
-            let id = try describe()
-            try Engine.validateId(id)
-            let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
-            logRejectedUnknown(error)
-            throw error
+            throw try unknownTask(describe(), logged: true)
         }
         let before = task.status, seqBefore = task.seq
         do {
@@ -436,9 +439,7 @@ final class Engine: @unchecked Sendable {
         do {
             (event, explicit) = try RunnerEvent.parse(name: name, dataJSON: dataJSON)
         } catch {
-            // Rejected before reaching the task: counted here, as withTask counts the rest.
-            misses.add(1, ordering: .relaxed)
-            logRejected(id: id, error)
+            rejectedBeforeTask(id: id, error)
             throw error
         }
         let now = clock.now()
@@ -474,8 +475,7 @@ final class Engine: @unchecked Sendable {
             do {
                 (progress, message) = try RunnerEvent.stageArguments(name: name, data: data)
             } catch {
-                misses.add(1, ordering: .relaxed)  // rejected before reaching the task, as parse errors are
-                logRejected(id: id, error)
+                rejectedBeforeTask(id: id, error)
                 throw error
             }
             try withTask(id: id) { task in
@@ -608,10 +608,7 @@ final class Engine: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             readCounterOneLastTime(task, at: ts)
             try task.complete(at: ts)
-            return CompletionRecord(taskId: task.id, templateId: task.templateId, category: task.category,
-                                    quality: task.quality, stageDurations: task.stageDurations,
-                                    profiles: task.profiles, totalDuration: ts - task.createdAt,
-                                    resourceConfig: task.resourceConfig, timestamp: ts)
+            return CompletionRecord(completed: task, at: ts)
         }
         counterTasks.withLock { _ = $0.remove(id) }
         completions.add(record)
@@ -793,10 +790,7 @@ final class Engine: @unchecked Sendable {
             return true
         }
         counterTasks.withLock { _ = $0.remove(id) }
-        guard let had else {
-            try Engine.validateId(id)
-            throw EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
-        }
+        guard let had else { throw try unknownTask(id, logged: false) }
         guard had else { throw EngineError.notFound("task \"\(id)\" has no counter attached") }
     }
 
@@ -1074,7 +1068,7 @@ final class Engine: @unchecked Sendable {
 
     func historyJSON(id: String, afterSeq: UInt64) throws -> String {
         var partial = false
-        var (events, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
+        let (held, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
             try withTask(id: id, isUpdate: false, forReading: true) { task in
                 let events = task.history.newest(while: { _ in true })
                 partial = task.historyGapSeq > 0 || (events.first?.seq ?? 1) > 1
@@ -1082,22 +1076,14 @@ final class Engine: @unchecked Sendable {
             }
         }, stored: { storage in
             guard let task = storage.loadTask(id) else { return nil }
-            var events: [HistoryEvent] = []
-            for entry in storage.streamEntries(id, from: 1) ?? [] {
-                for e in entry.events where e.seq > (events.last?.seq ?? 0) { events.append(e) }
-            }
-            return (events, task.seq)
+            return (storage.streamEvents(id, from: 1) ?? [], task.seq)
         })
         // Events older than memory holds (a restored or mirrored task, or a long one past the ring) come from the
         // Redis stream, as far back as it goes.
-        let firstHeld = events.first?.seq ?? (lastSeq + 1)
-        if partial, afterSeq + 1 < firstHeld, let storage, let entries = storage.streamEntries(id, from: afterSeq + 1) {
-            let first = firstHeld
-            var older: [HistoryEvent] = []
-            for entry in entries {
-                for e in entry.events where e.seq < first && e.seq > (older.last?.seq ?? 0) { older.append(e) }
-            }
-            events = older + events
+        var events = held
+        let firstHeld = held.first?.seq ?? (lastSeq + 1)
+        if partial, afterSeq + 1 < firstHeld, let older = storage?.streamEvents(id, from: afterSeq + 1, before: firstHeld) {
+            events = older + held
         }
         do {
             var w = JSONWriter(capacity: 4096)

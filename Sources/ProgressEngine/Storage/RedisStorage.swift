@@ -130,6 +130,19 @@ final class RedisStorage: @unchecked Sendable {
         var events: [HistoryEvent]
     }
 
+    /// The events of the stream entries `streamEntries(id, from:)` returns with seq below `before`, oldest first,
+    /// each once (nil when Redis cannot be read).
+    func streamEvents(_ id: String, from: UInt64, before: UInt64 = .max) -> [HistoryEvent]? {
+        guard let entries = streamEntries(id, from: from) else { return nil }
+        var events: [HistoryEvent] = []
+        for entry in entries {
+            for e in entry.events where e.seq < before && e.seq > (events.last?.seq ?? 0) {
+                events.append(e)
+            }
+        }
+        return events
+    }
+
     /// The stream entries whose last seq is `from` or later, oldest first.
     func streamEntries(_ id: String, from: UInt64) -> [StreamEntry]? {
         read { c -> [StreamEntry] in

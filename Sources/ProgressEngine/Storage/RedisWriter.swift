@@ -34,6 +34,8 @@ final class RedisWriter: @unchecked Sendable {
     let metrics: RedisMetrics
     private let throttle: Double
     private let heartbeatInterval: Double
+    /// `retention_seconds` in milliseconds: the expiry every key of a task gets (PX / PEXPIRE).
+    private let ttl: RedisArgument
     /// How often the keys of active tasks get a full retention again (`refreshActiveExpiry`).
     private let expiryRefreshInterval: Double
     private var lastExpiryRefresh = -Double.infinity
@@ -84,6 +86,7 @@ final class RedisWriter: @unchecked Sendable {
         self.metrics = metrics
         throttle = Double(engine.config.throttleMs) / 1000
         heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
+        ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
         expiryRefreshInterval = max(heartbeatInterval, engine.config.retentionSeconds / 4)
         try worker.start("the Redis writer thread") { [self] in self.loop() }
     }
@@ -310,7 +313,6 @@ final class RedisWriter: @unchecked Sendable {
     private func refreshActiveExpiry(now: Double) {
         guard let connection else { return }
         lastExpiryRefresh = now
-        let ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
         // The task index forgets tasks whose keys have expired.
         connection.append(["ZREMRANGEBYSCORE", RedisArgument(keys.tasks), "-inf",
                            RedisArgument("(" + String(SystemClock().now() - engine.config.retentionSeconds))])
@@ -387,7 +389,6 @@ final class RedisWriter: @unchecked Sendable {
     private func appendWrite(_ w: TaskWrite, to c: RedisConnection) -> Int {
         let s = w.snapshot
         let id = w.id
-        let ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
         let stateJSON = StoredTask.json(s)
         var n = 0
         if w.firstSeq == 1 {
