@@ -246,10 +246,7 @@ final class TaskRecord: @unchecked Sendable {
     ///   for watchers). Creation, terminal states and a resume are urgent by their type.
     private func recordChange(_ type: HistoryType, at ts: Double, stageChanged: Bool = false) {
         if type == .progress { refreshCurrentStage() } else { refreshOverall() }
-        switch type {
-        case .created, .completed, .failed, .cancelled, .resumed: lastChangeUrgent = true
-        case .progress, .stage, .resources, .preview: lastChangeUrgent = stageChanged
-        }
+        lastChangeUrgent = type.waitsForThrottle || type == .stage ? stageChanged : true
         seq &+= 1
         updatedAt = ts
         lastTimestamp = ts
@@ -332,9 +329,9 @@ final class TaskRecord: @unchecked Sendable {
             if let newMessage { stages[index].message = newMessage }
             // The error is the message passed (now the stage's message), else "stage NAME failed"; never the
             // stage's last progress text.
-            var passed = true
-            if case .none = message { passed = false }
-            fail(error: passed ? stages[index].message ?? "" : "stage \(name) failed", stageIndex: index, at: ts)
+            let error: String
+            if case .none = message { error = "stage \(name) failed" } else { error = stages[index].message ?? "" }
+            fail(error: error, stageIndex: index, at: ts)
             return
         }
         if let newMessage { stages[index].message = newMessage }
@@ -442,9 +439,9 @@ final class TaskRecord: @unchecked Sendable {
 
     /// Appends to the log. Logs are accepted for finished tasks too (a runner's last words).
     /// - Returns: the entry, for watchers.
-    @discardableResult
     /// - Parameter advancesTime: false for the engine's own entries (a rejected update), which must not move the
     ///   task's time past what a runner replaying with explicit timestamps reports next.
+    @discardableResult
     func log(_ level: LogLevel, _ message: String, at ts: Double, advancesTime: Bool = true) -> LogEntry {
         let entry = LogEntry(timestamp: ts, level: level, message: message, stage: currentStage)
         logs.append(entry)
@@ -503,7 +500,7 @@ extension TaskRecord {
     func applyRemote(_ stored: StoredTask, events: [HistoryEvent]) -> Bool {
         guard stored.seq > seq else { return false }
         let urgent = stored.status != status || stored.currentStage != currentStage
-            || events.contains { $0.type != .progress && $0.type != .resources && $0.type != .preview }
+            || events.contains { !$0.type.waitsForThrottle }
         appendRemoteHistory(events.filter { $0.seq <= stored.seq })
         restore(from: stored)
         lastChangeUrgent = urgent

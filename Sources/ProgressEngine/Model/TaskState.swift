@@ -92,6 +92,10 @@ struct ResourceUsage: Sendable {
 enum HistoryType: UInt8, Sendable, CaseIterable {
     case created, progress, stage, completed, failed, cancelled, resources, resumed, preview
 
+    /// Changes of this kind wait for `throttle_ms` like a step unless they also change a stage (SPEC §7: only
+    /// creation, stage changes, terminal states and a resume go out at once).
+    var waitsForThrottle: Bool { self == .progress || self == .resources || self == .preview }
+
     var name: String {
         switch self {
         case .created: return "created"
