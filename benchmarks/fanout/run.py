@@ -5,6 +5,8 @@ Runs the same C load harness (loadclient) against
   (a) listener — ProgressEngine's listener, driven by `runner engine` (progress_update calls),
   (b) python   — a Python `websockets` server broadcasting the same update stream (python_server.py),
   (c) redis    — redis-server, `runner redis` PUBLISHing the same messages to per-task channels,
+  (d) floor    — floor_server.c: a C epoll server doing the least any server can per delivery (a copy of a
+                 frame built once per update, one send() per client per round): the floor under every design,
 for N = 100, 1,000 and 10,000 clients, and prints one side-by-side table with the issue's targets.
 
     python3 benchmarks/fanout/run.py            # or: make bench-fanout (builds first)
@@ -224,8 +226,9 @@ class Server:
             self.driver = self._start(argv, "runner engine")
             ready = self.driver.expect("READY", 30)
             self.pid, self.port, self.exclude_tid = ready["pid"], ready["port"], ready["updater_tid"]
-        elif kind == "python":
-            self.driver = self._start([sys.executable, "python_server.py", str(TASKS), template], "python_server")
+        elif kind in ("python", "floor"):
+            argv = ([sys.executable, "python_server.py"] if kind == "python" else ["./floor_server"])
+            self.driver = self._start(argv + [str(TASKS), template], kind + "_server")
             ready = self.driver.expect("READY", 30)
             self.pid, self.port = ready["pid"], ready["port"]
         elif kind == "redis":
@@ -547,6 +550,8 @@ def verdicts(results):
                 parts.append(f"{window} N={n:,}: {x:.2f} vs {y:.2f} us = {ratio:.2f}x")
         ok = None if not oks else all(oks)
         out.append(f"- CPU per delivery {label}: {verdict(ok)} ({'; '.join(parts) or 'not run'})")
+        if ref == "python" and any(s == "floor" for s, _ in by):
+            out.append("  " + floor_line(results, by, limit))
         if ref == "python" and any((r.get(w) or {}).get("kernel_share") is not None
                                    for r in results for w in ("sat", "fixed")):
             out.append("  " + kernel_floor(results, by, limit))
@@ -558,6 +563,24 @@ def verdicts(results):
         out.append(f"- <= 8 KiB RSS per idle connection: {verdict(kib <= TARGETS['idle_kib'])} "
                    f"({kib:.2f} KiB at N={n:,}; " + ", ".join(f"N={m:,}: {v:.2f}" for m, v in sizes) + ")")
     return "\n".join(out)
+
+
+def floor_line(results, by, limit):
+    """The floor server's CPU per delivery against the 1/5-of-Python limit: where the floor is over the limit,
+    no server delivering the same messages the same way (nothing held back) can meet the target."""
+    parts = []
+    for window in ("sat", "fixed"):
+        for n in sorted({r["n"] for r in results}):
+            a, b = by.get(("floor", n)), by.get(("python", n))
+            if not a or not b or window not in a or window not in b:
+                continue
+            x, y = a[window]["cpu_us_per_delivery"], b[window]["cpu_us_per_delivery"]
+            if x is None or not y:
+                continue
+            parts.append(f"{window} N={n:,}: {x:.2f} us vs limit {y * limit:.2f} us = {x / (y * limit):.2f}x "
+                         f"({'over' if x > y * limit else 'under'})")
+    return ("the floor (floor_server: one copy and one send per delivery, nothing else) against that limit: "
+            + ("; ".join(parts) or "not run"))
 
 
 def kernel_floor(results, by, limit):
@@ -583,8 +606,8 @@ def main():
     ap.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1_000, 10_000],
                     help="client counts (default 100,1000,10000)")
     ap.add_argument("--servers", type=lambda s: s.split(","),
-                    default=["listener", "python", "redis", "listener-defaults"],
-                    help="listener,python,redis,listener-defaults (the last runs at N=1,000 only)")
+                    default=["listener", "python", "redis", "floor", "listener-defaults"],
+                    help="listener,python,redis,floor,listener-defaults (the last runs at N=1,000 only)")
     ap.add_argument("--fixed-seconds", type=float, default=5.0)
     ap.add_argument("--sat-seconds", type=float, default=4.0)
     ap.add_argument("--quiet-wait", type=float, default=10.0,
@@ -603,7 +626,7 @@ def main():
     if max(args.n) + 300 > hard:
         log(f"RLIMIT_NOFILE hard limit is {hard}: N={max(args.n):,} needs {max(args.n) + 300} descriptors per "
             "process; those cells will fail (raise the hard limit: ulimit -Hn, or LimitNOFILE= in systemd)")
-    if not (os.path.exists(os.path.join(HERE, "loadclient")) and os.path.exists(os.path.join(HERE, "runner"))):
+    if not all(os.path.exists(os.path.join(HERE, p)) for p in ("loadclient", "runner", "floor_server")):
         sys.exit("build first: make -C benchmarks/fanout (or make bench-fanout from the repository root)")
 
     t0 = time.monotonic()
