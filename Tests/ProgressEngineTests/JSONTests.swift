@@ -45,12 +45,35 @@ struct JSONTests {
         #expect(try JSONParser.parse(text, context: "t") == value)
     }
 
+    @Test("strings are written byte for byte, with exactly the escapes the writer promises", arguments: [
+        ("", #""""#), ("plain", #""plain""#), ("é 画像 🙂", "\"é 画像 🙂\""),
+        ("a\"b\\c", #""a\"b\\c""#), ("\"", #""\"""#), ("x\n", #""x\n""#), ("\r\t", #""\r\t""#),
+        ("<a>&", #""\u003ca\u003e\u0026""#), ("\u{1}\u{1f}\u{7f} é", #""\u0001\u001f\u007f é""#),
+        ("head \u{0} mid \u{0} tail", #""head \u0000 mid \u0000 tail""#),
+    ])
+    func quoting(input: String, expected: String) throws {
+        var w = JSONWriter()
+        w.string(input)
+        #expect(w.output == expected)
+        #expect(try JSONParser.parse(w.output, context: "t") == .string(input))
+    }
+
     @Test("ISO-8601 formatting", arguments: [
         (0.0, "1970-01-01T00:00:00.000Z"), (1_705_314_600.5, "2024-01-15T10:30:00.500Z"),
         (951_782_400, "2000-02-29T00:00:00.000Z"), (-1, "1969-12-31T23:59:59.000Z"),
     ])
     func iso(epoch: Double, expected: String) {
         #expect(ISO8601.format(epoch) == expected)
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("a")
+        w.timestamp(epoch)
+        w.key("b")
+        w.timestamp(nil)
+        w.key("c")
+        w.timestamp(epoch)
+        w.endObject()
+        #expect(w.output == #"{"a":"\#(expected)","b":null,"c":"\#(expected)"}"#)
     }
 }
 

@@ -77,7 +77,10 @@ struct JSONWriter {
     /// An epoch time as ISO-8601 UTC with milliseconds and "Z", or null.
     mutating func timestamp(_ epoch: Double?) {
         guard let epoch else { return null() }
-        string(ISO8601.format(epoch))
+        separate()
+        bytes.append(UInt8(ascii: "\""))
+        ISO8601.write(epoch, into: &bytes) // digits, '-', 'T', ':', '.', 'Z': nothing to escape
+        bytes.append(UInt8(ascii: "\""))
     }
 
     mutating func value(_ v: JSONValue) {
@@ -106,23 +109,41 @@ struct JSONWriter {
 
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
+    /// Bytes that cannot stand for themselves in our JSON: the quote, the backslash, control characters and
+    /// DEL, and `<`, `>`, `&`, escaped so that JSON embedded in a page can never close a <script> element.
+    @inline(__always)
+    private static func needsEscape(_ byte: UInt8) -> Bool {
+        byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x3c || byte == 0x3e || byte == 0x26 || byte == 0x7f
+    }
+
+    /// The string in quotes; runs of bytes that need no escape are copied whole (the common case: the
+    /// whole string), the others written as `\"`, `\\`, `\n`, `\r`, `\t` or `\u00XX`.
     private mutating func appendQuoted(_ s: String) {
         bytes.append(UInt8(ascii: "\""))
-        for byte in s.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5c, 0x22])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5c, 0x5c])
-            case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
-            case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
-            case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
-            // <, > and & are escaped so JSON embedded in a page can never close a <script> element.
-            case 0..<0x20, UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "&"), 0x7f:
-                bytes.append(contentsOf: [0x5c, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
-                                          JSONWriter.hex[Int(byte >> 4)], JSONWriter.hex[Int(byte & 0xf)]])
-            default: bytes.append(byte)
+        var s = s
+        s.withUTF8 { utf8 in
+            var run = 0
+            for i in utf8.indices where JSONWriter.needsEscape(utf8[i]) {
+                if run < i { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<i])) }
+                appendEscaped(utf8[i])
+                run = i + 1
             }
+            if run < utf8.count { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run...])) }
         }
         bytes.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func appendEscaped(_ byte: UInt8) {
+        switch byte {
+        case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5c, 0x22])
+        case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5c, 0x5c])
+        case 0x0a: bytes.append(contentsOf: [0x5c, UInt8(ascii: "n")])
+        case 0x0d: bytes.append(contentsOf: [0x5c, UInt8(ascii: "r")])
+        case 0x09: bytes.append(contentsOf: [0x5c, UInt8(ascii: "t")])
+        default:
+            bytes.append(contentsOf: [0x5c, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                      JSONWriter.hex[Int(byte >> 4)], JSONWriter.hex[Int(byte & 0xf)]])
+        }
     }
 }
 
@@ -135,6 +156,14 @@ enum ISO8601 {
     /// finite timestamp) are shown as its nearest end rather than trapping on the conversion to Int64; NaN as
     /// the epoch.
     static func format(_ epoch: Double) -> String {
+        var text: [UInt8] = []
+        text.reserveCapacity(24)
+        write(epoch, into: &text)
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// `format`'s text appended to `out` (JSONWriter writes timestamps with it, without a String between).
+    static func write(_ epoch: Double, into out: inout [UInt8]) {
         let clamped = epoch.isNaN ? 0 : min(max(epoch, formattableEpochs.lowerBound), formattableEpochs.upperBound)
         let totalMillis = Int64((clamped * 1000).rounded(.down))
         var days = totalMillis >= 0 ? totalMillis / 86_400_000 : (totalMillis - 86_399_999) / 86_400_000
@@ -151,8 +180,23 @@ enum ISO8601 {
         let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
         let hour = msOfDay / 3_600_000, minute = msOfDay / 60_000 % 60, second = msOfDay / 1000 % 60
         let millis = msOfDay % 1000
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(hour, 2)):\(pad(minute, 2)):\(pad(second, 2))"
-            + ".\(pad(millis, 3))Z"
+        // The clamp keeps every field within its width (years 0...9999).
+        func field(_ value: Int64, _ width: Int, then separator: Unicode.Scalar) {
+            var divisor: Int64 = 1
+            for _ in 1..<width { divisor *= 10 }
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+                divisor /= 10
+            }
+            out.append(UInt8(ascii: separator))
+        }
+        field(year, 4, then: "-")
+        field(month, 2, then: "-")
+        field(day, 2, then: "T")
+        field(hour, 2, then: ":")
+        field(minute, 2, then: ":")
+        field(second, 2, then: ".")
+        field(millis, 3, then: "Z")
     }
 
     /// Parses "2024-01-15", "2024-01-15T10:30:00", with optional fraction and "Z" or "±HH:MM" (default UTC).
@@ -216,10 +260,5 @@ enum ISO8601 {
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
         let days = era * 146_097 + doe - 719_468
         return Double(days) * 86_400 + seconds
-    }
-
-    private static func pad(_ value: Int64, _ width: Int) -> String {
-        let s = String(value)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
     }
 }
