@@ -579,7 +579,8 @@ def floor_line(results, by, limit):
                 continue
             parts.append(f"{window} N={n:,}: {x:.2f} us vs limit {y * limit:.2f} us = {x / (y * limit):.2f}x "
                          f"({'over' if x > y * limit else 'under'})")
-    return ("the floor (floor_server: one copy and one send per delivery, nothing else) against that limit: "
+    return ("the floor (floor_server: a copy of the frame per delivery, one send per client per round, nothing else) "
+            "against that limit: "
             + ("; ".join(parts) or "not run"))
 
 
