@@ -49,7 +49,7 @@
 #define IN_CAP 8192             /* a client's unparsed input; a frame that does not fit closes it */
 #define OUT_CAP (256 * 1024)    /* unsent bytes past which a client's new frames are dropped */
 #define MAX_EVENTS 1024
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" /* RFC 6455 section 1.3 */
 
 struct client {
     int fd;          /* -1: slot free */
@@ -252,15 +252,21 @@ static void close_client(struct client *c) {
 
 /* Text message: subscribe / unsubscribe {"task_ids":["task-NNNN",...]}; anything else gets an error. */
 static void on_text(struct client *c, const unsigned char *p, size_t len) {
-    int sub = memmem(p, len, "\"type\":\"subscribe\"", 18) != NULL;
-    int unsub = !sub && memmem(p, len, "\"type\":\"unsubscribe\"", 20) != NULL;
+    const unsigned char *end = p + len, *v = memmem(p, len, "\"type\"", 6);
+    if (v) { /* the value of "type", whatever the spacing around the colon */
+        v += 6;
+        while (v < end && (*v == ' ' || *v == ':' || *v == '\t' || *v == '\n' || *v == '\r')) v++;
+    }
+    size_t vlen = v ? (size_t)(end - v) : 0;
+    int sub = vlen >= 11 && memcmp(v, "\"subscribe\"", 11) == 0;
+    int unsub = vlen >= 13 && memcmp(v, "\"unsubscribe\"", 13) == 0;
     if (!sub && !unsub) {
         static const char err[] = "{\"type\":\"error\",\"code\":\"unknown_type\",\"message\":\"only subscribe and unsubscribe\"}";
         queue_frame(c, 1, err, sizeof err - 1);
         return;
     }
     int ids[256], n = 0;
-    const unsigned char *q = p, *end = p + len;
+    const unsigned char *q = p;
     while (n < 256 && (q = memmem(q, (size_t)(end - q), "\"task-", 6)) != NULL) {
         q += 6;
         int v = 0, digits = 0;

@@ -1,0 +1,111 @@
+"""The fan-out benchmark's own programs (benchmarks/fanout) still do what its README says, so that a figure
+it prints means what the README claims: floor_server speaks WebSocket to a real client (Python
+`websockets`), and the load harness counts exactly the deliveries each server sends, against floor_server
+and against the listener (`runner engine`). Small N and short runs: these check the tools, not speed."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+
+from test_abi import ROOT
+
+FANOUT = ROOT / "benchmarks" / "fanout"
+sys.path.insert(0, str(FANOUT))
+from run import Proc  # noqa: E402  (the benchmark's own process wrapper: READY/DONE lines, timeouts)
+
+
+@pytest.fixture(scope="module")
+def built():
+    out = subprocess.run(["make", "-C", str(FANOUT), "all"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def template(built, tmp_path_factory):
+    dump = subprocess.run([str(FANOUT / "runner"), "dump"], capture_output=True, text=True, timeout=30, check=True)
+    path = tmp_path_factory.mktemp("fanout") / "task.json"
+    path.write_text(dump.stdout)
+    return path
+
+
+@pytest.fixture
+def procs():
+    yield
+    Proc.stop_all()
+
+
+def start_floor(template, tasks):
+    server = Proc(["./floor_server", str(tasks), str(template)], "floor_server")
+    return server, server.expect("READY", 30)["port"]
+
+
+def test_floor_server_speaks_websocket(template, procs):
+    """Handshake, connection.established, subscribe → subscribed + current state, updates with a growing
+    seq and a fresh stamp, the listener's frame size, unsubscribe, an error for anything else."""
+    server, port = start_floor(template, 4)
+
+    async def scenario():
+        async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/progress/ws?client_id=t",
+                                      compression=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "connection.established"
+            await ws.send(json.dumps({"type": "subscribe", "task_ids": ["task-0001", "task-0003", "nope"]}))
+            assert json.loads(await ws.recv()) == {"type": "subscribed", "task_ids": ["task-0001", "task-0003"]}
+            first = [json.loads(await ws.recv()) for _ in range(2)]
+            assert [m["task_id"] for m in first] == ["task-0001", "task-0003"]
+            assert first[0]["data"]["stages"]["2"]["message"] == "t=0000000000000000000"
+            server.send("run 0.5 100")  # each of the 4 tasks 5 times; this client follows 2 of them
+            updates = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(10)]
+            for task in ("task-0001", "task-0003"):
+                mine = [m for m in updates if m["task_id"] == task]
+                assert len(mine) == 5
+                assert [m["seq"] for m in mine] == sorted({m["seq"] for m in mine})
+                assert all(m["data"]["task_id"] == task for m in mine)
+                stamps = [int(m["data"]["stages"]["2"]["message"][2:]) for m in mine]
+                assert stamps == sorted(stamps) and stamps[0] > 1_700_000_000 * 10**9
+            # the listener's TaskProgress, as `runner dump` printed it, but for the task id and the stamp
+            expected = json.loads(template.read_text())
+            data = updates[0]["data"]
+            expected["task_id"] = data["task_id"]
+            expected["stages"]["2"]["message"] = data["stages"]["2"]["message"]
+            assert data == expected
+            await ws.send(json.dumps({"type": "unsubscribe", "task_ids": ["task-0001"]}))
+            assert json.loads(await ws.recv())["type"] == "unsubscribed"
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await ws.recv())["type"] == "error"
+
+    asyncio.run(scenario())
+    assert server.expect("DONE", 10)["updates"] == 20
+
+
+@pytest.mark.parametrize("kind", ["floor", "listener"])
+def test_load_client_counts_every_delivery(template, procs, kind):
+    """20 clients × 2 of 10 tasks, each task updated 5 times: the harness counts exactly 5 × 40
+    deliveries, one latency sample each, none repeated, whichever server sends them."""
+    if kind == "floor":
+        server, port = start_floor(template, 10)
+    else:
+        server = Proc(["./runner", "engine", "100", "10", "84", '"resource_interval_ms":3600000'], "runner engine")
+        port = server.expect("READY", 30)["port"]
+    client = Proc(["./loadclient", "ws", str(port), "20", "10", "2"], "loadclient")
+    assert client.expect("CONNECTED", 30)["open"] == 20
+    client.send("sub")
+    assert client.expect("SUBSCRIBED", 30)["subscribed"] == 20
+    client.send("reset")
+    client.expect("RESET", 10)
+    server.send("run 1.0 200")  # 200 ms apart: never held by the listener's 100 ms throttle
+    assert server.expect("DONE", 30)["updates"] == 50
+    deadline = time.monotonic() + 10
+    while True:
+        client.send("report")
+        rep = client.expect("REPORT", 10)
+        if rep["deliveries"] >= 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rep["deliveries"] == 200, rep
+    assert rep["samples"] == 200 and rep["repeats"] == 0 and rep["errors"] == 0, rep
+    assert rep["open"] == 20 and rep["closed"] == 0, rep
