@@ -44,8 +44,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fanout_common.h"
+
 #define STAMP_DIGITS 19
-#define MAX_TASKS 10000
 #define IN_CAP 8192             /* a client's unparsed input; a frame that does not fit closes it */
 #define OUT_CAP (256 * 1024)    /* unsent bytes past which a client's new frames are dropped */
 #define MAX_EVENTS 1024
@@ -85,18 +86,6 @@ static long long dropped;
 static char stdin_buf[4096];
 static size_t stdin_len;
 static int stdin_eof;
-
-static int64_t now_ns(clockid_t clk) {
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void fail(const char *what, const char *detail) {
-    printf("FATAL {\"error\":\"%s: %s\"}\n", what, detail);
-    fflush(stdout);
-    exit(2);
-}
 
 static void *xrealloc(void *p, size_t n) {
     p = realloc(p, n);
@@ -453,22 +442,18 @@ static void run(double seconds, int period_ms) {
     long long updates = 0;
     double late_ms = 0;
     if (period_ms > 0) {
-        static int64_t last[MAX_TASKS];
-        int64_t period = (int64_t)period_ms * 1000000, slot = period / ntasks;
-        for (int i = 0; i < ntasks; i++) last[i] = INT64_MIN / 2;
-        for (int64_t k = 0;; k++) {
-            int64_t due = t0 + k * slot;
-            if (due >= end) break;
-            int i = (int)(k % ntasks);
-            int64_t now = now_ns(CLOCK_MONOTONIC);
-            if (now >= due && (now - due) / 1e6 > late_ms) late_ms = (now - due) / 1e6;
-            if (due < last[i] + period * 6 / 10) due = last[i] + period * 6 / 10;
+        static struct schedule sched;
+        schedule_start(&sched, seconds, period_ms, ntasks);
+        int i;
+        int64_t due, now;
+        while (schedule_next(&sched, &i, &due)) {
             while ((now = now_ns(CLOCK_MONOTONIC)) < due) service(due - now);
-            last[i] = now;
+            schedule_done(&sched, i, now);
             update(i);
             updates++;
             flush_dirty();
         }
+        late_ms = sched.late_ms;
     } else {
         while (now_ns(CLOCK_MONOTONIC) < end) {
             for (int i = 0; i < ntasks; i++) update(i);
@@ -481,17 +466,6 @@ static void run(double seconds, int period_ms) {
            dropped, (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
     fflush(stdout);
     dropped = 0;
-}
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail("open template", path);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
-    buf[n] = 0;
-    return strdup(buf);
 }
 
 int main(int argc, char **argv) {

@@ -565,41 +565,35 @@ def verdicts(results):
     return "\n".join(out)
 
 
-def floor_line(results, by, limit):
-    """The floor server's CPU per delivery against the 1/5-of-Python limit: where the floor is over the limit,
-    no server delivering the same messages the same way (nothing held back) can meet the target."""
+def against_limit(results, by, server, key, unit, limit):
+    """`server`'s figure `key` (µs per delivery) in each window and N against the 1/5-of-Python limit there."""
     parts = []
     for window in ("sat", "fixed"):
         for n in sorted({r["n"] for r in results}):
-            a, b = by.get(("floor", n)), by.get(("python", n))
+            a, b = by.get((server, n)), by.get(("python", n))
             if not a or not b or window not in a or window not in b:
                 continue
-            x, y = a[window]["cpu_us_per_delivery"], b[window]["cpu_us_per_delivery"]
+            x, y = a[window].get(key), b[window]["cpu_us_per_delivery"]
             if x is None or not y:
                 continue
-            parts.append(f"{window} N={n:,}: {x:.2f} us vs limit {y * limit:.2f} us = {x / (y * limit):.2f}x "
-                         f"({'over' if x > y * limit else 'under'})")
+            cap = y * limit
+            parts.append(f"{window} N={n:,}: {x:.2f} {unit} vs limit {cap:.2f} us = {x / cap:.2f}x "
+                         f"({'over' if x > cap else 'under'})")
+    return "; ".join(parts) or "not run"
+
+
+def floor_line(results, by, limit):
+    """The floor server's CPU per delivery against the 1/5-of-Python limit: where the floor is over the limit,
+    no server delivering the same messages the same way (nothing held back) can meet the target."""
     return ("the floor (floor_server: a copy of the frame per delivery, one send per client per round, nothing else) "
-            "against that limit: "
-            + ("; ".join(parts) or "not run"))
+            "against that limit: " + against_limit(results, by, "floor", "cpu_us_per_delivery", "us", limit))
 
 
 def kernel_floor(results, by, limit):
     """The listener's kernel time per delivery alone against the 1/5-of-Python limit: where it is over the
     limit, no user-space change can meet the target at this load (the send() per delivery stays)."""
-    parts = []
-    for window in ("sat", "fixed"):
-        for n in sorted({r["n"] for r in results}):
-            a, b = by.get(("listener", n)), by.get(("python", n))
-            if not a or not b or window not in a or window not in b:
-                continue
-            k, y = a[window].get("kernel_us_per_delivery"), b[window]["cpu_us_per_delivery"]
-            if k is None or not y:
-                continue
-            parts.append(f"{window} N={n:,}: {k:.2f} us kernel vs limit {y * limit:.2f} us "
-                         f"({'over' if k > y * limit else 'under'})")
     return ("the listener's kernel time per delivery alone (kernel share of its CPU, --perf, x CPU per delivery): "
-            + ("; ".join(parts) or "not run"))
+            + against_limit(results, by, "listener", "kernel_us_per_delivery", "us kernel", limit))
 
 
 def main():

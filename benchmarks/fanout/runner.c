@@ -39,10 +39,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fanout_common.h"
 #include "progress.h"
 
 #define STAMP_DIGITS 19
-#define MAX_TASKS 10000
 /* The envelope our listener sends: {"type":"progress.update","task_id","seq","data":TaskProgress}. */
 #define PUBLISH_FORMAT "PUBLISH %s {\"type\":\"progress.update\",\"task_id\":\"%s\",\"seq\":%lld,\"data\":%s%lld%s}"
 
@@ -52,18 +52,6 @@ static redisContext *redis;
 static char **redis_prefix, **redis_suffix; /* per task: message around the "t=" stamp */
 static long long seqs[MAX_TASKS];
 static long long steps[MAX_TASKS];
-
-static int64_t now_ns(clockid_t clk) {
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void fail(const char *what, const char *detail) {
-    printf("FATAL {\"error\":\"%s: %s\"}\n", what, detail);
-    fflush(stdout);
-    exit(2);
-}
 
 static void check(progress_status st, const char *what) {
     if (st != PROGRESS_OK) fail(what, progress_last_error());
@@ -102,24 +90,17 @@ static void run(double seconds, int period_ms) {
     long long updates = 0, receivers = 0;
     double late_ms = 0;
     if (period_ms > 0) {
-        /* After a stall (a busy machine) the schedule catches up, but never updates a task sooner than
-         * 0.6 periods after its previous update: a burst would otherwise run into the listener's throttle
-         * (updates within throttle_ms of a task's last fan-out are held back by design). */
-        static int64_t last[MAX_TASKS];
-        int64_t period = (int64_t)period_ms * 1000000, slot = period / ntasks;
-        for (int i = 0; i < ntasks; i++) last[i] = INT64_MIN / 2;
-        for (int64_t k = 0;; k++) {
-            int64_t due = t0 + k * slot;
-            if (due >= end) break;
-            int i = (int)(k % ntasks);
-            int64_t now = now_ns(CLOCK_MONOTONIC);
-            if (now >= due && (now - due) / 1e6 > late_ms) late_ms = (now - due) / 1e6;
-            if (due < last[i] + period * 6 / 10) due = last[i] + period * 6 / 10;
-            if (now < due) sleep_until(due);
-            last[i] = now_ns(CLOCK_MONOTONIC);
+        static struct schedule sched;
+        schedule_start(&sched, seconds, period_ms, ntasks);
+        int i;
+        int64_t due;
+        while (schedule_next(&sched, &i, &due)) {
+            if (now_ns(CLOCK_MONOTONIC) < due) sleep_until(due);
+            schedule_done(&sched, i, now_ns(CLOCK_MONOTONIC));
             receivers += update(i);
             updates++;
         }
+        late_ms = sched.late_ms;
     } else if (engine) {
         for (int64_t next = t0; next < end; next += 1000000) {
             for (int i = 0; i < ntasks; i++) update(i);
@@ -156,17 +137,6 @@ static char *sample_task_json(progress_engine *e, const char *id) {
     check(progress_update(e, id, 10, 1000, "t=1700000000000000000"), "progress_update");
     check(progress_task_get(e, id, &json), "progress_task_get");
     return json;
-}
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail("open template", path);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
-    buf[n] = 0;
-    return strdup(buf);
 }
 
 /* Per task: the message up to "t=" (redis_prefix, with "%s" for the seq) and after the stamp's digits. */
