@@ -266,7 +266,8 @@ PROGRESS_API progress_status progress_update(progress_engine *engine, const char
 
 /* A runner event (the seed's callback(event, data)); data_json may be NULL ("{}"):
  *   "execution_progress" {step, total_steps, message?, preview_path?}  as progress_update; a PNG at
- *                        preview_path is decoded (libpng) for the preview when one is due
+ *                        preview_path is decoded (libpng) for the preview when one is due (16-bit
+ *                        samples without a gAMA or sRGB chunk are taken as sRGB, as browsers show them)
  *   a stage's name      {progress?, message?}                         enter that stage
  *   "log"               {level: "debug"|"info"|"warning"|"error", message}
  *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures,

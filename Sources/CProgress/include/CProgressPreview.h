@@ -19,7 +19,8 @@ int CProgress_png_write(const char *path, const uint8_t *pixels, int width, int 
                         size_t err_len);
 
 /* Reads a PNG file (any PNG: palette, 16-bit, interlaced...) as 8-bit pixels of 1, 3 or 4 channels (gray,
- * RGB, RGBA, chosen from the file). Files whose pixels would exceed max_pixels are refused. On success
+ * RGB, RGBA, chosen from the file; 16-bit samples without a gAMA or sRGB chunk are taken as sRGB, as
+ * browsers show them). Files whose pixels would exceed max_pixels are refused. On success
  * returns 0 and a malloc'd buffer the caller frees; else -1 with a message in err. */
 int CProgress_png_read(const char *path, size_t max_pixels, uint8_t **out, int *width, int *height, int *channels,
                        char *err, size_t err_len);

@@ -491,20 +491,56 @@ def test_preview_path_pngs_are_decoded(open_tracker, preview_dir, tmp_path):
             assert np.abs(np.asarray(got).astype(int) - ref).max() <= 1, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: libpng's simplified API treats a 16-bit PNG without gAMA as linear light and re-encodes "
-    "it as sRGB when reading it as 8-bit (mid grey 0x8080 -> 188, not 128)",
-)
-def test_sixteen_bit_png_levels(ptracker, preview_dir, tmp_path):
+def write_png16(path: Path, pixels: "np.ndarray", gamma: Optional[float] = None) -> None:
+    """A 16-bit PNG of pixels (H x W x C uint16, C = 1, 2, 3 or 4), with a gAMA chunk when gamma is given:
+    Pillow cannot write 16-bit colour PNGs."""
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+    if gamma is not None:
+        png += chunk(b"gAMA", struct.pack(">I", round(gamma * 100000)))
+    path.write_bytes(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_sixteen_bit_png_levels(ptracker, preview_dir, tmp_path, channels):
+    """A 16-bit PNG without gamma information is read as sRGB, as Pillow and browsers show it (libpng's
+    simplified API would take it for linear light: mid grey 0x8080 became 188); colours and alpha kept."""
+    levels = {1: [0x8080], 2: [0x8080, 0xFFFF], 3: [0x8080, 0x4040, 0xC0C0],
+              4: [0x8080, 0x4040, 0xC0C0, 0x8080]}[channels]  # 2: grey + opaque alpha; 4: half transparent
     path = tmp_path / "mid16.png"
-    Image.fromarray(np.full((64, 64), 0x8080, np.uint16)).save(path)
+    write_png16(path, np.tile(np.array(levels, np.uint16), (64, 64, 1)))
     ptracker.create_task_progress_sync("t", FLAT)
     step(ptracker, "t", 30, preview_path=str(path))
     wait_previews(ptracker, 1)
     (name,) = pngs(preview_dir)
     with Image.open(preview_dir / name) as img:
-        assert abs(int(np.asarray(img).mean()) - 128) <= 1
+        got = np.asarray(img).reshape(-1, len(img.getbands()))
+    want = [v >> 8 for v in levels]
+    if channels == 2:
+        want = [0x80, 0x80, 0x80, 0xFF]  # grey + alpha widens to RGBA
+    assert np.abs(got.astype(int) - np.array(want)).max() <= 1, (got[0], want)
+
+
+def test_sixteen_bit_png_with_gamma_is_converted(ptracker, preview_dir, tmp_path):
+    """A gAMA chunk still rules: linear light (gamma 1.0) at half intensity is 186 in the 8-bit preview
+    (libpng encodes its sRGB output with the 1/2.2 power law: 255 * 0.5 ** (1 / 2.2))."""
+    path = tmp_path / "linear16.png"
+    write_png16(path, np.full((64, 64, 1), 0x8000, np.uint16), gamma=1.0)
+    ptracker.create_task_progress_sync("t", FLAT)
+    step(ptracker, "t", 30, preview_path=str(path))
+    wait_previews(ptracker, 1)
+    (name,) = pngs(preview_dir)
+    with Image.open(preview_dir / name) as img:
+        assert abs(int(np.asarray(img).mean()) - round(255 * (0x8000 / 0xFFFF) ** (1 / 2.2))) <= 1
 
 
 # ---- video -----------------------------------------------------------------------------------------
