@@ -63,9 +63,9 @@ public enum ServerConfig {
 
     /// `redis://user:secret@host` → `redis://user:***@host` (and `:secret@`, `secret@` alike).
     static func maskPassword(_ url: String) -> String {
-        guard url.hasPrefix("redis://"), let at = url.lastIndex(of: "@") else { return url }
-        let credentials = url[url.index(url.startIndex, offsetBy: "redis://".count)..<at]
-        let user = credentials.firstIndex(of: ":").map { String(credentials[..<$0]) + ":" } ?? ""
-        return "redis://" + user + "***" + url[at...]
+        guard url.hasPrefix("redis://") else { return url }
+        let parts = RedisURL.split(url)
+        guard parts.secret != nil else { return url }
+        return "redis://" + (parts.user.map { $0 + ":" } ?? "") + "***@" + parts.rest
     }
 }

@@ -18,6 +18,18 @@ struct RedisURL: Equatable, Sendable {
     /// The URL without its password, for messages and logs.
     var display: String { "redis://\(user.map { "\($0)@" } ?? "")\(host):\(port)/\(database)" }
 
+    /// A `redis://` URL's credentials and the rest after them. Before the last "@": "user:password" (an ACL
+    /// user, Redis 6+: AUTH user password), ":password" (the default user, as Redis < 6 has no user names: `user`
+    /// empty) or a lone word, which is a password (`user` nil). `secret` is nil without "@".
+    static func split(_ text: String) -> (user: Substring?, secret: Substring?, rest: Substring) {
+        let afterScheme = Substring(text.dropFirst("redis://".count))
+        guard let at = afterScheme.lastIndex(of: "@") else { return (nil, nil, afterScheme) }
+        let credentials = afterScheme[..<at]
+        let rest = afterScheme[afterScheme.index(after: at)...]
+        guard let colon = credentials.firstIndex(of: ":") else { return (nil, credentials, rest) }
+        return (credentials[..<colon], credentials[credentials.index(after: colon)...], rest)
+    }
+
     /// Parses a `redis_url`.
     /// - Throws: `EngineError.config` saying what to fix.
     static func parse(_ text: String) throws -> RedisURL {
@@ -25,20 +37,15 @@ struct RedisURL: Equatable, Sendable {
         guard text.hasPrefix("redis://") else {
             throw EngineError.config("redis_url \"\(text)\" must start with redis:// (\(example))")
         }
-        var rest = Substring(text.dropFirst("redis://".count))
+        let parts = split(text)
+        var rest = parts.rest
         var password: String?, user: String?
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            // "user:password" (an ACL user, Redis 6+: AUTH user password) or ":password" (the default user, as
-            // Redis < 6 has no user names); a lone word is a password.
-            let colon = credentials.firstIndex(of: ":")
-            let secret = colon.map { credentials[credentials.index(after: $0)...] } ?? credentials
+        if let secret = parts.secret {
             guard !secret.isEmpty else {
                 throw EngineError.config("redis_url: the password before \"@\" is empty; remove \"@\" or give one (\(example))")
             }
             password = String(secret)
-            if let colon, colon != credentials.startIndex { user = String(credentials[..<colon]) }
+            if let name = parts.user, !name.isEmpty { user = String(name) }
         }
         var database = 0
         if let slash = rest.firstIndex(of: "/") {
