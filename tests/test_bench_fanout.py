@@ -77,6 +77,7 @@ def test_floor_server_speaks_websocket(template, procs):
             assert json.loads(await ws.recv())["type"] == "unsubscribed"
             await ws.send(json.dumps({"type": "ping"}))
             assert json.loads(await ws.recv())["type"] == "error"
+        assert ws.close_code == 1000  # the server answered the close handshake
 
     asyncio.run(scenario())
     assert server.expect("DONE", 10)["updates"] == 20
@@ -97,7 +98,8 @@ def test_load_client_counts_every_delivery(template, procs, kind):
     assert client.expect("SUBSCRIBED", 30)["subscribed"] == 20
     client.send("reset")
     client.expect("RESET", 10)
-    server.send("run 1.0 200")  # 200 ms apart: never held by the listener's 100 ms throttle
+    # 300 ms apart (and never under 0.6 x 300 ms after a stall): far from the listener's 100 ms throttle
+    server.send("run 1.5 300")
     assert server.expect("DONE", 30)["updates"] == 50
     deadline = time.monotonic() + 10
     while True:

@@ -150,7 +150,7 @@ int CProgress_png_read(const char *path, size_t max_pixels, uint8_t **out, int *
         return -1;
     }
     /* A 16-bit PNG without gAMA or sRGB chunk is sRGB-encoded, as image tools write it and as browsers and
-     * Pillow show it; libpng's default would take it for linear light (mid grey 0x8080 became 188). A gAMA
+     * Pillow show it; libpng's default would take it for linear light (mid grey 0x8080 became 186). A gAMA
      * or sRGB chunk still decides. Set after begin_read, which clears the structure, for finish_read. */
     image.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
     if ((size_t)image.width * image.height > max_pixels) {

@@ -32,7 +32,9 @@ static char *read_file(const char *path) {
     if (!f) fail("open template", path);
     static char buf[1 << 16];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int more = fgetc(f) != EOF;
     fclose(f);
+    if (more) fail("template", "larger than 64 KiB");
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
     buf[n] = 0;
     char *copy = strdup(buf);

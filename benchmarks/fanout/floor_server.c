@@ -22,7 +22,8 @@
  *   run SECONDS PERIOD_MS   PERIOD_MS > 0: each task once every PERIOD_MS, staggered over the period
  *                           (after a stall never sooner than 0.6 periods after the task's previous
  *                           update); 0: saturation (rounds over every task back to back, the sockets
- *                           serviced after each round). Prints `DONE {"updates","receivers","wall_s","late_ms"}`.
+ *                           serviced after each round). Prints `DONE {"updates","receivers","dropped","wall_s",
+ *                           "late_ms"}` (dropped: frames not queued for clients more than OUT_CAP behind).
  *   quit
  */
 #define _GNU_SOURCE
@@ -137,14 +138,15 @@ static void queue_frame(struct client *c, int opcode, const void *p, size_t len)
 
 static void close_client(struct client *c);
 
-/* One send() of everything queued, unless the socket is still full from the last one (EPOLLOUT armed). */
-static void flush_client(struct client *c) {
+/* One send() of everything queued, unless the socket is still full from the last one (EPOLLOUT armed).
+ * Returns -1 when the send failed and the client was closed (freed): the caller must not touch it. */
+static int flush_client(struct client *c) {
     c->dirty = 0;
-    if (c->want_out || c->out_off == c->out_len) return;
+    if (c->want_out || c->out_off == c->out_len) return 0;
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         close_client(c);
-        return;
+        return -1;
     }
     if (n > 0) c->out_off += (size_t)n;
     if (c->out_off < c->out_len) {
@@ -152,6 +154,7 @@ static void flush_client(struct client *c) {
         epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
         c->want_out = 1;
     }
+    return 0;
 }
 
 static void flush_dirty(void) {
@@ -350,8 +353,7 @@ static int parse(struct client *c) {
         if (opcode == 1) {
             on_text(c, p, plen);
         } else if (opcode == 8) {
-            queue_frame(c, 8, p, plen < 2 ? plen : 2);
-            flush_client(c);
+            queue_frame(c, 8, p, plen < 2 ? plen : 2); /* on_readable sends it, then closes */
             return -1;
         } else if (opcode == 9) {
             queue_frame(c, 10, p, plen);
@@ -372,9 +374,8 @@ static void on_readable(struct client *c) {
         }
         if (n < 0) break;
         c->in_len += (size_t)n;
-        if (parse(c) < 0) {
-            flush_client(c);
-            if (clients[c->fd] == c) close_client(c);
+        if (parse(c) < 0) { /* whatever it queued (a 400, a close frame) goes first */
+            if (flush_client(c) == 0) close_client(c);
             return;
         }
         if (c->in_len == IN_CAP) break;
@@ -485,6 +486,8 @@ int main(int argc, char **argv) {
     id_at = (size_t)(tid - data) + 11;
     data_suffix = (char *)stamp + 3 + STAMP_DIGITS;
     suffix_len = strlen(data_suffix);
+    if (96 + prefix_len + STAMP_DIGITS + 2 + suffix_len >= 65536) /* frame_header writes 16-bit lengths only */
+        fail("template", "the progress.update message would not fit a frame under 64 KiB");
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);

@@ -331,6 +331,8 @@ def measure(server, client, seconds, period_ms, perf_folder=None):
     per_delivery = server_cpu_s * 1e6 / n if n else None
     return {
         "updates": done["updates"], "receivers": done["receivers"], "late_ms": done["late_ms"],
+        # floor_server only: frames it did not queue for a client more than 256 KiB behind (not deliveries)
+        "dropped": done.get("dropped"),
         "deliveries": n, "rate": n / span if span else 0.0, "span_s": span,
         "payload_bytes": rep["bytes"] / n if n else None,
         "p50_ms": rep["p50_us"] / 1000, "p99_ms": rep["p99_us"] / 1000, "p999_ms": rep["p999_us"] / 1000,
@@ -480,7 +482,8 @@ def table(results):
 
 def details(results):
     perf = any((r.get(w) or {}).get("kernel_share") is not None for r in results for w in ("sat", "fixed"))
-    head = ("server", "N", "sat server/client CPU", "sat p50/p99 ms", "sat encodes/deliv", "fixed server/client CPU",
+    head = ("server", "N", "sat server/client CPU", "sat p50/p99 ms", "sat encodes/deliv", "sat dropped/deliv",
+            "fixed server/client CPU",
             "kernel share sat/fixed", "subscribed KiB/conn", "connect s", "other load (cores)")
     rows = [head]
     for r in results:
@@ -492,14 +495,16 @@ def details(results):
             return f"{w['server_cpu_share']:.2f}/{w['client_cpu_share']:.2f}" if w else "-"
 
         enc = (s["fanouts"] / s["deliveries"]) if s and s.get("fanouts") is not None and s["deliveries"] else None
+        drop = (s["dropped"] / s["deliveries"]) if s and s.get("dropped") is not None and s["deliveries"] else None
         others = [w["other_load_cores"] for w in (f, s) if w]
         kernel = "/".join(fmt(w.get("kernel_share") if w else None, ".2f") for w in (s, f))
         rows.append((r["server"], f"{r['n']:,}", share(s),
-                     f"{s['p50_ms']:.1f}/{s['p99_ms']:.1f}" if s else "-", fmt(enc, ".3f"), share(f), kernel,
+                     f"{s['p50_ms']:.1f}/{s['p99_ms']:.1f}" if s else "-", fmt(enc, ".3f"), fmt(drop, ".3f"), share(f),
+                     kernel,
                      fmt(r.get("subscribed_kib_per_conn"), ".2f"), fmt(r.get("connect", {}).get("seconds"), ".2f"),
                      "/".join(f"{x:.2f}" for x in others) or "-"))
     if not perf:  # the kernel share is sampled with --perf only
-        rows = [row[:6] + row[7:] for row in rows]
+        rows = [row[:7] + row[8:] for row in rows]
     return render(rows)
 
 

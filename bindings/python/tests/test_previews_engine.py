@@ -513,7 +513,7 @@ def write_png16(path: Path, pixels: "np.ndarray", gamma: Optional[float] = None)
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_sixteen_bit_png_levels(ptracker, preview_dir, tmp_path, channels):
     """A 16-bit PNG without gamma information is read as sRGB, as Pillow and browsers show it (libpng's
-    simplified API would take it for linear light: mid grey 0x8080 became 188); colours and alpha kept."""
+    simplified API would take it for linear light: mid grey 0x8080 became 186); colours and alpha kept."""
     levels = {1: [0x8080], 2: [0x8080, 0xFFFF], 3: [0x8080, 0x4040, 0xC0C0],
               4: [0x8080, 0x4040, 0xC0C0, 0x8080]}[channels]  # 2: grey + opaque alpha; 4: half transparent
     path = tmp_path / "mid16.png"
