@@ -254,6 +254,13 @@ class Wire:
         await ws.send(json.dumps(message) if isinstance(message, (dict, list)) else message)
         return await self.recv_until(ws, lambda m: m["type"] in (reply_type, "error"), timeout, seen)
 
+    async def subscribed(self, ws: Any, task_ids: List[str], timeout: float = 5) -> List[dict]:
+        """A new connection's usual start: `connection.established`, `subscribe` to task_ids (existing tasks),
+        and the current state each of them gets at once (SPEC §7), which it returns."""
+        await self.established(ws)
+        await self.request(ws, {"type": "subscribe", "task_ids": task_ids}, "subscribed", timeout)
+        return [await self.recv(ws, timeout) for _ in task_ids]
+
     @staticmethod
     async def closed_with(ws: Any, timeout: float = 5) -> Tuple[Optional[int], List[dict]]:
         """Reads until the connection closes: (the close code the server sent, None if it sent none;

@@ -38,9 +38,8 @@ def test_throttle_coalesces_a_flood_to_about_ten_updates_a_second(wire):
 
     async def scenario():
         async with wire.connect(t, "flood-watcher") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["flood"]}, "subscribed")
-            assert (await wire.recv(ws))["data"]["status"] == "queued"
+            (state,) = await wire.subscribed(ws, ["flood"])
+            assert state["data"]["status"] == "queued"
             thread = threading.Thread(target=runner)
             thread.start()
             seen = []
@@ -209,9 +208,7 @@ def test_client_that_never_reads_is_closed_with_4008(wire):
 
     async def scenario():
         async with wire.connect(t, "reader") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["quiet"]}, "subscribed")
-            await wire.recv(ws)
+            await wire.subscribed(ws, ["quiet"])
             for i in range(12_000):
                 t.log_sync("chatty", "info", line)
                 if i % 2000 == 0:

@@ -216,9 +216,7 @@ def test_unsubscribed_tasks_stop_arriving(wire):
 
     async def scenario():
         async with wire.connect(t, "u") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["ua", "ub"]}, "subscribed")
-            await wire.recv(ws), await wire.recv(ws)
+            await wire.subscribed(ws, ["ua", "ub"])
             unsub = await wire.request(ws, {"type": "unsubscribe", "task_ids": ["ua"]}, "unsubscribed")
             assert unsub == {"type": "unsubscribed", "task_ids": ["ua"]}
             # ua changes first each time, so an update of ua would arrive before ub's.
@@ -242,9 +240,7 @@ def test_task_log_delivered_to_subscribers_only(wire):
 
     async def scenario():
         async with wire.connect(t, "l") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["logged"]}, "subscribed")
-            await wire.recv(ws)
+            await wire.subscribed(ws, ["logged"])
             t.update_stage_sync("logged", 1)
             t.log_sync("other", "error", "not for this client")
             t.log_sync("logged", "warning", "VRAM at 95%")
@@ -283,9 +279,7 @@ def test_stage_and_terminal_changes_are_not_throttled(wire):
 
     async def scenario():
         async with wire.connect(t, "u") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["urgent"]}, "subscribed")
-            await wire.recv(ws)
+            await wire.subscribed(ws, ["urgent"])
 
             timed = timer(wire, ws)
 
@@ -317,9 +311,7 @@ def test_back_to_back_stage_changes_each_arrive(wire):
 
         async def scenario():
             async with wire.connect(t, "q") as ws:
-                await wire.established(ws)
-                await wire.request(ws, {"type": "subscribe", "task_ids": [task]}, "subscribed")
-                await wire.recv(ws)
+                await wire.subscribed(ws, [task])
                 for stage in (1, 2, 3):
                     t.update_stage_sync(task, stage)
                 t.complete_task_sync(task)
@@ -342,9 +334,7 @@ def test_resources_and_progress_within_a_stage_are_throttled(wire):
 
     async def scenario():
         async with wire.connect(t, "p") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["paced"]}, "subscribed")
-            await wire.recv(ws)
+            await wire.subscribed(ws, ["paced"])
 
             timed = timer(wire, ws)
 
@@ -372,9 +362,7 @@ def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
 
     async def scenario():
         async with wire.connect(t, "r") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["busy"]}, "subscribed")
-            await wire.recv(ws)
+            await wire.subscribed(ws, ["busy"])
             delays, last = [], None
             for i in range(2, 10):
                 await asyncio.sleep(0.35)  # slower than the throttle: the runner's own steps are never held
@@ -435,9 +423,8 @@ def test_resume_replays_missed_events(wire):
 
     async def watch_then_leave():
         async with wire.connect(t, "r") as ws:
-            await wire.established(ws)
-            await wire.request(ws, {"type": "subscribe", "task_ids": ["r1"]}, "subscribed")
-            return (await wire.recv(ws))["seq"]
+            (state,) = await wire.subscribed(ws, ["r1"])
+            return state["seq"]
 
     last_seq = wire.run(watch_then_leave())
     # Missed while disconnected: stage changes (each kept in history) and a log (not in history).
