@@ -44,7 +44,7 @@ final class Engine: @unchecked Sendable {
     /// data) and counter pairs that could not be applied. Added to `invalid_updates`.
     private let misses = Atomic<Int>(0)
     /// Rate limit of `logRejectedUnknown`.
-    private let unknownRejects = Locked<(lastAt: Double, notLogged: Int)>((-Double.infinity, 0))
+    private let unknownRejects = Locked(OncePerSecond())
     private let events = Atomic<Int>(0)
     private let logCount = Atomic<Int>(0)
     private let purged = Atomic<Int>(0)
@@ -265,13 +265,7 @@ final class Engine: @unchecked Sendable {
     /// since the previous one; the caller still gets the error code. Under the task's shard lock.
     @inline(never)
     func logRejected(_ task: TaskRecord, _ error: Error, at now: Double) {
-        guard now - task.lastRejectLogAt >= 1 else {
-            task.rejectsNotLogged += 1
-            return
-        }
-        let more = task.rejectsNotLogged
-        task.rejectsNotLogged = 0
-        task.lastRejectLogAt = now
+        guard let more = task.rejectLog.admit(at: now) else { return }
         let why = (error as? EngineError).map { "\(EngineError.statusName($0.status)): \($0.message)" } ?? "\(error)"
         let entry = task.log(.warning, "rejected update (\(why))" + (more > 0 ? "; \(more) more rejected since the last such entry" : ""),
                              at: max(now, task.lastTimestamp), advancesTime: false)
@@ -293,15 +287,7 @@ final class Engine: @unchecked Sendable {
     /// at most one a second for the whole engine, saying how many more there were).
     private func logRejectedUnknown(_ error: EngineError) {
         let now = clock.now()
-        let more: Int? = unknownRejects.withLock { state in
-            guard now - state.lastAt >= 1 else {
-                state.notLogged += 1
-                return nil
-            }
-            defer { state = (now, 0) }
-            return state.notLogged
-        }
-        guard let more else { return }
+        guard let more = unknownRejects.withLock({ $0.admit(at: now) }) else { return }
         var fields = [("error", "\(EngineError.statusName(error.status))"), ("message", error.message)]
         if more > 0 { fields.append(("more_since_last", String(more))) }
         EngineLog.write("warning", "update_rejected", fields)

@@ -99,10 +99,8 @@ final class TaskRecord: @unchecked Sendable {
     /// SPEC §7, stage changes and terminal states are never coalesced away. Few: stages only move forward.
     var urgentState: TaskSnapshot?
     var heldUrgent: [TaskSnapshot] = []
-    /// Rejected updates of this task logged in its log at most once a second (shard lock): when the last such
-    /// entry was written (engine clock) and how many were rejected since without an entry.
-    var lastRejectLogAt = -Double.infinity
-    var rejectsNotLogged = 0
+    /// Rejected updates of this task are logged in its log at most once a second (shard lock).
+    var rejectLog = OncePerSecond()
     /// Monotonic time of the last fan-out, for the per-task throttle.
     var lastFanoutAt = -Double.infinity
     /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued
@@ -520,5 +518,23 @@ extension TaskRecord {
     func appendRemoteLog(_ entry: LogEntry) {
         logs.append(entry)
         persistedLogs = logs.appended
+    }
+}
+
+/// "At most once a second, saying how many were left out": a log line for something that can happen at any rate.
+struct OncePerSecond {
+    /// When the last one was admitted, and how many were refused since.
+    private var lastAt = -Double.infinity
+    private var refused = 0
+
+    /// Whether one may go out `now` (seconds, any clock the caller keeps to): the count refused since the last
+    /// one, or nil (then counted) when the last one was less than a second ago.
+    mutating func admit(at now: Double) -> Int? {
+        guard now - lastAt >= 1 else {
+            refused += 1
+            return nil
+        }
+        defer { (lastAt, refused) = (now, 0) }
+        return refused
     }
 }
