@@ -234,12 +234,14 @@ final class RedisStorage: @unchecked Sendable {
                                                               RedisArgument(keys.etaPattern), "COUNT", "1000"]),
                       reply.count == 2, let next = reply[0].text, case let .array(found) = reply[1] else { break }
                 cursor = next
-                for key in found.compactMap(\.text) where lists < CompletionHistory.maxKeys {
-                    lists += 1
-                    if case let .array(items) = try c.command(["LRANGE", RedisArgument(key),
-                                                               RedisArgument(String(-CompletionHistory.capacity)), "-1"]) {
-                        out += items.compactMap(\.text)
-                    }
+                // The lists of this batch in one round trip (as stateJSONs), not one each.
+                let batch = found.compactMap(\.text).prefix(CompletionHistory.maxKeys - lists)
+                lists += batch.count
+                for key in batch {
+                    c.append(["LRANGE", RedisArgument(key), RedisArgument(String(-CompletionHistory.capacity)), "-1"])
+                }
+                for _ in batch {
+                    if case let .array(items) = try c.reply() { out += items.compactMap(\.text) }
                 }
             } while cursor != "0" && lists < CompletionHistory.maxKeys
             return out
