@@ -106,6 +106,7 @@ final class Listener: @unchecked Sendable {
         allowedOrigins = engine.config.allowedOrigins
         authToken = engine.config.authToken
 
+        FileLimit.raise(toHold: maxConnections)
         var config = CProgress_listener_config()
         config.port = Int32(address.port)
         config.max_message_bytes = engine.config.maxMessageBytes
