@@ -6,7 +6,7 @@ PYTHON ?= python3
 SWIFT_BUILD = swift build -c release
 LIB = .build/release/libProgressEngine.so
 
-.PHONY: all setup build install demo test test-swift test-python tsan asan bench bench-c bench-python bench-eta \
+.PHONY: all setup build install wheel server dist demo test test-swift test-python tsan asan bench bench-c bench-python bench-eta \
 	bench-redis bench-fanout bench-preview fuzz fuzz-smoke clean
 
 all: build
@@ -27,6 +27,22 @@ install: build
 	install -m 644 include/progress.h $(DESTDIR)$(PREFIX)/include/progress.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e "s|@VERSION@|$$(scripts/version.sh)|g" progress-engine.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/progress-engine.pc
+
+# The Python wheel with the engine and every library it needs inside (scripts/wheel.sh, docs/PACKAGING.md):
+# dist/progress_engine-<version>-py3-none-manylinux_*.whl, rebuilt only when its inputs changed.
+wheel: setup
+	scripts/wheel.sh
+
+# progress-server as one file with the Swift runtime linked in statically (docs/PACKAGING.md lists the C
+# libraries it still loads). A build folder of its own: --static-swift-stdlib changes every object.
+SERVER_DIST = .build-dist/release/progress-server
+server: setup
+	swift build -c release --static-swift-stdlib --product progress-server --scratch-path .build-dist
+
+# dist/progress-engine-<version>-linux-x86_64.tar.gz: the wheel, the server, the C library with its bundled
+# libraries, the header and a pkg-config file, with SHA256SUMS.
+dist: wheel server
+	scripts/dist.sh
 
 demo: setup build
 	$(PYTHON) examples/demo.py
@@ -86,4 +102,4 @@ bench-preview: setup build
 	$(PYTHON) benchmarks/preview/bench_preview.py
 
 clean:
-	rm -rf .build .build-tsan .build-asan .build-fuzz
+	rm -rf .build .build-tsan .build-asan .build-fuzz .build-dist dist bindings/python/build

@@ -113,6 +113,8 @@ extern "C" {
 #define PROGRESS_API
 #endif
 
+/* The project's one written version: the library, progress-server --version, the Python package and its wheel,
+ * and the pkg-config file all take it from these three lines. */
 #define PROGRESS_VERSION_MAJOR 0
 #define PROGRESS_VERSION_MINOR 1
 #define PROGRESS_VERSION_PATCH 0
@@ -185,7 +187,9 @@ PROGRESS_API void progress_string_free(char *s);
  *   own once the task has had no update for max(2 s, 2 x resource_interval_ms), so samples never hold a
  *   runner's step back behind the throttle),
  *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
- *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients),
+ *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients;
+ *   the engine raises its soft RLIMIT_NOFILE toward the hard limit as far as this needs, never lowering it,
+ *   and logs an "fd_limit" warning when the hard limit is lower),
  *   max_message_bytes (65536, the largest WebSocket message a client may send; a larger one gets an "error"
  *   message, then close 1009), max_subscriptions
  *   (1000 task ids per connection; "*" counts as none), dashboard (true), max_connections_per_ip (unset:

@@ -3,10 +3,14 @@
  * One protocol serves both plain HTTP and WebSocket upgrades on one port; every callback runs on the
  * service thread.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr */
+#endif
 #include "CProgress.h"
 #include "CProgressListener.h"
 
 #include <libwebsockets.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -17,6 +21,19 @@
 #include <uv.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* libwebsockets loads its libuv support as a plugin from its own install directory only, and that plugin
+ * links the system's libwebsockets.so. A bundled copy (a wheel's, renamed by auditwheel to
+ * libwebsockets-<hash>.so) would load the system's plugin and with it a second libwebsockets, so a bundled
+ * copy uses its built-in poll() loop (docs/PACKAGING.md). */
+static int lws_is_system_copy(void) {
+    Dl_info info;
+    if (!dladdr((void *)lws_create_context, &info) || info.dli_fname == NULL)
+        return 0;
+    const char *base = strrchr(info.dli_fname, '/');
+    base = base ? base + 1 : info.dli_fname;
+    return strncmp(base, "libwebsockets.so", strlen("libwebsockets.so")) == 0;
+}
 
 struct CProgress_listener {
     /* Set to NULL by libwebsockets once the context is wholly destroyed (info.pcontext). */
@@ -368,7 +385,8 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     /* Events from libuv (epoll: the cost of a loop pass follows the ready connections, not all of them),
      * in a loop this listener owns. Without the evlib_uv plugin, libwebsockets' own poll() loop. */
     void *foreign_loops[1] = {&l->loop};
-    if (uv_loop_init(&l->loop) == 0) {
+    int system_lws = lws_is_system_copy();
+    if (system_lws && uv_loop_init(&l->loop) == 0) {
         l->has_loop = 1;
         info.options |= LWS_SERVER_OPTION_LIBUV;
         info.foreign_loops = foreign_loops;
@@ -383,7 +401,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     }
     if (l->context == NULL) {
         l->context = lws_create_context(&info);
-        if (l->context)
+        if (l->context && system_lws)
             log_stderr("progress engine: libwebsockets' libuv support (Debian package libwebsockets-evlib-uv) is "
                        "missing: the listener uses libwebsockets' poll() loop, which costs more per message with "
                        "many connections\n");

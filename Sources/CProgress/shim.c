@@ -1,4 +1,6 @@
 #include "CProgress.h"
+/* The version's one source; only its macros are used here. */
+#include "../../include/progress.h"
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -62,4 +64,8 @@ void CProgress_log_line(const char *line, size_t len) {
         if (m > 0 && write(STDERR_FILENO, note, (size_t)m) == m) stderr_dropped -= dropped;
     }
     if (write(STDERR_FILENO, line, len) < 0) stderr_dropped++;
+}
+
+int CProgress_version_number(void) {
+    return PROGRESS_VERSION_NUMBER;
 }

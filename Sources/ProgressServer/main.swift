@@ -12,7 +12,14 @@ struct ProgressServer: ParsableCommand {
             Options given on the command line override the same keys of --config. Logs are JSON lines on \
             standard error. SIGINT or SIGTERM stop the server cleanly: connections are closed and the \
             engine flushed before it exits.
-            """)
+            """,
+        version: versionString)
+
+    /// MAJOR.MINOR.PATCH of the engine this binary carries (include/progress.h's, the one source).
+    static var versionString: String {
+        let n = progress_version_number()
+        return "\(n / 10000).\(n / 100 % 100).\(n % 100)"
+    }
 
     @Option(help: "HOST:PORT to listen on (port 0 picks a free port). Default: the config's, else 127.0.0.1:8000.")
     var listen: String?

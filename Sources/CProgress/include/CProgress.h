@@ -6,6 +6,10 @@
 #include "CProgressPreview.h"
 #include "CProgressSystem.h"
 
+/* PROGRESS_VERSION_NUMBER of include/progress.h, where the version is written once (Swift cannot read the
+ * public header's macros without importing its declarations, which the engine defines itself). */
+int CProgress_version_number(void);
+
 /* Per-thread last-error message with C lifetime: Swift has no thread-local storage whose pointer stays
  * valid after the Swift call returns, and progress_last_error() hands out a pointer the caller reads later.
  * Copies `len` bytes of `msg` (not NUL-terminated) into this thread's buffer. */

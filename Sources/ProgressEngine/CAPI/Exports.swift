@@ -6,7 +6,7 @@ import Glibc
 
 @_cdecl("progress_version_number")
 public func progress_version_number() -> CInt {
-    ProgressVersion.number
+    CProgress_version_number()
 }
 
 @_cdecl("progress_last_error")

@@ -30,14 +30,25 @@ from .stages import StageManager
 from .track import Track, track
 from .tracker import ETAPredictor, ProgressTracker, StepCounter
 
-__version__ = "0.1.0"
-
 
 def engine_version() -> str:
     """The loaded library's version, "MAJOR.MINOR.PATCH"."""
     number = _progress_version_number()
     return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
+
+def _package_version() -> str:
+    # The distribution's version, which setup.py takes from include/progress.h; without installed metadata
+    # (the folder put on sys.path by hand), the loaded library's.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("progress-engine")
+    except PackageNotFoundError:
+        return engine_version()
+
+
+__version__ = _package_version()
 
 __all__ = [
     "ConfigError",

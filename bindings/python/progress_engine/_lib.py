@@ -3,7 +3,8 @@
 Search order (the first library that loads and has the expected major version wins):
   1. $PROGRESS_ENGINE_LIB, when set: only that path; if it fails, nothing else is tried, so an
      override never silently falls back to another build;
-  2. libProgressEngine.so inside this package folder (where a wheel puts it);
+  2. libProgressEngine.so inside this package folder (where a wheel puts it, with the libraries it needs
+     beside the package in progress_engine.libs, bundled by auditwheel);
   3. the repository's SwiftPM build folders, <repo>/.build/release then <repo>/.build/debug, so a
      checkout works right after `make build` without any environment variable;
   4. the system loader (`libProgressEngine.so` on the ldconfig / LD_LIBRARY_PATH search path).
@@ -77,8 +78,9 @@ def _load() -> ctypes.CDLL:
     )
     raise LibraryNotFoundError(
         f"{source}. Tried:\n" + "\n".join(tried) + "\n"
-        "Build the library with `make build` in the repository root (or `swift build -c release "
-        f"--product ProgressEngine`), or set {ENV_LIBRARY} to the path of {LIBRARY_NAME}."
+        "Install the released wheel (`make wheel` builds dist/progress_engine-*.whl, which carries the library), "
+        "or in a checkout build the library with `make build` (or `swift build -c release --product "
+        f"ProgressEngine`), or set {ENV_LIBRARY} to the path of {LIBRARY_NAME}."
     )
 
 
