@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C shims: what Swift cannot express (thread-local storage with C lifetime, relaxed atomics on
@@ -39,16 +40,15 @@ let package = Package(
         .target(
             name: "ProgressEngine",
             dependencies: ["CProgress", "CLibhiredis"],
-            path: "Sources/ProgressEngine",
-            swiftSettings: [
-                // The hot path is measured in nanoseconds; exclusivity checks on every table access
-                // cost more than the update itself. All shared state is guarded by Mutex.
-                .unsafeFlags(["-enforce-exclusivity=unchecked"]),
-            ]
+            path: "Sources/ProgressEngine"
         ),
         .executableTarget(
             name: "ProgressServer",
-            dependencies: ["ProgressEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ProgressEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Sources/ProgressServer"
         ),
         .testTarget(name: "ProgressEngineTests", dependencies: ["ProgressEngine"], path: "Tests/ProgressEngineTests"),

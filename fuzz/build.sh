@@ -40,7 +40,6 @@ for src in "${c_sources[@]}"; do
 done
 
 swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name ProgressEngine \
-    -enforce-exclusivity=unchecked \
     -I "$out/modules" -I Sources/CLibhiredis $(pkg-config --cflags-only-I hiredis | sed 's/-I/-Xcc -I/g') \
     "${swift_sources[@]}" fuzz/Fuzz.swift "${objects[@]}" \
     $(pkg-config --libs hiredis libpng) -lm \

@@ -52,8 +52,8 @@ final class WireMessage {
 /// libwebsockets' LWS_PRE bytes, and handed to the socket in one send. Service thread only.
 final class WriteBatch {
     static let preferredBytes = 256 << 10
-    private(set) var buffer: UnsafeMutablePointer<UInt8>
-    private(set) var capacity: Int
+    @exclusivity(unchecked) private(set) var buffer: UnsafeMutablePointer<UInt8>
+    @exclusivity(unchecked) private(set) var capacity: Int
     let pre = CProgress_ws_pre()
 
     init() {
@@ -78,19 +78,20 @@ final class WriteBatch {
 /// Clients with messages queued since the last flush; flushed by the listener at the end of each round
 /// (wake, timer, received message). Service thread only.
 final class FlushList {
-    var clients: [ClientConnection] = []
+    @exclusivity(unchecked) var clients: [ClientConnection] = []
 }
 
 /// What one client knows of one task: the newest seq queued for it, and where its unsent replaceable
 /// update sits in the client's queue. One dictionary lookup per delivery finds it.
 final class TaskSlot {
-    var lastSeq: UInt64 = 0
-    var hasSeq = false
+    @exclusivity(unchecked) var lastSeq: UInt64 = 0
+    @exclusivity(unchecked) var hasSeq = false
     /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none.
-    var pending = -1
+    @exclusivity(unchecked) var pending = -1
 }
 
-/// A WebSocket client of the listener. Lives on the service thread only.
+/// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
+/// of the other classes here, skip the runtime's exclusivity check: `@exclusivity(unchecked)`).
 final class ClientConnection {
     /// What is waiting to be written, oldest first.
     private struct Outgoing {
@@ -103,22 +104,22 @@ final class ClientConnection {
     let wsi: UnsafeMutableRawPointer
     let clientId: String
     let peer: String
-    var subscriptions: Set<String> = []
-    var wildcard = false
-    private var queue: [Outgoing] = []
-    private var head = 0
+    @exclusivity(unchecked) var subscriptions: Set<String> = []
+    @exclusivity(unchecked) var wildcard = false
+    @exclusivity(unchecked) private var queue: [Outgoing] = []
+    @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
-    private var slots: [String: TaskSlot] = [:]
-    private(set) var queuedBytes = 0
+    @exclusivity(unchecked) private var slots: [String: TaskSlot] = [:]
+    @exclusivity(unchecked) private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
-    private(set) var closing: (code: Int32, reason: String)?
+    @exclusivity(unchecked) private(set) var closing: (code: Int32, reason: String)?
     private let flushList: FlushList
     /// On `flushList` now.
     fileprivate(set) var scheduled = false
     /// False once libwebsockets reported the connection closed.
-    var isOpen = true
+    @exclusivity(unchecked) var isOpen = true
     /// A write outside the writable callback failed: the next callback closes the connection.
-    private var writeFailed = false
+    @exclusivity(unchecked) private var writeFailed = false
 
     init(id: UInt64, wsi: UnsafeMutableRawPointer, clientId: String, peer: String, flushList: FlushList) {
         self.id = id

@@ -43,10 +43,11 @@ func monotonicNow() -> Double {
 /// Threads: one service thread, started by `init` and joined by `stop()`, owns every socket, every
 /// `ClientConnection` and all subscription state. Other threads only call `noteChange` / `noteLog`, which
 /// append to a locked inbox and wake the service thread with `lws_cancel_service()` (at most one wake in
-/// flight). Nothing a runner calls waits on a socket.
+/// flight). Nothing a runner calls waits on a socket. Its stored variables are `@exclusivity(unchecked)`: one
+/// thread owns them, so the runtime's per-access check would only cost.
 final class Listener: @unchecked Sendable {
-    unowned let engine: Engine
-    private(set) var port = -1
+    unowned let engine: EngineCore
+    @exclusivity(unchecked) private(set) var port = -1
     let throttle: Double
     let maxSubscriptions: Int
     let maxConnections: Int
@@ -60,9 +61,9 @@ final class Listener: @unchecked Sendable {
     static let slowClientMaxBytes = 32 << 20
     static let maxQueuedLogs = 100_000
 
-    private var c: OpaquePointer?
-    private var thread = pthread_t()
-    private var threadStarted = false
+    @exclusivity(unchecked) private var c: OpaquePointer?
+    @exclusivity(unchecked) private var thread = pthread_t()
+    @exclusivity(unchecked) private var threadStarted = false
     private let stopping = Atomic<Bool>(false)
     private let wakePending = Atomic<Bool>(false)
     /// Changed task ids and log entries from any thread, drained by the service thread.
@@ -79,25 +80,25 @@ final class Listener: @unchecked Sendable {
     }
 
     // Service-thread state.
-    var connections: [UInt64: ClientConnection] = [:]
+    @exclusivity(unchecked) var connections: [UInt64: ClientConnection] = [:]
     /// Clients with something queued since the last flush, written at the end of the round.
     private let flushList = FlushList()
     private let batch = WriteBatch()
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
-    private var subscribers: [String: [UInt64: ClientConnection]] = [:]
-    private var wildcards: [UInt64: ClientConnection] = [:]
-    private var nextConnectionId: UInt64 = 1
+    @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
+    @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:]
+    @exclusivity(unchecked) private var nextConnectionId: UInt64 = 1
     /// Open connections per peer address (kept only with max_connections_per_ip).
-    private var connectionsByPeer: [String: Int] = [:]
+    @exclusivity(unchecked) private var connectionsByPeer: [String: Int] = [:]
     /// Throttled task ids and when to look at them again (monotonic seconds).
-    private var deferred: [String: Double] = [:]
-    private var timerDue = Double.infinity
-    /// `Engine.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
-    private var etaTime: Double?
+    @exclusivity(unchecked) private var deferred: [String: Double] = [:]
+    @exclusivity(unchecked) private var timerDue = Double.infinity
+    /// `EngineCore.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
+    @exclusivity(unchecked) private var etaTime: Double?
 
     /// Binds and starts the service thread.
     /// - Throws: `EngineError.io` if the address cannot be bound or the thread cannot start.
-    init(engine: Engine, address: ListenAddress) throws {
+    init(engine: EngineCore, address: ListenAddress) throws {
         self.engine = engine
         throttle = Double(engine.config.throttleMs) / 1000
         maxSubscriptions = engine.config.maxSubscriptions
@@ -145,7 +146,7 @@ final class Listener: @unchecked Sendable {
     }
 
     /// Stops the service thread, closes every connection and the listening socket. Idempotent; called by
-    /// `Engine.close()` from the closing thread.
+    /// `EngineCore.close()` from the closing thread.
     func stop() {
         guard threadStarted else { return }
         threadStarted = false
@@ -167,7 +168,7 @@ final class Listener: @unchecked Sendable {
 
     // MARK: - From any thread
 
-    /// A task changed; called under its shard lock, at most once per queued state (see `Engine.noteChange`).
+    /// A task changed; called under its shard lock, at most once per queued state (see `EngineCore.noteChange`).
     func noteChange(taskId: String) {
         inbox.withLock { $0.changed.append(taskId) }
         wake()
@@ -338,7 +339,7 @@ final class Listener: @unchecked Sendable {
         } else if connections.count > maxConnections {
             metrics.connectionsRefused.add(1, ordering: .relaxed)
             client.close(code: 1013, reason: "too many connections (max_connections \(maxConnections)); try again later")
-        } else if Engine.isValidId(clientId) == false {
+        } else if EngineCore.isValidId(clientId) == false {
             client.close(code: 1008, reason: "client_id must be 1-256 printable characters")
         } else {
             client.send(WireMessage(Messages.connectionEstablished(clientId: clientId)))

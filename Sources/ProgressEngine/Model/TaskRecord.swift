@@ -44,6 +44,9 @@ struct CounterBinding {
 
 /// The full live state of one task. Not thread-safe by itself: every access happens under the lock of the
 /// task table shard that holds it (hence `@unchecked Sendable`: the shard lock is the synchronisation).
+/// For the same reason its stored variables are `@exclusivity(unchecked)`: the lock already makes each access
+/// exclusive, and the runtime's check on every access cost more than the rest of an update
+/// (benchmarks/c/README.md).
 final class TaskRecord: @unchecked Sendable {
     static let historyCapacity = 4096
     static let logCapacity = 1000
@@ -59,67 +62,67 @@ final class TaskRecord: @unchecked Sendable {
     let resourceKey: String?
     let metadata: JSONValue?
 
-    private(set) var stages: ContiguousArray<StageState>
+    @exclusivity(unchecked) private(set) var stages: ContiguousArray<StageState>
     /// The stage of largest weight, where `progress_update` jumps to from the first stages.
     let mainStage: Int
-    private(set) var currentStage = 0
-    private(set) var status: TaskStatus = .queued
-    private(set) var seq: UInt64 = 0
+    @exclusivity(unchecked) private(set) var currentStage = 0
+    @exclusivity(unchecked) private(set) var status: TaskStatus = .queued
+    @exclusivity(unchecked) private(set) var seq: UInt64 = 0
     let createdAt: Double
-    private(set) var updatedAt: Double
-    private(set) var startedAt: Double?
-    private(set) var completedAt: Double?
+    @exclusivity(unchecked) private(set) var updatedAt: Double
+    @exclusivity(unchecked) private(set) var startedAt: Double?
+    @exclusivity(unchecked) private(set) var completedAt: Double?
     /// The latest time of any change; explicit timestamps may not go before it.
-    private(set) var lastTimestamp: Double
-    private(set) var error: String?
-    private(set) var resources = ResourceUsage()
-    private(set) var resourcePeaks = ResourceUsage()
+    @exclusivity(unchecked) private(set) var lastTimestamp: Double
+    @exclusivity(unchecked) private(set) var error: String?
+    @exclusivity(unchecked) private(set) var resources = ResourceUsage()
+    @exclusivity(unchecked) private(set) var resourcePeaks = ResourceUsage()
     /// Fields the runner reported itself; the sampler leaves those alone.
-    private var runnerReported = ResourceUsage()
+    @exclusivity(unchecked) private var runnerReported = ResourceUsage()
     /// The step of the latest progress update (a video task's frame index).
-    private(set) var lastStep: Int64 = 0
-    private(set) var previewURL: String?
+    @exclusivity(unchecked) private(set) var lastStep: Int64 = 0
+    @exclusivity(unchecked) private(set) var previewURL: String?
     /// Preview files of this task, deleted when it expires.
-    private(set) var previewFiles: [String] = []
+    @exclusivity(unchecked) private(set) var previewFiles: [String] = []
     /// How many of the configured milestones already have their preview.
-    private var capturedMilestones = 0
-    private var lastPreviewStep: Int64 = -1
-    private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
-    private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
-    var counter: CounterBinding?
+    @exclusivity(unchecked) private var capturedMilestones = 0
+    @exclusivity(unchecked) private var lastPreviewStep: Int64 = -1
+    @exclusivity(unchecked) private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
+    @exclusivity(unchecked) private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
+    @exclusivity(unchecked) var counter: CounterBinding?
     /// Whether the latest change must reach watchers without throttling (SPEC §7: the task's creation, a stage
     /// change, a terminal state, a resume). Progress within a stage, resource usage and a new preview wait for
     /// the throttle like a step; the latest state still goes out when its window ends.
-    private(set) var lastChangeUrgent = false
+    @exclusivity(unchecked) private(set) var lastChangeUrgent = false
     /// Listener bookkeeping, guarded by the shard lock like the rest: bit 0 = queued for fan-out,
     /// bit 1 = an urgent change is among the queued ones.
-    var fanoutFlags: UInt8 = 0
+    @exclusivity(unchecked) var fanoutFlags: UInt8 = 0
     /// The state right after the latest urgent change the listener has not taken yet, and earlier such states a
     /// newer urgent change came after before the listener took them (shard lock). Each of these is sent, in order:
     /// SPEC §7, stage changes and terminal states are never coalesced away. Few: stages only move forward.
-    var urgentState: TaskSnapshot?
-    var heldUrgent: [TaskSnapshot] = []
+    @exclusivity(unchecked) var urgentState: TaskSnapshot?
+    @exclusivity(unchecked) var heldUrgent: [TaskSnapshot] = []
     /// Rejected updates of this task are logged in its log at most once a second (shard lock).
-    var rejectLog = OncePerSecond()
+    @exclusivity(unchecked) var rejectLog = OncePerSecond()
     /// Monotonic time of the last fan-out, for the per-task throttle.
-    var lastFanoutAt = -Double.infinity
+    @exclusivity(unchecked) var lastFanoutAt = -Double.infinity
     /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued
     /// for writing, bit 1 = an urgent change is among the queued ones.
-    var storageFlags: UInt8 = 0
+    @exclusivity(unchecked) var storageFlags: UInt8 = 0
     /// Monotonic time of the last write to Redis, for the per-task throttle.
-    var lastWriteAt = -Double.infinity
+    @exclusivity(unchecked) var lastWriteAt = -Double.infinity
     /// Redis holds the events up to this seq and this many of the log's entries (acknowledged writes).
-    var persistedSeq: UInt64 = 0
-    var persistedLogs = 0
+    @exclusivity(unchecked) var persistedSeq: UInt64 = 0
+    @exclusivity(unchecked) var persistedLogs = 0
     /// A copy of another engine's task, kept current from the update channel; never written back.
-    var isMirror = false
+    @exclusivity(unchecked) var isMirror = false
     /// History in memory is not complete up to this seq (a restored task, a mirror that missed updates), so a
     /// resume from before it is answered from Redis or not at all.
-    var historyGapSeq: UInt64 = 0
+    @exclusivity(unchecked) var historyGapSeq: UInt64 = 0
     /// The current stage's pace, for the ETA.
-    private(set) var live = LiveRate()
+    @exclusivity(unchecked) private(set) var live = LiveRate()
     /// How each completed stage that reported progress spent its time, for the completion record.
-    private(set) var profiles: [Int: StageProfile] = [:]
+    @exclusivity(unchecked) private(set) var profiles: [Int: StageProfile] = [:]
 
     /// Creates a task in `queued` state. A first stage named "queue" is entered at once.
     init(id: String, key: TaskKey, templateId: String, category: String?, quality: String?, batchId: String?,

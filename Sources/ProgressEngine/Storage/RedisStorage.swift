@@ -26,7 +26,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the writer. Redis need not be up.
     /// - Throws: `EngineError.config` for a bad URL, `.io` if a thread cannot start.
-    init(engine: Engine, urlText: String) throws {
+    init(engine: EngineCore, urlText: String) throws {
         url = try RedisURL.parse(urlText)
         keys = RedisKeys(namespace: engine.config.namespace)
         var host = [CChar](repeating: 0, count: 256)
@@ -38,7 +38,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the subscriber of an engine with a listener, once that listener exists (the subscriber's
     /// thread feeds it).
-    func startSubscriber(engine: Engine) throws {
+    func startSubscriber(engine: EngineCore) throws {
         subscriber = try RedisSubscriber(engine: engine, storage: self)
     }
 

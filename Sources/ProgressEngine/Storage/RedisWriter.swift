@@ -20,14 +20,16 @@ struct TaskWrite {
 /// hiredis context, pipelined.
 ///
 /// The runner's thread only ever sets a flag on the task and, when the task goes from clean to dirty, appends
-/// its id to a locked inbox and signals a condition variable (as `Engine.noteChange` does for the listener).
+/// its id to a locked inbox and signals a condition variable (as `EngineCore.noteChange` does for the listener).
 /// The writer takes each dirty task at most once per `throttle_ms` (urgent changes, such as a stage change or
 /// a terminal state, at once): its latest state, the events and log entries added since the last write. While
 /// Redis is down or slow the tasks stay dirty in memory: the latest state of every task is kept, events and
 /// logs up to the task's history (4096) and log (1000) bounds; what falls out of them is counted as dropped.
 /// The writer reconnects with exponential back-off (50 ms to 2 s) and then writes everything still dirty.
+/// Its stored variables are `@exclusivity(unchecked)`: the writer thread owns them, and the inbox is read only
+/// under its lock.
 final class RedisWriter: @unchecked Sendable {
-    unowned let engine: Engine
+    unowned let engine: EngineCore
     let url: RedisURL
     let keys: RedisKeys
     let engineId: String
@@ -38,7 +40,7 @@ final class RedisWriter: @unchecked Sendable {
     private let ttl: RedisArgument
     /// How often the keys of active tasks get a full retention again (`refreshActiveExpiry`).
     private let expiryRefreshInterval: Double
-    private var lastExpiryRefresh = -Double.infinity
+    @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
     static let maxEventsPerWrite = 1024
     static let maxQueuedExtras = 10_000
@@ -60,25 +62,25 @@ final class RedisWriter: @unchecked Sendable {
 
     private let worker = WorkerThread()
     // Guarded by the worker's lock.
-    private var inbox: [String] = []
-    private var extrasInbox: [[[RedisArgument]]] = []
-    private var sleeping = false
+    @exclusivity(unchecked) private var inbox: [String] = []
+    @exclusivity(unchecked) private var extrasInbox: [[[RedisArgument]]] = []
+    @exclusivity(unchecked) private var sleeping = false
     /// When `stop()` was first called (monotonic): the close bound counts from it.
-    private var stopRequestedAt: Double?
+    @exclusivity(unchecked) private var stopRequestedAt: Double?
 
     // Writer-thread state.
-    private var pending: [String: Double] = [:]
-    private var extras: [[[RedisArgument]]] = []
-    private var connection: RedisConnection?
-    private var everConnected = false
-    private var nextConnectAt = 0.0
-    private var backoff = 0.05
-    private var lastHeartbeat = -Double.infinity
-    private var lastError = ""
+    @exclusivity(unchecked) private var pending: [String: Double] = [:]
+    @exclusivity(unchecked) private var extras: [[[RedisArgument]]] = []
+    @exclusivity(unchecked) private var connection: RedisConnection?
+    @exclusivity(unchecked) private var everConnected = false
+    @exclusivity(unchecked) private var nextConnectAt = 0.0
+    @exclusivity(unchecked) private var backoff = 0.05
+    @exclusivity(unchecked) private var lastHeartbeat = -Double.infinity
+    @exclusivity(unchecked) private var lastError = ""
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
     /// - Throws: `EngineError.io` if the thread cannot start.
-    init(engine: Engine, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
+    init(engine: EngineCore, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
         self.engine = engine
         self.url = url
         self.keys = keys

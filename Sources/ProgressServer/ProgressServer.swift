@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Logging
 import ProgressEngine
 
 /// `progress-server`: runs an engine with its listener for a fleet of workers (SPEC §2, topology 3).
@@ -13,13 +14,7 @@ struct ProgressServer: ParsableCommand {
             standard error. SIGINT or SIGTERM stop the server cleanly: connections are closed and the \
             engine flushed before it exits.
             """,
-        version: versionString)
-
-    /// MAJOR.MINOR.PATCH of the engine this binary carries (include/progress.h's, the one source).
-    static var versionString: String {
-        let n = progress_version_number()
-        return "\(n / 10000).\(n / 100 % 100).\(n % 100)"
-    }
+        version: Engine.version)
 
     @Option(help: "HOST:PORT to listen on (port 0 picks a free port). Default: the config's, else 127.0.0.1:8000.")
     var listen: String?
@@ -30,7 +25,21 @@ struct ProgressServer: ParsableCommand {
     @Option(help: "A JSON file with engine options (the keys of config_json in include/progress.h).")
     var config: String?
 
+    @Option(name: .customLong("log-format"), help: "json (one JSON object per line, the default) or text.")
+    var logFormat: LogFormat = .json
+
+    enum LogFormat: String, ExpressibleByArgument {
+        case json, text
+    }
+
     func run() throws {
+        let format = logFormat
+        LoggingSystem.bootstrap { label in
+            switch format {
+            case .json: return JSONLogHandler()
+            case .text: return StreamLogHandler.standardError(label: label)
+            }
+        }
         var fileText: String?
         if let path = config {
             guard let file = fopen(path, "r") else {
@@ -58,48 +67,20 @@ struct ProgressServer: ParsableCommand {
         sigaddset(&signals, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        var engine: OpaquePointer?
-        let status = progress_engine_open(json, &engine)
-        guard status == 0, let engine else {
-            log("error", "start_failed", ["status": String(cString: progress_status_string(status)),
-                                          "message": String(cString: progress_last_error())])
+        let logger = Logger(label: "progress-server")
+        let engine: Engine
+        do {
+            engine = try Engine(configJSON: json)
+        } catch {
+            logger.error("start_failed", metadata: ["status": "\(error.code)", "message": "\(error.message)"])
             throw ExitCode(2)
         }
-        log("info", "listening", ["port": String(progress_engine_port(engine)), "config": ServerConfig.redacted(json)])
+        logger.info("listening", metadata: ["port": .stringConvertible(engine.port ?? -1),
+                                            "config": "\(ServerConfig.redacted(json))"])
         var received: Int32 = 0
         sigwait(&signals, &received)
-        log("info", "stopping", ["signal": received == SIGINT ? "SIGINT" : "SIGTERM"])
-        progress_engine_close(engine)
-        log("info", "stopped", [:])
-    }
-
-    /// One JSON line on standard error.
-    private func log(_ level: String, _ event: String, _ fields: [String: String]) {
-        var line = "{\"level\":\(quoted(level)),\"event\":\(quoted(event))"
-        for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
-            line += ",\(quoted(key)):\(key == "port" ? value : quoted(value))"
-        }
-        line += "}\n"
-        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-    }
-
-    private func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case _ where scalar.value < 0x20: out += "\\u00" + String(scalar.value, radix: 16).leftPadded(2)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-}
-
-extension String {
-    fileprivate func leftPadded(_ width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
+        logger.info("stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        engine.close()
+        logger.info("stopped")
     }
 }
