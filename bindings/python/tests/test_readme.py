@@ -43,3 +43,9 @@ def test_runner_safe_example_raises_when_strict():
     """The same loop, with PROGRESS_STRICT=1: the example's first refusal raises, so it must fail."""
     with pytest.raises(AssertionError, match="RangeError"):
         run_example(readme_python("Runner-safe by default"), PROGRESS_STRICT="1")
+
+
+def test_tqdm_example():
+    pytest.importorskip("tqdm")
+    out = run_example(readme_python("tqdm integration")).stdout.splitlines()
+    assert out == ["1.0 Denoising", "completed", "1.0 Uploading"], out
