@@ -82,6 +82,20 @@ def test_only_the_innermost_open_bar_drives(tracker, task):
         outer.close()
 
 
+def test_a_bar_dropped_without_close_stops_driving(tracker, task):
+    def leaky():  # a library that forgets close(): tqdm's __del__ closes the bar once it is dropped
+        bar = tqdm.tqdm(total=10, desc="leaked", file=io.StringIO())
+        bar.update(2)
+
+    with report_tqdm(task, tracker):
+        leaky()
+        assert stage(tracker) == (GENERATION, 0.2, "leaked")
+        bar = tqdm.tqdm(total=4, desc="next", file=io.StringIO())
+        bar.update(1)
+        bar.close()
+        assert stage(tracker) == (GENERATION, 0.25, "next")  # not the leaked bar's again
+
+
 def test_bars_of_other_threads_are_untouched(tracker, task):
     made = {}
 
@@ -136,6 +150,9 @@ def test_overshoot_float_and_reset(tracker, task):
         bar.reset(total=8)
         bar.update(2)
         assert stage(tracker)[1] == 0.25
+        bar.n = 6  # as some libraries move a bar, then redraw it
+        bar.refresh()
+        assert stage(tracker)[1] == 0.75
         bar.close()
         fraction = tqdm.tqdm(total=1.0, desc="fraction", file=io.StringIO())
         fraction.update(0.25)

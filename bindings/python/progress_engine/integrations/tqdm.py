@@ -27,6 +27,7 @@ import functools
 import inspect
 import threading
 import time
+import weakref
 from contextvars import ContextVar
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -101,48 +102,61 @@ class _Reporter:
     def __init__(self, task_id: str, tracker: ProgressTracker) -> None:
         self.task_id = task_id
         self.tracker = tracker
-        self.bars: List[Any] = []
+        # Weak, as tqdm's own list of bars: a bar a library drops without closing it is closed by its
+        # __del__, which it would never reach while this list held it.
+        self.bars: "List[weakref.ref[Any]]" = []
         self.lock = threading.RLock()  # adopt / release / sync may come from tqdm's monitor thread or GC
         self.closed = False
         self.pair = (0, 1)  # the last (step, total_steps) sent, which a bar without total keeps
         self.message: Optional[str] = None  # the last message sent
+
+    def innermost(self) -> Any:
+        with self.lock:
+            while self.bars:
+                bar = self.bars[-1]()
+                if bar is not None:
+                    return bar
+                self.bars.pop()
+            return None
 
     def adopt(self, bar: Any) -> None:
         with self.lock:
             if self.closed:  # its report_tqdm ended while the bar was being created
                 _detach(bar)
                 return
-            if self.bars:
-                self.bars[-1]._pe_counter = None  # no longer innermost
-            self.bars.append(bar)
+            previous = self.innermost()
+            if previous is not None:
+                previous._pe_counter = None  # no longer innermost
+            self.bars.append(weakref.ref(bar))
             self.sync(bar)
 
     def release(self, bar: Any) -> None:
         """The bar closed: its last count is sent, and the bar around it (if any) drives the task again."""
         with self.lock:
-            bars = self.bars
-            innermost = bool(bars) and bars[-1] is bar
+            innermost = self.innermost() is bar
             if innermost:
                 self.sync(bar)
-            if bar in bars:
-                bars.remove(bar)
+            self.bars = [ref for ref in self.bars if ref() is not None and ref() is not bar]
             _detach(bar)
-            if innermost and bars:
-                self.sync(bars[-1])
+            outer = self.innermost() if innermost else None
+            if outer is not None:
+                self.sync(outer)
 
     def close(self) -> None:
         """The report_tqdm ended: its open bars stop reporting and are plain bars again."""
         with self.lock:
             self.closed = True
-            for bar in self.bars:
-                _detach(bar)
+            for ref in self.bars:
+                bar = ref()
+                if bar is not None:
+                    _detach(bar)
             self.bars.clear()
 
     def sync(self, bar: Any) -> None:
         """Sends the innermost bar's state; leaves the bar's fast path (its counter) set when n and total
         are integers."""
         with self.lock:
-            if not self.bars or self.bars[-1] is not bar or self.tracker.closed:
+            if self.innermost() is not bar or self.tracker.closed:
                 return
             n, total = bar.n, bar.total
             desc = _description(bar)
