@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import functools
 import json
+import operator
 import os
 import sys
 import threading
@@ -292,6 +293,8 @@ class ProgressTracker:
 
     def _update_progress_slow(self, task_id: str, step: int, total_steps: int, message: Optional[str]) -> None:
         engine = self._handle()
+        # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
+        step, total_steps = operator.index(step), operator.index(total_steps)
         if 0 <= step <= total_steps > 0:
             # The counter first, so it holds this same pair: whatever the engine does with an attached
             # counter on a direct update, an older value in it can never be applied after this one.

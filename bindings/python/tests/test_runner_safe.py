@@ -107,6 +107,10 @@ REFUSED = {
     "log of an unknown task": (lambda t: t.log_sync("nope", "info", "x"), pe.NotFoundError, False),
     "NaN in event data": (
         lambda t: t.send_event_sync("t", "resources", {"cpu_percent": math.nan}), pe.JSONError, True),
+    "callback NaN step": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress",
+                                                                 {"step": math.nan, "total_steps": 3}),
+        pe.JSONError, True),
     "callback step past total": (
         lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress", {"step": 4, "total_steps": 3}),
         pe.RangeError, True),
@@ -189,6 +193,11 @@ def test_programming_errors_and_other_calls_still_raise(tracker, task):
         warnings.simplefilter("error", ProgressWarning)  # none of these may be turned into a warning
         with pytest.raises(TypeError):
             tracker.update_progress_sync(123, 1, 2, message="m")
+        for step in (1.5, math.nan):
+            with pytest.raises(TypeError):
+                tracker.update_progress_sync(task, step, 2)
+            with pytest.raises(TypeError):
+                tracker.update_progress_sync(task, step, 2, message="m")
         with pytest.raises(TypeError):
             tracker.update_preview_sync(task, "not an image")
         with pytest.raises(pe.InvalidArgumentError, match="loud"):
