@@ -78,14 +78,16 @@ def main() -> int:
             ]
             for _, timer in updates:
                 timer.timeit(calls)  # warm-up
+            loops = [
+                ("for _ in tqdm(range), per item", lambda: outside.run(per_call_ns, loop, loop_runs, LOOP_ITEMS)),
+                ("for _ in tqdm(range), per item in report_tqdm", lambda: per_call_ns(loop, loop_runs, LOOP_ITEMS)),
+            ]
             for repeat in range(repeats):
                 # Alternate which goes first, so neither always runs right after the other.
                 for name, timer in updates if repeat % 2 == 0 else reversed(updates):
                     samples[name].append(per_call_ns(timer, calls))
-                samples["for _ in tqdm(range), per item"].append(
-                    outside.run(per_call_ns, loop, loop_runs, LOOP_ITEMS))
-                samples["for _ in tqdm(range), per item in report_tqdm"].append(
-                    per_call_ns(loop, loop_runs, LOOP_ITEMS))
+                for name, run in loops if repeat % 2 == 0 else reversed(loops):
+                    samples[name].append(run())
             last = reporting.n
             step = tracker.get_task_progress_sync("bench")["stages"]["1"]["progress"]
             plain.close()
