@@ -84,6 +84,7 @@ bench-c:
 
 bench-python:
 	$(PYTHON) benchmarks/python/bench_update.py
+	$(PYTHON) benchmarks/python/bench_tqdm.py
 
 # ETA accuracy against three baselines on generated traces (see benchmarks/eta/README.md).
 bench-eta:

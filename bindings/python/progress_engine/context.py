@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from .errors import StateError
+from .errors import ProgressError, StateError
 from .tracker import ProgressTracker
 
 _STEP_ONLY = frozenset({"step", "total_steps"})
@@ -26,9 +26,11 @@ _DONE = _Done()
 class ProgressContext:
     """Creates the task on entry; on exit completes it, or fails it with the exception's text and
     lets the exception propagate (a KeyboardInterrupt or a cancelled coroutine cancels it instead).
-    A task the runner already finished (execution_complete / execution_error) is left as it is.
-    Works with `async with` and with plain `with`; extra keyword arguments go to
-    create_task_progress (resource_config, metadata, resume, timestamp)."""
+    A task the runner already finished (execution_complete / execution_error) is left as it is; one
+    that is gone (expired, or never created) is a refusal, as with the callback. The callback raises
+    nothing for an update the engine refuses unless the tracker is strict (see ProgressTracker), so a
+    reporting mistake never fails the task. Works with `async with` and with plain `with`; extra
+    keyword arguments go to create_task_progress (resource_config, metadata, resume, timestamp)."""
 
     def __init__(
         self,
@@ -64,6 +66,8 @@ class ProgressContext:
                 self.tracker.cancel_task_sync(self.task_id, type(exc).__name__)
         except StateError:
             pass  # already finished, e.g. by an execution_complete event
+        except ProgressError as error:
+            self.tracker._refused(self.task_id, error)
 
     async def __aenter__(self) -> "ProgressContext":
         return self.__enter__()
@@ -74,16 +78,19 @@ class ProgressContext:
     def get_callback(self) -> Callable[..., _Done]:
         """The runner's `callback(event, data=None)`: applies the event at once and returns an
         already-completed awaitable. execution_progress with only step and total_steps takes the
-        step-counter path (no engine call); every other event goes to the engine as it is."""
+        step-counter path (no engine call); every other event goes to the engine as it is, and so
+        does a float step (a NaN, 3.5), which is the engine's to refuse as any bad event data."""
         task_id = self.task_id
         update_progress = self.tracker.update_progress_sync
         send_event = self.tracker.send_event_sync
 
         def callback(event: str, data: Union[Mapping[str, Any], str, None] = None) -> _Done:
             if event == "execution_progress" and isinstance(data, Mapping) and data.keys() == _STEP_ONLY:
-                update_progress(task_id, data["step"], data["total_steps"])
-            else:
-                send_event(task_id, event, data)
+                step, total_steps = data["step"], data["total_steps"]
+                if not isinstance(step, float) and not isinstance(total_steps, float):
+                    update_progress(task_id, step, total_steps)
+                    return _DONE
+            send_event(task_id, event, data)
             return _DONE
 
         return callback

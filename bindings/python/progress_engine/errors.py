@@ -131,6 +131,21 @@ _BY_CODE: Dict[int, Type[ProgressError]] = {
 }
 
 
+class ProgressWarning(UserWarning):
+    """An update of a runner-facing call that the engine refused, reported instead of raised (the default;
+    `ProgressTracker(strict=True)` or PROGRESS_STRICT=1 raises it). Shown once per task and kind of error;
+    `task_id` and `error` (the ProgressError that was not raised) say which."""
+
+    def __init__(self, task_id: str, error: ProgressError):
+        kind = type(error).__name__
+        super().__init__(
+            f"progress of task {task_id!r} not updated ({error.status_name}): {error}. The job goes on; further "
+            f"{kind}s of this task are not shown (ProgressTracker(strict=True) or PROGRESS_STRICT=1 raises them)"
+        )
+        self.task_id = task_id
+        self.error = error
+
+
 def from_status(code: int, message: str) -> ProgressError:
     """The exception for a negative progress_status `code` (a plain ProgressError for codes this
     binding does not know yet, so a newer engine's new codes still raise)."""

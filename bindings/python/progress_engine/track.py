@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
+from .errors import ProgressError
 from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
@@ -109,12 +110,12 @@ class _Run:
     def complete(self) -> None:
         if self.open:
             self.open = False
-            self.tracker.complete_task_sync(self.task_id)
+            self._finish(self.tracker.complete_task_sync)
 
     def fail(self, exc: BaseException) -> None:
         if self.open:
             self.open = False
-            self.tracker.fail_task_sync(self.task_id, str(exc) or type(exc).__name__)
+            self._finish(self.tracker.fail_task_sync, str(exc) or type(exc).__name__)
 
     def stop(self) -> None:
         if self.open:
@@ -123,7 +124,14 @@ class _Run:
                 reason = f"stopped after {self.counted} items"
             else:
                 reason = f"stopped at step {self.steps.step if self.steps is not None else 0} of {self.total}"
-            self.tracker.cancel_task_sync(self.task_id, reason)
+            self._finish(self.tracker.cancel_task_sync, reason)
+
+    def _finish(self, finish: Any, *args: Any) -> None:
+        # The loop's own code is done: a task finished or expired meanwhile must not raise into it.
+        try:
+            finish(self.task_id, *args)
+        except ProgressError as error:
+            self.tracker._refused(self.task_id, error)
 
 
 def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator[T]:

@@ -6,13 +6,18 @@ import asyncio
 import ctypes
 import functools
 import json
+import operator
+import os
+import sys
 import threading
+import warnings
 import weakref
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
 from . import _lib
-from .errors import InvalidArgumentError, RangeError, StateError
+from .errors import InvalidArgumentError, ProgressError, ProgressWarning, StateError
 from .model import LogLevel, Stage, StageStatus, stages_json
 from .preview import to_pixels
 from .stages import StageManager
@@ -47,9 +52,23 @@ def _async_twin(sync: Callable[..., Any], may_read_redis: bool = False) -> Calla
     return twin
 
 
-def _check_steps(step: int, total_steps: int) -> None:
-    if not 0 <= step <= total_steps > 0:
-        raise RangeError(f"step {step} of {total_steps}: need 0 <= step <= total_steps and total_steps > 0")
+#: Refusals already shown, as (task_id, kind); bounded so a long-lived runner does not grow it without
+#: end (a task this old that is refused again is shown again).
+_WARNED_MAX = 4096
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get("PROGRESS_STRICT", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _caller_stacklevel() -> int:
+    """The warnings.warn stacklevel, seen from _refused, of the first frame outside this package: the
+    runner's line that made the call, however many of our frames (async twin, integration) lie between."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _log_level(level: Union[LogLevel, int, str]) -> int:
@@ -79,12 +98,24 @@ class ProgressTracker:
     create_task_progress, for resume) run in a worker thread, the rest inline. All methods may be
     called from any thread. Close with close(), `with` or `async with`; a tracker that is garbage
     collected or still open at exit is closed then.
+
+    Runner-safe: the calls a runner makes while it works (update_progress, update_stage, update_preview,
+    log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
+    an update the engine refuses (a step out of range, an unknown, finished or expired task, a NaN, a
+    bad image): the engine counts it (stats()["invalid_updates"]) and logs it in the task's log, and the
+    call returns after one ProgressWarning per task and kind of error. `strict=True` (default: the
+    PROGRESS_STRICT environment variable, "1") raises them instead, for tests and development. A wrong
+    argument type (TypeError), an unknown log level name and a closed tracker always raise, as do the
+    other calls (create, complete / fail / cancel, reads).
     """
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, strict: Optional[bool] = None, **config: Any) -> None:
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
+        self.strict = _strict_from_env() if strict is None else bool(strict)
+        self._warned: "OrderedDict[tuple, None]" = OrderedDict()
+        self._warned_lock = threading.Lock()
         self._listen = config.get("listen")
         self._redis = bool(config.get("redis_url"))
         # task_id -> int64 view of the task's attached (step, total_steps) array. The view keeps the
@@ -147,6 +178,28 @@ class ProgressTracker:
             raise StateError("this ProgressTracker is closed")
         return engine
 
+    def _refused(self, task_id: str, error: ProgressError) -> None:
+        """A runner-facing call's refused update: raised when strict, else shown once per task and kind.
+        A closed tracker is the caller's mistake, never a refusal: it raises."""
+        if self.strict or self._engine is None:
+            raise error
+        key = (task_id, type(error))
+        with self._warned_lock:
+            if key in self._warned:
+                return
+            self._warned[key] = None
+            if len(self._warned) > _WARNED_MAX:
+                self._warned.popitem(last=False)
+        warnings.warn(ProgressWarning(task_id, error), stacklevel=_caller_stacklevel())
+
+    def _refuse_steps(self, engine: ctypes.c_void_p, task_id: str, step: int, total_steps: int) -> None:
+        """A pair the binding will not store in a counter: the engine refuses it (so it is counted and
+        logged there, with the engine's message), then it is raised or shown as any refusal."""
+        try:
+            _lib.progress_update(engine, _lib.encode(task_id), step, total_steps, None)
+        except ProgressError as error:
+            self._refused(task_id, error)
+
     # ---- tasks ----------------------------------------------------------------------------------
 
     def create_task_progress_sync(
@@ -199,9 +252,12 @@ class ProgressTracker:
         """Sets stage `stage` (0-based): IN_PROGRESS enters it (completing earlier open stages) with
         `progress` (0..1); COMPLETED completes it; SKIPPED skips it; FAILED fails it and the task.
         message None keeps the stage's message."""
-        _lib.progress_stage_update(
-            self._handle(), _lib.encode(task_id), stage, status, progress, _lib.encode(message)
-        )
+        engine = self._handle()
+        try:
+            _lib.progress_stage_update(engine, _lib.encode(task_id), stage, status, progress, _lib.encode(message))
+        except ProgressError as error:
+            self._refused(task_id, error)
+            return
         if status == StageStatus.FAILED:
             self._finished(task_id)
 
@@ -214,32 +270,53 @@ class ProgressTracker:
         Without a message this is the hot path: two stores into the task's step counter, which the
         engine applies within throttle_ms, and before anything that must follow it (a stage change,
         a log entry, a read of the task, complete / fail / cancel / close). A pair the engine then
-        cannot apply (the task or its stage already finished) is not raised here: it is counted in
-        stats()["invalid_updates"] and logged in the task's log. With a message, or for a pair that
-        is out of range, the engine is called at once (and raises)."""
+        cannot apply (the task or its stage already finished) is not raised even when strict: it is
+        counted in stats()["invalid_updates"] and logged in the task's log. With a message, or for a
+        pair that is out of range, the engine is called at once (a refusal as described in the class)."""
         if message is None and 0 <= step <= total_steps > 0:
             try:  # cheaper than .get() while the counter exists, which is every call but the first
                 counter = self._counters[task_id]
             except KeyError:
-                self._counter(task_id, step, total_steps)
+                self._first_counter_update(task_id, step, total_steps)
                 return
             counter[1] = total_steps
             counter[0] = step
             return
         self._update_progress_slow(task_id, step, total_steps, message)
 
+    def _first_counter_update(self, task_id: str, step: int, total_steps: int) -> None:
+        self._handle()  # a closed tracker raises here, outside the `try`
+        try:
+            self._counter(task_id, step, total_steps)
+        except ProgressError as error:  # the attach: an unknown or finished task
+            self._refused(task_id, error)
+
     def _update_progress_slow(self, task_id: str, step: int, total_steps: int, message: Optional[str]) -> None:
+        engine = self._handle()
+        # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
+        step, total_steps = operator.index(step), operator.index(total_steps)
         if 0 <= step <= total_steps > 0:
             # The counter first, so it holds this same pair: whatever the engine does with an attached
             # counter on a direct update, an older value in it can never be applied after this one.
             self._write_counter(task_id, step, total_steps)
-        _lib.progress_update(self._handle(), _lib.encode(task_id), step, total_steps, _lib.encode(message))
+        try:
+            _lib.progress_update(engine, _lib.encode(task_id), step, total_steps, _lib.encode(message))
+        except ProgressError as error:
+            self._refused(task_id, error)
 
     def stepper(self, task_id: str, total_steps: int) -> "StepCounter":
         """A StepCounter for the task's sampling loop, starting at step 0 of total_steps: the
-        cheapest way to report steps (see StepCounter)."""
-        _check_steps(0, total_steps)
-        return StepCounter(self, task_id, self._counter(task_id, 0, total_steps))
+        cheapest way to report steps (see StepCounter). When refused (total_steps < 1, an unknown or
+        finished task) and not strict, the counter works but reports nowhere."""
+        engine = self._handle()
+        if total_steps > 0:
+            try:
+                return StepCounter(self, task_id, self._counter(task_id, 0, total_steps))
+            except ProgressError as error:
+                self._refused(task_id, error)
+        else:
+            self._refuse_steps(engine, task_id, 0, total_steps)
+        return StepCounter(self, task_id, _unattached_counter(0, total_steps))
 
     def complete_task_sync(self, task_id: str) -> None:
         """Completes the task: open stages complete, overall_progress 100, status "completed", and a
@@ -268,7 +345,11 @@ class ProgressTracker:
 
     def log_sync(self, task_id: str, level: Union[LogLevel, int, str], message: str) -> None:
         """Appends to the task's log; level is a LogLevel or its name ("info")."""
-        _lib.progress_log(self._handle(), _lib.encode(task_id), _log_level(level), _lib.encode(message))
+        engine, level = self._handle(), _log_level(level)
+        try:
+            _lib.progress_log(engine, _lib.encode(task_id), level, _lib.encode(message))
+        except ProgressError as error:
+            self._refused(task_id, error)
 
     def get_logs_sync(
         self,
@@ -300,8 +381,13 @@ class ProgressTracker:
             step, total_steps = data.get("step"), data.get("total_steps")
             if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
+        engine = self._handle()
         data_json = data if data is None or isinstance(data, str) else json.dumps(data)
-        _lib.progress_event(self._handle(), _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
+        try:
+            _lib.progress_event(engine, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
+        except ProgressError as error:
+            self._refused(task_id, error)
+            return
         if event in _FINISHING_EVENTS:
             self._finished(task_id)
 
@@ -309,11 +395,14 @@ class ProgressTracker:
         """Offers the task's current image as a preview: a uint8 array (H×W, H×W×3, H×W×4), a PIL image,
         or a (buffer, width, height, channels) tuple. The engine keeps it only when a milestone (or every
         N steps) is due, encodes it off this thread and sets the task's preview_url; otherwise the call
-        changes nothing. A task that already finished raises StateError."""
-        pixels, width, height, channels = to_pixels(image)
-        _lib.progress_preview_pixels(
-            self._handle(), _lib.encode(task_id), pixels, width, height, width * channels, channels
-        )
+        changes nothing. A bad image (InvalidArgumentError) or a finished task (StateError) is a refusal
+        as described in the class; an object of another type raises TypeError."""
+        engine = self._handle()
+        try:
+            pixels, width, height, channels = to_pixels(image)
+            _lib.progress_preview_pixels(engine, _lib.encode(task_id), pixels, width, height, width * channels, channels)
+        except ProgressError as error:
+            self._refused(task_id, error)
 
     # ---- templates, engine ----------------------------------------------------------------------
 
@@ -399,7 +488,8 @@ class StepCounter:
     cancel, and on close.
 
     As with tqdm, counting past total_steps is not an error here; the engine skips (and counts in
-    stats()["invalid_updates"]) pairs it cannot apply.
+    stats()["invalid_updates"]) pairs it cannot apply. set() with a pair out of range is a refusal as
+    described in ProgressTracker.
     """
 
     __slots__ = ("_tracker", "task_id", "_counter")
@@ -418,7 +508,10 @@ class StepCounter:
         """Sets the step (and total_steps, when given)."""
         counter = self._counter
         total_steps = counter[1] if total_steps is None else total_steps
-        _check_steps(step, total_steps)
+        if not 0 <= step <= total_steps > 0:
+            tracker = self._tracker
+            tracker._refuse_steps(tracker._handle(), self.task_id, step, total_steps)
+            return
         counter[1] = total_steps
         counter[0] = step
 
@@ -440,6 +533,11 @@ class StepCounter:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.detach()
+
+
+def _unattached_counter(step: int, total_steps: int) -> memoryview:
+    """A counter no engine reads: what a refused stepper() counts into, so the loop runs on."""
+    return memoryview((ctypes.c_longlong * 2)(step, total_steps)).cast("B").cast("q")
 
 
 class ETAPredictor:

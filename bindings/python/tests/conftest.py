@@ -32,6 +32,13 @@ def tracker():
 
 
 @pytest.fixture
+def strict_tracker():
+    """As `tracker`, but a refused update raises (ProgressTracker(strict=True)) instead of warning."""
+    with ProgressTracker(throttle_ms=THROTTLE_MS, strict=True) as opened:
+        yield opened
+
+
+@pytest.fixture
 def throttle_ms() -> int:
     return THROTTLE_MS
 

@@ -74,8 +74,8 @@ def test_callback_is_awaitable_and_plain(tracker, throttle_ms, poll):
     assert tracker.get_task_progress_sync("ctx")["status"] == "completed"
 
 
-def test_callback_errors_raise_at_the_call(tracker):
-    with context(tracker) as ctx:
+def test_callback_errors_raise_at_the_call_when_strict(strict_tracker):
+    with context(strict_tracker) as ctx:
         callback = ctx.get_callback()
         with pytest.raises(ValueError, match="step"):  # JSONError is a ValueError
             callback("execution_progress", {"step": 1})

@@ -1,4 +1,5 @@
-"""Bad input raises the mapped exception with the engine's message, and changes nothing."""
+"""Bad input raises the mapped exception with the engine's message, and changes nothing. The runner-facing
+calls raise only on a strict tracker (test_runner_safe.py has the default), so every tracker here is strict."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import pytest
 import progress_engine as pe
 from progress_engine import _lib
 from progress_engine.errors import STATUS_NAMES
+
+
+@pytest.fixture
+def tracker(strict_tracker):
+    return strict_tracker
 
 
 @pytest.fixture
@@ -306,7 +312,7 @@ try:
 except BlockingIOError:
     pass
 os.set_blocking(2, True)
-t = pe.ProgressTracker()
+t = pe.ProgressTracker(strict=True)
 worst = 0.0
 for i in range(3):
     start = time.perf_counter()

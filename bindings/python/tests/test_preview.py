@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from progress_engine import InvalidArgumentError
+from progress_engine import InvalidArgumentError, ProgressWarning
 from progress_engine.preview import to_pixels
 
 
@@ -91,7 +91,8 @@ def test_update_preview_reaches_the_engine(tracker, task):
     before = tracker.get_task_progress_sync(task)
     tracker.update_preview_sync(task, (bytes(2 * 2 * 3), 2, 2, 3))
     tracker.update_preview_sync(task, FakePILImage("RGBA", (1, 1), bytes(4)))
-    with pytest.raises(InvalidArgumentError):
+    with pytest.warns(ProgressWarning, match="needs 12") as shown:  # a refusal: the runner goes on
         tracker.update_preview_sync(task, (bytes(3), 2, 2, 3))
+    assert isinstance(shown[0].message.error, InvalidArgumentError)
     asyncio.run(tracker.update_preview(task_id=task, image=(bytes(4), 2, 2, 1)))  # the seed's awaitable form
     assert tracker.get_task_progress_sync(task) == before

@@ -623,7 +623,8 @@ def test_bad_pixel_arguments_are_refused_by_the_engine(ptracker, preview_dir, ar
         "float32",
     ],
 )
-def test_bad_images_are_refused_by_the_binding(ptracker, preview_dir, image):
+def test_bad_images_are_refused_by_the_binding(open_tracker, preview_dir, image):
+    ptracker = open_tracker(strict=True)
     if image == "zeros(0, 0, 3)":
         image = np.zeros((0, 0, 3), np.uint8)
     elif image == "zeros(4, 4, 2)":
@@ -638,7 +639,8 @@ def test_bad_images_are_refused_by_the_binding(ptracker, preview_dir, image):
     assert_task_goes_on(ptracker, "t")
 
 
-def test_unknown_and_finished_tasks(ptracker):
+def test_unknown_and_finished_tasks(open_tracker):
+    ptracker = open_tracker(strict=True)
     with pytest.raises(NotFoundError):
         ptracker.update_preview_sync("nope", make_image(8, 8, 3))
     ptracker.create_task_progress_sync("t", FLAT)

@@ -224,6 +224,7 @@ def test_runner_figures_without_a_sampler_reading(rtracker):
     ],
 )
 def test_bad_runner_figures_change_nothing(rtracker, data, error):
+    rtracker.strict = True
     start(rtracker, "t")
     rtracker.send_event_sync("t", "resources", {"cpu_percent": 3, "memory_mb": 30})
     before = rtracker.get_task_progress_sync("t")
@@ -235,6 +236,7 @@ def test_bad_runner_figures_change_nothing(rtracker, data, error):
 
 
 def test_finished_tasks_take_no_figures(rtracker):
+    rtracker.strict = True
     start(rtracker, "t")
     rtracker.complete_task_sync("t")
     with pytest.raises(StateError):

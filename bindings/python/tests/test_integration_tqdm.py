@@ -1,0 +1,302 @@
+"""progress_engine.integrations.tqdm with the real tqdm: bars a library creates inside report_tqdm move the
+task (tests/listener/test_listener_tqdm.py watches the same over REST and WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+tqdm_package = pytest.importorskip("tqdm")
+import tqdm.auto  # noqa: E402
+import tqdm.std  # noqa: E402
+
+import progress_engine as pe  # noqa: E402
+import tqdm_library  # noqa: E402
+from progress_engine.integrations import tqdm as integration  # noqa: E402
+from progress_engine.integrations.tqdm import report_tqdm  # noqa: E402
+
+
+@pytest.fixture
+def task(tracker):
+    tracker.create_task_progress_sync("job", "sdxl", "image_generation")
+    return "job"
+
+
+def stage(tracker, task_id="job"):
+    """(current stage index, its progress, its message); a read applies the step counter first."""
+    state = tracker.get_task_progress_sync(task_id)
+    current = state["stages"][str(state["current_stage"])]
+    return state["current_stage"], current["progress"], current["message"]
+
+
+GENERATION = 2  # image_generation's main stage, where update_progress puts the steps
+
+
+def test_a_library_bar_moves_the_task(tracker, task):
+    seen = []
+    with report_tqdm(task, tracker):
+        tqdm_library.denoise(20, on_step=lambda step: seen.append(stage(tracker)))
+    assert seen == [(GENERATION, step / 20, "Denoising") for step in range(1, 21)]
+    assert tracker.get_task_progress_sync(task)["status"] == "executing"  # the runner completes it, not the bar
+    assert tracker.stats_sync()["invalid_updates"] == 0
+
+
+def test_nested_bars_the_innermost_drives(tracker, task):
+    seen = {}
+    with report_tqdm(task, tracker):
+        tqdm_library.train(
+            epochs=3, batches=4,
+            on_batch=lambda epoch, batch: seen.setdefault((epoch, batch), stage(tracker)),
+            on_epoch=lambda epoch: seen.setdefault(epoch, stage(tracker)),
+        )
+    for epoch in (1, 2, 3):
+        for batch in (1, 2, 3, 4):
+            assert seen[epoch, batch] == (GENERATION, batch / 4, f"epoch {epoch}")
+        assert seen[epoch] == (GENERATION, pytest.approx(epoch / 3), "epochs")  # the batch bar closed
+
+
+def test_only_the_innermost_open_bar_drives(tracker, task):
+    with report_tqdm(task, tracker):
+        outer = tqdm.tqdm(total=10, desc="outer", file=io.StringIO())
+        inner = tqdm.auto.tqdm(total=4, desc="inner", file=io.StringIO())
+        inner.update(1)
+        outer.update(7)  # e.g. from another thread of the library: the inner bar is still the one shown
+        assert stage(tracker) == (GENERATION, 0.25, "inner")
+        inner.close()
+        assert stage(tracker) == (GENERATION, 0.7, "outer")
+        middle = tqdm.tqdm(total=5, desc="middle", file=io.StringIO())
+        innermost = tqdm.tqdm(total=2, desc="innermost", file=io.StringIO())
+        middle.close()  # closed out of order: the innermost still drives, then the outer again
+        innermost.update(1)
+        assert stage(tracker) == (GENERATION, 0.5, "innermost")
+        innermost.close()
+        assert stage(tracker) == (GENERATION, 0.7, "outer")
+        outer.close()
+
+
+def test_a_bar_dropped_without_close_stops_driving(tracker, task):
+    def leaky():  # a library that forgets close(): tqdm's __del__ closes the bar once it is dropped
+        bar = tqdm.tqdm(total=10, desc="leaked", file=io.StringIO())
+        bar.update(2)
+
+    with report_tqdm(task, tracker):
+        leaky()
+        assert stage(tracker) == (GENERATION, 0.2, "leaked")
+        bar = tqdm.tqdm(total=4, desc="next", file=io.StringIO())
+        bar.update(1)
+        bar.close()
+        assert stage(tracker) == (GENERATION, 0.25, "next")  # not the leaked bar's again
+
+
+def test_bars_of_other_threads_are_untouched(tracker, task):
+    made = {}
+
+    def elsewhere():
+        bar = tqdm.auto.tqdm(total=10, desc="other thread", file=io.StringIO())
+        bar.update(7)
+        made["type"] = type(bar)
+        bar.close()
+
+    with report_tqdm(task, tracker):
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        before = stage(tracker)
+        tqdm_library.denoise(4, desc="this thread", on_step=lambda step: None, file=io.StringIO())
+    assert made["type"] is type(tqdm.auto.tqdm(disable=True))  # a plain bar, not a reporting one
+    assert before[1:] == (0.0, None)  # nothing reported from the other thread
+    assert stage(tracker) == (GENERATION, 1.0, "this thread")
+
+
+def test_a_bar_without_total_counts_items_and_keeps_the_progress(tracker, task):
+    with report_tqdm(task, tracker):
+        tqdm_library.denoise(10, on_step=lambda step: None, file=io.StringIO())
+        assert tqdm_library.read(range(1234)) == 1234
+    assert stage(tracker) == (GENERATION, 1.0, "Reading: 1234 items")
+
+
+def test_bars_draw_as_before(tracker, task):
+    plain, reporting = io.StringIO(), io.StringIO()
+    tqdm_library.denoise(10, file=plain)
+    with report_tqdm(task, tracker):
+        tqdm_library.denoise(10, file=reporting)
+    for out in (plain.getvalue(), reporting.getvalue()):
+        assert "Denoising: 100%" in out and "10/10" in out, out
+
+
+def test_disabled_bars_report_too(tracker, task):
+    seen = []
+    with report_tqdm(task, tracker):
+        tqdm_library.denoise(5, desc="quiet", disable=True, on_step=lambda step: seen.append(stage(tracker)))
+        for _ in tqdm.std.tqdm(range(3), desc="quiet loop", disable=True):
+            pass
+    assert seen == [(GENERATION, step / 5, "quiet") for step in range(1, 6)]
+    assert stage(tracker) == (GENERATION, 1.0, "quiet loop")
+
+
+def test_overshoot_float_and_reset(tracker, task):
+    with report_tqdm(task, tracker):
+        bar = tqdm.tqdm(total=4, desc="over", file=io.StringIO())
+        bar.update(5)  # tqdm shows 125 %; the task shows its total
+        assert stage(tracker) == (GENERATION, 1.0, "over")
+        bar.reset(total=8)
+        bar.update(2)
+        assert stage(tracker)[1] == 0.25
+        bar.n = 6  # as some libraries move a bar, then redraw it
+        bar.refresh()
+        assert stage(tracker)[1] == 0.75
+        bar.close()
+        fraction = tqdm.tqdm(total=1.0, desc="fraction", file=io.StringIO())
+        fraction.update(0.25)
+        fraction.refresh()  # a float n is reported at the redraw, not per update
+        assert stage(tracker) == (GENERATION, 0.25, "fraction")
+        fraction.close()
+    assert tracker.stats_sync()["invalid_updates"] == 0
+
+
+def test_bars_after_the_block_or_left_open_stop_reporting(tracker, task):
+    with report_tqdm(task, tracker):
+        left_open = tqdm.tqdm(total=10, desc="left open", file=io.StringIO())
+        left_open.update(3)
+    assert type(left_open) is tqdm.std.tqdm  # a plain bar again
+    left_open.update(5)
+    left_open.close()
+    after = tqdm.tqdm(total=10, desc="after", file=io.StringIO())
+    after.update(9)
+    after.close()
+    assert stage(tracker) == (GENERATION, 0.3, "left open")
+
+
+def test_decorator_and_async(tracker, task):
+    @report_tqdm(task, tracker)
+    def generate(steps):
+        return tqdm_library.denoise(steps, desc="decorated", file=io.StringIO())
+
+    assert generate(6) == 6 and generate.__name__ == "generate"
+    assert stage(tracker) == (GENERATION, 1.0, "decorated")
+
+    @report_tqdm(task, tracker)
+    async def generate_async(steps):
+        await asyncio.sleep(0)
+        return tqdm_library.denoise(steps, desc="async", on_step=lambda step: seen.append(stage(tracker)),
+                                    file=io.StringIO())
+
+    seen = []
+    assert asyncio.run(generate_async(2)) == 2
+    assert seen == [(GENERATION, 0.5, "async"), (GENERATION, 1.0, "async")]
+
+
+def test_report_tqdm_is_per_asyncio_task(tracker):
+    for task_id in ("a", "b"):
+        tracker.create_task_progress_sync(task_id, "sdxl", "image_generation")
+
+    async def job(task_id, steps):
+        async with report_tqdm(task_id, tracker):
+            bar = tqdm.auto.tqdm(total=steps, desc=task_id, file=io.StringIO())
+            for _ in range(steps):
+                bar.update()
+                await asyncio.sleep(0.001)  # the other job's bar updates meanwhile
+            bar.close()
+
+    async def both():
+        await asyncio.gather(job("a", 4), job("b", 5))
+
+    asyncio.run(both())
+    assert stage(tracker, "a") == (GENERATION, 1.0, "a") and stage(tracker, "b") == (GENERATION, 1.0, "b")
+
+
+def test_drop_in_class(tracker, task):
+    from progress_engine.integrations.tqdm import tqdm as drop_in, trange
+
+    assert issubclass(drop_in, tqdm.auto.tqdm)
+    bar = drop_in(total=8, desc="drop-in", task_id=task, tracker=tracker, file=io.StringIO())
+    assert isinstance(bar, tqdm.auto.tqdm)
+    bar.update(2)
+    assert stage(tracker) == (GENERATION, 0.25, "drop-in")
+    bar.close()
+    plain = drop_in(total=8, desc="plain", file=io.StringIO())  # no task_id, no report_tqdm: a plain bar
+    plain.update(8)
+    plain.close()
+    assert stage(tracker) == (GENERATION, 0.25, "drop-in")
+    assert list(trange(3, desc="trange", task_id=task, tracker=tracker, file=io.StringIO())) == [0, 1, 2]
+    assert stage(tracker) == (GENERATION, 1.0, "trange")
+
+
+def test_an_unknown_task_warns_once_and_the_library_runs_on(tracker):
+    with pytest.warns(pe.ProgressWarning) as shown:
+        with report_tqdm("missing", tracker):
+            assert tqdm_library.denoise(5, file=io.StringIO()) == 5
+    assert [(w.message.task_id, type(w.message.error)) for w in shown] == [("missing", pe.NotFoundError)]
+
+
+def test_strict_tracker_raises(strict_tracker):
+    with pytest.raises(pe.NotFoundError):
+        with report_tqdm("missing", strict_tracker):
+            tqdm_library.denoise(5, file=io.StringIO())
+
+
+def test_default_tracker_and_argument_checks(no_engine_env, monkeypatch):
+    with pe.ProgressTracker() as tracker:
+        monkeypatch.setattr("progress_engine.integrations.tqdm.get_progress_tracker_sync", lambda: tracker)
+        tracker.create_task_progress_sync("job", "sdxl", "image_generation")
+        with report_tqdm("job"):
+            tqdm_library.denoise(3, file=io.StringIO())
+        assert stage(tracker) == (GENERATION, 1.0, "Denoising")
+    with pytest.raises(TypeError):
+        report_tqdm(42)
+    block = report_tqdm("job", tracker)
+    with pytest.raises(RuntimeError, match="already in use"):
+        with block, block:
+            pass
+
+
+def test_added_cost_is_a_counter_store(tracker, task):
+    """The reporting bar's update() is tqdm's own plus a store into the task's counter: no engine call
+    (stats' update count, which every progress_update bumps, does not move per update)."""
+    with report_tqdm(task, tracker):
+        bar = tqdm.tqdm(total=10_000, file=io.StringIO(), mininterval=3600)  # never redraws in this test
+        updates = tracker.stats_sync()["updates"]
+        for _ in range(5_000):
+            bar.update()
+        assert tracker.stats_sync()["updates"] - updates <= 5  # only the counter the engine reads
+        assert stage(tracker)[1] == 0.5
+        bar.close()
+
+
+def test_module_imports_without_tqdm():
+    """tqdm blocked in a fresh interpreter: the module imports; using it says what to install."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["tqdm"] = None  # as if it were not installed: any import of it raises ImportError
+        import progress_engine.integrations.tqdm as integration
+        from progress_engine.integrations.tqdm import report_tqdm
+        for use in (lambda: report_tqdm("job"), lambda: integration.tqdm, lambda: integration.trange):
+            try:
+                use()
+            except ImportError as exc:
+                assert "pip install tqdm" in str(exc), exc
+            else:
+                raise AssertionError("no ImportError")
+        try:
+            from progress_engine.integrations.tqdm import tqdm
+        except ImportError as exc:
+            assert "pip install tqdm" in str(exc), exc
+        else:
+            raise AssertionError("no ImportError")
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    assert integration.__doc__  # and here, with tqdm, the same module imports as usual

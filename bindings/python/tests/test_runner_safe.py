@@ -1,0 +1,251 @@
+"""Runner-safe by default: an update the engine refuses never raises into the runner's code. The call returns,
+the engine counts and logs the refusal, and one ProgressWarning per task and kind tells the user.
+ProgressTracker(strict=True) or PROGRESS_STRICT=1 raises instead (test_errors.py checks each exception there)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import warnings
+
+import pytest
+
+import progress_engine as pe
+from progress_engine import ProgressContext, ProgressTracker, ProgressWarning, StageStatus, track
+
+
+def refusals(record):
+    return [(w.message.task_id, type(w.message.error)) for w in record if issubclass(w.category, ProgressWarning)]
+
+
+@pytest.fixture
+def task(tracker):
+    tracker.create_task_progress_sync("t", "sdxl", "image_generation")
+    tracker.update_stage_sync("t", 1, StageStatus.IN_PROGRESS, 0.25, message="loading")
+    return "t"
+
+
+def invalid_updates(tracker):
+    return tracker.stats_sync()["invalid_updates"]
+
+
+def off_by_one_generation(tracker):
+    """The issue's runner: a sampler that reports one step past its total, inside ProgressContext."""
+
+    async def generate():
+        async with ProgressContext(tracker, "render", "sdxl", "image_generation") as ctx:
+            callback = ctx.get_callback()
+            for step in range(1, 31):
+                await callback("execution_progress", {"step": step, "total_steps": 29})
+            return "image"
+
+    return asyncio.run(generate())
+
+
+def test_the_off_by_one_loop_runs_to_its_end_and_the_task_completes(tracker):
+    with pytest.warns(ProgressWarning) as shown:
+        assert off_by_one_generation(tracker) == "image"
+    assert refusals(shown) == [("render", pe.RangeError)]
+    assert "step 30 of total_steps 29" in str(shown[0].message)
+    assert shown[0].filename == __file__  # points at the runner's line, not at the binding
+    task = tracker.get_task_progress_sync("render")
+    assert task["status"] == "completed" and task["error"] is None
+    assert invalid_updates(tracker) == 1  # refused and counted by the engine
+    warnings_logged = [e["message"] for e in tracker.get_logs_sync("render", level="warning")["logs"]]
+    assert len(warnings_logged) == 1 and "PROGRESS_E_RANGE" in warnings_logged[0]
+
+
+def test_the_off_by_one_loop_raises_when_strict(strict_tracker):
+    with pytest.raises(pe.RangeError, match="step 30 of total_steps 29"):
+        off_by_one_generation(strict_tracker)
+    task = strict_tracker.get_task_progress_sync("render")
+    assert task["status"] == "failed" and "step 30" in task["error"]
+
+
+def test_one_warning_per_task_and_kind(tracker):
+    for task_id in ("a", "b"):
+        tracker.create_task_progress_sync(task_id, "sdxl")
+        tracker.update_progress_sync(task_id, 1, 3, message="one")
+    before = {task_id: tracker.get_task_progress_sync(task_id) for task_id in ("a", "b")}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")  # Python's own once-per-line filter must not be what hides repeats
+        for _ in range(3):
+            for task_id in ("a", "b"):
+                tracker.update_progress_sync(task_id, 5, 3)  # RangeError
+                tracker.update_stage_sync(task_id, 9, StageStatus.IN_PROGRESS, 0.5)  # RangeError too
+                tracker.send_event_sync(task_id, "log", "{not json")  # JSONError
+    assert sorted(refusals(record), key=str) == sorted(
+        [("a", pe.RangeError), ("a", pe.JSONError), ("b", pe.RangeError), ("b", pe.JSONError)], key=str
+    )
+    assert invalid_updates(tracker) == 3 * 2 * 3
+    assert {task_id: tracker.get_task_progress_sync(task_id) for task_id in ("a", "b")} == before
+
+
+def arun(awaitable):
+    """Awaits it from a coroutine of this file, as a runner does (the warning points at that line)."""
+
+    async def runner():
+        await awaitable
+
+    asyncio.run(runner())
+
+
+def _image():
+    return (bytes(2 * 2 * 3), 2, 2, 3)
+
+
+# (call, kind, counted by the engine): each a runner-facing call with data the engine or the binding refuses.
+REFUSED = {
+    "step past total (counter path)": (lambda t: t.update_progress_sync("t", 5, 3), pe.RangeError, True),
+    "step past total, message": (lambda t: t.update_progress_sync("t", 5, 3, message="m"), pe.RangeError, True),
+    "negative step": (lambda t: t.update_progress_sync("t", -1, 3), pe.RangeError, True),
+    "unknown task (counter attach)": (lambda t: t.update_progress_sync("nope", 1, 3), pe.NotFoundError, False),
+    "unknown task, message": (lambda t: t.update_progress_sync("nope", 1, 3, message="m"), pe.NotFoundError, True),
+    "NaN stage progress": (
+        lambda t: t.update_stage_sync("t", 1, StageStatus.IN_PROGRESS, math.nan), pe.RangeError, True),
+    "stage index": (lambda t: t.update_stage_sync("t", 99, StageStatus.IN_PROGRESS, 0.5), pe.RangeError, True),
+    "log of an unknown task": (lambda t: t.log_sync("nope", "info", "x"), pe.NotFoundError, False),
+    "NaN in event data": (
+        lambda t: t.send_event_sync("t", "resources", {"cpu_percent": math.nan}), pe.JSONError, True),
+    "callback NaN step": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress",
+                                                                 {"step": math.nan, "total_steps": 3}),
+        pe.JSONError, True),
+    "callback step past total": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress", {"step": 4, "total_steps": 3}),
+        pe.RangeError, True),
+    "bad image": (lambda t: t.update_preview_sync("t", (bytes(3), 2, 2, 3)), pe.InvalidArgumentError, False),
+    "preview of an unknown task": (lambda t: t.update_preview_sync("nope", _image()), pe.NotFoundError, False),
+    "stepper with total 0": (lambda t: t.stepper("t", 0).update(), pe.RangeError, True),
+    "stepper of an unknown task": (lambda t: t.stepper("nope", 10).update(), pe.NotFoundError, False),
+    "StepCounter.set past total": (lambda t: t.stepper("t", 10).set(11), pe.RangeError, True),  # after stepper()
+    "async update_progress": (
+        lambda t: arun(t.update_progress("t", 5, 3, message="m")), pe.RangeError, True),
+    "async update_stage": (lambda t: arun(t.update_stage("t", 99)), pe.RangeError, True),
+    "async log": (lambda t: arun(t.log("nope", "info", "x")), pe.NotFoundError, False),
+    "async send_event": (lambda t: arun(t.send_event("t", "log", "{bad")), pe.JSONError, True),
+    "async update_preview": (lambda t: arun(t.update_preview("nope", _image())), pe.NotFoundError, False),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_each_runner_call_returns_and_warns(tracker, task, case):
+    call, kind, counted = REFUSED[case]
+    if case.startswith("StepCounter"):
+        tracker.stepper(task, 10)  # its attach at step 0 is a change; the refused set() that follows is not
+    before, invalid = tracker.get_task_progress_sync(task), invalid_updates(tracker)
+    with pytest.warns(ProgressWarning) as shown:
+        call(tracker)
+    assert [type(w.message.error) for w in shown] == [kind]
+    assert shown[0].filename == __file__
+    assert tracker.get_task_progress_sync(task) == before
+    assert invalid_updates(tracker) == invalid + counted
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_each_runner_call_raises_when_strict(strict_tracker, case):
+    call, kind, _ = REFUSED[case]
+    strict_tracker.create_task_progress_sync("t", "sdxl", "image_generation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProgressWarning)
+        with pytest.raises(kind):
+            call(strict_tracker)
+
+
+def test_updates_after_completion_do_not_raise(tracker, task):
+    tracker.complete_task_sync(task)
+    done = tracker.get_task_progress_sync(task)
+    with pytest.warns(ProgressWarning) as shown:
+        tracker.update_progress_sync(task, 2, 3, message="late")
+        tracker.update_stage_sync(task, 2, StageStatus.IN_PROGRESS, 0.5)
+        tracker.send_event_sync(task, "execution_progress", {"step": 2, "total_steps": 3, "message": "late"})
+        tracker.update_preview_sync(task, _image())
+        tracker.log_sync(task, "info", "late")
+    assert refusals(shown) == [(task, pe.StateError)]  # five refusals of one kind: one warning
+    assert tracker.get_task_progress_sync(task) == done
+
+
+def test_a_refused_stepper_counts_into_nothing(tracker, task):
+    before = tracker.get_task_progress_sync(task)
+    with pytest.warns(ProgressWarning):
+        steps = tracker.stepper("nope", 10)
+    for _ in range(4):
+        steps.update()
+    assert steps.step == 4
+    steps.detach()
+    assert tracker.get_task_progress_sync(task) == before and tracker.stats_sync()["attached_counters"] == 0
+
+
+def test_track_goes_on_when_its_task_is_finished_elsewhere(tracker):
+    seen = []
+    with pytest.warns(ProgressWarning) as shown:
+        for item in track(range(5), task_id="loop", tracker=tracker):
+            seen.append(item)
+            if item == 1:
+                tracker.cancel_task_sync("loop", "cancelled by the user")
+    assert seen == [0, 1, 2, 3, 4]
+    assert refusals(shown) == [("loop", pe.StateError)]  # track's own complete() at the end
+    assert tracker.get_task_progress_sync("loop")["status"] == "cancelled"
+
+
+def test_programming_errors_and_other_calls_still_raise(tracker, task):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProgressWarning)  # none of these may be turned into a warning
+        with pytest.raises(TypeError):
+            tracker.update_progress_sync(123, 1, 2, message="m")
+        for step in (1.5, math.nan):
+            with pytest.raises(TypeError):
+                tracker.update_progress_sync(task, step, 2)
+            with pytest.raises(TypeError):
+                tracker.update_progress_sync(task, step, 2, message="m")
+        with pytest.raises(TypeError):
+            tracker.update_preview_sync(task, "not an image")
+        with pytest.raises(pe.InvalidArgumentError, match="loud"):
+            tracker.log_sync(task, "loud", "x")
+        with pytest.raises(pe.NotFoundError):
+            tracker.get_task_progress_sync("nope")  # reads raise
+        with pytest.raises(pe.NotFoundError):
+            tracker.complete_task_sync("nope")
+        with pytest.raises(pe.ExistsError):
+            tracker.create_task_progress_sync(task, "sdxl")
+
+
+def test_a_closed_tracker_raises():
+    tracker = ProgressTracker()
+    tracker.create_task_progress_sync("t", "sdxl")
+    steps = tracker.stepper("t", 10)
+    tracker.close()
+    for call in (
+        lambda: tracker.update_progress_sync("t", 1, 2),
+        lambda: tracker.update_progress_sync("t", 5, 2),
+        lambda: tracker.update_progress_sync("u", 1, 2),
+        lambda: tracker.update_stage_sync("t", 1),
+        lambda: tracker.log_sync("t", "info", "x"),
+        lambda: tracker.send_event_sync("t", "log", "{}"),
+        lambda: tracker.update_preview_sync("t", _image()),
+        lambda: tracker.stepper("t", 10),
+        lambda: steps.set(11),
+        lambda: list(track([1], task_id="t2", tracker=tracker)),
+    ):
+        with pytest.raises(pe.StateError, match="closed"):
+            call()
+
+
+@pytest.mark.parametrize("value, strict", [("1", True), ("true", True), ("0", False), ("", False), (None, False)])
+def test_progress_strict_variable(monkeypatch, value, strict):
+    if value is None:
+        monkeypatch.delenv("PROGRESS_STRICT", raising=False)
+    else:
+        monkeypatch.setenv("PROGRESS_STRICT", value)
+    with ProgressTracker() as tracker:
+        assert tracker.strict is strict
+        tracker.create_task_progress_sync("t", "sdxl")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ProgressWarning)
+            if strict:
+                with pytest.raises(pe.RangeError):
+                    tracker.update_progress_sync("t", 5, 3)
+            else:
+                tracker.update_progress_sync("t", 5, 3)
+    with ProgressTracker(strict=not strict) as explicit:  # the argument wins over the variable
+        assert explicit.strict is (not strict)
