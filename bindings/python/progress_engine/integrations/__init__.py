@@ -1,0 +1,1 @@
+"""Integrations with the libraries runners already use; each module imports without its library."""
