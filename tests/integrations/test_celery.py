@@ -117,3 +117,38 @@ def wait_for_executing(port: int, task_ids, timeout: float = 30) -> None:
     def executing():
         return all(http_get(port, f"/api/v1/progress/tasks/{t}")[1].get("status") == "executing" for t in task_ids)
     wait_until(executing, timeout=timeout, interval=0.05, what="the three blockers to run")
+
+
+def test_terminated_task_is_cancelled_and_the_new_child_reports(fleet, worker, client):
+    # revoke(terminate=True) kills the pool child running the task: the worker's main process cancels the task
+    # (opening its own tracker), and the pool forks a child to replace the dead one from that main process, which
+    # must then open a tracker of its own.
+    server = fleet[2]
+    ws = subscribe_all(server.port)
+    try:
+        before = pool_children(worker)
+        doomed = client.send_task("celery_app.count", args=(50, 0.1))
+        wait_until(lambda: http_get(server.port, f"/api/v1/progress/tasks/{doomed.id}")[1].get("stages", {})
+                   .get("1", {}).get("progress", 0) >= 3 / 50, timeout=30, what="three steps")
+        doomed.revoke(terminate=True)
+        msgs = until_finished(ws, [doomed.id], worker, server, fleet[1])
+        replaced = wait_until(lambda: (lambda now: now - before if len(now) == 3 and now - before else None)(
+            pool_children(worker)), timeout=30, what="the pool to replace the killed child")
+        after = [client.send_task("celery_app.count", args=(6, 0.2)) for _ in range(3)]
+        msgs = until_finished(ws, [a.id for a in after], worker, server, fleet[1], into=msgs)
+    finally:
+        ws.close()
+    final = updates_of(msgs, doomed.id)[-1]["data"]
+    assert final["status"] == "cancelled" and final["error"] == "terminated (signal 15)", final
+    assert 3 / 50 <= final["stages"]["1"]["progress"] < 1, final
+    for a in after:
+        assert updates_of(msgs, a.id)[-1]["data"]["status"] == "completed"
+    pids = [a.get(timeout=30) for a in after]
+    assert len(set(pids)) == 3 and replaced <= set(pids), (pids, replaced)
+
+
+def pool_children(worker) -> set:
+    """The pids of the worker's pool processes (children of its main process)."""
+    pid = worker.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
