@@ -17,7 +17,7 @@ Each run of a ProgressTask is one engine task: created at `task_prerun` with the
 and `progress_template` (default: the task's name) as its template, moved into its first working stage
 (past a "queue" stage, since the worker now runs it), completed at `task_success`, failed at
 `task_failure` with the exception's text, and cancelled at `task_revoked` (a revoked task that never ran
-is created to show it). A retried task resumes its own task.
+is created to show it). A retried task resumes its own task (`task_retry` logs why it waits).
 
 Every worker process opens its own tracker, with `app.conf.progress_engine` as its configuration (else
 the environment, as `get_progress_tracker()`): give it `redis_url` and no `listen`, and a
@@ -34,7 +34,7 @@ import threading
 from typing import Any, Dict, Optional
 
 from ..default import _config_from_env
-from ..errors import StateError
+from ..errors import NotFoundError, StateError
 from ..model import StageStatus
 from ..tracker import ProgressTracker
 
@@ -107,16 +107,23 @@ else:
 
         def progress(self, step: int, total: int, message: Optional[str] = None) -> None:
             """Sets the current stage's progress to step / total (tqdm-like: call it every step; without a
-            message it costs a memory store)."""
-            self.tracker.update_progress_sync(self.request.id, step, total, message)
+            message it costs a memory store). Like stage() and log(), does nothing when the task body is
+            called directly, as a function (no Celery request, so no engine task)."""
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.update_progress_sync(task_id, step, total, message)
 
         def stage(self, name: str, message: Optional[str] = None) -> None:
             """Enters the template's stage `name` (earlier open stages complete)."""
-            self.tracker.send_event_sync(self.request.id, name, None if message is None else {"message": message})
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.send_event_sync(task_id, name, None if message is None else {"message": message})
 
         def log(self, level: str, message: str) -> None:
             """Appends to the task's log ("debug", "info", "warning", "error")."""
-            self.tracker.log_sync(self.request.id, level, message)
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.log_sync(task_id, level, message)
 
     def _on_prerun(sender: Any = None, task_id: Optional[str] = None, **_: Any) -> None:
         if not isinstance(sender, ProgressTask) or task_id is None:
@@ -148,6 +155,14 @@ else:
             except StateError:
                 pass
 
+    def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+        # The task stays executing until its next attempt, which resumes it (task_prerun): say why it waits.
+        if isinstance(sender, ProgressTask) and request is not None and request.id is not None:
+            try:
+                _tracker(sender.app).log_sync(request.id, "warning", f"retrying: {reason}")
+            except NotFoundError:
+                pass  # sent by the worker's main process (a child lost), which does not hold the task
+
     def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
                     expired: bool = False, **_: Any) -> None:
         # Sent in the worker's main process, which does not hold the task: resume takes it over from
@@ -170,5 +185,6 @@ else:
     _signals.task_prerun.connect(_on_prerun, dispatch_uid="progress_engine.prerun")
     _signals.task_success.connect(_on_success, dispatch_uid="progress_engine.success")
     _signals.task_failure.connect(_on_failure, dispatch_uid="progress_engine.failure")
+    _signals.task_retry.connect(_on_retry, dispatch_uid="progress_engine.retry")
     _signals.task_revoked.connect(_on_revoked, dispatch_uid="progress_engine.revoked")
     _signals.worker_process_shutdown.connect(_close_own_tracker, dispatch_uid="progress_engine.shutdown")
