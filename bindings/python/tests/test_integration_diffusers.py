@@ -186,6 +186,29 @@ def test_callback_reports_every_step_and_previews_at_the_milestones(tmp_path):
         tracker.complete_task_sync("img")
 
 
+class AskedTracker(ProgressTracker):
+    """A tracker with preview_due (the binding's own arrives with issue 15's item 6): due at step 7 only, so the
+    one preview shows that the callback asks it instead of applying its milestone rule."""
+
+    asked = 0
+
+    def preview_due(self, task_id: str) -> bool:
+        self.asked += 1
+        return self.get_task_progress_sync(task_id)["stages"]["1"]["progress"] == 7 / 20
+
+
+def test_callback_asks_preview_due_when_the_tracker_has_it(tmp_path):
+    with AskedTracker(preview_dir=str(tmp_path)) as tracker:
+        tracker.create_task_progress_sync("img", "sd15")
+        DenoisingLoop(latents_of_step)(20, callback_on_step_end=ProgressCallback("img", tracker))
+        assert tracker.asked == 20
+        wait_previews(tracker, 1)
+        tracker.complete_task_sync("img")
+    [png] = tmp_path.glob("*.png")  # step 7 is past the 25 % milestone, which the engine then takes
+    with Image.open(png) as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), latents_to_rgb(latents_of_step(6), "sd1"))
+
+
 def test_tensor_inputs_and_preview_none(tmp_path):
     assert ProgressCallback.tensor_inputs == ["latents"]
     with ProgressTracker(preview_dir=str(tmp_path)) as tracker:
