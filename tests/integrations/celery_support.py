@@ -120,8 +120,8 @@ def updates_of(msgs: List[dict], task_id: str) -> List[dict]:
 
 def until_finished(ws, task_ids, worker: "Worker", server: "ProgressServer", redis: RedisServer,
                    timeout: float = 60, into: Optional[List[dict]] = None) -> List[dict]:
-    """The WebSocket's messages (appended to `into`) until every task finished; on a timeout, an AssertionError with what each task
-    last showed there, on the listener's REST API and in Redis, and the worker's log."""
+    """The WebSocket's messages (appended to `into`) until every task finished; on a timeout, an AssertionError
+    with what each task last showed there, on the listener's REST API and in Redis, and the worker's log."""
     msgs: List[dict] = [] if into is None else into
     try:
         return ws_until(ws, lambda m: finished(m, task_ids), timeout=timeout, into=msgs)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from celery_support import HERE, Worker, fleet, http_get, subscribe_all, until_finished, updates_of, wait_until  # noqa: F401
+from celery_support import (HERE, Worker, fleet, http_get, subscribe_all, until_finished,  # noqa: F401
+                            updates_of, wait_until)
 
 N = 12
 

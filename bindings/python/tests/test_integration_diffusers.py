@@ -181,7 +181,8 @@ def test_callback_reports_every_step_and_previews_at_the_milestones(tmp_path):
             [png] = tmp_path.glob(f"*_{milestone}.png")
             with Image.open(png) as image:
                 assert image.size == (8, 8)
-                assert np.array_equal(np.asarray(image.convert("RGB")), latents_to_rgb(latents_of_step(step - 1), "sd1"))
+                expected = latents_to_rgb(latents_of_step(step - 1), "sd1")
+                assert np.array_equal(np.asarray(image.convert("RGB")), expected)
         assert len(list(tmp_path.glob("*.png"))) == 3
         tracker.complete_task_sync("img")
 

@@ -56,7 +56,8 @@ def test_diffusers_integration_without_numpy_or_torch():
                 callback(Pipe(), i, 999 - i, {"latents": None})
             print(tracker.get_task_progress_sync("t")["stages"]["1"]["progress"])
     """)
-    assert out.count("ImportError: progress_engine.integrations.diffusers needs numpy for previews: pip install numpy") == 2, out
+    missing = "ImportError: progress_engine.integrations.diffusers needs numpy for previews: pip install numpy"
+    assert out.count(missing) == 2, out
     assert out.splitlines()[-1] == "1.0", out
 
 

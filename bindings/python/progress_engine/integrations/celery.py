@@ -29,12 +29,13 @@ This module imports without Celery; `ProgressTask` then raises an ImportError sa
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any, Dict, Optional
 
 from ..default import _config_from_env
-from ..errors import NotFoundError, StateError
+from ..errors import ExistsError, NotFoundError, StateError
 from ..model import StageStatus
 from ..tracker import ProgressTracker
 
@@ -66,7 +67,8 @@ def _tracker(app: Any) -> ProgressTracker:
                 for inherited in _trackers.values():
                     inherited._finalizer.detach()  # not at this process's exit either
                 config = app.conf.get("progress_engine")
-                tracker = _trackers[pid] = ProgressTracker(**(config if config is not None else _config_from_env()))
+                config = config if config is not None else _config_from_env()
+                tracker = _trackers[pid] = ProgressTracker(**config)
     return tracker
 
 
@@ -129,13 +131,15 @@ else:
         if not isinstance(sender, ProgressTask) or task_id is None:
             return
         tracker = _tracker(sender.app)
-        # resume: a retried task (same id, maybe another process) continues its task from Redis.
-        state = tracker.create_task_progress_sync(
-            task_id,
-            sender.progress_template or sender.name,
-            template_category=sender.progress_template_category,
-            resume=True,
-        )
+        create = functools.partial(tracker.create_task_progress_sync, task_id, sender.progress_template or sender.name,
+                                   template_category=sender.progress_template_category)
+        # A retry (same id, maybe in another process) resumes its task, from Redis if need be. A first attempt
+        # does not ask Redis (a round trip, up to 200 ms while Redis is down), unless this engine already holds
+        # that id (a message delivered again).
+        try:
+            state = create(resume=bool(sender.request.retries))
+        except ExistsError:
+            state = create(resume=True)
         if state["status"] == "queued":
             # The worker runs it now: the engine enters a first stage named "queue" at creation; leave it.
             first = 1 if state["stages"]["0"]["name"] == "queue" and state["total_stages"] > 1 else 0

@@ -102,7 +102,8 @@ def _numpy() -> Any:
     try:
         import numpy
     except ImportError:
-        raise ImportError("progress_engine.integrations.diffusers needs numpy for previews: pip install numpy") from None
+        raise ImportError(
+            "progress_engine.integrations.diffusers needs numpy for previews: pip install numpy") from None
     return numpy
 
 
