@@ -1,0 +1,194 @@
+"""Celery tasks that report into ProgressEngine.
+
+    from celery import Celery
+    from progress_engine.integrations.celery import ProgressTask
+
+    app = Celery("jobs", broker="redis://127.0.0.1:6379/0")
+    app.conf.progress_engine = {"redis_url": "redis://127.0.0.1:6379/0"}   # ProgressTracker(**this)
+
+    @app.task(base=ProgressTask, bind=True)
+    def render(self, frames):
+        for i in range(1, frames + 1):
+            ...
+            self.progress(i, frames, message=f"frame {i}")
+        self.stage("finalizing")
+
+Each run of a ProgressTask is one engine task: created at `task_prerun` with the Celery task id as its id
+and `progress_template` (default: the task's name) as its template, moved into its first working stage
+(past a "queue" stage, since the worker now runs it), completed at `task_success`, failed at
+`task_failure` with the exception's text, and cancelled at `task_revoked` (a revoked task that never ran
+is created to show it). A retried task resumes its own task (`task_retry` logs why it waits).
+
+Every worker process opens its own tracker, with `app.conf.progress_engine` as its configuration (else
+the environment, as `get_progress_tracker()`): give it `redis_url` and no `listen`, and a
+`progress-server --redis-url` on the same Redis shows every worker's tasks (the fleet topology of the
+README).
+
+This module imports without Celery; `ProgressTask` then raises an ImportError saying what to install.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Dict, Optional
+
+from ..default import _config_from_env
+from ..errors import ExistsError, NotFoundError, StateError
+from ..model import StageStatus
+from ..tracker import ProgressTracker
+
+try:
+    from celery import Task as _CeleryTask
+    from celery import signals as _signals
+except ImportError:  # the module stays importable; ProgressTask says what is missing
+    _CeleryTask = None
+    _signals = None
+
+_INSTALL = "progress_engine.integrations.celery needs Celery: pip install celery (and redis for a Redis broker)"
+
+# One tracker per process, keyed by pid. Celery's prefork pool forks its children from the worker's main
+# process, which may itself hold a tracker (it cancels revoked tasks). An engine opened before fork() is
+# not usable in the child (its writer thread does not exist there), so each process opens its own on
+# first use. The parent's tracker, inherited by a child, is kept referenced and never closed there:
+# closing it would join threads the child does not have.
+_trackers: Dict[int, ProgressTracker] = {}
+_lock = threading.Lock()
+
+
+def _tracker(app: Any) -> ProgressTracker:
+    pid = os.getpid()
+    tracker = _trackers.get(pid)
+    if tracker is None:
+        with _lock:
+            tracker = _trackers.get(pid)
+            if tracker is None:
+                for inherited in _trackers.values():
+                    inherited._finalizer.detach()  # not at this process's exit either
+                config = app.conf.get("progress_engine")
+                config = config if config is not None else _config_from_env()
+                tracker = _trackers[pid] = ProgressTracker(**config)
+    return tracker
+
+
+def _close_own_tracker(**_: Any) -> None:
+    # worker_process_shutdown: a pool child leaves through os._exit, so its tracker must flush to Redis now.
+    tracker = _trackers.pop(os.getpid(), None)
+    if tracker is not None:
+        tracker.close()
+
+
+def _error_text(exc: BaseException) -> str:
+    # As ProgressContext does: the exception's text, or its type when it has none.
+    return str(exc) or type(exc).__name__
+
+
+if _CeleryTask is None:
+
+    def __getattr__(name: str) -> Any:
+        if name == "ProgressTask":
+            raise ImportError(_INSTALL)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+else:
+
+    class ProgressTask(_CeleryTask):
+        """A Celery base task (`@app.task(base=ProgressTask, bind=True)`) whose runs are ProgressEngine tasks.
+
+        Class attributes, also settable as `app.task(...)` options: `progress_template` (the template id;
+        None: the task's name) and `progress_template_category`."""
+
+        progress_template: Optional[str] = None
+        progress_template_category: Optional[str] = None
+
+        @property
+        def tracker(self) -> ProgressTracker:
+            """This process's tracker (opened on first use, from `app.conf.progress_engine`)."""
+            return _tracker(self.app)
+
+        def progress(self, step: int, total: int, message: Optional[str] = None) -> None:
+            """Sets the current stage's progress to step / total (tqdm-like: call it every step; without a
+            message it costs a memory store). Like stage() and log(), does nothing when the task body is
+            called directly, as a function (no Celery request, so no engine task)."""
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.update_progress_sync(task_id, step, total, message)
+
+        def stage(self, name: str, message: Optional[str] = None) -> None:
+            """Enters the template's stage `name` (earlier open stages complete)."""
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.send_event_sync(task_id, name, None if message is None else {"message": message})
+
+        def log(self, level: str, message: str) -> None:
+            """Appends to the task's log ("debug", "info", "warning", "error")."""
+            task_id = self.request.id
+            if task_id is not None:
+                self.tracker.log_sync(task_id, level, message)
+
+    def _on_prerun(sender: Any = None, task_id: Optional[str] = None, **_: Any) -> None:
+        if not isinstance(sender, ProgressTask) or task_id is None:
+            return
+        tracker = _tracker(sender.app)
+        create = functools.partial(tracker.create_task_progress_sync, task_id, sender.progress_template or sender.name,
+                                   template_category=sender.progress_template_category)
+        # A retry (same id, maybe in another process) resumes its task, from Redis if need be. A first attempt
+        # does not ask Redis (a round trip, up to 200 ms while Redis is down), unless this engine already holds
+        # that id (a message delivered again).
+        try:
+            state = create(resume=bool(sender.request.retries))
+        except ExistsError:
+            state = create(resume=True)
+        if state["status"] == "queued":
+            # The worker runs it now: the engine enters a first stage named "queue" at creation; leave it.
+            first = 1 if state["stages"]["0"]["name"] == "queue" and state["total_stages"] > 1 else 0
+            tracker.update_stage_sync(task_id, first, StageStatus.IN_PROGRESS)
+
+    def _on_success(sender: Any = None, **_: Any) -> None:
+        if isinstance(sender, ProgressTask):
+            try:
+                _tracker(sender.app).complete_task_sync(sender.request.id)
+            except StateError:
+                pass  # the task body already finished it
+
+    def _on_failure(sender: Any = None, task_id: Optional[str] = None, exception: Any = None, **_: Any) -> None:
+        if isinstance(sender, ProgressTask) and task_id is not None:
+            try:
+                _tracker(sender.app).fail_task_sync(task_id, _error_text(exception) if exception else None)
+            except StateError:
+                pass
+
+    def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+        # The task stays executing until its next attempt, which resumes it (task_prerun): say why it waits.
+        if isinstance(sender, ProgressTask) and request is not None and request.id is not None:
+            try:
+                _tracker(sender.app).log_sync(request.id, "warning", f"retrying: {reason}")
+            except NotFoundError:
+                pass  # sent by the worker's main process (a child lost), which does not hold the task
+
+    def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+                    expired: bool = False, **_: Any) -> None:
+        # Sent in the worker's main process, which does not hold the task: resume takes it over from
+        # Redis (or creates it, for a task revoked before it ran) so the cancel is written like any change.
+        # After revoke(terminate=True) a write the killed child still had in flight can land later and win.
+        if not isinstance(sender, ProgressTask) or request is None:
+            return
+        tracker = _tracker(sender.app)
+        reason = "expired" if expired else f"terminated (signal {signum})" if terminated else "revoked"
+        try:
+            tracker.create_task_progress_sync(
+                request.id, sender.progress_template or sender.name,
+                template_category=sender.progress_template_category, resume=True,
+            )
+            tracker.cancel_task_sync(request.id, reason)
+        except StateError:
+            pass  # it finished before the revoke arrived
+
+    # dispatch_uid: importing this module again (a reload) does not connect a second copy.
+    _signals.task_prerun.connect(_on_prerun, dispatch_uid="progress_engine.prerun")
+    _signals.task_success.connect(_on_success, dispatch_uid="progress_engine.success")
+    _signals.task_failure.connect(_on_failure, dispatch_uid="progress_engine.failure")
+    _signals.task_retry.connect(_on_retry, dispatch_uid="progress_engine.retry")
+    _signals.task_revoked.connect(_on_revoked, dispatch_uid="progress_engine.revoked")
+    _signals.worker_process_shutdown.connect(_close_own_tracker, dispatch_uid="progress_engine.shutdown")

@@ -1,0 +1,63 @@
+"""ProgressTask's signal handlers in one process, without a broker or a worker: Celery's eager mode (task_always_eager,
+which tests of Celery apps use) sends the same task signals, so the task body's calls, a retry and a failure are
+checked here against an in-memory tracker. The prefork worker and the fleet are test_celery.py's."""
+
+from __future__ import annotations
+
+import pytest
+
+celery = pytest.importorskip("celery", reason="Celery is not installed (pip install celery)")
+
+from progress_engine.integrations.celery import ProgressTask  # noqa: E402
+
+app = celery.Celery("eager", broker="memory://", backend="cache+memory://")
+app.conf.task_always_eager = True
+app.conf.progress_engine = {}  # an in-memory tracker in this process
+attempts = []
+
+
+@app.task(base=ProgressTask, bind=True, max_retries=1, progress_template="flaky-v1")
+def flaky(self):
+    attempts.append(self.request.retries)
+    for i in range(1, 4):
+        self.progress(i, 6)
+    if self.request.retries == 0:
+        raise self.retry(exc=OSError("disk busy"), countdown=0)
+    for i in range(4, 7):
+        self.progress(i, 6, message=f"step {i}")
+    return "done"
+
+
+@app.task(base=ProgressTask, bind=True)
+def broken(self):
+    self.progress(1, 2)
+    raise KeyError("missing")
+
+
+def test_retry_resumes_the_same_task_and_completes():
+    result = flaky.apply()
+    assert result.get() == "done" and attempts == [0, 1]
+    tracker = flaky.tracker
+    state = tracker.get_task_progress_sync(result.id)
+    assert state["status"] == "completed" and state["template_id"] == "flaky-v1"
+    assert state["stages"]["1"]["message"] == "step 6"
+    messages = [e["message"] for e in tracker.get_logs_sync(result.id)["logs"]]
+    assert messages == ["retrying: Retry in 0s: OSError('disk busy')"], messages
+    events = [e["type"] for e in tracker.get_history_sync(result.id)["events"]]
+    assert "resumed" in events, events
+
+
+def test_failure_keeps_the_exception_text():
+    result = broken.apply()
+    assert result.failed()
+    state = broken.tracker.get_task_progress_sync(result.id)
+    assert state["status"] == "failed" and state["error"] == "'missing'", state
+    assert state["stages"]["1"]["progress"] == 0.5
+
+
+def test_a_direct_call_reports_nothing():
+    before = flaky.tracker.stats_sync()["tasks"]
+    attempts.clear()
+    with pytest.raises(OSError, match="disk busy"):
+        flaky()  # no request id: progress() does nothing; retry() called directly raises the exception
+    assert attempts == [0] and flaky.tracker.stats_sync()["tasks"] == before
