@@ -42,10 +42,9 @@ class ProgressServer:
     def __init__(self, folder: Path, redis_url: str) -> None:
         self.log = folder / "progress-server.log"
         config = folder / "progress-server.json"
-        # No resource sampling after the first: a listener stamps its own samples on the mirrored tasks, and a
-        # mirror whose seq so runs ahead ignores the runner's later states (tests/redis/test_fleet.py,
-        # test_mirror_takes_the_runners_states_after_a_resource_sample, xfail until the engine is fixed).
-        config.write_text(json.dumps({"throttle_ms": 20, "resource_interval_ms": 3_600_000}))
+        # The default resource sampling: the mirrors must follow their runners through it
+        # (tests/redis/test_fleet.py, test_mirror_takes_the_runners_states_after_a_resource_sample).
+        config.write_text(json.dumps({"throttle_ms": 20}))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([str(SERVER), "--listen", "127.0.0.1:0", "--redis-url", redis_url,
                                           "--config", str(config)], stdout=subprocess.DEVNULL, stderr=log)

@@ -188,8 +188,6 @@ def test_a_listener_learns_etas_from_the_fleets_completions(redis):
         assert state["eta_seconds"] is not None and 5 <= state["eta_seconds"] <= 20, state
 
 
-@pytest.mark.xfail(strict=True, reason="Engine.sampleResources stamps the listener's own samples on mirrors (status "
-                   "executing), each a new seq, so TaskRecord.applyRemote then drops the runner's states of lower seq")
 def test_mirror_takes_the_runners_states_after_a_resource_sample(redis):
     # A listener sampling every 10 ms, a runner that reports less often than that: what a real fleet does with the
     # default 1 s interval and steps a few seconds apart. The listener must end where the runner ends.

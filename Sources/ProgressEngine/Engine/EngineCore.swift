@@ -724,7 +724,9 @@ final class EngineCore: @unchecked Sendable {
         let quiet = EngineCore.quietRunnerSeconds(resourceIntervalMs: config.resourceIntervalMs)
         for shard in table.allShards {
             shard.withLock { state in
-                for task in state.tasks.values where task.status == .executing {
+                // Not a mirror: its process is another engine's, which samples and publishes it itself, and a
+                // sample of this process would move the mirror's seq past the runner's states (they'd be ignored).
+                for task in state.tasks.values where task.status == .executing && !task.isMirror {
                     let seq = task.seq, runnerAt = task.updatedAt
                     // Stamped at the task's latest event, like a finished preview: never ahead of the runner.
                     try? task.setResources(usage, fromRunner: false, at: task.lastTimestamp)

@@ -1,7 +1,11 @@
 // An engine with its listener running next to the host's own work: a task created, stepped and completed
 // through the Swift API, its changes streamed, its final state read back. The listener serves the dashboard and
 // the REST / WebSocket API until standard input ends (Enter, or Ctrl-D).
+import Glibc
 import ProgressEngine
+
+// Each line as soon as it is printed, also into a pipe (a supervisor, a test): stdout is block-buffered there.
+setvbuf(stdout, nil, _IOLBF, 0)
 
 let engine = try Engine(configJSON: #"{"listen": "127.0.0.1:0", "throttle_ms": 20}"#)
 print("listening on http://127.0.0.1:\(engine.port!)")
