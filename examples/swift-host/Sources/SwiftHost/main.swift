@@ -4,18 +4,22 @@
 import Glibc
 import ProgressEngine
 
-// Each line as soon as it is printed, also into a pipe (a supervisor, a test): stdout is block-buffered there.
-setvbuf(stdout, nil, _IOLBF, 0)
+/// One line on standard output at once, also into a pipe (a supervisor, a test), where print's stdio buffer
+/// would hold it until exit.
+func say(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(STDOUT_FILENO, $0, strlen($0)) }
+}
 
 let engine = try Engine(configJSON: #"{"listen": "127.0.0.1:0", "throttle_ms": 20}"#)
-print("listening on http://127.0.0.1:\(engine.port!)")
+say("listening on http://127.0.0.1:\(engine.port!)")
 
 // What a host that forwards updates over its own transport would do with each change.
 let forwarder = Task {
     var count = 0
     for await state in engine.changes(of: ["render-1"]) {
         count += 1
-        print("change seq=\(state.seq) status=\(state.status.rawValue) stage=\(state.currentStage) "
+        say("change seq=\(state.seq) status=\(state.status.rawValue) stage=\(state.currentStage) "
             + "overall=\(state.overallProgress)")
     }
     return count
@@ -31,8 +35,8 @@ try engine.complete("render-1")
 
 let changes = await forwarder.value
 let final = try engine.task("render-1")
-print("streamed \(changes) changes")
-print("final status=\(final.status.rawValue) overall=\(final.overallProgress) stages=\(final.stages.count)")
-print("serving until standard input ends", terminator: "\n")
+say("streamed \(changes) changes")
+say("final status=\(final.status.rawValue) overall=\(final.overallProgress) stages=\(final.stages.count)")
+say("serving until standard input ends")
 while readLine() != nil {}
 engine.close()
