@@ -497,8 +497,14 @@ final class EngineCore: @unchecked Sendable {
     @inline(__always)
     func noteChanged(_ task: TaskRecord) {
         if let listener { EngineCore.noteChange(task, listener) }
-        if watchers.isActive { watchers.note(task.id) }
+        if watchers.isActive { noteWatchers(task) }
         noteWriteOnly(task)
+    }
+
+    /// Out of line: only with a `changes(of:)` stream open, and the update path stays small without one.
+    @inline(never)
+    private func noteWatchers(_ task: TaskRecord) {
+        watchers.note(task.id)
     }
 
     /// A change for Redis only (the listener sends it with the task's next change). Under the shard lock.
