@@ -13,7 +13,7 @@
  *   failed call on that thread (what happened and what to do). The library owns that string; it stays
  *   valid until the next failing call on the same thread. Successful calls do not clear it.
  * - A rejected update (a bad value, a finished task or stage, bad event data, a counter pair that cannot be
- *   applied) changes nothing, is counted ("invalid_updates") and is logged: a warning in the task's log
+ *   applied, a log entry, preview or step counter refused) changes nothing, is counted ("invalid_updates") and is logged: a warning in the task's log
  *   ("rejected update (PROGRESS_E_…: why)"), at most one a second per task saying how many more were rejected
  *   since; an update of an unknown task, as a JSON line on standard error, at most one a second.
  * - Strings passed in are copied; the caller keeps ownership. Strings handed out through `char **out_json`

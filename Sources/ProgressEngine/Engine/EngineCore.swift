@@ -277,13 +277,28 @@ final class EngineCore: @unchecked Sendable {
         listener?.noteLog(taskId: task.id, entry: entry)
     }
 
-    /// A call rejected before it reached the task (bad event data): counted here (withTask counts the rest) and
-    /// logged in the task's log when the task exists.
+    /// A call rejected outside `withTask`'s update path (bad event data, a log entry, a preview or a step counter
+    /// refused): counted here (withTask counts the rest) and logged in the task's log when the task exists, else on
+    /// standard error like an update of an unknown task.
     private func rejectedBeforeTask(id: String, _ error: Error) {
         misses.add(1, ordering: .relaxed)
         let key = TaskKey(owning: id)
-        table.shard(for: key).withLock { shard in
-            if let task = shard.tasks[key] { logRejected(task, error, at: clock.now()) }
+        let held = table.shard(for: key).withLock { shard -> Bool in
+            guard let task = shard.tasks[key] else { return false }
+            logRejected(task, error, at: clock.now())
+            return true
+        }
+        if !held, let error = error as? EngineError { logRejectedUnknown(error) }
+    }
+
+    /// Runs a runner call that reaches its task without recording a change of its own (`withTask(isUpdate:
+    /// false)`), so that a refusal is counted and logged as a refused update is.
+    private func countingRefusal<R>(id: String, _ body: () throws -> R) throws -> R {
+        do {
+            return try body()
+        } catch {
+            rejectedBeforeTask(id: id, error)
+            throw error
         }
     }
 
@@ -480,13 +495,13 @@ final class EngineCore: @unchecked Sendable {
     func log(id: String, level: LogLevel, message: String, timestamp: Double? = nil) throws {
         let now = clock.now()
         logCount.add(1, ordering: .relaxed)
-        let entry = try withTask(id: id, isUpdate: false) { task in
+        let entry = try countingRefusal(id: id) { try withTask(id: id, isUpdate: false) { task in
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             catchUpCounter(task, at: ts, notify: true)  // so the entry names the stage the runner is in
             let entry = task.log(level, message, at: ts)
             if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
             return entry
-        }
+        } }
         listener?.noteLog(taskId: id, entry: entry)
     }
 
@@ -660,6 +675,13 @@ final class EngineCore: @unchecked Sendable {
     /// `progress_preview_pixels`: when a preview is due, copies the pixels (the only work on the caller's
     /// thread) and queues them for the preview thread; otherwise returns at once.
     func previewPixels(id: String, pixels: UnsafePointer<UInt8>, width: Int, height: Int, stride: Int, channels: Int) throws {
+        try countingRefusal(id: id) {
+            try offerPreview(id: id, pixels: pixels, width: width, height: height, stride: stride, channels: channels)
+        }
+    }
+
+    private func offerPreview(id: String, pixels: UnsafePointer<UInt8>, width: Int, height: Int, stride: Int,
+                              channels: Int) throws {
         guard width > 0, height > 0, width <= 65536, height <= 65536 else {
             throw EngineError.invalidArgument("width and height must be within 1...65536, got \(width)x\(height)")
         }
@@ -758,13 +780,13 @@ final class EngineCore: @unchecked Sendable {
     // MARK: - Step counters
 
     func attachCounter(id: String, pointer: UnsafePointer<CLongLong>) throws {
-        try withTask(id: id, isUpdate: false) { task in
+        try countingRefusal(id: id) { try withTask(id: id, isUpdate: false) { task in
             guard !task.status.isTerminal else {
                 throw EngineError.state("task \"\(id)\" is \(task.status.name); a counter would never be read")
             }
             // Start from "nothing seen" so values written before attaching are applied.
             task.counter = CounterBinding(pointer: pointer, lastStep: -1, lastTotal: -1)
-        }
+        } }
         counterTasks.withLock { _ = $0.insert(id) }
         maintenance?.wake()
     }

@@ -270,7 +270,8 @@ def test_unknown_event_with_any_data_is_logged_and_ignored(tracker, task):
 
 
 def test_log_event_timestamps_are_checked_like_any_other(tracker, task):
-    """A `log` event's explicit timestamp may not go backwards or be invalid (PROGRESS_E_RANGE, nothing logged)."""
+    """A `log` event's explicit timestamp may not go backwards or be invalid (PROGRESS_E_RANGE): the entry is not
+    logged; the refusal is, as any refused update's (one warning a second)."""
     now = time.time()
     tracker.send_event_sync(task, "log", {"message": "later", "timestamp": now + 10})
     with raises(pe.RangeError, "backwards"):
@@ -278,7 +279,10 @@ def test_log_event_timestamps_are_checked_like_any_other(tracker, task):
     with raises(pe.RangeError, "not a valid epoch time"):
         tracker.send_event_sync(task, "log", {"message": "negative", "timestamp": -1})
     tracker.send_event_sync(task, "log", {"message": "same", "timestamp": now + 10})
-    assert [e["message"] for e in tracker.get_logs_sync(task)["logs"]] == ["later", "same"]
+    messages = [e["message"] for e in tracker.get_logs_sync(task)["logs"]]
+    assert [m for m in messages if not m.startswith("rejected update")] == ["later", "same"]
+    rejected = [m for m in messages if m.startswith("rejected update")]
+    assert len(rejected) == 1 and "PROGRESS_E_RANGE" in rejected[0] and "backwards" in rejected[0], rejected
 
 
 def test_failing_a_stage_without_a_message_names_the_stage(tracker, task):

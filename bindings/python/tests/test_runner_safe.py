@@ -94,17 +94,18 @@ def _image():
     return (bytes(2 * 2 * 3), 2, 2, 3)
 
 
-# (call, kind, counted by the engine): each a runner-facing call with data the engine or the binding refuses.
+# (call, kind, counted by the engine): each a runner-facing call with data the engine or the binding refuses
+# (the binding refuses a bad image shape before it reaches the engine, so that one is not counted).
 REFUSED = {
     "step past total (counter path)": (lambda t: t.update_progress_sync("t", 5, 3), pe.RangeError, True),
     "step past total, message": (lambda t: t.update_progress_sync("t", 5, 3, message="m"), pe.RangeError, True),
     "negative step": (lambda t: t.update_progress_sync("t", -1, 3), pe.RangeError, True),
-    "unknown task (counter attach)": (lambda t: t.update_progress_sync("nope", 1, 3), pe.NotFoundError, False),
+    "unknown task (counter attach)": (lambda t: t.update_progress_sync("nope", 1, 3), pe.NotFoundError, True),
     "unknown task, message": (lambda t: t.update_progress_sync("nope", 1, 3, message="m"), pe.NotFoundError, True),
     "NaN stage progress": (
         lambda t: t.update_stage_sync("t", 1, StageStatus.IN_PROGRESS, math.nan), pe.RangeError, True),
     "stage index": (lambda t: t.update_stage_sync("t", 99, StageStatus.IN_PROGRESS, 0.5), pe.RangeError, True),
-    "log of an unknown task": (lambda t: t.log_sync("nope", "info", "x"), pe.NotFoundError, False),
+    "log of an unknown task": (lambda t: t.log_sync("nope", "info", "x"), pe.NotFoundError, True),
     "NaN in event data": (
         lambda t: t.send_event_sync("t", "resources", {"cpu_percent": math.nan}), pe.JSONError, True),
     "callback NaN step": (
@@ -115,16 +116,16 @@ REFUSED = {
         lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress", {"step": 4, "total_steps": 3}),
         pe.RangeError, True),
     "bad image": (lambda t: t.update_preview_sync("t", (bytes(3), 2, 2, 3)), pe.InvalidArgumentError, False),
-    "preview of an unknown task": (lambda t: t.update_preview_sync("nope", _image()), pe.NotFoundError, False),
+    "preview of an unknown task": (lambda t: t.update_preview_sync("nope", _image()), pe.NotFoundError, True),
     "stepper with total 0": (lambda t: t.stepper("t", 0).update(), pe.RangeError, True),
-    "stepper of an unknown task": (lambda t: t.stepper("nope", 10).update(), pe.NotFoundError, False),
+    "stepper of an unknown task": (lambda t: t.stepper("nope", 10).update(), pe.NotFoundError, True),
     "StepCounter.set past total": (lambda t: t.stepper("t", 10).set(11), pe.RangeError, True),  # after stepper()
     "async update_progress": (
         lambda t: arun(t.update_progress("t", 5, 3, message="m")), pe.RangeError, True),
     "async update_stage": (lambda t: arun(t.update_stage("t", 99)), pe.RangeError, True),
-    "async log": (lambda t: arun(t.log("nope", "info", "x")), pe.NotFoundError, False),
+    "async log": (lambda t: arun(t.log("nope", "info", "x")), pe.NotFoundError, True),
     "async send_event": (lambda t: arun(t.send_event("t", "log", "{bad")), pe.JSONError, True),
-    "async update_preview": (lambda t: arun(t.update_preview("nope", _image())), pe.NotFoundError, False),
+    "async update_preview": (lambda t: arun(t.update_preview("nope", _image())), pe.NotFoundError, True),
 }
 
 
