@@ -1132,7 +1132,6 @@ final class EngineCore: @unchecked Sendable {
         }
     }
 
-    /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
     /// The batch's tasks this engine or Redis knows, and the ids it does not.
     /// - Parameter taskIds: the tasks to report; nil for the batch's recorded members.
     /// - Throws: `.invalidArgument` (batch id).
@@ -1158,6 +1157,7 @@ final class EngineCore: @unchecked Sendable {
         return (found, missing)
     }
 
+    /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
         let (found, missing) = try batch(batchId: batchId, taskIds: taskIds)
         let summary = BatchSummary(found)
