@@ -33,33 +33,34 @@ final class Engine: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
     let table = TaskTable()
-    private let templates = Locked<[String: [StageDefinition]]>([:])
+    let templates = Locked<[String: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
-    private let batches = Locked<[String: [String]]>([:])
+    let batches = Locked<[String: [String]]>([:])
     /// Ids of tasks with an attached step counter, for the maintenance thread.
-    private let counterTasks = Locked<Set<String>>([])
+    let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
-    private let queues = QueueBoard()
+    let queues = QueueBoard()
     /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
     /// data) and counter pairs that could not be applied. Added to `invalid_updates`.
-    private let misses = Atomic<Int>(0)
+    let misses = Atomic<Int>(0)
     /// Rate limit of `logRejectedUnknown`.
-    private let unknownRejects = Locked(OncePerSecond())
-    private let events = Atomic<Int>(0)
-    private let logCount = Atomic<Int>(0)
-    private let purged = Atomic<Int>(0)
-    private let lastSweep = Locked<Double>(0)
-    private var maintenance: MaintenanceThread?
-    /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared.
-    private(set) var listener: Listener?
-    /// Encodes previews off the runners' threads; set once in `init`.
-    private(set) var previews: PreviewWorker?
+    let unknownRejects = Locked(OncePerSecond())
+    let events = Atomic<Int>(0)
+    let logCount = Atomic<Int>(0)
+    let purged = Atomic<Int>(0)
+    let lastSweep = Locked<Double>(0)
+    var maintenance: MaintenanceThread?
+    /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared (and
+    /// dropped in a forked child, `restartInChild`, while it has one thread).
+    var listener: Listener?
+    /// Encodes previews off the runners' threads; set in `init` (and in a forked child).
+    var previews: PreviewWorker?
     /// The preview folder, made by the engine (and removed on close) when `preview_dir` is not set.
-    private var ownedPreviewDir: String?
+    var ownedPreviewDir: String?
     let previewsWritten = Atomic<Int>(0)
     let previewsFailed = Atomic<Int>(0)
     let previewsDropped = Atomic<Int>(0)
-    private let resourceSampler = Locked(ResourceSampler())
+    let resourceSampler = Locked(ResourceSampler())
     /// Redis write-through, recovery and the fleet channel when `redis_url` is set; set once in `init`.
     private(set) var storage: RedisStorage?
 
@@ -88,15 +89,20 @@ final class Engine: @unchecked Sendable {
                 try storage?.startSubscriber(engine: self)
             }
             if background {
-                // unowned(unsafe), not weak: a weak reference gives the engine a side table, which sends every
-                // retain/release of it (a few per update) down the runtime's slow path. Safe because close(),
-                // called by deinit at the latest, joins the thread before the engine goes.
-                maintenance = try MaintenanceThread { [unowned(unsafe) self] in self.maintenanceRound() }
+                try startMaintenance()
             }
         } catch {
             close()
             throw error
         }
+        ForkRegistry.add(self)
+    }
+
+    func startMaintenance() throws {
+        // unowned(unsafe), not weak: a weak reference gives the engine a side table, which sends every
+        // retain/release of it (a few per update) down the runtime's slow path. Safe because close(),
+        // called by deinit at the latest, joins the thread before the engine goes.
+        maintenance = try MaintenanceThread { [unowned(unsafe) self] in self.maintenanceRound() }
     }
 
     /// The preview folder as configured, or a private temporary one.
@@ -113,8 +119,12 @@ final class Engine: @unchecked Sendable {
             dir = String(cString: made)
             ownedPreviewDir = dir
         }
+        try startPreviewWorker(directory: dir!)
+    }
+
+    func startPreviewWorker(directory: String) throws {
         // unowned(unsafe) for the same reason as the maintenance thread's; close() joins this thread too.
-        previews = try PreviewWorker(directory: dir!, maxSize: config.previewMaxSize) { [unowned(unsafe) self] job, result in
+        previews = try PreviewWorker(directory: directory, maxSize: config.previewMaxSize) { [unowned(unsafe) self] job, result in
             self.previewFinished(job, result)
         }
     }
@@ -131,6 +141,7 @@ final class Engine: @unchecked Sendable {
     /// freed (lws_cancel_service on it from the maintenance thread was seen with the destroy slowed down; see
     /// tests/c/close_stress.c). The listener then fans out these last changes before it closes the connections.
     func close() {
+        ForkRegistry.remove(self)
         storage?.stopSubscriber()
         maintenance?.stop()
         maintenance = nil
@@ -161,6 +172,7 @@ final class Engine: @unchecked Sendable {
     }
 
     deinit {
+        ForkRegistry.remove(self)
         storage?.stopSubscriber()
         maintenance?.stop()
         previews?.stop()
