@@ -67,6 +67,14 @@
  *   timeout: use an address for a bound); after a failure Redis is not asked again for a second. Updates never
  *   do. The Python binding's awaitable reads run in a worker thread when redis_url is set. See docs/REDIS.md.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
+ * - fork(): an engine open before a fork() works in both processes; the parent's is unaffected. In the child
+ *   it starts with none of the parent's tasks (reads of them go to Redis with redis_url), keeps the registered
+ *   templates and the ETA history, counts its stats from zero, has no listener (progress_engine_port -1: the
+ *   port and its clients stay the parent's) and has threads of its own; with redis_url it writes its tasks
+ *   through its own connection under an engine id of its own, so the fleet's listeners show them, while what
+ *   the parent had not yet written stays the parent's to write. A child that ends with _exit() without
+ *   progress_engine_close may leave its last changes (up to throttle_ms) unwritten. An engine being opened or
+ *   closed during the fork is unusable in the child. See docs/THREADING.md.
  *
  * Timestamps
  * ----------

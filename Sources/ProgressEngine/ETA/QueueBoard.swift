@@ -32,7 +32,7 @@ final class QueueBoard: Sendable {
 
     /// Forgets every line; in a forked child, whose tasks start empty, with the lock held by the fork handlers.
     func clearInChild() {
-        lines.unsafeValue = [:]
+        lines.unsafeValue.removeAll()
     }
 
     /// A task created in its queue stage joins the line: after every task created at or before its time.

@@ -51,6 +51,7 @@ enum ForkRegistry {
     }
 
     private static func prepare() {
+        warmRuntime()
         pthread_mutex_lock(mutex)
         held = engines.map { engine in
             engine._withUnsafeGuaranteedRef { engine in
@@ -72,6 +73,21 @@ enum ForkRegistry {
         releaseHeld()
         for engine in engines { engine._withUnsafeGuaranteedRef { $0.restartInChild() } }
         pthread_mutex_unlock(mutex)
+    }
+
+    /// Swift's runtime sets some of its caches up lazily, each under a once of its own, on first use by whichever
+    /// thread comes first; it has no fork handlers. A fork taken while another thread is inside such a once leaves
+    /// it "in progress" for good in the child, whose first use then waits forever. Seen under TSan with forks
+    /// within milliseconds of progress_engine_open: the child stuck in swift_getTupleTypeMetadata (the tuple cache,
+    /// first used by a thread's first log line) and in swift_getCanonicalPrespecializedGenericMetadata (first
+    /// used by `Array(set)`, `append(contentsOf:)`). Used here first, those onces are done before the fork.
+    @inline(never)
+    private static func warmRuntime() {
+        let pid = String(getpid())
+        let fields = [("pid", pid)]
+        var names: [String] = []
+        names.append(contentsOf: Array(Set([pid])))
+        withExtendedLifetime((fields, names)) {}
     }
 
     private static func releaseHeld() {
@@ -108,8 +124,8 @@ extension Engine {
     /// the parent's; templates and the completion history (ETA) are kept; counters start from zero.
     func clearInChild() {
         for shard in table.allShards { shard.unsafeValue = ShardState() }
-        batches.unsafeValue = [:]
-        counterTasks.unsafeValue = []
+        batches.unsafeValue.removeAll()
+        counterTasks.unsafeValue.removeAll()
         resourceSampler.unsafeValue = ResourceSampler()  // CPU time is counted per process
         queues.clearInChild()
         misses.store(0, ordering: .relaxed)
