@@ -309,6 +309,14 @@ PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, co
                                                      const unsigned char *pixels, int width, int height,
                                                      int stride, int channels);
 
+/* Whether a preview is due for the task: *due is 1 exactly when progress_preview_pixels called now (with valid
+ * pixels) would take the preview, by the rule above and with the steps of an attached counter counted; else 0 (no
+ * preview due, a finished task, or an engine whose preview thread could not start). Nothing is copied or marked,
+ * so a runner can ask every step and render or decode an image only when the answer is 1. Takes the task's shard
+ * lock only, as progress_update does; the id is not copied. Any thread. Errors: PROGRESS_E_INVALID_ARGUMENT
+ * (due or task_id NULL, an invalid id), PROGRESS_E_NOT_FOUND (no such task); *due is 0 on error. */
+PROGRESS_API progress_status progress_preview_due(progress_engine *engine, const char *task_id, int *due);
+
 /* Completes the task: open stages complete, overall_progress becomes 100, status "completed", and a
  * completion record (per-stage durations and profiles, the template category) is stored for ETA. A finished task
  * gives PROGRESS_E_STATE. */

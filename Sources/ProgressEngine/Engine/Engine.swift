@@ -658,6 +658,22 @@ final class Engine: @unchecked Sendable {
         return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex + "-" + millis
     }
 
+    /// `progress_preview_due`: whether `previewPixels` called now would take a preview (`TaskRecord.duePreview`,
+    /// after the steps still in an attached counter, as `previewPixels` sees them). Nothing is copied or marked.
+    /// - Parameters:
+    ///   - key: the task's key (borrowed from the caller is fine).
+    ///   - describe: the id for messages, computed only on error.
+    /// - Returns: false for a finished task, which takes no previews.
+    /// - Throws: `.notFound`, `.invalidArgument` (id).
+    func previewIsDue(key: TaskKey, describe: () throws -> String) throws -> Bool {
+        let now = clock.now()
+        return try withTask(key, describe: describe, isUpdate: false) { task in
+            guard previews != nil, !task.status.isTerminal else { return false }
+            catchUpCounter(task, at: max(now, task.lastTimestamp), notify: true)
+            return task.duePreview(milestones: config.previewMilestones, everySteps: config.previewEverySteps) != nil
+        }
+    }
+
     /// `progress_preview_pixels`: when a preview is due, copies the pixels (the only work on the caller's
     /// thread) and queues them for the preview thread; otherwise returns at once.
     func previewPixels(id: String, pixels: UnsafePointer<UInt8>, width: Int, height: Int, stride: Int, channels: Int) throws {
