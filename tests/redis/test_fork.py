@@ -6,6 +6,7 @@ updating meanwhile, is unaffected."""
 import multiprocessing
 import os
 import threading
+import time
 
 import pytest
 
@@ -43,18 +44,15 @@ def test_fork_pool_children_reach_redis_and_a_listener(redis):
         parent_port = tracker.port
         tracker.create_task_progress_sync(task_id="parent", template_id="forked")
         stop = threading.Event()
-        parent_steps = []
 
         def parent_updates():
-            # The parent keeps updating through the forks: a fork taken while this thread is in an update must
-            # leave neither process with a lock held.
+            # The parent keeps calling the engine through the forks (a message takes the engine call, not the step
+            # counter): a fork taken while this thread is in an update must leave neither process with a lock held.
             step = 0
             while not stop.is_set() or step < STEPS:
-                step = step % STEPS + 1 if step < STEPS else STEPS
+                step = min(step + 1, STEPS)
                 tracker.update_progress_sync(task_id="parent", step=step, total_steps=STEPS, message=f"step {step}")
-                parent_steps.append(step)
-                if step == STEPS and stop.is_set():
-                    break
+                time.sleep(0.001)  # each call is an event: a flood past 1,024 per write would be thinned in Redis
 
         updater = threading.Thread(target=parent_updates)
         updater.start()
@@ -90,6 +88,11 @@ def test_fork_pool_children_reach_redis_and_a_listener(redis):
                 assert parent["status"] == "completed"
                 wait_until(lambda: http_get(server.port, "/api/v1/progress/tasks/parent")[1].get("seq")
                            == parent["seq"], timeout=10, what="the parent's task on the fleet listener")
+                seqs, steps = history_seqs_and_steps(server.port, "parent")
+                assert seqs == list(range(1, parent["seq"] + 1)), seqs
+                assert steps[:STEPS] == [f"step {s}" for s in range(1, STEPS + 1)], steps
+                assert set(steps[STEPS:]) <= {f"step {STEPS}"}, steps
+                assert tracker.stats_sync()["redis_dropped_events"] == 0
             assert tracker.port == parent_port
             status, _ = http_get(parent_port, "/healthz")
             assert status == 200, "the parent's listener still serves"
