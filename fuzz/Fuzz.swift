@@ -98,10 +98,10 @@ private let applyPreviewDir: String = {
 private func fuzzApply(_ bytes: UnsafeBufferPointer<UInt8>) {
     let lines = bytes.split(separator: 10, maxSplits: 33, omittingEmptySubsequences: false).prefix(33)
     guard let first = lines.first, let options = try? TaskOptions.parse(text(first)) else { return }
-    let engine: Engine
+    let engine: EngineCore
     do {
         let config = try EngineConfig.parse(#"{"preview_dir":"\#(applyPreviewDir)","retention_seconds":0}"#)
-        engine = try Engine(config: config, clock: ManualClock(), background: false)
+        engine = try EngineCore(config: config, clock: ManualClock(), background: false)
         try engine.registerTemplate(id: "tmpl", stagesJSON:
             #"[{"name":"load","weight":1},{"name":"denoise","weight":6},{"name":"decode","weight":1}]"#)
         try engine.createTask(id: "task", templateId: "tmpl", category: nil, options: options)
@@ -158,7 +158,7 @@ private func fuzzCompletion(_ bytes: UnsafeBufferPointer<UInt8>) {
 
 private let previewDir = "/tmp/pe-fuzz-previews-\(getpid())"
 
-private let fuzzEngine: Engine = {
+private let fuzzEngine: EngineCore = {
     let dir = previewDir
     mkdir(dir, 0o700)
     atexit {
@@ -173,7 +173,7 @@ private let fuzzEngine: Engine = {
     }
     do {
         let config = try EngineConfig.parse(#"{"listen":"127.0.0.1:0","auth_token":"fuzz","preview_dir":"\#(dir)","max_subscriptions":8,"allowed_origins":["http://ok.example"]}"#)
-        let engine = try Engine(config: config, background: false)
+        let engine = try EngineCore(config: config, background: false)
         try engine.registerTemplate(id: "tmpl", stagesJSON: #"[{"name":"load","weight":1},{"name":"run","weight":3}]"#)
         for (id, batch) in [("t1", "b1"), ("t2", "b1"), ("t3", nil)] {
             var options = TaskOptions()

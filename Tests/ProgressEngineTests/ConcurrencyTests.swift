@@ -43,7 +43,7 @@ struct ConcurrencyTests {
 
     @Test("counters polled by the maintenance thread while their writer runs, then completed")
     func countersUnderLoad() throws {
-        let engine = try Engine(config: try EngineConfig.parse(#"{"throttle_ms": 1}"#))
+        let engine = try EngineCore(config: try EngineConfig.parse(#"{"throttle_ms": 1}"#))
         defer { engine.close() }
         let tasks = 4
         let counters = UnsafeMutablePointer<CLongLong>.allocate(capacity: 2 * tasks)

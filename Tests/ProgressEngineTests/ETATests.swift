@@ -2,17 +2,17 @@ import Testing
 @testable import ProgressEngine
 
 /// The ETA fields of a task's TaskProgress.
-private func eta(_ engine: Engine, _ id: String) throws -> (seconds: Double?, confidence: Double?, at: String?) {
+private func eta(_ engine: EngineCore, _ id: String) throws -> (seconds: Double?, confidence: Double?, at: String?) {
     let t = try parsed(engine.taskJSON(id: id))
     return (number(t["eta_seconds"]), number(t["eta_confidence"]), string(t["eta"]))
 }
 
-private func step(_ engine: Engine, _ id: String, _ step: Int64, of total: Int64) throws {
+private func step(_ engine: EngineCore, _ id: String, _ step: Int64, of total: Int64) throws {
     try engine.update(key: TaskKey(owning: id), describe: { id }, step: step, total: total, message: .none)
 }
 
 /// `count` identical completion records of an image_generation template.
-private func record(_ engine: Engine, template: String, quality: String? = nil, gpu: String? = nil,
+private func record(_ engine: EngineCore, template: String, quality: String? = nil, gpu: String? = nil,
                     category: String? = "image_generation", durations: [Int: Double],
                     profiles: String? = nil, count: Int = 5) throws {
     var fields = [#""template_id":"\#(template)""#, #""total_duration":\#(durations.values.reduce(0, +))"#]

@@ -16,8 +16,8 @@ func string(_ v: JSONValue?) -> String? {
     return nil
 }
 
-func makeEngine(_ config: String? = nil, clock: ManualClock = ManualClock()) throws -> Engine {
-    try Engine(config: try EngineConfig.parse(config), clock: clock, background: false)
+func makeEngine(_ config: String? = nil, clock: ManualClock = ManualClock()) throws -> EngineCore {
+    try EngineCore(config: try EngineConfig.parse(config), clock: clock, background: false)
 }
 
 func expectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -376,10 +376,10 @@ struct EngineTests {
         expectError(-7) { _ = try EngineConfig.parse(#"{"preview_milestones":[0, 50]}"#) }
         expectError(-6) { _ = try EngineConfig.parse("{") }
         expectError(-6) { _ = try EngineConfig.parse("[]") }
-        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"redis_url":"127.0.0.1:6379"}"#), background: false) }
-        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1"}"#), background: false) }
-        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"127.0.0.1:99999"}"#), background: false) }
-        expectError(-7) { _ = try Engine(config: try EngineConfig.parse(#"{"listen":"[::1]:0"}"#), background: false) }
+        expectError(-7) { _ = try EngineCore(config: try EngineConfig.parse(#"{"redis_url":"127.0.0.1:6379"}"#), background: false) }
+        expectError(-7) { _ = try EngineCore(config: try EngineConfig.parse(#"{"listen":"127.0.0.1"}"#), background: false) }
+        expectError(-7) { _ = try EngineCore(config: try EngineConfig.parse(#"{"listen":"127.0.0.1:99999"}"#), background: false) }
+        expectError(-7) { _ = try EngineCore(config: try EngineConfig.parse(#"{"listen":"[::1]:0"}"#), background: false) }
         let full = try EngineConfig.parse(#"{"listen":null,"namespace":"p1","retention_seconds":5,"throttle_ms":0,"dashboard":false}"#)
         #expect(full.retentionSeconds == 5 && full.throttleMs == 0 && !full.dashboard && full.listen == nil)
     }

@@ -8,7 +8,7 @@ import Testing
 struct PreviewDueTests {
     /// An engine writing previews into a folder of the test's own, with a one-stage template ("flat"), so overall
     /// progress is step / total.
-    private static func engine(_ options: String) throws -> (Engine, String) {
+    private static func engine(_ options: String) throws -> (EngineCore, String) {
         var template = Array("/tmp/preview-due-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw EngineError.io("mkdtemp") }
         let dir = String(cString: made)
@@ -34,14 +34,14 @@ struct PreviewDueTests {
         return out.sorted { Int($0.filter(\.isNumber)) ?? 0 < Int($1.filter(\.isNumber)) ?? 0 }
     }
 
-    private static func offer(_ engine: Engine, _ id: String) throws {
+    private static func offer(_ engine: EngineCore, _ id: String) throws {
         let pixels = [UInt8](repeating: 128, count: 16)
         try pixels.withUnsafeBufferPointer { buffer in
             try engine.previewPixels(id: id, pixels: buffer.baseAddress!, width: 4, height: 4, stride: 4, channels: 1)
         }
     }
 
-    private static func isDue(_ engine: Engine, _ id: String) throws -> Bool {
+    private static func isDue(_ engine: EngineCore, _ id: String) throws -> Bool {
         try engine.previewIsDue(key: TaskKey(owning: id), describe: { id })
     }
 

@@ -41,7 +41,7 @@ struct StorageTests {
     @Test("A task restored from its stored JSON is the same task: stages, progress, times, seq, error")
     func roundTrip() throws {
         let clock = ManualClock(1_700_000_000.123456)
-        let engine = try Engine(config: EngineConfig(), clock: clock, background: false)
+        let engine = try EngineCore(config: EngineConfig(), clock: clock, background: false)
         defer { engine.close() }
         try engine.createTask(id: "t", templateId: "tpl", category: "video_generation",
                               options: try TaskOptions.parse(#"{"quality":"hd","batch_id":"b","metadata":{"k":[1,2]}}"#))

@@ -31,7 +31,7 @@ public func progress_engine_open(_ configJSON: UnsafePointer<CChar>?,
     out.pointee = nil
     return runCall {
         let config = try EngineConfig.parse(try optionalString(configJSON, "config_json"))
-        let engine = try Engine(config: config)
+        let engine = try EngineCore(config: config)
         out.pointee = OpaquePointer(Unmanaged.passRetained(engine).toOpaque())
     }
 }
@@ -39,14 +39,14 @@ public func progress_engine_open(_ configJSON: UnsafePointer<CChar>?,
 @_cdecl("progress_engine_close")
 public func progress_engine_close(_ handle: OpaquePointer?) {
     guard let handle else { return }
-    let engine = Unmanaged<Engine>.fromOpaque(UnsafeRawPointer(handle)).takeRetainedValue()
+    let engine = Unmanaged<EngineCore>.fromOpaque(UnsafeRawPointer(handle)).takeRetainedValue()
     engine.close()
 }
 
 @_cdecl("progress_engine_port")
 public func progress_engine_port(_ handle: OpaquePointer?) -> CInt {
     guard let handle else { return -1 }
-    return CInt(Unmanaged<Engine>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { $0.port })
+    return CInt(Unmanaged<EngineCore>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { $0.port })
 }
 
 @_cdecl("progress_engine_stats")

@@ -28,10 +28,10 @@ func runCall(_ body: () throws -> Void) -> Int32 {
 
 /// The engine behind a handle, without touching its reference count (the caller's handle keeps it alive).
 @inline(__always)
-func withEngine(_ handle: OpaquePointer?, _ body: (Engine) throws -> Void) -> Int32 {
+func withEngine(_ handle: OpaquePointer?, _ body: (EngineCore) throws -> Void) -> Int32 {
     guard let handle else { return reportError(.invalidArgument("engine is NULL; open one with progress_engine_open")) }
     return runCall {
-        try Unmanaged<Engine>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { try body($0) }
+        try Unmanaged<EngineCore>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { try body($0) }
     }
 }
 

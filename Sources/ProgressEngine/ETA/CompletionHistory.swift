@@ -47,7 +47,7 @@ final class CompletionHistory: Sendable {
 
     private let store = Locked(Store())
 
-    /// The history's lock, for the fork handlers (`Engine.forkLocks`).
+    /// The history's lock, for the fork handlers (`EngineCore.forkLocks`).
     var lockForFork: any ForkLock { store }
 
     /// A resource configuration as text that is equal for equal configurations: object keys sorted at every

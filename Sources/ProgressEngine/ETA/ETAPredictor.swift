@@ -2,7 +2,7 @@
 /// stage. It is a pure function of a snapshot, the history and the engine's time, computed when the task is read,
 /// so every read reflects the latest change while the step path only keeps its `LiveRate`.
 ///
-/// The engine's time is its latest event of any task (`Engine.eventTime`), never the system clock, so replays with
+/// The engine's time is its latest event of any task (`EngineCore.eventTime`), never the system clock, so replays with
 /// explicit timestamps predict as live runs do; it tells how long the task has been in its stage even when the task
 /// itself reported nothing since (a model load, a queue). The remaining time from then is a sum of parts:
 /// - each open stage after the current one: its duration in similar tasks' history (`Sample.central`: the
@@ -15,7 +15,7 @@
 /// - the current stage before its first report: what history says remains of it, given the time already spent
 ///   in it (a model load that has outlasted every warm load is a cold one);
 /// - the queue (a first stage named "queue", while the task is queued), handled apart from execution: when the
-///   task starts, as `Engine.queueStart` forecasts it from the tasks ahead and those executing; without a
+///   task starts, as `EngineCore.queueStart` forecasts it from the tasks ahead and those executing; without a
 ///   forecast, the median of the most recent waits of the same template and resources that still exceed the
 ///   wait so far. Its uncertainty (the spread of the executions ahead, or of the recent waits) lowers the
 ///   confidence through the variance like any other part, rather than by a fixed factor: a fixed cut put

@@ -27,7 +27,7 @@ final class QueueBoard: Sendable {
 
     private let lines = Locked<[Key: State]>([:])
 
-    /// The board's lock, for the fork handlers (`Engine.forkLocks`).
+    /// The board's lock, for the fork handlers (`EngineCore.forkLocks`).
     var lockForFork: any ForkLock { lines }
 
     /// Forgets every line; in a forked child, whose tasks start empty, with the lock held by the fork handlers.

@@ -1,7 +1,7 @@
 import CProgress
 import Glibc
 
-/// A lock the fork handlers hold across `fork()` (see `Engine.forkLocks`).
+/// A lock the fork handlers hold across `fork()` (see `EngineCore.forkLocks`).
 protocol ForkLock: AnyObject {
     func lock()
     func unlock()
@@ -12,9 +12,9 @@ extension Locked: ForkLock {}
 /// The engines open in this process, and the `pthread_atfork` handlers (installed once, with the first engine)
 /// that keep each of them usable on both sides of a `fork()`.
 ///
-/// prepare: the registry's lock, then each engine's locks in `Engine.forkLocks` order, so that no lock a child
+/// prepare: the registry's lock, then each engine's locks in `EngineCore.forkLocks` order, so that no lock a child
 /// goes on using is in the middle of a critical section of a thread the child will not have.
-/// parent: releases them. child: releases them and gives every engine fresh threads (`Engine.restartInChild`).
+/// parent: releases them. child: releases them and gives every engine fresh threads (`EngineCore.restartInChild`).
 /// docs/THREADING.md says what a child inherits.
 enum ForkRegistry {
     nonisolated(unsafe) private static let mutex: UnsafeMutablePointer<pthread_mutex_t> = {
@@ -23,7 +23,7 @@ enum ForkRegistry {
         return m
     }()
     /// Guarded by `mutex`. Unretained: an engine leaves in `close()` or `deinit`, before it goes.
-    nonisolated(unsafe) private static var engines: [Unmanaged<Engine>] = []
+    nonisolated(unsafe) private static var engines: [Unmanaged<EngineCore>] = []
     /// The locks prepare took, per engine, in the order taken (guarded by `mutex`, held from prepare to
     /// parent / child).
     nonisolated(unsafe) private static var held: [[any ForkLock]] = []
@@ -36,7 +36,7 @@ enum ForkRegistry {
     }()
 
     /// Registers an engine whose threads are running.
-    static func add(_ engine: Engine) {
+    static func add(_ engine: EngineCore) {
         _ = installHandlers
         pthread_mutex_lock(mutex)
         engines.append(Unmanaged.passUnretained(engine))
@@ -44,7 +44,7 @@ enum ForkRegistry {
     }
 
     /// Unregisters an engine; idempotent.
-    static func remove(_ engine: Engine) {
+    static func remove(_ engine: EngineCore) {
         pthread_mutex_lock(mutex)
         engines.removeAll { $0.toOpaque() == Unmanaged.passUnretained(engine).toOpaque() }
         pthread_mutex_unlock(mutex)
@@ -105,7 +105,7 @@ func abandonInChild(_ object: AnyObject?) {
     if let object { _ = Unmanaged.passRetained(object) }
 }
 
-extension Engine {
+extension EngineCore {
     /// The engine's locks a forked child goes on using, in the one order the fork handlers take them. It follows
     /// the order they nest in: locks taken on their own or before a shard lock, then the 64 shard locks (in table
     /// order), then the locks taken inside a shard lock (the queue board, the completion history). The listener's,

@@ -158,7 +158,7 @@ struct ShardState {
     /// shared atomic that every updating thread would fight over.
     var updates = 0
     var invalidUpdates = 0
-    /// The latest event time of the shard's tasks (`Engine.eventTime`).
+    /// The latest event time of the shard's tasks (`EngineCore.eventTime`).
     var latestEvent = 0.0
 }
 

@@ -45,7 +45,7 @@ func monotonicNow() -> Double {
 /// append to a locked inbox and wake the service thread with `lws_cancel_service()` (at most one wake in
 /// flight). Nothing a runner calls waits on a socket.
 final class Listener: @unchecked Sendable {
-    unowned let engine: Engine
+    unowned let engine: EngineCore
     private(set) var port = -1
     let throttle: Double
     let maxSubscriptions: Int
@@ -92,12 +92,12 @@ final class Listener: @unchecked Sendable {
     /// Throttled task ids and when to look at them again (monotonic seconds).
     private var deferred: [String: Double] = [:]
     private var timerDue = Double.infinity
-    /// `Engine.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
+    /// `EngineCore.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
     private var etaTime: Double?
 
     /// Binds and starts the service thread.
     /// - Throws: `EngineError.io` if the address cannot be bound or the thread cannot start.
-    init(engine: Engine, address: ListenAddress) throws {
+    init(engine: EngineCore, address: ListenAddress) throws {
         self.engine = engine
         throttle = Double(engine.config.throttleMs) / 1000
         maxSubscriptions = engine.config.maxSubscriptions
@@ -144,7 +144,7 @@ final class Listener: @unchecked Sendable {
     }
 
     /// Stops the service thread, closes every connection and the listening socket. Idempotent; called by
-    /// `Engine.close()` from the closing thread.
+    /// `EngineCore.close()` from the closing thread.
     func stop() {
         guard threadStarted else { return }
         threadStarted = false
@@ -174,7 +174,7 @@ final class Listener: @unchecked Sendable {
 
     // MARK: - From any thread
 
-    /// A task changed; called under its shard lock, at most once per queued state (see `Engine.noteChange`).
+    /// A task changed; called under its shard lock, at most once per queued state (see `EngineCore.noteChange`).
     func noteChange(taskId: String) {
         inbox.withLock { $0.changed.append(taskId) }
         wake()
@@ -345,7 +345,7 @@ final class Listener: @unchecked Sendable {
         } else if connections.count > maxConnections {
             metrics.connectionsRefused.add(1, ordering: .relaxed)
             client.close(code: 1013, reason: "too many connections (max_connections \(maxConnections)); try again later")
-        } else if Engine.isValidId(clientId) == false {
+        } else if EngineCore.isValidId(clientId) == false {
             client.close(code: 1008, reason: "client_id must be 1-256 printable characters")
         } else {
             client.send(WireMessage(Messages.connectionEstablished(clientId: clientId)))

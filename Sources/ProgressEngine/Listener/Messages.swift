@@ -169,7 +169,7 @@ enum Messages {
         }
         let ids = try stringList(values, key: "task_ids")
         for id in ids where id != "*" {
-            guard Engine.isValidId(id) else {
+            guard EngineCore.isValidId(id) else {
                 throw ProtocolError(code: "invalid_message", message: "task id \(JSONValue.string(id).serialized()) is not "
                     + "1-256 printable characters")
             }

@@ -129,7 +129,7 @@ enum Routes {
         }
         if path.hasPrefix(batchPrefix) {
             let batch = String(path.dropFirst(batchPrefix.count))
-            guard Engine.isValidId(batch), !batch.contains("/") else {
+            guard EngineCore.isValidId(batch), !batch.contains("/") else {
                 throw HTTPError(status: 400, code: "bad_request", message: "batch id must be 1-256 printable characters")
             }
             let ids = query["task_ids"].flatMap { csv -> [String]? in
@@ -159,7 +159,7 @@ enum Routes {
     }
 
     private static func taskId(_ text: String) throws -> String {
-        guard Engine.isValidId(text) else {
+        guard EngineCore.isValidId(text) else {
             throw HTTPError(status: 400, code: "bad_request", message: "task id must be 1-256 printable characters")
         }
         return text

@@ -24,7 +24,7 @@ struct TaskSnapshot: Sendable {
     let resourceKey: String?
     let queueLine: QueueBoard.Key?
     let live: LiveRate
-    /// Filled in by `Engine.estimate` once the shard lock is released; nil until then and when unknown.
+    /// Filled in by `EngineCore.estimate` once the shard lock is released; nil until then and when unknown.
     var eta: ETAEstimate?
 
     init(_ task: TaskRecord) {

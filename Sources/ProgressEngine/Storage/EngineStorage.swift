@@ -1,6 +1,6 @@
 /// The engine's side of Redis storage: what the writer takes from tasks, what recovery and the fleet put back.
 /// Everything here runs under the same shard locks as the rest of the engine.
-extension Engine {
+extension EngineCore {
     enum WriteDecision {
         case write(TaskWrite)
         /// Throttled: look again at this monotonic time.

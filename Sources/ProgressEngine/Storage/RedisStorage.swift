@@ -26,7 +26,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the writer. Redis need not be up.
     /// - Throws: `EngineError.config` for a bad URL, `.io` if a thread cannot start.
-    init(engine: Engine, urlText: String) throws {
+    init(engine: EngineCore, urlText: String) throws {
         url = try RedisURL.parse(urlText)
         keys = RedisKeys(namespace: engine.config.namespace)
         engineId = RedisStorage.newEngineId()
@@ -41,7 +41,7 @@ final class RedisStorage: @unchecked Sendable {
         return "\(hostName)-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
     }
 
-    /// The reader's lock, for the fork handlers (`Engine.forkLocks`): held across fork(), so the reader's
+    /// The reader's lock, for the fork handlers (`EngineCore.forkLocks`): held across fork(), so the reader's
     /// connection is idle then.
     var readerLock: any ForkLock { reader }
 
@@ -59,7 +59,7 @@ final class RedisStorage: @unchecked Sendable {
     /// listener of the fleet, the parent's included, takes its tasks for another engine's. The child has no
     /// subscriber (it has no listener).
     /// - Throws: `EngineError.io` if the writer thread cannot start.
-    func restartInChild(engine: Engine) throws {
+    func restartInChild(engine: EngineCore) throws {
         abandonInChild(subscriber)
         subscriber = nil
         abandonInChild(writer)
@@ -70,7 +70,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the subscriber of an engine with a listener, once that listener exists (the subscriber's
     /// thread feeds it).
-    func startSubscriber(engine: Engine) throws {
+    func startSubscriber(engine: EngineCore) throws {
         subscriber = try RedisSubscriber(engine: engine, storage: self)
     }
 

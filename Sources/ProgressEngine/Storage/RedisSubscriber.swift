@@ -8,7 +8,7 @@ import Glibc
 /// Every heartbeat_timeout_seconds / 3 it also looks for executing tasks whose engine stopped heartbeating
 /// and fails them with "worker lost" (written and published as this engine's own change).
 final class RedisSubscriber: @unchecked Sendable {
-    unowned let engine: Engine
+    unowned let engine: EngineCore
     unowned let storage: RedisStorage
     private var thread = pthread_t()
     private var running = false
@@ -26,7 +26,7 @@ final class RedisSubscriber: @unchecked Sendable {
     private var lastScan = -Double.infinity
     private let scanInterval: Double
 
-    init(engine: Engine, storage: RedisStorage) throws {
+    init(engine: EngineCore, storage: RedisStorage) throws {
         self.engine = engine
         self.storage = storage
         scanInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)

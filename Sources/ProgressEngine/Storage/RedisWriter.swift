@@ -20,14 +20,14 @@ struct TaskWrite {
 /// hiredis context, pipelined.
 ///
 /// The runner's thread only ever sets a flag on the task and, when the task goes from clean to dirty, appends
-/// its id to a locked inbox and signals a condition variable (as `Engine.noteChange` does for the listener).
+/// its id to a locked inbox and signals a condition variable (as `EngineCore.noteChange` does for the listener).
 /// The writer takes each dirty task at most once per `throttle_ms` (urgent changes, such as a stage change or
 /// a terminal state, at once): its latest state, the events and log entries added since the last write. While
 /// Redis is down or slow the tasks stay dirty in memory: the latest state of every task is kept, events and
 /// logs up to the task's history (4096) and log (1000) bounds; what falls out of them is counted as dropped.
 /// The writer reconnects with exponential back-off (50 ms to 2 s) and then writes everything still dirty.
 final class RedisWriter: @unchecked Sendable {
-    unowned let engine: Engine
+    unowned let engine: EngineCore
     let url: RedisURL
     let keys: RedisKeys
     let engineId: String
@@ -78,7 +78,7 @@ final class RedisWriter: @unchecked Sendable {
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
     /// - Throws: `EngineError.io` if the thread cannot start.
-    init(engine: Engine, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
+    init(engine: EngineCore, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
         self.engine = engine
         self.url = url
         self.keys = keys

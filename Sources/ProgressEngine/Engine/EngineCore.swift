@@ -18,7 +18,7 @@ struct TaskOptions: Sendable {
                                      error: EngineError.json)
         options.quality = try reader.string("quality")
         options.batchId = try reader.string("batch_id")
-        if let batch = options.batchId { try Engine.validateId(batch, what: "batch_id") }
+        if let batch = options.batchId { try EngineCore.validateId(batch, what: "batch_id") }
         options.resourceConfig = try reader.object("resource_config")
         options.metadata = try reader.object("metadata")
         options.resume = try reader.bool("resume") ?? false
@@ -29,7 +29,7 @@ struct TaskOptions: Sendable {
 
 /// One ProgressEngine instance: live task state, templates, batches, ETA history, and the maintenance
 /// thread. Every method is safe to call from any thread.
-final class Engine: @unchecked Sendable {
+final class EngineCore: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
     let table = TaskTable()
@@ -266,7 +266,7 @@ final class Engine: @unchecked Sendable {
     /// The error for task `id`, which this engine does not hold (`.invalidArgument` when `id` is no valid id).
     /// `logged`: an update, rejected and logged as such (`logRejectedUnknown`).
     private func unknownTask(_ id: String, logged: Bool) throws -> EngineError {
-        try Engine.validateId(id)
+        try EngineCore.validateId(id)
         let error = EngineError.notFound("no task \"\(id)\" (never created, or expired after retention_seconds)")
         if logged { logRejectedUnknown(error) }
         return error
@@ -321,7 +321,7 @@ final class Engine: @unchecked Sendable {
     /// Creates a task (or, with `options.resume`, keeps an existing one).
     /// - Throws: `.invalidArgument` (ids), `.exists`, `.json`, `.range` (timestamp).
     func createTask(id: String, templateId: String, category: String?, options: TaskOptions) throws {
-        try Engine.validateId(id)
+        try EngineCore.validateId(id)
         guard !templateId.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
         let stages = templates.withLock { $0[templateId] } ?? CategoryDefaults.stages(for: category)
         let now = clock.now()
@@ -389,7 +389,7 @@ final class Engine: @unchecked Sendable {
         }
         let before = task.status, seqBefore = task.seq
         do {
-            try Engine.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
+            try EngineCore.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
         } catch {
             shard.unsafeValue.invalidUpdates += 1
             logRejected(task, error, at: now)
@@ -444,7 +444,7 @@ final class Engine: @unchecked Sendable {
         switch event {
         case let .progress(step, total, message, previewPath):
             let previewFile: String? = try withTask(id: id) { task in
-                try Engine.applyStep(task, step: step, total: total, message: message.map(MessageArgument.string) ?? .none,
+                try EngineCore.applyStep(task, step: step, total: total, message: message.map(MessageArgument.string) ?? .none,
                               at: try task.resolveTimestamp(explicit: explicit, now: now))
                 return previewPath == nil ? nil : previewDue(task)
             }
@@ -504,7 +504,7 @@ final class Engine: @unchecked Sendable {
     /// for the Redis writer. Under the shard lock.
     @inline(__always)
     func noteChanged(_ task: TaskRecord) {
-        if let listener { Engine.noteChange(task, listener) }
+        if let listener { EngineCore.noteChange(task, listener) }
         noteWriteOnly(task)
     }
 
@@ -521,7 +521,7 @@ final class Engine: @unchecked Sendable {
         let flags = task.fanoutFlags
         if task.lastChangeUrgent {
             // An urgent state still unsent is kept for the listener before this change moves past it.
-            if flags & 2 != 0, let earlier = task.urgentState, task.heldUrgent.count < Engine.maxHeldUrgent {
+            if flags & 2 != 0, let earlier = task.urgentState, task.heldUrgent.count < EngineCore.maxHeldUrgent {
                 task.heldUrgent.append(earlier)
             }
             task.urgentState = TaskSnapshot(task)
@@ -587,7 +587,7 @@ final class Engine: @unchecked Sendable {
         // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
         if let storage {
             let held = Set(out.map(\.id))
-            let ids = storage.recentTaskIds(limit: Engine.maxStoredWildcardTasks, retention: config.retentionSeconds)
+            let ids = storage.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
                 .filter { !held.contains($0) }
             let states = storage.stateJSONs(ids)
             for id in ids {
@@ -639,7 +639,7 @@ final class Engine: @unchecked Sendable {
     private func previewDue(_ task: TaskRecord) -> String? {
         guard previews != nil else { return nil }
         return task.previewDue(milestones: config.previewMilestones, everySteps: config.previewEverySteps,
-                               fileStem: Engine.fileStem(task.id, created: task.createdAt))
+                               fileStem: EngineCore.fileStem(task.id, created: task.createdAt))
     }
 
     /// A file-name-safe, collision-free stem for a task: its id's safe characters (up to 48), a hash of the
@@ -744,7 +744,7 @@ final class Engine: @unchecked Sendable {
     /// a runner reported itself are left alone). Called by the maintenance thread every resource_interval_ms.
     func sampleResources(now: Double) {
         guard let usage = resourceSampler.withLock({ $0.sample(now: monotonicNow()) }) else { return }
-        let quiet = Engine.quietRunnerSeconds(resourceIntervalMs: config.resourceIntervalMs)
+        let quiet = EngineCore.quietRunnerSeconds(resourceIntervalMs: config.resourceIntervalMs)
         for shard in table.allShards {
             shard.withLock { state in
                 for task in state.tasks.values where task.status == .executing {
@@ -1003,7 +1003,7 @@ final class Engine: @unchecked Sendable {
     ///   of its line is executing, or the execution of those ahead cannot be predicted.
     private func queueStart(of task: TaskSnapshot, now: Double) -> (time: Double, variance: Double)? {
         guard let key = task.queueLine,
-              let line = queues.line(of: task.id, key: key, limit: Engine.forecastAhead) else { return nil }
+              let line = queues.line(of: task.id, key: key, limit: EngineCore.forecastAhead) else { return nil }
         func snapshot(_ id: String) -> TaskSnapshot? { try? withTask(id: id, isUpdate: false) { TaskSnapshot($0) } }
         let reference = max(task.updatedAt, now)
         var free: [Double] = [], runningVariance = 0.0
@@ -1127,7 +1127,7 @@ final class Engine: @unchecked Sendable {
 
     /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
-        try Engine.validateId(batchId, what: "batch_id")
+        try EngineCore.validateId(batchId, what: "batch_id")
         var ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
         if taskIds == nil, let storage {
             // Other engines' tasks of the batch, and this engine's own from before a restart.
@@ -1194,7 +1194,7 @@ final class Engine: @unchecked Sendable {
         return w.output
     }
 
-    /// Engine counters, for `progress_engine_stats` and `/metrics`.
+    /// EngineCore counters, for `progress_engine_stats` and `/metrics`.
     struct Counters {
         var tasks = 0, updates = 0, invalidUpdates = 0, events = 0, logs = 0, purgedTasks = 0, attachedCounters = 0
         var previewsWritten = 0, previewsFailed = 0, previewsDropped = 0
