@@ -67,6 +67,14 @@
  *   timeout: use an address for a bound); after a failure Redis is not asked again for a second. Updates never
  *   do. The Python binding's awaitable reads run in a worker thread when redis_url is set. See docs/REDIS.md.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
+ * - fork(): an engine open before a fork() works in both processes; the parent's is unaffected. In the child
+ *   it starts with none of the parent's tasks (reads of them go to Redis with redis_url), keeps the registered
+ *   templates and the ETA history, counts its stats from zero, has no listener (progress_engine_port -1: the
+ *   port and its clients stay the parent's) and has threads of its own; with redis_url it writes its tasks
+ *   through its own connection under an engine id of its own, so the fleet's listeners show them, while what
+ *   the parent had not yet written stays the parent's to write. A child that ends with _exit() without
+ *   progress_engine_close may leave its last changes (up to throttle_ms) unwritten. An engine being opened or
+ *   closed during the fork is unusable in the child. See docs/THREADING.md.
  *
  * Timestamps
  * ----------
@@ -304,6 +312,14 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
 PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, const char *task_id,
                                                      const unsigned char *pixels, int width, int height,
                                                      int stride, int channels);
+
+/* Whether a preview is due for the task: *due is 1 exactly when progress_preview_pixels called now (with valid
+ * pixels) would take the preview, by the rule above and with the steps of an attached counter counted; else 0 (no
+ * preview due, a finished task, or an engine whose preview thread could not start). Nothing is copied or marked,
+ * so a runner can ask every step and render or decode an image only when the answer is 1. Takes the task's shard
+ * lock only, as progress_update does; the id is not copied. Any thread. Errors: PROGRESS_E_INVALID_ARGUMENT
+ * (due or task_id NULL, an invalid id), PROGRESS_E_NOT_FOUND (no such task); *due is 0 on error. */
+PROGRESS_API progress_status progress_preview_due(progress_engine *engine, const char *task_id, int *due);
 
 /* Completes the task: open stages complete, overall_progress becomes 100, status "completed", and a
  * completion record (per-stage durations and profiles, the template category) is stored for ETA. A finished task

@@ -201,3 +201,37 @@ def http_get(port: int, path: str, timeout: float = 5):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+# ---- progress-server ---------------------------------------------------------------------------------------
+
+
+SERVER = ROOT / ".build" / "release" / "progress-server"
+
+
+class ProgressServer:
+    """The built `progress-server` as a fleet's listener on a free port (`with ProgressServer(redis_url) as s:`
+    then `s.port`); stopped with SIGTERM on leaving."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = -1
+
+    def __enter__(self) -> "ProgressServer":
+        self.proc = subprocess.Popen([str(SERVER), "--listen", "127.0.0.1:0", *self.args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"progress-server exited {self.proc.wait(5)} before listening")
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("event") == "listening":
+                self.port = entry["port"]
+                return self
+        raise AssertionError("progress-server did not log 'listening' within 10 s")
+
+    def __exit__(self, *exc_info) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=15)

@@ -222,3 +222,14 @@ def test_fleet_stress(tmp_path, env, redis_port):
                *pkg_config(env, "--libs"), "-lhiredis", "-lm"])
     output = check_run([program, str(redis_port)], env=env)
     assert "fleet_stress: all checks passed" in output, output
+
+
+def test_fork_stress(tmp_path, env, redis_port):
+    """fork() while threads are inside progress_update; the children use the engine, the parent goes on (the
+    release library; tests/c/tsan.sh runs it under TSan)."""
+    program = tmp_path / "fork_stress"
+    check_run(["cc", "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread",
+               *pkg_config(env, "--cflags"), str(ROOT / "tests" / "c" / "fork_stress.c"), "-o", str(program),
+               *pkg_config(env, "--libs"), "-lm"])
+    output = check_run([program, str(redis_port), "6", "2"], env=env)
+    assert "fork_stress: 6 forks, 12 child tasks read back" in output and output.rstrip().endswith("ok"), output

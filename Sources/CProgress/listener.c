@@ -11,7 +11,9 @@
 
 #include <libwebsockets.h>
 #include <dlfcn.h>
+#include <dirent.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -495,6 +497,42 @@ static void close_loop(CProgress_listener *l) {
         if (uv_loop_close(&l->loop) != 0) log_stderr("progress engine: listener event loop not closed\n");
     }
     l->has_loop = 0;
+}
+
+/* The local TCP port of descriptor fd, or -1 when it is no TCP socket. */
+static int local_tcp_port(int fd) {
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) return -1;
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0) return -1;
+    if (addr.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    if (addr.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
+    return -1;
+}
+
+void CProgress_listener_forget_in_child(CProgress_listener *l, int port) {
+    /* libwebsockets keeps its descriptors in private structures: they are found by what they are, TCP sockets
+     * whose local port is the listener's (the listening socket and every connection it accepted; a connection
+     * this process made to the port has an ephemeral local port). Closing a copy leaves the parent's socket
+     * and its epoll registration as they are. */
+    if (l->has_loop) {
+        int backend = uv_backend_fd(&l->loop);
+        if (backend >= 0) close(backend);
+    }
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir) return;
+    int found[1024];
+    size_t n = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL && n < sizeof found / sizeof found[0]) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+        int fd = atoi(entry->d_name);
+        if (fd != dirfd(dir) && local_tcp_port(fd) == port) found[n++] = fd;
+    }
+    closedir(dir);
+    for (size_t i = 0; i < n; i++) close(found[i]);
 }
 
 void CProgress_listener_destroy(CProgress_listener *l) {

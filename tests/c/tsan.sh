@@ -7,7 +7,14 @@
 #   fleet_stress  the listener and Redis write-through together: runners, WebSocket clients joining, leaving
 #                 and reading slowly, REST, close with clients connected and work in flight
 #                 (tests/c/fleet_stress.c), against a redis-server this script starts on a free loopback port
-#                 and stops at the end.
+#                 and stops at the end;
+#   fork_stress   fork() while threads are inside progress_update, the children using the engine (listener and
+#                 Redis write-through) and the parent going on (tests/c/fork_stress.c), against the same
+#                 redis-server, linked with an optimised TSan build of the library: in a debug build, unspecialised
+#                 generic code calls into Swift's runtime (metadata lookups under the runtime's own locks, which
+#                 have no fork handlers) on every update, and a fork then leaves the child waiting on a lock held
+#                 by a thread it does not have (docs/THREADING.md, "Swift's runtime"). die_after_fork=0: TSan does not
+#                 support threads started after a multi-threaded fork by default; the children's reports count.
 #
 # The library is instrumented but the TSan runtime must live in the executable, so each program is linked
 # with the toolchain's clang -fsanitize=thread. That static runtime includes libdispatch interceptors, which
@@ -28,18 +35,20 @@ cd "$root"
 trap stop_redis EXIT
 
 swift build -c debug --product ProgressEngine --sanitize=thread --scratch-path "$scratch"
+swift build -c release --product ProgressEngine --sanitize=thread --scratch-path "$scratch"
 
-build() { # build NAME SOURCE [LIBS...]
-    local name=$1 source=$2
+build() { # build NAME SOURCE [LIBS...]; LIB=folder overrides the library's
+    local name=$1 source=$2 with=${LIB:-$lib}
     shift 2
     "$toolchain/clang" -fsanitize=thread -g -O1 -std=c11 -Wall -Wextra -Werror -pthread \
         -I "$root/include" "$source" -o "$scratch/$name-tsan" \
-        -L "$lib" -Wl,-rpath,"$lib" -lProgressEngine "$@" -lm \
+        -L "$with" -Wl,-rpath,"$with" -lProgressEngine "$@" -lm \
         -L "$swift_libs" -Wl,-rpath,"$swift_libs" -ldispatch -lBlocksRuntime
 }
 build stress tests/c/stress.c
 build close_stress tests/c/close_stress.c -rdynamic -ldl
 build fleet_stress tests/c/fleet_stress.c -lhiredis
+LIB="$scratch/release" build fork_stress tests/c/fork_stress.c
 
 failed=0
 run() { # run NAME [ARGS...]
@@ -65,9 +74,10 @@ run close_stress
 start_redis
 # shellcheck disable=SC2086 # FLEET_ARGS is a list of numbers
 run fleet_stress "$REDIS_PORT" ${FLEET_ARGS:-4 120 256 10 1000}
+TSAN_OPTIONS="die_after_fork=0 ${TSAN_OPTIONS:-}" run fork_stress "$REDIS_PORT"
 stop_redis
 
 if [ "$failed" -ne 0 ]; then
     exit 1
 fi
-echo "tsan.sh: no ThreadSanitizer reports; stress, close_stress and fleet_stress passed"
+echo "tsan.sh: no ThreadSanitizer reports; stress, close_stress, fleet_stress and fork_stress passed"

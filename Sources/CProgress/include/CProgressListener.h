@@ -58,6 +58,11 @@ void CProgress_listener_wake(CProgress_listener *l);
 void CProgress_listener_set_timer(CProgress_listener *l, int64_t usec);
 /* Service thread, after the service loop ended: closes every connection and frees everything. */
 void CProgress_listener_destroy(CProgress_listener *l);
+/* In a forked child (one thread; the service thread is the parent's): closes the child's copies of the
+ * listener's descriptors (the listening socket, its accepted connections, the loop's epoll descriptor) without
+ * libwebsockets or libuv, whose teardown would write to sockets the parent still serves. `port` is the bound
+ * port. The rest of the listener stays allocated and must never be used again in this process. */
+void CProgress_listener_forget_in_child(CProgress_listener *l, int port);
 
 /* The bytes a WebSocket message buffer must reserve before its payload (LWS_PRE). */
 size_t CProgress_ws_pre(void);

@@ -125,6 +125,19 @@ public func progress_preview_pixels(_ handle: OpaquePointer?, _ taskId: UnsafePo
     }
 }
 
+@_cdecl("progress_preview_due")
+public func progress_preview_due(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
+                                 _ due: UnsafeMutablePointer<CInt>?) -> CInt {
+    due?.pointee = 0
+    return withEngine(handle) { engine in
+        guard let due else { throw EngineError.invalidArgument("due is NULL; pass the address of an int") }
+        guard let taskId else { throw EngineError.invalidArgument("task_id is NULL") }
+        // Borrowed, as progress_update's: a runner may ask every step.
+        let key = TaskKey(borrowing: UnsafeRawBufferPointer(start: taskId, count: strlen(taskId)))
+        due.pointee = try engine.previewIsDue(key: key, describe: { try requiredString(taskId, "task_id") }) ? 1 : 0
+    }
+}
+
 @_cdecl("progress_task_complete")
 public func progress_task_complete(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?) -> CInt {
     withEngine(handle) { try $0.complete(id: try requiredString(taskId, "task_id")) }

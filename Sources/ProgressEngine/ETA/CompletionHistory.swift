@@ -47,6 +47,9 @@ final class CompletionHistory: Sendable {
 
     private let store = Locked(Store())
 
+    /// The history's lock, for the fork handlers (`EngineCore.forkLocks`).
+    var lockForFork: any ForkLock { store }
+
     /// A resource configuration as text that is equal for equal configurations: object keys sorted at every
     /// depth, so {"gpu": "A100", "count": 2} and {"count": 2, "gpu": "A100"} match.
     /// - Parameter config: a task's or a record's `resource_config`.

@@ -27,6 +27,14 @@ final class QueueBoard: Sendable {
 
     private let lines = Locked<[Key: State]>([:])
 
+    /// The board's lock, for the fork handlers (`EngineCore.forkLocks`).
+    var lockForFork: any ForkLock { lines }
+
+    /// Forgets every line; in a forked child, whose tasks start empty, with the lock held by the fork handlers.
+    func clearInChild() {
+        lines.unsafeValue.removeAll()
+    }
+
     /// A task created in its queue stage joins the line: after every task created at or before its time.
     /// - Parameters:
     ///   - id: the task.

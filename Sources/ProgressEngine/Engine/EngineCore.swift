@@ -33,33 +33,34 @@ final class EngineCore: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
     let table = TaskTable()
-    private let templates = Locked<[String: [StageDefinition]]>([:])
+    let templates = Locked<[String: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
-    private let batches = Locked<[String: [String]]>([:])
+    let batches = Locked<[String: [String]]>([:])
     /// Ids of tasks with an attached step counter, for the maintenance thread.
-    private let counterTasks = Locked<Set<String>>([])
+    let counterTasks = Locked<Set<String>>([])
     let completions = CompletionHistory()
-    private let queues = QueueBoard()
+    let queues = QueueBoard()
     /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
     /// data) and counter pairs that could not be applied. Added to `invalid_updates`.
-    private let misses = Atomic<Int>(0)
+    let misses = Atomic<Int>(0)
     /// Rate limit of `logRejectedUnknown`.
-    private let unknownRejects = Locked(OncePerSecond())
-    private let events = Atomic<Int>(0)
-    private let logCount = Atomic<Int>(0)
-    private let purged = Atomic<Int>(0)
-    private let lastSweep = Locked<Double>(0)
-    private var maintenance: MaintenanceThread?
-    /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared.
-    private(set) var listener: Listener?
-    /// Encodes previews off the runners' threads; set once in `init`.
-    private(set) var previews: PreviewWorker?
+    let unknownRejects = Locked(OncePerSecond())
+    let events = Atomic<Int>(0)
+    let logCount = Atomic<Int>(0)
+    let purged = Atomic<Int>(0)
+    let lastSweep = Locked<Double>(0)
+    var maintenance: MaintenanceThread?
+    /// The WebSocket/REST listener when `listen` is set; set once in `init`, before the engine is shared (and
+    /// dropped in a forked child, `restartInChild`, while it has one thread).
+    var listener: Listener?
+    /// Encodes previews off the runners' threads; set in `init` (and in a forked child).
+    var previews: PreviewWorker?
     /// The preview folder, made by the engine (and removed on close) when `preview_dir` is not set.
-    private var ownedPreviewDir: String?
+    var ownedPreviewDir: String?
     let previewsWritten = Atomic<Int>(0)
     let previewsFailed = Atomic<Int>(0)
     let previewsDropped = Atomic<Int>(0)
-    private let resourceSampler = Locked(ResourceSampler())
+    let resourceSampler = Locked(ResourceSampler())
     /// Redis write-through, recovery and the fleet channel when `redis_url` is set; set once in `init`.
     private(set) var storage: RedisStorage?
     /// The Swift API's change streams (`Engine.changes(of:)`).
@@ -90,15 +91,20 @@ final class EngineCore: @unchecked Sendable {
                 try storage?.startSubscriber(engine: self)
             }
             if background {
-                // unowned(unsafe), not weak: a weak reference gives the engine a side table, which sends every
-                // retain/release of it (a few per update) down the runtime's slow path. Safe because close(),
-                // called by deinit at the latest, joins the thread before the engine goes.
-                maintenance = try MaintenanceThread { [unowned(unsafe) self] in self.maintenanceRound() }
+                try startMaintenance()
             }
         } catch {
             close()
             throw error
         }
+        ForkRegistry.add(self)
+    }
+
+    func startMaintenance() throws {
+        // unowned(unsafe), not weak: a weak reference gives the engine a side table, which sends every
+        // retain/release of it (a few per update) down the runtime's slow path. Safe because close(),
+        // called by deinit at the latest, joins the thread before the engine goes.
+        maintenance = try MaintenanceThread { [unowned(unsafe) self] in self.maintenanceRound() }
     }
 
     /// The preview folder as configured, or a private temporary one.
@@ -115,8 +121,12 @@ final class EngineCore: @unchecked Sendable {
             dir = String(cString: made)
             ownedPreviewDir = dir
         }
+        try startPreviewWorker(directory: dir!)
+    }
+
+    func startPreviewWorker(directory: String) throws {
         // unowned(unsafe) for the same reason as the maintenance thread's; close() joins this thread too.
-        previews = try PreviewWorker(directory: dir!, maxSize: config.previewMaxSize) { [unowned(unsafe) self] job, result in
+        previews = try PreviewWorker(directory: directory, maxSize: config.previewMaxSize) { [unowned(unsafe) self] job, result in
             self.previewFinished(job, result)
         }
     }
@@ -133,6 +143,7 @@ final class EngineCore: @unchecked Sendable {
     /// freed (lws_cancel_service on it from the maintenance thread was seen with the destroy slowed down; see
     /// tests/c/close_stress.c). The listener then fans out these last changes before it closes the connections.
     func close() {
+        ForkRegistry.remove(self)
         storage?.stopSubscriber()
         maintenance?.stop()
         maintenance = nil
@@ -165,6 +176,7 @@ final class EngineCore: @unchecked Sendable {
     }
 
     deinit {
+        ForkRegistry.remove(self)
         storage?.stopSubscriber()
         maintenance?.stop()
         previews?.stop()
@@ -670,6 +682,22 @@ final class EngineCore: @unchecked Sendable {
         let hex = String(hash & 0xffff_ffff, radix: 16)
         let millis = String(Int64((created * 1000).rounded()), radix: 36)
         return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex + "-" + millis
+    }
+
+    /// `progress_preview_due`: whether `previewPixels` called now would take a preview (`TaskRecord.duePreview`,
+    /// after the steps still in an attached counter, as `previewPixels` sees them). Nothing is copied or marked.
+    /// - Parameters:
+    ///   - key: the task's key (borrowed from the caller is fine).
+    ///   - describe: the id for messages, computed only on error.
+    /// - Returns: false for a finished task, which takes no previews.
+    /// - Throws: `.notFound`, `.invalidArgument` (id).
+    func previewIsDue(key: TaskKey, describe: () throws -> String) throws -> Bool {
+        let now = clock.now()
+        return try withTask(key, describe: describe, isUpdate: false) { task in
+            guard previews != nil, !task.status.isTerminal else { return false }
+            catchUpCounter(task, at: max(now, task.lastTimestamp), notify: true)
+            return task.duePreview(milestones: config.previewMilestones, everySteps: config.previewEverySteps) != nil
+        }
     }
 
     /// `progress_preview_pixels`: when a preview is due, copies the pixels (the only work on the caller's

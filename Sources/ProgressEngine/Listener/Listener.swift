@@ -166,6 +166,14 @@ final class Listener: @unchecked Sendable {
         wildcards.removeAll()
     }
 
+    /// In a forked child, which has no service thread: closes the child's copies of the listener's sockets without
+    /// libwebsockets (see `CProgress_listener_forget_in_child`); the port and its clients stay the parent's. The
+    /// caller then abandons this object (`abandonInChild`): `stop()` must never run here.
+    func forgetInChild() {
+        guard threadStarted, let c else { return }
+        CProgress_listener_forget_in_child(c, Int32(port))
+    }
+
     // MARK: - From any thread
 
     /// A task changed; called under its shard lock, at most once per queued state (see `EngineCore.noteChange`).

@@ -29,6 +29,22 @@ final class RedisMetrics: Sendable {
     let workersLost = Atomic<Int>(0)
     /// Reads of tasks this engine does not hold (REST, WebSocket, resume) answered from Redis.
     let recoveryReads = Atomic<Int>(0)
+
+    /// Every counter back to zero (a forked child's engine counts its own).
+    func reset() {
+        taskWrites.store(0, ordering: .relaxed)
+        commands.store(0, ordering: .relaxed)
+        commandErrors.store(0, ordering: .relaxed)
+        droppedEvents.store(0, ordering: .relaxed)
+        droppedLogs.store(0, ordering: .relaxed)
+        droppedWrites.store(0, ordering: .relaxed)
+        reconnects.store(0, ordering: .relaxed)
+        connected.store(0, ordering: .relaxed)
+        queueDepth.store(0, ordering: .relaxed)
+        remoteUpdates.store(0, ordering: .relaxed)
+        workersLost.store(0, ordering: .relaxed)
+        recoveryReads.store(0, ordering: .relaxed)
+    }
 }
 
 /// One JSON line on standard error per storage incident (connection lost or back, drops), never per update.

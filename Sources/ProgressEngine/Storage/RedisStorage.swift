@@ -10,8 +10,8 @@ import Glibc
 final class RedisStorage: @unchecked Sendable {
     let url: RedisURL
     let keys: RedisKeys
-    /// Tells this engine's messages on the update channel from other engines'.
-    let engineId: String
+    /// Tells this engine's messages on the update channel from other engines' (a forked child gets its own).
+    private(set) var engineId: String
     let metrics = RedisMetrics()
     private(set) var writer: RedisWriter?
     private(set) var subscriber: RedisSubscriber?
@@ -29,10 +29,42 @@ final class RedisStorage: @unchecked Sendable {
     init(engine: EngineCore, urlText: String) throws {
         url = try RedisURL.parse(urlText)
         keys = RedisKeys(namespace: engine.config.namespace)
+        engineId = RedisStorage.newEngineId()
+        writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
+    }
+
+    /// host-pid-random: unique per engine, and readable in Redis.
+    private static func newEngineId() -> String {
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count - 1)
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        engineId = "\(hostName)-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+        return "\(hostName)-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+    }
+
+    /// The reader's lock, for the fork handlers (`EngineCore.forkLocks`): held across fork(), so the reader's
+    /// connection is idle then.
+    var readerLock: any ForkLock { reader }
+
+    /// In a forked child, with the reader's lock held by the fork handlers: the reader's socket is shared with the
+    /// parent, so the child's copy is closed (hiredis' free closes the descriptor and sends nothing) and the
+    /// child connects anew on its first read. Counters start from zero.
+    func clearInChild() {
+        reader.unsafeValue = ReaderState()
+        metrics.reset()
+    }
+
+    /// In a forked child, after `clearInChild`: the writer and subscriber threads are the parent's. Their objects
+    /// are abandoned (their sockets stay open, unused, until the child exits: freeing a connection a thread was
+    /// using mid-call is not safe); the child writes through a new writer under an engine id of its own, so a
+    /// listener of the fleet, the parent's included, takes its tasks for another engine's. The child has no
+    /// subscriber (it has no listener).
+    /// - Throws: `EngineError.io` if the writer thread cannot start.
+    func restartInChild(engine: EngineCore) throws {
+        abandonInChild(subscriber)
+        subscriber = nil
+        abandonInChild(writer)
+        writer = nil
+        engineId = RedisStorage.newEngineId()
         writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
     }
 

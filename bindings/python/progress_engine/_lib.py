@@ -152,6 +152,8 @@ progress_log = _declare_status("progress_log", _engine, c_char_p, c_int, c_char_
 progress_preview_pixels = _declare_status(
     "progress_preview_pixels", _engine, c_char_p, c_char_p, c_int, c_int, c_int, c_int
 )
+# progress_status progress_preview_due(progress_engine *engine, const char *task_id, int *due);
+progress_preview_due = _declare_status("progress_preview_due", _engine, c_char_p, POINTER(c_int))
 # progress_status progress_task_complete(progress_engine *engine, const char *task_id);
 progress_task_complete = _declare_status("progress_task_complete", _engine, c_char_p)
 # progress_status progress_task_fail(progress_engine *engine, const char *task_id, const char *error);

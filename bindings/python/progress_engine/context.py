@@ -75,6 +75,10 @@ class ProgressContext:
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.__exit__(exc_type, exc, tb)
 
+    def preview_due(self) -> bool:
+        """Whether the task's next update_preview would be taken (ProgressTracker.preview_due)."""
+        return self.tracker.preview_due(self.task_id)
+
     def get_callback(self) -> Callable[..., _Done]:
         """The runner's `callback(event, data=None)`: applies the event at once and returns an
         already-completed awaitable. execution_progress with only step and total_steps takes the

@@ -404,6 +404,15 @@ class ProgressTracker:
         except ProgressError as error:
             self._refused(task_id, error)
 
+    def preview_due(self, task_id: str) -> bool:
+        """Whether update_preview would take a preview now (a milestone, or the next N-th step, was
+        crossed): ask it every step and make the image (decode latents, render) only when it is True.
+        Cheap: nothing is copied, only the task's lock is taken, Redis is never asked. False for a
+        finished task; NotFoundError for a task this engine does not hold."""
+        due = ctypes.c_int(0)
+        _lib.progress_preview_due(self._handle(), _lib.encode(task_id), ctypes.byref(due))
+        return bool(due.value)
+
     # ---- templates, engine ----------------------------------------------------------------------
 
     def register_template_stages_sync(

@@ -11,6 +11,7 @@ engine's preview counters before looking at files.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import os
@@ -27,6 +28,7 @@ from progress_engine import (  # noqa: E402
     EngineIOError,
     InvalidArgumentError,
     NotFoundError,
+    ProgressContext,
     ProgressTracker,
     Stage,
     StateError,
@@ -905,3 +907,71 @@ def test_preview_url_is_served_without_a_preview_dir():
         assert (status, content_type) == (200, "image/png"), body[:200]
         with Image.open(__import__("io").BytesIO(body)) as img:
             assert img.size == (200, 100)
+
+
+# ---- preview_due ----------------------------------------------------------------------------------
+
+
+def labels(folder: Path) -> List[str]:
+    """The milestone / step label of each preview file (NAME_LABEL.png), in the order they were taken."""
+    files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return [p.name[:-len(".png")].rsplit("_", 1)[1] for p in files]
+
+
+def test_preview_due_is_true_exactly_when_the_offer_is_taken(open_tracker, preview_dir):
+    # update_progress_sync without a message only writes the step counter: preview_due must see those steps.
+    t = open_tracker(preview_milestones=[25, 50, 75, 90])
+    t.create_task_progress_sync("pd", template_id=FLAT)
+    img = make_image(64, 48, 3)
+    due_at, taken = [], 0
+    for n in range(1, 21):
+        t.update_progress_sync("pd", n, 20)
+        due = t.preview_due("pd")
+        if due:
+            due_at.append(n)
+        if n == 5:
+            assert due and t.preview_due("pd"), "asking takes nothing"
+            continue  # a due preview not offered stays due
+        t.update_preview_sync("pd", img)
+        assert not t.preview_due("pd"), f"step {n}: still due after the offer"
+        # Taken exactly when due: one more finished preview per due offer, none otherwise.
+        taken += due
+        wait_previews(t, taken)
+    assert due_at == [5, 6, 10, 15, 18]  # 25 % at 5 (not offered, taken at 6), then 50, 75, 90 %
+    assert labels(preview_dir) == ["25", "50", "75", "90"]
+    t.complete_task_sync("pd")
+    assert not t.preview_due("pd"), "a finished task takes no previews"
+
+
+def test_preview_due_every_n_steps_through_the_context(open_tracker, preview_dir):
+    t = open_tracker(preview_every_steps=3)
+    img = make_image(32, 32, 1)
+    taken = []
+    with ProgressContext(t, "ctx", template_id=FLAT) as ctx:
+        for n in range(1, 14):
+            t.update_progress_sync("ctx", n, 13)
+            if ctx.preview_due():
+                taken.append(n)
+                t.update_preview_sync("ctx", img)
+    assert taken == [3, 6, 9, 12]
+    wait_previews(t, 4)
+    assert labels(preview_dir) == ["s3", "s6", "s9", "s12"]
+
+
+def test_preview_due_errors(open_tracker):
+    t = open_tracker()
+    with pytest.raises(NotFoundError):
+        t.preview_due("nobody")
+    with pytest.raises(InvalidArgumentError):
+        t.preview_due("bad\x01id")
+    t.create_task_progress_sync("e", template_id=FLAT)
+    due = ctypes.c_int(7)
+    with pytest.raises(InvalidArgumentError):
+        _lib.progress_preview_due(t._handle(), b"e", None)
+    with pytest.raises(InvalidArgumentError):
+        _lib.progress_preview_due(t._handle(), None, ctypes.byref(due))
+    assert due.value == 0
+    due.value = 7
+    with pytest.raises(InvalidArgumentError):
+        _lib.progress_preview_due(None, b"e", ctypes.byref(due))
+    assert due.value == 0
