@@ -408,9 +408,15 @@ class ProgressTracker:
         """Whether update_preview would take a preview now (a milestone, or the next N-th step, was
         crossed): ask it every step and make the image (decode latents, render) only when it is True.
         Cheap: nothing is copied, only the task's lock is taken, Redis is never asked. False for a
-        finished task; NotFoundError for a task this engine does not hold."""
+        finished task. Runner-safe like update_preview: for a task this engine does not hold, False and
+        one ProgressWarning (NotFoundError when strict)."""
+        engine = self._handle()
         due = ctypes.c_int(0)
-        _lib.progress_preview_due(self._handle(), _lib.encode(task_id), ctypes.byref(due))
+        try:
+            _lib.progress_preview_due(engine, _lib.encode(task_id), ctypes.byref(due))
+        except ProgressError as error:
+            self._refused(task_id, error)
+            return False
         return bool(due.value)
 
     # ---- templates, engine ----------------------------------------------------------------------

@@ -959,7 +959,7 @@ def test_preview_due_every_n_steps_through_the_context(open_tracker, preview_dir
 
 
 def test_preview_due_errors(open_tracker):
-    t = open_tracker()
+    t = open_tracker(strict=True)  # the default tracker answers False with a warning (test_runner_safe)
     with pytest.raises(NotFoundError):
         t.preview_due("nobody")
     with pytest.raises(InvalidArgumentError):

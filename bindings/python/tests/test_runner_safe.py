@@ -117,6 +117,7 @@ REFUSED = {
         pe.RangeError, True),
     "bad image": (lambda t: t.update_preview_sync("t", (bytes(3), 2, 2, 3)), pe.InvalidArgumentError, False),
     "preview of an unknown task": (lambda t: t.update_preview_sync("nope", _image()), pe.NotFoundError, True),
+    "preview_due of an unknown task": (lambda t: t.preview_due("nope"), pe.NotFoundError, False),
     "stepper with total 0": (lambda t: t.stepper("t", 0).update(), pe.RangeError, True),
     "stepper of an unknown task": (lambda t: t.stepper("nope", 10).update(), pe.NotFoundError, True),
     "StepCounter.set past total": (lambda t: t.stepper("t", 10).set(11), pe.RangeError, True),  # after stepper()

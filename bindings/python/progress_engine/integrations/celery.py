@@ -48,11 +48,11 @@ except ImportError:  # the module stays importable; ProgressTask says what is mi
 
 _INSTALL = "progress_engine.integrations.celery needs Celery: pip install celery (and redis for a Redis broker)"
 
-# One tracker per process, keyed by pid. Celery's prefork pool forks its children from the worker's main
-# process, which may itself hold a tracker (it cancels revoked tasks). An engine opened before fork() is
-# not usable in the child (its writer thread does not exist there), so each process opens its own on
-# first use. The parent's tracker, inherited by a child, is kept referenced and never closed there:
-# closing it would join threads the child does not have.
+# One tracker per process, keyed by pid, opened on first use with the app's configuration and closed
+# (flushed to Redis) at worker_process_shutdown. Celery's prefork pool forks its children from the
+# worker's main process, which may itself hold a tracker (it cancels revoked tasks). That engine works in
+# a child too (it is fork-safe: docs/THREADING.md), but it is the main process's object, with its
+# finalizer; a child leaves it alone (referenced, finalizer detached) and reports through its own.
 _trackers: Dict[int, ProgressTracker] = {}
 _lock = threading.Lock()
 
