@@ -407,10 +407,8 @@
     }
     const t = tasks.get(id);
     if (!t || t.stale || t.epoch !== conn.epoch || id === taskView.id || table.drawn.has(id)) return false;
-    const seq = Number(raw.slice(idEnd + 8, seqEnd));
-    if (!Number.isSafeInteger(seq)) return false;
-    t.seq = seq; // the resume map stays exact
-    if (t.raw === null || t.raw === undefined) {
+    // t.seq is left as it was: the resume map reads every held update first (resumeMap → flushDeferred).
+    if (t.raw === null) {
       t.rawSince = Date.now();
       deferred.add(t);
     }
@@ -1784,7 +1782,8 @@
     ui.tvStages.textContent = "";
     delete ui.tv.dataset.history;
     delete ui.tv.dataset.lastSeq;
-    renderTaskView();
+    renderTaskView(false);
+    queueRender(true); // the charts in the next frame: the click is answered by the page's head at once
     ui.tvTitle.focus({ preventScroll: true });
     window.scrollTo(0, 0);
     const known = tasks.get(id);
@@ -1900,7 +1899,7 @@
     return t ? t.data : taskView.fetched;
   }
 
-  function renderTaskView() {
+  function renderTaskView(withCharts) {
     const id = taskView.id;
     const t = tasks.get(id);
     const d = taskState();
@@ -1930,7 +1929,7 @@
         taskView.chartsDirty = true; // the charts' right edge is "now" while the task runs
       }
     }
-    if (taskView.chartsDirty && d) {
+    if (taskView.chartsDirty && d && withCharts !== false) {
       taskView.chartsDirty = false;
       taskView.chartsDrawnAt = Date.now();
       renderCharts(t, d);
@@ -2008,7 +2007,7 @@
   /** A line chart. series: [{cls, points: [[x, y], …], step?}]; x in server ms, y in the unit of yFormat.
    *  The axis ranges are kept on the <svg> (data-x0 … data-y1), so a test can read back each point's value. */
   function lineChart(box, opts) {
-    const CW = chartWidth(box);
+    const CW = opts.width;
     box.textContent = "";
     const root = svg("svg", { viewBox: "0 0 " + CW + " " + CH, class: "chart", role: "img", "aria-label": opts.label });
     const x0 = opts.x0;
@@ -2078,7 +2077,10 @@
     const partialNote = taskView.partial ? "The engine's history of this task begins after its start: earlier events are gone." : null;
 
     // Stage timeline: one bar per stage from its start to its end (or now).
-    renderTimeline(d, start, right);
+    // Widths read before any chart is drawn: one layout, not one per chart.
+    const wide = chartWidth(ui.tvTimeline);
+    const half = chartWidth(ui.tvProgress);
+    renderTimeline(d, start, right, wide);
 
     // Progress over time, from the history's events.
     const progress = [];
@@ -2087,6 +2089,7 @@
       if (at !== null && typeof e.overall_progress === "number") progress.push([at, e.overall_progress]);
     }
     const pc = lineChart(ui.tvProgress, {
+      width: half,
       label: "Overall progress over time", x0: start, x1: right, y0: 0, y1: 100,
       yFormat: (v) => Math.round(v) + " %", series: [{ cls: "s-progress", points: progress }],
       marks: stageMarks(d), note: partialNote || (progress.length ? null : "No history events yet."),
@@ -2106,6 +2109,7 @@
     }
     const rmax = rate.reduce((m, p) => Math.max(m, p[1]), 0);
     lineChart(ui.tvRate, {
+      width: half,
       label: "Step rate: overall progress per second", x0: start, x1: right, y0: 0, y1: niceMax(rmax),
       yFormat: (v) => (v < 10 ? v.toFixed(1) : Math.round(v)) + " %/s", series: [{ cls: "s-rate", points: rate, dots: rate.length < 3 }],
       note: rate.length ? "Percent of the whole task gained per second, averaged over ≥ 1 s." : "Not enough history for a rate yet.",
@@ -2129,6 +2133,7 @@
     if (end !== null && d.status === "completed") for (const [at, rem] of predicted) errors.push(Math.abs(at + rem * 1000 - end) / 1000);
     const meanErr = errors.length ? errors.reduce((s, x) => s + x, 0) / errors.length : null;
     const ec = lineChart(ui.tvEta, {
+      width: half,
       label: "Remaining time as predicted at each moment, and as it really was", x0: start, x1: right, y0: 0, y1: ymax,
       yFormat: axisDuration,
       series: [{ cls: "s-actual", points: actual }, { cls: "s-eta", points: predicted, dots: predicted.length < 30 }],
@@ -2158,6 +2163,7 @@
     const memPeak = num(peaks.memory_mb);
     const rx0 = series.reduce((m, s) => (s.points.length ? Math.min(m, s.points[0][0]) : m), right);
     const resChart = lineChart(ui.tvRes, {
+      width: half,
       label: "CPU and GPU use", x0: Math.min(rx0, right - 1000), x1: right, y0: 0, y1: 100,
       yFormat: (v) => Math.round(v) + " %", series: series, legend: legend,
       note: "Samples received by this page (the last " + SPARK_POINTS + ", one per " + SAMPLE_MS + " ms at most). Memory " +
@@ -2184,9 +2190,8 @@
     return marks;
   }
 
-  function renderTimeline(d, start, right) {
+  function renderTimeline(d, start, right, TIMELINE_W) {
     const box = ui.tvTimeline;
-    const TIMELINE_W = chartWidth(box);
     box.textContent = "";
     const stages = stageList(d);
     const rowH = 22;
