@@ -37,6 +37,7 @@
     { key: "gpu_percent", label: "GPU", unit: "%", percent: true },
   ];
 
+  const LIST_TITLE = document.title;
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
   const tokenQuery = token ? "?token=" + encodeURIComponent(token) : "";
@@ -1325,8 +1326,10 @@
     } else {
       for (const id of tasks.keys()) dirty.add(id);
       table.rows.forEach((r) => r.el.remove());
+      table.free.forEach((r) => r.el.remove());
       table.rows.clear();
       table.free.length = 0;
+      table.drawn.clear();
     }
     return view;
   }
@@ -1774,6 +1777,7 @@
     taskView.chartsDrawnAt = 0;
     taskView.logDirty = true;
     document.body.dataset.route = "task";
+    document.title = id + " — ProgressEngine"; // a bookmark or tab says which task
     ui.tv.hidden = false;
     ui.tv.dataset.taskId = id;
     ui.tvLog.textContent = "";
@@ -1800,6 +1804,7 @@
     ui.tv.hidden = true;
     delete ui.tv.dataset.taskId;
     document.body.dataset.route = "list";
+    document.title = LIST_TITLE;
     table.measured = false;
     table.structureDirty = true;
     render();

@@ -124,6 +124,7 @@ def test_the_picked_view_is_remembered(dash, trackers):
         assert dash.js("return document.getElementById('view-table').getAttribute('aria-pressed')") == "true"
         pick_view(dash, "cards")
         dash.wait(lambda: dash.card_info("few-2") is not None, "the cards back")
+        assert dash.js("return document.querySelectorAll('.vt-row').length") == 0  # no row left behind
         assert dash.card_info("few-1")["status"] == "queued"
         dash.open(tracker)
         dash.wait(lambda: dash.js("return document.querySelectorAll('article.task').length") == 3, "cards after reload")
@@ -273,6 +274,7 @@ def test_task_page_of_a_running_task(dash, trackers, preview_dir):
         dash.row("run-1").click()
         dash.wait(lambda: dash.js("return !document.getElementById('task-view').hidden"), "the task's page")
         assert dash.js("return location.hash") == "#/task/run-1"
+        assert dash.driver.title == "run-1 — ProgressEngine"
         assert dash.js("return document.getElementById('tv-title').textContent") == "run-1"
         assert dash.js("return document.getElementById('analytics').getClientRects().length") == 0
 
@@ -311,7 +313,12 @@ def test_task_page_of_a_finished_task_shows_the_eta_against_the_end(dash, tracke
     run_steps(tracker, "done-1", range(1, 13), 12, 0.25)
     tracker.complete_task_sync("done-1")
     dash.wait(lambda: (dash.card_info("done-1") or {}).get("status") == "completed", "completed")
-    dash.js("location.hash = '#/task/done-1'")
+    # From the card view: the selected card's panel links to the task's page.
+    dash.card("done-1").click()
+    link = dash.wait(lambda: dash.js("const a = document.getElementById('detail-link');"
+                                     " return a.getClientRects().length ? a : null"), "the link to the task's page")
+    assert link.get_attribute("href").endswith("/#/task/done-1")
+    link.click()
     dash.wait(lambda: dash.js("return document.getElementById('task-view').dataset.status") == "completed",
               "the finished task's page")
     state = check_charts_match_history(dash, tracker, "done-1")
@@ -378,6 +385,7 @@ def test_keyboard_moves_in_the_table_and_opens_and_leaves_a_task(dash, trackers)
     assert dash.js("return document.activeElement.id") == "tv-title"
     keys(Keys.ESCAPE)
     dash.wait(lambda: dash.js("return document.getElementById('task-view').hidden"), "back to the list by Esc")
+    assert dash.driver.title == "ProgressEngine — live dashboard"
     dash.wait(lambda: dash.js("return document.activeElement === arguments[0]", viewport), "the focus back")
     assert active() == ["kb-01"]
     assert dash.js("return location.hash") in ("", "#/")

@@ -81,7 +81,7 @@ enum DashboardAssets {
         <span role="columnheader" class="c-progress"><button type="button" data-sort="progress">Progress</button></span>
         <span role="columnheader" class="c-stage">Stage</span>
         <span role="columnheader" class="c-eta"><button type="button" data-sort="eta">ETA</button></span>
-        <span role="columnheader" class="c-elapsed"><button type="button" data-sort="updated">Elapsed</button></span>
+        <span role="columnheader" class="c-elapsed">Elapsed</span>
       </div>
       <div id="vt-spacer" class="vt-spacer" role="presentation"></div>
     </div>
@@ -160,7 +160,7 @@ enum DashboardAssets {
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script src="/dashboard/app.js?v=1e7506e87128"></script>
+<script src="/dashboard/app.js?v=8d6bf20a5bc5"></script>
 </body>
 </html>
 """##),
@@ -204,6 +204,7 @@ enum DashboardAssets {
     { key: "gpu_percent", label: "GPU", unit: "%", percent: true },
   ];
 
+  const LIST_TITLE = document.title;
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
   const tokenQuery = token ? "?token=" + encodeURIComponent(token) : "";
@@ -1492,8 +1493,10 @@ enum DashboardAssets {
     } else {
       for (const id of tasks.keys()) dirty.add(id);
       table.rows.forEach((r) => r.el.remove());
+      table.free.forEach((r) => r.el.remove());
       table.rows.clear();
       table.free.length = 0;
+      table.drawn.clear();
     }
     return view;
   }
@@ -1941,6 +1944,7 @@ enum DashboardAssets {
     taskView.chartsDrawnAt = 0;
     taskView.logDirty = true;
     document.body.dataset.route = "task";
+    document.title = id + " — ProgressEngine"; // a bookmark or tab says which task
     ui.tv.hidden = false;
     ui.tv.dataset.taskId = id;
     ui.tvLog.textContent = "";
@@ -1967,6 +1971,7 @@ enum DashboardAssets {
     ui.tv.hidden = true;
     delete ui.tv.dataset.taskId;
     document.body.dataset.route = "list";
+    document.title = LIST_TITLE;
     table.measured = false;
     table.structureDirty = true;
     render();
