@@ -1780,8 +1780,14 @@
     document.title = id + " — ProgressEngine"; // a bookmark or tab says which task
     ui.tv.hidden = false;
     ui.tv.dataset.taskId = id;
+    // Nothing of the previous task's page may stand in for this one's until its state comes.
+    delete ui.tv.dataset.status;
+    for (const node of [ui.tvStatus, ui.tvMeta, ui.tvSummary, ui.tvError, ui.tvNote]) node.textContent = "";
+    ui.tvError.hidden = true;
+    ui.tvNote.hidden = true;
     ui.tvLog.textContent = "";
     ui.tvPreviews.textContent = "";
+    delete ui.tvPreviews.dataset.key;
     for (const box of [ui.tvTimeline, ui.tvProgress, ui.tvRate, ui.tvEta, ui.tvRes]) box.textContent = "";
     ui.tvStages.textContent = "";
     delete ui.tv.dataset.history;
@@ -1875,14 +1881,18 @@
     getJSON("/tasks/" + encodeURIComponent(id) + "/logs")
       .then((body) => {
         if (generation !== taskView.generation || !Array.isArray(body.logs)) return;
-        addTaskLogs(body.logs);
+        if (mergeTaskLogs(body.logs)) {
+          taskView.logDirty = true;
+          queueRender();
+        }
       })
       .catch(() => {
         // The live lines still come over the WebSocket.
       });
   }
 
-  function addTaskLogs(entries) {
+  /** Adds log entries the task's page does not have yet, in time order; returns whether any was new. */
+  function mergeTaskLogs(entries) {
     let added = false;
     for (const e of entries) {
       if (!e || typeof e !== "object") continue;
@@ -1892,10 +1902,8 @@
       taskView.logs.push(e);
       added = true;
     }
-    if (!added) return;
-    taskView.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
-    taskView.logDirty = true;
-    queueRender();
+    if (added) taskView.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
+    return added;
   }
 
   /** The task's latest state: live from the WebSocket, else as read over REST. */
@@ -1941,17 +1949,8 @@
     }
     if (taskView.logDirty) {
       taskView.logDirty = false;
-      if (t) addTaskLogsQuiet(t.logs);
+      if (t) mergeTaskLogs(t.logs); // the live lines this page received
       renderTaskLog(d);
-    }
-  }
-
-  function addTaskLogsQuiet(entries) {
-    for (const e of entries) {
-      const key = logKey(e);
-      if (taskView.logKeys.has(key)) continue;
-      taskView.logKeys.add(key);
-      taskView.logs.push(e);
     }
   }
 
