@@ -2000,6 +2000,11 @@
     return Math.max(280, Math.round(box.clientWidth) || 560);
   }
 
+  /** Time labels along a plot this wide: about one per 70 px, so they never run into each other on a phone. */
+  function xTicks(width) {
+    return Math.max(1, Math.min(4, Math.floor(width / 70)));
+  }
+
   /** Axis labels: short enough for the margin at any magnitude. */
   function axisDuration(seconds) {
     if (seconds < 10) return seconds.toFixed(1) + " s";
@@ -2033,10 +2038,11 @@
       label.textContent = opts.yFormat(v);
       root.appendChild(label);
     }
-    for (let i = 0; i <= 4; i++) {
-      const x = X(x0 + ((x1 - x0) * i) / 4);
-      const label = svg("text", { x: x, y: CH - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-      label.textContent = "+" + axisDuration(((x1 - x0) * i) / 4000);
+    const ticks = xTicks(w);
+    for (let i = 0; i <= ticks; i++) {
+      const x = X(x0 + ((x1 - x0) * i) / ticks);
+      const label = svg("text", { x: x, y: CH - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
+      label.textContent = "+" + axisDuration(((x1 - x0) * i) / ticks / 1000);
       root.appendChild(label);
     }
     for (const s of opts.series) {
@@ -2226,10 +2232,11 @@
       bar.appendChild(title);
       root.appendChild(bar);
     });
-    for (let i = 0; i <= 4; i++) {
-      const label = svg("text", { x: X(start + ((right - start) * i) / 4), y: H - 6, class: "axis",
-        "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-      label.textContent = "+" + axisDuration(((right - start) * i) / 4000);
+    const ticks = xTicks(w);
+    for (let i = 0; i <= ticks; i++) {
+      const label = svg("text", { x: X(start + ((right - start) * i) / ticks), y: H - 6, class: "axis",
+        "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
+      label.textContent = "+" + axisDuration(((right - start) * i) / ticks / 1000);
       root.appendChild(label);
     }
     box.appendChild(root);
