@@ -1,4 +1,5 @@
-// ProgressEngine live dashboard (SPEC §8): one WebSocket subscribed to "*", every task drawn live.
+// ProgressEngine live dashboard (SPEC §8): one WebSocket subscribed to "*"; cards for a handful of tasks, a
+// virtualised table for a fleet, and a page per task (#/task/<id>) drawn from its history (docs/DASHBOARD.md).
 // Plain script, no framework, no external assets. Everything that comes from the server (task ids, messages,
 // errors, log lines) reaches the page through textContent or attributes, never as markup.
 "use strict";
@@ -20,12 +21,23 @@
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const STATUSES = ["queued", "executing", "completed", "failed", "cancelled"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const VIEW_KEY = "progress-dashboard.view"; // the view a user picked, remembered per listener origin
+  const AUTO_TABLE_ABOVE = 20; // without a picked view: cards up to this many tasks, the table beyond
+  const OVERSCAN = 6; // rows drawn above and below the viewport, so a scroll shows no blank rows
+  const RESORT_MS = 1000; // a sort by a live figure (ETA, updated, status) reorders at most this often
+  const ANALYTICS_MS = 500; // with many tasks the analytics strip (a pass over every task) is redrawn this often
+  const ETA_SAMPLE_MS = 1000; // at most one ETA prediction kept per task per this interval
+  const ETA_POINTS = 600;
+  const MAX_PREVIEWS = 24; // distinct previews kept per task for its page
+  const HISTORY_POLL_MS = 1000; // an open task's page reads its new history events this often
+  const STATUS_RANK = { failed: 0, executing: 1, queued: 2, cancelled: 3, completed: 4 };
   const RESOURCES = [
     { key: "cpu_percent", label: "CPU", unit: "%", percent: true },
     { key: "memory_mb", label: "Mem", unit: "MB", percent: false },
     { key: "gpu_percent", label: "GPU", unit: "%", percent: true },
   ];
 
+  const LIST_TITLE = document.title;
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
   const tokenQuery = token ? "?token=" + encodeURIComponent(token) : "";
@@ -50,6 +62,34 @@
     dialogTitle: $("preview-title"),
     dialogImg: $("preview-full"),
     dialogClose: $("preview-close"),
+    detailLink: $("detail-link"),
+    viewBtns: Array.from(document.querySelectorAll(".view-btn")),
+    sort: $("sort"),
+    sortDir: $("sort-dir"),
+    filterStatus: $("filter-status"),
+    filterText: $("filter-text"),
+    shown: $("shown"),
+    vt: $("vt-viewport"),
+    vtHead: $("vt-head"),
+    vtSpacer: $("vt-spacer"),
+    analytics: $("analytics"),
+    layout: document.querySelector(".layout"),
+    tv: $("task-view"),
+    tvTitle: $("tv-title"),
+    tvStatus: $("tv-status"),
+    tvMeta: $("tv-meta"),
+    tvSummary: $("tv-summary"),
+    tvError: $("tv-error"),
+    tvNote: $("tv-note"),
+    tvTimeline: $("tv-timeline"),
+    tvStages: $("tv-stages-body"),
+    tvProgress: $("tv-progress"),
+    tvRate: $("tv-rate"),
+    tvEta: $("tv-eta"),
+    tvRes: $("tv-res"),
+    tvPreviews: $("tv-previews"),
+    tvLog: $("tv-log"),
+    tvBack: $("tv-back"),
   };
 
   /** task_id → task state (a Map, so no id can collide with an object's own properties). */
@@ -195,6 +235,7 @@
     ws.onmessage = (event) => {
       if (conn.ws !== ws) return;
       conn.lastMessage = Date.now();
+      if (deferUpdate(event.data)) return;
       let msg;
       try {
         msg = JSON.parse(event.data);
@@ -257,6 +298,7 @@
   const utf8 = new TextEncoder();
   let resumeBudget = RESUME_BUDGET;
   function resumeMap() {
+    flushDeferred(true);
     const out = {};
     let size = 2;
     const open = Array.from(tasks.values())
@@ -337,6 +379,77 @@
 
   // ---------------------------------------------------------------- messages
 
+  // A fleet's updates, read when they are needed. 1,000 tasks at 10 Hz are 10,000 messages a second: parsing each
+  // and updating its task cost the page more than the table's drawing. In the table view an update of a task that
+  // is not drawn is kept as text and parsed when its row comes into view, or within DEFER_MS (the counts, sort and
+  // analytics run late by that much at most). Each message holds the task's whole state, so the latest is enough.
+  const DEFER_MS = 1000;
+  const FLUSH_BUDGET_MS = 4; // parsing of held updates per frame, so a 10,000-task backlog does not stall a frame
+  const UPDATE_PREFIX = '{"type":"progress.update","task_id":"';
+  /** Tasks holding an unparsed update, in the order they began to wait. */
+  const deferred = new Set();
+
+  /** Keeps an update of a task that is not drawn as text; false when the message must be handled now. */
+  function deferUpdate(raw) {
+    if (shownView !== "table" || typeof raw !== "string" || !raw.startsWith(UPDATE_PREFIX)) return false;
+    // The listener writes type, task_id, seq, then "replayed"/"recovered" when present, then data: an id's own
+    // quotes are escaped, so the first '","seq":' ends it.
+    const idEnd = raw.indexOf('","seq":', UPDATE_PREFIX.length);
+    if (idEnd < 0) return false;
+    const seqEnd = raw.indexOf(",", idEnd + 8);
+    if (seqEnd < 0 || !raw.startsWith(',"data":', seqEnd)) return false; // replayed or recovered: handled now
+    let id = raw.slice(UPDATE_PREFIX.length, idEnd);
+    if (id.includes("\\")) {
+      try {
+        id = JSON.parse('"' + id + '"');
+      } catch (e) {
+        return false;
+      }
+    }
+    const t = tasks.get(id);
+    if (!t || t.stale || t.epoch !== conn.epoch || id === taskView.id || table.drawn.has(id)) return false;
+    // t.seq is left as it was: the resume map reads every held update first (resumeMap → flushDeferred).
+    if (t.raw === null) {
+      t.rawSince = Date.now();
+      deferred.add(t);
+    }
+    t.raw = raw;
+    if (!flushTimer) flushTimer = setTimeout(flushTick, DEFER_MS);
+    return true;
+  }
+
+  /** Handles the held update of a task now. */
+  function readDeferred(t) {
+    const raw = t.raw;
+    t.raw = null;
+    deferred.delete(t);
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch (e) {
+      return;
+    }
+    if (tasks.get(t.id) === t) handleMessage(msg);
+  }
+
+  /** The held updates that waited DEFER_MS (all of them when `all`), within the frame's budget unless `all`. */
+  function flushDeferred(all) {
+    if (deferred.size === 0) return;
+    const start = Date.now();
+    for (const t of deferred) {
+      if (!all && (start - t.rawSince < DEFER_MS || Date.now() - start > FLUSH_BUDGET_MS)) break;
+      readDeferred(t);
+    }
+    if (deferred.size && !flushTimer) flushTimer = setTimeout(flushTick, 250);
+  }
+
+  let flushTimer = null;
+
+  function flushTick() {
+    flushTimer = null;
+    queueRender();
+  }
+
   function handleMessage(msg) {
     if (!msg || typeof msg !== "object") return;
     switch (msg.type) {
@@ -405,7 +518,14 @@
         sampledAt: 0,
         etaTarget: null,
         etaErrors: [],
-        etaPredictions: [],
+        etaSeen: [], // [server ms when predicted, predicted end in server ms] pairs, flat
+        etaSampledAt: 0,
+        resT: [], // server ms of each resource sample in res
+        previews: [], // {url, at, overall}: each distinct preview seen, in order
+        createdMs: 0,
+        updatedMs: 0,
+        raw: null, // an update held unparsed (deferUpdate)
+        rawSince: 0,
         logs: [],
         logKeys: new Set(),
         logsFetched: false,
@@ -414,6 +534,7 @@
       };
       for (const r of RESOURCES) t.res[r.key] = [];
       tasks.set(id, t);
+      table.structureDirty = true;
     }
     const wasTerminal = TERMINAL.has(t.data.status);
     // The selected task's log lines written while the page was away are fetched again after a reconnect.
@@ -425,6 +546,9 @@
     t.receivedAt = now;
 
     const updated = parseTime(data.updated_at);
+    t.updatedMs = updated !== null ? updated : now;
+    t.createdMs = parseTime(data.created_at) || t.firstSeen;
+    if (table.liveSort) table.orderStale = true;
     if (data.status === "executing" && updated !== null) {
       const offset = now - updated;
       if (clockOffset === null || offset < clockOffset) clockOffset = offset;
@@ -438,15 +562,30 @@
       // was already a few seconds old when it came (on subscribe, after a reconnect) has that much less to go.
       const base = updated !== null && clockOffset !== null ? updated + clockOffset : now;
       t.etaTarget = etaSeconds !== null ? base + etaSeconds * 1000 : etaAt + (clockOffset || 0);
-      const predicted = etaAt !== null ? etaAt : serverNow() + etaSeconds * 1000;
-      if (data.status === "executing") t.etaPredictions.push(predicted);
-      if (t.etaPredictions.length > 500) t.etaPredictions.splice(0, t.etaPredictions.length - 500);
+      const at = updated !== null ? updated : serverNow();
+      const predicted = etaAt !== null ? etaAt : at + etaSeconds * 1000;
+      // Updates come at up to 10 Hz; one prediction a second draws the same picture at a tenth of the memory.
+      if (data.status === "executing" && now - t.etaSampledAt >= ETA_SAMPLE_MS) {
+        t.etaSampledAt = now;
+        t.etaSeen.push(at, predicted);
+        if (t.etaSeen.length > 2 * ETA_POINTS) t.etaSeen.splice(0, t.etaSeen.length - 2 * ETA_POINTS);
+      }
     } else {
       t.etaTarget = null;
     }
     if (!wasTerminal && data.status === "completed") {
       const done = parseTime(data.completed_at);
-      if (done !== null) t.etaErrors = t.etaPredictions.map((p) => Math.abs(p - done) / 1000);
+      if (done !== null) {
+        t.etaErrors = [];
+        for (let i = 1; i < t.etaSeen.length; i += 2) t.etaErrors.push(Math.abs(t.etaSeen[i] - done) / 1000);
+      }
+    }
+    if (typeof data.preview_url === "string" && data.preview_url) {
+      const last = t.previews[t.previews.length - 1];
+      if (!last || last.url !== data.preview_url) {
+        t.previews.push({ url: data.preview_url, at: t.updatedMs, overall: num(data.overall_progress) });
+        if (t.previews.length > MAX_PREVIEWS) t.previews.shift();
+      }
     }
 
     const usage = data.resource_usage && typeof data.resource_usage === "object" ? data.resource_usage : null;
@@ -461,6 +600,9 @@
         else series[series.length - 1] = num(usage[r.key]);
         if (series.length > SPARK_POINTS) series.splice(0, series.length - SPARK_POINTS);
       }
+      if (fresh || t.resT.length === 0) t.resT.push(t.updatedMs);
+      else t.resT[t.resT.length - 1] = t.updatedMs;
+      if (t.resT.length > SPARK_POINTS) t.resT.splice(0, t.resT.length - SPARK_POINTS);
     }
 
     if (msg.recovered !== undefined) conn.caughtUp += 1;
@@ -474,7 +616,9 @@
 
     dirty.add(id);
     analyticsDirty = true;
-    evictFinished();
+    // Only a task that just finished can push the finished ones over the bound: a pass over every task on every
+    // update would cost O(tasks) per message (10,000 tasks at 10 Hz: 10^9 visits a second).
+    if (TERMINAL.has(data.status) && !wasTerminal) evictFinished();
     queueRender();
     if (refetchLogs) fetchLogs(t);
   }
@@ -506,6 +650,10 @@
       for (const e of t.logs.splice(0, t.logs.length - MAX_LOGS)) t.logKeys.delete(logKey(e));
     }
     if (id === selected) renderLog();
+    if (id === taskView.id) {
+      taskView.logDirty = true;
+      queueRender();
+    }
   }
 
   const pendingLogs = new Map();
@@ -529,8 +677,9 @@
     if (finished.length <= MAX_FINISHED) return;
     finished.sort((a, b) => (parseTime(a.data.completed_at) || a.receivedAt) - (parseTime(b.data.completed_at) || b.receivedAt));
     for (const t of finished.slice(0, finished.length - MAX_FINISHED)) {
-      if (t.id === selected) continue;
+      if (t.id === selected || t.id === taskView.id) continue;
       tasks.delete(t.id);
+      table.structureDirty = true;
       dirty.delete(t.id);
       if (t.els) t.els.root.remove();
       if (t.batchId) updateBatchMembership(t.batchId);
@@ -539,25 +688,63 @@
 
   // ---------------------------------------------------------------- rendering
 
-  function queueRender() {
+  // A fleet's table is drawn at most this often for its updates: each task is updated at up to 10 Hz, so a faster
+  // redraw shows nothing more, while every frame costs the page its style, layout, paint and compositing. Scrolling,
+  // keys and clicks are drawn in the next frame.
+  const TABLE_FRAME_MS = 100;
+  let lastRender = 0;
+  let renderDelay = null;
+
+  function queueRender(urgent) {
     if (renderQueued) return;
+    const wait = urgent || shownView !== "table" ? 0 : TABLE_FRAME_MS - (Date.now() - lastRender);
+    if (wait > 0) {
+      if (!renderDelay) renderDelay = setTimeout(() => { renderDelay = null; queueRender(true); }, wait);
+      return;
+    }
     renderQueued = true;
     // requestAnimationFrame pauses in hidden tabs; the timeout keeps the page current there too.
     const run = () => {
       if (!renderQueued) return;
       renderQueued = false;
+      lastRender = Date.now();
       render();
     };
     requestAnimationFrame(run);
     setTimeout(run, 250);
   }
 
-  function render() {
+  function render(forceAnalytics) {
+    const view = applyView();
+    flushDeferred(view !== "table");
+    if (view === "table") {
+      for (const id of dirty) table.dirty.add(id);
+      if (taskView.id !== null && dirty.has(taskView.id)) taskView.stateDirty = true;
+      dirty.clear();
+      renderTable();
+    } else {
+      renderCards();
+      if (taskView.id !== null) renderTable(); // keeps its filter counts current for the way back
+    }
+    if (taskView.id !== null) renderTaskView();
+    ui.empty.hidden = tasks.size > 0;
+    if (analyticsDirty) {
+      const wait = tasks.size > 200 && !forceAnalytics ? ANALYTICS_MS - (Date.now() - lastAnalytics) : 0;
+      if (wait <= 0) renderAnalytics();
+      else if (!analyticsTimer) analyticsTimer = setTimeout(() => { analyticsTimer = null; queueRender(); }, wait);
+    }
+  }
+
+  let lastAnalytics = 0;
+  let analyticsTimer = null;
+
+  function renderCards() {
     const batchesTouched = new Set();
     let structureChanged = false;
     for (const id of dirty) {
       const t = tasks.get(id);
       if (!t) continue;
+      if (id === taskView.id) taskView.stateDirty = true;
       if (!t.els) {
         t.els = buildCard(t);
         adoptPendingLogs(t);
@@ -570,8 +757,6 @@
     dirty.clear();
     for (const b of batchesTouched) updateBatch(b);
     if (structureChanged) orderTopLevel();
-    ui.empty.hidden = tasks.size > 0;
-    if (analyticsDirty) renderAnalytics();
   }
 
   function buildCard(t) {
@@ -928,6 +1113,7 @@
 
   function renderAnalytics() {
     analyticsDirty = false;
+    lastAnalytics = Date.now();
     const counts = {};
     for (const s of STATUSES) counts[s] = 0;
     const perTemplate = new Map();
@@ -1001,6 +1187,7 @@
     if (!t) return;
     t.els.root.setAttribute("aria-current", "true");
     ui.detail.dataset.taskId = id;
+    ui.detailLink.href = "#/task/" + encodeURIComponent(id);
     ui.log.textContent = "";
     renderedLogs = 0;
     renderDetail();
@@ -1098,14 +1285,1027 @@
     ui.log.dataset.count = String(t.logs.length);
   }
 
+  // View: cards for a handful of tasks, a virtualised table for a fleet ---------------------------------
+
+  function storedView() {
+    try {
+      const v = localStorage.getItem(VIEW_KEY);
+      return v === "table" || v === "cards" ? v : null;
+    } catch (e) {
+      return null; // storage disabled: the automatic choice
+    }
+  }
+
+  let pickedView = storedView();
+  /** The view shown (document.body.dataset.view), kept in a variable: it is read for every message. */
+  let shownView = null;
+
+  /** Shows the view in effect (picked, else by the number of tasks) and returns it. */
+  function applyView() {
+    const view = pickedView || (tasks.size > AUTO_TABLE_ABOVE ? "table" : "cards");
+    if (shownView === view) return view;
+    shownView = view;
+    document.body.dataset.view = view;
+    for (const b of ui.viewBtns) b.setAttribute("aria-pressed", String(b.dataset.view === view));
+    ui.vt.hidden = view !== "table";
+    ui.list.hidden = view !== "cards";
+    if (view === "table") {
+      // The cards go: a thousand hidden cards still cost memory and nodes, and they are rebuilt on the way back.
+      for (const t of tasks.values()) {
+        t.els = null;
+        t.batchId = null;
+      }
+      ui.list.textContent = "";
+      batches.clear();
+      selected = null;
+      delete ui.detail.dataset.taskId;
+      ui.detailHint.hidden = false;
+      ui.detailBody.hidden = true;
+      table.structureDirty = true;
+      table.measured = false;
+    } else {
+      for (const id of tasks.keys()) dirty.add(id);
+      table.rows.forEach((r) => r.el.remove());
+      table.free.forEach((r) => r.el.remove());
+      table.rows.clear();
+      table.free.length = 0;
+      table.drawn.clear();
+    }
+    return view;
+  }
+
+  function pickView(view) {
+    pickedView = view;
+    try {
+      localStorage.setItem(VIEW_KEY, view);
+    } catch (e) {
+      // Not remembered, still shown.
+    }
+    applyView();
+    render();
+  }
+
+  function initControls() {
+    for (const b of ui.viewBtns) b.addEventListener("click", () => pickView(b.dataset.view));
+    ui.sort.addEventListener("change", () => setSort(ui.sort.value, null));
+    ui.sortDir.addEventListener("click", () => setSort(table.sortKey, !table.descending));
+    ui.filterStatus.addEventListener("change", () => setFilter());
+    ui.filterText.addEventListener("input", () => setFilter());
+    for (const b of ui.vtHead.querySelectorAll("button[data-sort]")) {
+      b.addEventListener("click", () => {
+        const key = b.dataset.sort;
+        setSort(key, key === table.sortKey ? !table.descending : defaultDescending(key));
+      });
+    }
+    ui.vt.addEventListener("scroll", () => queueRender(true), { passive: true });
+    ui.vt.addEventListener("click", (event) => {
+      const rowEl = event.target.closest(".vt-row");
+      if (!rowEl || !rowEl.taskId) return;
+      table.activeId = rowEl.taskId;
+      openTask(rowEl.taskId);
+    });
+    ui.vt.addEventListener("keydown", onTableKey);
+    ui.vt.addEventListener("focus", () => {
+      if (table.activeId === null || !tasks.has(table.activeId)) {
+        const first = table.order[Math.min(table.order.length - 1, Math.ceil(ui.vt.scrollTop / table.rowH))];
+        table.activeId = first ? first.id : null;
+      }
+      queueRender(true);
+    });
+    window.addEventListener("resize", () => {
+      table.measured = false;
+      queueRender(true);
+    });
+    window.addEventListener("hashchange", route);
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && taskView.id !== null && !ui.dialog.open) {
+        event.preventDefault();
+        closeTask();
+      }
+    });
+    ui.tvBack.addEventListener("click", (event) => {
+      event.preventDefault();
+      closeTask();
+    });
+    ui.sort.value = table.sortKey;
+  }
+
+  // The table ------------------------------------------------------------------------------------------
+
+  const table = {
+    order: [], // the tasks listed, filtered and sorted
+    sortKey: "created",
+    descending: true,
+    liveSort: false, // whether the sort key moves with every update
+    structureDirty: true, // tasks came or went: sort at the next frame
+    orderStale: false, // a sort key moved: sort again, at most every RESORT_MS
+    lastSort: 0,
+    sortTimer: null,
+    dirty: new Set(), // tasks updated since their row was last drawn
+    clockTick: false,
+    rows: new Map(), // index in order → row drawn there
+    drawn: new Set(), // ids of the tasks whose rows are drawn: their updates are never held
+    free: [],
+    rowSerial: 0,
+    rowH: 34,
+    viewH: 0,
+    bodyTop: 0,
+    measured: false,
+    activeId: null,
+    filterStatus: "",
+    filterText: "",
+    scrollTop: 0,
+  };
+
+  function defaultDescending(key) {
+    return key === "created" || key === "updated" || key === "progress";
+  }
+
+  function setSort(key, descending) {
+    table.sortKey = key;
+    table.descending = descending === null ? defaultDescending(key) : descending;
+    table.liveSort = key === "updated" || key === "eta" || key === "status" || key === "progress";
+    ui.sort.value = key;
+    for (const b of ui.vtHead.querySelectorAll("button[data-sort]")) {
+      const cell = b.parentNode;
+      if (b.dataset.sort === key) cell.setAttribute("aria-sort", table.descending ? "descending" : "ascending");
+      else cell.removeAttribute("aria-sort");
+    }
+    table.structureDirty = true;
+    queueRender(true);
+  }
+
+  function setFilter() {
+    table.filterStatus = ui.filterStatus.value;
+    table.filterText = ui.filterText.value.trim().toLowerCase();
+    table.structureDirty = true;
+    queueRender(true);
+  }
+
+  function sortValue(t) {
+    const d = t.data;
+    switch (table.sortKey) {
+      case "updated": return t.updatedMs;
+      case "status": return STATUS_RANK[d.status] !== undefined ? STATUS_RANK[d.status] : 5;
+      case "progress": return num(d.overall_progress) || 0;
+      // No ETA sorts after every ETA either way: the tasks that can say when they end come first.
+      case "eta": return t.etaTarget !== null && !TERMINAL.has(d.status) ? t.etaTarget : null;
+      case "id": return t.id;
+      case "template": return String(d.template_id || "");
+      default: return t.createdMs;
+    }
+  }
+
+  function rebuildOrder() {
+    const status = table.filterStatus;
+    const text = table.filterText;
+    const list = [];
+    for (const t of tasks.values()) {
+      if (status && t.data.status !== status) continue;
+      if (text && !t.id.toLowerCase().includes(text) && !String(t.data.template_id || "").toLowerCase().includes(text)) continue;
+      t.sortValue = sortValue(t);
+      list.push(t);
+    }
+    const sign = table.descending ? -1 : 1;
+    list.sort((a, b) => {
+      const x = a.sortValue;
+      const y = b.sortValue;
+      if (x === null || y === null) {
+        if (x !== y) return x === null ? 1 : -1;
+      } else if (x !== y) {
+        return (x < y ? -1 : 1) * sign;
+      }
+      // Ties in order of creation (newest first), so rows do not swap places between sorts.
+      return b.createdMs - a.createdMs || b.arrival - a.arrival;
+    });
+    table.order = list;
+    table.structureDirty = false;
+    table.orderStale = false;
+    table.lastSort = Date.now();
+    ui.vt.setAttribute("aria-rowcount", String(list.length + 1));
+    setText(ui.shown, list.length === tasks.size ? tasks.size + " tasks" : list.length + " of " + tasks.size + " tasks");
+    // Every drawn row may now show another task.
+    for (const r of table.rows.values()) r.index = -1;
+  }
+
+  function measureTable() {
+    const rowH = parseFloat(getComputedStyle(ui.vt).getPropertyValue("--row-h"));
+    if (rowH > 0 && rowH !== table.rowH) {
+      table.rowH = rowH;
+      for (const r of table.rows.values()) r.index = -1; // placed at the old pitch
+    }
+    table.viewH = ui.vt.clientHeight;
+    table.bodyTop = ui.vtSpacer.offsetTop;
+    table.measured = true;
+  }
+
+  function renderTable() {
+    if (ui.vt.hidden) return;
+    const now = Date.now();
+    if (table.structureDirty) rebuildOrder();
+    else if (table.orderStale) {
+      const wait = RESORT_MS - (now - table.lastSort);
+      if (wait <= 0) rebuildOrder();
+      else if (!table.sortTimer) table.sortTimer = setTimeout(() => { table.sortTimer = null; queueRender(); }, wait);
+    }
+    if (taskView.id !== null) return; // hidden behind a task's page: its order is kept current, nothing drawn
+    // Reads first (layout is clean at the start of a frame), then writes: no forced layout in between.
+    if (!table.measured) measureTable();
+    const rowH = table.rowH;
+    const n = table.order.length;
+    const top = Math.max(0, ui.vt.scrollTop - table.bodyTop);
+    const first = Math.max(0, Math.floor(top / rowH) - OVERSCAN);
+    const last = Math.min(n, Math.ceil((top + table.viewH) / rowH) + OVERSCAN);
+    const height = n * rowH + "px";
+    if (ui.vtSpacer.style.height !== height) ui.vtSpacer.style.height = height;
+
+    for (const [i, r] of table.rows) {
+      if (i < first || i >= last) {
+        table.rows.delete(i);
+        r.el.hidden = true;
+        r.taskId = null;
+        table.free.push(r);
+      }
+    }
+    const tick = table.clockTick;
+    table.clockTick = false;
+    for (let i = first; i < last; i++) {
+      let r = table.rows.get(i);
+      if (!r) {
+        r = table.free.pop() || makeRow();
+        r.index = -1;
+        r.el.hidden = false;
+        table.rows.set(i, r);
+      }
+      const t = table.order[i];
+      const held = !!t.raw;
+      if (held) readDeferred(t); // its row is drawn: its latest state now
+      if (r.index !== i) {
+        r.index = i;
+        r.el.style.transform = "translateY(" + i * rowH + "px)";
+        r.el.setAttribute("aria-rowindex", String(i + 2));
+      }
+      if (r.taskId !== t.id) fillRow(r, t, true);
+      else if (tick || held || table.dirty.has(t.id)) fillRow(r, t, false);
+    }
+    table.dirty.clear();
+    table.drawn.clear();
+    for (const r of table.rows.values()) if (r.taskId !== null) table.drawn.add(r.taskId);
+    updateActiveRow();
+  }
+
+  function makeRow() {
+    const row = el("div", "vt-row vt-cols");
+    row.setAttribute("role", "row");
+    row.id = "vt-row-" + ++table.rowSerial;
+    const cell = (cls) => {
+      const c = el("span", cls);
+      c.setAttribute("role", "gridcell");
+      row.appendChild(c);
+      return c;
+    };
+    const id = cell("c-id");
+    const template = cell("c-template");
+    const status = cell("c-status");
+    const badge = el("span", "badge");
+    status.appendChild(badge);
+    const progress = cell("c-progress");
+    const bar = el("span", "mini-bar");
+    const fill = el("span", "mini-fill");
+    bar.appendChild(fill);
+    const pct = el("span", "mini-pct");
+    progress.append(bar, pct);
+    const stage = cell("c-stage");
+    const eta = cell("c-eta");
+    const elapsed = cell("c-elapsed");
+    ui.vtSpacer.appendChild(row);
+    // v: what each part shows now, so an update writes only what changed (no DOM reads to compare).
+    return { el: row, id, template, badge, fill, pct, stage, eta, elapsed, index: -1, taskId: null, v: {} };
+  }
+
+  function put(r, key, node, text) {
+    if (r.v[key] === text) return;
+    r.v[key] = text;
+    // The same text node rewritten: no node created and collected per update.
+    if (node.firstChild && node.firstChild.nodeType === 3 && !node.firstChild.nextSibling) node.firstChild.data = text;
+    else node.textContent = text;
+  }
+
+  function fillRow(r, t, fresh) {
+    const d = t.data;
+    if (fresh) {
+      r.v = {};
+      r.taskId = t.id;
+      r.el.taskId = t.id;
+      r.el.dataset.taskId = t.id;
+      r.id.title = t.id;
+    }
+    const status = STATUSES.includes(d.status) ? d.status : "queued";
+    if (r.v.status !== status) {
+      r.el.dataset.status = status;
+      r.badge.dataset.status = status;
+    }
+    put(r, "status", r.badge, status);
+    put(r, "id", r.id, t.id);
+    put(r, "template", r.template, String(d.template_id || "?"));
+    const overall = Math.max(0, Math.min(100, num(d.overall_progress) || 0));
+    const fill = "scaleX(" + (overall / 100).toFixed(4) + ")";
+    if (r.v.fill !== fill) {
+      r.v.fill = fill;
+      r.fill.style.transform = fill; // a transform: composited, no layout of the row
+    }
+    put(r, "pct", r.pct, formatPercent(overall));
+    const stages = d.stages && typeof d.stages === "object" ? d.stages : {};
+    const current = stages[String(d.current_stage)];
+    const total = num(d.total_stages);
+    put(r, "stage", r.stage, current ? (current.name || "stage") + " (" + (d.current_stage + 1) + "/" + (total || "?") + ")" : "");
+    put(r, "eta", r.eta, etaText(t, false));
+    put(r, "elapsed", r.elapsed, formatDuration(elapsedSeconds(t)));
+    const stale = t.stale ? "true" : "false";
+    if (r.v.stale !== stale) {
+      r.v.stale = stale;
+      r.el.dataset.stale = stale;
+    }
+  }
+
+  function etaText(t, withConfidence) {
+    const d = t.data;
+    if (t.stale) return "—";
+    if (TERMINAL.has(d.status)) return d.status === "completed" ? "Done" : "—";
+    if (t.etaTarget === null) return "—";
+    const remaining = (t.etaTarget - Date.now()) / 1000;
+    const confidence = num(d.eta_confidence);
+    return (remaining > 0 ? formatDuration(remaining) : "any moment") +
+      (withConfidence && confidence !== null ? " (" + Math.round(confidence * 100) + " % confidence)" : "");
+  }
+
+  function elapsedSeconds(t) {
+    const d = t.data;
+    const started = parseTime(d.started_at) || parseTime(d.created_at);
+    if (started === null) return null;
+    const end = TERMINAL.has(d.status) ? parseTime(d.completed_at) || parseTime(d.updated_at) : serverNow();
+    return (end - started) / 1000;
+  }
+
+  function activeIndex() {
+    if (table.activeId === null) return -1;
+    if (table.activeIdx !== undefined && table.order[table.activeIdx] && table.order[table.activeIdx].id === table.activeId) {
+      return table.activeIdx;
+    }
+    table.activeIdx = table.order.findIndex((t) => t.id === table.activeId);
+    return table.activeIdx;
+  }
+
+  function updateActiveRow() {
+    const idx = activeIndex();
+    let activeRow = null;
+    for (const [i, r] of table.rows) {
+      const on = i === idx;
+      if (r.v.active !== on) {
+        r.v.active = on;
+        r.el.dataset.active = String(on);
+        r.el.setAttribute("aria-selected", String(on));
+      }
+      if (on) activeRow = r;
+    }
+    const want = activeRow ? activeRow.el.id : "";
+    if (ui.vt.getAttribute("aria-activedescendant") !== want) {
+      if (want) ui.vt.setAttribute("aria-activedescendant", want);
+      else ui.vt.removeAttribute("aria-activedescendant");
+    }
+  }
+
+  function onTableKey(event) {
+    const n = table.order.length;
+    if (n === 0) return;
+    let idx = activeIndex();
+    const page = Math.max(1, Math.floor(table.viewH / table.rowH) - 1);
+    switch (event.key) {
+      case "ArrowDown": idx = Math.min(n - 1, idx + 1); break;
+      case "ArrowUp": idx = Math.max(0, idx - 1); break;
+      case "PageDown": idx = Math.min(n - 1, idx + page); break;
+      case "PageUp": idx = Math.max(0, idx - page); break;
+      case "Home": idx = 0; break;
+      case "End": idx = n - 1; break;
+      case "Enter":
+      case " ":
+        if (idx >= 0) {
+          event.preventDefault();
+          openTask(table.order[idx].id);
+        }
+        return;
+      default:
+        return;
+    }
+    event.preventDefault();
+    table.activeId = table.order[idx].id;
+    table.activeIdx = idx;
+    // Scroll just enough to show the active row below the sticky header.
+    const y = table.bodyTop + idx * table.rowH;
+    const head = table.bodyTop;
+    if (y - head < ui.vt.scrollTop) ui.vt.scrollTop = y - head;
+    else if (y + table.rowH > ui.vt.scrollTop + table.viewH) ui.vt.scrollTop = y + table.rowH - table.viewH;
+    queueRender(true);
+  }
+
+  // A task's page: #/task/<id> ---------------------------------------------------------------------------
+
+  const taskView = {
+    id: null,
+    history: [],
+    lastSeq: 0,
+    partial: false,
+    logs: [],
+    logKeys: new Set(),
+    logDirty: false,
+    stateDirty: false,
+    chartsDirty: false,
+    chartsDrawnAt: 0,
+    pollTimer: null,
+    fetched: null, // the state read over REST (a task this page does not hold)
+    generation: 0,
+    returnFocus: null,
+  };
+
+  function route() {
+    const m = /^#\/task\/(.+)$/.exec(location.hash);
+    let id = null;
+    if (m) {
+      try {
+        id = decodeURIComponent(m[1]);
+      } catch (e) {
+        id = null; // a malformed link: the list
+      }
+    }
+    if (id !== null) showTask(id);
+    else if (taskView.id !== null) hideTask();
+  }
+
+  function openTask(id) {
+    const hash = "#/task/" + encodeURIComponent(id);
+    if (location.hash !== hash) {
+      location.hash = hash; // its own URL, so it can be linked and Back returns to the list
+      taskView.cameFromList = true;
+    }
+    showTask(id); // at once: the hashchange event comes a task later
+  }
+
+  function closeTask() {
+    // Back to the list as the browser's Back would, unless the page was opened on this task (a link).
+    if (taskView.cameFromList) history.back();
+    else location.hash = "#/";
+    hideTask();
+  }
+
+  function showTask(id) {
+    if (taskView.id === id) return;
+    if (taskView.id === null) {
+      table.scrollTop = ui.vt.scrollTop;
+      taskView.returnFocus = document.activeElement;
+    }
+    clearTimeout(taskView.pollTimer);
+    taskView.id = id;
+    taskView.generation += 1;
+    taskView.history = [];
+    taskView.lastSeq = 0;
+    taskView.partial = false;
+    taskView.logs = [];
+    taskView.logKeys = new Set();
+    taskView.fetched = null;
+    taskView.stateDirty = true;
+    taskView.chartsDirty = true;
+    taskView.chartsDrawnAt = 0;
+    taskView.logDirty = true;
+    document.body.dataset.route = "task";
+    document.title = id + " — ProgressEngine"; // a bookmark or tab says which task
+    ui.tv.hidden = false;
+    ui.tv.dataset.taskId = id;
+    // Nothing of the previous task's page may stand in for this one's until its state comes.
+    delete ui.tv.dataset.status;
+    for (const node of [ui.tvStatus, ui.tvMeta, ui.tvSummary, ui.tvError, ui.tvNote]) node.textContent = "";
+    ui.tvError.hidden = true;
+    ui.tvNote.hidden = true;
+    ui.tvLog.textContent = "";
+    ui.tvPreviews.textContent = "";
+    delete ui.tvPreviews.dataset.key;
+    for (const box of [ui.tvTimeline, ui.tvProgress, ui.tvRate, ui.tvEta, ui.tvRes]) box.textContent = "";
+    ui.tvStages.textContent = "";
+    delete ui.tv.dataset.history;
+    delete ui.tv.dataset.lastSeq;
+    renderTaskView(false);
+    queueRender(true); // the charts in the next frame: the click is answered by the page's head at once
+    ui.tvTitle.focus({ preventScroll: true });
+    window.scrollTo(0, 0);
+    const known = tasks.get(id);
+    if (!known) fetchTaskState(id, taskView.generation);
+    fetchHistory(id, taskView.generation);
+    fetchTaskLogs(id, taskView.generation);
+  }
+
+  function hideTask() {
+    taskView.cameFromList = false;
+    clearTimeout(taskView.pollTimer);
+    taskView.id = null;
+    taskView.generation += 1;
+    ui.tv.hidden = true;
+    delete ui.tv.dataset.taskId;
+    document.body.dataset.route = "list";
+    document.title = LIST_TITLE;
+    table.measured = false;
+    table.structureDirty = true;
+    render();
+    if (!ui.vt.hidden) ui.vt.scrollTop = table.scrollTop;
+    const back = taskView.returnFocus;
+    taskView.returnFocus = null;
+    if (back && document.contains(back) && back !== document.body) back.focus({ preventScroll: true });
+    else if (!ui.vt.hidden) ui.vt.focus({ preventScroll: true });
+    queueRender(true);
+  }
+
+  function getJSON(path) {
+    return fetch(API + path + (path.includes("?") ? tokenQuery.replace("?", "&") : tokenQuery), { cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error(r.status === 404 ? "not found" : "HTTP " + r.status))));
+  }
+
+  function fetchTaskState(id, generation) {
+    getJSON("/tasks/" + encodeURIComponent(id))
+      .then((body) => {
+        if (generation !== taskView.generation) return;
+        taskView.fetched = body;
+        taskView.stateDirty = true;
+        queueRender();
+      })
+      .catch((e) => {
+        if (generation !== taskView.generation || tasks.has(id)) return;
+        ui.tvNote.hidden = false;
+        setText(ui.tvNote, e.message === "not found"
+          ? "The listener does not know this task (never created, or past its retention)."
+          : "The task could not be read (" + e.message + ").");
+      });
+  }
+
+  function fetchHistory(id, generation) {
+    getJSON("/tasks/" + encodeURIComponent(id) + "/history?after_seq=" + taskView.lastSeq)
+      .then((body) => {
+        if (generation !== taskView.generation) return;
+        const events = Array.isArray(body.events) ? body.events : [];
+        if (taskView.lastSeq === 0 && body.first_seq > 1) taskView.partial = true;
+        for (const e of events) {
+          if (typeof e.seq !== "number" || e.seq <= taskView.lastSeq) continue;
+          taskView.history.push(e);
+          taskView.lastSeq = e.seq;
+        }
+        ui.tv.dataset.history = String(taskView.history.length);
+        ui.tv.dataset.lastSeq = String(taskView.lastSeq);
+        if (events.length) {
+          taskView.chartsDirty = true;
+          queueRender();
+        }
+        const state = taskState();
+        if (state && !TERMINAL.has(state.status)) pollHistory(id, generation);
+        else if (!state) pollHistory(id, generation);
+      })
+      .catch(() => {
+        if (generation === taskView.generation) pollHistory(id, generation);
+      });
+  }
+
+  function pollHistory(id, generation) {
+    clearTimeout(taskView.pollTimer);
+    taskView.pollTimer = setTimeout(() => {
+      if (generation === taskView.generation) fetchHistory(id, generation);
+    }, HISTORY_POLL_MS);
+  }
+
+  function fetchTaskLogs(id, generation) {
+    getJSON("/tasks/" + encodeURIComponent(id) + "/logs")
+      .then((body) => {
+        if (generation !== taskView.generation || !Array.isArray(body.logs)) return;
+        if (mergeTaskLogs(body.logs)) {
+          taskView.logDirty = true;
+          queueRender();
+        }
+      })
+      .catch(() => {
+        // The live lines still come over the WebSocket.
+      });
+  }
+
+  /** Adds log entries the task's page does not have yet, in time order; returns whether any was new. */
+  function mergeTaskLogs(entries) {
+    let added = false;
+    for (const e of entries) {
+      if (!e || typeof e !== "object") continue;
+      const key = logKey(e);
+      if (taskView.logKeys.has(key)) continue;
+      taskView.logKeys.add(key);
+      taskView.logs.push(e);
+      added = true;
+    }
+    if (added) taskView.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
+    return added;
+  }
+
+  /** The task's latest state: live from the WebSocket, else as read over REST. */
+  function taskState() {
+    const t = tasks.get(taskView.id);
+    return t ? t.data : taskView.fetched;
+  }
+
+  function renderTaskView(withCharts) {
+    const id = taskView.id;
+    const t = tasks.get(id);
+    const d = taskState();
+    setText(ui.tvTitle, id);
+    if (taskView.stateDirty && d) {
+      taskView.stateDirty = false;
+      ui.tvNote.hidden = true;
+      const status = STATUSES.includes(d.status) ? d.status : "queued";
+      ui.tv.dataset.status = status;
+      ui.tvStatus.dataset.status = status;
+      setText(ui.tvStatus, status);
+      const parts = [d.template_id || "?"];
+      if (d.template_category) parts.push(d.template_category);
+      if (d.quality) parts.push(d.quality);
+      if (d.batch_id) parts.push("batch " + d.batch_id);
+      setText(ui.tvMeta, parts.join(" · "));
+      const overall = Math.max(0, Math.min(100, num(d.overall_progress) || 0));
+      const pseudo = t || { data: d, stale: false, etaTarget: null };
+      if (!t && !TERMINAL.has(d.status) && num(d.eta_seconds) !== null) pseudo.etaTarget = Date.now() + d.eta_seconds * 1000;
+      const eta = etaText(pseudo, true);
+      setText(ui.tvSummary, formatPercent(overall) + " · ETA " + eta + " · elapsed " + formatDuration(elapsedSeconds(pseudo)));
+      const failed = status === "failed" || status === "cancelled";
+      ui.tvError.hidden = !(failed && d.error);
+      setText(ui.tvError, failed && d.error ? (status === "failed" ? "Error: " : "Cancelled: ") + d.error : "");
+      renderStageTable(d);
+      if (TERMINAL.has(d.status) || Date.now() - taskView.chartsDrawnAt >= 1000) {
+        taskView.chartsDirty = true; // the charts' right edge is "now" while the task runs
+      }
+    }
+    if (taskView.chartsDirty && d && withCharts !== false) {
+      taskView.chartsDirty = false;
+      taskView.chartsDrawnAt = Date.now();
+      renderCharts(t, d);
+    }
+    if (taskView.logDirty) {
+      taskView.logDirty = false;
+      if (t) mergeTaskLogs(t.logs); // the live lines this page received
+      renderTaskLog(d);
+    }
+  }
+
+  /** The origin of the page's time axes and stage starts: the task's creation, its first history event. */
+  function taskOrigin(d) {
+    return parseTime(d.created_at) || parseTime(d.started_at);
+  }
+
+  function taskEnd(d) {
+    return TERMINAL.has(d.status) ? parseTime(d.completed_at) || parseTime(d.updated_at) : null;
+  }
+
+  function renderStageTable(d) {
+    const start = taskOrigin(d);
+    ui.tvStages.textContent = "";
+    for (const s of stageList(d)) {
+      const tr = el("tr");
+      tr.dataset.status = s.status || "pending";
+      tr.dataset.stage = String(s.index);
+      const th = el("th", null, s.name || "stage " + s.index);
+      th.scope = "row";
+      if (s.description) th.title = s.description;
+      const begun = parseTime(s.started_at);
+      const progress = s.status === "completed" ? 1 : num(s.progress) || 0;
+      const status = s.status || "pending";
+      let duration = num(s.duration);
+      if (duration === null && begun !== null && s.status === "in_progress") duration = (serverNow() - begun) / 1000;
+      tr.append(
+        th,
+        el("td", "st-weight", Math.round((num(s.weight) || 0) * 1000) / 10 + " %"),
+        el("td", "st-start", begun !== null && start !== null ? "+" + formatDuration((begun - start) / 1000) : "—"),
+        el("td", "st-duration", duration !== null ? formatDuration(duration) : "—"),
+        el("td", "stage-status", status === "in_progress" ? "in progress " + Math.round(progress * 100) + "\u00a0%" : status)
+      );
+      ui.tvStages.appendChild(tr);
+    }
+  }
+
+  // Charts: plain SVG, one function draws them all ---------------------------------------------------
+
+  const CH = 180;
+  const PAD = { l: 52, r: 10, t: 10, b: 24 };
+
+  /** A chart's width in its own units: the box's width in CSS pixels, so its text is drawn at 11 px on a phone as
+   *  on a laptop (a fixed viewBox scaled to the box shrinks or blows up the text with it). */
+  function chartWidth(box) {
+    return Math.max(280, Math.round(box.clientWidth) || 560);
+  }
+
+  /** Time labels along a plot this wide: about one per 70 px, so they never run into each other on a phone. */
+  function xTicks(width) {
+    return Math.max(1, Math.min(4, Math.floor(width / 70)));
+  }
+
+  /** Axis labels: short enough for the margin at any magnitude. */
+  function axisDuration(seconds) {
+    if (seconds < 10) return seconds.toFixed(1) + " s";
+    if (seconds < 120) return Math.round(seconds) + " s";
+    if (seconds < 7200) return Math.round(seconds / 60) + " min";
+    return (seconds / 3600).toFixed(seconds < 36000 ? 1 : 0) + " h";
+  }
+
+  /** A line chart. series: [{cls, points: [[x, y], …], step?}]; x in server ms, y in the unit of yFormat.
+   *  The axis ranges are kept on the <svg> (data-x0 … data-y1), so a test can read back each point's value. */
+  function lineChart(box, opts) {
+    const CW = opts.width;
+    box.textContent = "";
+    const root = svg("svg", { viewBox: "0 0 " + CW + " " + CH, class: "chart", role: "img", "aria-label": opts.label });
+    const x0 = opts.x0;
+    const x1 = opts.x1 > opts.x0 ? opts.x1 : opts.x0 + 1000;
+    const y0 = opts.y0;
+    const y1 = opts.y1 > opts.y0 ? opts.y1 : opts.y0 + 1;
+    const w = CW - PAD.l - PAD.r;
+    const h = CH - PAD.t - PAD.b;
+    const X = (x) => PAD.l + ((x - x0) / (x1 - x0)) * w;
+    const Y = (y) => PAD.t + h - ((y - y0) / (y1 - y0)) * h;
+    Object.assign(root.dataset, { x0: String(x0), x1: String(x1), y0: String(y0), y1: String(y1),
+      plot: [PAD.l, PAD.t, w, h].join(",") });
+    root.appendChild(svg("rect", { x: PAD.l, y: PAD.t, width: w, height: h, class: "plot" }));
+    for (let i = 0; i <= 4; i++) {
+      const v = y0 + ((y1 - y0) * i) / 4;
+      const y = Y(v);
+      root.appendChild(svg("line", { x1: PAD.l, x2: PAD.l + w, y1: y, y2: y, class: "grid" }));
+      const label = svg("text", { x: PAD.l - 4, y: y + 4, class: "axis", "text-anchor": "end" });
+      label.textContent = opts.yFormat(v);
+      root.appendChild(label);
+    }
+    const ticks = xTicks(w);
+    for (let i = 0; i <= ticks; i++) {
+      const x = X(x0 + ((x1 - x0) * i) / ticks);
+      const label = svg("text", { x: x, y: CH - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
+      label.textContent = "+" + axisDuration(((x1 - x0) * i) / ticks / 1000);
+      root.appendChild(label);
+    }
+    for (const s of opts.series) {
+      if (!s.points.length) continue;
+      const pts = s.points.map(([x, y]) => X(x).toFixed(2) + "," + Y(y).toFixed(2));
+      if (s.points.length === 1 || s.dots) {
+        for (const p of pts) {
+          const [cx, cy] = p.split(",");
+          root.appendChild(svg("circle", { cx: cx, cy: cy, r: 2.5, class: "dot " + s.cls }));
+        }
+      }
+      if (s.points.length > 1) {
+        const line = svg("polyline", { points: pts.join(" "), class: "series " + s.cls, fill: "none" });
+        line.dataset.n = String(s.points.length);
+        root.appendChild(line);
+      }
+    }
+    if (opts.marks) {
+      for (const m of opts.marks) {
+        const x = X(m.x);
+        root.appendChild(svg("line", { x1: x, x2: x, y1: PAD.t, y2: PAD.t + h, class: "mark " + m.cls }));
+      }
+    }
+    box.appendChild(root);
+    if (opts.legend) {
+      const ul = el("ul", "legend");
+      for (const [cls, text] of opts.legend) {
+        const li = el("li", "legend-item " + cls, text);
+        ul.appendChild(li);
+      }
+      box.appendChild(ul);
+    }
+    if (opts.note) box.appendChild(el("p", "hint chart-note", opts.note));
+    return root;
+  }
+
+  function renderCharts(t, d) {
+    const events = taskView.history;
+    const start = taskOrigin(d) || (events.length ? parseTime(events[0].timestamp) : serverNow());
+    const end = taskEnd(d);
+    const right = Math.max(end !== null ? end : serverNow(), start + 1000);
+    const partialNote = taskView.partial ? "The engine's history of this task begins after its start: earlier events are gone." : null;
+
+    // Stage timeline: one bar per stage from its start to its end (or now).
+    // Widths read before any chart is drawn: one layout, not one per chart.
+    const wide = chartWidth(ui.tvTimeline);
+    const half = chartWidth(ui.tvProgress);
+    renderTimeline(d, start, right, wide);
+
+    // Progress over time, from the history's events.
+    const progress = [];
+    for (const e of events) {
+      const at = parseTime(e.timestamp);
+      if (at !== null && typeof e.overall_progress === "number") progress.push([at, e.overall_progress]);
+    }
+    const pc = lineChart(ui.tvProgress, {
+      width: half,
+      label: "Overall progress over time", x0: start, x1: right, y0: 0, y1: 100,
+      yFormat: (v) => Math.round(v) + " %", series: [{ cls: "s-progress", points: progress }],
+      marks: stageMarks(d), note: partialNote || (progress.length ? null : "No history events yet."),
+    });
+    pc.dataset.events = String(progress.length);
+
+    // Step rate: progress gained per second, over windows of at least a second (single steps come too close).
+    const rate = [];
+    let a = null;
+    for (const p of progress) {
+      if (a === null) { a = p; continue; }
+      const dt = (p[0] - a[0]) / 1000;
+      if (dt >= 1 || (p === progress[progress.length - 1] && dt > 0)) {
+        rate.push([a[0] + (p[0] - a[0]) / 2, Math.max(0, (p[1] - a[1]) / dt)]);
+        a = p;
+      }
+    }
+    const rmax = rate.reduce((m, p) => Math.max(m, p[1]), 0);
+    lineChart(ui.tvRate, {
+      width: half,
+      label: "Step rate: overall progress per second", x0: start, x1: right, y0: 0, y1: niceMax(rmax),
+      yFormat: (v) => (v < 10 ? v.toFixed(1) : Math.round(v)) + " %/s", series: [{ cls: "s-rate", points: rate, dots: rate.length < 3 }],
+      note: rate.length ? "Percent of the whole task gained per second, averaged over ≥ 1 s." : "Not enough history for a rate yet.",
+    });
+
+    // ETA: the remaining time as predicted at each moment, and (once finished) the time that really remained.
+    const predicted = [];
+    const seen = t ? t.etaSeen : [];
+    for (let i = 0; i + 1 < seen.length; i += 2) predicted.push([seen[i], Math.max(0, (seen[i + 1] - seen[i]) / 1000)]);
+    if (!predicted.length && !TERMINAL.has(d.status) && num(d.eta_seconds) !== null) {
+      const at = parseTime(d.updated_at) || serverNow();
+      predicted.push([at, d.eta_seconds]);
+    }
+    const actual = [];
+    if (end !== null && d.status === "completed") {
+      const from = predicted.length ? Math.min(predicted[0][0], start) : start;
+      actual.push([from, (end - from) / 1000], [end, 0]);
+    }
+    const ymax = niceMax(Math.max(1, ...predicted.map((p) => p[1]), ...actual.map((p) => p[1])));
+    const errors = [];
+    if (end !== null && d.status === "completed") for (const [at, rem] of predicted) errors.push(Math.abs(at + rem * 1000 - end) / 1000);
+    const meanErr = errors.length ? errors.reduce((s, x) => s + x, 0) / errors.length : null;
+    const ec = lineChart(ui.tvEta, {
+      width: half,
+      label: "Remaining time as predicted at each moment, and as it really was", x0: start, x1: right, y0: 0, y1: ymax,
+      yFormat: axisDuration,
+      series: [{ cls: "s-actual", points: actual }, { cls: "s-eta", points: predicted, dots: predicted.length < 30 }],
+      legend: [["s-eta", "predicted remaining"], ["s-actual", d.status === "completed" ? "actual remaining" : "actual end: not yet"]],
+      note: (predicted.length
+        ? predicted.length + " prediction" + (predicted.length === 1 ? "" : "s") + " received by this page" +
+          (meanErr !== null ? "; mean error " + formatDuration(meanErr) + " against the actual end." : ".")
+        : "No prediction received by this page for this task.") +
+        " The engine's history keeps no ETA: predictions are those this page saw live.",
+    });
+    ec.dataset.predictions = String(predicted.length);
+    if (meanErr !== null) ec.dataset.meanError = meanErr.toFixed(3);
+
+    // Resources: the samples this page received (the last SPARK_POINTS), and the peaks the engine reports.
+    const series = [];
+    const legend = [];
+    const peaks = d.resource_peaks || {};
+    for (const r of RESOURCES) {
+      if (!r.percent) continue;
+      const pts = [];
+      if (t) t.res[r.key].forEach((v, i) => { if (v !== null && t.resT[i] !== undefined) pts.push([t.resT[i], v]); });
+      series.push({ cls: "s-" + r.key, points: pts, dots: pts.length < 3 });
+      legend.push(["s-" + r.key, r.label + (num(peaks[r.key]) !== null ? " (peak " + formatResource(r, peaks[r.key]) + ")" : "")]);
+    }
+    const mem = RESOURCES.find((r) => r.key === "memory_mb");
+    const memNow = d.resource_usage ? num(d.resource_usage.memory_mb) : null;
+    const memPeak = num(peaks.memory_mb);
+    const rx0 = series.reduce((m, s) => (s.points.length ? Math.min(m, s.points[0][0]) : m), right);
+    const resChart = lineChart(ui.tvRes, {
+      width: half,
+      label: "CPU and GPU use", x0: Math.min(rx0, right - 1000), x1: right, y0: 0, y1: 100,
+      yFormat: (v) => Math.round(v) + " %", series: series, legend: legend,
+      note: "Samples received by this page (the last " + SPARK_POINTS + ", one per " + SAMPLE_MS + " ms at most). Memory " +
+        formatResource(mem, memNow) + (memPeak !== null ? ", peak " + formatResource(mem, memPeak) : "") + ".",
+    });
+    resChart.dataset.samples = String(series.reduce((n, s) => n + s.points.length, 0));
+
+    renderTaskPreviews(t, d);
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  function stageMarks(d) {
+    const marks = [];
+    for (const s of stageList(d)) {
+      const at = parseTime(s.started_at);
+      if (at !== null && s.index > 0) marks.push({ x: at, cls: "m-stage" });
+    }
+    return marks;
+  }
+
+  function renderTimeline(d, start, right, TIMELINE_W) {
+    const box = ui.tvTimeline;
+    box.textContent = "";
+    const stages = stageList(d);
+    const rowH = 22;
+    const H = PAD.t + stages.length * rowH + PAD.b;
+    const root = svg("svg", { viewBox: "0 0 " + TIMELINE_W + " " + H, class: "chart timeline", role: "img",
+      "aria-label": "Stage timeline: each stage from its start to its end" });
+    const labelW = Math.min(190, Math.round(TIMELINE_W * 0.35));
+    const w = TIMELINE_W - labelW - PAD.r;
+    const X = (x) => labelW + ((x - start) / (right - start)) * w;
+    Object.assign(root.dataset, { x0: String(start), x1: String(right), plot: [labelW, PAD.t, w, stages.length * rowH].join(",") });
+    stages.forEach((s, i) => {
+      const y = PAD.t + i * rowH;
+      const label = svg("text", { x: labelW - 6, y: y + 15, class: "axis", "text-anchor": "end" });
+      label.textContent = (s.name || "stage " + s.index) + " · " + Math.round((num(s.weight) || 0) * 100) + "%";
+      root.appendChild(label);
+      root.appendChild(svg("rect", { x: labelW, y: y + 3, width: w, height: rowH - 6, class: "lane" }));
+      const from = parseTime(s.started_at);
+      if (from === null) return;
+      const to = parseTime(s.completed_at) || (s.status === "in_progress" && !TERMINAL.has(d.status) ? right : from);
+      const x = X(from);
+      const bar = svg("rect", { x: x, y: y + 3, width: Math.max(2, X(to) - x), height: rowH - 6,
+        class: "stage-bar", "data-status": s.status || "pending" });
+      bar.dataset.stage = String(s.index);
+      bar.dataset.start = String(from);
+      bar.dataset.end = String(to);
+      const title = svg("title");
+      title.textContent = (s.name || "stage") + ": " + formatDuration((to - from) / 1000);
+      bar.appendChild(title);
+      root.appendChild(bar);
+    });
+    const ticks = xTicks(w);
+    for (let i = 0; i <= ticks; i++) {
+      const label = svg("text", { x: X(start + ((right - start) * i) / ticks), y: H - 6, class: "axis",
+        "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
+      label.textContent = "+" + axisDuration(((right - start) * i) / ticks / 1000);
+      root.appendChild(label);
+    }
+    box.appendChild(root);
+  }
+
+  function previewSrc(url) {
+    return url + (url.includes("?") ? tokenQuery.replace("?", "&") : tokenQuery);
+  }
+
+  function renderTaskPreviews(t, d) {
+    const list = t && t.previews.length ? t.previews : typeof d.preview_url === "string" && d.preview_url
+      ? [{ url: d.preview_url, at: parseTime(d.updated_at), overall: null }] : [];
+    const key = list.map((p) => p.url).join("|");
+    if (ui.tvPreviews.dataset.key === key) return;
+    ui.tvPreviews.dataset.key = key;
+    ui.tvPreviews.textContent = "";
+    if (!list.length) {
+      ui.tvPreviews.appendChild(el("li", "hint", "No preview."));
+      return;
+    }
+    const start = taskOrigin(d);
+    list.forEach((p, i) => {
+      const li = el("li", "tv-preview");
+      const b = el("button", "thumb");
+      b.type = "button";
+      const img = el("img");
+      img.alt = "Preview " + (i + 1) + " of " + taskView.id;
+      img.decoding = "async";
+      img.src = previewSrc(p.url);
+      b.appendChild(img);
+      b.addEventListener("click", () =>
+        openPreviewSrc(img.getAttribute("src"), "Preview " + (i + 1) + " — " + taskView.id, img.alt, b));
+      const caption = (p.overall !== null && p.overall !== undefined ? formatPercent(p.overall) : "latest") +
+        (p.at && start ? " · +" + formatDuration((p.at - start) / 1000) : "");
+      li.append(b, el("span", "tv-preview-cap", caption));
+      ui.tvPreviews.appendChild(li);
+    });
+  }
+
+  function renderTaskLog(d) {
+    const logs = taskView.logs;
+    ui.tvLog.textContent = "";
+    const names = {};
+    for (const s of stageList(d || {})) names[s.index] = s.name;
+    for (const e of logs) {
+      const li = el("li", "log-entry");
+      li.dataset.level = String(e.level || "info");
+      const time = el("time", "log-time", formatClock(e.timestamp));
+      if (e.timestamp) time.dateTime = String(e.timestamp);
+      li.append(time, el("span", "log-level", String(e.level || "")),
+        el("span", "log-stage", names[e.stage] !== undefined ? names[e.stage] : e.stage !== undefined ? "#" + e.stage : ""),
+        el("span", "log-msg", e.message));
+      ui.tvLog.appendChild(li);
+    }
+    if (!logs.length) ui.tvLog.appendChild(el("li", "hint", "No log entries."));
+    ui.tvLog.dataset.count = String(logs.length);
+  }
+
   // Preview dialog -------------------------------------------------------------------------------------
 
   function openPreview(t, opener) {
-    const src = t.els.img.getAttribute("src");
+    openPreviewSrc(t.els.img.getAttribute("src"), "Preview — " + t.id, "Latest preview of " + t.id, opener);
+  }
+
+  function openPreviewSrc(src, title, alt, opener) {
     if (!src) return;
     dialogOpener = opener;
-    setText(ui.dialogTitle, "Preview — " + t.id);
-    ui.dialogImg.alt = "Latest preview of " + t.id;
+    setText(ui.dialogTitle, title);
+    ui.dialogImg.alt = alt;
     ui.dialogImg.src = src;
     if (typeof ui.dialog.showModal === "function") ui.dialog.showModal();
     else ui.dialog.setAttribute("open", "");
@@ -1128,7 +2328,14 @@
   // ---------------------------------------------------------------- clocks and start
 
   setInterval(() => {
-    for (const t of tasks.values()) if (t.els && !TERMINAL.has(t.data.status)) updateClocks(t);
+    // Countdowns and elapsed times: the cards when they are shown, else only the table's visible rows.
+    if (shownView === "cards") {
+      for (const t of tasks.values()) if (t.els && !TERMINAL.has(t.data.status)) updateClocks(t);
+    } else {
+      table.clockTick = true;
+    }
+    if (taskView.id !== null) taskView.stateDirty = true;
+    queueRender();
   }, 1000);
 
   renderAnalytics();
@@ -1138,7 +2345,7 @@
   window.progressDashboard = Object.freeze({
     ingest: (msg) => {
       handleMessage(msg);
-      render();
+      render(true);
     },
     drop: (holdMs) => {
       conn.holdUntil = Date.now() + (holdMs || 0);
@@ -1150,7 +2357,16 @@
     get taskCount() {
       return tasks.size;
     },
+    /** The table's rows in their current order (ids), and the view shown. */
+    get order() {
+      return table.order.map((t) => t.id);
+    },
+    get view() {
+      return document.body.dataset.view;
+    },
   });
 
+  initControls();
+  route();
   connect();
 })();

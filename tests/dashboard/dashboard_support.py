@@ -170,6 +170,47 @@ class Dashboard:
             task_id,
         )
 
+    def task_shown(self, task_id: str):
+        """The task's card, or its row in the table (drawn only while in view), or None."""
+        return self.js(
+            "for (const c of document.querySelectorAll('article.task, .vt-row:not([hidden])'))"
+            " if (c.dataset.taskId === arguments[0]) return c; return null;",
+            task_id,
+        )
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """The table's drawn rows, top to bottom: what each shows."""
+        return self.js(
+            """
+            return Array.from(document.querySelectorAll('.vt-row:not([hidden])'))
+              .map((r) => ({index: Number(r.getAttribute('aria-rowindex')), id: r.dataset.taskId,
+                            status: r.dataset.status, template: r.querySelector('.c-template').textContent,
+                            pct: r.querySelector('.mini-pct').textContent, stage: r.querySelector('.c-stage').textContent,
+                            eta: r.querySelector('.c-eta').textContent, active: r.dataset.active === 'true',
+                            top: r.getBoundingClientRect().top, bottom: r.getBoundingClientRect().bottom}))
+              .sort((a, b) => a.index - b.index);
+            """)
+
+    def row(self, task_id: str):
+        return self.js("for (const r of document.querySelectorAll('.vt-row:not([hidden])'))"
+                       " if (r.dataset.taskId === arguments[0]) return r; return null;", task_id)
+
+    def chart_points(self, box_id: str, series: str) -> List[List[float]]:
+        """A chart's series read back in data units ([x in ms, y]) from its SVG coordinates and axis ranges."""
+        return self.js(
+            """
+            const svg = document.querySelector('#' + arguments[0] + ' svg');
+            const line = svg.querySelector('polyline.' + arguments[1]);
+            const dots = Array.from(svg.querySelectorAll('circle.' + arguments[1]));
+            const [l, t, w, h] = svg.dataset.plot.split(',').map(Number);
+            const d = svg.dataset, x0 = Number(d.x0), x1 = Number(d.x1), y0 = Number(d.y0), y1 = Number(d.y1);
+            const pts = line ? line.getAttribute('points').split(' ').map((p) => p.split(',').map(Number))
+                             : dots.map((c) => [Number(c.getAttribute('cx')), Number(c.getAttribute('cy'))]);
+            return pts.map(([x, y]) => [x0 + (x - l) / w * (x1 - x0), y0 + (t + h - y) / h * (y1 - y0)]);
+            """,
+            box_id, series,
+        )
+
     def console(self) -> List[Dict[str, Any]]:
         """Browser console entries since the last call (reading drains them)."""
         return self.driver.get_log("browser")
@@ -208,6 +249,22 @@ class Dashboard:
             "clip": {"x": 0, "y": 0, "width": size[0], "height": min(size[1], max_height), "scale": 1}})
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
+
+
+def tab_to(dash: Dashboard, element, backwards: bool = False, limit: int = 30) -> None:
+    """Presses Tab (or Shift+Tab) until `element` has the focus."""
+    import pytest
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for _ in range(limit):
+        if backwards:
+            ActionChains(dash.driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        else:
+            ActionChains(dash.driver).send_keys(Keys.TAB).perform()
+        if dash.js("return document.activeElement === arguments[0]", element):
+            return
+    pytest.fail(f"{element} cannot be reached with {'Shift+' if backwards else ''}Tab")
 
 
 def gradient(width: int = 96, height: int = 64) -> tuple:

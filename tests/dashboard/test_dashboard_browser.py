@@ -17,7 +17,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from dashboard_support import LAPTOP, PHONE, ROOT, gradient
+from dashboard_support import LAPTOP, PHONE, ROOT, gradient, tab_to
 
 CUSTOM_STAGES = [
     {"name": "preprocessing", "description": "Preparing data", "weight": 0.2},
@@ -232,18 +232,6 @@ def test_keyboard_selects_a_task_and_follows_its_log(dash, trackers):
     assert dash.console_errors() == []
 
 
-def tab_to(dash, element, backwards=False, limit=30):
-    """Presses Tab (or Shift+Tab) until `element` has the focus."""
-    for _ in range(limit):
-        if backwards:
-            ActionChains(dash.driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
-        else:
-            ActionChains(dash.driver).send_keys(Keys.TAB).perform()
-        if dash.js("return document.activeElement === arguments[0]", element):
-            return
-    pytest.fail(f"{element} cannot be reached with {'Shift+' if backwards else ''}Tab")
-
-
 def test_wrong_or_missing_token_is_said_clearly(dash, trackers):
     tracker = trackers(auth_token="right-token")
     tracker.create_task_progress_sync("secret-task", "stable-diffusion-xl", "image_generation")
@@ -408,13 +396,14 @@ def test_a_resume_map_too_large_for_the_listener_is_dropped_not_resent(dash, tra
         first.create_task_progress_sync(tid, "stable-diffusion-xl", "image_generation")
         first.update_progress_sync(tid, 1, 30, "Step 1/30")
     dash.open(first)
-    dash.wait_card(ids[-1])
+    # 30 tasks: the table view (its rows, not cards).
+    dash.wait(lambda: dash.task_shown(ids[-1]), "the newest task listed")
     first.close()
     dash.wait(lambda: dash.conn_state() == "reconnecting", "the page to notice the drop")
     second = trackers(port=port, max_message_bytes=4096)
     second.create_task_progress_sync("after-1009", "stable-diffusion-xl", "image_generation")
     dash.wait(lambda: dash.conn_state() == "live", "the page live again without its resume map", timeout=20)
-    dash.wait_card("after-1009")
+    dash.wait(lambda: dash.task_shown("after-1009"), "the task created after the restart")
 
 
 def test_reconnects_after_the_listener_restarts(dash, trackers):
