@@ -39,6 +39,12 @@ void CProgress_listener_destroy(CProgress_listener *l) {
     free(l);
 }
 
+/* The stub holds no descriptors; the fuzzer never forks. */
+void CProgress_listener_forget_in_child(CProgress_listener *l, int port) {
+    (void)l;
+    (void)port;
+}
+
 size_t CProgress_ws_pre(void) { return STUB_PRE; }
 void CProgress_ws_request_writable(void *conn) { (void)conn; }
 

@@ -117,7 +117,7 @@ struct ChangeDelivery {
     /// Watched ids whose terminal state was delivered (only for a stream of given ids).
     private var finished: Set<String> = []
 
-    init(core: EngineCore, throttle: Double, monotonic: @escaping @Sendable () -> Double = monotonicNow) {
+    init(core: EngineCore, throttle: Double, monotonic: @escaping @Sendable () -> Double = { monotonicNow() }) {
         self.core = core
         self.throttle = throttle
         self.monotonic = monotonic
