@@ -232,6 +232,8 @@ PROGRESS_API int progress_engine_port(const progress_engine *engine);
  * "redis_commands", "redis_command_errors", "redis_dropped_events", "redis_dropped_logs",
  * "redis_dropped_writes", "redis_reconnects", "redis_remote_updates", "redis_workers_lost".
  * *out_json is the caller's; free with progress_string_free. */
+PROGRESS_API progress_status progress_engine_stats_get(progress_engine *engine, char **out_json);
+/* Alias of progress_engine_stats_get (its name before the progress_<object>_<verb> rule); kept for what links it. */
 PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char **out_json);
 
 /* ---- Tasks ------------------------------------------------------------------------------------- */
@@ -305,7 +307,7 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
  * When no preview is due the call returns PROGRESS_OK at once without reading the pixels; a task that
  * already completed, failed or was cancelled gives PROGRESS_E_STATE (it takes no new previews). A preview that
  * fails (or is dropped because the encoder is busy) is logged in the task's log and counted in
- * progress_engine_stats; the task goes on. A preview accepted before the task ended is still attached
+ * progress_engine_stats_get; the task goes on. A preview accepted before the task ended is still attached
  * when it is ready, even if the task completed, failed or was cancelled meanwhile: its "preview_url"
  * changes (and "seq" advances) while its status stays terminal. Preview files are deleted when their
  * task expires. */
@@ -347,6 +349,9 @@ PROGRESS_API progress_status progress_batch_get(progress_engine *engine, const c
 /* {"task_id", "logs": [{timestamp, level, message, stage}], "dropped"}: entries at `since` (epoch seconds;
  * 0 = all) or later, of level min_level or above, oldest first; "dropped" = older entries pushed out of the
  * task's log (it keeps the newest 1000). *out_json is the caller's. */
+PROGRESS_API progress_status progress_task_logs_get(progress_engine *engine, const char *task_id, double since,
+                                                    progress_log_level min_level, char **out_json);
+/* Alias of progress_task_logs_get (its name before the progress_<object>_<verb> rule); kept for what links it. */
 PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const char *task_id, double since,
                                                 progress_log_level min_level, char **out_json);
 
@@ -357,7 +362,11 @@ PROGRESS_API progress_status progress_task_logs(progress_engine *engine, const c
  * For a task this engine does not hold, the history comes from Redis' stream (docs/REDIS.md), where a flood
  * of steps may have been thinned to the latest step per write; for one it holds only in part (restored by a
  * resume, mirrored, or past the 4096 kept), the older events come from that stream too (and, for a restored or
- * mirrored task, the older log entries from Redis in progress_task_logs). *out_json is the caller's. */
+ * mirrored task, the older log entries from Redis in progress_task_logs_get). *out_json is the caller's. */
+PROGRESS_API progress_status progress_task_history_get(progress_engine *engine, const char *task_id,
+                                                       long long after_seq, char **out_json);
+/* Alias of progress_task_history_get (its name before the progress_<object>_<verb> rule); kept for what links
+ * it. */
 PROGRESS_API progress_status progress_task_history(progress_engine *engine, const char *task_id,
                                                    long long after_seq, char **out_json);
 

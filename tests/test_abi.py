@@ -7,6 +7,7 @@ Library: $PROGRESS_ENGINE_LIB, else .build/release/libProgressEngine.so
 """
 
 import ctypes
+import json
 import os
 import re
 import subprocess
@@ -155,3 +156,41 @@ def test_status_string_of_unknown_codes(lib):
     unknown = [max(codes) + 1, min(codes) - 1, 2**31 - 1, -(2**31)]
     names = {code: lib.progress_status_string(code) for code in unknown}
     assert all(name == b"PROGRESS_E_UNKNOWN" for name in names.values()), names
+
+
+ALIASES = {  # the name before the progress_<object>_<verb> rule -> the name the header now gives it
+    "progress_engine_stats": "progress_engine_stats_get",
+    "progress_task_logs": "progress_task_logs_get",
+    "progress_task_history": "progress_task_history_get",
+}
+
+
+def test_old_names_are_declared_aliases_that_answer_as_the_new_ones(lib):
+    text = HEADER.read_text()  # with its comments
+    for old, new in ALIASES.items():
+        assert f"Alias of {new}" in text and old in header_functions() and new in header_functions()
+    engine = ctypes.c_void_p()
+    assert lib.progress_engine_open(b'{"throttle_ms": 0}', ctypes.byref(engine)) == 0
+    try:
+        assert lib.progress_task_create(engine, b"t", b"tpl", None, None) == 0
+        assert lib.progress_log(engine, b"t", 1, b"hello") == 0
+        assert lib.progress_update(engine, b"t", ctypes.c_longlong(3), ctypes.c_longlong(10), None) == 0
+        calls = {
+            "progress_engine_stats": (),
+            "progress_task_logs": (b"t", ctypes.c_double(0), 0),
+            "progress_task_history": (b"t", ctypes.c_longlong(0)),
+        }
+        for old, args in calls.items():
+            answers = []
+            for name in (old, ALIASES[old]):
+                out = ctypes.c_char_p()
+                assert getattr(lib, name)(engine, *args, ctypes.byref(out)) == 0, name
+                answers.append(json.loads(out.value))
+                lib.progress_string_free(out)
+            assert answers[0] == answers[1] and answers[0], (old, answers)
+        # Errors too: an unknown task is PROGRESS_E_NOT_FOUND under both names.
+        out = ctypes.c_char_p()
+        assert lib.progress_task_history(engine, b"nope", ctypes.c_longlong(0), ctypes.byref(out)) == -2
+        assert lib.progress_task_history_get(engine, b"nope", ctypes.c_longlong(0), ctypes.byref(out)) == -2
+    finally:
+        lib.progress_engine_close(engine)

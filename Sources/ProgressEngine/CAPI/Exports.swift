@@ -49,10 +49,17 @@ public func progress_engine_port(_ handle: OpaquePointer?) -> CInt {
     return CInt(Unmanaged<EngineCore>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef { $0.port })
 }
 
+@_cdecl("progress_engine_stats_get")
+public func progress_engine_stats_get(_ handle: OpaquePointer?,
+                                      _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    withEngine(handle) { try handOut($0.statsJSON(), to: out) }
+}
+
+/// The name before the header's progress_<object>_<verb> rule; kept so that nothing linked against it breaks.
 @_cdecl("progress_engine_stats")
 public func progress_engine_stats(_ handle: OpaquePointer?,
                                   _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    withEngine(handle) { try handOut($0.statsJSON(), to: out) }
+    progress_engine_stats_get(handle, out)
 }
 
 @_cdecl("progress_task_create")
@@ -177,9 +184,10 @@ public func progress_batch_get(_ handle: OpaquePointer?, _ batchId: UnsafePointe
     }
 }
 
-@_cdecl("progress_task_logs")
-public func progress_task_logs(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ since: Double,
-                               _ minLevel: CInt, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+@_cdecl("progress_task_logs_get")
+public func progress_task_logs_get(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ since: Double,
+                                   _ minLevel: CInt, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?)
+    -> CInt {
     out?.pointee = nil
     return withEngine(handle) { engine in
         let id = try requiredString(taskId, "task_id")
@@ -191,15 +199,30 @@ public func progress_task_logs(_ handle: OpaquePointer?, _ taskId: UnsafePointer
     }
 }
 
-@_cdecl("progress_task_history")
-public func progress_task_history(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ afterSeq: CLongLong,
-                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+/// The name before the header's progress_<object>_<verb> rule; kept so that nothing linked against it breaks.
+@_cdecl("progress_task_logs")
+public func progress_task_logs(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ since: Double,
+                               _ minLevel: CInt, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    progress_task_logs_get(handle, taskId, since, minLevel, out)
+}
+
+@_cdecl("progress_task_history_get")
+public func progress_task_history_get(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
+                                      _ afterSeq: CLongLong, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?)
+    -> CInt {
     out?.pointee = nil
     return withEngine(handle) { engine in
         let id = try requiredString(taskId, "task_id")
         guard afterSeq >= 0 else { throw EngineError.range("after_seq must be >= 0, got \(afterSeq)") }
         try handOut(try engine.historyJSON(id: id, afterSeq: UInt64(afterSeq)), to: out)
     }
+}
+
+/// The name before the header's progress_<object>_<verb> rule; kept so that nothing linked against it breaks.
+@_cdecl("progress_task_history")
+public func progress_task_history(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ afterSeq: CLongLong,
+                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    progress_task_history_get(handle, taskId, afterSeq, out)
 }
 
 @_cdecl("progress_task_attach_counter")

@@ -1233,7 +1233,7 @@ final class EngineCore: @unchecked Sendable {
         return w.output
     }
 
-    /// EngineCore counters, for `progress_engine_stats` and `/metrics`.
+    /// EngineCore counters, for `progress_engine_stats_get` and `/metrics`.
     struct Counters {
         var tasks = 0, updates = 0, invalidUpdates = 0, events = 0, logs = 0, purgedTasks = 0, attachedCounters = 0
         var previewsWritten = 0, previewsFailed = 0, previewsDropped = 0

@@ -2,7 +2,7 @@ import CProgress
 import Glibc
 import Synchronization
 
-/// Counters of the Redis storage, for `progress_engine_stats` and `/metrics`.
+/// Counters of the Redis storage, for `progress_engine_stats_get` and `/metrics`.
 final class RedisMetrics: Sendable {
     /// Task writes (one task's state, new events and logs in one go) acknowledged by Redis.
     let taskWrites = Atomic<Int>(0)

@@ -126,8 +126,8 @@ progress_engine_open = _declare_status("progress_engine_open", c_char_p, POINTER
 progress_engine_close = _declare("progress_engine_close", None, _engine)
 # int progress_engine_port(const progress_engine *engine);
 progress_engine_port = _declare("progress_engine_port", c_int, _engine)
-# progress_status progress_engine_stats(progress_engine *engine, char **out_json);
-progress_engine_stats = _declare_status("progress_engine_stats", _engine, _out_string)
+# progress_status progress_engine_stats_get(progress_engine *engine, char **out_json);
+progress_engine_stats_get = _declare_status("progress_engine_stats_get", _engine, _out_string)
 
 # progress_status progress_task_create(progress_engine *engine, const char *task_id,
 #                                      const char *template_id, const char *template_category,
@@ -165,12 +165,12 @@ progress_task_get = _declare_status("progress_task_get", _engine, c_char_p, _out
 # progress_status progress_batch_get(progress_engine *engine, const char *batch_id,
 #                                    const char *task_ids_csv, char **out_json);
 progress_batch_get = _declare_status("progress_batch_get", _engine, c_char_p, c_char_p, _out_string)
-# progress_status progress_task_logs(progress_engine *engine, const char *task_id, double since,
+# progress_status progress_task_logs_get(progress_engine *engine, const char *task_id, double since,
 #                                    progress_log_level min_level, char **out_json);
-progress_task_logs = _declare_status("progress_task_logs", _engine, c_char_p, c_double, c_int, _out_string)
-# progress_status progress_task_history(progress_engine *engine, const char *task_id,
+progress_task_logs_get = _declare_status("progress_task_logs_get", _engine, c_char_p, c_double, c_int, _out_string)
+# progress_status progress_task_history_get(progress_engine *engine, const char *task_id,
 #                                       long long after_seq, char **out_json);
-progress_task_history = _declare_status("progress_task_history", _engine, c_char_p, c_longlong, _out_string)
+progress_task_history_get = _declare_status("progress_task_history_get", _engine, c_char_p, c_longlong, _out_string)
 
 # progress_status progress_task_attach_counter(progress_engine *engine, const char *task_id,
 #                                              const volatile long long *counter);

@@ -365,13 +365,13 @@ class ProgressTracker:
             since = since.timestamp()
         min_level = LogLevel.DEBUG if level is None else _log_level(level)
         return _lib.call_json(
-            _lib.progress_task_logs, self._handle(), _lib.encode(task_id), since, min_level
+            _lib.progress_task_logs_get, self._handle(), _lib.encode(task_id), since, min_level
         )
 
     def get_history_sync(self, task_id: str, after_seq: int = 0) -> Dict[str, Any]:
         """{"task_id", "first_seq", "last_seq", "events": [...]}: the task's events with seq > after_seq
         (first_seq: the oldest event still held; last_seq: the task's current seq)."""
-        return _lib.call_json(_lib.progress_task_history, self._handle(), _lib.encode(task_id), after_seq)
+        return _lib.call_json(_lib.progress_task_history_get, self._handle(), _lib.encode(task_id), after_seq)
 
     def send_event_sync(self, task_id: str, event: str, data: Union[Mapping[str, Any], str, None] = None) -> None:
         """Applies a runner event (the seed's callback(event, data)): "execution_progress",
@@ -433,7 +433,7 @@ class ProgressTracker:
     def stats_sync(self) -> Dict[str, Any]:
         """Engine counters: tasks, updates, invalid_updates, events, logs, purged_tasks,
         attached_counters, previews_written / _failed / _dropped, and redis_* with a redis_url."""
-        return _lib.call_json(_lib.progress_engine_stats, self._handle())
+        return _lib.call_json(_lib.progress_engine_stats_get, self._handle())
 
     @property
     def eta_predictor(self) -> "ETAPredictor":
