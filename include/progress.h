@@ -183,27 +183,43 @@ PROGRESS_API void progress_string_free(char *s);
 
 /* ---- Engine ------------------------------------------------------------------------------------ */
 
-/* Opens an engine. `config_json` may be NULL or "{}" for the defaults; keys (all optional, unknown
- * keys are PROGRESS_E_CONFIG so typos are caught):
- *   listen ("host:port", null = no listener), redis_url ("redis://[[user]:password@]host[:port][/db]"; with a user, AUTH user password (Redis 6 ACL),
- *   absent = memory only; see docs/REDIS.md), namespace ("progress": the prefix of every Redis key),
- *   retention_seconds (86400; also the expiry of a task's Redis keys), throttle_ms (100), preview_dir (string),
- *   preview_milestones ([25,50,75]), preview_max_size (512), preview_every_steps (0 = milestones),
- *   resource_interval_ms (1000: how often executing tasks' resource_usage is sampled: process CPU %,
- *   resident memory, and GPU utilisation / memory through NVML when libnvidia-ml.so.1 is present; a
- *   sample reaches WebSocket subscribers with the task's next update while the runner reports, and on its
- *   own once the task has had no update for max(2 s, 2 x resource_interval_ms), so samples never hold a
- *   runner's step back behind the throttle),
- *   heartbeat_timeout_seconds (30: with Redis, an engine with a listener fails an executing task whose engine
- *   has not heartbeated for this long with "worker lost"), auth_token (string), max_connections (1024 WebSocket clients;
- *   the engine raises its soft RLIMIT_NOFILE toward the hard limit as far as this needs, never lowering it,
- *   and logs an "fd_limit" warning when the hard limit is lower),
- *   max_message_bytes (65536, the largest WebSocket message a client may send; a larger one gets an "error"
- *   message, then close 1009), max_subscriptions
- *   (1000 task ids per connection; "*" counts as none), dashboard (true), max_connections_per_ip (unset:
- *   WebSocket clients from one peer address beyond it are closed with 1013), allowed_origins (unset: an
- *   array of origins such as "https://app.example.com"; a WebSocket whose Origin header is not one of them,
- *   compared case-insensitively, is closed with 4403; one without Origin (not a browser) is accepted).
+/* Opens an engine. `config_json` may be NULL or "{}" for the defaults. Every key is optional; an unknown key is
+ * PROGRESS_E_CONFIG, so typos are caught.
+ *
+ *   key                        default      meaning
+ *   listen                     null         "host:port" of the WebSocket + REST listener (port 0: any free one);
+ *                                           null: no listener
+ *   redis_url                  null         "redis://[[user]:password@]host[:port][/db]" (with a user, AUTH user
+ *                                           password: Redis 6 ACL); null: memory only. docs/REDIS.md
+ *   namespace                  "progress"   the prefix of every Redis key
+ *   retention_seconds          86400        finished tasks are kept this long (also their Redis keys' expiry)
+ *   throttle_ms                100          at most one non-urgent update per task per this, to subscribers and Redis
+ *   preview_dir                (temporary)  where preview PNGs are written; by default a private folder removed
+ *                                           on close
+ *   preview_milestones         [25,50,75]   overall progress (%) at which a preview is taken
+ *   preview_every_steps        0            take a preview every N steps instead (0: the milestones)
+ *   preview_max_size           512          longest side of a preview, pixels (downscaled with a box filter)
+ *   resource_interval_ms       1000         how often executing tasks' resource_usage is sampled: process CPU %,
+ *                                           resident memory, GPU utilisation / memory through NVML when
+ *                                           libnvidia-ml.so.1 is present. A sample reaches subscribers with the
+ *                                           task's next update while the runner reports, and on its own after
+ *                                           max(2 s, 2 x this) without one, so it never holds a step back
+ *   heartbeat_timeout_seconds  30           with Redis, a listener fails an executing task whose engine has not
+ *                                           heartbeated for this long ("worker lost")
+ *   auth_token                 null         a token every REST and WebSocket client must send
+ *                                           (Authorization: Bearer TOKEN, or ?token=TOKEN); 401 / close 4401
+ *   max_connections            1024         WebSocket clients; the engine raises its soft RLIMIT_NOFILE toward the
+ *                                           hard limit as far as this needs (never lowering it) and logs an
+ *                                           "fd_limit" warning when the hard limit is lower
+ *   max_connections_per_ip     null         WebSocket clients from one peer address beyond it are closed (1013)
+ *   max_message_bytes          65536        the largest WebSocket message a client may send; a larger one gets an
+ *                                           "error" message, then close 1009
+ *   max_subscriptions          1000         task ids per connection ("*" counts as none)
+ *   dashboard                  true         serve the live dashboard at /
+ *   allowed_origins            null         an array of origins ("https://app.example.com"); a WebSocket whose
+ *                                           Origin header is not one of them (case-insensitive) is closed with
+ *                                           4403; one without Origin (not a browser) is accepted
+ *
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
  * address. A malformed `redis_url` is PROGRESS_E_CONFIG; an unreachable Redis is no error: the engine opens,

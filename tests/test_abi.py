@@ -194,3 +194,17 @@ def test_old_names_are_declared_aliases_that_answer_as_the_new_ones(lib):
         assert lib.progress_task_history_get(engine, b"nope", ctypes.c_longlong(0), ctypes.byref(out)) == -2
     finally:
         lib.progress_engine_close(engine)
+
+
+def test_the_config_table_lists_exactly_the_keys_the_engine_accepts(lib):
+    """The header's table of progress_engine_open's keys is the engine's own list (EngineConfig.keys), and a key
+    it does not list is refused."""
+    text = HEADER.read_text()
+    table = text.split("key                        default      meaning", 1)[1].split("\n *\n", 1)[0]
+    listed = re.findall(r"^ \*   ([a-z_]+) ", table, flags=re.M)
+    source = (ROOT / "Sources" / "ProgressEngine" / "Engine" / "EngineConfig.swift").read_text()
+    keys = re.search(r"static let keys: Set<String> = \[(.*?)\]", source, flags=re.S)
+    assert keys, "EngineConfig.keys was not found"
+    assert sorted(listed) == sorted(re.findall(r'"([a-z_]+)"', keys.group(1)))
+    engine = ctypes.c_void_p()
+    assert lib.progress_engine_open(b'{"throttle_msec": 5}', ctypes.byref(engine)) == -7  # PROGRESS_E_CONFIG
