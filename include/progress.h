@@ -27,46 +27,25 @@
  * Thread safety
  * -------------
  * - Every function may be called from any thread, concurrently, on the same engine.
- * - Task state lives in a table split into 64 shards, each with its own lock; an update takes one
- *   shard lock for a few hundred nanoseconds at most and never waits on the network or the disk.
- *   Updates to different tasks rarely contend; updates to one task are applied in the order their
- *   calls take the shard lock.
- * - Each engine owns one maintenance thread (started by progress_engine_open, joined by
- *   progress_engine_close). It purges finished tasks after `retention_seconds` (and their preview files),
- *   reads attached step counters (progress_task_attach_counter) and samples resource usage every
- *   `resource_interval_ms`. It never calls back into user code.
- * - Each engine owns one preview thread (started by progress_engine_open, joined by progress_engine_close
- *   after it finishes the queued previews). progress_preview_pixels only copies the pixels and queues them
- *   (at most 8 waiting; more are dropped and counted); decoding, downscaling, PNG encoding and the file
- *   write happen on the preview thread.
- * - An engine with `listen` owns one listener thread (started by progress_engine_open, joined by
- *   progress_engine_close). It alone touches libwebsockets and the listener's own libuv event loop (epoll;
- *   run only by this thread, so libwebsockets installs no signal handlers in the host process; without
- *   libwebsockets' evlib-uv plugin it warns and uses libwebsockets' poll() loop): every
- *   socket, every client connection and all subscription state. Other threads hand changes over through a
- *   locked queue and wake it with lws_cancel_service() (at most one wake in flight), so an update never
- *   waits on a socket; the listener reads task state under the same shard locks as everyone else, encodes
- *   each update's JSON once outside them, and writes each client's new messages in one send at the end of
- *   the round. libuv keeps one pipe (2 fds) open for the life of the process once a listener has started.
- *   (Setting the loop and libwebsockets' context up happens on the thread calling progress_engine_open before
- *   the listener thread starts, and tearing them down on the thread calling progress_engine_close after it
- *   was joined: never two threads at once.)
- * - An engine with `redis_url` owns one Redis writer thread with its own hiredis connection (started by
- *   progress_engine_open, flushed and joined by progress_engine_close). An update only sets a flag on the task
- *   and, when the task goes from clean to dirty, appends its id to a locked queue and signals the writer; it
- *   never waits on Redis, whether Redis is up, slow, stopped or gone. The writer writes each changed task at
- *   most once per throttle_ms (stage changes and terminal states at once), pipelined.
- * - An engine with both `listen` and `redis_url` also owns one subscriber thread with its own connection
- *   (SUBSCRIBE to the update channel; started by progress_engine_open, joined by progress_engine_close). It
- *   mirrors other engines' tasks into this engine and hands them to the listener like local changes.
- * - Reading a task this engine does not hold (progress_task_get, _logs, _history, _batch_get, REST,
- *   WebSocket subscribe, and progress_task_create with "resume"), a batch's members, a task's older history of
- *   a task held only in part, and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the
- *   calling thread through a third connection under a lock (the subscriber thread uses it too, for its lost-worker
- *   scan and to refresh mirrors), with 200 ms connect/read timeouts (a host name is resolved without a
- *   timeout: use an address for a bound); after a failure Redis is not asked again for a second. Updates never
- *   do. The Python binding's awaitable reads run in a worker thread when redis_url is set. See docs/REDIS.md.
+ * - No call a runner makes (progress_update, stages, events, logs, previews, counters) waits on the network or
+ *   the disk: an update holds one lock of the task's shard for a few hundred nanoseconds at most. Updates to
+ *   different tasks rarely contend; updates to one task are applied in the order their calls take that lock.
+ * - An engine owns threads, all started by progress_engine_open and joined by progress_engine_close, none of
+ *   which ever calls back into user code: a maintenance thread (purges finished tasks after retention_seconds,
+ *   reads attached step counters, samples resource usage); a preview thread (decodes, downscales, encodes and
+ *   writes previews; progress_preview_pixels only copies and queues, at most 8 waiting, more are dropped and
+ *   counted); with `listen`, a listener thread that alone touches libwebsockets and every socket and client;
+ *   with `redis_url`, a Redis writer thread with its own connection (each changed task written at most once
+ *   per throttle_ms, stage changes and terminal states at once; Redis up, slow or gone never slows an update);
+ *   with both, a subscriber thread that mirrors other engines' tasks for the listener.
+ * - Reading a task this engine does not hold (progress_task_get, _logs_get, _history_get, _batch_get, REST,
+ *   WebSocket subscribe, progress_task_create with "resume"), a batch's members, the older history of a task
+ *   held in part and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the calling
+ *   thread, with 200 ms connect/read timeouts (a host name is resolved without a timeout: use an address for a
+ *   bound); after a failure Redis is not asked again for a second. Updates never do. See docs/REDIS.md.
  * - The caller must not call progress_engine_close() while other threads still use that engine.
+ * - How each thread works (locks and their order, queues and wakes, libwebsockets' loop, the descriptors
+ *   libuv keeps): docs/THREADING.md.
  * - fork(): an engine open before a fork() works in both processes; the parent's is unaffected. In the child
  *   it starts with none of the parent's tasks (reads of them go to Redis with redis_url), keeps the registered
  *   templates and the ETA history, counts its stats from zero, has no listener (progress_engine_port -1: the
@@ -89,24 +68,15 @@
  * so every read reflects the latest change; progress_update only keeps a few numbers on the current stage's pace.
  * - eta_seconds counts from the task's latest event ("updated_at"): eta = updated_at + eta_seconds. The engine's
  *   time is its latest event of any task (explicit timestamps included), never the system clock, so replays
- *   predict as live runs do; an ETA moves when any task of the engine reports, not while all are silent.
- *   Replay recorded runs into an engine of their own: live events would move its time past theirs.
- * - History: completion records (progress_eta_record_completion, and one per completed task) of similar tasks:
- *   same template, quality and resource_config; else same template and quality; else same template; else same
- *   template category (the first of these with 3 records). Per stage: durations; for stages that reported
- *   progress, the time to their first report, seconds per step and the time after their last step. Once the
- *   current stage reports steps, the records of the runs closest to it in step count and pace.
- * - The current stage's remaining time blends its live pace (the median of its recent report intervals, so a
- *   slow first step or a stall does not throw it off) with history's seconds per step, the live part weighing
- *   more as the stage advances; a stage that has not reported yet gets what history says remains of it after
- *   the time already spent. Later stages come from history; without any, from their weights at the pace known.
- *   With no history at all: the live pace alone; no estimate (null) before the first progress.
- * - Queue: while a task waits in a first stage named "queue", its start is forecast from the tasks of the same
- *   template and resource_config that are executing (their ETAs) and those ahead of it in line (first come,
- *   first served), else from the recent waits; the wait is counted apart from the execution after it.
+ *   predict as live runs do. Replay recorded runs into an engine of their own: live events would move its time
+ *   past theirs.
+ * - The estimate comes from the completion records of similar tasks (progress_eta_record_completion, and one per
+ *   completed task), the live pace of the current stage and, for a task waiting in a first stage named "queue",
+ *   the tasks ahead of it. null before anything is known to base it on.
  * - eta_confidence = 1 / (1 + expected deviation / remaining time): lower when history is scarce or spread out,
  *   when the job's size is not known yet, and for a wait behind many queued tasks.
  * - Completed: eta_seconds 0, eta = completed_at, confidence 1. Failed or cancelled: all three null.
+ * How the estimate is made: docs/ETA.md.
  */
 #ifndef PROGRESS_H
 #define PROGRESS_H
