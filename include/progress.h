@@ -217,6 +217,7 @@ PROGRESS_API int progress_engine_port(const progress_engine *engine);
  * redis_url also "redis_connected" (0/1), "redis_queue_depth" (tasks not yet written), "redis_task_writes",
  * "redis_commands", "redis_command_errors", "redis_dropped_events", "redis_dropped_logs",
  * "redis_dropped_writes", "redis_reconnects", "redis_remote_updates", "redis_workers_lost".
+ * The listener's GET /metrics shows each of them too (Prometheus text), beside its own connection figures.
  * *out_json is the caller's; free with progress_string_free. */
 PROGRESS_API progress_status progress_engine_stats_get(progress_engine *engine, char **out_json);
 /* Alias of progress_engine_stats_get (its name before the progress_<object>_<verb> rule); kept for what links it. */

@@ -208,3 +208,21 @@ def test_the_config_table_lists_exactly_the_keys_the_engine_accepts(lib):
     assert sorted(listed) == sorted(re.findall(r'"([a-z_]+)"', keys.group(1)))
     engine = ctypes.c_void_p()
     assert lib.progress_engine_open(b'{"throttle_msec": 5}', ctypes.byref(engine)) == -7  # PROGRESS_E_CONFIG
+
+
+def test_the_stats_keys_in_the_header_are_the_engines(lib):
+    """progress_engine_stats_get's keys, as the header lists them, against what an engine with redis_url returns
+    (Redis need not answer: an engine opens without it)."""
+    text = HEADER.read_text()
+    comment = text.split("/* Engine counters as JSON:", 1)[1].split("*/", 1)[0]
+    documented = re.findall(r'"([a-z_]+)"', comment)
+    engine = ctypes.c_void_p()
+    assert lib.progress_engine_open(b'{"redis_url": "redis://127.0.0.1:1/0"}', ctypes.byref(engine)) == 0
+    try:
+        out = ctypes.c_char_p()
+        assert lib.progress_engine_stats_get(engine, ctypes.byref(out)) == 0
+        keys = list(json.loads(out.value))
+        lib.progress_string_free(out)
+    finally:
+        lib.progress_engine_close(engine)
+    assert sorted(documented) == sorted(keys)

@@ -1263,28 +1263,13 @@ final class EngineCore: @unchecked Sendable {
         let c = counters()
         var w = JSONWriter()
         w.beginObject()
-        w.key("tasks"); w.integer(c.tasks)
-        w.key("updates"); w.integer(c.updates)
-        w.key("invalid_updates"); w.integer(c.invalidUpdates)
-        w.key("events"); w.integer(c.events)
-        w.key("logs"); w.integer(c.logs)
-        w.key("purged_tasks"); w.integer(c.purgedTasks)
-        w.key("attached_counters"); w.integer(c.attachedCounters)
-        w.key("previews_written"); w.integer(c.previewsWritten)
-        w.key("previews_failed"); w.integer(c.previewsFailed)
-        w.key("previews_dropped"); w.integer(c.previewsDropped)
+        for row in CounterTable.engine {
+            w.key(row.stats); w.integer(row.value(c))
+        }
         if let m = storage?.metrics {
-            w.key("redis_connected"); w.integer(m.connected.load(ordering: .relaxed))
-            w.key("redis_queue_depth"); w.integer(m.queueDepth.load(ordering: .relaxed))
-            w.key("redis_task_writes"); w.integer(m.taskWrites.load(ordering: .relaxed))
-            w.key("redis_commands"); w.integer(m.commands.load(ordering: .relaxed))
-            w.key("redis_command_errors"); w.integer(m.commandErrors.load(ordering: .relaxed))
-            w.key("redis_dropped_events"); w.integer(m.droppedEvents.load(ordering: .relaxed))
-            w.key("redis_dropped_logs"); w.integer(m.droppedLogs.load(ordering: .relaxed))
-            w.key("redis_dropped_writes"); w.integer(m.droppedWrites.load(ordering: .relaxed))
-            w.key("redis_reconnects"); w.integer(m.reconnects.load(ordering: .relaxed))
-            w.key("redis_remote_updates"); w.integer(m.remoteUpdates.load(ordering: .relaxed))
-            w.key("redis_workers_lost"); w.integer(m.workersLost.load(ordering: .relaxed))
+            for row in CounterTable.redis {
+                w.key(row.stats); w.integer(row.value(m))
+            }
         }
         w.endObject()
         return w.output

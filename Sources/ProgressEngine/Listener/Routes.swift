@@ -231,24 +231,12 @@ enum Routes {
         metric("progress_fanouts_total", "counter", "Task states fanned out to subscribers.", m.fanouts.load(ordering: .relaxed))
         metric("progress_slow_clients_closed_total", "counter", "Clients closed for not reading (4008).", m.slowClientsClosed.load(ordering: .relaxed))
         metric("progress_dropped_logs_total", "counter", "Log entries not fanned out because the queue was full.", m.droppedLogs.load(ordering: .relaxed))
-        metric("progress_updates_received_total", "counter", "Accepted task updates.", c.updates)
-        metric("progress_invalid_updates_total", "counter", "Rejected task updates.", c.invalidUpdates)
-        metric("progress_tasks", "gauge", "Tasks held in memory.", c.tasks)
+        for row in CounterTable.engine { metric(row.metric, row.kind, row.help, row.value(c)) }
         metric("progress_fanout_queue_depth", "gauge", "Changes and logs waiting for the listener thread.", l.queueDepth)
         metric("progress_client_queue_depth", "gauge", "Messages waiting to be written to clients.",
                l.connections.values.reduce(0) { $0 + $1.pendingCount })
         if let r = l.engine.storage?.metrics {
-            metric("progress_redis_connected", "gauge", "1 while the Redis writer is connected.", r.connected.load(ordering: .relaxed))
-            metric("progress_redis_queue_depth", "gauge", "Tasks with changes not yet written to Redis.", r.queueDepth.load(ordering: .relaxed))
-            metric("progress_redis_task_writes_total", "counter", "Task writes acknowledged by Redis.", r.taskWrites.load(ordering: .relaxed))
-            metric("progress_redis_commands_total", "counter", "Commands sent to Redis by the writer.", r.commands.load(ordering: .relaxed))
-            metric("progress_redis_command_errors_total", "counter", "Writer commands Redis rejected.", r.commandErrors.load(ordering: .relaxed))
-            metric("progress_redis_dropped_events_total", "counter", "History events not written to Redis (buffer bound or flood thinning).", r.droppedEvents.load(ordering: .relaxed))
-            metric("progress_redis_dropped_logs_total", "counter", "Log entries not written to Redis (buffer bound).", r.droppedLogs.load(ordering: .relaxed))
-            metric("progress_redis_dropped_writes_total", "counter", "Template, ETA and closing writes dropped.", r.droppedWrites.load(ordering: .relaxed))
-            metric("progress_redis_reconnects_total", "counter", "Reconnections to Redis (writer and subscriber).", r.reconnects.load(ordering: .relaxed))
-            metric("progress_redis_remote_updates_total", "counter", "Other engines' updates applied from the channel.", r.remoteUpdates.load(ordering: .relaxed))
-            metric("progress_redis_workers_lost_total", "counter", "Tasks failed with \"worker lost\".", r.workersLost.load(ordering: .relaxed))
+            for row in CounterTable.redis { metric(row.metric, row.kind, row.help, row.value(r)) }
         }
         return out
     }
