@@ -1,0 +1,111 @@
+import Glibc
+
+/// Changes noted for the listener, the Redis writer and the Swift API's streams, and what the listener takes.
+extension EngineCore {
+    /// A task changed (its seq moved): queue it for the listener and, unless it mirrors another engine's task,
+    /// for the Redis writer. Under the shard lock.
+    @inline(__always)
+    func noteChanged(_ task: TaskRecord) {
+        if let listener { EngineCore.noteChange(task, listener) }
+        if watchers.isActive { noteWatchers(task) }
+        noteWriteOnly(task)
+    }
+
+    /// Out of line: only with a `changes(of:)` stream open, and the update path stays small without one.
+    @inline(never)
+    private func noteWatchers(_ task: TaskRecord) {
+        watchers.note(task.id)
+    }
+
+    /// A change for Redis only (the listener sends it with the task's next change). Under the shard lock.
+    @inline(__always)
+    func noteWriteOnly(_ task: TaskRecord) {
+        if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: task.lastChangeUrgent) }
+    }
+
+    /// Queues a changed task for the listener, at most once until the listener takes it; an urgent change
+    /// (stage, terminal, created) queues it again so it is not held back by the throttle. Under the shard lock.
+    @inline(__always)
+    private static func noteChange(_ task: TaskRecord, _ listener: Listener) {
+        let flags = task.fanoutFlags
+        if task.lastChangeUrgent {
+            // An urgent state still unsent is kept for the listener before this change moves past it.
+            if flags & 2 != 0, let earlier = task.urgentState, task.heldUrgent.count < EngineCore.maxHeldUrgent {
+                task.heldUrgent.append(earlier)
+            }
+            task.urgentState = TaskSnapshot(task)
+        }
+        if flags & 1 == 0 {
+            task.fanoutFlags = task.lastChangeUrgent ? 3 : 1
+            listener.noteChange(taskId: task.id)
+        } else if task.lastChangeUrgent && flags & 2 == 0 {
+            task.fanoutFlags = flags | 2
+            listener.noteChange(taskId: task.id)
+        }
+    }
+
+    /// Urgent states kept per task while the listener has not taken them (a runner stuck in a loop of resumes
+    /// cannot grow it further; stage changes are bounded by the stages).
+    static let maxHeldUrgent = 64
+
+    /// What the listener should do with a queued task now.
+    enum FanoutDecision {
+        /// Send `held` (earlier urgent states, oldest first), then this state, to the task's subscribers.
+        case send(TaskSnapshot, urgent: Bool, held: [TaskSnapshot])
+        /// Throttled: look again at this monotonic time.
+        case later(Double)
+        /// Nothing to send (already taken, nobody watching, or the task is gone).
+        case nothing
+    }
+
+    /// Takes a queued task for fan-out unless the throttle holds it back.
+    /// - Parameters:
+    ///   - now: monotonic seconds.
+    ///   - throttle: minimum seconds between two fan-outs of a non-urgent change.
+    ///   - watched: whether anyone subscribes to the task (no snapshot is taken otherwise).
+    func takeFanout(id: String, now: Double, throttle: Double, watched: Bool) -> FanoutDecision {
+        let key = TaskKey(owning: id)
+        return table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], task.fanoutFlags & 1 != 0 else { return .nothing }
+            let urgent = task.fanoutFlags & 2 != 0
+            if !urgent && now - task.lastFanoutAt < throttle { return .later(task.lastFanoutAt + throttle) }
+            task.fanoutFlags = 0
+            task.lastFanoutAt = now
+            let held = task.heldUrgent
+            if !held.isEmpty { task.heldUrgent = [] }
+            task.urgentState = nil
+            return watched ? .send(TaskSnapshot(task), urgent: urgent, held: held) : .nothing
+        }
+    }
+
+    /// Tasks a `"*"` subscription reads from Redis at most (the newest written).
+    static let maxStoredWildcardTasks = 1000
+
+    /// Every task's current state (for a "*" subscription and the dashboard).
+    func allSnapshots() -> [TaskSnapshot] {
+        let now = clock.now()
+        var out: [TaskSnapshot] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where !task.isExpired(now: now, retention: config.retentionSeconds) {
+                    out.append(TaskSnapshot(task))
+                }
+            }
+        }
+        // With Redis, "*" is every task of the fleet: those this engine does not hold (a listener just started,
+        // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
+        if let storage {
+            let held = Set(out.map(\.id))
+            let ids = storage.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
+                .filter { !held.contains($0) }
+            let states = storage.stateJSONs(ids)
+            for id in ids {
+                guard let text = states[id], let stored = try? StoredTask.parse(text) else { continue }
+                out.append(TaskSnapshot(TaskRecord(restoring: stored)))
+            }
+        }
+        let time = eventTime()
+        for i in out.indices { out[i].eta = estimate(out[i], now: time) }
+        return out.sorted { $0.createdAt < $1.createdAt }
+    }
+}
