@@ -85,6 +85,7 @@ bench-c:
 bench-python:
 	$(PYTHON) benchmarks/python/bench_update.py
 	$(PYTHON) benchmarks/python/bench_tqdm.py
+	$(PYTHON) benchmarks/python/bench_track.py
 
 # ETA accuracy against three baselines on generated traces (see benchmarks/eta/README.md).
 bench-eta:

@@ -71,8 +71,9 @@ class Track(Iterator[T]):
             raise TypeError("this track() has no length: its iterable had none and no total= was given")
         return self.total
 
-    def __iter__(self) -> "Track[T]":
-        return self
+    def __iter__(self) -> Iterator[T]:
+        # The generator itself: a `for` loop then resumes it directly, with no call of __next__ per item.
+        return self._items
 
     def __next__(self) -> T:
         return next(self._items)
@@ -141,10 +142,12 @@ def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator
     try:
         if run.total:
             run.steps = steps = tracker.stepper(task_id, run.total)
-            update = steps.update
+            # The counter's memory itself (StepCounter.update without its call): it goes on from any step written
+            # meanwhile (update_progress_sync, StepCounter.set), as update() does.
+            counter = steps._counter
             for item in iterable:
                 yield item
-                update()
+                counter[0] += 1
         elif run.total is None:
             # Unknown length: step 0 of 1 enters the main stage; each item then sets its message.
             tracker.update_progress_sync(task_id, 0, 1, message="0 items")
