@@ -386,13 +386,7 @@ final class EngineCore: @unchecked Sendable {
     /// A runner event (SPEC §5): see `progress_event` in the header.
     func event(id: String, name: String, dataJSON: String?) throws {
         events.add(1, ordering: .relaxed)
-        let (event, explicit): (RunnerEvent, Double?)
-        do {
-            (event, explicit) = try RunnerEvent.parse(name: name, dataJSON: dataJSON)
-        } catch {
-            rejectedBeforeTask(id: id, error)
-            throw error
-        }
+        let (event, explicit) = try countingRefusal(id: id) { try RunnerEvent.parse(name: name, dataJSON: dataJSON) }
         let now = clock.now()
         switch event {
         case let .progress(step, total, message, previewPath):
@@ -422,13 +416,7 @@ final class EngineCore: @unchecked Sendable {
             guard isStage else {
                 return try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
             }
-            let progress: Double?, message: String?
-            do {
-                (progress, message) = try RunnerEvent.stageArguments(name: name, data: data)
-            } catch {
-                rejectedBeforeTask(id: id, error)
-                throw error
-            }
+            let (progress, message) = try countingRefusal(id: id) { try RunnerEvent.stageArguments(name: name, data: data) }
             try withTask(id: id) { task in
                 let ts = try task.resolveTimestamp(explicit: explicit, now: now)
                 catchUpCounter(task, at: ts, notify: false)  // the runner's steps came before this stage change
