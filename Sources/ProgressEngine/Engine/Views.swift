@@ -120,14 +120,12 @@ extension EngineCore {
         w.beginObject()
         w.key("batch_id"); w.string(batchId)
         w.key("total_tasks"); w.integer(found.count)
-        var counts: [TaskStatus: Int] = [:]
-        for t in found { counts[t.status, default: 0] += 1 }
         for status in TaskStatus.all {
-            w.key("\(status.name)_tasks"); w.integer(counts[status] ?? 0)
+            w.key("\(status.name)_tasks"); w.integer(summary.counts[status] ?? 0)
         }
         w.key("counts"); w.beginObject()
         for status in TaskStatus.all {
-            w.key(status.name); w.integer(counts[status] ?? 0)
+            w.key(status.name); w.integer(summary.counts[status] ?? 0)
         }
         w.endObject()
         w.key("overall_progress"); w.number(summary.overallProgress)

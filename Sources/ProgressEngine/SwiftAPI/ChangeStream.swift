@@ -134,7 +134,7 @@ struct ChangeDelivery {
             guard let snapshot = try? core.snapshot(id: id) else { continue }
             let last = delivered[id]
             if let last, snapshot.seq <= last.seq { continue }
-            let urgent = last == nil || snapshot.currentStage != last!.stage || snapshot.status != last!.status
+            let urgent = last.map { snapshot.currentStage != $0.stage || snapshot.status != $0.status } ?? true
             if !urgent, let last, now - last.at < throttle {
                 later.insert(id)
                 due = min(due, last.at + throttle)

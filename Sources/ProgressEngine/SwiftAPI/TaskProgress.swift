@@ -129,10 +129,8 @@ public struct BatchProgress: Sendable, Equatable {
         self.batchID = batchID
         tasks = found.map(TaskProgress.init)
         self.missing = missing
-        var counts = Dictionary(uniqueKeysWithValues: TaskProgress.Status.allCases.map { ($0, 0) })
-        for task in tasks { counts[task.status, default: 0] += 1 }
-        self.counts = counts
         let summary = BatchSummary(found)
+        counts = Dictionary(uniqueKeysWithValues: TaskStatus.all.map { (TaskProgress.Status($0), summary.counts[$0] ?? 0) })
         overallProgress = summary.overallProgress
         eta = summary.eta
     }
@@ -140,10 +138,15 @@ public struct BatchProgress: Sendable, Equatable {
 
 /// The totals of a batch that its JSON and `BatchProgress` both show, computed in one place.
 struct BatchSummary {
+    /// Tasks per status (a status none is in is absent).
+    let counts: [TaskStatus: Int]
     let overallProgress: Double
     let eta: Double?
 
     init(_ found: [TaskSnapshot]) {
+        var counts: [TaskStatus: Int] = [:]
+        for task in found { counts[task.status, default: 0] += 1 }
+        self.counts = counts
         overallProgress = found.isEmpty ? 0 : found.map(\.overallProgress).reduce(0, +) / Double(found.count)
         // The batch is done when its last task is: the latest ETA of the tasks that will finish.
         let finishing = found.filter { $0.status != .failed && $0.status != .cancelled }
