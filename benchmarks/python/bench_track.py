@@ -20,17 +20,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Dict, Iterable, List
 
-# Runs from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bindings" / "python"))
-
-try:
-    from tqdm import tqdm
-except ImportError:
-    print("tqdm is not installed (pip install tqdm); it is the baseline of this benchmark")
-    sys.exit(2)
+from bench_support import tqdm  # the checkout's binding on sys.path; exits 2 without tqdm
 
 from progress_engine import ProgressTracker, track  # noqa: E402
 

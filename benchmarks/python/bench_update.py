@@ -21,16 +21,8 @@ import statistics
 import sys
 import time
 import timeit
-from pathlib import Path
 
-# Runs from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bindings" / "python"))
-
-try:
-    from tqdm import tqdm
-except ImportError:
-    print("tqdm is not installed (pip install tqdm); it is the baseline of this benchmark")
-    sys.exit(2)
+from bench_support import tqdm  # the checkout's binding on sys.path; exits 2 without tqdm
 
 from progress_engine import ProgressTracker  # noqa: E402
 from progress_engine._lib import progress_version_number  # noqa: E402
