@@ -17,16 +17,9 @@ extension Locked: ForkLock {}
 /// parent: releases them. child: releases them and gives every engine fresh threads (`EngineCore.restartInChild`).
 /// docs/THREADING.md says what a child inherits.
 enum ForkRegistry {
-    nonisolated(unsafe) private static let mutex: UnsafeMutablePointer<pthread_mutex_t> = {
-        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        pthread_mutex_init(m, nil)
-        return m
-    }()
-    /// Guarded by `mutex`. Unretained: an engine leaves in `close()` or `deinit`, before it goes.
-    nonisolated(unsafe) private static var engines: [Unmanaged<EngineCore>] = []
-    /// The locks prepare took, per engine, in the order taken (guarded by `mutex`, held from prepare to
-    /// parent / child).
-    nonisolated(unsafe) private static var held: [[any ForkLock]] = []
+    /// `engines`: unretained, since an engine leaves in `close()` or `deinit`, before it goes. `held`: the locks
+    /// prepare took, per engine, in the order taken. The lock is held from prepare to parent / child.
+    private static let registry = Locked<(engines: [Unmanaged<EngineCore>], held: [[any ForkLock]])>(([], []))
     private static let installHandlers: Void = {
         let rc = pthread_atfork({ ForkRegistry.prepare() }, { ForkRegistry.parent() }, { ForkRegistry.child() })
         if rc != 0 {
@@ -38,22 +31,18 @@ enum ForkRegistry {
     /// Registers an engine whose threads are running.
     static func add(_ engine: EngineCore) {
         _ = installHandlers
-        pthread_mutex_lock(mutex)
-        engines.append(Unmanaged.passUnretained(engine))
-        pthread_mutex_unlock(mutex)
+        registry.withLock { $0.engines.append(Unmanaged.passUnretained(engine)) }
     }
 
     /// Unregisters an engine; idempotent.
     static func remove(_ engine: EngineCore) {
-        pthread_mutex_lock(mutex)
-        engines.removeAll { $0.toOpaque() == Unmanaged.passUnretained(engine).toOpaque() }
-        pthread_mutex_unlock(mutex)
+        registry.withLock { $0.engines.removeAll { $0.toOpaque() == Unmanaged.passUnretained(engine).toOpaque() } }
     }
 
     private static func prepare() {
         warmRuntime()
-        pthread_mutex_lock(mutex)
-        held = engines.map { engine in
+        registry.lock()
+        registry.unsafeValue.held = registry.unsafeValue.engines.map { engine in
             engine._withUnsafeGuaranteedRef { engine in
                 let locks = engine.forkLocks()
                 for lock in locks { lock.lock() }
@@ -64,15 +53,16 @@ enum ForkRegistry {
 
     private static func parent() {
         releaseHeld()
-        pthread_mutex_unlock(mutex)
+        registry.unlock()
     }
 
     private static func child() {
         // Only this thread exists now; the state under each lock is whole, so it is cleared before the locks go.
+        let engines = registry.unsafeValue.engines
         for engine in engines { engine._withUnsafeGuaranteedRef { $0.clearInChild() } }
         releaseHeld()
         for engine in engines { engine._withUnsafeGuaranteedRef { $0.restartInChild() } }
-        pthread_mutex_unlock(mutex)
+        registry.unlock()
     }
 
     /// Swift's runtime sets some of its caches up lazily, each under a once of its own, on first use by whichever
@@ -90,11 +80,12 @@ enum ForkRegistry {
         withExtendedLifetime((fields, names)) {}
     }
 
+    /// Under the registry's lock.
     private static func releaseHeld() {
-        for locks in held {
+        for locks in registry.unsafeValue.held {
             for lock in locks.reversed() { lock.unlock() }
         }
-        held = []
+        registry.unsafeValue.held = []
     }
 }
 
