@@ -188,8 +188,8 @@ def test_callback_reports_every_step_and_previews_at_the_milestones(tmp_path):
 
 
 class AskedTracker(ProgressTracker):
-    """A tracker with preview_due (the binding's own arrives with issue 15's item 6): due at step 7 only, so the
-    one preview shows that the callback asks it instead of applying its milestone rule."""
+    """A tracker whose preview_due says yes at step 7 only, so the one preview shows that the callback makes
+    previews exactly when preview_due says so."""
 
     asked = 0
 

@@ -14,10 +14,8 @@ costs 0.07 ms for SDXL's 128 x 128 latents and 1 ms for Flux's at 1024 px on one
 decode of tens to hundreds of milliseconds. The preview is at latent resolution (1/8 of the image).
 `preview="vae"` decodes with the pipeline's VAE instead (torch).
 
-A preview is due when `tracker.preview_due(task_id)` says so. A tracker without it (a binding older than
-that call) falls back to the engine's default rule: a preview when the task's overall_progress first
-reaches each of `milestones` (25, 50, 75 by default, the engine's `preview_milestones`; pass the same
-numbers when the engine is configured with others).
+A preview is made only when `tracker.preview_due(task_id)` says the engine would take one (its
+`preview_milestones` or `preview_every_steps`), so the latents are converted at most that often.
 
 Cancel: when the tracker has `cancel_requested(task_id)` and it returns true, the callback sets
 `pipe._interrupt = True`, the flag diffusers pipelines check at the top of each denoising step: the
@@ -30,7 +28,7 @@ This module imports neither diffusers nor torch nor numpy. The callback and `lat
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ..default import get_progress_tracker_sync
 from ..tracker import ProgressTracker
@@ -93,10 +91,6 @@ LATENT_RGB_FACTORS: Dict[str, Tuple[Tuple[Tuple[float, float, float], ...], Tupl
         (-0.0329, -0.0718, -0.0851),
     ),
 }
-
-#: The engine's default preview_milestones (overall_progress, percent).
-DEFAULT_MILESTONES = (25.0, 50.0, 75.0)
-
 
 def _numpy() -> Any:
     try:
@@ -224,7 +218,6 @@ class ProgressCallback:
     - `preview`: "latents" (default, the linear latent-to-RGB map), "vae" (decode with pipe.vae), or None.
     - `family`: the latent-to-RGB table ("sd1", "sdxl", "sd3", "flux"); None guesses from the latents.
     - `height`, `width`: the image size passed to the pipeline, for Flux's packed latents when not square.
-    - `milestones`: the fallback rule's overall_progress milestones when the tracker has no preview_due.
 
     Returns `callback_kwargs` unchanged. `tensor_inputs` (["latents"]) lets MultiPipelineCallbacks ask for
     the latents, which pipelines pass by default."""
@@ -233,7 +226,7 @@ class ProgressCallback:
 
     def __init__(self, task_id: str, tracker: Optional[ProgressTracker] = None, *, total_steps: Optional[int] = None,
                  preview: Optional[str] = "latents", family: Optional[str] = None, height: Optional[int] = None,
-                 width: Optional[int] = None, milestones: Sequence[float] = DEFAULT_MILESTONES) -> None:
+                 width: Optional[int] = None) -> None:
         if preview not in ("latents", "vae", None):
             raise ValueError(f"preview must be 'latents', 'vae' or None, not {preview!r}")
         if family is not None and family not in LATENT_RGB_FACTORS:
@@ -248,15 +241,13 @@ class ProgressCallback:
         self.preview = preview
         self.family = family
         self.height, self.width = height, width
-        self.milestones = sorted(milestones)
-        self._milestones_taken = 0
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: Dict[str, Any]) -> Dict[str, Any]:
         tracker, task_id = self.tracker, self.task_id
         total = self.total_steps or pipe.num_timesteps
         tracker.update_progress_sync(task_id, step_index + 1, total)
         latents = callback_kwargs.get("latents")
-        if self.preview is not None and latents is not None and self._preview_due():
+        if self.preview is not None and latents is not None and tracker.preview_due(task_id):
             if self.preview == "vae":
                 image = vae_decode(pipe, latents, height=self.height, width=self.width)
             else:
@@ -267,15 +258,3 @@ class ProgressCallback:
         if cancel_requested is not None and cancel_requested(task_id):
             pipe._interrupt = True
         return callback_kwargs
-
-    def _preview_due(self) -> bool:
-        preview_due = getattr(self.tracker, "preview_due", None)
-        if preview_due is not None:
-            return bool(preview_due(self.task_id))
-        # The engine's milestone rule, on the same overall_progress (a read applies the step counter first).
-        overall = self.tracker.get_task_progress_sync(self.task_id)["overall_progress"]
-        reached = sum(1 for m in self.milestones if overall >= m)
-        if reached > self._milestones_taken:
-            self._milestones_taken = reached
-            return True
-        return False
