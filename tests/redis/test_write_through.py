@@ -75,8 +75,9 @@ def test_namespace_and_coalescing(redis):
     (well under a second) falls inside one 2 s window, so no write carries part of the flood unthinned (an urgent
     write taken while the flood had just begun carried its first steps whole). 2 s, not 1: on a loaded 2-core
     machine the wait for the first write plus the flood once took longer than 1 s, and a write in between
-    carried 610 of its events whole."""
-    with ProgressTracker(redis_url=redis.url, throttle_ms=2000, namespace="ns2") as t:
+    carried 610 of its events whole. No resource samples: on a loaded machine each one changes the executing
+    task's CPU figure, so the task is dirty again after every write and never reads as flushed."""
+    with ProgressTracker(redis_url=redis.url, throttle_ms=2000, namespace="ns2", resource_interval_ms=3600000) as t:
         t.create_task_progress_sync(task_id="flood", template_id="tpl")
         h = t._handle()
         _lib.progress_update(h, b"flood", 1, 20000, None)
@@ -91,6 +92,27 @@ def test_namespace_and_coalescing(redis):
     events = stream_events(redis, "flood", "ns2")
     assert events[-1]["seq"] == final["seq"] and len(events) < 200
     assert stats["redis_dropped_events"] > 0
+
+
+def test_queue_depth_counts_changes_the_writer_has_not_taken_yet(redis):
+    """redis_queue_depth counts every task with a change not yet written, including those the writer thread has
+    not yet moved out of its inbox: it read 0 between a change and the writer's next wake-up, so a caller
+    waiting for "flushed" could go on before the change reached Redis. Here the writer is stuck sending task
+    a to a stopped Redis (for up to its 1 s I/O timeout) while b and c are created."""
+    with ProgressTracker(redis_url=redis.url, throttle_ms=50, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync(task_id="warm", template_id="tpl")
+        flushed(t)
+        redis.pause()
+        try:
+            t.create_task_progress_sync(task_id="a", template_id="tpl")
+            assert t.stats_sync()["redis_queue_depth"] == 1
+            t.create_task_progress_sync(task_id="b", template_id="tpl")
+            t.create_task_progress_sync(task_id="c", template_id="tpl")
+            assert t.stats_sync()["redis_queue_depth"] == 3
+        finally:
+            redis.resume()
+        flushed(t)
+        assert sorted(json.loads(redis.cli("GET", key("state", tid)))["task_id"] for tid in "abc") == ["a", "b", "c"]
 
 
 def test_last_counter_read_is_written_through_and_fanned_out(redis):

@@ -112,6 +112,8 @@ final class RedisWriter: @unchecked Sendable {
     private func enqueue(_ id: String) {
         worker.lock()
         inbox.append(id)
+        // Counted at once, so a reader of the stats never sees 0 while a change waits in the inbox.
+        metrics.queueDepth.add(1, ordering: .relaxed)
         if sleeping { worker.signal() }
         worker.unlock()
     }
@@ -172,15 +174,14 @@ final class RedisWriter: @unchecked Sendable {
                 sleeping = false
             }
         }
-        let ids = inbox
-        let more = extrasInbox
+        for id in inbox { pending[id] = 0 }
         inbox.removeAll(keepingCapacity: true)
+        let more = extrasInbox
         extrasInbox.removeAll(keepingCapacity: true)
         let stop = worker.stopping
-        worker.unlock()
-        for id in ids { pending[id] = 0 }
-        extras.append(contentsOf: more)
         metrics.queueDepth.store(pending.count, ordering: .relaxed)
+        worker.unlock()
+        extras.append(contentsOf: more)
         return stop
     }
 
@@ -207,7 +208,7 @@ final class RedisWriter: @unchecked Sendable {
         }
         let batch = extras
         extras.removeAll()
-        guard !writes.isEmpty || !batch.isEmpty else { return }
+        guard !writes.isEmpty || !batch.isEmpty else { return publishQueueDepth() }
         if !send(writes: writes, extras: batch) {
             for w in writes {
                 engine.requeueWrite(id: w.id)
@@ -215,7 +216,14 @@ final class RedisWriter: @unchecked Sendable {
             }
             extras.insert(contentsOf: batch, at: 0)
         }
-        metrics.queueDepth.store(pending.count, ordering: .relaxed)
+        publishQueueDepth()
+    }
+
+    /// Tasks pending here plus those still in the inbox, stored under the lock `enqueue` counts under.
+    private func publishQueueDepth() {
+        worker.lock()
+        metrics.queueDepth.store(pending.count + inbox.count, ordering: .relaxed)
+        worker.unlock()
     }
 
     private func finalFlush() {
