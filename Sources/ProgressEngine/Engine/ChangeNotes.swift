@@ -6,7 +6,7 @@ extension EngineCore {
     /// for the Redis writer. Under the shard lock.
     @inline(__always)
     func noteChanged(_ task: TaskRecord) {
-        if let listener { EngineCore.noteChange(task, listener) }
+        if let listener { ChangeFeed.fanout.note(task, urgent: task.lastChangeUrgent, to: listener) }
         if watchers.isActive { noteWatchers(task) }
         noteWriteOnly(task)
     }
@@ -20,42 +20,7 @@ extension EngineCore {
     /// A change for Redis only (the listener sends it with the task's next change). Under the shard lock.
     @inline(__always)
     func noteWriteOnly(_ task: TaskRecord) {
-        if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: task.lastChangeUrgent) }
-    }
-
-    /// Queues a changed task for the listener, at most once until the listener takes it; an urgent change
-    /// (stage, terminal, created) queues it again so it is not held back by the throttle. Under the shard lock.
-    @inline(__always)
-    private static func noteChange(_ task: TaskRecord, _ listener: Listener) {
-        let flags = task.fanoutFlags
-        if task.lastChangeUrgent {
-            // An urgent state still unsent is kept for the listener before this change moves past it.
-            if flags & 2 != 0, let earlier = task.urgentState, task.heldUrgent.count < EngineCore.maxHeldUrgent {
-                task.heldUrgent.append(earlier)
-            }
-            task.urgentState = TaskSnapshot(task)
-        }
-        if flags & 1 == 0 {
-            task.fanoutFlags = task.lastChangeUrgent ? 3 : 1
-            listener.noteChange(taskId: task.id)
-        } else if task.lastChangeUrgent && flags & 2 == 0 {
-            task.fanoutFlags = flags | 2
-            listener.noteChange(taskId: task.id)
-        }
-    }
-
-    /// Urgent states kept per task while the listener has not taken them (a runner stuck in a loop of resumes
-    /// cannot grow it further; stage changes are bounded by the stages).
-    static let maxHeldUrgent = 64
-
-    /// What the listener should do with a queued task now.
-    enum FanoutDecision {
-        /// Send `held` (earlier urgent states, oldest first), then this state, to the task's subscribers.
-        case send(TaskSnapshot, urgent: Bool, held: [TaskSnapshot])
-        /// Throttled: look again at this monotonic time.
-        case later(Double)
-        /// Nothing to send (already taken, nobody watching, or the task is gone).
-        case nothing
+        if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: task.lastChangeUrgent, to: writer) }
     }
 
     /// Takes a queued task for fan-out unless the throttle holds it back.
@@ -66,15 +31,14 @@ extension EngineCore {
     func takeFanout(id: String, now: Double, throttle: Double, watched: Bool) -> FanoutDecision {
         let key = TaskKey(owning: id)
         return table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key], task.fanoutFlags & 1 != 0 else { return .nothing }
-            let urgent = task.fanoutFlags & 2 != 0
-            if !urgent && now - task.lastFanoutAt < throttle { return .later(task.lastFanoutAt + throttle) }
-            task.fanoutFlags = 0
-            task.lastFanoutAt = now
-            let held = task.heldUrgent
-            if !held.isEmpty { task.heldUrgent = [] }
-            task.urgentState = nil
-            return watched ? .send(TaskSnapshot(task), urgent: urgent, held: held) : .nothing
+            guard let task = shard.tasks[key] else { return .nothing }
+            switch ChangeFeed.fanout.take(task, now: now, throttle: throttle) {
+            case .nothing: return .nothing
+            case let .later(at): return .later(at)
+            case let .take(urgent):
+                let held = ChangeFeed.fanout.takeHeld(task)
+                return watched ? .send(TaskSnapshot(task), urgent: urgent, held: held) : .nothing
+            }
         }
     }
 

@@ -16,6 +16,19 @@ struct SystemClock: EngineClock {
     }
 }
 
+/// Monotonic seconds (never jumps with the wall clock): what the listener, the Redis writer and the subscriber
+/// throttle, coalesce and back off by. Injected like `SystemClock`, so those rules are tested without sleeping.
+struct MonotonicClock: EngineClock {
+    func now() -> Double { monotonicNow() }
+}
+
+/// Monotonic seconds (vDSO `clock_gettime`, no system call).
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
 /// A clock that moves only when told to; for tests.
 final class ManualClock: EngineClock {
     private let time: Locked<Double>

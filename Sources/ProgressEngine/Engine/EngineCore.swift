@@ -6,6 +6,8 @@ import Synchronization
 final class EngineCore: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
+    /// Monotonic time for the listener's and the Redis threads' throttles, back-offs and bounds.
+    let monotonic: any EngineClock
     let table = TaskTable()
     let templates = Locked<[String: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
@@ -43,13 +45,16 @@ final class EngineCore: @unchecked Sendable {
     /// - Parameters:
     ///   - config: parsed configuration.
     ///   - clock: where time comes from (a `ManualClock` in tests).
+    ///   - monotonic: where the listener and the Redis threads read monotonic time.
     ///   - background: start the maintenance thread (tests drive `maintenanceRound()` themselves).
     /// - Throws: `EngineError.config` for a bad listen address or redis_url, `.io` if a thread cannot start or the
     ///   address cannot be bound. An unreachable Redis is no error: the engine retries in the background.
-    init(config: EngineConfig, clock: any EngineClock = SystemClock(), background: Bool = true) throws {
+    init(config: EngineConfig, clock: any EngineClock = SystemClock(), monotonic: any EngineClock = MonotonicClock(),
+         background: Bool = true) throws {
         if let url = config.redisURL { _ = try RedisURL.parse(url) }
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
         // Each thread starts only after everything it reads is set (pthread_create orders those writes
         // before the thread's reads): storage, then the listener, then the subscriber feeding the listener,
         // then the maintenance thread, which touches all of them.
@@ -219,7 +224,7 @@ final class EngineCore: @unchecked Sendable {
         let why = (error as? EngineError).map { "\(EngineError.statusName($0.status)): \($0.message)" } ?? "\(error)"
         let entry = task.log(.warning, "rejected update (\(why))" + (more > 0 ? "; \(more) more rejected since the last such entry" : ""),
                              at: max(now, task.lastTimestamp), advancesTime: false)
-        if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
+        if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: false, to: writer) }
         listener?.noteLog(taskId: task.id, entry: entry)
     }
 
@@ -433,7 +438,7 @@ final class EngineCore: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             catchUpCounter(task, at: ts, notify: true)  // so the entry names the stage the runner is in
             let entry = task.log(level, message, at: ts)
-            if let writer = storage?.writer, !task.isMirror { writer.noteChange(task, urgent: false) }
+            if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: false, to: writer) }
             return entry
         } }
         listener?.noteLog(taskId: id, entry: entry)

@@ -114,9 +114,15 @@ extension EngineCore {
 
     /// BatchProgress (SPEC §6); `taskIds` nil means the tasks created with this batch_id.
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String {
+        var w = JSONWriter(capacity: 1024)
+        try writeBatch(batchId: batchId, taskIds: taskIds, into: &w)
+        return w.output
+    }
+
+    /// BatchProgress as the next value of `w` (a member of a WebSocket message, say).
+    func writeBatch(batchId: String, taskIds: [String]?, into w: inout JSONWriter) throws {
         let (found, missing) = try batch(batchId: batchId, taskIds: taskIds)
         let summary = BatchSummary(found)
-        var w = JSONWriter(capacity: 1024)
         w.beginObject()
         w.key("batch_id"); w.string(batchId)
         w.key("total_tasks"); w.integer(found.count)
@@ -143,7 +149,6 @@ extension EngineCore {
         for id in missing { w.string(id) }
         w.endArray()
         w.endObject()
-        return w.output
     }
 
     func etaRecordsJSON(templateId: String, quality: String?) -> String {

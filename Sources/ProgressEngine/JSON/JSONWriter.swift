@@ -83,6 +83,13 @@ struct JSONWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
+    /// A complete JSON value another writer built (or stored JSON text), copied as it is: never parsed again.
+    /// The caller vouches that it is one well-formed value.
+    mutating func raw<Bytes: Collection>(_ json: Bytes) where Bytes.Element == UInt8 {
+        separate()
+        bytes.append(contentsOf: json)
+    }
+
     mutating func value(_ v: JSONValue) {
         switch v {
         case .null: null()

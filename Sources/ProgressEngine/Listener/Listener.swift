@@ -31,13 +31,6 @@ struct ListenAddress: Equatable {
     }
 }
 
-/// Monotonic seconds, for throttling (never jumps with the wall clock).
-func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
 /// The embedded libwebsockets listener: WebSocket + REST on one port (SPEC §7, §8).
 ///
 /// Threads: one service thread, started by `init` and joined by `stop()`, owns every socket, every
@@ -45,8 +38,8 @@ func monotonicNow() -> Double {
 /// append to a locked inbox and wake the service thread with `lws_cancel_service()` (at most one wake in
 /// flight). Nothing a runner calls waits on a socket. Its stored variables are `@exclusivity(unchecked)`: one
 /// thread owns them, so the runtime's per-access check would only cost.
-final class Listener: @unchecked Sendable {
-    unowned let engine: EngineCore
+final class Listener: ChangeConsumer, @unchecked Sendable {
+    unowned let engine: any ListenerSource
     @exclusivity(unchecked) private(set) var port = -1
     let throttle: Double
     let maxSubscriptions: Int
@@ -98,7 +91,7 @@ final class Listener: @unchecked Sendable {
 
     /// Binds and starts the service thread.
     /// - Throws: `EngineError.io` if the address cannot be bound or the thread cannot start.
-    init(engine: EngineCore, address: ListenAddress) throws {
+    init(engine: any ListenerSource, address: ListenAddress) throws {
         self.engine = engine
         throttle = Double(engine.config.throttleMs) / 1000
         maxSubscriptions = engine.config.maxSubscriptions
@@ -176,8 +169,8 @@ final class Listener: @unchecked Sendable {
 
     // MARK: - From any thread
 
-    /// A task changed; called under its shard lock, at most once per queued state (see `EngineCore.noteChange`).
-    func noteChange(taskId: String) {
+    /// A task entered the listener's feed (`ChangeFeed.fanout`); called under its shard lock.
+    func enqueue(taskId: String) {
         inbox.withLock { $0.changed.append(taskId) }
         wake()
     }
@@ -228,7 +221,7 @@ final class Listener: @unchecked Sendable {
         for id in expired { forgetExpired(taskId: id) }
         metrics.droppedLogs.add(dropped, ordering: .relaxed)
         etaTime = nil
-        let now = monotonicNow()
+        let now = engine.monotonic.now()
         for id in changed { fanOut(taskId: id, now: now) }
         for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
         armTimer(now: now)
@@ -247,7 +240,7 @@ final class Listener: @unchecked Sendable {
     fileprivate func timerFired() {
         timerDue = .infinity
         etaTime = nil
-        let now = monotonicNow()
+        let now = engine.monotonic.now()
         let due = deferred.filter { $0.value <= now + 0.0005 }.map(\.key)
         for id in due {
             deferred[id] = nil

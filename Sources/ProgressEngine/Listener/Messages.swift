@@ -65,12 +65,12 @@ enum Messages {
         return w
     }
 
-    private static func raw(type: String, key: String, id: String, dataJSON: String) throws -> JSONWriter {
-        var w = JSONWriter()
+    static func batchProgress(_ engine: any ListenerSource, batchId: String, taskIds: [String]?) throws -> JSONWriter {
+        var w = JSONWriter(capacity: 1024)
         w.beginObject()
-        w.key("type"); w.string(type)
-        w.key(key); w.string(id)
-        w.key("data"); w.value(try JSONParser.parse(dataJSON, context: "engine output"))
+        w.key("type"); w.string("batch.progress")
+        w.key("batch_id"); w.string(batchId)
+        w.key("data"); try engine.writeBatch(batchId: batchId, taskIds: taskIds, into: &w)
         w.endObject()
         return w
     }
@@ -138,8 +138,7 @@ enum Messages {
                     throw ProtocolError(code: "invalid_message", message: "get_batch_progress needs a \"batch_id\" string")
                 }
                 let ids = try reader.array("task_ids").map { try stringList($0, key: "task_ids") }
-                let json = try l.engine.batchJSON(batchId: batch, taskIds: ids)
-                client.send(WireMessage(try raw(type: "batch.progress", key: "batch_id", id: batch, dataJSON: json)))
+                client.send(WireMessage(try batchProgress(l.engine, batchId: batch, taskIds: ids)))
             case "ping":
                 var w = JSONWriter()
                 w.beginObject(); w.key("type"); w.string("pong"); w.endObject()

@@ -235,7 +235,7 @@ enum Routes {
         metric("progress_fanout_queue_depth", "gauge", "Changes and logs waiting for the listener thread.", l.queueDepth)
         metric("progress_client_queue_depth", "gauge", "Messages waiting to be written to clients.",
                l.connections.values.reduce(0) { $0 + $1.pendingCount })
-        if let r = l.engine.storage?.metrics {
+        if let r = l.engine.redisMetrics {
             for row in CounterTable.redis { metric(row.metric, row.kind, row.help, row.value(r)) }
         }
         return out

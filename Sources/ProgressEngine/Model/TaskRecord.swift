@@ -94,9 +94,9 @@ final class TaskRecord: @unchecked Sendable {
     /// change, a terminal state, a resume). Progress within a stage, resource usage and a new preview wait for
     /// the throttle like a step; the latest state still goes out when its window ends.
     @exclusivity(unchecked) private(set) var lastChangeUrgent = false
-    /// Listener bookkeeping, guarded by the shard lock like the rest: bit 0 = queued for fan-out,
-    /// bit 1 = an urgent change is among the queued ones.
-    @exclusivity(unchecked) var fanoutFlags: UInt8 = 0
+    /// The task's place in the listener's and the Redis writer's feeds (`ChangeFeed`), guarded by the shard lock.
+    @exclusivity(unchecked) var fanoutSlot = FeedSlot()
+    @exclusivity(unchecked) var storageSlot = FeedSlot()
     /// The state right after the latest urgent change the listener has not taken yet, and earlier such states a
     /// newer urgent change came after before the listener took them (shard lock). Each of these is sent, in order:
     /// SPEC §7, stage changes and terminal states are never coalesced away. Few: stages only move forward.
@@ -104,13 +104,6 @@ final class TaskRecord: @unchecked Sendable {
     @exclusivity(unchecked) var heldUrgent: [TaskSnapshot] = []
     /// Rejected updates of this task are logged in its log at most once a second (shard lock).
     @exclusivity(unchecked) var rejectLog = OncePerSecond()
-    /// Monotonic time of the last fan-out, for the per-task throttle.
-    @exclusivity(unchecked) var lastFanoutAt = -Double.infinity
-    /// Redis writer bookkeeping (Storage/), guarded by the shard lock like the fan-out flags: bit 0 = queued
-    /// for writing, bit 1 = an urgent change is among the queued ones.
-    @exclusivity(unchecked) var storageFlags: UInt8 = 0
-    /// Monotonic time of the last write to Redis, for the per-task throttle.
-    @exclusivity(unchecked) var lastWriteAt = -Double.infinity
     /// Redis holds the events up to this seq and this many of the log's entries (acknowledged writes).
     @exclusivity(unchecked) var persistedSeq: UInt64 = 0
     @exclusivity(unchecked) var persistedLogs = 0

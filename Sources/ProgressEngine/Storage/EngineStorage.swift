@@ -1,14 +1,6 @@
 /// The engine's side of Redis storage: what the writer takes from tasks, what recovery and the fleet put back.
 /// Everything here runs under the same shard locks as the rest of the engine.
 extension EngineCore {
-    enum WriteDecision {
-        case write(TaskWrite)
-        /// Throttled: look again at this monotonic time.
-        case later(Double)
-        /// Nothing to write (already taken, a mirror, or the task is gone).
-        case nothing
-    }
-
     /// Takes a dirty task for writing unless the throttle holds it back (urgent changes are never held back).
     /// - Parameters:
     ///   - now: monotonic seconds.
@@ -16,11 +8,12 @@ extension EngineCore {
     func takeWrite(id: String, now: Double, throttle: Double) -> WriteDecision {
         let key = TaskKey(owning: id)
         return table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key], !task.isMirror, task.storageFlags & 1 != 0 else { return .nothing }
-            let urgent = task.storageFlags & 2 != 0
-            if !urgent && now - task.lastWriteAt < throttle { return .later(task.lastWriteAt + throttle) }
-            task.storageFlags = 0
-            task.lastWriteAt = now
+            guard let task = shard.tasks[key] else { return .nothing }
+            switch ChangeFeed.storage.take(task, now: now, throttle: throttle) {
+            case .nothing: return .nothing
+            case let .later(at): return .later(at)
+            case .take: break
+            }
             let after = task.persistedSeq
             let events = task.history.newest(while: { $0.seq > after })
             var lost = 0
@@ -38,16 +31,16 @@ extension EngineCore {
     /// A write did not reach Redis: the task stays dirty (urgent, so it goes first after reconnecting).
     func requeueWrite(id: String) {
         let key = TaskKey(owning: id)
-        table.shard(for: key).withLock { shard in shard.tasks[key]?.storageFlags = 3 }
+        table.shard(for: key).withLock { shard in
+            if let task = shard.tasks[key] { ChangeFeed.storage.requeue(task) }
+        }
     }
 
     /// Redis acknowledged a write: events up to `seq` and `logs` log entries are stored.
     func ackWrite(id: String, seq: UInt64, logs: Int) {
         let key = TaskKey(owning: id)
         table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key] else { return }
-            task.persistedSeq = max(task.persistedSeq, seq)
-            task.persistedLogs = max(task.persistedLogs, logs)
+            if let task = shard.tasks[key] { ChangeFeed.storage.ack(task, seq: seq, logs: logs) }
         }
     }
 

@@ -9,6 +9,8 @@ import Glibc
 /// down Redis costs those calls at most 200 ms once a second, never the runner's updates.
 final class RedisStorage: @unchecked Sendable {
     let url: RedisURL
+    /// Monotonic time for the reader's retry rule (the engine's `monotonic`).
+    let clock: any EngineClock
     let keys: RedisKeys
     /// Tells this engine's messages on the update channel from other engines' (a forked child gets its own).
     private(set) var engineId: String
@@ -26,8 +28,9 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the writer. Redis need not be up.
     /// - Throws: `EngineError.config` for a bad URL, `.io` if a thread cannot start.
-    init(engine: EngineCore, urlText: String) throws {
+    init(engine: any WriterSource, urlText: String) throws {
         url = try RedisURL.parse(urlText)
+        clock = engine.monotonic
         keys = RedisKeys(namespace: engine.config.namespace)
         engineId = RedisStorage.newEngineId()
         writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
@@ -59,7 +62,7 @@ final class RedisStorage: @unchecked Sendable {
     /// listener of the fleet, the parent's included, takes its tasks for another engine's. The child has no
     /// subscriber (it has no listener).
     /// - Throws: `EngineError.io` if the writer thread cannot start.
-    func restartInChild(engine: EngineCore) throws {
+    func restartInChild(engine: any WriterSource) throws {
         abandonInChild(subscriber)
         subscriber = nil
         abandonInChild(writer)
@@ -70,7 +73,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// Starts the subscriber of an engine with a listener, once that listener exists (the subscriber's
     /// thread feeds it).
-    func startSubscriber(engine: EngineCore) throws {
+    func startSubscriber(engine: any SubscriberSource) throws {
         subscriber = try RedisSubscriber(engine: engine, storage: self)
     }
 
@@ -90,7 +93,7 @@ final class RedisStorage: @unchecked Sendable {
     /// - Returns: nil if Redis cannot be reached (or failed within the last second).
     func read<R>(_ body: (RedisConnection) throws -> R) -> R? {
         reader.withLock { state in
-            let now = monotonicNow()
+            let now = clock.now()
             if state.connection == nil {
                 guard now - state.failedAt >= RedisStorage.readRetryAfter else { return nil }
                 do {

@@ -8,7 +8,7 @@ import Glibc
 /// Every heartbeat_timeout_seconds / 3 it also looks for executing tasks whose engine stopped heartbeating
 /// and fails them with "worker lost" (written and published as this engine's own change).
 final class RedisSubscriber: @unchecked Sendable {
-    unowned let engine: EngineCore
+    unowned let engine: any SubscriberSource
     unowned let storage: RedisStorage
     private var thread = pthread_t()
     private var running = false
@@ -26,7 +26,7 @@ final class RedisSubscriber: @unchecked Sendable {
     private var lastScan = -Double.infinity
     private let scanInterval: Double
 
-    init(engine: EngineCore, storage: RedisStorage) throws {
+    init(engine: any SubscriberSource, storage: RedisStorage) throws {
         self.engine = engine
         self.storage = storage
         scanInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
@@ -57,14 +57,14 @@ final class RedisSubscriber: @unchecked Sendable {
 
     private func loop() {
         while !isStopping {
-            let now = monotonicNow()
+            let now = engine.monotonic.now()
             if connection == nil && now >= nextConnectAt { connect(now: now) }
             if connection != nil && now - lastScan >= scanInterval {
                 lastScan = now
                 if now - connectedSince >= engine.config.heartbeatTimeoutSeconds { scanForLostWorkers() }
             }
-            var wait = lastScan + scanInterval - monotonicNow()
-            if connection == nil { wait = min(wait, nextConnectAt - monotonicNow()) }
+            var wait = lastScan + scanInterval - engine.monotonic.now()
+            if connection == nil { wait = min(wait, nextConnectAt - engine.monotonic.now()) }
             var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: connection?.fileDescriptor ?? -1, events: Int16(POLLIN), revents: 0)]
             let rc = poll(&fds, 2, Int32(max(1, min(1000, wait * 1000))))
@@ -86,7 +86,7 @@ final class RedisSubscriber: @unchecked Sendable {
             let reply = try c.command(["SUBSCRIBE", RedisArgument(storage.keys.channel)])
             guard case .array = reply else { throw EngineError.io("SUBSCRIBE answered \(reply)") }
             connection = c
-            connectedSince = monotonicNow()
+            connectedSince = engine.monotonic.now()
             if everConnected { storage.metrics.reconnects.add(1, ordering: .relaxed) }
             StorageLog.write("info", everConnected ? "reconnected" : "connected", [("redis", storage.url.display),
                                                                                   ("role", "subscriber")])
@@ -104,7 +104,7 @@ final class RedisSubscriber: @unchecked Sendable {
     private func lost(_ why: String) {
         connection = nil
         connectedSince = .infinity
-        nextConnectAt = monotonicNow() + backoff
+        nextConnectAt = engine.monotonic.now() + backoff
         StorageLog.write("warning", "disconnected", [("redis", storage.url.display), ("role", "subscriber"), ("reason", why)])
     }
 

@@ -28,8 +28,8 @@ struct TaskWrite {
 /// The writer reconnects with exponential back-off (50 ms to 2 s) and then writes everything still dirty.
 /// Its stored variables are `@exclusivity(unchecked)`: the writer thread owns them, and the inbox is read only
 /// under its lock.
-final class RedisWriter: @unchecked Sendable {
-    unowned let engine: EngineCore
+final class RedisWriter: ChangeConsumer, @unchecked Sendable {
+    unowned let engine: any WriterSource
     let url: RedisURL
     let keys: RedisKeys
     let engineId: String
@@ -80,7 +80,7 @@ final class RedisWriter: @unchecked Sendable {
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
     /// - Throws: `EngineError.io` if the thread cannot start.
-    init(engine: EngineCore, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
+    init(engine: any WriterSource, url: RedisURL, keys: RedisKeys, engineId: String, metrics: RedisMetrics) throws {
         self.engine = engine
         self.url = url
         self.keys = keys
@@ -95,21 +95,8 @@ final class RedisWriter: @unchecked Sendable {
 
     // MARK: - From any thread
 
-    /// A task of this engine changed; called under its shard lock. Queues it at most once until the writer
-    /// takes it, and once more for an urgent change so the throttle does not hold that back.
-    @inline(__always)
-    func noteChange(_ task: TaskRecord, urgent: Bool) {
-        let flags = task.storageFlags
-        if flags & 1 == 0 {
-            task.storageFlags = urgent ? 3 : 1
-            enqueue(task.id)
-        } else if urgent && flags & 2 == 0 {
-            task.storageFlags = flags | 2
-            enqueue(task.id)
-        }
-    }
-
-    private func enqueue(_ id: String) {
+    /// A task entered the writer's feed (`ChangeFeed.storage`); called under its shard lock.
+    func enqueue(taskId id: String) {
         worker.lock()
         inbox.append(id)
         // Counted at once, so a reader of the stats never sees 0 while a change waits in the inbox.
@@ -135,7 +122,7 @@ final class RedisWriter: @unchecked Sendable {
     /// milliseconds of one bounded socket call) after it was called. Idempotent.
     func stop() {
         worker.lock()
-        if stopRequestedAt == nil { stopRequestedAt = monotonicNow() }
+        if stopRequestedAt == nil { stopRequestedAt = engine.monotonic.now() }
         worker.unlock()
         worker.stop()
     }
@@ -144,7 +131,7 @@ final class RedisWriter: @unchecked Sendable {
 
     private func loop() {
         while true {
-            let now = monotonicNow()
+            let now = engine.monotonic.now()
             var wakeAt = now + 1
             if connection == nil {
                 wakeAt = min(wakeAt, nextConnectAt)
@@ -155,7 +142,7 @@ final class RedisWriter: @unchecked Sendable {
             }
             let stop = waitForWork(until: wakeAt)
             if stop { break }
-            round(now: monotonicNow(), deadline: nil)
+            round(now: engine.monotonic.now(), deadline: nil)
         }
         finalFlush()
         connection = nil
@@ -167,7 +154,7 @@ final class RedisWriter: @unchecked Sendable {
     private func waitForWork(until deadline: Double) -> Bool {
         worker.lock()
         if inbox.isEmpty && extrasInbox.isEmpty && !worker.stopping {
-            let delay = deadline - monotonicNow()
+            let delay = deadline - engine.monotonic.now()
             if delay > 0 {
                 sleeping = true
                 worker.wait(seconds: delay)
@@ -230,13 +217,13 @@ final class RedisWriter: @unchecked Sendable {
         // The bound counts from the close call: a round under way then (a socket call of at most ioTimeout)
         // spends part of it.
         worker.lock()
-        let requested = stopRequestedAt ?? monotonicNow()
+        let requested = stopRequestedAt ?? engine.monotonic.now()
         worker.unlock()
         let deadline = requested + RedisWriter.closeFlushSeconds
         // Redis unreachable at close: one short attempt, so closing a runner costs it little.
         if connection == nil { nextConnectAt = 0 }
         var attempts = 0
-        while monotonicNow() < deadline {
+        while engine.monotonic.now() < deadline {
             _ = waitForWork(until: 0)
             if pending.isEmpty && extras.isEmpty { return }
             if connection == nil {
@@ -244,7 +231,7 @@ final class RedisWriter: @unchecked Sendable {
                 if attempts > 3 { break }
                 nextConnectAt = 0
             }
-            round(now: monotonicNow(), deadline: deadline)
+            round(now: engine.monotonic.now(), deadline: deadline)
         }
         if !pending.isEmpty || !extras.isEmpty {
             metrics.droppedWrites.add(pending.count + extras.count, ordering: .relaxed)
@@ -350,7 +337,7 @@ final class RedisWriter: @unchecked Sendable {
             for _ in 0..<count { _ = try connection.reply() }
             return true
         } catch let e as EngineError {
-            disconnected(e.message, now: monotonicNow())
+            disconnected(e.message, now: engine.monotonic.now())
             return false
         } catch {
             return false
@@ -385,7 +372,7 @@ final class RedisWriter: @unchecked Sendable {
                 }
             }
         } catch let e as EngineError {
-            disconnected(e.message, now: monotonicNow())
+            disconnected(e.message, now: engine.monotonic.now())
             return false
         } catch {
             return false
@@ -464,21 +451,17 @@ final class RedisWriter: @unchecked Sendable {
             n += 1
         }
         // The update channel: what a listener needs to mirror the task and fan it out.
-        var header = JSONWriter(capacity: 256)
-        header.beginObject()
-        header.key("engine"); header.string(engineId)
-        header.key("task_id"); header.string(id)
-        header.key("first"); header.integer(w.firstSeq)
-        header.key("complete"); header.bool(complete)
-        header.key("events"); header.value(.null)
-        header.endObject()
-        // `"events":null}` is replaced by the encoded events, logs and state, which are not parsed again.
-        var message = header.bytes
-        message.removeLast("null}".utf8.count)
-        message += eventsWriter.bytes
-        message += Array(",\"logs\":".utf8) + logsWriter.bytes
-        message += Array(",\"state\":".utf8) + Array(stateJSON.utf8) + [UInt8(ascii: "}")]
-        c.append(["PUBLISH", RedisArgument(keys.channel), RedisArgument(message)])
+        var message = JSONWriter(capacity: 256 + eventsWriter.bytes.count + logsWriter.bytes.count + stateJSON.utf8.count)
+        message.beginObject()
+        message.key("engine"); message.string(engineId)
+        message.key("task_id"); message.string(id)
+        message.key("first"); message.integer(w.firstSeq)
+        message.key("complete"); message.bool(complete)
+        message.key("events"); message.raw(eventsWriter.bytes)
+        message.key("logs"); message.raw(logsWriter.bytes)
+        message.key("state"); message.raw(stateJSON.utf8)
+        message.endObject()
+        c.append(["PUBLISH", RedisArgument(keys.channel), RedisArgument(message.bytes)])
         n += 1
         return n
     }

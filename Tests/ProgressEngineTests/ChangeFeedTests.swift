@@ -1,0 +1,116 @@
+import Testing
+@testable import ProgressEngine
+
+/// Records what a feed tells its consumer.
+private final class RecordingConsumer: ChangeConsumer {
+    var enqueued: [String] = []
+    func enqueue(taskId: String) { enqueued.append(taskId) }
+}
+
+private func record(_ id: String = "t") -> TaskRecord {
+    TaskRecord(id: id, key: TaskKey(owning: id), templateId: "x", category: nil, quality: nil, batchId: nil,
+               resourceConfig: nil, metadata: nil, stages: CategoryDefaults.stages(for: nil), timestamp: 0)
+}
+
+/// The change path's rules, on explicit monotonic times: no threads, no sockets, no sleeps.
+@Suite("Change feed: throttle, coalescing, urgent bypass")
+struct ChangeFeedTests {
+    let throttle = 0.25  // times below are exact in binary, so the window's edge is tested exactly
+
+    @Test("a task is queued once however often it changes, and taken once per throttle window")
+    func coalescing() {
+        for feed in [ChangeFeed.fanout, ChangeFeed.storage] {
+            let task = record(), consumer = RecordingConsumer()
+            for _ in 0..<1000 { feed.note(task, urgent: false, to: consumer) }
+            #expect(consumer.enqueued == ["t"])
+            #expect(feed.take(task, now: 10, throttle: throttle) == .take(urgent: false))
+            #expect(feed.take(task, now: 10, throttle: throttle) == .nothing)
+            for _ in 0..<1000 { feed.note(task, urgent: false, to: consumer) }
+            #expect(consumer.enqueued == ["t", "t"])
+            // Inside the window: held back until the window ends, then the latest state goes.
+            #expect(feed.take(task, now: 10.125, throttle: throttle) == .later(10.25))
+            #expect(feed.take(task, now: 10.2499, throttle: throttle) == .later(10.25))
+            #expect(feed.take(task, now: 10.25, throttle: throttle) == .take(urgent: false))
+            // A change long after the last take is taken at once.
+            feed.note(task, urgent: false, to: consumer)
+            #expect(feed.take(task, now: 20, throttle: throttle) == .take(urgent: false))
+        }
+    }
+
+    @Test("an urgent change bypasses the throttle, and is queued again behind a queued ordinary change")
+    func urgentBypass() {
+        for feed in [ChangeFeed.fanout, ChangeFeed.storage] {
+            let task = record(), consumer = RecordingConsumer()
+            feed.note(task, urgent: false, to: consumer)
+            #expect(feed.take(task, now: 5, throttle: throttle) == .take(urgent: false))
+            feed.note(task, urgent: false, to: consumer)
+            #expect(feed.take(task, now: 5.125, throttle: throttle) == .later(5.25))
+            feed.note(task, urgent: true, to: consumer)
+            feed.note(task, urgent: true, to: consumer)
+            feed.note(task, urgent: false, to: consumer)
+            // Queued, then queued again as urgent (the consumer may be holding the first entry for later).
+            #expect(consumer.enqueued == ["t", "t", "t"])
+            #expect(feed.take(task, now: 5.125, throttle: throttle) == .take(urgent: true))
+            // The urgent take opens a new window.
+            feed.note(task, urgent: false, to: consumer)
+            #expect(feed.take(task, now: 5.25, throttle: throttle) == .later(5.375))
+        }
+    }
+
+    @Test("a take that did not reach its destination is taken again at once")
+    func requeue() {
+        let task = record(), consumer = RecordingConsumer()
+        ChangeFeed.storage.note(task, urgent: false, to: consumer)
+        #expect(ChangeFeed.storage.take(task, now: 1, throttle: throttle) == .take(urgent: false))
+        ChangeFeed.storage.requeue(task)
+        #expect(consumer.enqueued == ["t"], "the consumer keeps the id it holds; it is not queued twice")
+        #expect(ChangeFeed.storage.take(task, now: 1.001, throttle: throttle) == .take(urgent: true))
+    }
+
+    @Test("the listener gets every urgent state it had not taken, oldest first, at most maxHeldUrgent")
+    func heldUrgentStates() throws {
+        let task = record(), consumer = RecordingConsumer()
+        var seqs: [UInt64] = []
+        for step in 1...3 {
+            try task.applyStep(step: Int64(step), total: 10, message: .none, at: Double(step))
+            seqs.append(task.seq)
+            ChangeFeed.fanout.note(task, urgent: true, to: consumer)
+        }
+        #expect(ChangeFeed.fanout.take(task, now: 1, throttle: throttle) == .take(urgent: true))
+        #expect(ChangeFeed.fanout.takeHeld(task).map(\.seq) == Array(seqs.prefix(2)))
+        #expect(ChangeFeed.fanout.takeHeld(task).isEmpty)
+        // A runner stuck in a loop of urgent changes cannot grow the held states without bound.
+        for step in 4..<(4 + ChangeFeed.maxHeldUrgent + 10) {
+            try task.applyStep(step: Int64(step), total: 1000, message: .none, at: Double(step))
+            ChangeFeed.fanout.note(task, urgent: true, to: consumer)
+        }
+        #expect(ChangeFeed.fanout.take(task, now: 2, throttle: throttle) == .take(urgent: true))
+        #expect(ChangeFeed.fanout.takeHeld(task).count == ChangeFeed.maxHeldUrgent)
+        // Ordinary changes are coalesced, never held.
+        try task.applyStep(step: 900, total: 1000, message: .none, at: 900)
+        ChangeFeed.fanout.note(task, urgent: false, to: consumer)
+        try task.applyStep(step: 901, total: 1000, message: .none, at: 901)
+        ChangeFeed.fanout.note(task, urgent: false, to: consumer)
+        #expect(ChangeFeed.fanout.take(task, now: 3, throttle: throttle) == .take(urgent: false))
+        #expect(ChangeFeed.fanout.takeHeld(task).isEmpty)
+    }
+
+    @Test("a mirror of another engine's task is never written back, but is fanned out")
+    func mirrors() {
+        let task = record(), consumer = RecordingConsumer()
+        task.isMirror = true
+        ChangeFeed.storage.note(task, urgent: true, to: consumer)
+        #expect(consumer.enqueued.isEmpty)
+        #expect(ChangeFeed.storage.take(task, now: 1, throttle: 0) == .nothing)
+        ChangeFeed.fanout.note(task, urgent: true, to: consumer)
+        #expect(consumer.enqueued == ["t"])
+    }
+
+    @Test("acknowledgements only move forward")
+    func ack() {
+        let task = record()
+        ChangeFeed.storage.ack(task, seq: 10, logs: 3)
+        ChangeFeed.storage.ack(task, seq: 7, logs: 1)
+        #expect(task.persistedSeq == 10 && task.persistedLogs == 3)
+    }
+}
