@@ -70,16 +70,7 @@ extension EngineCore {
             w.key("events"); w.beginArray()
             events.forEach { e in
                 guard e.seq > afterSeq else { return }
-                w.beginObject()
-                w.key("seq"); w.integer(e.seq)
-                w.key("timestamp"); w.timestamp(e.timestamp)
-                w.key("type"); w.string(e.type.name)
-                w.key("stage"); w.integer(e.stage)
-                w.key("progress"); w.number(e.progress)
-                w.key("overall_progress"); w.number(e.overallProgress)
-                w.key("status"); w.string(e.status.name)
-                w.key("message"); w.string(e.message)
-                w.endObject()
+                e.write(to: &w, form: .api)
             }
             w.endArray()
             w.endObject()

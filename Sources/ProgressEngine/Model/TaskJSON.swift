@@ -156,11 +156,45 @@ enum TaskJSON {
     }
 }
 
-extension LogEntry {
-    /// A log entry as REST `logs` and WebSocket `task.log` show it: {timestamp, level, message, stage}.
-    func write(to w: inout JSONWriter) {
+/// The two spellings of a history event or a log entry, written by one function each so their field lists
+/// cannot drift apart: the API's (REST, WebSocket: ISO-8601 times, SPEC names) and storage's (Redis and the
+/// update channel: epoch seconds, so nothing is lost to ISO-8601's milliseconds; read by `StoredEvents`).
+enum RecordForm {
+    case api
+    case stored
+}
+
+extension JSONWriter {
+    fileprivate mutating func time(_ epoch: Double, _ form: RecordForm) {
+        switch form {
+        case .api: key("timestamp"); timestamp(epoch)
+        case .stored: key("ts"); number(epoch)
+        }
+    }
+}
+
+extension HistoryEvent {
+    /// api: {seq, timestamp, type, stage, progress, overall_progress, status, message};
+    /// stored: the same with `ts` and `overall`.
+    func write(to w: inout JSONWriter, form: RecordForm) {
         w.beginObject()
-        w.key("timestamp"); w.timestamp(timestamp)
+        w.key("seq"); w.integer(seq)
+        w.time(timestamp, form)
+        w.key("type"); w.string(type.name)
+        w.key("stage"); w.integer(stage)
+        w.key("progress"); w.number(progress)
+        w.key(form == .api ? "overall_progress" : "overall"); w.number(overallProgress)
+        w.key("status"); w.string(status.name)
+        w.key("message"); w.string(message)
+        w.endObject()
+    }
+}
+
+extension LogEntry {
+    /// api (REST `logs`, WebSocket `task.log`): {timestamp, level, message, stage}; stored: `ts` for `timestamp`.
+    func write(to w: inout JSONWriter, form: RecordForm = .api) {
+        w.beginObject()
+        w.time(timestamp, form)
         w.key("level"); w.string(level.name)
         w.key("message"); w.string(message)
         w.key("stage"); w.integer(stage)

@@ -407,7 +407,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         if thinned + w.lostEvents > 0 { metrics.droppedEvents.add(thinned + w.lostEvents, ordering: .relaxed) }
         var eventsWriter = JSONWriter(capacity: 128 * max(1, events.count))
         eventsWriter.beginArray()
-        for e in events { StoredEvents.write(e, to: &eventsWriter) }
+        for e in events { e.write(to: &eventsWriter, form: .stored) }
         eventsWriter.endArray()
         let complete = thinned == 0 && w.lostEvents == 0
         if let last = events.last {
@@ -424,7 +424,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             var args: [RedisArgument] = ["RPUSH", RedisArgument(keys.logs(id))]
             for entry in w.logs {
                 args.append(RedisArgument(StoredEvents.logJSON(entry)))
-                StoredEvents.write(entry, to: &logsWriter)
+                entry.write(to: &logsWriter, form: .stored)
             }
             c.append(args)
             c.append(["LTRIM", RedisArgument(keys.logs(id)), RedisArgument(String(-TaskRecord.logCapacity)), "-1"])

@@ -136,19 +136,6 @@ struct StoredTask: Sendable {
 /// History events and log entries as Redis and the update channel carry them (epoch-second timestamps, so
 /// nothing is lost to ISO-8601's milliseconds).
 enum StoredEvents {
-    static func write(_ e: HistoryEvent, to w: inout JSONWriter) {
-        w.beginObject()
-        w.key("seq"); w.integer(e.seq)
-        w.key("ts"); w.number(e.timestamp)
-        w.key("type"); w.string(e.type.name)
-        w.key("stage"); w.integer(e.stage)
-        w.key("progress"); w.number(e.progress)
-        w.key("overall"); w.number(e.overallProgress)
-        w.key("status"); w.string(e.status.name)
-        w.key("message"); w.string(e.message)
-        w.endObject()
-    }
-
     static func parseEvent(_ value: JSONValue) throws -> HistoryEvent {
         let r = try JSONObjectReader(value, context: "stored event")
         guard let seq = try r.integer("seq"), seq > 0, let ts = try r.number("ts"), let typeName = try r.string("type"),
@@ -166,15 +153,6 @@ enum StoredEvents {
         return try items.map(parseEvent)
     }
 
-    static func write(_ entry: LogEntry, to w: inout JSONWriter) {
-        w.beginObject()
-        w.key("ts"); w.number(entry.timestamp)
-        w.key("level"); w.string(entry.level.name)
-        w.key("message"); w.string(entry.message)
-        w.key("stage"); w.integer(entry.stage)
-        w.endObject()
-    }
-
     static func parseLog(_ value: JSONValue) throws -> LogEntry {
         let r = try JSONObjectReader(value, context: "stored log entry")
         guard let ts = try r.number("ts"), let levelName = try r.string("level"), let level = LogLevel(name: levelName),
@@ -185,7 +163,7 @@ enum StoredEvents {
 
     static func logJSON(_ entry: LogEntry) -> String {
         var w = JSONWriter()
-        write(entry, to: &w)
+        entry.write(to: &w, form: .stored)
         return w.output
     }
 
