@@ -20,7 +20,7 @@ extension EngineCore {
     /// A change for Redis only (the listener sends it with the task's next change). Under the shard lock.
     @inline(__always)
     func noteWriteOnly(_ task: TaskRecord) {
-        if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: task.lastChangeUrgent, to: writer) }
+        if let storeWriter { ChangeFeed.storage.note(task, urgent: task.lastChangeUrgent, to: storeWriter) }
     }
 
     /// Takes a queued task for fan-out unless the throttle holds it back.
@@ -58,15 +58,13 @@ extension EngineCore {
         }
         // With Redis, "*" is every task of the fleet: those this engine does not hold (a listener just started,
         // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
-        if let storage {
-            let held = Set(out.map(\.id))
-            let ids = storage.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
-                .filter { !held.contains($0) }
-            let states = storage.stateJSONs(ids)
-            for id in ids {
-                guard let text = states[id], let stored = try? StoredTask.parse(text) else { continue }
-                out.append(TaskSnapshot(TaskRecord(restoring: stored)))
-            }
+        let held = Set(out.map(\.id))
+        let ids = store.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
+            .filter { !held.contains($0) }
+        let states = store.stateJSONs(ids)
+        for id in ids {
+            guard let text = states[id], let stored = try? StoredTask.parse(text) else { continue }
+            out.append(TaskSnapshot(TaskRecord(restoring: stored)))
         }
         let time = eventTime()
         for i in out.indices { out[i].eta = estimate(out[i], now: time) }

@@ -37,8 +37,12 @@ final class EngineCore: @unchecked Sendable {
     let previewsFailed = Atomic<Int>(0)
     let previewsDropped = Atomic<Int>(0)
     let resourceSampler = Locked(ResourceSampler())
-    /// Redis write-through, recovery and the fleet channel when `redis_url` is set; set once in `init`.
-    private(set) var storage: RedisStorage?
+    /// Where tasks live besides memory: `RedisStorage` (write-through, recovery, the fleet channel) when
+    /// `redis_url` is set, else a `MemoryStore`; set once in `init` (and replaced in a forked child's writer).
+    private(set) var store: any TaskStore = MemoryStore()
+    /// The store's writer, the consumer of the storage feed, read on every change without a call through
+    /// `store`; set with it (`init`, `restartInChild`).
+    var storeWriter: RedisWriter?
     /// The Swift API's change streams (`Engine.changes(of:)`).
     let watchers = ChangeWatchers()
 
@@ -61,13 +65,14 @@ final class EngineCore: @unchecked Sendable {
         do {
             try startPreviews()
             if let url = config.redisURL {
-                storage = try RedisStorage(engine: self, urlText: url)
+                store = try RedisStorage(engine: self, urlText: url)
+                storeWriter = store.writer
                 loadStoredTemplates()
                 loadStoredCompletions()
             }
             if let listen = config.listen {
                 listener = try Listener(engine: self, address: try ListenAddress.parse(listen))
-                try storage?.startSubscriber(engine: self)
+                try store.startSubscriber(engine: self)
             }
             if background {
                 try startMaintenance()
@@ -123,7 +128,7 @@ final class EngineCore: @unchecked Sendable {
     /// tests/c/close_stress.c). The listener then fans out these last changes before it closes the connections.
     func close() {
         ForkRegistry.remove(self)
-        storage?.stopSubscriber()
+        store.stopSubscriber()
         maintenance?.stop()
         maintenance = nil
         previews?.stop()
@@ -132,7 +137,7 @@ final class EngineCore: @unchecked Sendable {
         }
         listener?.stop()
         // Last: the counters' final values above are among what is flushed.
-        storage?.stopWriter()
+        store.stopWriter()
         if let dir = ownedPreviewDir {
             removeFolder(dir)
             ownedPreviewDir = nil
@@ -156,11 +161,11 @@ final class EngineCore: @unchecked Sendable {
 
     deinit {
         ForkRegistry.remove(self)
-        storage?.stopSubscriber()
+        store.stopSubscriber()
         maintenance?.stop()
         previews?.stop()
         listener?.stop()
-        storage?.stopWriter()
+        store.stopWriter()
     }
 
     // MARK: - Task access
@@ -224,7 +229,7 @@ final class EngineCore: @unchecked Sendable {
         let why = (error as? EngineError).map { "\(EngineError.statusName($0.status)): \($0.message)" } ?? "\(error)"
         let entry = task.log(.warning, "rejected update (\(why))" + (more > 0 ? "; \(more) more rejected since the last such entry" : ""),
                              at: max(now, task.lastTimestamp), advancesTime: false)
-        if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: false, to: writer) }
+        if let storeWriter { ChangeFeed.storage.note(task, urgent: false, to: storeWriter) }
         listener?.noteLog(taskId: task.id, entry: entry)
     }
 
@@ -288,7 +293,7 @@ final class EngineCore: @unchecked Sendable {
         }
         let key = TaskKey(owning: id)
         // A restarted runner's task that this engine does not hold: Redis has it (read off the update path).
-        let restored = options.resume && storage != nil && !holdsTask(key) ? storedRecord(id: id) : nil
+        let restored = options.resume && !holdsTask(key) ? storedRecord(id: id) : nil
         let created: Bool = try table.shard(for: key).withLock { shard in
             if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
                 guard options.resume else {
@@ -438,7 +443,7 @@ final class EngineCore: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             catchUpCounter(task, at: ts, notify: true)  // so the entry names the stage the runner is in
             let entry = task.log(level, message, at: ts)
-            if let writer = storage?.writer { ChangeFeed.storage.note(task, urgent: false, to: writer) }
+            if let storeWriter { ChangeFeed.storage.note(task, urgent: false, to: storeWriter) }
             return entry
         } }
         listener?.noteLog(taskId: id, entry: entry)
@@ -454,7 +459,7 @@ final class EngineCore: @unchecked Sendable {
         }
         counterTasks.withLock { _ = $0.remove(id) }
         completions.add(record)
-        storage?.persistCompletion(record)
+        store.persistCompletion(record)
     }
 
     func fail(id: String, error: String?, timestamp: Double? = nil) throws {

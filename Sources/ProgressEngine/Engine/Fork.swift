@@ -104,7 +104,7 @@ extension EngineCore {
     /// child never uses those objects (it gets new ones), so what they guard may stay mid-change.
     func forkLocks() -> [any ForkLock] {
         var locks: [any ForkLock] = [templates, batches, counterTasks, unknownRejects, lastSweep, resourceSampler]
-        if let reader = storage?.readerLock { locks.append(reader) }
+        locks += store.forkLocks
         locks += table.allShards as [any ForkLock]
         locks += [queues.lockForFork, completions.lockForFork]
         return locks
@@ -126,7 +126,7 @@ extension EngineCore {
         previewsWritten.store(0, ordering: .relaxed)
         previewsFailed.store(0, ordering: .relaxed)
         previewsDropped.store(0, ordering: .relaxed)
-        storage?.clearInChild()
+        store.clearInChild()
     }
 
     /// In a forked child, after `clearInChild` and with the locks released: the engine's threads are the parent's
@@ -152,7 +152,8 @@ extension EngineCore {
             maintenance = nil
             do { try startMaintenance() } catch { logChildStart(error) }
         }
-        do { try storage?.restartInChild(engine: self) } catch { logChildStart(error) }
+        do { try store.restartInChild(engine: self) } catch { logChildStart(error) }
+        storeWriter = store.writer
     }
 
     private func logChildStart(_ error: Error) {

@@ -7,13 +7,12 @@ extension EngineCore {
         let stages = try StageDefinition.parseList(try JSONParser.parse(stagesJSON, context: "stages_json"),
                                                    context: "stages_json of template \"\(id)\"")
         templates.withLock { $0[id] = stages }
-        storage?.persistTemplate(id: id, stagesJSON: stagesJSON)
+        store.persistTemplate(id: id, stagesJSON: stagesJSON)
     }
 
     /// Templates registered through another engine of the fleet (Redis), unless registered here already.
     func loadStoredTemplates() {
-        guard let storage else { return }
-        for (id, json) in storage.templates() {
+        for (id, json) in store.templates() {
             guard let value = try? JSONParser.parse(json, context: "stored template"),
                   let stages = try? StageDefinition.parseList(value, context: "stored template \"\(id)\"") else { continue }
             templates.withLock { if $0[id] == nil { $0[id] = stages } }
@@ -23,8 +22,7 @@ extension EngineCore {
     /// The fleet's completion records (Redis): a restarted engine, or a listener of the fleet, predicts ETAs from
     /// the history at once instead of starting from none. Records that do not parse are skipped.
     func loadStoredCompletions() {
-        guard let storage else { return }
-        for text in storage.completionRecords() {
+        for text in store.completionRecords() {
             if let record = try? CompletionRecord.parse(text, now: 0) { completions.add(record) }
         }
     }
@@ -32,6 +30,6 @@ extension EngineCore {
     func recordCompletion(json: String) throws {
         let record = try CompletionRecord.parse(json, now: clock.now())
         completions.add(record)
-        storage?.persistCompletion(record)
+        store.persistCompletion(record)
     }
 }

@@ -19,10 +19,10 @@ extension EngineCore {
                 partial = task.historyGapSeq > 0
                 return (entries, task.logs.dropped)
             }
-        }, stored: { storage in storage.stateJSON(id) == nil ? nil : storage.logs(id).map { ($0, 0) } })
+        }, stored: { store in store.stateJSON(id) == nil ? nil : store.logs(id).map { ($0, 0) } })
         // A task this engine restored (a resumed runner) or mirrors holds only the entries since: the earlier
         // ones are in Redis.
-        if partial, let stored = storage?.logs(id) {
+        if partial, let stored = store.logs(id) {
             let first = entries.first?.timestamp ?? .infinity
             entries = stored.filter { $0.timestamp < first } + entries
         }
@@ -50,15 +50,15 @@ extension EngineCore {
                 partial = task.historyGapSeq > 0 || (events.first?.seq ?? 1) > 1
                 return (events, task.seq)
             }
-        }, stored: { storage in
-            guard let task = storage.loadTask(id) else { return nil }
-            return (storage.streamEvents(id, from: 1) ?? [], task.seq)
+        }, stored: { store in
+            guard let task = store.loadTask(id) else { return nil }
+            return (store.streamEvents(id, from: 1, before: .max) ?? [], task.seq)
         })
         // Events older than memory holds (a restored or mirrored task, or a long one past the ring) come from the
         // Redis stream, as far back as it goes.
         var events = held
         let firstHeld = held.first?.seq ?? (lastSeq + 1)
-        if partial, afterSeq + 1 < firstHeld, let older = storage?.streamEvents(id, from: afterSeq + 1, before: firstHeld) {
+        if partial, afterSeq + 1 < firstHeld, let older = store.streamEvents(id, from: afterSeq + 1, before: firstHeld) {
             events = older + held
         }
         do {
@@ -84,10 +84,10 @@ extension EngineCore {
     func batch(batchId: String, taskIds: [String]?) throws -> (found: [TaskSnapshot], missing: [String]) {
         try EngineCore.validateId(batchId, what: "batch_id")
         var ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
-        if taskIds == nil, let storage {
+        if taskIds == nil {
             // Other engines' tasks of the batch, and this engine's own from before a restart.
             let known = Set(ids)
-            ids += storage.batchMembers(batchId).filter { !known.contains($0) }
+            ids += store.batchMembers(batchId).filter { !known.contains($0) }
         }
         var found: [TaskSnapshot] = []
         var missing: [String] = []
@@ -187,7 +187,7 @@ extension EngineCore {
         for row in CounterTable.engine {
             w.key(row.stats); w.integer(row.value(c))
         }
-        if let m = storage?.metrics {
+        if let m = store.redisMetrics {
             for row in CounterTable.redis {
                 w.key(row.stats); w.integer(row.value(m))
             }

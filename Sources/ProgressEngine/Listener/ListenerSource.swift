@@ -43,5 +43,5 @@ enum FanoutDecision {
 }
 
 extension EngineCore: ListenerSource {
-    var redisMetrics: RedisMetrics? { storage?.metrics }
+    var redisMetrics: RedisMetrics? { store.redisMetrics }
 }

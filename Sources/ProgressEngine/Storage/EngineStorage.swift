@@ -71,19 +71,19 @@ extension EngineCore {
 
     // MARK: - Recovery: tasks this engine does not hold
 
-    /// Runs `body`; when it finds no task and Redis is configured, answers with `stored` instead.
-    func withStoredFallback<R>(_ body: () throws -> R, stored: (RedisStorage) -> R?) throws -> R {
+    /// Runs `body`; when it finds no task, answers with `stored` from the store instead (if it has the task).
+    func withStoredFallback<R>(_ body: () throws -> R, stored: (any TaskStore) -> R?) throws -> R {
         do {
             return try body()
         } catch let e as EngineError where e.status == EngineError.notFound("").status {
-            guard let storage, let r = stored(storage) else { throw e }
+            guard let r = stored(store) else { throw e }
             return r
         }
     }
 
     /// A task read from Redis as a record of its own (not inserted in the table).
     func storedRecord(id: String) -> TaskRecord? {
-        storage?.loadTask(id).map { TaskRecord(restoring: $0) }
+        store.loadTask(id).map { TaskRecord(restoring: $0) }
     }
 
     /// The events a resuming client missed: after `after`, before `current` (whose state it gets next).
@@ -96,7 +96,7 @@ extension EngineCore {
             return task.history.newest(while: { $0.seq > after }).filter { $0.seq < current }
         }
         if let events = memory ?? nil { return events }
-        return storage?.recoverEvents(id, after: after, current: current)
+        return store.recoverEvents(id, after: after, current: current)
     }
 
     // MARK: - Fleet: other engines' tasks
@@ -144,8 +144,7 @@ extension EngineCore {
     }
 
     /// After the subscriber (re)connects: mirrors may have missed updates; take Redis' state for them.
-    func refreshMirrors() {
-        guard let storage else { return }
+    func refreshMirrors(from storage: RedisStorage) {
         var ids: [String] = []
         for shard in table.allShards {
             shard.withLock { state in
@@ -160,8 +159,7 @@ extension EngineCore {
 
     /// Fails a task whose engine stopped heartbeating (SPEC §5 worker failures), once: the failure is written and
     /// published as this engine's change; a task no longer executing in Redis just leaves the heartbeat set.
-    func failLostWorker(id: String) {
-        guard let storage else { return }
+    func failLostWorker(id: String, storage: RedisStorage) {
         let key = TaskKey(owning: id)
         // A task this engine runs itself is alive: its heartbeat is only late.
         let own = table.shard(for: key).withLock { $0.tasks[key].map { !$0.isMirror && !$0.status.isTerminal } ?? false }

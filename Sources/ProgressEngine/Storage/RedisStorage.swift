@@ -7,7 +7,7 @@ import Glibc
 /// is used under a lock, synchronously, with 200 ms timeouts, only off the update path (REST, WebSocket
 /// subscribe, batch queries, `resume`). After a failed read the reader does not try again for a second, so a
 /// down Redis costs those calls at most 200 ms once a second, never the runner's updates.
-final class RedisStorage: @unchecked Sendable {
+final class RedisStorage: TaskStore, @unchecked Sendable {
     let url: RedisURL
     /// Monotonic time for the reader's retry rule (the engine's `monotonic`).
     let clock: any EngineClock
@@ -46,7 +46,8 @@ final class RedisStorage: @unchecked Sendable {
 
     /// The reader's lock, for the fork handlers (`EngineCore.forkLocks`): held across fork(), so the reader's
     /// connection is idle then.
-    var readerLock: any ForkLock { reader }
+    var forkLocks: [any ForkLock] { [reader] }
+    var redisMetrics: RedisMetrics? { metrics }
 
     /// In a forked child, with the reader's lock held by the fork handlers: the reader's socket is shared with the
     /// parent, so the child's copy is closed (hiredis' free closes the descriptor and sends nothing) and the
@@ -167,7 +168,7 @@ final class RedisStorage: @unchecked Sendable {
 
     /// The events of the stream entries `streamEntries(id, from:)` returns with seq below `before`, oldest first,
     /// each once (nil when Redis cannot be read).
-    func streamEvents(_ id: String, from: UInt64, before: UInt64 = .max) -> [HistoryEvent]? {
+    func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]? {
         guard let entries = streamEntries(id, from: from) else { return nil }
         var events: [HistoryEvent] = []
         for entry in entries {

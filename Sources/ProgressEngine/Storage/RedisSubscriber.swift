@@ -93,7 +93,7 @@ final class RedisSubscriber: @unchecked Sendable {
             everConnected = true
             backoff = 0.05
             // Messages published while this engine was not subscribed are lost: catch the mirrors up.
-            engine.refreshMirrors()
+            engine.refreshMirrors(from: storage)
         } catch let e as EngineError {
             nextConnectAt = now + backoff
             backoff = min(backoff * 2, 2)
@@ -130,6 +130,6 @@ final class RedisSubscriber: @unchecked Sendable {
     private func scanForLostWorkers() {
         let before = SystemClock().now() - engine.config.heartbeatTimeoutSeconds
         guard let ids = storage.staleHeartbeats(before: before) else { return }
-        for id in ids { engine.failLostWorker(id: id) }
+        for id in ids { engine.failLostWorker(id: id, storage: storage) }
     }
 }

@@ -24,8 +24,8 @@ protocol SubscriberSource: AnyObject, Sendable {
     var config: EngineConfig { get }
     var monotonic: any EngineClock { get }
     func applyRemote(_ stored: StoredTask, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry])
-    func refreshMirrors()
-    func failLostWorker(id: String)
+    func refreshMirrors(from storage: RedisStorage)
+    func failLostWorker(id: String, storage: RedisStorage)
 }
 
 /// What the writer should do with a queued task now.
