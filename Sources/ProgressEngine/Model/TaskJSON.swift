@@ -103,6 +103,12 @@ struct TaskSnapshot: Sendable {
 enum TaskJSON {
     static func write(_ task: TaskSnapshot, to w: inout JSONWriter) {
         w.beginObject()
+        writeMembers(task, to: &w)
+        w.endObject()
+    }
+
+    /// The document's members, for a writer that adds members of its own (the stored form's `stored_times`).
+    static func writeMembers(_ task: TaskSnapshot, to w: inout JSONWriter) {
         w.key("task_id"); w.string(task.id)
         w.key("template_id"); w.string(task.templateId)
         w.key("template_category"); w.string(task.category)
@@ -143,7 +149,6 @@ enum TaskJSON {
         w.key("error"); w.string(task.error)
         w.key("metadata"); w.value(task.metadata ?? .null)
         w.key("resource_config"); w.value(task.resourceConfig ?? .null)
-        w.endObject()
     }
 
     private static func writeUsage(_ u: ResourceUsage, to w: inout JSONWriter) {

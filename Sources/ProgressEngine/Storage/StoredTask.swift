@@ -97,23 +97,21 @@ struct StoredTask: Sendable {
     /// seconds (TaskProgress shows milliseconds), so a restored task reports exactly the same durations.
     static func json(_ s: TaskSnapshot) -> String {
         var w = JSONWriter(capacity: 1024)
-        TaskJSON.write(s, to: &w)
-        var times = JSONWriter(capacity: 128)
-        times.beginObject()
-        times.key("created"); times.number(s.createdAt)
-        times.key("updated"); times.number(s.updatedAt)
-        times.key("started"); times.number(s.startedAt)
-        times.key("completed"); times.number(s.completedAt)
-        times.key("stages"); times.beginArray()
+        w.beginObject()
+        TaskJSON.writeMembers(s, to: &w)
+        w.key("stored_times"); w.beginObject()
+        w.key("created"); w.number(s.createdAt)
+        w.key("updated"); w.number(s.updatedAt)
+        w.key("started"); w.number(s.startedAt)
+        w.key("completed"); w.number(s.completedAt)
+        w.key("stages"); w.beginArray()
         for stage in s.stages {
-            times.beginArray(); times.number(stage.startedAt); times.number(stage.completedAt); times.endArray()
+            w.beginArray(); w.number(stage.startedAt); w.number(stage.completedAt); w.endArray()
         }
-        times.endArray()
-        times.endObject()
-        var bytes = w.bytes
-        bytes.removeLast()
-        bytes += Array(",\"stored_times\":".utf8) + times.bytes + [UInt8(ascii: "}")]
-        return String(decoding: bytes, as: UTF8.self)
+        w.endArray()
+        w.endObject()
+        w.endObject()
+        return w.output
     }
 
     /// Takes the precise times of `stored_times` when the document has them.
