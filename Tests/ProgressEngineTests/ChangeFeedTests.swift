@@ -114,3 +114,38 @@ struct ChangeFeedTests {
         #expect(task.persistedSeq == 10 && task.persistedLogs == 3)
     }
 }
+
+/// Which changes take the urgent bypass (SPEC §7): the rule `ChangeFeed` is fed with, per command.
+@Suite("Change feed: what is urgent")
+struct ChangeUrgencyTests {
+    @Test("creation, stage changes, terminal states go at once; steps, stage progress and resources wait")
+    func urgency() throws {
+        let engine = try makeEngine()
+        func urgent(_ id: String = "u") throws -> Bool {
+            try engine.withTask(id: id, isUpdate: false) { $0.lastChangeUrgent }
+        }
+        func step(_ n: Int64) throws {
+            try engine.update(key: TaskKey(owning: "u"), describe: { "u" }, step: n, total: 10, message: .none)
+        }
+        try engine.createTask(id: "u", templateId: "sdxl", category: "image_generation", options: TaskOptions())
+        #expect(try urgent(), "creation")
+        try engine.updateStage(id: "u", stage: 1, status: .inProgress, progress: 0, message: .none)
+        #expect(try urgent(), "a stage change")
+        try engine.event(id: "u", name: "resources", dataJSON: #"{"cpu_percent": 42}"#)
+        #expect(try !urgent(), "the runner's resource figures")
+        try engine.updateStage(id: "u", stage: 1, status: .inProgress, progress: 0.5, message: .none)
+        #expect(try !urgent(), "progress within the current stage")
+        try engine.updateStage(id: "u", stage: 1, status: .completed, progress: 1, message: .none)
+        #expect(try urgent(), "completing the current stage")
+        try step(1)
+        #expect(try urgent(), "a step that enters the main stage")
+        try step(2)
+        #expect(try !urgent(), "a step within the stage")
+        try engine.complete(id: "u")
+        #expect(try urgent(), "the terminal state")
+
+        try engine.createTask(id: "f", templateId: "sdxl", category: "image_generation", options: TaskOptions())
+        try engine.fail(id: "f", error: "boom")
+        #expect(try urgent("f"), "a failure")
+    }
+}
