@@ -34,10 +34,11 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Re-exported for the suite's tests: WS_PATH, http_get, wait_until, ws_connect, ws_until.
-from live_support import (BINDINGS, WS_PATH, RedisServer, http_get, wait_until, ws_connect,  # noqa: E402,F401
-                          ws_until)
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+# Re-exported for the suite's tests: RawWebSocket, http_get, metrics, wait_until, ws_connect, ws_until.
+from live_support import (BINDINGS, RawWebSocket, RedisServer, http_get, metrics, wait_until,  # noqa: E402,F401
+                          ws_connect, ws_until)
 
 FIGURES: list = []  # Accounting objects (figures taken at the end: tests add notes) or dicts
 
@@ -127,7 +128,7 @@ def procs():
 
 PRELUDE = f"""
 import json, os, sys, time, socket, signal
-sys.path.insert(0, {str(BINDINGS)!r})
+sys.path[:0] = [{str(BINDINGS)!r}, {str(TESTS)!r}]
 from progress_engine import ProgressTracker, _lib
 """
 
