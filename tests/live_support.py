@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from http.client import HTTPConnection
@@ -384,32 +385,72 @@ class RawWebSocket:
 # ---- progress-server ---------------------------------------------------------------------------------------
 
 
-SERVER = ROOT / ".build" / "release" / "progress-server"
+#: The listener binary: $PROGRESS_SERVER, else the checkout's build (`make build`).
+SERVER = Path(os.environ.get("PROGRESS_SERVER") or ROOT / ".build" / "release" / "progress-server")
 
 
 class ProgressServer:
-    """The built `progress-server` as a fleet's listener on a free port (`with ProgressServer(redis_url) as s:`
-    then `s.port`); stopped with SIGTERM on leaving."""
+    """`progress-server` run with `args` as given (`"--listen", "127.0.0.1:0"` for a free port) after `command`
+    (default: SERVER). start() returns once it logged `listening` (kept as `listening`, its port as `port`).
+    Its log goes to a file, not a pipe (a pipe nobody reads could fill), and log() reads it at any time.
+    `with ProgressServer(...) as s:` starts it and stops it on leaving, failing if SIGTERM did not stop it."""
 
-    def __init__(self, *args: str) -> None:
-        self.args = args
+    def __init__(self, *args: str, command: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None) -> None:
+        self.argv = [*(command or [str(SERVER)]), *args]
+        self.env = env
         self.proc: Optional[subprocess.Popen] = None
         self.port = -1
+        self.listening: dict = {}
+        self._log = None
+        self._final_log = ""
+
+    def start(self, timeout: float = 20) -> "ProgressServer":
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        try:
+            self.listening = wait_until(self._listening, timeout=timeout, what="progress-server to log 'listening'")
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.listening["port"]
+        return self
+
+    def _listening(self) -> Optional[dict]:
+        for entry in self.log_entries():
+            if entry.get("event") == "listening":
+                return entry
+        if self.proc.poll() is not None:
+            raise AssertionError(f"progress-server exited {self.proc.returncode} before listening:\n{self.log()}")
+        return None
+
+    def log(self) -> str:
+        """What it logged so far (read without moving the offset it writes at)."""
+        if self._log.closed:
+            return self._final_log
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def log_entries(self) -> List[dict]:
+        """Its JSON log lines so far, parsed (a line still being written is left out)."""
+        return [json.loads(line) for line in self.log().split("\n")[:-1] if line.startswith("{")]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Sends `sig` if it still runs and waits for the exit (SIGKILL after 15 s); its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self._log.closed:
+            self._final_log = self.log()
+            self._log.close()
+        return self.proc.returncode
 
     def __enter__(self) -> "ProgressServer":
-        self.proc = subprocess.Popen([str(SERVER), "--listen", "127.0.0.1:0", *self.args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"progress-server exited {self.proc.wait(5)} before listening")
-            entry = json.loads(line) if line.startswith("{") else {}
-            if entry.get("event") == "listening":
-                self.port = entry["port"]
-                return self
-        raise AssertionError("progress-server did not log 'listening' within 10 s")
+        return self.start()
 
     def __exit__(self, *exc_info) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=15)
+        code = self.stop()
+        assert code != -signal.SIGKILL, f"progress-server did not stop within 15 s of SIGTERM:\n{self.log()[-4000:]}"
