@@ -92,11 +92,11 @@ class Procs:
     def __init__(self) -> None:
         self.procs: List[subprocess.Popen] = []
 
-    def python(self, code: str, *, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
+    def python(self, code: str, *, stdin=None, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
         e = dict(os.environ, PYTHONUNBUFFERED="1", **env)
         # stderr goes to a file the test can read back at any time (stderr_of).
         err = tempfile.TemporaryFile("w+")
-        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdout=stdout, stderr=err,
+        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdin=stdin, stdout=stdout, stderr=err,
                              text=True, env=e, preexec_fn=preexec_fn)
         p.errfile = err
         self.procs.append(p)
@@ -197,16 +197,16 @@ def start_runner(procs: Procs, **cfg) -> subprocess.Popen:
     return p
 
 
-def start_listener(procs: Procs, preexec_fn=None, **cfg) -> Tuple[subprocess.Popen, int]:
-    err = tempfile.TemporaryFile("w+")
-    p = subprocess.Popen([sys.executable, "-c", PRELUDE + LISTENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=err, text=True, preexec_fn=preexec_fn,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1", LISTENER_CONFIG=json.dumps(cfg)))
-    p.errfile = err
-    procs.procs.append(p)
+def start_listener(procs: Procs, **cfg) -> Tuple[subprocess.Popen, int]:
+    p = procs.python(LISTENER, stdin=subprocess.PIPE, LISTENER_CONFIG=json.dumps(cfg))
+    return p, port_of(p)
+
+
+def port_of(p: subprocess.Popen) -> int:
+    """The port a listener process printed first (`port N`)."""
     line = p.stdout.readline()
     assert line.startswith("port"), (line, stderr_of(p))
-    return p, int(line.split()[1])
+    return int(line.split()[1])
 
 
 def stderr_of(p: subprocess.Popen) -> str:

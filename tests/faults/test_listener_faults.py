@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 
-from faults_support import (PRELUDE, Ack, RawWebSocket, account, http_get, message_steps, metrics, read_runner,
-                            record, start_listener, start_runner, stderr_of, wait_until, ws_connect, ws_until)
+from faults_support import (PRELUDE, Ack, RawWebSocket, account, http_get, message_steps, metrics, port_of,
+                            read_runner, record, start_listener, start_runner, stderr_of, wait_until, ws_connect,
+                            ws_until)
 
 
 def updates(msgs, task=None):
@@ -198,9 +199,7 @@ def _lower_nofile(limit: int):
 def test_fd_exhaustion_at_the_os_limit(procs):
     limit = 96
     p = procs.python(FD_LISTENER, preexec_fn=_lower_nofile(limit))
-    line = p.stdout.readline()
-    assert line.startswith("port"), stderr_of(p)
-    port = int(line.split()[1])
+    port = port_of(p)
     watcher, held, refused = _exhaust(port, limit)
     try:
         assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"
