@@ -37,8 +37,8 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 # Re-exported for the suite's tests: RawWebSocket, http_get, metrics, wait_until, ws_connect, ws_until.
-from live_support import (BINDINGS, RawWebSocket, RedisServer, http_get, metrics, wait_until,  # noqa: E402,F401
-                          ws_connect, ws_until)
+from live_support import (BINDINGS, RawWebSocket, RedisServer, http_get, metrics, task_key,  # noqa: E402,F401
+                          wait_until, ws_connect, ws_until)
 
 FIGURES: list = []  # Accounting objects (figures taken at the end: tests add notes) or dicts
 
@@ -57,10 +57,6 @@ def redis(tmp_path):
     server.stop()
 
 
-def key_tag(task_id: str) -> str:
-    return task_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
 @dataclass
 class StreamEntry:
     first: int
@@ -72,7 +68,7 @@ class StreamEntry:
 def read_stream(redis: RedisServer, task_id: str, ns: str = "progress") -> List[StreamEntry]:
     c = redis.client()
     try:
-        raw = c("XRANGE", f"{ns}:task:{{{key_tag(task_id)}}}:events", "-", "+")
+        raw = c("XRANGE", task_key("events", task_id, ns), "-", "+")
     finally:
         c.close()
     out = []
