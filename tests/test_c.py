@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from live_support import RedisServer
 from test_abi import DEFAULT_LIB, HEADER, ROOT, header_version
 
 EXAMPLES = ROOT / "bindings" / "c-examples"
@@ -190,27 +191,15 @@ def test_close_stress(tmp_path, env):
 
 @pytest.fixture
 def redis_port(tmp_path):
-    """A redis-server of the test's own on a free loopback port (no persistence)."""
+    """A redis-server of the test's own on a free loopback port (its AOF never fsynced: nothing here reads it)."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    import socket
-    import time
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(tmp_path, appendfsync="no")
+    server.start()
     try:
-        deadline = time.time() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                             text=True).stdout.strip() != "PONG":
-            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-        yield port
+        yield server.port
     finally:
-        proc.kill()
-        proc.wait(10)
+        server.stop()
 
 
 def test_fleet_stress(tmp_path, env, redis_port):

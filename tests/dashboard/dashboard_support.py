@@ -8,18 +8,16 @@ hanging the suite. Screenshots go to artifacts/ at the repository root.
 
 from __future__ import annotations
 
-import http.client
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
-sys.path.insert(0, str(ROOT / "bindings" / "python"))
+sys.path.insert(0, str(ROOT / "tests"))
+from live_support import http  # noqa: E402,F401 (re-exported for the tests; puts the binding on sys.path)
 
 from progress_engine import EngineIOError, ProgressTracker  # noqa: E402
 
@@ -28,27 +26,6 @@ CHROMEDRIVER = os.environ.get("PROGRESS_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_S = 10.0
 LAPTOP = (1280, 900)
 PHONE = (390, 844)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Dict[str, str]  # lower-cased names
-    body: bytes
-
-
-def http_get(url: str, headers: Optional[Dict[str, str]] = None) -> Response:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-    try:
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-    finally:
-        conn.close()
 
 
 class Trackers:

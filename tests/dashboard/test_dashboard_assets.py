@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dashboard_support import ROOT, http_get
+from dashboard_support import ROOT, http
 
 DASHBOARD = ROOT / "dashboard"
 CSP = ("default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; style-src 'self'; "
@@ -36,7 +36,7 @@ ASSETS = [
 @pytest.mark.parametrize("path,name,content_type,cache", ASSETS)
 def test_assets_served_with_types_and_cache_headers(trackers, path, name, content_type, cache):
     tracker = trackers(auth_token="s3cret")  # the page's files need no token: they hold no data
-    r = http_get(tracker.url + path)
+    r = http(tracker.port, path)
     assert r.status == 200, r
     assert r.headers["content-type"] == content_type
     assert cache in r.headers["cache-control"]
@@ -56,14 +56,14 @@ def test_assets_served_with_types_and_cache_headers(trackers, path, name, conten
 
 def test_api_still_needs_the_token(trackers):
     tracker = trackers(auth_token="s3cret")
-    assert http_get(tracker.url + "/api/v1/progress/tasks/x").status == 401
-    assert http_get(tracker.url + "/api/v1/progress/tasks/x?token=s3cret").status == 404
+    assert http(tracker.port, "/api/v1/progress/tasks/x").status == 401
+    assert http(tracker.port, "/api/v1/progress/tasks/x?token=s3cret").status == 404
 
 
 def test_dashboard_can_be_turned_off(trackers):
     tracker = trackers(dashboard=False)
-    assert http_get(tracker.url + "/").status == 404
-    assert http_get(tracker.url + "/dashboard/app.js").status == 404
+    assert http(tracker.port, "/").status == 404
+    assert http(tracker.port, "/dashboard/app.js").status == 404
 
 
 def test_embedded_copy_is_up_to_date():

@@ -18,7 +18,7 @@ import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from dashboard_support import LAPTOP, PHONE, gradient, http_get, tab_to
+from dashboard_support import LAPTOP, PHONE, gradient, http, tab_to
 
 CUSTOM_STAGES = [
     {"name": "preprocessing", "description": "Preparing data", "weight": 0.2},
@@ -42,7 +42,7 @@ def duration(seconds: float) -> str:
 
 
 def rest(tracker, path: str):
-    r = http_get(tracker.url + "/api/v1/progress/tasks/" + quote(path, safe="/?=&"))
+    r = http(tracker.port, "/api/v1/progress/tasks/" + quote(path, safe="/?=&"))
     assert r.status == 200, (path, r.status, r.body[:200])
     return json.loads(r.body)
 

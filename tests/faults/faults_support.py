@@ -34,10 +34,11 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Re-exported for the suite's tests: WS_PATH, http_get, wait_until, ws_connect, ws_until.
-from live_support import (BINDINGS, WS_PATH, RedisServer, http_get, wait_until, ws_connect,  # noqa: E402,F401
-                          ws_until)
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+# Re-exported for the suite's tests: RawWebSocket, http_get, metrics, wait_until, ws_connect, ws_until.
+from live_support import (BINDINGS, RawWebSocket, RedisServer, http_get, metrics, task_key,  # noqa: E402,F401
+                          wait_until, ws_connect, ws_until)
 
 FIGURES: list = []  # Accounting objects (figures taken at the end: tests add notes) or dicts
 
@@ -56,10 +57,6 @@ def redis(tmp_path):
     server.stop()
 
 
-def key_tag(task_id: str) -> str:
-    return task_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
 @dataclass
 class StreamEntry:
     first: int
@@ -71,7 +68,7 @@ class StreamEntry:
 def read_stream(redis: RedisServer, task_id: str, ns: str = "progress") -> List[StreamEntry]:
     c = redis.client()
     try:
-        raw = c("XRANGE", f"{ns}:task:{{{key_tag(task_id)}}}:events", "-", "+")
+        raw = c("XRANGE", task_key("events", task_id, ns), "-", "+")
     finally:
         c.close()
     out = []
@@ -91,11 +88,11 @@ class Procs:
     def __init__(self) -> None:
         self.procs: List[subprocess.Popen] = []
 
-    def python(self, code: str, *, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
+    def python(self, code: str, *, stdin=None, stdout=subprocess.PIPE, preexec_fn=None, **env: str) -> subprocess.Popen:
         e = dict(os.environ, PYTHONUNBUFFERED="1", **env)
         # stderr goes to a file the test can read back at any time (stderr_of).
         err = tempfile.TemporaryFile("w+")
-        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdout=stdout, stderr=err,
+        p = subprocess.Popen([sys.executable, "-c", PRELUDE + code], stdin=stdin, stdout=stdout, stderr=err,
                              text=True, env=e, preexec_fn=preexec_fn)
         p.errfile = err
         self.procs.append(p)
@@ -127,7 +124,7 @@ def procs():
 
 PRELUDE = f"""
 import json, os, sys, time, socket, signal
-sys.path.insert(0, {str(BINDINGS)!r})
+sys.path[:0] = [{str(BINDINGS)!r}, {str(TESTS)!r}]
 from progress_engine import ProgressTracker, _lib
 """
 
@@ -196,16 +193,16 @@ def start_runner(procs: Procs, **cfg) -> subprocess.Popen:
     return p
 
 
-def start_listener(procs: Procs, preexec_fn=None, **cfg) -> Tuple[subprocess.Popen, int]:
-    err = tempfile.TemporaryFile("w+")
-    p = subprocess.Popen([sys.executable, "-c", PRELUDE + LISTENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=err, text=True, preexec_fn=preexec_fn,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1", LISTENER_CONFIG=json.dumps(cfg)))
-    p.errfile = err
-    procs.procs.append(p)
+def start_listener(procs: Procs, **cfg) -> Tuple[subprocess.Popen, int]:
+    p = procs.python(LISTENER, stdin=subprocess.PIPE, LISTENER_CONFIG=json.dumps(cfg))
+    return p, port_of(p)
+
+
+def port_of(p: subprocess.Popen) -> int:
+    """The port a listener process printed first (`port N`)."""
     line = p.stdout.readline()
     assert line.startswith("port"), (line, stderr_of(p))
-    return p, int(line.split()[1])
+    return int(line.split()[1])
 
 
 def stderr_of(p: subprocess.Popen) -> str:

@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 
-from faults_support import (PRELUDE, WS_PATH, Ack, account, http_get, message_steps, read_runner, record,
-                            start_listener, start_runner, stderr_of, wait_until, ws_connect, ws_until)
+from faults_support import (PRELUDE, Ack, RawWebSocket, account, http_get, message_steps, metrics, port_of,
+                            read_runner, record, start_listener, start_runner, stderr_of, wait_until, ws_connect,
+                            ws_until)
 
 
 def updates(msgs, task=None):
@@ -77,40 +78,11 @@ def test_listener_sigkill_and_restart_clients_resume_with_nothing_lost(redis, pr
 
 
 SLOW_CLIENT = """
-port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ["PORT"])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-s.connect(("127.0.0.1", port))
-s.sendall(("GET /api/v1/progress/ws?client_id=stopped HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n"
-           "Connection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
-buf = b""
-while b"\\r\\n\\r\\n" not in buf:
-    buf += s.recv(4096)
-buf = buf.partition(b"\\r\\n\\r\\n")[2]
-payload = b'{"type":"subscribe","task_ids":["chatty"]}'
-s.sendall(bytes([0x81, 0x80 | len(payload)]) + b"\\0\\0\\0\\0" + payload)
+from live_support import RawWebSocket
+ws = RawWebSocket.open(int(os.environ["PORT"]), "stopped", rcvbuf=4096)
+ws.send_text('{"type":"subscribe","task_ids":["chatty"]}')
 print("ready", flush=True)
-s.settimeout(60)
-code = None
-while True:
-    while len(buf) >= 2:
-        n, at = buf[1] & 0x7F, 2
-        if n == 126:
-            n, at = int.from_bytes(buf[2:4], "big"), 4
-        elif n == 127:
-            n, at = int.from_bytes(buf[2:10], "big"), 10
-        if len(buf) < at + n:
-            break
-        op, body, buf = buf[0] & 0x0F, buf[at:at + n], buf[at + n:]
-        if op == 8:
-            code = int.from_bytes(body[:2], "big")
-            print("closed", code, flush=True)
-            sys.exit(0)
-    chunk = s.recv(1 << 20)
-    if not chunk:
-        print("closed", None, flush=True)
-        sys.exit(0)
-    buf += chunk
+print("closed", ws.messages_until_close(60)[1], flush=True)
 """
 
 
@@ -121,7 +93,7 @@ def test_stopped_client_process_is_dropped_others_served_runner_not_slowed(procs
         t.create_task_progress_sync("quiet", "x")
         slow = procs.python(SLOW_CLIENT, PORT=str(t.port))
         assert slow.stdout.readline().strip() == "ready"
-        wait_until(lambda: "progress_connections 1" in _metrics_text(t.port), 5, what="the client to be connected")
+        wait_until(lambda: metrics(t.port)["progress_connections"] == 1, 5, what="the client to be connected")
         slow.send_signal(signal.SIGSTOP)
         reader = ws_connect(t.port, "reader")
         reader.send(json.dumps({"type": "subscribe", "task_ids": ["quiet"]}))
@@ -155,8 +127,8 @@ def test_stopped_client_process_is_dropped_others_served_runner_not_slowed(procs
                     lat.append(time.perf_counter() - t0)
                     acks.append(Ack("quiet", step, time.monotonic()))
                     time.sleep(0.12)  # slower than throttle_ms: every quiet update is its own message
-            wait_until(lambda: (lambda m: m if "progress_slow_clients_closed_total 1" in m else None)(
-                _metrics_text(t.port)), 10, what="the stopped client to be dropped")
+            wait_until(lambda: metrics(t.port)["progress_slow_clients_closed_total"] == 1, 10,
+                       what="the stopped client to be dropped")
             wait_until(lambda: message_steps(seen).get("quiet", set()) >= {a.step for a in acks}, 5,
                        what="the reader to get every quiet update")
         finally:
@@ -179,12 +151,6 @@ def test_stopped_client_process_is_dropped_others_served_runner_not_slowed(procs
         assert lat[len(lat) * 99 // 100] < 0.001 and lat[-1] < 0.3, (lat[len(lat) * 99 // 100], lat[-1])
 
 
-def _metrics_text(port):
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
 FD_LISTENER = """
 t = ProgressTracker(listen="127.0.0.1:0", throttle_ms=20)
 t.create_task_progress_sync("tick", "x")
@@ -198,25 +164,11 @@ while True:
 
 
 def _handshake(port, timeout):
-    """A WebSocket handshake on a fresh socket: the socket if the server answered 101 in time, else None."""
-    s = socket.socket()
-    s.settimeout(timeout)
+    """A WebSocket handshake on a fresh socket: the connection if the server answered 101 in time, else None."""
     try:
-        s.connect(("127.0.0.1", port))
-        s.sendall((f"GET {WS_PATH}?client_id=fd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        if data.startswith(b"HTTP/1.1 101"):
-            return s
-    except OSError:
-        pass
-    s.close()
-    return None
+        return RawWebSocket.open(port, "fd", timeout=timeout)
+    except (OSError, AssertionError):
+        return None
 
 
 def _cpu_seconds(pid):
@@ -225,7 +177,7 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 
-def _exhaust(port: int, limit: int) -> tuple[socket.socket, list[socket.socket], int | None]:
+def _exhaust(port: int, limit: int) -> tuple["websocket.WebSocket", list[RawWebSocket], int | None]:
     """A subscribed watcher of "tick", then connections until one is not answered: (watcher, held, how many
     were accepted, or None if none was refused)."""
     watcher = ws_connect(port, "watcher")
@@ -247,9 +199,7 @@ def _lower_nofile(limit: int):
 def test_fd_exhaustion_at_the_os_limit(procs):
     limit = 96
     p = procs.python(FD_LISTENER, preexec_fn=_lower_nofile(limit))
-    line = p.stdout.readline()
-    assert line.startswith("port"), stderr_of(p)
-    port = int(line.split()[1])
+    port = port_of(p)
     watcher, held, refused = _exhaust(port, limit)
     try:
         assert refused is not None, f"{len(held)} connections accepted under RLIMIT_NOFILE {limit}"

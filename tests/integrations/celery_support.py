@@ -10,22 +10,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_support import BINDINGS, ROOT, RedisServer, http_get, wait_until, ws_connect, ws_until  # noqa: E402,F401
+from live_support import (BINDINGS, SERVER, ProgressServer, RedisServer, http_get, wait_until,  # noqa: E402,F401
+                          ws_connect, ws_until)
 
 pytest.importorskip("celery", reason="Celery is not installed (pip install celery redis)")
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
 
 HERE = Path(__file__).resolve().parent
-#: The listener binary: $PROGRESS_SERVER, else the checkout's build (`make build`).
-SERVER = Path(os.environ.get("PROGRESS_SERVER") or ROOT / ".build" / "release" / "progress-server")
 if not SERVER.exists():
     pytest.skip(f"no progress-server at {SERVER}: build first (make build) or set PROGRESS_SERVER",
                 allow_module_level=True)
@@ -35,37 +33,13 @@ def read_log(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-class ProgressServer:
-    """`progress-server --redis-url URL` on a free port; its JSON log lines go to a file (a pipe nobody reads
-    could fill and block it)."""
-
-    def __init__(self, folder: Path, redis_url: str) -> None:
-        self.log = folder / "progress-server.log"
-        config = folder / "progress-server.json"
-        # The default resource sampling: the mirrors must follow their runners through it
-        # (tests/redis/test_fleet.py, test_mirror_takes_the_runners_states_after_a_resource_sample).
-        config.write_text(json.dumps({"throttle_ms": 20}))
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(SERVER), "--listen", "127.0.0.1:0", "--redis-url", redis_url,
-                                          "--config", str(config)], stdout=subprocess.DEVNULL, stderr=log)
-        self.port = wait_until(self._port, timeout=20, what="progress-server to log its port")
-
-    def _port(self) -> Optional[int]:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"progress-server exited {self.proc.returncode}:\n{read_log(self.log)}")
-        for line in read_log(self.log).splitlines():
-            if line.startswith("{") and json.loads(line).get("event") == "listening":
-                return json.loads(line)["port"]
-        return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def start_progress_server(folder: Path, redis_url: str) -> ProgressServer:
+    """`progress-server --redis-url URL` on a free port."""
+    config = folder / "progress-server.json"
+    # The default resource sampling: the mirrors must follow their runners through it
+    # (tests/redis/test_fleet.py, test_mirror_takes_the_runners_states_after_a_resource_sample).
+    config.write_text(json.dumps({"throttle_ms": 20}))
+    return ProgressServer("--listen", "127.0.0.1:0", "--redis-url", redis_url, "--config", str(config)).start()
 
 
 class Worker:
@@ -154,7 +128,7 @@ def fleet(tmp_path_factory):
     redis.start()
     server = None
     try:
-        server = ProgressServer(folder, redis.url)
+        server = start_progress_server(folder, redis.url)
         yield folder, redis, server
     finally:
         if server is not None:

@@ -48,7 +48,7 @@ def test_latent_preview_example(tmp_path):
 
 def test_celery_example(tmp_path):
     # Imported here: it skips (celery, redis-server or progress-server missing) only this test.
-    from celery_support import ProgressServer, RedisServer, Worker, http_get, wait_until
+    from celery_support import RedisServer, Worker, http_get, start_progress_server, wait_until
     for name in ("tasks.py", "run.py"):
         (tmp_path / name).write_text(readme_file(name))
     bash = re.search(r"```bash\npip install celery redis\n(.*?)```", README.read_text(), flags=re.S).group(1)
@@ -57,7 +57,7 @@ def test_celery_example(tmp_path):
     redis.start()
     server = worker = None
     try:
-        server = ProgressServer(tmp_path, redis.url)
+        server = start_progress_server(tmp_path, redis.url)
         env = {"REDIS_URL": redis.url}
         worker = Worker(tmp_path, "tasks", tmp_path, env, concurrency=3)
         out = run_python(tmp_path / "run.py", dict(env, PYTHONPATH=f"{BINDINGS}{os.pathsep}{tmp_path}"))

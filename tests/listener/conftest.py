@@ -10,31 +10,26 @@ timeout, so a hung listener fails a test instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
-import base64
 import faulthandler
-import http.client
 import json
-import os
 import re
 import socket
-import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-# The binding runs from the checkout (as in bindings/python/tests); the library from .build/release.
-sys.path.insert(0, str(ROOT / "bindings" / "python"))
+# The binding runs from the checkout (as in bindings/python/tests, live_support puts it on sys.path); the library
+# from .build/release.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from live_support import WS_PATH, RawWebSocket, Response, http, metrics, tcp_connect  # noqa: E402
 
 from progress_engine import ProgressTracker  # noqa: E402
 from websockets.asyncio.client import connect as _ws_connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-WS_PATH = "/api/v1/progress/ws"
 API = "/api/v1/progress"
 #: The engine's default throttle_ms.
 THROTTLE_MS = 100
@@ -44,122 +39,6 @@ PUSHED = ("progress.update", "task.log")
 
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Dict[str, str]  # lower-cased names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def error_code(self) -> str:
-        """The code of a `{"error": {"code", "message"}}` body (asserting that shape)."""
-        doc = self.json()
-        assert set(doc) == {"error"}, doc
-        assert isinstance(doc["error"].get("message"), str) and doc["error"]["message"], doc
-        return doc["error"]["code"]
-
-
-class RawWebSocket:
-    """A hand-driven WebSocket client over a plain socket: sends any bytes (broken frames included) and
-    parses what the server sends back."""
-
-    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
-        self.sock = sock
-        self.buf = buffered
-
-    @staticmethod
-    def frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True, rsv: int = 0) -> bytes:
-        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-        n = len(payload)
-        m = 0x80 if mask else 0
-        if n < 126:
-            head += bytes([m | n])
-        elif n < 65536:
-            head += bytes([m | 126]) + struct.pack("!H", n)
-        else:
-            head += bytes([m | 127]) + struct.pack("!Q", n)
-        if not mask:
-            return head + payload
-        key = os.urandom(4)
-        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-    def send_text(self, text: str) -> None:
-        self.sock.sendall(self.frame(0x1, text.encode()))
-
-    def _fill(self, deadline: float) -> bool:
-        """Reads more bytes; False at EOF (or a reset)."""
-        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except (ConnectionResetError, BrokenPipeError):
-            return False
-        if not chunk:
-            return False
-        self.buf += chunk
-        return True
-
-    def next_frame(self, timeout: float = 5) -> Optional[Tuple[int, bytes]]:
-        """(opcode, payload) of the next whole frame from the server, or None at EOF. Raises
-        socket.timeout if nothing complete arrives in time."""
-        deadline = time.monotonic() + timeout
-        while True:
-            parsed = self._parse()
-            if parsed is not None:
-                return parsed
-            if time.monotonic() >= deadline:
-                raise socket.timeout("no whole frame within %.1f s" % timeout)
-            if not self._fill(deadline):
-                return None
-
-    def _parse(self) -> Optional[Tuple[int, bytes]]:
-        b = self.buf
-        if len(b) < 2:
-            return None
-        assert b[1] & 0x80 == 0, "the server masked a frame"
-        n, at = b[1] & 0x7F, 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, at = struct.unpack("!H", b[2:4])[0], 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, at = struct.unpack("!Q", b[2:10])[0], 10
-        if len(b) < at + n:
-            return None
-        self.buf = b[at + n:]
-        return b[0] & 0x0F, b[at:at + n]
-
-    def messages_until_close(self, timeout: float = 5) -> Tuple[List[dict], Optional[int]]:
-        """Every text message up to the server's close frame or EOF, and the close code (None: no close
-        frame, the socket just ended)."""
-        out: List[dict] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = self.next_frame(max(0.01, deadline - time.monotonic()))
-            if frame is None:
-                return out, None
-            opcode, payload = frame
-            if opcode == 0x8:
-                return out, struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-            if opcode == 0x1:
-                out.append(json.loads(payload))
-
-    def is_closed_by_server(self, timeout: float = 5) -> bool:
-        """Whether the server ends the connection (close frame or EOF) within the timeout, skipping
-        whatever it sends before."""
-        try:
-            self.messages_until_close(timeout)
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Wire:
@@ -298,21 +177,10 @@ class Wire:
     @staticmethod
     def http(tracker: ProgressTracker, path: str, method: str = "GET", headers: Optional[Dict[str, str]] = None,
              body: Optional[bytes] = None, timeout: float = 5) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", tracker.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            r = conn.getresponse()
-            data = r.read()
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-        finally:
-            conn.close()
+        return http(tracker.port, path, method, headers, body, timeout)
 
     def raw_socket(self, tracker: ProgressTracker, rcvbuf: Optional[int] = None) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        s.settimeout(5)
-        s.connect(("127.0.0.1", tracker.port))
+        s = tcp_connect(tracker.port, rcvbuf)
         self._sockets.append(s)
         return s
 
@@ -362,31 +230,14 @@ class Wire:
     def raw_ws(self, tracker: ProgressTracker, client_id: str = "raw", rcvbuf: Optional[int] = None,
                query: str = "") -> RawWebSocket:
         """A raw socket after a valid handshake (the 101 response consumed)."""
-        s = self.raw_socket(tracker, rcvbuf)
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET {WS_PATH}?client_id={client_id}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                   f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, f"the server closed during the handshake: {data!r}"
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return RawWebSocket(s, rest)
+        ws = RawWebSocket.open(tracker.port, client_id, query, rcvbuf)
+        self._sockets.append(ws.sock)
+        return ws
 
     # ---- /metrics ----------------------------------------------------------------------------------
 
     def metrics(self, tracker: ProgressTracker, token: Optional[str] = None) -> Dict[str, float]:
-        r = self.http(tracker, "/metrics" + (f"?token={token}" if token else ""))
-        assert r.status == 200, r
-        out = {}
-        for line in r.body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return metrics(tracker.port, token)
 
     def wait_metric(self, tracker: ProgressTracker, name: str, accept: Callable[[float], bool],
                     timeout: float = 5) -> float:

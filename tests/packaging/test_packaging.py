@@ -22,12 +22,12 @@ import time
 import venv
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_support import ROOT, RedisServer, http_get, wait_until, ws_connect, ws_until  # noqa: E402
+from live_support import ROOT, ProgressServer, RedisServer, http_get, wait_until, ws_connect, ws_until  # noqa: E402
 
 TOOLCHAIN = Path(shutil.which("swift") or "/opt/swift/usr/bin/swift").resolve().parents[2]  # <dir>/usr/bin/swift
 RAW_LIBRARY = ROOT / ".build" / "release" / "libProgressEngine.so"
@@ -335,25 +335,16 @@ def test_server_binary_runs_without_toolchain_and_serves_the_wheels_task(unpacke
         "    t.complete_task_sync('served-task')\n")
     run(hidden([str(venv_python), str(writer), redis.url], hide), env=clean_env(), cwd=tmp_path)
 
-    proc = subprocess.Popen(hidden([str(server), "--listen", "127.0.0.1:0", "--redis-url", redis.url], []),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env())
+    served = ProgressServer("--listen", "127.0.0.1:0", "--redis-url", redis.url, command=hidden([str(server)], []),
+                            env=clean_env()).start()
     try:
-        port: Optional[int] = None
-        deadline = time.monotonic() + 15
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, f"progress-server exited {proc.wait(5)}"
-            entry = json.loads(line) if line.startswith("{") else {}
-            if entry.get("event") == "listening":
-                port = int(entry["port"])
-        assert port, "no 'listening' log line"
         status, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(
-            http_get(port, "/api/v1/progress/tasks/served-task")), timeout=10, what="the task on progress-server")
+            http_get(served.port, "/api/v1/progress/tasks/served-task")), timeout=10,
+            what="the task on progress-server")
         assert body["status"] == "completed" and body["task_id"] == "served-task", body
     finally:
-        proc.terminate()
-        proc.communicate(timeout=15)
-    assert proc.returncode == 0
+        code = served.stop()
+    assert code == 0, served.log()
 
 
 def test_c_quick_start_against_the_tarball_without_toolchain_or_system_libraries(unpacked, hide, tmp_path):

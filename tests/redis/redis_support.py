@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Re-exported for the suite's tests: free_port, http_get, wait_until, ws_connect, ws_until, ProgressServer.
+# Re-exported for the suite's tests: free_port, http_get, task_key, wait_until, ws_connect, ws_until, ProgressServer.
 from live_support import (BINDINGS, SERVER, ProgressServer, RedisServer, free_port, http_get,  # noqa: E402,F401
-                          wait_until, ws_connect, ws_until)
+                          task_key, wait_until, ws_connect, ws_until)
 
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)

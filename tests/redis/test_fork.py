@@ -71,7 +71,7 @@ def test_fork_pool_children_reach_redis_and_a_listener(redis):
                 ran = [r for r in results if r["pid"] == pid]
                 assert max(r["tasks_held"] for r in ran) == len(ran), ran
             # The pool's workers are still alive (as Celery's are): their writer threads write.
-            with ProgressServer("--redis-url", redis.url) as server:
+            with ProgressServer("--listen", "127.0.0.1:0", "--redis-url", redis.url) as server:
                 for r in results:
                     task = r["task"]
                     for port in (server.port, parent_port):

@@ -6,19 +6,14 @@ import json
 
 import pytest
 
-from redis_support import flushed, wait_until
+from redis_support import flushed, task_key, wait_until
 from progress_engine import ProgressTracker, _lib
 from progress_engine.errors import ConfigError
 
 
-def key(kind, task_id, ns="progress"):
-    tag = task_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return f"{ns}:task:{{{tag}}}:{kind}"
-
-
 def stream_events(redis, task_id, ns="progress"):
     """Every event of a task's stream (entries flattened, oldest first)."""
-    lines = redis.lines("XRANGE", key("events", task_id, ns), "-", "+")
+    lines = redis.lines("XRANGE", task_key("events", task_id, ns), "-", "+")
     events = []
     for i, line in enumerate(lines):
         if line == "events":
@@ -42,20 +37,20 @@ def test_state_logs_history_and_keys(redis):
         local = t.get_task_progress_sync(tid)
         history = t.get_history_sync(tid)
 
-    state = json.loads(redis.cli("GET", key("state", tid)))
+    state = json.loads(redis.cli("GET", task_key("state", tid)))
     # TaskProgress, plus the times as epoch seconds (for an exact restore).
     times = state.pop("stored_times")
     assert state == local and len(times["stages"]) == len(local["stages"])
     assert state["status"] == "completed" and state["seq"] == local["seq"]
     # Every event, in order, nothing twice (no flood here, so nothing thinned).
     assert [e["seq"] for e in stream_events(redis, tid)] == [e["seq"] for e in history["events"]]
-    logs = [json.loads(x) for x in redis.lines("LRANGE", key("logs", tid), 0, -1)]
+    logs = [json.loads(x) for x in redis.lines("LRANGE", task_key("logs", tid), 0, -1)]
     assert [x["message"] for x in logs] == ["sampling done"]
     # Finished: expires within retention; active: has an expiry too (refreshed on every write).
     for kind in ("state", "events", "logs"):
-        ttl = int(redis.cli("TTL", key(kind, tid)))
+        ttl = int(redis.cli("TTL", task_key(kind, tid)))
         assert 0 < ttl <= retention, (kind, ttl)
-    assert 0 < int(redis.cli("TTL", key("state", "running"))) <= retention
+    assert 0 < int(redis.cli("TTL", task_key("state", "running"))) <= retention
     assert sorted(redis.lines("SMEMBERS", "progress:batch:{B-1}")) == sorted([tid, "running"])
     assert json.loads(redis.cli("HGET", "progress:templates", "tpl"))[1]["name"] == "sample"
     etas = [json.loads(x) for x in redis.lines("LRANGE", "progress:eta:{tpl}", 0, -1)]
@@ -64,7 +59,7 @@ def test_state_logs_history_and_keys(redis):
     assert redis.lines("ZRANGE", "progress:heartbeats", 0, -1) == ["running"]
     # Every key of a task carries the same hash tag, so they share a cluster slot.
     tagged = [k for k in redis.lines("KEYS", "progress:task:*") if "job" in k]
-    assert sorted(tagged) == sorted(key(k, tid) for k in ("state", "events", "logs"))
+    assert sorted(tagged) == sorted(task_key(k, tid) for k in ("state", "events", "logs"))
     assert {k[k.index("{"):k.index("}") + 1] for k in tagged} == {"{job %7B1%7D%25/é}"}
 
 
@@ -88,7 +83,7 @@ def test_namespace_and_coalescing(redis):
         stats = t.stats_sync()
         final = t.get_task_progress_sync("flood")
     assert stats["redis_task_writes"] < 50, stats
-    assert json.loads(redis.cli("GET", key("state", "flood", "ns2")))["seq"] == final["seq"]
+    assert json.loads(redis.cli("GET", task_key("state", "flood", "ns2")))["seq"] == final["seq"]
     events = stream_events(redis, "flood", "ns2")
     assert events[-1]["seq"] == final["seq"] and len(events) < 200
     assert stats["redis_dropped_events"] > 0
@@ -112,7 +107,8 @@ def test_queue_depth_counts_changes_the_writer_has_not_taken_yet(redis):
         finally:
             redis.resume()
         flushed(t)
-        assert sorted(json.loads(redis.cli("GET", key("state", tid)))["task_id"] for tid in "abc") == ["a", "b", "c"]
+        stored = [json.loads(redis.cli("GET", task_key("state", tid)))["task_id"] for tid in "abc"]
+        assert sorted(stored) == ["a", "b", "c"]
 
 
 def test_last_counter_read_is_written_through_and_fanned_out(redis):
@@ -141,13 +137,13 @@ def test_last_counter_read_is_written_through_and_fanned_out(redis):
         local = t.get_task_progress_sync("detached")
         assert local["stages"]["1"]["progress"] == 0.4
         flushed(t)
-        stored = json.loads(redis.cli("GET", key("state", "detached")))
+        stored = json.loads(redis.cli("GET", task_key("state", "detached")))
         assert (stored["seq"], stored["stages"]["1"]["progress"]) == (local["seq"], 0.4)
         seen = ws_until(ws, lambda ms: any(m.get("seq") == local["seq"] for m in ms))
         assert seen[-1]["data"]["stages"]["1"]["progress"] == 0.4
         ws.close()
         counters["closed"][0] = 70  # read by close
-    stored = json.loads(redis.cli("GET", key("state", "closed")))
+    stored = json.loads(redis.cli("GET", task_key("state", "closed")))
     assert stored["stages"]["1"]["progress"] == 0.7
 
 
@@ -190,7 +186,7 @@ def test_an_acl_user_in_redis_url_logs_in_as_that_user(tmp_path):
             flushed(t)
         check = Resp(server.port)
         assert check("AUTH", "runner", "s3cret") == "OK"
-        state = json.loads(check("GET", key("state", "acl")))
+        state = json.loads(check("GET", task_key("state", "acl")))
         assert state["stages"][str(state["current_stage"])]["message"] == "three"
         check.close()
         admin.close()
@@ -213,13 +209,14 @@ def test_active_tasks_keep_their_keys_and_a_finished_log_lives_from_the_end(redi
         time.sleep(1.5)
         t.complete_task_sync("done")
         flushed(t)
-        assert int(redis.cli("PTTL", key("logs", "done"))) > 1500, "the log must live retention_seconds from the end"
+        assert int(redis.cli("PTTL", task_key("logs", "done"))) > 1500, \
+            "the log must live retention_seconds from the end"
         time.sleep(2.6)  # longer than the retention, with no change of "quiet" or "busy"
         for tid in ("quiet", "busy"):
             for kind in ("state", "events"):
-                assert 0 < int(redis.cli("PTTL", key(kind, tid))) <= 2000, (tid, kind)
-        assert redis.cli("EXISTS", key("state", "done")) == "0"  # expired 2 s after it finished
-        assert redis.cli("EXISTS", key("logs", "done")) == "0"
+                assert 0 < int(redis.cli("PTTL", task_key(kind, tid))) <= 2000, (tid, kind)
+        assert redis.cli("EXISTS", task_key("state", "done")) == "0"  # expired 2 s after it finished
+        assert redis.cli("EXISTS", task_key("logs", "done")) == "0"
 
 
 def test_a_thousand_steps_a_second_are_all_written_through(redis):
