@@ -48,8 +48,10 @@ struct ChangeFeed {
         case nothing
     }
 
-    static let fanout = ChangeFeed(kind: .fanout)
-    static let storage = ChangeFeed(kind: .storage)
+    // Computed, not stored: a stored static is a lazily initialised global (a once-check on every read), while
+    // these fold to a constant on the update path, and so does the switch on `kind`.
+    static var fanout: ChangeFeed { ChangeFeed(kind: .fanout) }
+    static var storage: ChangeFeed { ChangeFeed(kind: .storage) }
 
     /// Urgent states held per task while the listener has not taken them (a runner stuck in a loop of resumes
     /// cannot grow it further; stage changes are bounded by the stages).
