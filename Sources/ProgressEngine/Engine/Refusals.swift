@@ -58,3 +58,21 @@ extension EngineCore {
         EngineLog.write("warning", "update_rejected", fields)
     }
 }
+
+/// "At most once a second, saying how many were left out": a log line for something that can happen at any rate.
+struct OncePerSecond {
+    /// When the last one was admitted, and how many were refused since.
+    private var lastAt = -Double.infinity
+    private var refused = 0
+
+    /// Whether one may go out `now` (seconds, any clock the caller keeps to): the count refused since the last
+    /// one, or nil (then counted) when the last one was less than a second ago.
+    mutating func admit(at now: Double) -> Int? {
+        guard now - lastAt >= 1 else {
+            refused += 1
+            return nil
+        }
+        defer { (lastAt, refused) = (now, 0) }
+        return refused
+    }
+}

@@ -2,6 +2,17 @@ import CProgress
 import Glibc
 import Synchronization
 
+/// Caller-owned step counter memory attached to a task (`progress_task_attach_counter`).
+struct CounterBinding {
+    let pointer: UnsafePointer<CLongLong>
+    var lastStep: Int64
+    var lastTotal: Int64
+
+    func read() -> (step: Int64, total: Int64) {
+        (Int64(CProgress_load_relaxed(pointer)), Int64(CProgress_load_relaxed(pointer + 1)))
+    }
+}
+
 /// Step counters: caller-owned memory the maintenance thread reads.
 extension EngineCore {
     func attachCounter(id: String, pointer: UnsafePointer<CLongLong>) throws {

@@ -1,47 +1,6 @@
 import Glibc
 import CProgress
 
-/// A message argument as it arrives: absent, a caller's C string (copied only when it differs from the
-/// current message, so the hot path does not allocate for a repeated message), or a Swift string.
-enum MessageArgument {
-    case none
-    case cString(UnsafePointer<CChar>)
-    case string(String)
-
-    /// The message to store, or nil to keep `current`.
-    /// - Throws: `EngineError.invalidArgument` for a C string that is not valid UTF-8.
-    func resolve(current: String?) throws -> String? {
-        switch self {
-        case .none:
-            return nil
-        case let .string(s):
-            return s == current ? nil : s
-        case let .cString(p):
-            if var current {
-                let same = current.withUTF8 { buf in
-                    strlen(p) == buf.count && (buf.isEmpty || memcmp(p, buf.baseAddress!, buf.count) == 0)
-                }
-                if same { return nil }
-            }
-            guard let s = String(validatingCString: p) else {
-                throw EngineError.invalidArgument("message is not valid UTF-8")
-            }
-            return s
-        }
-    }
-}
-
-/// Caller-owned step counter memory attached to a task (`progress_task_attach_counter`).
-struct CounterBinding {
-    let pointer: UnsafePointer<CLongLong>
-    var lastStep: Int64
-    var lastTotal: Int64
-
-    func read() -> (step: Int64, total: Int64) {
-        (Int64(CProgress_load_relaxed(pointer)), Int64(CProgress_load_relaxed(pointer + 1)))
-    }
-}
-
 /// The full live state of one task. Not thread-safe by itself: every access happens under the lock of the
 /// task table shard that holds it (hence `@unchecked Sendable`: the shard lock is the synchronisation).
 /// For the same reason its stored variables are `@exclusivity(unchecked)`: the lock already makes each access
@@ -531,23 +490,5 @@ extension TaskRecord {
     func appendRemoteLog(_ entry: LogEntry) {
         logs.append(entry)
         persistedLogs = logs.appended
-    }
-}
-
-/// "At most once a second, saying how many were left out": a log line for something that can happen at any rate.
-struct OncePerSecond {
-    /// When the last one was admitted, and how many were refused since.
-    private var lastAt = -Double.infinity
-    private var refused = 0
-
-    /// Whether one may go out `now` (seconds, any clock the caller keeps to): the count refused since the last
-    /// one, or nil (then counted) when the last one was less than a second ago.
-    mutating func admit(at now: Double) -> Int? {
-        guard now - lastAt >= 1 else {
-            refused += 1
-            return nil
-        }
-        defer { (lastAt, refused) = (now, 0) }
-        return refused
     }
 }
