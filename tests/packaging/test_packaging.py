@@ -120,8 +120,9 @@ def venv_python(wheel, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("venv")
     venv.create(folder, with_pip=True, symlinks=True)
     python = folder / "bin" / "python"
+    # Clean: with PYTHONPATH on the checkout, pip sees the binding's egg-info there and installs nothing.
     run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--disable-pip-version-check",
-         str(wheel)])
+         str(wheel)], env=clean_env())
     return python
 
 
