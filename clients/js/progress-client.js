@@ -140,8 +140,13 @@ export class ProgressClient {
     try {
       ws = new this._WebSocket(this._url);
     } catch (error) {
-      this._emit("error", error);
-      this._retry();
+      // Thrown at once: the runtime refuses the URL (a ws:// from an https:// page, say), which no retry changes.
+      // Reported after the constructor has returned, so that the handlers added next hear of it.
+      queueMicrotask(() => {
+        if (this._state === "closed") return;
+        this._shutdown(error);
+        this._emit("error", error);
+      });
       return;
     }
     this._ws = ws;

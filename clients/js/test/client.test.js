@@ -148,3 +148,13 @@ test("the URL: http(s) and ws(s) base URLs, with a path prefix; other schemes re
   assert.throws(() => url({ url: "ftp://h" }), TypeError);
   assert.throws(() => url({}), TypeError);
 });
+
+test("a URL the runtime refuses: an error event and closed, not a retry loop", async () => {
+  const refused = new Error("SecurityError: insecure WebSocket from a secure page");
+  const c = new ProgressClient({ url: "ws://h:1", WebSocket: class { constructor() { throw refused; } } });
+  const log = record(c);
+  await assert.rejects(c.subscribe("a"), (e) => e === refused);
+  assert.equal(c.state, "closed");
+  assert.deepEqual(log.errors, [refused]);
+  assert.deepEqual(log.states, ["closed"]);
+});
