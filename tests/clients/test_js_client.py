@@ -1,11 +1,13 @@
 """The JavaScript client (clients/js): its Node tests (clients/js/test/*.test.js, Node's own test runner against
 real engines, progress-server, redis-server and headless Chromium, which they start themselves), run one file
-each, and its package as `npm pack` makes it: the files it carries, its `exports` resolved by Node, its version."""
+each; its package as `npm pack` makes it: the files it carries, its `exports` resolved by Node, its version; and
+the README's JavaScript quick start, run with that package against an engine."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,33 +55,63 @@ def test_node(name):
     if redis:
         env["PROGRESS_REDIS_SERVER"] = redis
     r = node("--test", "--test-reporter=spec", f"test/{name}", timeout=90, **env)
-    assert r.returncode == 0, f"node --test test/{name} failed ({r.returncode}):\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"node --test test/{name} exited {r.returncode}:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
 
 
-def test_npm_pack_carries_the_module_and_its_types_and_node_resolves_it(tmp_path):
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """`npm pack` of clients/js, unpacked as `npm install <tarball>` would: (npm's JSON about it, the folder
+    whose node_modules holds it)."""
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not installed (apt-get install npm)")
+    folder = tmp_path_factory.mktemp("app")
     # No registry is asked: the package has no dependencies, and npm's own checks are off.
     env = dict(os.environ, npm_config_update_notifier="false", npm_config_audit="false", npm_config_fund="false",
-               npm_config_offline="true", npm_config_cache=str(tmp_path / "npm-cache"))
-    r = subprocess.run([npm, "pack", "--json", "--pack-destination", str(tmp_path)], cwd=CLIENT,
+               npm_config_offline="true", npm_config_cache=str(folder / "npm-cache"))
+    r = subprocess.run([npm, "pack", "--json", "--pack-destination", str(folder)], cwd=CLIENT,
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)[0]
+    installed = folder / "node_modules" / info["name"]
+    installed.mkdir(parents=True)
+    subprocess.run(["tar", "-xzf", str(folder / info["filename"]), "-C", str(installed), "--strip-components=1"],
+                   check=True)
+    return info, folder
+
+
+def test_npm_pack_carries_the_module_and_its_types_and_node_resolves_it(packed):
+    info, folder = packed
     assert sorted(f["path"] for f in info["files"]) == [
         "README.md", "package.json", "progress-client.d.ts", "progress-client.js"]
-    installed = tmp_path / "node_modules" / info["name"]
-    installed.mkdir(parents=True)
-    subprocess.run(["tar", "-xzf", str(tmp_path / info["filename"]), "-C", str(installed), "--strip-components=1"],
-                   check=True)
     script = (f"import {{ ProgressClient, ProgressError }} from {json.dumps(info['name'])};\n"
               "console.log(typeof ProgressClient, new ProgressError('x', 'y').code);\n")
-    r = node("--input-type=module", "-e", script, cwd=tmp_path)
+    r = node("--input-type=module", "-e", script, cwd=folder)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["function", "x"]
-    package = json.loads((installed / "package.json").read_text())
+    package = json.loads((folder / "node_modules" / info["name"] / "package.json").read_text())
     assert package["types"] == package["exports"]["."]["types"] == "./progress-client.d.ts"
+
+
+def test_readme_quick_start_runs_against_an_engine(packed):
+    """The main README's JavaScript quick start, as written, with the installed package and a live engine."""
+    _, folder = packed
+    block = re.search(r"## JavaScript quick start.*?```js\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    sys.path.insert(0, str(ROOT / "bindings" / "python"))
+    from progress_engine import ProgressTracker
+    with ProgressTracker(listen="127.0.0.1:0") as tracker:
+        tracker.create_task_progress_sync("task-123", "sdxl")
+        tracker.update_progress_sync("task-123", 3, 10, "step 3")
+        script = folder / "quick_start.mjs"
+        script.write_text(
+            "const render = (id, pct, eta) => { console.log('render', id, pct); client.close(); };\n"
+            "const redraw = () => {};\n"
+            + block.replace("http://127.0.0.1:8000", tracker.url))
+        r = node(script.name, cwd=folder, timeout=30)
+        overall = tracker.get_task_progress_sync("task-123")["overall_progress"]
+    assert r.returncode == 0, r.stderr
+    word, task, pct = r.stdout.split()
+    assert (word, task, float(pct)) == ("render", "task-123", overall)
 
 
 def test_package_version_is_the_header_version():
