@@ -1,0 +1,460 @@
+// The WebSocket client of ProgressEngine's listener (README.md beside this file; the protocol: SPEC §7).
+// One file, no dependencies: the same module runs in browsers and in Node (22, or 20 with
+// --experimental-websocket), which both have a standard WebSocket.
+
+const WS_PATH = "/api/v1/progress/ws";
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+/** Close codes of a refusal that reconnecting cannot change: the listener's configuration refused this client. */
+const REFUSED = {
+  4401: "unauthorized",
+  4403: "origin_not_allowed",
+  4404: "no_websocket_endpoint",
+  1008: "invalid_client_id",
+};
+/** Close code of a frame over the listener's max_message_bytes. */
+const TOO_LARGE = 1009;
+/** UTF-8 bytes of a subscribe's resume map: the listener caps frames at 64 KiB by default. */
+const RESUME_BUDGET = 48000;
+/** Replies of the listener, one per request, in the order of the requests (SPEC §7). */
+const REPLIES = new Set(["subscribed", "unsubscribed", "progress.current", "batch.progress", "pong", "error"]);
+
+/** An error the listener answered, or a refusal of the connection (`closeCode` set), or `close()` (code "closed"). */
+export class ProgressError extends Error {
+  constructor(code, message, closeCode) {
+    super(message);
+    this.name = "ProgressError";
+    this.code = code;
+    if (closeCode !== undefined) this.closeCode = closeCode;
+  }
+}
+
+export class ProgressClient {
+  /**
+   * Connects at once and keeps connecting until `close()`: see README.md for the options and the events.
+   */
+  constructor(options = {}) {
+    this._url = webSocketURL(options.url ?? globalThis.location?.origin, options.token, options.clientId);
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("no WebSocket in this runtime: use Node 22+, Node 20 with --experimental-websocket, " +
+        "or pass a WebSocket class as {WebSocket}");
+    }
+    this._minDelay = options.minReconnectDelay ?? 500;
+    this._maxDelay = options.maxReconnectDelay ?? 10000;
+    this._pingInterval = options.pingInterval ?? 20000;
+    this._handlers = new Map();
+    /** Task id (or "*") → the options it was subscribed with; what every new connection subscribes to again. */
+    this._subs = new Map();
+    /** Task id → {seq, open} of the last update delivered, least recently updated first (Map order). */
+    this._tasks = new Map();
+    /** Task id → "resumed" or "sent again" (its state comes again, or nothing if the task is gone) until the
+     *  first update of the task after a subscribe that included it. */
+    this._pending = new Map();
+    this._inFlight = []; // requests sent on this connection, waiting for their reply (answered in order)
+    this._waiting = []; // requests made while not connected, sent once connected
+    this._resubscribers = []; // subscribe() calls that the next connection's subscribe answers
+    this._resumeBudget = RESUME_BUDGET;
+    this._attempt = 0;
+    this._state = "connecting";
+    this._clientId = options.clientId ?? null;
+    this._ws = null;
+    this._timer = null;
+    this._pinger = null;
+    this._connect();
+  }
+
+  /** "connecting" (also while waiting to reconnect), "open" or "closed" (after close() or a refusal). */
+  get state() {
+    return this._state;
+  }
+
+  /** The client id the listener knows this client by (its own when none was given), once connected. */
+  get clientId() {
+    return this._clientId;
+  }
+
+  /** Calls handler on each event `name`; returns the function that removes it. */
+  on(name, handler) {
+    let set = this._handlers.get(name);
+    if (!set) this._handlers.set(name, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  /**
+   * Watches tasks (or "*": every task) from now on, on this connection and every later one.
+   * @returns a Promise of the ids, resolved when the listener answers `subscribed`.
+   */
+  subscribe(taskIds, options = {}) {
+    const ids = idList(taskIds);
+    const added = ids.filter((id) => !this._subs.has(id));
+    const subOptions = options.delta === undefined ? {} : { delta: options.delta };
+    for (const id of ids) this._subs.set(id, subOptions);
+    return new Promise((resolve, reject) => {
+      const waiter = { ids, added, resolve, reject };
+      if (this._state === "closed") reject(closedError());
+      else if (this._state !== "open") this._resubscribers.push(waiter);
+      // On this connection the listener has sent the known tasks already: nothing to resume.
+      else this._send({ message: { type: "subscribe", task_ids: ids, ...subOptions }, waiters: [waiter] });
+    });
+  }
+
+  /** Stops watching tasks (or "*"); resolved when the listener answers (at once while not connected). */
+  unsubscribe(taskIds) {
+    const ids = idList(taskIds);
+    for (const id of ids) this._subs.delete(id);
+    // A task watched no more is resumed no more: a later subscribe starts from its current state.
+    for (const id of this._subs.has("*") ? [] : ids.includes("*") ? [...this._tasks.keys()] : ids) {
+      if (!this._subs.has(id)) this._tasks.delete(id);
+    }
+    if (this._state !== "open") return Promise.resolve();
+    return this._request({ type: "unsubscribe", task_ids: ids }).then(() => undefined);
+  }
+
+  /** A task's TaskProgress, asked over the WebSocket (no CORS needed); rejects with code "not_found". */
+  getProgress(taskId) {
+    return this._request({ type: "get_progress", task_id: taskId }).then((reply) => reply.data);
+  }
+
+  /** A batch's BatchProgress: the tasks created with that batch_id, or the given ones. */
+  getBatchProgress(batchId, taskIds) {
+    const message = { type: "get_batch_progress", batch_id: batchId };
+    if (taskIds !== undefined) message.task_ids = [...taskIds];
+    return this._request(message).then((reply) => reply.data);
+  }
+
+  /** Closes the connection for good; pending requests reject with code "closed". Idempotent. */
+  close() {
+    if (this._state === "closed") return;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close(1000, "client closed");
+    this._shutdown(closedError());
+  }
+
+  // ---- connection -------------------------------------------------------------------------------------
+
+  _connect() {
+    this._timer = null;
+    let ws;
+    try {
+      ws = new this._WebSocket(this._url);
+    } catch (error) {
+      // Thrown at once: the runtime refuses the URL (a ws:// from an https:// page, say), which no retry changes.
+      // Reported after the constructor has returned, so that the handlers added next hear of it.
+      queueMicrotask(() => {
+        if (this._state === "closed") return;
+        this._shutdown(error);
+        this._emit("error", error);
+      });
+      return;
+    }
+    this._ws = ws;
+    // A replaced or dead socket may still fire: only the current one counts.
+    ws.onmessage = (event) => {
+      if (this._ws === ws) this._message(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this._ws === ws) this._lost(event.code, event.reason);
+    };
+    // A failed connection fires error, then close; Node 20's WebSocket fires error alone. A close in the same
+    // task still wins (its code may be a refusal).
+    ws.onerror = () => {
+      setTimeout(() => {
+        if (this._ws === ws) this._lost(1006, "the connection failed");
+      }, 0);
+    };
+  }
+
+  /** `connection.established`: the listener accepted this client (a refusal closes right after the handshake). */
+  _established(message) {
+    this._clientId = message.client_id;
+    this._attempt = 0;
+    this._lastHeard = Date.now();
+    if (this._pingInterval > 0) this._pinger = setInterval(() => this._ping(), this._pingInterval);
+    this._resubscribe();
+    for (const request of this._waiting.splice(0)) this._send(request);
+    this._setState("open");
+  }
+
+  /** Subscribes the new connection to everything watched, resuming each task from its last seq. */
+  _resubscribe() {
+    const waiters = this._resubscribers.splice(0);
+    const groups = new Map(); // the subscribe options as JSON → ids subscribed with them
+    for (const [id, options] of this._subs) {
+      const key = JSON.stringify(options);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(id);
+    }
+    if (groups.size === 0) {
+      for (const w of waiters) w.resolve(w.ids); // unsubscribed again before the connection came
+      return;
+    }
+    let left = groups.size;
+    for (const [key, ids] of groups) {
+      const message = { type: "subscribe", task_ids: ids, ...JSON.parse(key) };
+      const resume = this._resumeMap(ids);
+      if (resume) message.resume = resume;
+      // The subscribe() calls made meanwhile are answered by the last of these replies.
+      this._send({ message, waiters: --left === 0 ? waiters : [] });
+    }
+    this._resumeBudget = RESUME_BUDGET;
+  }
+
+  /**
+   * {task id: last seq delivered} of the open tasks among `ids` ("*": all), most recently updated first, within
+   * the budget. A finished task is left out: its state cannot change, and the listener sends it again anyway.
+   */
+  _resumeMap(ids) {
+    const wanted = ids.includes("*") ? null : new Set(ids);
+    const resume = {};
+    let size = 2;
+    let any = false;
+    for (const [id, task] of [...this._tasks].reverse()) {
+      if (wanted && !wanted.has(id)) continue;
+      const entry = task.open ? utf8Length(JSON.stringify(id)) + String(task.seq).length + 2 : Infinity;
+      const fits = size + entry <= this._resumeBudget;
+      if (fits) {
+        size += entry;
+        resume[id] = task.seq;
+        any = true;
+      }
+      this._pending.set(id, fits ? "resumed" : "sent again");
+    }
+    return any ? resume : null;
+  }
+
+  _lost(code, reason) {
+    this._ws = null;
+    this._stopPinger();
+    const refusal = REFUSED[code];
+    if (refusal) {
+      const error = new ProgressError(refusal, reason || `the listener refused the connection (close ${code})`, code);
+      this._shutdown(error);
+      this._emit("error", error);
+      return;
+    }
+    this._pending.clear();
+    const inFlight = this._inFlight.splice(0);
+    for (const r of inFlight) if (r.waiters) this._resubscribers.push(...r.waiters);
+    if (code === TOO_LARGE) {
+      // A message was over the listener's max_message_bytes. A resubscribe's resume map is the likely one: the
+      // next goes without it (the gaps become resync events). A request sent again would be refused again.
+      this._resumeBudget = 0;
+      const error = new ProgressError("message_too_large", reason || "over the listener's max_message_bytes", code);
+      for (const r of inFlight) r.reject?.(error);
+    } else {
+      // Requests without a reply go again on the next connection (all are reads, or idempotent).
+      this._waiting.unshift(...inFlight.filter((r) => r.resolve));
+    }
+    this._setState("connecting", { code, reason });
+    this._retry();
+  }
+
+  /** Jittered exponential back-off, so that many clients of a restarted listener do not all come back at once. */
+  _retry() {
+    const base = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt);
+    const delay = Math.round(base * (0.5 + Math.random() / 2));
+    this._attempt += 1;
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+
+  _ping() {
+    // Silence for two pings: a connection that died without a close (a sleeping laptop, a dropped network),
+    // which the runtime would notice only after minutes.
+    if (Date.now() - this._lastHeard > 2 * this._pingInterval) {
+      const dead = this._ws;
+      this._ws = null;
+      dead.close(4000, "no answer from the listener");
+      this._lost(1006, "no answer from the listener");
+      return;
+    }
+    this._send({ message: { type: "ping" } });
+  }
+
+  _stopPinger() {
+    clearInterval(this._pinger);
+    this._pinger = null;
+  }
+
+  _shutdown(error) {
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._stopPinger();
+    const requests = [...this._inFlight.splice(0), ...this._waiting.splice(0)];
+    for (const r of requests) {
+      r.reject?.(error);
+      for (const w of r.waiters || []) w.reject(error);
+    }
+    for (const w of this._resubscribers.splice(0)) w.reject(error);
+    this._setState("closed", { code: error.closeCode, reason: error.message });
+  }
+
+  _setState(state, detail = {}) {
+    if (state === this._state) return;
+    this._state = state;
+    this._emit("state", state, detail);
+  }
+
+  // ---- requests and messages --------------------------------------------------------------------------
+
+  _request(message) {
+    return new Promise((resolve, reject) => {
+      const request = { message, resolve, reject };
+      if (this._state === "closed") reject(closedError());
+      else if (this._state === "open") this._send(request);
+      else this._waiting.push(request);
+    });
+  }
+
+  _send(request) {
+    this._inFlight.push(request);
+    this._ws.send(JSON.stringify(request.message));
+  }
+
+  _message(text) {
+    this._lastHeard = Date.now();
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return; // the listener sends JSON text frames only
+    }
+    switch (message.type) {
+      case "connection.established":
+        this._established(message);
+        break;
+      case "progress.update":
+        this._update(message);
+        break;
+      case "task.log":
+        if (this._watching(message.task_id)) this._emit("log", message);
+        break;
+      default:
+        if (REPLIES.has(message.type)) this._reply(message);
+    }
+  }
+
+  _reply(message) {
+    // Written at once, ahead of the replies queued before it, and followed by close 1009 (see _lost).
+    if (message.code === "message_too_large") return;
+    const request = this._inFlight.shift();
+    const error = message.type === "error" ? new ProgressError(message.code, message.message) : null;
+    if (!request) {
+      if (error) this._emit("error", error);
+      return;
+    }
+    if (request.waiters) {
+      this._subscribed(request, error);
+    } else if (request.resolve) {
+      if (error) request.reject(error);
+      else request.resolve(message);
+    } else if (error) {
+      this._emit("error", error); // a ping refused: nothing waits for it
+    }
+  }
+
+  _subscribed(request, error) {
+    if (!error) {
+      for (const w of request.waiters) w.resolve(w.ids);
+      return;
+    }
+    // A refused subscribe (a bad id, too many subscriptions) is forgotten, so it is not sent again on reconnect.
+    for (const w of request.waiters) {
+      for (const id of w.added) this._subs.delete(id);
+      w.reject(error);
+    }
+    if (request.waiters.length === 0) this._emit("error", error);
+  }
+
+  _watching(taskId) {
+    return this._subs.has("*") || this._subs.has(taskId);
+  }
+
+  /**
+   * Delivers each task's updates once and in seq order, and says when it cannot (a `resync` event). Within one
+   * connection the listener sends a task's states in seq order, skipping those it coalesced (each update holds
+   * the whole state); on a subscribe it sends the current state again, after replaying the missed events of a
+   * resumed task and with a `recovered` flag.
+   */
+  _update(message) {
+    const id = message.task_id;
+    if (!this._watching(id)) return; // queued before an unsubscribe
+    const known = this._tasks.get(id);
+    const pending = this._pending.get(id);
+    this._pending.delete(id);
+    const verdict = known ? follows(message, known.seq, pending) : "in order";
+    if (verdict === "duplicate") return;
+    if (verdict === "gap") this._emit("resync", { task_id: id, seq: message.seq, last_seq: known.seq });
+    this._tasks.delete(id); // re-inserted last: the Map stays in order of the latest update
+    this._tasks.set(id, { seq: message.seq, open: !TERMINAL.has(message.data?.status) });
+    this._emit("update", message);
+  }
+
+  _emit(name, ...args) {
+    const set = this._handlers.get(name);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        handler(...args);
+      } catch (error) {
+        // A handler's exception must not break the client's bookkeeping; it is still reported as uncaught.
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
+    }
+  }
+}
+
+/**
+ * How an update of a task stands to the last one delivered (`lastSeq`): "in order", "duplicate" (drop it) or
+ * "gap" (deliver it, and say that what came between is lost). `pending`: "resumed" or "sent again" for the
+ * task's first update after a subscribe that included it.
+ */
+function follows(message, lastSeq, pending) {
+  if (message.replayed || message.recovered === true) return message.seq > lastSeq ? "in order" : "duplicate";
+  // The listener could not replay what was missed: its history is gone, or the task was made anew.
+  if (message.recovered === false) return "gap";
+  if (message.seq === lastSeq && pending !== "resumed") return "duplicate"; // the state sent again on a subscribe
+  // A lower seq: the task was made anew (it expired and was created again, or a listener lost it). A resumed
+  // task's first update without a flag: the listener did not have the task when it was subscribed. A jump right
+  // after a subscribe: the task was not resumed (over the budget, or finished when the connection was lost).
+  // Within one connection a jump is no gap: the listener coalesced states, and each holds the whole task.
+  if (message.seq < lastSeq || pending === "resumed" || (pending && message.seq > lastSeq + 1)) return "gap";
+  return "in order";
+}
+
+/** The listener's WebSocket URL from the engine's base URL (http(s) or ws(s), any path prefix of a proxy). */
+function webSocketURL(base, token, clientId) {
+  if (!base) {
+    throw new TypeError("ProgressClient needs {url}: the engine's base URL, such as http://127.0.0.1:8000");
+  }
+  const url = new URL(base, globalThis.location?.href);
+  const schemes = { "http:": "ws:", "https:": "wss:", "ws:": "ws:", "wss:": "wss:" };
+  if (!schemes[url.protocol]) throw new TypeError(`url must be http(s):// or ws(s)://, not ${url.protocol}`);
+  url.protocol = schemes[url.protocol];
+  url.pathname = url.pathname.replace(/\/+$/, "") + WS_PATH;
+  url.hash = "";
+  if (clientId) url.searchParams.set("client_id", clientId);
+  // A browser's WebSocket cannot send an Authorization header: the listener takes ?token= as well.
+  if (token) url.searchParams.set("token", token);
+  return url.href;
+}
+
+function idList(taskIds) {
+  const ids = typeof taskIds === "string" ? [taskIds] : [...taskIds];
+  if (ids.length === 0 || !ids.every((id) => typeof id === "string")) {
+    throw new TypeError('task ids must be a non-empty list of strings (or "*")');
+  }
+  return ids;
+}
+
+function closedError() {
+  return new ProgressError("closed", "the client was closed");
+}
+
+const encoder = new TextEncoder();
+function utf8Length(text) {
+  return encoder.encode(text).length;
+}

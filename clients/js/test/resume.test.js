@@ -1,0 +1,81 @@
+// Reconnects where the missed events cannot all be replayed, which the client reports as `resync` events: an
+// embedded listener restarted without Redis (it lost the task's history), a resume map too large to send.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { ProgressClient } from "../progress-client.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, startEngine, waitFor } from "./support.js";
+
+const LIMIT = { timeout: 30000 };
+
+test("an embedded listener restarted without its history: a resync event, and the refetch", LIMIT, async (t) => {
+  const port = await freePort();
+  let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  await engine.send("create", { task_id: "phoenix" });
+  for (let step = 1; step <= 8; step++) await engine.send("update", { task_id: "phoenix", step, total: 10 });
+  const { task: before } = await engine.send("get", { task_id: "phoenix" });
+
+  const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const log = record(c);
+  const refetched = new Promise((ok) => c.on("resync", (event) => ok(c.getProgress(event.task_id))));
+  await c.subscribe("phoenix");
+  await waitFor(() => log.last("phoenix")?.seq === before.seq, "the task's state");
+
+  // The runner dies and another one starts the task again: a new task under the same id, with a lower seq.
+  await engine.kill();
+  await waitFor(() => c.state === "connecting", "the client to see the listener gone");
+  engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  await engine.send("create", { task_id: "phoenix" });
+  await engine.send("update", { task_id: "phoenix", step: 1, total: 10 });
+  const { task: now } = await engine.send("get", { task_id: "phoenix" });
+  assert.ok(now.seq < before.seq);
+
+  const fresh = await refetched;
+  assert.deepEqual(log.resyncs.map((e) => e.last_seq), [before.seq]);
+  assert.equal(fresh.created_at, now.created_at);
+  await waitFor(() => log.last("phoenix").seq === now.seq, "the new task's state delivered");
+  assert.equal(log.last("phoenix").data.stages[log.last("phoenix").data.current_stage].message, "s1");
+});
+
+test("a resume map over max_message_bytes: subscribed again without it, the gaps reported", LIMIT, async (t) => {
+  const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 1024, ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  // 40 open tasks: a resume map of about 1,700 bytes.
+  const ids = Array.from({ length: 40 }, (_, i) => `a-task-with-a-long-enough-id-${i}`);
+  for (const id of ids) {
+    await engine.send("create", { task_id: id });
+    await engine.send("update", { task_id: id, step: 1, total: 10 });
+  }
+  const sockets = [];
+  const Tracked = class extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  };
+  // Reconnects 0.3-0.6 s apart: time enough to change tasks while the client is away, even on a loaded machine.
+  const c = new ProgressClient({ url: engine.url, WebSocket: Tracked, minReconnectDelay: 600, maxReconnectDelay: 600 });
+  t.after(() => c.close());
+  const log = record(c);
+  await c.subscribe("*");
+  await waitFor(() => ids.every((id) => log.last(id)), "every task");
+
+  sockets[0].close(); // the network drops the connection
+  await waitFor(() => c.state === "connecting", "the client to see it");
+  const changed = ids.slice(0, 5);
+  for (const id of changed) {
+    for (const step of [2, 3]) await engine.send("update", { task_id: id, step, total: 10 });
+  }
+  const finals = await Promise.all(changed.map((id) => engine.send("get", { task_id: id })));
+  await waitFor(() => changed.every((id, i) => log.last(id).seq === finals[i].task.seq), "the changed tasks");
+
+  assert.equal(sockets.length, 3, "the refused subscribe, then one without the resume map");
+  assert.deepEqual(log.states, ["open", "connecting", "open", "connecting", "open"]);
+  assert.deepEqual(log.resyncs.map((e) => e.task_id).sort(), [...changed].sort());
+  for (const id of ids) assertIncreasing(log.seqs(id), id);
+  assert.equal(log.updates.length, ids.length + changed.length, "an unchanged task delivered twice");
+  assert.deepEqual(log.errors, []);
+});
