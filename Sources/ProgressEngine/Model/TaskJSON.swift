@@ -53,6 +53,37 @@ struct TaskSnapshot: Sendable {
         live = task.live
     }
 
+    /// A task's state as storage holds it (`StoredTask.parse`): what TaskProgress carries. What only a live record
+    /// has (its queue line, its live step rate, the ETA) is empty; `TaskRecord(restoring:)` rebuilds the rest.
+    init(id: String, templateId: String, category: String?, quality: String?, batchId: String?, status: TaskStatus,
+         currentStage: Int, stages: ContiguousArray<StageState>, overallProgress: Double, resources: ResourceUsage,
+         resourcePeaks: ResourceUsage, seq: UInt64, createdAt: Double, updatedAt: Double, startedAt: Double?,
+         completedAt: Double?, error: String?, previewURL: String?, metadata: JSONValue?, resourceConfig: JSONValue?) {
+        self.id = id
+        self.templateId = templateId
+        self.category = category
+        self.quality = quality
+        self.batchId = batchId
+        self.status = status
+        self.currentStage = currentStage
+        self.stages = stages
+        self.overallProgress = overallProgress
+        self.resources = resources
+        self.resourcePeaks = resourcePeaks
+        self.seq = seq
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.startedAt = startedAt
+        self.completedAt = completedAt
+        self.error = error
+        self.previewURL = previewURL
+        self.metadata = metadata
+        self.resourceConfig = resourceConfig
+        resourceKey = resourceConfig.map(CompletionHistory.resourceKey)
+        queueLine = nil
+        live = LiveRate()
+    }
+
     /// The task as it stood at its history event `e`, for a replay on `resume` (SPEC §7: every `progress.update`
     /// carries a TaskProgress): what the event records (seq, time, status, current stage with its progress and
     /// message, overall progress); the stages before it as they finished (stages only move forward) and those

@@ -436,7 +436,7 @@ final class TaskRecord: @unchecked Sendable {
 extension TaskRecord {
     /// A task rebuilt from what Redis holds (a restarted runner's task, another engine's task). It keeps its
     /// seq, so watchers see no regression; its history and log start empty (Redis has the earlier ones).
-    convenience init(restoring stored: StoredTask) {
+    convenience init(restoring stored: TaskSnapshot) {
         self.init(id: stored.id, key: TaskKey(owning: stored.id), templateId: stored.templateId,
                   category: stored.category, quality: stored.quality, batchId: stored.batchId,
                   resourceConfig: stored.resourceConfig, metadata: stored.metadata,
@@ -448,7 +448,7 @@ extension TaskRecord {
     }
 
     /// Takes every changing field from `stored` (identity fields are the task's own).
-    func restore(from stored: StoredTask) {
+    func restore(from stored: TaskSnapshot) {
         stages = ContiguousArray(stored.stages)
         currentStage = min(max(0, stored.currentStage), stages.count - 1)
         status = stored.status
@@ -467,7 +467,7 @@ extension TaskRecord {
 
     /// A mirror's newer state from the update channel, with the events that led to it.
     /// - Returns: whether anything was newer than what the mirror had.
-    func applyRemote(_ stored: StoredTask, events: [HistoryEvent]) -> Bool {
+    func applyRemote(_ stored: TaskSnapshot, events: [HistoryEvent]) -> Bool {
         guard stored.seq > seq else { return false }
         let urgent = stored.status != status || stored.currentStage != currentStage
             || events.contains { !$0.type.waitsForThrottle }

@@ -103,7 +103,7 @@ extension EngineCore {
 
     /// Applies another engine's published change to the local mirror of the task (made on first sight), and
     /// lets the listener fan it out. Mirrors are never written back.
-    func applyRemote(_ stored: StoredTask, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry]) {
+    func applyRemote(_ stored: TaskSnapshot, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry]) {
         let key = TaskKey(owning: stored.id)
         var completion: CompletionRecord?
         /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).

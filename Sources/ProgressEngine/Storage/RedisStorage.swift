@@ -132,7 +132,7 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         } ?? []
     }
 
-    func loadTask(_ id: String) -> StoredTask? {
+    func loadTask(_ id: String) -> TaskSnapshot? {
         stateJSON(id).flatMap { try? StoredTask.parse($0) }
     }
 

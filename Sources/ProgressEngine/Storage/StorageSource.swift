@@ -23,7 +23,7 @@ protocol WriterSource: AnyObject, Sendable {
 protocol SubscriberSource: AnyObject, Sendable {
     var config: EngineConfig { get }
     var monotonic: any EngineClock { get }
-    func applyRemote(_ stored: StoredTask, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry])
+    func applyRemote(_ stored: TaskSnapshot, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry])
     func refreshMirrors(from storage: RedisStorage)
     func failLostWorker(id: String, storage: RedisStorage)
 }

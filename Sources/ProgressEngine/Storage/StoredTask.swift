@@ -1,35 +1,16 @@
-/// A task as Redis holds it: the TaskProgress JSON (SPEC §6) that `TaskJSON` writes, read back. Everything a
-/// `TaskRecord` needs to go on from where its engine left it is in there (stages with their weights, statuses,
-/// progress, times and messages; status, seq, error, resources), so a restarted runner's task or another
-/// engine's task is rebuilt with `TaskRecord(restoring:)` and keeps its seq.
-struct StoredTask: Sendable {
-    var id: String
-    var templateId: String
-    var category: String?
-    var quality: String?
-    var batchId: String?
-    var status: TaskStatus
-    var currentStage: Int
-    var stages: [StageState]
-    var seq: UInt64
-    var createdAt: Double
-    var updatedAt: Double
-    var startedAt: Double?
-    var completedAt: Double?
-    var error: String?
-    var previewURL: String?
-    var resources: ResourceUsage
-    var resourcePeaks: ResourceUsage
-    var metadata: JSONValue?
-    var resourceConfig: JSONValue?
-
+/// A task as Redis holds it: the TaskProgress JSON (SPEC §6) that `TaskJSON` writes, plus `stored_times`, read
+/// back into a `TaskSnapshot` (one field list for a task's state, live or stored). Everything a `TaskRecord`
+/// needs to go on from where its engine left it is in there (stages with their weights, statuses, progress,
+/// times and messages; status, seq, error, resources), so a restarted runner's task or another engine's task is
+/// rebuilt with `TaskRecord(restoring:)` and keeps its seq.
+enum StoredTask {
     /// Parses stored TaskProgress JSON.
     /// - Throws: `EngineError.json` when the document is not a TaskProgress this engine wrote.
-    static func parse(_ text: String) throws -> StoredTask {
+    static func parse(_ text: String) throws -> TaskSnapshot {
         try parse(try JSONParser.parse(text, context: "stored task"))
     }
 
-    static func parse(_ value: JSONValue) throws -> StoredTask {
+    static func parse(_ value: JSONValue) throws -> TaskSnapshot {
         let r = try JSONObjectReader(value, context: "stored task")
         func required<T>(_ v: T?, _ key: String) throws -> T {
             guard let v else { throw EngineError.json("stored task has no \"\(key)\"") }
@@ -69,21 +50,28 @@ struct StoredTask: Sendable {
         }
         let current = Int(try r.integer("current_stage") ?? 0)
         guard current >= 0, current < stages.count else { throw EngineError.json("stored task: current_stage out of range") }
-        let created = try required(time("created_at", r), "created_at")
-        var task = StoredTask(
+        // stored_times: the precise times (TaskProgress shows milliseconds), so a restored task reports exactly
+        // the same durations.
+        let precise = try StoredTimes(r.value("stored_times"), stages: stages.count)
+        let created = try precise.created ?? required(time("created_at", r), "created_at")
+        for (i, pair) in precise.stages.enumerated() {
+            if let started = pair.0 { stages[i].startedAt = started }
+            if let completed = pair.1 { stages[i].completedAt = completed }
+        }
+        return TaskSnapshot(
             id: try required(r.string("task_id"), "task_id"),
             templateId: try required(r.string("template_id"), "template_id"),
             category: try r.string("template_category"), quality: try r.string("quality"),
-            batchId: try r.string("batch_id"), status: status, currentStage: current, stages: stages,
-            seq: UInt64(max(0, try r.integer("seq") ?? 0)), createdAt: created,
-            updatedAt: try time("updated_at", r) ?? created, startedAt: try time("started_at", r),
-            completedAt: try time("completed_at", r), error: try r.string("error"),
-            previewURL: try r.string("preview_url"),
+            batchId: try r.string("batch_id"), status: status, currentStage: current, stages: ContiguousArray(stages),
+            overallProgress: try r.number("overall_progress") ?? 0,
             resources: try usage(r.object("resource_usage")), resourcePeaks: try usage(r.object("resource_peaks")),
+            seq: UInt64(max(0, try r.integer("seq") ?? 0)), createdAt: created,
+            updatedAt: try precise.updated ?? time("updated_at", r) ?? created,
+            startedAt: try precise.started ?? time("started_at", r),
+            completedAt: try precise.completed ?? time("completed_at", r), error: try r.string("error"),
+            previewURL: try r.string("preview_url"),
             metadata: r.value("metadata").flatMap { $0.isNull ? nil : $0 },
             resourceConfig: r.value("resource_config").flatMap { $0.isNull ? nil : $0 })
-        try task.applyStoredTimes(r.value("stored_times"))
-        return task
     }
 
     private static func usage(_ value: JSONValue?) throws -> ResourceUsage {
@@ -113,20 +101,31 @@ struct StoredTask: Sendable {
         w.endObject()
         return w.output
     }
+}
 
-    /// Takes the precise times of `stored_times` when the document has them.
-    private mutating func applyStoredTimes(_ value: JSONValue?) throws {
+/// `stored_times` of a stored task: its times as epoch seconds.
+private struct StoredTimes {
+    var created: Double?
+    var updated: Double?
+    var started: Double?
+    var completed: Double?
+    /// (started, completed) per stage; empty when absent or not one pair per stage.
+    var stages: [(Double?, Double?)] = []
+
+    init(_ value: JSONValue?, stages count: Int) throws {
         guard let value else { return }
         let t = try JSONObjectReader(value, context: "stored_times")
-        createdAt = try t.number("created") ?? createdAt
-        updatedAt = try t.number("updated") ?? updatedAt
-        startedAt = try t.number("started") ?? startedAt
-        completedAt = try t.number("completed") ?? completedAt
-        guard case let .array(pairs)? = t.value("stages"), pairs.count == stages.count else { return }
-        for (i, pair) in pairs.enumerated() {
-            guard case let .array(p) = pair, p.count == 2 else { continue }
-            if case let .number(n) = p[0] { stages[i].startedAt = n }
-            if case let .number(n) = p[1] { stages[i].completedAt = n }
+        created = try t.number("created")
+        updated = try t.number("updated")
+        started = try t.number("started")
+        completed = try t.number("completed")
+        guard case let .array(pairs)? = t.value("stages"), pairs.count == count else { return }
+        stages = pairs.map { pair in
+            guard case let .array(p) = pair, p.count == 2 else { return (nil, nil) }
+            var out: (Double?, Double?) = (nil, nil)
+            if case let .number(n) = p[0] { out.0 = n }
+            if case let .number(n) = p[1] { out.1 = n }
+            return out
         }
     }
 }

@@ -34,7 +34,7 @@ protocol TaskStore: AnyObject, Sendable {
     /// Stored states (JSON) of those of `ids` that are stored.
     func stateJSONs(_ ids: [String]) -> [String: String]
     func stateJSON(_ id: String) -> String?
-    func loadTask(_ id: String) -> StoredTask?
+    func loadTask(_ id: String) -> TaskSnapshot?
     func logs(_ id: String) -> [LogEntry]?
     /// Stored events from seq `from` up to (not including) `before`; nil when not stored.
     func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]?
@@ -60,7 +60,7 @@ final class MemoryStore: TaskStore {
     func recentTaskIds(limit: Int, retention: Double) -> [String] { [] }
     func stateJSONs(_ ids: [String]) -> [String: String] { [:] }
     func stateJSON(_ id: String) -> String? { nil }
-    func loadTask(_ id: String) -> StoredTask? { nil }
+    func loadTask(_ id: String) -> TaskSnapshot? { nil }
     func logs(_ id: String) -> [LogEntry]? { nil }
     func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]? { nil }
     func recoverEvents(_ id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? { nil }
