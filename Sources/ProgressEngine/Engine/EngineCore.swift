@@ -285,7 +285,7 @@ final class EngineCore: @unchecked Sendable {
     /// `withTask` spelled out without closures: a closure's captured context costs retains of the engine, which
     /// two threads updating two tasks then fight over (measured 2x per call). Same bookkeeping as `withTask`.
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
-        let now = clock.now()
+        let now = clock.stepTime()
         let shard = table.shard(for: key)
         shard.lock()
         guard let task = shard.unsafeValue.tasks[key] else {
