@@ -11,6 +11,19 @@ extension EngineCore {
         noteWriteOnly(task)
     }
 
+    /// What follows every accepted runner call on a task, under its shard lock, written once: the shard's count
+    /// of updates and latest event time, the change feeds when the task's seq moved, the queue board when its
+    /// status did (the board lock is taken inside shard locks only, so it sees a task's changes in order).
+    @inline(__always)
+    func afterChange(_ task: TaskRecord, _ shard: inout ShardState, seqBefore: UInt64, statusBefore: TaskStatus) {
+        shard.updates += 1
+        if task.seq != seqBefore {
+            noteChanged(task)
+            if task.updatedAt > shard.latestEvent { shard.latestEvent = task.updatedAt }
+        }
+        if task.status != statusBefore { statusChanged(task) }
+    }
+
     /// Out of line: only with a `changes(of:)` stream open, and the update path stays small without one.
     @inline(never)
     private func noteWatchers(_ task: TaskRecord) {

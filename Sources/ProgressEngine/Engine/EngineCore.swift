@@ -192,10 +192,7 @@ final class EngineCore: @unchecked Sendable {
             do {
                 let seqBefore = task.seq
                 let r = try body(task)
-                shard.updates += 1
-                if task.seq != seqBefore { noteChanged(task) }
-                shard.latestEvent = max(shard.latestEvent, task.updatedAt)
-                if task.status != before { statusChanged(task) }
+                afterChange(task, &shard, seqBefore: seqBefore, statusBefore: before)
                 return r
             } catch {
                 shard.invalidUpdates += 1
@@ -302,10 +299,7 @@ final class EngineCore: @unchecked Sendable {
             shard.unlock()
             throw error
         }
-        shard.unsafeValue.updates += 1
-        if task.seq != seqBefore { noteChanged(task) }
-        if task.updatedAt > shard.unsafeValue.latestEvent { shard.unsafeValue.latestEvent = task.updatedAt }
-        if task.status != before { statusChanged(task) }
+        afterChange(task, &shard.unsafeValue, seqBefore: seqBefore, statusBefore: before)
         shard.unlock()
     }
 

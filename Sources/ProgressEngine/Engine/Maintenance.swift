@@ -13,14 +13,11 @@ extension EngineCore {
             let key = TaskKey(owning: id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
-                let before = task.status
-                if pollCounter(task, at: max(now, task.lastTimestamp)) {
-                    shard.updates += 1
-                    shard.latestEvent = max(shard.latestEvent, task.updatedAt)
-                    noteChanged(task)
+                let before = task.status, seq = task.seq
+                // A counter's first steps also move a queued task to its main stage.
+                if pollCounter(task, at: max(now, task.lastTimestamp)) || task.status != before {
+                    afterChange(task, &shard, seqBefore: seq, statusBefore: before)
                 }
-                // A counter's first steps move a queued task to its main stage.
-                if task.status != before { statusChanged(task) }
             }
         }
         if resourceSampler.withLock({ $0.isDue(now: monotonicNow(), intervalMs: config.resourceIntervalMs) }) {

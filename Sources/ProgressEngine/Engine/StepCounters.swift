@@ -38,12 +38,9 @@ extension EngineCore {
             guard task.counter != nil else { return false }
             let before = task.status, seq = task.seq
             readCounterOneLastTime(task, at: max(now, task.lastTimestamp))
-            if task.seq != seq {
-                shard.updates += 1
-                shard.latestEvent = max(shard.latestEvent, task.updatedAt)
-                noteChanged(task)
+            if task.seq != seq || task.status != before {
+                afterChange(task, &shard, seqBefore: seq, statusBefore: before)
             }
-            if task.status != before { statusChanged(task) }
             return true
         }
         counterTasks.withLock { _ = $0.remove(id) }
