@@ -27,16 +27,18 @@
  * Thread safety
  * -------------
  * - Every function may be called from any thread, concurrently, on the same engine.
- * - No call a runner makes (progress_update, stages, events, logs, previews, counters) waits on the network or
- *   the disk: an update holds one lock of the task's shard for a few hundred nanoseconds at most. Updates to
- *   different tasks rarely contend; updates to one task are applied in the order their calls take that lock.
+ * - No call a runner makes (progress_update, stages, events, logs, previews, counters, reading a cancel request)
+ *   waits on the network or the disk: an update holds one lock of the task's shard for a few hundred nanoseconds at
+ *   most. Updates to different tasks rarely contend; updates to one task are applied in the order their calls take
+ *   that lock.
  * - An engine owns threads, all started by progress_engine_open and joined by progress_engine_close, none of
  *   which ever calls back into user code: a maintenance thread (purges finished tasks after retention_seconds,
- *   reads attached step counters, samples resource usage); a preview thread (decodes, downscales, encodes and
- *   writes previews; progress_preview_pixels only copies and queues, at most 8 waiting, more are dropped and
- *   counted); with `listen`, a listener thread that alone touches libwebsockets and every socket and client;
- *   with `redis_url`, a Redis writer thread with its own connection (each changed task written at most once
- *   per throttle_ms, stage changes and terminal states at once; Redis up, slow or gone never slows an update);
+ *   reads attached step counters, samples resource usage, warns of unanswered cancel requests); a preview thread
+ *   (decodes, downscales, encodes and writes previews; progress_preview_pixels only copies and queues, at most 8
+ *   waiting, more are dropped and counted); with `listen`, a listener thread that alone touches libwebsockets and
+ *   every socket and client; with `redis_url`, a Redis writer thread with its own connection (each changed task written at most once
+ *   per throttle_ms, stage changes and terminal states at once; Redis up, slow or gone never slows an update; it
+ *   also reads the cancel requests other engines pass on for this engine's tasks, five times a second);
  *   with both, a subscriber thread that mirrors other engines' tasks for the listener.
  * - Reading a task this engine does not hold (progress_task_get, _logs_get, _history_get, _batch_get, REST,
  *   WebSocket subscribe, progress_task_create with "resume"), a batch's members, the older history of a task
@@ -176,8 +178,12 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           max(2 s, 2 x this) without one, so it never holds a step back
  *   heartbeat_timeout_seconds  30           with Redis, a listener fails an executing task whose engine has not
  *                                           heartbeated for this long ("worker lost")
+ *   cancel_timeout_seconds     60           a cancel request the runner has not answered after this long is
+ *                                           warned about once in the task's log; it stays requested (the engine
+ *                                           never stops a runner)
  *   auth_token                 null         a token every REST and WebSocket client must send
- *                                           (Authorization: Bearer TOKEN, or ?token=TOKEN); 401 / close 4401
+ *                                           (Authorization: Bearer TOKEN, or ?token=TOKEN); 401 / close 4401.
+ *                                           Without it anyone who reaches the port may also cancel tasks
  *   max_connections            1024         WebSocket clients; the engine raises its soft RLIMIT_NOFILE toward the
  *                                           hard limit as far as this needs (never lowering it) and logs an
  *                                           "fd_limit" warning when the hard limit is lower
@@ -319,9 +325,24 @@ PROGRESS_API progress_status progress_task_complete(progress_engine *engine, con
 /* Fails the task: the current stage fails, status "failed", `error` kept (may be NULL: "unknown error"). */
 PROGRESS_API progress_status progress_task_fail(progress_engine *engine, const char *task_id, const char *error);
 
-/* Cancels the task: status "cancelled", `reason` kept in "error" (may be NULL). */
+/* Cancels the task: status "cancelled", `reason` kept in "error" (may be NULL). This is also how a runner
+ * acknowledges a cancel request (progress_task_cancel_requested). */
 PROGRESS_API progress_status progress_task_cancel(progress_engine *engine, const char *task_id,
                                                   const char *reason);
+
+/* Whether someone asked the task's runner to stop: *requested is 1 from the moment a cancel request for the task
+ * is recorded (REST POST /api/v1/progress/tasks/{id}/cancel, the WebSocket "cancel" message, on this engine's
+ * listener or, with redis_url, on any listener of the fleet) until the task finishes; else 0, a finished task
+ * included. The task's TaskProgress shows the same as "cancel_requested" (and the requester's "cancel_reason").
+ * The runner acknowledges by stopping its work and calling progress_task_cancel; it may also complete or fail the
+ * task. The engine never stops a runner: a request not answered within cancel_timeout_seconds stays requested and
+ * is warned about once in the task's log. A request made on another engine of the fleet reaches this one through
+ * Redis, read by the Redis writer thread, within about a second. Cheap enough to call every step: it takes the
+ * task's shard lock only, never the network, and the id is not copied. Any thread. Errors:
+ * PROGRESS_E_INVALID_ARGUMENT (requested or task_id NULL, an invalid id), PROGRESS_E_NOT_FOUND (no such task in
+ * this engine); *requested is 0 on error. */
+PROGRESS_API progress_status progress_task_cancel_requested(progress_engine *engine, const char *task_id,
+                                                            int *requested);
 
 /* The task's state as TaskProgress JSON (SPEC §6), with "eta", "eta_seconds" and "eta_confidence" as described
  * under ETA at the top of this header. *out_json is the caller's (progress_string_free). */

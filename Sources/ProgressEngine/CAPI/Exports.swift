@@ -164,6 +164,20 @@ public func progress_task_cancel(_ handle: OpaquePointer?, _ taskId: UnsafePoint
     }
 }
 
+@_cdecl("progress_task_cancel_requested")
+public func progress_task_cancel_requested(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
+                                           _ requested: UnsafeMutablePointer<CInt>?) -> CInt {
+    requested?.pointee = 0
+    return withEngine(handle) { engine in
+        guard let requested else { throw EngineError.invalidArgument("requested is NULL; pass the address of an int") }
+        guard let taskId else { throw EngineError.invalidArgument("task_id is NULL") }
+        // Borrowed, as progress_update's: a runner may ask every step.
+        let key = TaskKey(borrowing: UnsafeRawBufferPointer(start: taskId, count: strlen(taskId)))
+        let pending = try engine.cancelRequested(key: key, describe: { try requiredString(taskId, "task_id") })
+        requested.pointee = pending ? 1 : 0
+    }
+}
+
 @_cdecl("progress_task_get")
 public func progress_task_get(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
                               _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {

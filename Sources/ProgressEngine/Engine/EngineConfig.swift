@@ -13,6 +13,8 @@ struct EngineConfig: Sendable {
     var previewEverySteps = 0
     var resourceIntervalMs = 1000
     var heartbeatTimeoutSeconds = 30.0
+    /// A cancel request the runner has not answered after this long is warned about in the task's log (once).
+    var cancelTimeoutSeconds = 60.0
     var authToken: String?
     var maxConnections = 1024
     /// WebSocket connections allowed from one peer address (nil: only max_connections applies).
@@ -28,7 +30,7 @@ struct EngineConfig: Sendable {
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
         "preview_milestones", "preview_max_size", "preview_every_steps", "resource_interval_ms", "heartbeat_timeout_seconds",
         "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
-        "max_connections_per_ip", "allowed_origins",
+        "max_connections_per_ip", "allowed_origins", "cancel_timeout_seconds",
     ]
 
     /// Parses `config_json`; nil or empty text gives the defaults.
@@ -72,6 +74,10 @@ struct EngineConfig: Sendable {
             if let h = try reader.number("heartbeat_timeout_seconds") {
                 guard h > 0 else { throw EngineError.config("heartbeat_timeout_seconds must be > 0, got \(h)") }
                 config.heartbeatTimeoutSeconds = h
+            }
+            if let c = try reader.number("cancel_timeout_seconds") {
+                guard c > 0 else { throw EngineError.config("cancel_timeout_seconds must be > 0, got \(c)") }
+                config.cancelTimeoutSeconds = c
             }
             if let token = try reader.string("auth_token") {
                 guard !token.isEmpty else { throw EngineError.config("auth_token must not be empty (omit it for open access)") }

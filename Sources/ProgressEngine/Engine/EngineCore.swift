@@ -14,6 +14,8 @@ final class EngineCore: @unchecked Sendable {
     let batches = Locked<[String: [String]]>([:])
     /// Ids of tasks with an attached step counter, for the maintenance thread.
     let counterTasks = Locked<Set<String>>([])
+    /// Ids of tasks with a cancel request the maintenance thread watches for `cancel_timeout_seconds`.
+    let cancelWatch = Locked<Set<String>>([])
     let completions = CompletionHistory()
     let queues = QueueBoard()
     /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
@@ -247,7 +249,10 @@ final class EngineCore: @unchecked Sendable {
             }
             if let restored {
                 if !restored.status.isTerminal {
-                    restored.markResumed(at: try restored.resolveTimestamp(explicit: options.timestamp, now: now))
+                    let ts = try restored.resolveTimestamp(explicit: options.timestamp, now: now)
+                    restored.markResumed(at: ts)
+                    // A request stored for the task waits for this runner: cancel_timeout_seconds counts from now.
+                    restored.cancelRequest?.requestedAt = ts
                 }
                 shard.tasks[key] = restored
                 shard.latestEvent = max(shard.latestEvent, restored.updatedAt)
@@ -265,6 +270,7 @@ final class EngineCore: @unchecked Sendable {
             return true
         }
         if created, let batch = restored?.batchId ?? options.batchId { noteBatchMember(batch: batch, id: id) }
+        if created, restored?.cancelRequest != nil { cancelWatch.withLock { _ = $0.insert(id) } }
     }
 
     /// Whether the table holds a task under `key` (expired or not).

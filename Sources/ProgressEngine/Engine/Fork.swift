@@ -103,7 +103,8 @@ extension EngineCore {
     /// the Redis writer's, the subscriber's, the preview and maintenance threads' own locks are not among them: a
     /// child never uses those objects (it gets new ones), so what they guard may stay mid-change.
     func forkLocks() -> [any ForkLock] {
-        var locks: [any ForkLock] = [templates, batches, counterTasks, unknownRejects, lastSweep, resourceSampler]
+        var locks: [any ForkLock] = [templates, batches, counterTasks, cancelWatch, unknownRejects, lastSweep,
+                                      resourceSampler]
         locks += store.forkLocks
         locks += table.allShards as [any ForkLock]
         locks += [queues.lockForFork, completions.lockForFork]
@@ -117,6 +118,7 @@ extension EngineCore {
         for shard in table.allShards { shard.unsafeValue = ShardState() }
         batches.unsafeValue.removeAll()
         counterTasks.unsafeValue.removeAll()
+        cancelWatch.unsafeValue.removeAll()
         resourceSampler.unsafeValue = ResourceSampler()  // CPU time is counted per process
         queues.clearInChild()
         misses.store(0, ordering: .relaxed)

@@ -3,7 +3,8 @@ import Synchronization
 
 /// The maintenance thread's round: step counters, resource samples, the retention sweep.
 extension EngineCore {
-    /// One round of the maintenance thread: poll counters, sweep expired tasks once a second.
+    /// One round of the maintenance thread: poll counters; once a second, sweep expired tasks and look for cancel
+    /// requests left unanswered.
     /// - Returns: seconds until the next round.
     @discardableResult
     func maintenanceRound() -> Double {
@@ -28,7 +29,10 @@ extension EngineCore {
             last = now
             return true
         }
-        if sweepDue { sweep(now: now) }
+        if sweepDue {
+            sweep(now: now)
+            warnUnansweredCancels(now: now)
+        }
         let idle = min(1, Double(config.resourceIntervalMs) / 1000)
         guard !ids.isEmpty else { return idle }
         return max(0.001, min(Double(config.throttleMs), 50, idle * 1000) / 1000)

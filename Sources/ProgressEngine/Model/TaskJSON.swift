@@ -19,6 +19,8 @@ struct TaskSnapshot: Sendable {
     private(set) var completedAt: Double?
     private(set) var error: String?
     private(set) var previewURL: String?
+    /// Kept once recorded; `cancelPending` says whether it still stands.
+    var cancelRequest: CancelRequest?
     let metadata: JSONValue?
     let resourceConfig: JSONValue?
     let resourceKey: String?
@@ -46,6 +48,7 @@ struct TaskSnapshot: Sendable {
         completedAt = task.completedAt
         error = task.error
         previewURL = task.previewURL
+        cancelRequest = task.cancelRequest
         metadata = task.metadata
         resourceConfig = task.resourceConfig
         resourceKey = task.resourceKey
@@ -58,7 +61,8 @@ struct TaskSnapshot: Sendable {
     init(id: String, templateId: String, category: String?, quality: String?, batchId: String?, status: TaskStatus,
          currentStage: Int, stages: ContiguousArray<StageState>, overallProgress: Double, resources: ResourceUsage,
          resourcePeaks: ResourceUsage, seq: UInt64, createdAt: Double, updatedAt: Double, startedAt: Double?,
-         completedAt: Double?, error: String?, previewURL: String?, metadata: JSONValue?, resourceConfig: JSONValue?) {
+         completedAt: Double?, error: String?, previewURL: String?, metadata: JSONValue?, resourceConfig: JSONValue?,
+         cancelRequest: CancelRequest?) {
         self.id = id
         self.templateId = templateId
         self.category = category
@@ -79,6 +83,7 @@ struct TaskSnapshot: Sendable {
         self.previewURL = previewURL
         self.metadata = metadata
         self.resourceConfig = resourceConfig
+        self.cancelRequest = cancelRequest
         resourceKey = resourceConfig.map(CompletionHistory.resourceKey)
         queueLine = nil
         live = LiveRate()
@@ -101,6 +106,7 @@ struct TaskSnapshot: Sendable {
         if e.status == .queued { s.startedAt = nil }
         if !e.status.isTerminal { s.completedAt = nil }
         if e.status != .failed { s.error = nil }
+        if let request = s.cancelRequest, e.seq < request.seq { s.cancelRequest = nil }
         for i in s.stages.indices where i >= s.currentStage {
             if i > s.currentStage {
                 s.stages[i].status = .pending
@@ -121,6 +127,9 @@ struct TaskSnapshot: Sendable {
         }
         return s
     }
+
+    /// A cancel request stands: recorded, and the task has not finished (`cancel_requested`).
+    var cancelPending: Bool { cancelRequest != nil && !status.isTerminal }
 
     /// The predicted completion as epoch seconds: completed_at once completed, else updated_at + eta_seconds.
     var etaTime: Double? {
@@ -178,6 +187,8 @@ enum TaskJSON {
         w.key("started_at"); w.timestamp(task.startedAt)
         w.key("completed_at"); w.timestamp(task.completedAt)
         w.key("error"); w.string(task.error)
+        w.key("cancel_requested"); w.bool(task.cancelPending)
+        w.key("cancel_reason"); w.string(task.cancelPending ? task.cancelRequest?.reason : nil)
         w.key("metadata"); w.value(task.metadata ?? .null)
         w.key("resource_config"); w.value(task.resourceConfig ?? .null)
     }

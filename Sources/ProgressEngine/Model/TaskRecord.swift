@@ -49,9 +49,11 @@ final class TaskRecord: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var history = Ring<HistoryEvent>(capacity: TaskRecord.historyCapacity)
     @exclusivity(unchecked) private(set) var logs = Ring<LogEntry>(capacity: TaskRecord.logCapacity)
     @exclusivity(unchecked) var counter: CounterBinding?
+    /// A request that the runner stop (`CancelRequest`), kept once recorded; pending until the task finishes.
+    @exclusivity(unchecked) var cancelRequest: CancelRequest?
     /// Whether the latest change must reach watchers without throttling (SPEC §7: the task's creation, a stage
-    /// change, a terminal state, a resume). Progress within a stage, resource usage and a new preview wait for
-    /// the throttle like a step; the latest state still goes out when its window ends.
+    /// change, a terminal state, a resume; and a cancel request). Progress within a stage, resource usage and a new
+    /// preview wait for the throttle like a step; the latest state still goes out when its window ends.
     @exclusivity(unchecked) private(set) var lastChangeUrgent = false
     /// The task's place in the listener's and the Redis writer's feeds (`ChangeFeed`), guarded by the shard lock.
     @exclusivity(unchecked) var fanoutSlot = FeedSlot()
@@ -338,6 +340,16 @@ final class TaskRecord: @unchecked Sendable {
         recordChange(.cancelled, at: ts)
     }
 
+    /// Records a cancel request; urgent for watchers, by its type. - Returns: false when one was recorded already.
+    /// - Throws: `.state` for a finished task.
+    func requestCancel(reason: String?, at ts: Double) throws -> Bool {
+        try ensureActive()
+        guard cancelRequest == nil else { return false }
+        cancelRequest = CancelRequest(reason: reason, seq: seq &+ 1, requestedAt: ts)
+        recordChange(.cancelRequested, at: ts)
+        return true
+    }
+
     /// A restarted runner reopened the task (`resume`); recorded so watchers see it.
     func markResumed(at ts: Double) {
         recordChange(.resumed, at: ts)
@@ -465,6 +477,7 @@ extension TaskRecord {
         previewURL = stored.previewURL
         resources = stored.resources
         resourcePeaks = stored.resourcePeaks
+        cancelRequest = CancelRequest(restoring: stored, keeping: cancelRequest)
         refreshOverall()
         lastChangeUrgent = true
     }
@@ -477,6 +490,7 @@ extension TaskRecord {
             || events.contains { !$0.type.waitsForThrottle }
         appendRemoteHistory(events.filter { $0.seq <= stored.seq })
         restore(from: stored)
+        if let e = events.last(where: { $0.type == .cancelRequested }) { cancelRequest?.seq = e.seq }
         lastChangeUrgent = urgent
         return true
     }

@@ -90,10 +90,11 @@ struct ResourceUsage: Sendable {
 
 /// What kind of change an entry of a task's history records.
 enum HistoryType: UInt8, Sendable, CaseIterable {
-    case created, progress, stage, completed, failed, cancelled, resources, resumed, preview
+    case created, progress, stage, completed, failed, cancelled, resources, resumed, preview, cancelRequested
 
     /// Changes of this kind wait for `throttle_ms` like a step unless they also change a stage (SPEC §7: only
-    /// creation, stage changes, terminal states and a resume go out at once).
+    /// creation, stage changes, terminal states and a resume go out at once; so does a cancel request, which the
+    /// runner and every client should see without delay).
     var waitsForThrottle: Bool { self == .progress || self == .resources || self == .preview }
 
     var name: String {
@@ -107,6 +108,7 @@ enum HistoryType: UInt8, Sendable, CaseIterable {
         case .resources: return "resources"
         case .resumed: return "resumed"
         case .preview: return "preview"
+        case .cancelRequested: return "cancel_requested"
         }
     }
 }

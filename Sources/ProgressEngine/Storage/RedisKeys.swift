@@ -25,6 +25,9 @@ struct RedisKeys: Sendable {
     func logs(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:logs" }
     /// The task's event history (a stream whose entry ids are `<last seq>-0`).
     func events(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:events" }
+    /// A cancel request for a task another engine runs (a string: `{"reason", "requested_at"}`), with the task's
+    /// expiry; removed by the first write of a new task of the same id.
+    func cancel(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:cancel" }
     /// Ids of the tasks created with a batch id (a set).
     func batch(_ id: String) -> String { "\(namespace):batch:{\(RedisKeys.tag(id))}" }
     /// Registered template stages: template id → stages JSON (a hash).
@@ -45,6 +48,9 @@ struct RedisKeys: Sendable {
     var tasks: String { "\(namespace):tasks" }
     /// Executing tasks → epoch seconds of their engine's last heartbeat (a sorted set).
     var heartbeats: String { "\(namespace):heartbeats" }
+    /// Cancel requests for tasks other engines run (a stream of `{task_id, reason?}`, about the newest 1000 kept),
+    /// read by every engine's writer thread.
+    var cancels: String { "\(namespace):cancels" }
     /// The pub/sub channel every engine publishes its changes on.
     var channel: String { "\(namespace):updates" }
 }

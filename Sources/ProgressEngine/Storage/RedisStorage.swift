@@ -132,8 +132,20 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         } ?? []
     }
 
+    /// The stored task, with a cancel request another engine published for it (its `cancel` key) that the task's
+    /// own engine has not written into its state yet.
     func loadTask(_ id: String) -> TaskSnapshot? {
-        stateJSON(id).flatMap { try? StoredTask.parse($0) }
+        let read = read { c -> (String?, String?) in
+            c.append(["GET", RedisArgument(keys.state(id))])
+            c.append(["GET", RedisArgument(keys.cancel(id))])
+            return (try c.reply().text, try c.reply().text)
+        }
+        guard let (state, request) = read, let state, var task = try? StoredTask.parse(state) else { return nil }
+        if task.cancelRequest == nil, !task.status.isTerminal, let request,
+           let reason = CancelRecord.reason(fromJSON: request) {
+            task.cancelRequest = CancelRequest(reason: reason, seq: task.seq, requestedAt: task.updatedAt)
+        }
+        return task
     }
 
     /// States of many tasks in one round trip (batch queries); missing ones are nil.
@@ -285,6 +297,13 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     }
 
     // MARK: - Writing what is not a task
+
+    func publishCancel(id: String, reason: String?) throws {
+        guard let writer, writer.enqueueCancel(taskId: id, reason: reason) else {
+            throw EngineError.limit("the Redis writer's queue is full (Redis unreachable for long?); the cancel "
+                + "request for task \"\(id)\" was not recorded, try again later")
+        }
+    }
 
     func persistTemplate(id: String, stagesJSON: String) {
         writer?.enqueue(commands: [["HSET", RedisArgument(keys.templates), RedisArgument(id), RedisArgument(stagesJSON)]])

@@ -37,7 +37,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     private let throttle: Double
     private let heartbeatInterval: Double
     /// `retention_seconds` in milliseconds: the expiry every key of a task gets (PX / PEXPIRE).
-    private let ttl: RedisArgument
+    let ttl: RedisArgument
     /// How often the keys of active tasks get a full retention again (`refreshActiveExpiry`).
     private let expiryRefreshInterval: Double
     @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
@@ -77,6 +77,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var backoff = 0.05
     @exclusivity(unchecked) private var lastHeartbeat = -Double.infinity
     @exclusivity(unchecked) private var lastError = ""
+    @exclusivity(unchecked) private var cancels = CancelPoller()
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
     /// - Throws: `EngineError.io` if the thread cannot start.
@@ -105,17 +106,21 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         worker.unlock()
     }
 
-    /// Queues other writes (a registered template, an ETA record), bounded; dropped and counted when full.
-    func enqueue(commands: [[RedisArgument]]) {
+    /// Queues other writes (a registered template, an ETA record, a cancel request), bounded; dropped and counted
+    /// when full.
+    /// - Returns: false when they were dropped.
+    @discardableResult
+    func enqueue(commands: [[RedisArgument]]) -> Bool {
         worker.lock()
         if extrasInbox.count >= RedisWriter.maxQueuedExtras {
             worker.unlock()
             metrics.droppedWrites.add(1, ordering: .relaxed)
-            return
+            return false
         }
         extrasInbox.append(commands)
         if sleeping { worker.signal() }
         worker.unlock()
+        return true
     }
 
     /// Flushes what is dirty, then stops the thread; returns at most `closeFlushSeconds` (and the few
@@ -136,7 +141,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             if connection == nil {
                 wakeAt = min(wakeAt, nextConnectAt)
             } else {
-                wakeAt = min(wakeAt, lastHeartbeat + heartbeatInterval)
+                wakeAt = min(wakeAt, lastHeartbeat + heartbeatInterval, cancels.due)
                 if let due = pending.values.min() { wakeAt = min(wakeAt, due) }
                 if !extras.isEmpty { wakeAt = now }
             }
@@ -177,6 +182,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         guard ensureConnected(now: now, deadline: deadline) else { return }
         if now - lastHeartbeat >= heartbeatInterval {
             heartbeat(now: now)
+            guard connection != nil else { return }
+        }
+        if deadline == nil && now >= cancels.due {
+            readCancels(now: now)
             guard connection != nil else { return }
         }
         var writes: [TaskWrite] = []
@@ -260,6 +269,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             // Everything queued while disconnected is written now; heartbeats first, so no listener takes a
             // live task for lost.
             lastHeartbeat = -Double.infinity
+            cancels.reset()
             for id in pending.keys { pending[id] = 0 }
             return true
         } catch let e as EngineError {
@@ -301,6 +311,16 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             sent += 1
         }
         _ = drainReplies(connection, &sent)
+    }
+
+    /// Cancel requests other engines published for this engine's tasks (`CancelPoller`).
+    private func readCancels(now: Double) {
+        guard let connection else { return }
+        do {
+            metrics.commands.add(try cancels.read(connection, keys: keys, engine: engine, now: now), ordering: .relaxed)
+        } catch let e as EngineError {
+            disconnected(e.message, now: engine.monotonic.now())
+        } catch {}
     }
 
     /// SPEC §9: active tasks have their expiry refreshed. A task that runs for longer than `retention_seconds`
@@ -389,8 +409,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         let stateJSON = StoredTask.json(s)
         var n = 0
         if w.firstSeq == 1 {
-            // A new task: what an earlier task of the same id left (history, log) is not its own.
-            c.append(["DEL", RedisArgument(keys.events(id)), RedisArgument(keys.logs(id))])
+            // A new task: what an earlier task of the same id left (history, log, a cancel request) is not its own.
+            c.append(["DEL", RedisArgument(keys.events(id)), RedisArgument(keys.logs(id)),
+                      RedisArgument(keys.cancel(id))])
             n += 1
         }
         if w.firstSeq == 1 {

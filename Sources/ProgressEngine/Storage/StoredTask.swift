@@ -58,6 +58,11 @@ enum StoredTask {
             if let started = pair.0 { stages[i].startedAt = started }
             if let completed = pair.1 { stages[i].completedAt = completed }
         }
+        let seq = UInt64(max(0, try r.integer("seq") ?? 0))
+        let updated = try precise.updated ?? time("updated_at", r) ?? created
+        // A request standing when the state was written, as of that state's seq and time.
+        let cancel = try r.bool("cancel_requested") == true
+            ? CancelRequest(reason: try r.string("cancel_reason"), seq: seq, requestedAt: updated) : nil
         return TaskSnapshot(
             id: try required(r.string("task_id"), "task_id"),
             templateId: try required(r.string("template_id"), "template_id"),
@@ -65,13 +70,12 @@ enum StoredTask {
             batchId: try r.string("batch_id"), status: status, currentStage: current, stages: ContiguousArray(stages),
             overallProgress: try r.number("overall_progress") ?? 0,
             resources: try usage(r.object("resource_usage")), resourcePeaks: try usage(r.object("resource_peaks")),
-            seq: UInt64(max(0, try r.integer("seq") ?? 0)), createdAt: created,
-            updatedAt: try precise.updated ?? time("updated_at", r) ?? created,
+            seq: seq, createdAt: created, updatedAt: updated,
             startedAt: try precise.started ?? time("started_at", r),
             completedAt: try precise.completed ?? time("completed_at", r), error: try r.string("error"),
             previewURL: try r.string("preview_url"),
             metadata: r.value("metadata").flatMap { $0.isNull ? nil : $0 },
-            resourceConfig: r.value("resource_config").flatMap { $0.isNull ? nil : $0 })
+            resourceConfig: r.value("resource_config").flatMap { $0.isNull ? nil : $0 }, cancelRequest: cancel)
     }
 
     private static func usage(_ value: JSONValue?) throws -> ResourceUsage {

@@ -22,6 +22,9 @@ protocol TaskStore: AnyObject, Sendable {
     /// In a forked child, after `clearInChild`, with the locks released: starts the child's own writer.
     func restartInChild(engine: any WriterSource) throws
 
+    /// Passes a cancel request on to the engine that runs the task (another engine of the fleet).
+    /// - Throws: `.notFound` without a store that reaches other engines, `.limit` when it could not be queued.
+    func publishCancel(id: String, reason: String?) throws
     func persistTemplate(id: String, stagesJSON: String)
     func persistCompletion(_ record: CompletionRecord)
     /// Stored templates as (id, stages JSON).
@@ -53,6 +56,9 @@ final class MemoryStore: TaskStore {
     func stopWriter() {}
     func clearInChild() {}
     func restartInChild(engine: any WriterSource) throws {}
+    func publishCancel(id: String, reason: String?) throws {
+        throw EngineError.notFound("no task \"\(id)\" in this engine, and no redis_url to reach other engines")
+    }
     func persistTemplate(id: String, stagesJSON: String) {}
     func persistCompletion(_ record: CompletionRecord) {}
     func templates() -> [(String, String)] { [] }
