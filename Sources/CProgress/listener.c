@@ -55,8 +55,22 @@ struct CProgress_listener {
     time_t accept_warned_at;
     CProgress_listener_callbacks cb;
     size_t max_message;
+    size_t max_body;
     lws_sorted_usec_list_t timer;
     struct lws_protocols protocols[2];
+};
+
+/* An HTTP request whose body is being read: what on_http is given, kept from LWS_CALLBACK_HTTP (where
+ * libwebsockets hands over the path) until LWS_CALLBACK_HTTP_BODY_COMPLETION. */
+struct pending_request {
+    char method[8];
+    char *path;
+    char *query; /* query_len bytes of NUL-separated "name=value" pairs */
+    size_t query_len;
+    char *auth;
+    char peer[64];
+    unsigned char *body;
+    size_t body_len, content_length;
 };
 
 /* Per-connection state, allocated and zeroed by libwebsockets. */
@@ -66,6 +80,8 @@ struct session {
     unsigned char *rx;
     size_t rx_len, rx_cap;
     int rx_binary;
+    /* HTTP request whose body is still arriving (NULL when none). */
+    struct pending_request *request;
     /* HTTP response body being sent. */
     unsigned char *body;
     size_t body_len, body_sent;
@@ -117,7 +133,18 @@ static void write_text_frame(struct lws *wsi, const char *format, size_t value);
 
 enum { QUERY_CAP = 8192, HEADER_CAP = 4096, PATH_CAP = 4096, PEER_CAP = 64, HTTP_CHUNK = 32768 };
 
+static void free_request(struct pending_request *r) {
+    if (r == NULL) return;
+    free(r->path);
+    free(r->query);
+    free(r->auth);
+    free(r->body);
+    free(r);
+}
+
 static void free_session(struct session *s) {
+    free_request(s->request);
+    s->request = NULL;
     free(s->rx);
     s->rx = NULL;
     s->rx_len = s->rx_cap = 0;
@@ -155,6 +182,46 @@ static const char *method_of(struct lws *wsi) {
         if (lws_hdr_total_length(wsi, methods[i].token) > 0) return methods[i].name;
     }
     return "UNKNOWN";
+}
+
+/* The Content-Length the request declared; 0 when it has none (or one that is not a number). */
+static size_t content_length(struct lws *wsi) {
+    char text[32];
+    copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, text, sizeof text);
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || errno) return 0;
+    return n > SIZE_MAX ? SIZE_MAX : (size_t)n;
+}
+
+static char *copy_bytes(const char *bytes, size_t len) {
+    char *copy = malloc(len + 1);
+    if (copy == NULL) return NULL;
+    memcpy(copy, bytes, len);
+    copy[len] = '\0';
+    return copy;
+}
+
+/* Keeps a request until its body (content_length bytes, at most max_body) is read; NULL when out of memory. The
+ * body's buffer grows with what arrives, so a client that declares a body and sends none holds little (until the
+ * timeout, timeout_secs, drops it). */
+static struct pending_request *keep_request(const char *method, const char *path, const char *query, size_t query_len,
+                                            const char *auth, const char *peer, size_t length) {
+    struct pending_request *r = calloc(1, sizeof *r);
+    if (r == NULL) return NULL;
+    snprintf(r->method, sizeof r->method, "%s", method);
+    snprintf(r->peer, sizeof r->peer, "%s", peer);
+    r->path = copy_bytes(path, strlen(path));
+    r->query = copy_bytes(query, query_len);
+    r->query_len = query_len;
+    r->auth = copy_bytes(auth, strlen(auth));
+    r->content_length = length;
+    if (r->path == NULL || r->query == NULL || r->auth == NULL) {
+        free_request(r);
+        return NULL;
+    }
+    return r;
 }
 
 static int write_http_body(struct lws *wsi, struct session *s) {
@@ -198,18 +265,45 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
         lws_get_peer_simple(wsi, peer, sizeof peer);
         free_session(s);
-        l->cb.on_http(l->cb.ctx, wsi, method_of(wsi), in ? (const char *)in : "/", query, query_len, auth, peer);
+        const char *method = method_of(wsi), *path = in ? (const char *)in : "/";
+        size_t length = content_length(wsi);
+        if (length > 0 && length <= l->max_body && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+            /* Answered once the body is in (LWS_CALLBACK_HTTP_BODY_COMPLETION). */
+            s->request = keep_request(method, path, query, query_len, auth, peer, length);
+            return s->request ? 0 : -1;
+        }
+        /* No body, or one no route reads (a GET's) or too large to read: answered now, without it. */
+        l->cb.on_http(l->cb.ctx, wsi, method, path, query, query_len, auth, peer, NULL, length);
         if (s->body == NULL) return -1; /* Swift did not respond: a bug; drop the connection */
         lws_callback_on_writable(wsi);
         return 0;
     }
 
     case LWS_CALLBACK_HTTP_BODY:
-        return 0; /* bodies are not used by any route; the response is already decided */
+        /* Kept for a request answered at the body's end; skipped for one answered already. */
+        if (s && s->request) {
+            struct pending_request *r = s->request;
+            size_t n = len < r->content_length - r->body_len ? len : r->content_length - r->body_len;
+            if (n == 0) return 0;
+            unsigned char *grown = realloc(r->body, r->body_len + n);
+            if (grown == NULL) return -1;
+            r->body = grown;
+            memcpy(r->body + r->body_len, in, n);
+            r->body_len += n;
+        }
+        return 0;
 
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        /* The body is read: now the response decided at LWS_CALLBACK_HTTP can go (the default handler would
-         * end the transaction before it is written). */
+        if (s && s->request) {
+            struct pending_request *r = s->request;
+            s->request = NULL;
+            l->cb.on_http(l->cb.ctx, wsi, r->method, r->path, r->query, r->query_len, r->auth, r->peer,
+                          (const char *)r->body, r->body_len);
+            free_request(r);
+            if (s->body == NULL) return -1;
+        }
+        /* The body is read: now the response can go (the default handler would end the transaction before it is
+         * written). */
         if (s && s->body) lws_callback_on_writable(wsi);
         return 0;
 
@@ -353,6 +447,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     }
     l->cb = config->callbacks;
     l->max_message = config->max_message_bytes;
+    l->max_body = config->max_body_bytes;
     l->protocols[0].name = "http";
     l->protocols[0].callback = callback;
     l->protocols[0].per_session_data_size = sizeof(struct session);

@@ -19,9 +19,12 @@ typedef struct {
     void *ctx;
     /* An HTTP request: method ("GET", "POST", ...), decoded path, query arguments as "name=value" pairs
      * each NUL-terminated one after the other (query_len bytes in all; decoded by libwebsockets), the
-     * Authorization header ("" if none), the peer address. Must call CProgress_http_respond once. */
+     * Authorization header ("" if none), the peer address, and the body: read (body_len bytes) for a method other
+     * than GET and HEAD whose Content-Length is at most max_body_bytes, so the call comes once it is in; else body
+     * is NULL and body_len the Content-Length declared (0 for none). Must call CProgress_http_respond once. */
     void (*on_http)(void *ctx, void *conn, const char *method, const char *path, const char *query,
-                    size_t query_len, const char *authorization, const char *peer);
+                    size_t query_len, const char *authorization, const char *peer, const char *body,
+                    size_t body_len);
     /* A WebSocket handshake completed; origin is the Origin header ("" if none). Returns a non-zero
      * connection id; 0 refuses (closes). */
     uint64_t (*on_ws_open)(void *ctx, void *conn, const char *path, const char *query, size_t query_len,
@@ -43,6 +46,7 @@ typedef struct {
     const char *iface;            /* IP address to bind, NULL = every interface */
     int port;                     /* 0 = any free port */
     size_t max_message_bytes;     /* larger WebSocket messages are closed with 1009 */
+    size_t max_body_bytes;        /* larger HTTP request bodies are not read (on_http gets body NULL) */
     int header_timeout_secs;      /* a request whose headers are not complete by then is dropped */
     CProgress_listener_callbacks callbacks;
 } CProgress_listener_config;

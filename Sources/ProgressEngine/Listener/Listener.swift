@@ -104,6 +104,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         var config = CProgress_listener_config()
         config.port = Int32(address.port)
         config.max_message_bytes = engine.config.maxMessageBytes
+        config.max_body_bytes = Routes.maxBodyBytes
         config.header_timeout_secs = 10
         config.callbacks = Listener.callbacks
         // Unretained: the listener outlives the C context, which `stop()` destroys.
@@ -417,11 +418,13 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     private static var callbacks: CProgress_listener_callbacks {
         var cb = CProgress_listener_callbacks()
-        cb.on_http = { ctx, conn, method, path, query, queryLen, authorization, peer in
+        cb.on_http = { ctx, conn, method, path, query, queryLen, authorization, peer, body, bodyLen in
             let l = Listener.listener(ctx)
+            let request = Routes.Body(bytes: body.map { UnsafeRawBufferPointer(start: $0, count: bodyLen) },
+                                      declaredLength: bodyLen)
             Routes.handleHTTP(l, conn: conn!, method: String(cString: method!), path: String(cString: path!),
                               query: parseQuery(query, queryLen), authorization: String(cString: authorization!),
-                              peer: String(cString: peer!))
+                              peer: String(cString: peer!), body: request)
         }
         cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, origin, peer in
             let l = Listener.listener(ctx)

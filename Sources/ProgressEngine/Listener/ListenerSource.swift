@@ -22,6 +22,9 @@ protocol ListenerSource: AnyObject, Sendable {
     func historyJSON(id: String, afterSeq: UInt64) throws -> String
     func batchJSON(batchId: String, taskIds: [String]?) throws -> String
     func writeBatch(batchId: String, taskIds: [String]?, into w: inout JSONWriter) throws
+    /// Records a cancel request (REST `POST …/cancel`, WebSocket `cancel`); may queue a write to Redis, never waits
+    /// on one, but may read the task from Redis.
+    func requestCancel(id: String, reason: String?) throws
 
     func counters() -> EngineCore.Counters
     /// The Redis writer's figures when `redis_url` is set.

@@ -139,17 +139,43 @@ enum Messages {
                 }
                 let ids = try reader.array("task_ids").map { try stringList($0, key: "task_ids") }
                 client.send(WireMessage(try batchProgress(l.engine, batchId: batch, taskIds: ids)))
+            case "cancel":
+                try cancel(l, client: client, reader: reader)
             case "ping":
                 var w = JSONWriter()
                 w.beginObject(); w.key("type"); w.string("pong"); w.endObject()
                 client.send(WireMessage(w))
             default:
                 throw ProtocolError(code: "unknown_type", message: "unknown message type \"\(type)\"; known: subscribe, "
-                    + "unsubscribe, get_progress, get_batch_progress, ping")
+                    + "unsubscribe, get_progress, get_batch_progress, cancel, ping")
             }
         } catch let e as EngineError where e.status == EngineError.json("").status {
             throw ProtocolError(code: "invalid_message", message: e.message)
         }
+    }
+
+    /// `cancel` {task_id, reason?}: `cancel.accepted` {task_id} once the request is recorded (as REST
+    /// `POST …/cancel`; the connection was authorized when it opened), else an `error` whose code says why:
+    /// `not_found`, `conflict` (the task finished), `invalid_message`, `unavailable` (Redis' queue is full).
+    private static func cancel(_ l: Listener, client: ClientConnection, reader: JSONObjectReader) throws {
+        guard let id = try reader.string("task_id"), EngineCore.isValidId(id) else {
+            throw ProtocolError(code: "invalid_message",
+                                message: "cancel needs a \"task_id\" of 1-256 printable characters")
+        }
+        let reason = try reader.string("reason")
+        do {
+            try l.engine.requestCancel(id: id, reason: reason)
+        } catch let e as EngineError {
+            let refusal = Routes.cancelRefusal(e)
+            throw ProtocolError(code: refusal.code == "bad_request" ? "invalid_message" : refusal.code,
+                                message: e.message)
+        }
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string("cancel.accepted")
+        w.key("task_id"); w.string(id)
+        w.endObject()
+        client.send(WireMessage(w))
     }
 
     private static func stringList(_ values: [JSONValue], key: String) throws -> [String] {

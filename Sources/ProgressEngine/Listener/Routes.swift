@@ -7,6 +7,17 @@ enum Routes {
     static let tasksPrefix = "/api/v1/progress/tasks/"
     static let batchPrefix = "/api/v1/progress/batch/"
     static let previewsPrefix = "/api/v1/previews/"
+    /// `POST /api/v1/progress/tasks/{id}/cancel`.
+    static let cancelSuffix = "/cancel"
+    /// The largest request body read (a cancel's `{"reason"}`); a larger one is answered 413 without being read.
+    static let maxBodyBytes = 16 << 10
+
+    /// A request's body as the C side hands it over: its bytes when they were read (valid during the call), else
+    /// nil and the length the request declared (0: none).
+    struct Body {
+        let bytes: UnsafeRawBufferPointer?
+        let declaredLength: Int
+    }
     /// Preview files are served by exact name only: no separators, no "..", nothing hidden.
     static let maxPreviewBytes = 32 << 20
 
@@ -26,11 +37,11 @@ enum Routes {
     }
 
     static func handleHTTP(_ l: Listener, conn: UnsafeMutableRawPointer, method: String, path: String,
-                           query: [String: String], authorization: String, peer: String) {
+                           query: [String: String], authorization: String, peer: String, body: Body) {
         l.metrics.httpRequests.add(1, ordering: .relaxed)
         var response: Response
         do {
-            response = try route(l, method: method, path: path, query: query, authorization: authorization)
+            response = try route(l, method: method, path: path, query: query, authorization: authorization, body: body)
         } catch let e as HTTPError {
             response = errorResponse(status: e.status, code: e.code, message: e.message)
             response.headers += e.headers
@@ -71,10 +82,16 @@ enum Routes {
     }
 
     private static func route(_ l: Listener, method: String, path: String, query: [String: String],
-                              authorization: String) throws -> Response {
+                              authorization: String, body: Body) throws -> Response {
         if path == "/healthz" {
             guard method == "GET" else { throw methodNotAllowed(method, path) }
             return json(#"{"status":"ok"}"#)
+        }
+        if path.hasPrefix(tasksPrefix), path.dropFirst(tasksPrefix.count).hasSuffix(cancelSuffix) {
+            guard method == "POST" else { throw methodNotAllowed(method, path, allowed: "POST") }
+            try authorize(l, authorization: authorization, query: query)
+            let id = try taskId(String(path.dropFirst(tasksPrefix.count).dropLast(cancelSuffix.count)))
+            return try cancel(l, id: id, body: body)
         }
         guard method == "GET" else { throw methodNotAllowed(method, path) }
         // The dashboard's files hold no data (it reads everything over the WebSocket with the token from
@@ -91,11 +108,7 @@ enum Routes {
                 + "style-src 'self'; script-src 'self'; frame-ancestors 'none'\r\n"
             return r
         }
-        guard l.isAuthorized(authorization: authorization, query: query) else {
-            throw HTTPError(status: 401, code: "unauthorized",
-                            message: "missing or wrong token: send Authorization: Bearer TOKEN or ?token=TOKEN",
-                            headers: "WWW-Authenticate: Bearer\r\n")
-        }
+        try authorize(l, authorization: authorization, query: query)
         if path == "/metrics" {
             var r = Response(body: Array(metricsText(l).utf8))
             r.contentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -153,9 +166,69 @@ enum Routes {
         }
     }
 
-    private static func methodNotAllowed(_ method: String, _ path: String) -> HTTPError {
-        HTTPError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path); use GET",
-                  headers: "Allow: GET\r\n")
+    private static func methodNotAllowed(_ method: String, _ path: String, allowed: String = "GET") -> HTTPError {
+        HTTPError(status: 405, code: "method_not_allowed",
+                  message: "\(method) is not allowed on \(path); use \(allowed)", headers: "Allow: \(allowed)\r\n")
+    }
+
+    /// With `auth_token`: the token, as `Authorization: Bearer TOKEN` or `?token=TOKEN`, else 401.
+    private static func authorize(_ l: Listener, authorization: String, query: [String: String]) throws {
+        guard l.isAuthorized(authorization: authorization, query: query) else {
+            throw HTTPError(status: 401, code: "unauthorized",
+                            message: "missing or wrong token: send Authorization: Bearer TOKEN or ?token=TOKEN",
+                            headers: "WWW-Authenticate: Bearer\r\n")
+        }
+    }
+
+    // MARK: - Cancel
+
+    /// `POST …/tasks/{id}/cancel` with an optional `{"reason": "..."}`: 202 once the request is recorded (on the
+    /// task, or passed on through Redis to the engine that runs it).
+    private static func cancel(_ l: Listener, id: String, body: Body) throws -> Response {
+        let reason = try cancelReason(body)
+        do {
+            try l.engine.requestCancel(id: id, reason: reason)
+        } catch let e as EngineError {
+            let refusal = cancelRefusal(e)
+            throw HTTPError(status: refusal.status, code: refusal.code, message: e.message)
+        }
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("task_id"); w.string(id)
+        w.key("cancel_requested"); w.bool(true)
+        w.endObject()
+        return Response(status: 202, body: w.bytes)
+    }
+
+    /// The body: none, or a JSON object with an optional string `reason` and nothing else.
+    private static func cancelReason(_ body: Body) throws -> String? {
+        guard let bytes = body.bytes else {
+            guard body.declaredLength == 0 else {
+                throw HTTPError(status: 413, code: "too_large", message: "the body is \(body.declaredLength) bytes; a "
+                    + "cancel request's is at most \(maxBodyBytes): {\"reason\": \"...\"}")
+            }
+            return nil
+        }
+        do {
+            let context = "the cancel request's body"
+            let value = try JSONParser.parse(bytes: bytes.bindMemory(to: UInt8.self), context: context)
+            let reader = try JSONObjectReader(value, context: context)
+            try reader.rejectUnknownKeys(allowed: ["reason"], error: EngineError.json)
+            return try reader.string("reason")
+        } catch let e as EngineError {
+            throw HTTPError(status: 400, code: "bad_request",
+                            message: e.message + "; send {\"reason\": \"...\"} or no body")
+        }
+    }
+
+    /// How a refused cancel request is answered (REST status, and the code of both REST and WebSocket errors).
+    static func cancelRefusal(_ e: EngineError) -> (status: Int32, code: String) {
+        switch e.status {
+        case EngineError.notFound("").status: return (404, "not_found")
+        case EngineError.state("").status: return (409, "conflict")
+        case EngineError.limit("").status: return (503, "unavailable")
+        default: return (400, "bad_request")
+        }
     }
 
     private static func taskId(_ text: String) throws -> String {
