@@ -23,6 +23,7 @@ from .errors import (
     ProgressWarning,
     RangeError,
     StateError,
+    TaskCancelled,
     UnsupportedError,
     from_status,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "StageStatus",
     "StateError",
     "StepCounter",
+    "TaskCancelled",
     "Track",
     "UnsupportedError",
     "engine_version",

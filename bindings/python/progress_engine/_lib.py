@@ -160,6 +160,8 @@ progress_task_complete = _declare_status("progress_task_complete", _engine, c_ch
 progress_task_fail = _declare_status("progress_task_fail", _engine, c_char_p, c_char_p)
 # progress_status progress_task_cancel(progress_engine *engine, const char *task_id, const char *reason);
 progress_task_cancel = _declare_status("progress_task_cancel", _engine, c_char_p, c_char_p)
+# progress_status progress_task_cancel_requested(progress_engine *engine, const char *task_id, int *requested);
+progress_task_cancel_requested = _declare_status("progress_task_cancel_requested", _engine, c_char_p, POINTER(c_int))
 # progress_status progress_task_get(progress_engine *engine, const char *task_id, char **out_json);
 progress_task_get = _declare_status("progress_task_get", _engine, c_char_p, _out_string)
 # progress_status progress_batch_get(progress_engine *engine, const char *batch_id,

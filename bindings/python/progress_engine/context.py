@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from .errors import ProgressError, StateError
+from .errors import ProgressError, StateError, TaskCancelled
 from .tracker import ProgressTracker
 
 _STEP_ONLY = frozenset({"step", "total_steps"})
@@ -25,7 +25,8 @@ _DONE = _Done()
 
 class ProgressContext:
     """Creates the task on entry; on exit completes it, or fails it with the exception's text and
-    lets the exception propagate (a KeyboardInterrupt or a cancelled coroutine cancels it instead).
+    lets the exception propagate (a KeyboardInterrupt, a cancelled coroutine or a TaskCancelled cancels it
+    instead; `ctx.cancel_requested` says when someone asked the runner to stop).
     A task the runner already finished (execution_complete / execution_error) is left as it is; one
     that is gone (expired, or never created) is a refusal, as with the callback. The callback raises
     nothing for an update the engine refuses unless the tracker is strict (see ProgressTracker), so a
@@ -60,6 +61,8 @@ class ProgressContext:
         try:
             if exc is None:
                 self.tracker.complete_task_sync(self.task_id)
+            elif isinstance(exc, TaskCancelled):
+                self.tracker.cancel_task_sync(self.task_id, exc.reason or "cancelled on request")
             elif isinstance(exc, Exception):
                 self.tracker.fail_task_sync(self.task_id, str(exc) or type(exc).__name__)
             else:
@@ -74,6 +77,12 @@ class ProgressContext:
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.__exit__(exc_type, exc, tb)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether someone asked this task's runner to stop (ProgressTracker.cancel_requested). Stop the work and
+        leave the block by raising TaskCancelled(ctx.task_id): the task is then cancelled."""
+        return self.tracker.cancel_requested(self.task_id)
 
     def preview_due(self) -> bool:
         """Whether the task's next update_preview would be taken (ProgressTracker.preview_due)."""

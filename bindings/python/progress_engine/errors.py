@@ -131,6 +131,19 @@ _BY_CODE: Dict[int, Type[ProgressError]] = {
 }
 
 
+class TaskCancelled(Exception):
+    """Someone asked the task's runner to stop (REST POST /api/v1/progress/tasks/{id}/cancel, the WebSocket "cancel"
+    message, on any listener of the fleet). track() raises it into the loop at the next item, after cancelling the
+    task (status "cancelled", the request's reason in "error"). A runner that watches ctx.cancel_requested may raise
+    it in a ProgressContext, which then cancels the task rather than failing it. `task_id` and `reason` (None when the
+    requester gave none) say which. Not a ProgressError: nothing went wrong."""
+
+    def __init__(self, task_id: str, reason: Optional[str] = None):
+        super().__init__(f"task {task_id!r} was cancelled on request" + (f": {reason}" if reason else ""))
+        self.task_id = task_id
+        self.reason = reason
+
+
 class ProgressWarning(UserWarning):
     """An update of a runner-facing call that the engine refused, reported instead of raised (the default;
     `ProgressTracker(strict=True)` or PROGRESS_STRICT=1 raises it). Shown once per task and kind of error;

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from itertools import islice
+from time import perf_counter
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
-from .errors import ProgressError
+from .errors import ProgressError, TaskCancelled
 from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
@@ -53,6 +55,12 @@ class Track(Iterator[T]):
         with track(items, task_id="job") as items:
             for item in items:
                 process(item)
+
+    When someone asks for the task to be cancelled (REST POST /api/v1/progress/tasks/{id}/cancel, the
+    WebSocket "cancel" message), the loop gets TaskCancelled at the next item: the task is cancelled
+    first, with the request's reason. The request is looked for between items, not on each one: after
+    every item while items take 10 ms or more, else about every 10 ms of the loop (at most every 1,000
+    items), so a loop of fast items pays nothing per item for it.
     """
 
     def __init__(
@@ -88,7 +96,9 @@ class Track(Iterator[T]):
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self._run.in_with = False
-        if isinstance(exc, Exception):
+        if isinstance(exc, TaskCancelled):
+            self._run.cancel(exc.reason)
+        elif isinstance(exc, Exception):
             self._run.fail(exc)
         else:
             self._run.stop()
@@ -96,6 +106,10 @@ class Track(Iterator[T]):
 
 class _Run:
     """The task of one Track, shared by the Track and its generator."""
+
+    #: Loop time between two looks for a cancel request, and the most items between two.
+    CANCEL_LOOK_SECONDS = 0.01
+    CANCEL_LOOK_MAX_ITEMS = 1000
 
     def __init__(self, tracker: ProgressTracker, task_id: str, total: Optional[int]) -> None:
         self.tracker = tracker
@@ -105,6 +119,21 @@ class _Run:
         self.counted = 0  # items so far, when the total is unknown
         self.open = False  # the task exists and has not been finished here yet
         self.in_with = False
+        self.items_per_look = 1
+        self.looked_at = perf_counter()
+
+    def items_until_look(self) -> int:
+        """Looks for a cancel request; when there is one, raises TaskCancelled (the generator cancels). Else how
+        many items to yield before the next look: as many as the last ones' pace fits in CANCEL_LOOK_SECONDS (at
+        least 1, at most twice as many as last time and CANCEL_LOOK_MAX_ITEMS)."""
+        if self.tracker.cancel_requested(self.task_id):
+            raise TaskCancelled(self.task_id, self.tracker.get_task_progress_sync(self.task_id).get("cancel_reason"))
+        now = perf_counter()
+        elapsed, self.looked_at = now - self.looked_at, now
+        last = self.items_per_look
+        fitting = int(last * self.CANCEL_LOOK_SECONDS / elapsed) if elapsed > 0 else self.CANCEL_LOOK_MAX_ITEMS
+        self.items_per_look = max(1, min(fitting, 2 * last, self.CANCEL_LOOK_MAX_ITEMS))
+        return self.items_per_look
 
     # Each finishes the task only if it is still open here: a Track left in a `with` is finished by
     # __exit__, and its generator, closed later, must not try again.
@@ -117,6 +146,11 @@ class _Run:
         if self.open:
             self.open = False
             self._finish(self.tracker.fail_task_sync, str(exc) or type(exc).__name__)
+
+    def cancel(self, reason: Optional[str]) -> None:
+        if self.open:
+            self.open = False
+            self._finish(self.tracker.cancel_task_sync, reason or "cancelled on request")
 
     def stop(self) -> None:
         if self.open:
@@ -135,29 +169,53 @@ class _Run:
             self.tracker._refused(self.task_id, error)
 
 
+_END = object()
+
+
 def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator[T]:
     tracker, task_id = run.tracker, run.task_id
     tracker.create_task_progress_sync(task_id, **create)
     run.open = True
+    # The items come in runs of run.items_until_look(), each an inner loop with nothing added per item; between two
+    # runs the next item is taken only after the look for a cancel request, so TaskCancelled comes instead of it
+    # (and no item is taken from the iterable once a request was seen).
     try:
+        items = iter(iterable)
         if run.total:
             run.steps = steps = tracker.stepper(task_id, run.total)
             # The counter's memory itself (StepCounter.update without its call): it goes on from any step written
             # meanwhile (update_progress_sync, StepCounter.set), as update() does.
             counter = steps._counter
-            for item in iterable:
+            for item in islice(items, 1):
                 yield item
                 counter[0] += 1
+            while True:
+                n = run.items_until_look()
+                item = next(items, _END)
+                if item is _END:
+                    break
+                yield item
+                counter[0] += 1
+                for item in islice(items, n - 1):
+                    yield item
+                    counter[0] += 1
         elif run.total is None:
             # Unknown length: step 0 of 1 enters the main stage; each item then sets its message.
             tracker.update_progress_sync(task_id, 0, 1, message="0 items")
             stage = tracker.get_task_progress_sync(task_id)["current_stage"]
-            for item in iterable:
+            n = 1
+            for item in items:
                 yield item
                 run.counted += 1
                 tracker.update_stage_sync(task_id, stage, StageStatus.IN_PROGRESS, 0.0, f"{run.counted} items")
+                n -= 1
+                if not n:
+                    n = run.items_until_look()
         else:
-            yield from iterable  # nothing to count: completes at once, or fails
+            yield from items  # nothing to count: completes at once, or fails
+    except TaskCancelled as exc:
+        run.cancel(exc.reason)
+        raise
     except GeneratorExit:
         if not run.in_with:  # in a `with`, __exit__ decides: it can see why the loop stopped
             run.stop()

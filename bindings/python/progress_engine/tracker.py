@@ -419,6 +419,22 @@ class ProgressTracker:
             return False
         return bool(due.value)
 
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether someone asked the task's runner to stop (REST POST /api/v1/progress/tasks/{id}/cancel, the
+        WebSocket "cancel" message, on this tracker's listener or, with redis_url, on any listener of the fleet):
+        True from the request until the task finishes. The runner acknowledges by stopping its work and calling
+        cancel_task (track() does both, and raises TaskCancelled); nothing stops it otherwise. Cheap enough to ask
+        every step: only the task's lock is taken, Redis is never asked. Runner-safe like preview_due: for a task
+        this engine does not hold, False and one ProgressWarning (NotFoundError when strict)."""
+        engine = self._handle()
+        requested = ctypes.c_int(0)
+        try:
+            _lib.progress_task_cancel_requested(engine, _lib.encode(task_id), ctypes.byref(requested))
+        except ProgressError as error:
+            self._refused(task_id, error)
+            return False
+        return bool(requested.value)
+
     # ---- templates, engine ----------------------------------------------------------------------
 
     def register_template_stages_sync(
