@@ -114,9 +114,25 @@ public final class Engine: Sendable {
         try report { try core.fail(id: id, error: error) }
     }
 
-    /// Cancels the task.
+    /// Cancels the task; also how a runner answers a cancel request (`cancelRequested(_:)`).
     public func cancel(_ id: String, reason: String? = nil) throws(ProgressError) {
         try report { try core.cancel(id: id, reason: reason) }
+    }
+
+    /// Whether someone asked the task's runner to stop (REST `POST …/cancel`, the WebSocket `cancel` message,
+    /// `requestCancel(_:reason:)`, or any listener of the fleet): true from the request until the task finishes.
+    /// Cheap enough to ask every step: the task's lock only, never Redis.
+    /// - Throws: `.notFound` for a task this engine does not hold, `.invalidArgument` for a bad id.
+    public func cancelRequested(_ id: String) throws(ProgressError) -> Bool {
+        try ProgressError.mapping { try core.cancelRequested(key: TaskKey(owning: id), describe: { id }) }
+    }
+
+    /// Asks the task's runner to stop, as `POST /api/v1/progress/tasks/{id}/cancel` does: recorded on the task, or
+    /// passed on through Redis to the engine of the fleet that runs it. The engine never stops a runner itself.
+    /// - Throws: `.notFound` (unknown task), `.state` (it finished), `.range` (a reason over 1024 bytes),
+    ///   `.limit` (Redis' queue is full: nothing was recorded).
+    public func requestCancel(_ id: String, reason: String? = nil) throws(ProgressError) {
+        try ProgressError.mapping { try core.requestCancel(id: id, reason: reason) }
     }
 
     /// Offers a preview image: 8-bit gray (1 channel), RGB (3) or RGBA (4) rows, `stride` bytes apart

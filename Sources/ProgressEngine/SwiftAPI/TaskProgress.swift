@@ -67,6 +67,9 @@ public struct TaskProgress: Sendable, Equatable {
     public let completedAt: Double?
     /// Why the task failed or was cancelled.
     public let error: String?
+    /// Someone asked the runner to stop and the task has not finished yet; `cancelReason` is why, when given.
+    public let cancelRequested: Bool
+    public let cancelReason: String?
     /// The task's `metadata` and `resource_config` as given at creation, as JSON text (they are the host's own
     /// documents), nil when none was given.
     public let metadataJSON: String?
@@ -99,6 +102,8 @@ public struct TaskProgress: Sendable, Equatable {
         startedAt = s.startedAt
         completedAt = s.completedAt
         error = s.error
+        cancelRequested = s.cancelPending
+        cancelReason = s.cancelPending ? s.cancelRequest?.reason : nil
         metadataJSON = s.metadata.map(TaskProgress.json)
         resourceConfigJSON = s.resourceConfig.map(TaskProgress.json)
     }
