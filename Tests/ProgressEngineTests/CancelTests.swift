@@ -135,12 +135,17 @@ struct CancelTests {
     func appliedFromRedis() throws {
         let engine = try makeEngine()
         try engine.createTask(id: "own", templateId: "tpl", category: nil, options: TaskOptions())
+        // Before Redis acknowledged the task's first write, a request found there was for an earlier task "own".
+        engine.applyCancelRequest(id: "own", reason: "stale")
+        #expect(try !requested(engine, "own"))
+        engine.ackWrite(id: "own", seq: 1, logs: 0)
         engine.applyCancelRequest(id: "own", reason: "from the fleet")
         #expect(try requested(engine, "own"))
         #expect(string(try parsed(engine.taskJSON(id: "own"))["cancel_reason"]) == "from the fleet")
         engine.applyCancelRequest(id: "ghost", reason: nil)
         try engine.createTask(id: "done", templateId: "tpl", category: nil, options: TaskOptions())
         try engine.complete(id: "done")
+        engine.ackWrite(id: "done", seq: 2, logs: 0)
         let doneSeq = try engine.snapshot(id: "done").seq
         engine.applyCancelRequest(id: "done", reason: nil)
         #expect(try engine.snapshot(id: "done").seq == doneSeq)

@@ -41,12 +41,14 @@ extension EngineCore {
     }
 
     /// A request published by another engine for a task this engine may run (read from Redis by the writer thread):
-    /// recorded when this engine runs the task and it has not finished, ignored otherwise.
+    /// recorded when this engine runs the task, Redis holds its state and it has not finished; ignored otherwise. A
+    /// request can only have been made for a task whose state a listener read from Redis, so one found before the
+    /// task's first write (which deletes the task's `cancel` key) was for an earlier task of the same id.
     func applyCancelRequest(id: String, reason: String?) {
         let key = TaskKey(owning: id)
         let now = clock.now()
         let entry: LogEntry? = table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key], !task.isMirror, !task.status.isTerminal,
+            guard let task = shard.tasks[key], !task.isMirror, !task.status.isTerminal, task.persistedSeq > 0,
                   let entry = try? recordCancelRequest(task, reason: reason, now: now) else { return nil }
             shard.latestEvent = max(shard.latestEvent, task.updatedAt)
             return entry

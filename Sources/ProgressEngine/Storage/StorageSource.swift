@@ -16,7 +16,8 @@ protocol WriterSource: AnyObject, Sendable {
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
     func activeOwnedTasks() -> [(id: String, batch: String?)]
     func executingOwnedTaskIds() -> [String]
-    /// A cancel request read from Redis: recorded when this engine runs the task and it has not finished.
+    /// A cancel request read from Redis: recorded when this engine runs the task, has written it and it has not
+    /// finished.
     func applyCancelRequest(id: String, reason: String?)
 }
 
