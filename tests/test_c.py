@@ -178,6 +178,16 @@ def test_stress(tmp_path, env):
     assert "stress: all checks passed" in output
 
 
+def test_cancel_requested(tmp_path, env):
+    """progress_task_cancel_requested in a C sampling loop, the request sent to the engine's own REST API."""
+    program = tmp_path / "cancel"
+    check_run(["cc", "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror",
+               *pkg_config(env, "--cflags"), str(ROOT / "tests" / "c" / "cancel.c"), "-o", str(program),
+               *pkg_config(env, "--libs")])
+    output = check_run([program], env=env)
+    assert "cancel: all checks passed" in output, output
+
+
 def test_close_stress(tmp_path, env):
     """progress_engine_close while the engine's threads still change tasks (see tests/c/close_stress.c); -rdynamic
     so the program's slowed-down lws_context_destroy is the one the library calls."""
