@@ -1,7 +1,7 @@
 """progress_engine.integrations.diffusers: the latent-to-RGB previews of each family against pixels worked out by
 hand from the published factors, Flux's unpacking against diffusers' packing, and the callback in diffusers'
 denoising loop on a real engine: every step reported, the previews the engine's milestones take (decoded back
-from the PNG files), and the interrupt hook.
+from the PNG files), and a cancel request interrupting the pipeline.
 
 torch and diffusers are not installed here (PyPI's torch for x86-64 is 539 MB plus about 2.4 GB of CUDA
 wheels), so the loop is `DenoisingLoop`: the part of StableDiffusionPipeline.__call__ (diffusers 0.42) that
@@ -10,6 +10,7 @@ touches the callback, transcribed with numpy latents."""
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -219,20 +220,23 @@ def test_tensor_inputs_and_preview_none(tmp_path):
         assert tracker.stats_sync()["previews_written"] == 0
 
 
-class CancellingTracker(ProgressTracker):
-    """Stands for the engine's coming cancel request (a later issue): cancel asked once step 5 is reported."""
-
-    def cancel_requested(self, task_id: str) -> bool:
-        return self.get_task_progress_sync(task_id)["stages"]["1"]["progress"] >= 5 / 20
-
-
-def test_a_cancel_request_interrupts_the_pipeline():
-    with CancellingTracker() as tracker:
+def test_a_cancel_request_interrupts_the_pipeline_and_cancels_the_task():
+    with ProgressTracker(listen="127.0.0.1:0") as tracker:
         tracker.create_task_progress_sync("img", "sd15")
-        loop = DenoisingLoop(latents_of_step)
+
+        def latents_asking_to_cancel(i: int) -> np.ndarray:
+            if i == 4:  # during step 5, someone presses Cancel
+                request = urllib.request.Request(f"{tracker.url}/api/v1/progress/tasks/img/cancel", method="POST",
+                                                 data=b'{"reason": "pressed Cancel"}')
+                assert urllib.request.urlopen(request, timeout=5).status == 202
+            return latents_of_step(i)
+
+        loop = DenoisingLoop(latents_asking_to_cancel)
         loop(20, callback_on_step_end=ProgressCallback("img", tracker, preview=None))
         assert loop.called == 5 and loop.interrupt  # steps 6..20 were skipped, as diffusers skips them
-        assert tracker.get_task_progress_sync("img")["stages"]["1"]["progress"] == 5 / 20
+        task = tracker.get_task_progress_sync("img")
+        assert task["stages"]["1"]["progress"] == 5 / 20
+        assert task["status"] == "cancelled" and task["error"] == "pressed Cancel" and not task["cancel_requested"]
 
 
 def test_bad_options():

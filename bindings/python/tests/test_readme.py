@@ -45,6 +45,11 @@ def test_runner_safe_example_raises_when_strict():
         run_example(readme_python("Runner-safe by default"), PROGRESS_STRICT="1")
 
 
+def test_cancel_example():
+    out = run_example(readme_python("Cancel")).stdout.splitlines()
+    assert out == ["img-9: cancelled - user pressed Cancel", "render-3: cancelled"], out
+
+
 def test_tqdm_example():
     pytest.importorskip("tqdm")
     out = run_example(readme_python("tqdm integration")).stdout.splitlines()

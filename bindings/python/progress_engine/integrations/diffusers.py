@@ -17,9 +17,11 @@ decode of tens to hundreds of milliseconds. The preview is at latent resolution 
 A preview is made only when `tracker.preview_due(task_id)` says the engine would take one (its
 `preview_milestones` or `preview_every_steps`), so the latents are converted at most that often.
 
-Cancel: when the tracker has `cancel_requested(task_id)` and it returns true, the callback sets
-`pipe._interrupt = True`, the flag diffusers pipelines check at the top of each denoising step: the
-remaining steps are skipped and the pipeline returns what it has. The runner then cancels its task.
+Cancel: when someone asked for the task to be cancelled (`tracker.cancel_requested(task_id)`: REST POST
+/api/v1/progress/tasks/{id}/cancel, the WebSocket "cancel" message), the callback cancels the task with the
+request's reason and sets `pipe._interrupt = True`, the flag diffusers pipelines check at the top of each
+denoising step: the remaining steps are skipped and the pipeline returns what it has (so a runner that goes on
+after the pipeline should look at `pipe.interrupt` before it uses the image).
 
 This module imports neither diffusers nor torch nor numpy. The callback and `latents_to_rgb` need numpy
 (an ImportError says so); `preview="vae"` needs torch.
@@ -31,6 +33,7 @@ import math
 from typing import Any, Dict, Optional, Tuple
 
 from ..default import get_progress_tracker_sync
+from ..errors import ProgressError
 from ..tracker import ProgressTracker
 
 # Latent channel -> (R, G, B) weights and the RGB bias of each family, applied to the latents as the
@@ -254,7 +257,11 @@ class ProgressCallback:
                 image = latents_to_rgb(latents, self.family or latent_family(latents, pipe),
                                        height=self.height, width=self.width)
             tracker.update_preview_sync(task_id, image)
-        cancel_requested = getattr(tracker, "cancel_requested", None)
-        if cancel_requested is not None and cancel_requested(task_id):
+        if tracker.cancel_requested(task_id):
+            reason = tracker.get_task_progress_sync(task_id).get("cancel_reason")
+            try:
+                tracker.cancel_task_sync(task_id, reason or "cancelled on request")
+            except ProgressError as error:
+                tracker._refused(task_id, error)
             pipe._interrupt = True
         return callback_kwargs
