@@ -193,12 +193,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
 
     case LWS_CALLBACK_HTTP: {
-        char query[QUERY_CAP], auth[HEADER_CAP], peer[PEER_CAP];
+        char query[QUERY_CAP], auth[HEADER_CAP], origin[HEADER_CAP], peer[PEER_CAP];
         size_t query_len = collect_query(wsi, query, sizeof query);
         copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
+        copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
         lws_get_peer_simple(wsi, peer, sizeof peer);
         free_session(s);
-        l->cb.on_http(l->cb.ctx, wsi, method_of(wsi), in ? (const char *)in : "/", query, query_len, auth, peer);
+        l->cb.on_http(l->cb.ctx, wsi, method_of(wsi), in ? (const char *)in : "/", query, query_len, auth, origin,
+                      peer);
         if (s->body == NULL) return -1; /* Swift did not respond: a bug; drop the connection */
         lws_callback_on_writable(wsi);
         return 0;
@@ -583,7 +585,15 @@ void CProgress_http_respond(void *conn, int status, const char *content_type, co
     if (s == NULL) return;
     unsigned char buf[LWS_PRE + 4096];
     unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
-    if (lws_add_http_common_headers(wsi, (unsigned int)status, content_type, body_len, &p, end)) return;
+    if (status == 204) {
+        /* RFC 9110 §8.6: no Content-Length on a 204. Its absence would make lws_add_http_common_headers close
+         * the connection after the answer (it cannot tell where a body would end); a 204 has none, so the
+         * connection stays open for the request a preflight precedes. */
+        body_len = 0;
+        if (lws_add_http_header_status(wsi, 204, &p, end)) return;
+    } else if (lws_add_http_common_headers(wsi, (unsigned int)status, content_type, body_len, &p, end)) {
+        return;
+    }
     /* Extra headers arrive as "Name: value\r\n" lines. */
     for (const char *line = headers; line && *line;) {
         const char *eol = strstr(line, "\r\n");

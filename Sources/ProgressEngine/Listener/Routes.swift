@@ -26,11 +26,12 @@ enum Routes {
     }
 
     static func handleHTTP(_ l: Listener, conn: UnsafeMutableRawPointer, method: String, path: String,
-                           query: [String: String], authorization: String, peer: String) {
+                           query: [String: String], authorization: String, origin: String, peer: String) {
         l.metrics.httpRequests.add(1, ordering: .relaxed)
         var response: Response
         do {
-            response = try route(l, method: method, path: path, query: query, authorization: authorization)
+            response = try route(l, method: method, path: path, query: query, authorization: authorization,
+                                 origin: origin)
         } catch let e as HTTPError {
             response = errorResponse(status: e.status, code: e.code, message: e.message)
             response.headers += e.headers
@@ -47,6 +48,8 @@ enum Routes {
         } catch {
             response = errorResponse(status: 500, code: "internal", message: "\(error)")
         }
+        // Every answer, errors included, so a page of an allowed origin can read why its request failed.
+        response.headers += l.origins.responseHeaders(origin: origin)
         // HEAD: the headers of the answer, no body (its Content-Length would then be wrong, so it is 0).
         if method == "HEAD" { response.body = [] }
         response.body.withUnsafeBytes { body in
@@ -71,7 +74,18 @@ enum Routes {
     }
 
     private static func route(_ l: Listener, method: String, path: String, query: [String: String],
-                              authorization: String) throws -> Response {
+                              authorization: String, origin: String) throws -> Response {
+        // A CORS preflight carries no credentials (browsers never send them on one), so it is answered before the
+        // token check, on every path.
+        if method == "OPTIONS" {
+            do {
+                var r = Response(status: 204, body: [])
+                r.headers += try l.origins.preflight(origin: origin)
+                return r
+            } catch {
+                throw HTTPError(status: 403, code: "origin_not_allowed", message: error.message)
+            }
+        }
         if path == "/healthz" {
             guard method == "GET" else { throw methodNotAllowed(method, path) }
             return json(#"{"status":"ok"}"#)
@@ -155,7 +169,7 @@ enum Routes {
 
     private static func methodNotAllowed(_ method: String, _ path: String) -> HTTPError {
         HTTPError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path); use GET",
-                  headers: "Allow: GET\r\n")
+                  headers: "Allow: \(OriginPolicy.allowedMethods)\r\n")
     }
 
     private static func taskId(_ text: String) throws -> String {
