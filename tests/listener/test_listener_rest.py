@@ -145,7 +145,7 @@ def test_bad_ids_are_400(wire):
 
 def test_unknown_routes_are_404_json(wire):
     t = wire.open()
-    for path in ("/api/v1/progress", "/api/v1/progress/tasks", "/api/v2/progress/tasks/x", "/favicon.ico",
+    for path in ("/api/v1/progress", "/api/v1/progress/task", "/api/v2/progress/tasks/x", "/favicon.ico",
                  "/api/v1/progress/ws"):
         r = wire.http(t, path)
         assert r.status == 404 and r.error_code() == "not_found", (path, r)
@@ -313,7 +313,7 @@ def test_preview_too_large_is_413(wire, previews):
 
 TOKEN = "s3cr3t-T0ken"
 PROTECTED = [f"{API}/tasks/at", f"{API}/tasks/at/logs", f"{API}/tasks/at/history", f"{API}/batch/B",
-             "/api/v1/previews/task-1_50.png", "/metrics", "/nowhere"]
+             f"{API}/tasks", f"{API}/tasks?status=queued", "/api/v1/previews/task-1_50.png", "/metrics", "/nowhere"]
 
 
 def test_auth_required_on_every_route_but_healthz(wire, previews):
@@ -336,7 +336,7 @@ def test_auth_with_bearer_header_or_token_query(wire, previews):
     t = wire.open(auth_token=TOKEN, preview_dir=str(previews))
     t.create_task_progress_sync("at", "x", batch_id="B")
     expected = {f"{API}/tasks/at": 200, f"{API}/tasks/at/logs": 200, f"{API}/tasks/at/history": 200,
-                f"{API}/batch/B": 200, "/api/v1/previews/task-1_50.png": 200, "/metrics": 200}
+                f"{API}/batch/B": 200, f"{API}/tasks": 200, "/api/v1/previews/task-1_50.png": 200, "/metrics": 200}
     for path, status in expected.items():
         assert wire.http(t, path, headers={"Authorization": f"Bearer {TOKEN}"}).status == status, path
         assert wire.http(t, f"{path}?token={TOKEN}").status == status, path

@@ -10,7 +10,8 @@ enum Routes {
     /// Preview files are served by exact name only: no separators, no "..", nothing hidden.
     static let maxPreviewBytes = 32 << 20
 
-    private struct HTTPError: Error {
+    /// An answer other than 2xx: the status, and the error body's code and message (SPEC §8's error shape).
+    struct HTTPError: Error {
         let status: Int32
         let code: String
         let message: String
@@ -115,6 +116,10 @@ enum Routes {
             r.contentType = "text/plain; version=0.0.4; charset=utf-8"
             return r
         }
+        if path == TaskListRoute.path {
+            let page = l.engine.listTasks(try TaskListRoute.query(query))
+            return Response(body: TaskListRoute.json(page))
+        }
         if path.hasPrefix(tasksPrefix) {
             let rest = String(path.dropFirst(tasksPrefix.count))
             if rest.hasSuffix("/logs") {
@@ -180,7 +185,7 @@ enum Routes {
     }
 
     /// `since`: ISO-8601 ("2024-01-01", "2024-01-01T10:00:00Z") or epoch seconds.
-    private static func parseSince(_ text: String) throws -> Double {
+    static func parseSince(_ text: String) throws(HTTPError) -> Double {
         if let epoch = Double(text), epoch.isFinite { return epoch }
         if let epoch = ISO8601.parse(text) { return epoch }
         throw HTTPError(status: 400, code: "bad_request",
