@@ -81,6 +81,21 @@ struct TaskListingTests {
         #expect(page.items.isEmpty && page.next == nil)
     }
 
+    @Test("selecting the first k is the sorted prefix, ties and duplicates of time included")
+    func firstK() {
+        var generator = SystemRandomNumberGenerator()
+        for n in [0, 1, 2, 7, 100, 1000] {
+            let items = (0..<n).map { i in
+                (position(Double(Int.random(in: 0..<(n / 3 + 1), using: &generator)), "id\(Int.random(in: 0..<50, using: &generator))-\(i)"), i)
+            }
+            let sorted = items.sorted { $0.0 < $1.0 }
+            for k in [0, 1, 3, 100, 1001] {
+                let picked = TaskPage.first(k, of: items)
+                #expect(picked.map(\.1) == sorted.prefix(k).map(\.1), "n \(n), k \(k)")
+            }
+        }
+    }
+
     @Test("an engine's listing pages through every task once while tasks are created between pages")
     func pagingWhileCreating() throws {
         let clock = ManualClock(1_000)
