@@ -218,9 +218,9 @@ private func fuzzWebSocket(_ bytes: UnsafeBufferPointer<UInt8>) {
     FuzzStub_ws_close(id)
 }
 
-/// REST: "METHOD\nPATH\nAUTHORIZATION\nQUERY" where QUERY is the decoded arguments as libwebsockets hands them
-/// over ("name=value" pairs, NUL-terminated one after the other); for a POST the last part is its body instead (the
-/// listener reads the bodies of POSTs only). Missing lines are empty.
+/// REST: "METHOD\nPATH\nAUTHORIZATION[\tORIGIN]\nQUERY" where QUERY is the decoded arguments as libwebsockets hands
+/// them over ("name=value" pairs, NUL-terminated one after the other); for a POST the last part is its body instead
+/// (the listener reads the bodies of POSTs only). Missing lines are empty; so is the Origin header without a tab.
 private func fuzzREST(_ bytes: UnsafeBufferPointer<UInt8>) {
     _ = fuzzEngine
     var parts: [[UInt8]] = []
@@ -234,14 +234,16 @@ private func fuzzREST(_ bytes: UnsafeBufferPointer<UInt8>) {
     while parts.count < 4 { parts.append([]) }
     // C strings end at the first NUL, as they would coming from libwebsockets.
     func cString(_ b: [UInt8]) -> [CChar] { b.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0] }
-    let method = cString(parts[0]), path = cString(parts[1]), auth = cString(parts[2])
+    let tab = parts[2].firstIndex(of: 9)
+    let method = cString(parts[0]), path = cString(parts[1]), auth = cString(Array(parts[2][..<(tab ?? parts[2].endIndex)]))
+    let origin = cString(tab.map { Array(parts[2][($0 + 1)...]) } ?? [])
     let isPost = parts[0] == Array("POST".utf8)
     let query = isPost ? [] : parts[3].map { CChar(bitPattern: $0) }
     // A copy of exactly the body's size, so ASan sees any read past its end.
     let body = isPost ? parts[3].map { CChar(bitPattern: $0) } : []
     query.withUnsafeBufferPointer { q in
         body.withUnsafeBufferPointer { b in
-            FuzzStub_http(method, path, q.baseAddress, q.count, auth, isPost ? b.baseAddress : nil, b.count)
+            FuzzStub_http(method, path, q.baseAddress, q.count, auth, origin, isPost ? b.baseAddress : nil, b.count)
         }
     }
     // Since values and stored times go through ISO8601.parse; it must not trap on any text either.

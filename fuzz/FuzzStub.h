@@ -5,7 +5,7 @@
 #include <stdint.h>
 int FuzzStub_has_listener(void);
 void FuzzStub_http(const char *method, const char *path, const char *query, size_t query_len, const char *authorization,
-                   const char *body, size_t body_len);
+                   const char *origin, const char *body, size_t body_len);
 uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len, const char *authorization,
                           const char *origin);
 void FuzzStub_ws_message(uint64_t id, const char *data, size_t len, int binary);

@@ -85,10 +85,10 @@ void CProgress_http_respond(void *conn, int status, const char *content_type, co
 int FuzzStub_has_listener(void) { return current != NULL; }
 
 void FuzzStub_http(const char *method, const char *path, const char *query, size_t query_len, const char *authorization,
-                   const char *body, size_t body_len) {
+                   const char *origin, const char *body, size_t body_len) {
     static int conn;
-    current->cb.on_http(current->cb.ctx, &conn, method, path, query, query_len, authorization, "127.0.0.1", body,
-                        body_len);
+    current->cb.on_http(current->cb.ctx, &conn, method, path, query, query_len, authorization, origin, "127.0.0.1",
+                        body, body_len);
 }
 
 uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len, const char *authorization,

@@ -192,9 +192,13 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           "error" message, then close 1009
  *   max_subscriptions          1000         task ids per connection ("*" counts as none)
  *   dashboard                  true         serve the live dashboard at /
- *   allowed_origins            null         an array of origins ("https://app.example.com"); a WebSocket whose
- *                                           Origin header is not one of them (case-insensitive) is closed with
- *                                           4403; one without Origin (not a browser) is accepted
+ *   allowed_origins            null         an array of origins ("https://app.example.com", scheme://host[:port];
+ *                                           anything else is PROGRESS_E_CONFIG), or "*" for any: the browser pages
+ *                                           that may use the listener. A WebSocket whose Origin header is not one
+ *                                           of them (case-insensitive) is closed with 4403; one without Origin (not
+ *                                           a browser) is accepted. REST answers to a listed origin carry CORS
+ *                                           headers (docs/API.md, "CORS"); null: WebSockets from any origin, and
+ *                                           no cross-origin REST
  *
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed

@@ -68,6 +68,7 @@ struct pending_request {
     char *query; /* query_len bytes of NUL-separated "name=value" pairs */
     size_t query_len;
     char *auth;
+    char *origin;
     char peer[64];
     unsigned char *body;
     size_t body_len, content_length;
@@ -138,6 +139,7 @@ static void free_request(struct pending_request *r) {
     free(r->path);
     free(r->query);
     free(r->auth);
+    free(r->origin);
     free(r->body);
     free(r);
 }
@@ -207,7 +209,8 @@ static char *copy_bytes(const char *bytes, size_t len) {
  * body's buffer grows with what arrives, so a client that declares a body and sends none holds little (until the
  * timeout, timeout_secs, drops it). */
 static struct pending_request *keep_request(const char *method, const char *path, const char *query, size_t query_len,
-                                            const char *auth, const char *peer, size_t length) {
+                                            const char *auth, const char *origin, const char *peer,
+                                            size_t length) {
     struct pending_request *r = calloc(1, sizeof *r);
     if (r == NULL) return NULL;
     snprintf(r->method, sizeof r->method, "%s", method);
@@ -216,8 +219,9 @@ static struct pending_request *keep_request(const char *method, const char *path
     r->query = copy_bytes(query, query_len);
     r->query_len = query_len;
     r->auth = copy_bytes(auth, strlen(auth));
+    r->origin = copy_bytes(origin, strlen(origin));
     r->content_length = length;
-    if (r->path == NULL || r->query == NULL || r->auth == NULL) {
+    if (r->path == NULL || r->query == NULL || r->auth == NULL || r->origin == NULL) {
         free_request(r);
         return NULL;
     }
@@ -260,20 +264,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
 
     case LWS_CALLBACK_HTTP: {
-        char query[QUERY_CAP], auth[HEADER_CAP], peer[PEER_CAP];
+        char query[QUERY_CAP], auth[HEADER_CAP], origin[HEADER_CAP], peer[PEER_CAP];
         size_t query_len = collect_query(wsi, query, sizeof query);
         copy_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof auth);
+        copy_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
         lws_get_peer_simple(wsi, peer, sizeof peer);
         free_session(s);
         const char *method = method_of(wsi), *path = in ? (const char *)in : "/";
         size_t length = content_length(wsi);
         if (length > 0 && length <= l->max_body && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
             /* Answered once the body is in (LWS_CALLBACK_HTTP_BODY_COMPLETION). */
-            s->request = keep_request(method, path, query, query_len, auth, peer, length);
+            s->request = keep_request(method, path, query, query_len, auth, origin, peer, length);
             return s->request ? 0 : -1;
         }
         /* No body, or one no route reads (a GET's) or too large to read: answered now, without it. */
-        l->cb.on_http(l->cb.ctx, wsi, method, path, query, query_len, auth, peer, NULL, length);
+        l->cb.on_http(l->cb.ctx, wsi, method, path, query, query_len, auth, origin, peer, NULL, length);
         if (s->body == NULL) return -1; /* Swift did not respond: a bug; drop the connection */
         lws_callback_on_writable(wsi);
         return 0;
@@ -297,7 +302,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (s && s->request) {
             struct pending_request *r = s->request;
             s->request = NULL;
-            l->cb.on_http(l->cb.ctx, wsi, r->method, r->path, r->query, r->query_len, r->auth, r->peer,
+            l->cb.on_http(l->cb.ctx, wsi, r->method, r->path, r->query, r->query_len, r->auth, r->origin, r->peer,
                           (const char *)r->body, r->body_len);
             free_request(r);
             if (s->body == NULL) return -1;
@@ -678,7 +683,15 @@ void CProgress_http_respond(void *conn, int status, const char *content_type, co
     if (s == NULL) return;
     unsigned char buf[LWS_PRE + 4096];
     unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
-    if (lws_add_http_common_headers(wsi, (unsigned int)status, content_type, body_len, &p, end)) return;
+    if (status == 204) {
+        /* RFC 9110 §8.6: no Content-Length on a 204. Its absence would make lws_add_http_common_headers close
+         * the connection after the answer (it cannot tell where a body would end); a 204 has none, so the
+         * connection stays open for the request a preflight precedes. */
+        body_len = 0;
+        if (lws_add_http_header_status(wsi, 204, &p, end)) return;
+    } else if (lws_add_http_common_headers(wsi, (unsigned int)status, content_type, body_len, &p, end)) {
+        return;
+    }
     /* Extra headers arrive as "Name: value\r\n" lines. */
     for (const char *line = headers; line && *line;) {
         const char *eol = strstr(line, "\r\n");

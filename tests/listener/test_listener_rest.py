@@ -145,7 +145,7 @@ def test_bad_ids_are_400(wire):
 
 def test_unknown_routes_are_404_json(wire):
     t = wire.open()
-    for path in ("/api/v1/progress", "/api/v1/progress/tasks", "/api/v2/progress/tasks/x", "/favicon.ico",
+    for path in ("/api/v1/progress", "/api/v1/progress/task", "/api/v2/progress/tasks/x", "/favicon.ico",
                  "/api/v1/progress/ws"):
         r = wire.http(t, path)
         assert r.status == 404 and r.error_code() == "not_found", (path, r)
@@ -169,10 +169,11 @@ def test_healthz(wire):
     assert r.status == 200 and r.json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("method", ["DELETE", "PATCH", "OPTIONS", "PUT", "POST"])
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "PUT", "POST"])
 def test_non_get_methods_are_405(wire, method):
-    """405 with `Allow: GET` and a JSON error, on every route, with or without a request body; the request
-    (its body unread) does not keep the connection. Raw socket, one write per request."""
+    """405 with `Allow` (GET, and OPTIONS for the CORS preflight) and a JSON error, on every route, with
+    or without a request body; the request (its body unread) does not keep the connection. Raw socket, one write
+    per request."""
     t = wire.open()
     t.create_task_progress_sync("m", "x")
     for path in (f"{API}/tasks/m", "/healthz", "/metrics", f"{API}/batch/b"):
@@ -185,7 +186,7 @@ def test_non_get_methods_are_405(wire, method):
                 raise AssertionError(f"{method} {path} with a {len(body)}-byte body: {e}") from None
             r = wire.parse_response(data)
             assert r.status == 405, (method, path, r)
-            assert r.headers.get("allow") == "GET", r.headers
+            assert r.headers.get("allow") == "GET, OPTIONS", r.headers
             assert len(r.body) == int(r.headers["content-length"]) > 0, (method, path, len(body), r)
             assert r.error_code() == "method_not_allowed"
     assert t.get_task_progress_sync("m")["status"] == "queued"
@@ -312,7 +313,7 @@ def test_preview_too_large_is_413(wire, previews):
 
 TOKEN = "s3cr3t-T0ken"
 PROTECTED = [f"{API}/tasks/at", f"{API}/tasks/at/logs", f"{API}/tasks/at/history", f"{API}/batch/B",
-             "/api/v1/previews/task-1_50.png", "/metrics", "/nowhere"]
+             f"{API}/tasks", f"{API}/tasks?status=queued", "/api/v1/previews/task-1_50.png", "/metrics", "/nowhere"]
 
 
 def test_auth_required_on_every_route_but_healthz(wire, previews):
@@ -335,7 +336,7 @@ def test_auth_with_bearer_header_or_token_query(wire, previews):
     t = wire.open(auth_token=TOKEN, preview_dir=str(previews))
     t.create_task_progress_sync("at", "x", batch_id="B")
     expected = {f"{API}/tasks/at": 200, f"{API}/tasks/at/logs": 200, f"{API}/tasks/at/history": 200,
-                f"{API}/batch/B": 200, "/api/v1/previews/task-1_50.png": 200, "/metrics": 200}
+                f"{API}/batch/B": 200, f"{API}/tasks": 200, "/api/v1/previews/task-1_50.png": 200, "/metrics": 200}
     for path, status in expected.items():
         assert wire.http(t, path, headers={"Authorization": f"Bearer {TOKEN}"}).status == status, path
         assert wire.http(t, f"{path}?token={TOKEN}").status == status, path

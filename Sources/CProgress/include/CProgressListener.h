@@ -19,12 +19,13 @@ typedef struct {
     void *ctx;
     /* An HTTP request: method ("GET", "POST", ...), decoded path, query arguments as "name=value" pairs
      * each NUL-terminated one after the other (query_len bytes in all; decoded by libwebsockets), the
-     * Authorization header ("" if none), the peer address, and the body: read (body_len bytes) for a method other
-     * than GET and HEAD whose Content-Length is at most max_body_bytes, so the call comes once it is in; else body
-     * is NULL and body_len the Content-Length declared (0 for none). Must call CProgress_http_respond once. */
+     * Authorization and Origin headers ("" if none), the peer address, and the body: read (body_len bytes) for a
+     * method other than GET and HEAD whose Content-Length is at most max_body_bytes, so the call comes once it is
+     * in; else body is NULL and body_len the Content-Length declared (0 for none). Must call CProgress_http_respond
+     * once. */
     void (*on_http)(void *ctx, void *conn, const char *method, const char *path, const char *query,
-                    size_t query_len, const char *authorization, const char *peer, const char *body,
-                    size_t body_len);
+                    size_t query_len, const char *authorization, const char *origin, const char *peer,
+                    const char *body, size_t body_len);
     /* A WebSocket handshake completed; origin is the Origin header ("" if none). Returns a non-zero
      * connection id; 0 refuses (closes). */
     uint64_t (*on_ws_open)(void *ctx, void *conn, const char *path, const char *query, size_t query_len,
@@ -86,7 +87,8 @@ void CProgress_ws_set_close(void *conn, int code, const char *reason);
  * reading never becomes writable, so its close frame could wait forever). */
 void CProgress_ws_close_within(void *conn, int secs);
 /* Service thread, inside on_http: the response. headers: extra "Name: value\r\n" lines or NULL.
- * The body is copied. close_after: close the connection once sent (for requests whose body we skip). */
+ * The body is copied. close_after: close the connection once sent (for requests whose body we skip).
+ * Status 204 has no body: content_type and body are ignored, and no Content-Type or Content-Length is sent. */
 void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,
                             const void *body, size_t body_len, int close_after);
 

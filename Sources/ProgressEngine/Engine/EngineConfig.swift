@@ -19,8 +19,9 @@ struct EngineConfig: Sendable {
     var maxConnections = 1024
     /// WebSocket connections allowed from one peer address (nil: only max_connections applies).
     var maxConnectionsPerIP: Int?
-    /// Origin header values a browser's WebSocket may come from (nil: any; a request without Origin, which
-    /// is not a browser's, is always accepted).
+    /// Origins a browser page may use the listener from (`OriginPolicy`): its WebSockets (nil: any; a request
+    /// without Origin, which is not a browser's, is always accepted) and cross-origin REST reads (CORS; nil: none).
+    /// Normalized; `"*"` is every origin.
     var allowedOrigins: Set<String>?
     var maxMessageBytes = 65_536
     var maxSubscriptions = 1000
@@ -93,7 +94,12 @@ struct EngineConfig: Sendable {
                     guard case let .string(s) = o, !s.isEmpty, s.utf8.count <= 1024 else {
                         throw EngineError.config("allowed_origins must be an array of origins such as \"https://app.example.com\"")
                     }
-                    return EngineConfig.normalizedOrigin(s)
+                    let origin = EngineConfig.normalizedOrigin(s)
+                    guard origin == "*" || EngineConfig.isOrigin(origin) else {
+                        throw EngineError.config("allowed_origins: \"\(s)\" is not an origin: write scheme://host[:port] "
+                            + "with no path, such as \"https://app.example.com\" or \"http://localhost:3000\", or \"*\" for any")
+                    }
+                    return origin
                 })
             }
         } catch let error as EngineError where error.status == EngineError.json("").status {
@@ -108,6 +114,23 @@ struct EngineConfig: Sendable {
         var o = s.lowercased()
         while o.hasSuffix("/") { o.removeLast() }
         return o
+    }
+
+    /// `scheme://host[:port]` (normalized) as a browser sends it in Origin. Anything else could never match a
+    /// browser's Origin (a path, no scheme), so it is a typo; `null` (sandboxed frames, `file:` pages) is refused as
+    /// it stands for no origin in particular. No space or control character, so an origin echoed in a header stays
+    /// one header.
+    static func isOrigin(_ origin: String) -> Bool {
+        let bytes = Array(origin.utf8)
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > 0,
+              bytes[colon...].starts(with: "://".utf8), bytes.count > colon + 3 else { return false }
+        func isLetter(_ b: UInt8) -> Bool { b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") }
+        let scheme = bytes[..<colon], authority = bytes[(colon + 3)...]
+        guard isLetter(scheme[scheme.startIndex]), scheme.allSatisfy({ b in
+            isLetter(b) || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || "+-.".utf8.contains(b)
+        }) else { return false }
+        // Printable ASCII: browsers send hosts in their ASCII (punycode) form.
+        return authority.allSatisfy { b in b > 0x20 && b < 0x7F && !"/?#@\\".utf8.contains(b) }
     }
 
     private static func integer(_ reader: JSONObjectReader, _ key: String, in range: ClosedRange<Int>) throws -> Int? {

@@ -45,7 +45,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     let maxSubscriptions: Int
     let maxConnections: Int
     let maxConnectionsPerIP: Int?
-    let allowedOrigins: Set<String>?
+    let origins: OriginPolicy
     let authToken: String?
     let metrics = ListenerMetrics()
     /// A client whose unsent messages exceed either bound is closed (4008 "client too slow"): it would
@@ -97,7 +97,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         maxSubscriptions = engine.config.maxSubscriptions
         maxConnections = engine.config.maxConnections
         maxConnectionsPerIP = engine.config.maxConnectionsPerIP
-        allowedOrigins = engine.config.allowedOrigins
+        origins = OriginPolicy(allowed: engine.config.allowedOrigins)
         authToken = engine.config.authToken
 
         FileLimit.raise(toHold: maxConnections)
@@ -333,7 +333,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             client.close(code: 4404, reason: "no WebSocket endpoint at \(path); use \(Routes.webSocketPath)")
         } else if !isAuthorized(authorization: authorization, query: query) {
             client.close(code: 4401, reason: "unauthorized: pass Authorization: Bearer TOKEN or ?token=TOKEN")
-        } else if let allowed = allowedOrigins, !origin.isEmpty, !allowed.contains(EngineConfig.normalizedOrigin(origin)) {
+        } else if !origins.allowsWebSocket(origin: origin) {
             client.close(code: 4403, reason: "origin not allowed (allowed_origins)")
         } else if let perIP = maxConnectionsPerIP, fromPeer > perIP {
             metrics.connectionsRefused.add(1, ordering: .relaxed)
@@ -418,13 +418,13 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     private static var callbacks: CProgress_listener_callbacks {
         var cb = CProgress_listener_callbacks()
-        cb.on_http = { ctx, conn, method, path, query, queryLen, authorization, peer, body, bodyLen in
+        cb.on_http = { ctx, conn, method, path, query, queryLen, authorization, origin, peer, body, bodyLen in
             let l = Listener.listener(ctx)
             let request = Routes.Body(bytes: body.map { UnsafeRawBufferPointer(start: $0, count: bodyLen) },
                                       declaredLength: bodyLen)
             Routes.handleHTTP(l, conn: conn!, method: String(cString: method!), path: String(cString: path!),
                               query: parseQuery(query, queryLen), authorization: String(cString: authorization!),
-                              peer: String(cString: peer!), body: request)
+                              origin: String(cString: origin!), peer: String(cString: peer!), body: request)
         }
         cb.on_ws_open = { ctx, conn, path, query, queryLen, authorization, origin, peer in
             let l = Listener.listener(ctx)

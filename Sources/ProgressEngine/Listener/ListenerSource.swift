@@ -16,6 +16,8 @@ protocol ListenerSource: AnyObject, Sendable {
 
     func snapshot(id: String, now: Double?) throws -> TaskSnapshot
     func allSnapshots() -> [TaskSnapshot]
+    /// One page of the task listing (this engine's tasks and, with Redis, the fleet's), with ETAs.
+    func listTasks(_ query: TaskQuery) -> TaskPage
     func missedEvents(id: String, after: UInt64, current: UInt64) -> [HistoryEvent]?
     func taskJSON(id: String) throws -> String
     func logsJSON(id: String, since: Double, minLevel: LogLevel) throws -> String

@@ -21,7 +21,8 @@ enum Routes {
     /// Preview files are served by exact name only: no separators, no "..", nothing hidden.
     static let maxPreviewBytes = 32 << 20
 
-    private struct HTTPError: Error {
+    /// An answer other than 2xx: the status, and the error body's code and message (SPEC §8's error shape).
+    struct HTTPError: Error {
         let status: Int32
         let code: String
         let message: String
@@ -37,11 +38,13 @@ enum Routes {
     }
 
     static func handleHTTP(_ l: Listener, conn: UnsafeMutableRawPointer, method: String, path: String,
-                           query: [String: String], authorization: String, peer: String, body: Body) {
+                           query: [String: String], authorization: String, origin: String, peer: String,
+                           body: Body) {
         l.metrics.httpRequests.add(1, ordering: .relaxed)
         var response: Response
         do {
-            response = try route(l, method: method, path: path, query: query, authorization: authorization, body: body)
+            response = try route(l, method: method, path: path, query: query, authorization: authorization,
+                                 origin: origin, body: body)
         } catch let e as HTTPError {
             response = errorResponse(status: e.status, code: e.code, message: e.message)
             response.headers += e.headers
@@ -58,6 +61,8 @@ enum Routes {
         } catch {
             response = errorResponse(status: 500, code: "internal", message: "\(error)")
         }
+        // Every answer, errors included, so a page of an allowed origin can read why its request failed.
+        response.headers += l.origins.responseHeaders(origin: origin)
         // HEAD: the headers of the answer, no body (its Content-Length would then be wrong, so it is 0).
         if method == "HEAD" { response.body = [] }
         response.body.withUnsafeBytes { body in
@@ -82,7 +87,18 @@ enum Routes {
     }
 
     private static func route(_ l: Listener, method: String, path: String, query: [String: String],
-                              authorization: String, body: Body) throws -> Response {
+                              authorization: String, origin: String, body: Body) throws -> Response {
+        // A CORS preflight carries no credentials (browsers never send them on one), so it is answered before the
+        // token check, on every path.
+        if method == "OPTIONS" {
+            do {
+                var r = Response(status: 204, body: [])
+                r.headers += try l.origins.preflight(origin: origin)
+                return r
+            } catch {
+                throw HTTPError(status: 403, code: "origin_not_allowed", message: error.message)
+            }
+        }
         if path == "/healthz" {
             guard method == "GET" else { throw methodNotAllowed(method, path) }
             return json(#"{"status":"ok"}"#)
@@ -113,6 +129,10 @@ enum Routes {
             var r = Response(body: Array(metricsText(l).utf8))
             r.contentType = "text/plain; version=0.0.4; charset=utf-8"
             return r
+        }
+        if path == TaskListRoute.path {
+            let page = l.engine.listTasks(try TaskListRoute.query(query))
+            return Response(body: TaskListRoute.json(page))
         }
         if path.hasPrefix(tasksPrefix) {
             let rest = String(path.dropFirst(tasksPrefix.count))
@@ -166,9 +186,10 @@ enum Routes {
         }
     }
 
+    /// `allowed`: the methods the path answers (besides the OPTIONS every path answers).
     private static func methodNotAllowed(_ method: String, _ path: String, allowed: String = "GET") -> HTTPError {
-        HTTPError(status: 405, code: "method_not_allowed",
-                  message: "\(method) is not allowed on \(path); use \(allowed)", headers: "Allow: \(allowed)\r\n")
+        HTTPError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed on \(path); use \(allowed)",
+                  headers: "Allow: \(allowed), OPTIONS\r\n")
     }
 
     /// With `auth_token`: the token, as `Authorization: Bearer TOKEN` or `?token=TOKEN`, else 401.
@@ -239,7 +260,7 @@ enum Routes {
     }
 
     /// `since`: ISO-8601 ("2024-01-01", "2024-01-01T10:00:00Z") or epoch seconds.
-    private static func parseSince(_ text: String) throws -> Double {
+    static func parseSince(_ text: String) throws(HTTPError) -> Double {
         if let epoch = Double(text), epoch.isFinite { return epoch }
         if let epoch = ISO8601.parse(text) { return epoch }
         throw HTTPError(status: 400, code: "bad_request",

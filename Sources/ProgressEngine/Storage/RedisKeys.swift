@@ -46,6 +46,10 @@ struct RedisKeys: Sendable {
     /// Every task of the namespace → epoch seconds of its latest write (a sorted set): what a `"*"` subscription
     /// lists of the tasks an engine does not hold. Entries older than the retention are trimmed.
     var tasks: String { "\(namespace):tasks" }
+    /// Every task of the namespace in the listing's order (a sorted set, every score 0): members are
+    /// `ListPosition.sortKey` (creation time, then id), so `ZREVRANGEBYLEX` pages newest first. Added with a task's
+    /// first write; an entry is dropped once its task's state has expired (`RedisWriter.sweepCreationIndex`).
+    var tasksByCreation: String { "\(namespace):tasks:created" }
     /// Executing tasks → epoch seconds of their engine's last heartbeat (a sorted set).
     var heartbeats: String { "\(namespace):heartbeats" }
     /// Cancel requests for tasks other engines run (a stream of `{task_id, reason?}`, about the newest 1000 kept),

@@ -132,6 +132,20 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         } ?? []
     }
 
+    /// Walks the creation index (`RedisKeys.tasksByCreation`) from just after `after`, newest first.
+    func tasksCreated(after: ListPosition?, count: Int) -> [ListPosition]? {
+        read { c -> [ListPosition] in
+            // "(" makes the bound exclusive: the page starts strictly after the cursor's task.
+            let start = after.map { RedisArgument([UInt8(ascii: "(")] + $0.sortKey) } ?? "+"
+            guard case let .array(items) = try c.command(["ZREVRANGEBYLEX", RedisArgument(keys.tasksByCreation), start, "-",
+                                                          "LIMIT", "0", RedisArgument(String(count))]) else { return [] }
+            return items.compactMap { item in
+                guard case let .string(member) = item else { return nil }
+                return ListPosition(sortKey: member)
+            }
+        }
+    }
+
     /// The stored task, with a cancel request another engine published for it (its `cancel` key) that the task's
     /// own engine has not written into its state yet.
     func loadTask(_ id: String) -> TaskSnapshot? {

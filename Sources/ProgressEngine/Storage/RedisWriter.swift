@@ -346,7 +346,55 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             }
             if sent >= 3000 { if !drainReplies(connection, &sent) { return } }
         }
-        _ = drainReplies(connection, &sent)
+        if drainReplies(connection, &sent) { sweepCreationIndex(connection) }
+    }
+
+    /// Index entries the sweep checks at most per round (in lots of 1,000, one round trip each).
+    static let maxSweptEntries = 100_000
+
+    /// The creation index (`RedisKeys.tasksByCreation`) keeps a task for as long as Redis keeps its state. Only the
+    /// entries created before the retention window can belong to expired tasks: each is checked against its state
+    /// key, and dropped when that is gone. A task running for longer than the retention keeps its keys alive
+    /// (`refreshActiveExpiry`), and so its entry. Every engine's writer sweeps; a second sweep finds nothing to do.
+    private func sweepCreationIndex(_ connection: RedisConnection) {
+        let key = RedisArgument(keys.tasksByCreation)
+        // Exclusive bound at the cutoff time's 16 hex digits: every member created earlier sorts below it.
+        let cutoff = ListPosition(createdAt: SystemClock().now() - engine.config.retentionSeconds, id: "")
+        let upper = RedisArgument([UInt8(ascii: "(")] + cutoff.sortKey)
+        var lower: RedisArgument = "-"
+        var swept = 0, sent = 0
+        defer { metrics.commands.add(sent, ordering: .relaxed) }
+        do {
+            while swept < RedisWriter.maxSweptEntries {
+                sent += 1
+                guard case let .array(items) = try connection.command(["ZRANGEBYLEX", key, lower, upper, "LIMIT", "0", "1000"])
+                else { return }
+                let members = items.compactMap { item -> [UInt8]? in
+                    if case let .string(member) = item { return member }
+                    return nil
+                }
+                guard let last = members.last else { return }
+                // A member that is no sort key is nobody's entry: checked against no key, so dropped.
+                let ids = members.map { ListPosition(sortKey: $0)?.id }
+                for id in ids { connection.append(["EXISTS", RedisArgument(keys.state(id ?? ""))]) }
+                sent += ids.count
+                var gone: [RedisArgument] = []
+                for (member, id) in zip(members, ids) {
+                    if try connection.reply() == .integer(0) || id == nil { gone.append(RedisArgument(member)) }
+                }
+                if !gone.isEmpty {
+                    sent += 1
+                    _ = try connection.command(["ZREM", key] + gone)
+                }
+                swept += members.count
+                guard members.count == 1000 else { return }
+                lower = RedisArgument([UInt8(ascii: "(")] + last)
+            }
+        } catch let e as EngineError {
+            disconnected(e.message, now: engine.monotonic.now())
+        } catch {
+            disconnected("\(error)", now: engine.monotonic.now())
+        }
     }
 
     /// Reads `count` pipelined replies (then 0); false when the connection failed.
@@ -464,6 +512,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         let wallNow = RedisArgument(String(SystemClock().now()))
         c.append(["ZADD", RedisArgument(keys.tasks), wallNow, RedisArgument(id)])
         n += 1
+        if w.firstSeq == 1 {
+            // The task's place in the listing: creation time and id never change, so its first write is enough.
+            c.append(["ZADD", RedisArgument(keys.tasksByCreation), "0",
+                      RedisArgument(ListPosition(createdAt: s.createdAt, id: id).sortKey)])
+            n += 1
+        }
         if s.status == .executing {
             c.append(["ZADD", RedisArgument(keys.heartbeats), wallNow, RedisArgument(id)])
             n += 1

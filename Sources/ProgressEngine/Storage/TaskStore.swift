@@ -34,6 +34,10 @@ protocol TaskStore: AnyObject, Sendable {
 
     /// Ids of the newest tasks written, newest first, at most `limit`.
     func recentTaskIds(limit: Int, retention: Double) -> [String]
+    /// The stored tasks' places in the listing's order (the creation index), after `after` (from the newest when
+    /// nil), at most `count`; fewer at the index's end (or when a hand-edited index holds members that are no sort
+    /// key, which are left out). nil when the store cannot be read now.
+    func tasksCreated(after: ListPosition?, count: Int) -> [ListPosition]?
     /// Stored states (JSON) of those of `ids` that are stored.
     func stateJSONs(_ ids: [String]) -> [String: String]
     func stateJSON(_ id: String) -> String?
@@ -64,6 +68,7 @@ final class MemoryStore: TaskStore {
     func templates() -> [(String, String)] { [] }
     func completionRecords() -> [String] { [] }
     func recentTaskIds(limit: Int, retention: Double) -> [String] { [] }
+    func tasksCreated(after: ListPosition?, count: Int) -> [ListPosition]? { [] }
     func stateJSONs(_ ids: [String]) -> [String: String] { [:] }
     func stateJSON(_ id: String) -> String? { nil }
     func loadTask(_ id: String) -> TaskSnapshot? { nil }
