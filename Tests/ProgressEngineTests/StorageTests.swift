@@ -38,6 +38,22 @@ struct StorageTests {
         #expect(key[key.index(after: open)..<close] == "x%7Dy")
     }
 
+    @Test("Other writes (templates, ETA records) wait for Redis within 10,000 and 64 MiB, however long")
+    func extrasBound() throws {
+        // Nothing listens on port 1: every write waits, and the writer thread keeps taking its inbox meanwhile.
+        let engine = try makeEngine(#"{"redis_url": "redis://127.0.0.1:1/0"}"#)
+        defer { engine.close() }
+        let writer = try #require(engine.storeWriter)
+        let metrics = try #require(engine.redisMetrics)
+        let png = [UInt8](repeating: 7, count: 20 << 20)
+        for i in 0..<4 { writer.enqueue(commands: [["HSET", "k", RedisArgument("\(i).png"), RedisArgument(png)]]) }
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 1)
+        for _ in 0..<(RedisWriter.maxQueuedExtras - 3) { writer.enqueue(commands: [["HSET", "k", "f", "v"]]) }
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 1)
+        writer.enqueue(commands: [["HSET", "k", "f", "v"]])
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 2)
+    }
+
     @Test("A task restored from its stored JSON is the same task: stages, progress, times, seq, error")
     func roundTrip() throws {
         let clock = ManualClock(1_700_000_000.123456)

@@ -43,7 +43,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
     static let maxEventsPerWrite = 1024
+    /// Bounds of the other writes (templates, ETA records, cancel requests) waiting for Redis, counted from when
+    /// they are queued until Redis took them, so a long outage cannot pile them up in memory.
     static let maxQueuedExtras = 10_000
+    static let maxQueuedExtraBytes = 64 << 20
     static let streamMaxLength = 4096
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
@@ -64,6 +67,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     // Guarded by the worker's lock.
     @exclusivity(unchecked) private var inbox: [String] = []
     @exclusivity(unchecked) private var extrasInbox: [[[RedisArgument]]] = []
+    /// Other writes queued and not yet taken by Redis (the inbox and the writer's `extras`), and their bytes.
+    @exclusivity(unchecked) private var queuedExtras = 0
+    @exclusivity(unchecked) private var queuedExtraBytes = 0
     @exclusivity(unchecked) private var sleeping = false
     /// When `stop()` was first called (monotonic): the close bound counts from it.
     @exclusivity(unchecked) private var stopRequestedAt: Double?
@@ -111,16 +117,23 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// - Returns: false when they were dropped.
     @discardableResult
     func enqueue(commands: [[RedisArgument]]) -> Bool {
+        let bytes = RedisWriter.size(of: commands)
         worker.lock()
-        if extrasInbox.count >= RedisWriter.maxQueuedExtras {
+        if queuedExtras >= RedisWriter.maxQueuedExtras || queuedExtraBytes + bytes > RedisWriter.maxQueuedExtraBytes {
             worker.unlock()
             metrics.droppedWrites.add(1, ordering: .relaxed)
             return false
         }
+        queuedExtras += 1
+        queuedExtraBytes += bytes
         extrasInbox.append(commands)
         if sleeping { worker.signal() }
         worker.unlock()
         return true
+    }
+
+    private static func size(of commands: [[RedisArgument]]) -> Int {
+        commands.reduce(0) { total, command in command.reduce(total) { $0 + $1.bytes.count } }
     }
 
     /// Flushes what is dirty, then stops the thread; returns at most `closeFlushSeconds` (and the few
@@ -211,6 +224,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 pending[w.id] = 0
             }
             extras.insert(contentsOf: batch, at: 0)
+        } else if !batch.isEmpty {
+            let bytes = batch.reduce(0) { $0 + RedisWriter.size(of: $1) }
+            worker.lock()
+            queuedExtras -= batch.count
+            queuedExtraBytes -= bytes
+            worker.unlock()
         }
         publishQueueDepth()
     }
