@@ -254,25 +254,16 @@ enum Routes {
     }
 
     private static func preview(_ l: Listener, name: String) throws -> Response {
-        guard isSafePreviewName(name) else {
+        guard isSafePreviewName(name), let dir = l.engine.previewDirectory else {
             throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
         }
-        guard let dir = l.engine.previewDirectory else {
-            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\" (no preview_dir configured)")
-        }
-        guard let file = fopen(dir + "/" + name, "rb") else {
+        let bytes: [UInt8]
+        switch PreviewFile.read(dir + "/" + name, limit: maxPreviewBytes) {
+        case .missing:
             throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-            if bytes.count > maxPreviewBytes {
-                throw HTTPError(status: 413, code: "too_large", message: "preview \"\(name)\" is larger than \(maxPreviewBytes) bytes")
-            }
-            if n < chunk.count { break }
+        case .tooLarge:
+            throw HTTPError(status: 413, code: "too_large", message: "preview \"\(name)\" is larger than \(maxPreviewBytes) bytes")
+        case let .bytes(read): bytes = read
         }
         var r = Response(body: bytes)
         r.contentType = "image/png"
