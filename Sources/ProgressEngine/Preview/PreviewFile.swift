@@ -1,6 +1,6 @@
 import Glibc
 
-/// Reading a preview file back whole, for the listener serving it.
+/// Reading a preview file back whole: the listener serving it, the Redis store copying it to Redis.
 enum PreviewFile {
     enum Contents {
         /// No such regular file (or it cannot be read).

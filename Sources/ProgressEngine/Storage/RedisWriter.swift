@@ -43,8 +43,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
     static let maxEventsPerWrite = 1024
-    /// Bounds of the other writes (templates, ETA records, cancel requests) waiting for Redis, counted from when
-    /// they are queued until Redis took them, so a long outage cannot pile them up in memory.
+    /// Bounds of the other writes (templates, ETA records, cancel requests, previews) waiting for Redis, counted
+    /// from when they are queued until Redis took them, so a long outage cannot pile them up in memory.
     static let maxQueuedExtras = 10_000
     static let maxQueuedExtraBytes = 64 << 20
     static let streamMaxLength = 4096
@@ -112,8 +112,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         worker.unlock()
     }
 
-    /// Queues other writes (a registered template, an ETA record, a cancel request), bounded; dropped and counted
-    /// when full.
+    /// Queues other writes (a registered template, an ETA record, a cancel request, a preview), bounded; dropped
+    /// and counted when full.
     /// - Returns: false when they were dropped.
     @discardableResult
     func enqueue(commands: [[RedisArgument]]) -> Bool {
@@ -130,6 +130,13 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         if sleeping { worker.signal() }
         worker.unlock()
         return true
+    }
+
+    /// Queues a preview's PNG into the task's `previews` hash, which gets the task's expiry (as its other keys:
+    /// renewed by the task's writes and while it is active). Dropped and counted when the queue is full.
+    func enqueuePreview(taskId: String, name: String, png: [UInt8]) {
+        let key = RedisArgument(keys.previews(taskId))
+        enqueue(commands: [["HSET", key, RedisArgument(name), RedisArgument(png)], ["PEXPIRE", key, ttl]])
     }
 
     private static func size(of commands: [[RedisArgument]]) -> Int {
@@ -355,7 +362,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         var sent = 1
         var batches = Set<String>()
         for task in engine.activeOwnedTasks() {
-            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id)] {
+            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.previews(task.id)] {
                 connection.append(["PEXPIRE", RedisArgument(key), ttl])
                 sent += 1
             }
@@ -474,6 +481,11 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         // its end, like its state (it used to expire that long after its last entry).
         c.append(["PEXPIRE", RedisArgument(keys.logs(id)), ttl])
         n += 1
+        if s.previewURL != nil {
+            // Likewise the previews (written on their own, `enqueuePreview`): a finished task's expire with it.
+            c.append(["PEXPIRE", RedisArgument(keys.previews(id)), ttl])
+            n += 1
+        }
         logsWriter.endArray()
         if let batch = s.batchId {
             c.append(["SADD", RedisArgument(keys.batch(batch)), RedisArgument(id)])
