@@ -407,20 +407,33 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             acks.append((w.id, w.snapshot.seq, w.logsTotal))
         }
         metrics.commands.add(count, ordering: .relaxed)
+        var loading: String?
         do {
             for _ in 0..<count {
-                if case let .error(message) = try connection.reply(), !message.contains("equal or smaller") {
-                    metrics.commandErrors.add(1, ordering: .relaxed)
-                    if lastError != message {
-                        lastError = message
-                        StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
-                    }
+                guard case let .error(message) = try connection.reply(), !message.contains("equal or smaller") else {
+                    continue
+                }
+                // A restarted Redis answers LOADING until its dataset is loaded: nothing was refused for good, and
+                // what a writer sends only once (a preview, a log entry) must not be lost to it.
+                if message.hasPrefix("LOADING") {
+                    loading = message
+                    continue
+                }
+                metrics.commandErrors.add(1, ordering: .relaxed)
+                if lastError != message {
+                    lastError = message
+                    StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
                 }
             }
         } catch let e as EngineError {
             disconnected(e.message, now: engine.monotonic.now())
             return false
         } catch {
+            return false
+        }
+        if let loading {
+            // Everything goes again once Redis has loaded (the writes are idempotent, as after a lost reply).
+            disconnected(loading, now: engine.monotonic.now())
             return false
         }
         for (id, seq, logs) in acks { engine.ackWrite(id: id, seq: seq, logs: logs) }
