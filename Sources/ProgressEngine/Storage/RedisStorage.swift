@@ -244,6 +244,18 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         return nil
     }
 
+    /// The task's stored preview `name`, read with the task's state in one round trip: once the task expired
+    /// (its state is gone) no preview of it is served, even in the moment its keys' expiries differ.
+    func preview(taskId: String, name: String) -> [UInt8]? {
+        read { c -> [UInt8]? in
+            c.append(["EXISTS", RedisArgument(keys.state(taskId))])
+            c.append(["HGET", RedisArgument(keys.previews(taskId)), RedisArgument(name)])
+            let exists = try c.reply(), png = try c.reply()
+            guard exists == .integer(1), case let .string(bytes) = png else { return nil }
+            return bytes
+        } ?? nil
+    }
+
     func batchMembers(_ batchId: String) -> [String] {
         read { c -> [String] in
             guard case let .array(items) = try c.command(["SMEMBERS", RedisArgument(keys.batch(batchId))]) else { return [] }

@@ -52,6 +52,8 @@ protocol TaskStore: AnyObject, Sendable {
     /// the task's expiry, through the writer (never blocks; a file over the store's size cap is refused and
     /// counted).
     func persistPreview(taskId: String, name: String, path: String)
+    /// A stored preview's PNG; nil when it is not stored, its task expired, or the store cannot be read.
+    func preview(taskId: String, name: String) -> [UInt8]?
 }
 
 /// No store: tasks live in this engine's memory only.
@@ -81,4 +83,5 @@ final class MemoryStore: TaskStore {
     func batchMembers(_ batchId: String) -> [String] { [] }
     var sharesPreviews: Bool { false }
     func persistPreview(taskId: String, name: String, path: String) {}
+    func preview(taskId: String, name: String) -> [UInt8]? { nil }
 }
