@@ -163,6 +163,9 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           null: no listener
  *   redis_url                  null         "redis://[[user]:password@]host[:port][/db]" (with a user, AUTH user
  *                                           password: Redis 6 ACL); null: memory only. docs/REDIS.md
+ *   redis_preview_max_bytes    2097152      with redis_url, previews up to this size (PNG bytes) are written to
+ *                                           Redis too, so every listener of the fleet serves them (0: none);
+ *                                           0...33554432. docs/API.md "Previews across hosts"
  *   namespace                  "progress"   the prefix of every Redis key
  *   retention_seconds          86400        finished tasks are kept this long (also their Redis keys' expiry)
  *   throttle_ms                100          at most one non-urgent update per task per this, to subscribers and Redis
@@ -226,7 +229,8 @@ PROGRESS_API int progress_engine_port(const progress_engine *engine);
  * "purged_tasks", "attached_counters", "previews_written", "previews_failed", "previews_dropped"}; with
  * redis_url also "redis_connected" (0/1), "redis_queue_depth" (tasks not yet written), "redis_task_writes",
  * "redis_commands", "redis_command_errors", "redis_dropped_events", "redis_dropped_logs",
- * "redis_dropped_writes", "redis_reconnects", "redis_remote_updates", "redis_workers_lost".
+ * "redis_dropped_writes", "redis_reconnects", "redis_remote_updates", "redis_workers_lost",
+ * "redis_previews_too_large" (previews kept out of Redis by redis_preview_max_bytes).
  * The listener's GET /metrics shows each of them too (Prometheus text), beside its own connection figures.
  * *out_json is the caller's; free with progress_string_free. */
 PROGRESS_API progress_status progress_engine_stats_get(progress_engine *engine, char **out_json);
@@ -308,7 +312,9 @@ PROGRESS_API progress_status progress_log(progress_engine *engine, const char *t
  * progress_engine_stats_get; the task goes on. A preview accepted before the task ended is still attached
  * when it is ready, even if the task completed, failed or was cancelled meanwhile: its "preview_url"
  * changes (and "seq" advances) while its status stays terminal. Preview files are deleted when their
- * task expires. */
+ * task expires. With redis_url each preview is also written to Redis (up to redis_preview_max_bytes) with the
+ * task's expiry, by the Redis writer thread, and "preview_url" carries the task id, so any listener on the same
+ * Redis serves it. */
 PROGRESS_API progress_status progress_preview_pixels(progress_engine *engine, const char *task_id,
                                                      const unsigned char *pixels, int width, int height,
                                                      int stride, int channels);

@@ -50,7 +50,7 @@ def wait_until(check, timeout=5.0, interval=0.02, what="condition"):
 
 
 def task_key(kind: str, task_id: str, ns: str = "progress") -> str:
-    """A task's Redis key (`state`, `events`, `logs`): the id inside a hash tag, with `%`, `{` and `}`
+    """A task's Redis key (`state`, `events`, `logs`, `previews`): the id inside a hash tag, with `%`, `{` and `}`
     percent-encoded."""
     tag = task_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     return f"{ns}:task:{{{tag}}}:{kind}"

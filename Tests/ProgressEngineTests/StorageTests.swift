@@ -30,12 +30,49 @@ struct StorageTests {
         #expect(k.batch("b{1}") == "ns:batch:{b%7B1%7D}")
         #expect(k.eta("tpl") == "ns:eta:{tpl}" && k.templates == "ns:templates" && k.heartbeats == "ns:heartbeats")
         #expect(k.channel == "ns:updates")
+        #expect(k.previews("a}b") == "ns:task:{a%7Db}:previews")
         // Distinct ids never share keys.
         #expect(RedisKeys.tag("a%7Db") != RedisKeys.tag("a}b"))
         // The tag is exactly the escaped id: the first "}" after the first "{" ends it.
         let key = k.state("x}y")
         let open = key.firstIndex(of: "{")!, close = key[open...].firstIndex(of: "}")!
         #expect(key[key.index(after: open)..<close] == "x%7Dy")
+    }
+
+    @Test("Preview URLs: the task id as task_id when previews are shared, every byte outside A-Z a-z 0-9 -._~ escaped")
+    func previewURLs() {
+        #expect(EngineCore.previewURL(name: "a-1_25.png", taskId: nil) == "/api/v1/previews/a-1_25.png")
+        #expect(EngineCore.previewURL(name: "a-1_25.png", taskId: "job-1.x_y~z")
+            == "/api/v1/previews/a-1_25.png?task_id=job-1.x_y~z")
+        #expect(EngineCore.previewURL(name: "n.png", taskId: "a b&c=d+e/f?g#h%{i}é")
+            == "/api/v1/previews/n.png?task_id=a%20b%26c%3Dd%2Be%2Ff%3Fg%23h%25%7Bi%7D%C3%A9")
+    }
+
+    @Test("redis_preview_max_bytes: 2 MiB by default, 0 (none) up to the 32 MiB a listener serves")
+    func previewCap() throws {
+        #expect(try EngineConfig.parse(nil).redisPreviewMaxBytes == 2 << 20)
+        #expect(try EngineConfig.parse(#"{"redis_preview_max_bytes": 0}"#).redisPreviewMaxBytes == 0)
+        #expect(try EngineConfig.parse(#"{"redis_preview_max_bytes": 33554432}"#).redisPreviewMaxBytes == 32 << 20)
+        for bad in [#"{"redis_preview_max_bytes": -1}"#, #"{"redis_preview_max_bytes": 33554433}"#,
+                    #"{"redis_preview_max_bytes": "1"}"#, #"{"redis_preview_max_bytes": 1.5}"#] {
+            #expect(throws: EngineError.self) { try EngineConfig.parse(bad) }
+        }
+    }
+
+    @Test("Other writes (templates, ETA records, previews) wait for Redis within 10,000 and 64 MiB, however long")
+    func extrasBound() throws {
+        // Nothing listens on port 1: every write waits, and the writer thread keeps taking its inbox meanwhile.
+        let engine = try makeEngine(#"{"redis_url": "redis://127.0.0.1:1/0"}"#)
+        defer { engine.close() }
+        let writer = try #require(engine.storeWriter)
+        let metrics = try #require(engine.redisMetrics)
+        let png = [UInt8](repeating: 7, count: 20 << 20)
+        for i in 0..<4 { writer.enqueue(commands: [["HSET", "k", RedisArgument("\(i).png"), RedisArgument(png)]]) }
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 1)
+        for _ in 0..<(RedisWriter.maxQueuedExtras - 3) { writer.enqueue(commands: [["HSET", "k", "f", "v"]]) }
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 1)
+        writer.enqueue(commands: [["HSET", "k", "f", "v"]])
+        #expect(metrics.droppedWrites.load(ordering: .relaxed) == 2)
     }
 
     @Test("A task restored from its stored JSON is the same task: stages, progress, times, seq, error")

@@ -3,6 +3,8 @@ reconnects and Redis holds the exact final state of every task."""
 
 import json
 import signal
+import socket
+import threading
 import time
 
 from redis_support import run_runner, wait_until
@@ -135,3 +137,85 @@ def test_async_reads_that_ask_a_stopped_redis_leave_the_event_loop_running(redis
     finally:
         redis.resume()
         t.close()
+
+
+class LoadingRedis:
+    """A server that answers every command as a restarted Redis does while it loads its dataset (-LOADING)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.commands = 0
+        self.clients = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.clients.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _command_length(buf: bytes):
+        """Bytes of the first complete RESP command (an array of bulk strings) in `buf`, or None."""
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        pos = end + 2
+        for _ in range(int(buf[1:end])):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return None
+            pos = end + 2 + int(buf[pos + 1:end]) + 2
+            if pos > len(buf):
+                return None
+        return pos
+
+    def _serve(self, conn) -> None:
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while (n := self._command_length(buf)) is not None:
+                buf = buf[n:]
+                self.commands += 1
+                conn.sendall(b"-LOADING Redis is loading the dataset in memory\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.clients:
+            conn.close()
+
+
+def test_writes_a_loading_redis_refused_are_written_once_it_has_loaded(tmp_path):
+    """A restarted Redis answers LOADING until its AOF is loaded. The writer takes that for "not written yet": it
+    backs off and writes again, so what it sends only once (a log entry here, a preview) is not lost."""
+    from progress_engine import ProgressTracker
+    from redis_support import RedisServer, flushed, task_key
+    fake = LoadingRedis()
+    with ProgressTracker(redis_url=f"redis://127.0.0.1:{fake.port}/0", throttle_ms=5) as t:
+        t.create_task_progress_sync(task_id="early", template_id="tpl")
+        t.log_sync("early", "info", "said once")
+        wait_until(lambda: fake.commands >= 20, what="the writer to be refused a few times")
+        stats = t.stats_sync()
+        assert stats["redis_task_writes"] == 0 and stats["redis_command_errors"] == 0, stats
+        fake.close()
+        server = RedisServer(tmp_path)
+        server.port = fake.port  # the same address, now with the dataset loaded
+        server.start()
+        try:
+            flushed(t)
+            stored = json.loads(server.cli("GET", task_key("state", "early")))
+            assert stored["seq"] == t.get_task_progress_sync("early")["seq"]
+            assert [json.loads(e)["message"] for e in server.lines("LRANGE", task_key("logs", "early"), 0, -1)] == \
+                ["said once"]
+        finally:
+            server.stop()

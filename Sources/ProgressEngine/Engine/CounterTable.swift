@@ -56,7 +56,8 @@ enum CounterTable {
                    help: "Log entries not written to Redis (buffer bound).",
                    value: { $0.droppedLogs.load(ordering: .relaxed) }),
         CounterRow(stats: "redis_dropped_writes", metric: "progress_redis_dropped_writes_total", kind: "counter",
-                   help: "Template, ETA and closing writes dropped.", value: { $0.droppedWrites.load(ordering: .relaxed) }),
+                   help: "Template, ETA, preview and closing writes dropped.",
+                   value: { $0.droppedWrites.load(ordering: .relaxed) }),
         CounterRow(stats: "redis_reconnects", metric: "progress_redis_reconnects_total", kind: "counter",
                    help: "Reconnections to Redis (writer and subscriber).",
                    value: { $0.reconnects.load(ordering: .relaxed) }),
@@ -65,5 +66,8 @@ enum CounterTable {
                    value: { $0.remoteUpdates.load(ordering: .relaxed) }),
         CounterRow(stats: "redis_workers_lost", metric: "progress_redis_workers_lost_total", kind: "counter",
                    help: "Tasks failed with \"worker lost\".", value: { $0.workersLost.load(ordering: .relaxed) }),
+        CounterRow(stats: "redis_previews_too_large", metric: "progress_redis_previews_too_large_total", kind: "counter",
+                   help: "Previews not written to Redis: larger than redis_preview_max_bytes.",
+                   value: { $0.previewsTooLarge.load(ordering: .relaxed) }),
     ]
 }

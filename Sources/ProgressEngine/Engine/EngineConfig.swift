@@ -3,6 +3,8 @@
 struct EngineConfig: Sendable {
     var listen: String?
     var redisURL: String?
+    /// With `redis_url`: the largest preview PNG also written to Redis (0: none), so any listener serves it.
+    var redisPreviewMaxBytes = 2 << 20
     var namespace = "progress"
     var retentionSeconds = 86_400.0
     var throttleMs = 100
@@ -31,7 +33,7 @@ struct EngineConfig: Sendable {
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
         "preview_milestones", "preview_max_size", "preview_every_steps", "resource_interval_ms", "heartbeat_timeout_seconds",
         "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
-        "max_connections_per_ip", "allowed_origins", "cancel_timeout_seconds",
+        "max_connections_per_ip", "allowed_origins", "cancel_timeout_seconds", "redis_preview_max_bytes",
     ]
 
     /// Parses `config_json`; nil or empty text gives the defaults.
@@ -46,6 +48,9 @@ struct EngineConfig: Sendable {
         do {
             config.listen = try reader.string("listen")
             config.redisURL = try reader.string("redis_url")
+            // At most what a listener serves (`Routes.maxPreviewBytes`).
+            config.redisPreviewMaxBytes = try integer(reader, "redis_preview_max_bytes", in: 0...(32 << 20))
+                ?? config.redisPreviewMaxBytes
             if let ns = try reader.string("namespace") {
                 guard !ns.isEmpty, ns.utf8.count <= 64, ns.allSatisfy({ $0.isLetter || $0.isNumber || "-_.:".contains($0) })
                 else { throw EngineError.config("namespace \"\(ns)\" must be 1-64 letters, digits or -_.:") }

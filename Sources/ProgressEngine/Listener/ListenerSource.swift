@@ -28,6 +28,9 @@ protocol ListenerSource: AnyObject, Sendable {
     /// on one, but may read the task from Redis.
     func requestCancel(id: String, reason: String?) throws
 
+    /// A preview of `taskId` kept by the store (another engine's, in a fleet; read from Redis); nil without one.
+    func storedPreview(taskId: String, name: String) -> [UInt8]?
+
     func counters() -> EngineCore.Counters
     /// The Redis writer's figures when `redis_url` is set.
     var redisMetrics: RedisMetrics? { get }
@@ -49,4 +52,8 @@ enum FanoutDecision {
 
 extension EngineCore: ListenerSource {
     var redisMetrics: RedisMetrics? { store.redisMetrics }
+
+    func storedPreview(taskId: String, name: String) -> [UInt8]? {
+        store.preview(taskId: taskId, name: name)
+    }
 }

@@ -172,7 +172,7 @@ enum Routes {
             return json(try l.engine.batchJSON(batchId: batch, taskIds: ids))
         }
         if path.hasPrefix(previewsPrefix) {
-            return try preview(l, name: String(path.dropFirst(previewsPrefix.count)))
+            return try preview(l, name: String(path.dropFirst(previewsPrefix.count)), taskId: query["task_id"])
         }
         throw HTTPError(status: 404, code: "not_found", message: "no route for \(path); see SPEC §8 for the API")
     }
@@ -274,28 +274,23 @@ enum Routes {
         } && !name.contains("..")
     }
 
-    private static func preview(_ l: Listener, name: String) throws -> Response {
+    /// A preview from the preview folder, else (with `task_id`, which URLs of shared previews carry) the copy the
+    /// store keeps: any listener of a fleet serves every engine's previews.
+    private static func preview(_ l: Listener, name: String, taskId: String?) throws -> Response {
         guard isSafePreviewName(name) else {
             throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
         }
-        guard let dir = l.engine.previewDirectory else {
-            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\" (no preview_dir configured)")
+        let png: [UInt8]
+        switch l.engine.previewDirectory.map({ PreviewFile.read($0 + "/" + name, limit: maxPreviewBytes) }) ?? .missing {
+        case .missing:
+            guard let taskId, EngineCore.isValidId(taskId), let stored = l.engine.storedPreview(taskId: taskId, name: name)
+            else { throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"") }
+            png = stored
+        case .tooLarge:
+            throw HTTPError(status: 413, code: "too_large", message: "preview \"\(name)\" is larger than \(maxPreviewBytes) bytes")
+        case let .bytes(read): png = read
         }
-        guard let file = fopen(dir + "/" + name, "rb") else {
-            throw HTTPError(status: 404, code: "not_found", message: "no preview \"\(name)\"")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-            if bytes.count > maxPreviewBytes {
-                throw HTTPError(status: 413, code: "too_large", message: "preview \"\(name)\" is larger than \(maxPreviewBytes) bytes")
-            }
-            if n < chunk.count { break }
-        }
-        var r = Response(body: bytes)
+        var r = Response(body: png)
         r.contentType = "image/png"
         // Preview files are written once under their final name (task creation time and milestone in the
         // name), so they never change.

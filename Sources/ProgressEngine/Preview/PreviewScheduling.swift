@@ -26,6 +26,27 @@ extension EngineCore {
         return safe + "-" + String(repeating: "0", count: 8 - hex.count) + hex + "-" + millis
     }
 
+    /// A preview's URL on a listener. With `taskId` (previews shared through the store) it carries the task's id,
+    /// percent-encoded, as `?task_id=`: a listener without the file finds the stored copy by it (the file name
+    /// does not give the id back). The path alone stays the file's, so the URL also works where the file is.
+    static func previewURL(name: String, taskId: String?) -> String {
+        guard let taskId else { return Routes.previewsPrefix + name }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var url = Routes.previewsPrefix + name + "?task_id="
+        for byte in taskId.utf8 {
+            let unreserved = (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte)
+                || byte == 45 || byte == 46 || byte == 95 || byte == 126
+            if unreserved {
+                url.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                url.unicodeScalars.append("%")
+                url.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+                url.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 15)]))
+            }
+        }
+        return url
+    }
+
     /// `progress_preview_due`: whether `previewPixels` called now would take a preview (`TaskRecord.duePreview`,
     /// after the steps still in an attached counter, as `previewPixels` sees them). Nothing is copied or marked.
     /// - Parameters:
@@ -99,10 +120,16 @@ extension EngineCore {
         switch result {
         case .success:
             previewsWritten.add(1, ordering: .relaxed)
+            // Stored before the task's new preview_url is noted for the writer, so that Redis has the bytes by the
+            // time a listener of the fleet hands that URL out.
+            if let dir = previewDirectory {
+                store.persistPreview(taskId: job.taskId, name: job.fileName, path: dir + "/" + job.fileName)
+            }
+            let url = EngineCore.previewURL(name: job.fileName, taskId: store.sharesPreviews ? job.taskId : nil)
             let attached = (try? withTask(id: job.taskId) { task -> Bool in
                 // Stamped at the task's latest event: a background change must not move the runner's timeline
                 // (a replay's next explicit timestamp would look like it went backwards).
-                task.setPreview(file: job.fileName, url: Routes.previewsPrefix + job.fileName, at: task.lastTimestamp)
+                task.setPreview(file: job.fileName, url: url, at: task.lastTimestamp)
                 return true
             }) ?? false
             // The task expired while its preview was being made: the file has no owner.

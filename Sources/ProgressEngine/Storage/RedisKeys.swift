@@ -28,6 +28,8 @@ struct RedisKeys: Sendable {
     /// A cancel request for a task another engine runs (a string: `{"reason", "requested_at"}`), with the task's
     /// expiry; removed by the first write of a new task of the same id.
     func cancel(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:cancel" }
+    /// The task's preview PNGs: file name → PNG bytes (a hash), so any listener serves a preview of any engine.
+    func previews(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:previews" }
     /// Ids of the tasks created with a batch id (a set).
     func batch(_ id: String) -> String { "\(namespace):batch:{\(RedisKeys.tag(id))}" }
     /// Registered template stages: template id → stages JSON (a hash).

@@ -15,7 +15,7 @@ final class RedisMetrics: Sendable {
     let droppedEvents = Atomic<Int>(0)
     /// Log entries pushed out of a task's 1000-entry log before they could be written.
     let droppedLogs = Atomic<Int>(0)
-    /// Template and ETA writes dropped because their queue was full, or not flushed at close.
+    /// Template, ETA and preview writes dropped because their queue was full, or not flushed at close.
     let droppedWrites = Atomic<Int>(0)
     /// Successful connections after the first one (writer and subscriber).
     let reconnects = Atomic<Int>(0)
@@ -29,6 +29,8 @@ final class RedisMetrics: Sendable {
     let workersLost = Atomic<Int>(0)
     /// Reads of tasks this engine does not hold (REST, WebSocket, resume) answered from Redis.
     let recoveryReads = Atomic<Int>(0)
+    /// Previews not written to Redis because their PNG is larger than `redis_preview_max_bytes`.
+    let previewsTooLarge = Atomic<Int>(0)
 
     /// Every counter back to zero (a forked child's engine counts its own).
     func reset() {
@@ -44,6 +46,7 @@ final class RedisMetrics: Sendable {
         remoteUpdates.store(0, ordering: .relaxed)
         workersLost.store(0, ordering: .relaxed)
         recoveryReads.store(0, ordering: .relaxed)
+        previewsTooLarge.store(0, ordering: .relaxed)
     }
 }
 

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// An engine's Redis side (SPEC §9): the writer thread (write-through, heartbeats), the subscriber thread of an
 /// engine with a listener (fleet fan-out, lost workers), and a reader for tasks the engine does not hold.
@@ -18,6 +19,10 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     private(set) var writer: RedisWriter?
     private(set) var subscriber: RedisSubscriber?
     private let reader = Locked<ReaderState>(ReaderState())
+    /// `redis_preview_max_bytes`: larger previews stay on their engine's disk only.
+    let previewLimit: Int
+    /// The first preview refused for its size is logged; the others are only counted.
+    private let loggedTooLarge = Atomic<Bool>(false)
     static let readTimeout = 0.2
     static let readRetryAfter = 1.0
 
@@ -32,6 +37,7 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         url = try RedisURL.parse(urlText)
         clock = engine.monotonic
         keys = RedisKeys(namespace: engine.config.namespace)
+        previewLimit = engine.config.redisPreviewMaxBytes
         engineId = RedisStorage.newEngineId()
         writer = try RedisWriter(engine: engine, url: url, keys: keys, engineId: engineId, metrics: metrics)
     }
@@ -55,6 +61,7 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     func clearInChild() {
         reader.unsafeValue = ReaderState()
         metrics.reset()
+        loggedTooLarge.store(false, ordering: .relaxed)
     }
 
     /// In a forked child, after `clearInChild`: the writer and subscriber threads are the parent's. Their objects
@@ -251,6 +258,18 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         return nil
     }
 
+    /// The task's stored preview `name`, read with the task's state in one round trip: once the task expired
+    /// (its state is gone) no preview of it is served, even in the moment its keys' expiries differ.
+    func preview(taskId: String, name: String) -> [UInt8]? {
+        read { c -> [UInt8]? in
+            c.append(["EXISTS", RedisArgument(keys.state(taskId))])
+            c.append(["HGET", RedisArgument(keys.previews(taskId)), RedisArgument(name)])
+            let exists = try c.reply(), png = try c.reply()
+            guard exists == .integer(1), case let .string(bytes) = png else { return nil }
+            return bytes
+        } ?? nil
+    }
+
     func batchMembers(_ batchId: String) -> [String] {
         read { c -> [String] in
             guard case let .array(items) = try c.command(["SMEMBERS", RedisArgument(keys.batch(batchId))]) else { return [] }
@@ -316,6 +335,30 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         guard let writer, writer.enqueueCancel(taskId: id, reason: reason) else {
             throw EngineError.limit("the Redis writer's queue is full (Redis unreachable for long?); the cancel "
                 + "request for task \"\(id)\" was not recorded, try again later")
+        }
+    }
+
+    var sharesPreviews: Bool { previewLimit > 0 }
+
+    /// Reads the preview file back (on the preview thread, right after it was written, so from the page cache) and
+    /// hands its bytes to the writer; a file over `redis_preview_max_bytes` is counted, and the first one logged.
+    func persistPreview(taskId: String, name: String, path: String) {
+        guard previewLimit > 0, let writer else { return }
+        switch PreviewFile.read(path, limit: previewLimit) {
+        case .missing:
+            return
+        case let .tooLarge(size):
+            metrics.previewsTooLarge.add(1, ordering: .relaxed)
+            if !loggedTooLarge.exchange(true, ordering: .relaxed) {
+                StorageLog.write("warning", "preview_too_large", [
+                    ("task_id", taskId), ("preview", name), ("bytes", String(size)),
+                    ("redis_preview_max_bytes", String(previewLimit)),
+                    ("hint", "served only by this engine's listener; raise redis_preview_max_bytes or lower "
+                        + "preview_max_size (further ones are only counted: redis_previews_too_large)"),
+                ])
+            }
+        case let .bytes(png):
+            writer.enqueuePreview(taskId: taskId, name: name, png: png)
         }
     }
 

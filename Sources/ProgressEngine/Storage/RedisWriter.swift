@@ -43,7 +43,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
     /// Events per write beyond which a flood of progress steps is thinned (see `StoredEvents.thin`).
     static let maxEventsPerWrite = 1024
+    /// Bounds of the other writes (templates, ETA records, cancel requests, previews) waiting for Redis, counted
+    /// from when they are queued until Redis took them, so a long outage cannot pile them up in memory.
     static let maxQueuedExtras = 10_000
+    static let maxQueuedExtraBytes = 64 << 20
     static let streamMaxLength = 4096
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
@@ -64,6 +67,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     // Guarded by the worker's lock.
     @exclusivity(unchecked) private var inbox: [String] = []
     @exclusivity(unchecked) private var extrasInbox: [[[RedisArgument]]] = []
+    /// Other writes queued and not yet taken by Redis (the inbox and the writer's `extras`), and their bytes.
+    @exclusivity(unchecked) private var queuedExtras = 0
+    @exclusivity(unchecked) private var queuedExtraBytes = 0
     @exclusivity(unchecked) private var sleeping = false
     /// When `stop()` was first called (monotonic): the close bound counts from it.
     @exclusivity(unchecked) private var stopRequestedAt: Double?
@@ -106,21 +112,35 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         worker.unlock()
     }
 
-    /// Queues other writes (a registered template, an ETA record, a cancel request), bounded; dropped and counted
-    /// when full.
+    /// Queues other writes (a registered template, an ETA record, a cancel request, a preview), bounded; dropped
+    /// and counted when full.
     /// - Returns: false when they were dropped.
     @discardableResult
     func enqueue(commands: [[RedisArgument]]) -> Bool {
+        let bytes = RedisWriter.size(of: commands)
         worker.lock()
-        if extrasInbox.count >= RedisWriter.maxQueuedExtras {
+        if queuedExtras >= RedisWriter.maxQueuedExtras || queuedExtraBytes + bytes > RedisWriter.maxQueuedExtraBytes {
             worker.unlock()
             metrics.droppedWrites.add(1, ordering: .relaxed)
             return false
         }
+        queuedExtras += 1
+        queuedExtraBytes += bytes
         extrasInbox.append(commands)
         if sleeping { worker.signal() }
         worker.unlock()
         return true
+    }
+
+    /// Queues a preview's PNG into the task's `previews` hash, which gets the task's expiry (as its other keys:
+    /// renewed by the task's writes and while it is active). Dropped and counted when the queue is full.
+    func enqueuePreview(taskId: String, name: String, png: [UInt8]) {
+        let key = RedisArgument(keys.previews(taskId))
+        enqueue(commands: [["HSET", key, RedisArgument(name), RedisArgument(png)], ["PEXPIRE", key, ttl]])
+    }
+
+    private static func size(of commands: [[RedisArgument]]) -> Int {
+        commands.reduce(0) { total, command in command.reduce(total) { $0 + $1.bytes.count } }
     }
 
     /// Flushes what is dirty, then stops the thread; returns at most `closeFlushSeconds` (and the few
@@ -211,6 +231,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 pending[w.id] = 0
             }
             extras.insert(contentsOf: batch, at: 0)
+        } else if !batch.isEmpty {
+            let bytes = batch.reduce(0) { $0 + RedisWriter.size(of: $1) }
+            worker.lock()
+            queuedExtras -= batch.count
+            queuedExtraBytes -= bytes
+            worker.unlock()
         }
         publishQueueDepth()
     }
@@ -336,7 +362,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         var sent = 1
         var batches = Set<String>()
         for task in engine.activeOwnedTasks() {
-            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id)] {
+            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.previews(task.id)] {
                 connection.append(["PEXPIRE", RedisArgument(key), ttl])
                 sent += 1
             }
@@ -429,20 +455,33 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             acks.append((w.id, w.snapshot.seq, w.logsTotal))
         }
         metrics.commands.add(count, ordering: .relaxed)
+        var loading: String?
         do {
             for _ in 0..<count {
-                if case let .error(message) = try connection.reply(), !message.contains("equal or smaller") {
-                    metrics.commandErrors.add(1, ordering: .relaxed)
-                    if lastError != message {
-                        lastError = message
-                        StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
-                    }
+                guard case let .error(message) = try connection.reply(), !message.contains("equal or smaller") else {
+                    continue
+                }
+                // A restarted Redis answers LOADING until its dataset is loaded: nothing was refused for good, and
+                // what a writer sends only once (a preview, a log entry) must not be lost to it.
+                if message.hasPrefix("LOADING") {
+                    loading = message
+                    continue
+                }
+                metrics.commandErrors.add(1, ordering: .relaxed)
+                if lastError != message {
+                    lastError = message
+                    StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
                 }
             }
         } catch let e as EngineError {
             disconnected(e.message, now: engine.monotonic.now())
             return false
         } catch {
+            return false
+        }
+        if let loading {
+            // Everything goes again once Redis has loaded (the writes are idempotent, as after a lost reply).
+            disconnected(loading, now: engine.monotonic.now())
             return false
         }
         for (id, seq, logs) in acks { engine.ackWrite(id: id, seq: seq, logs: logs) }
@@ -503,6 +542,11 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         // its end, like its state (it used to expire that long after its last entry).
         c.append(["PEXPIRE", RedisArgument(keys.logs(id)), ttl])
         n += 1
+        if s.previewURL != nil {
+            // Likewise the previews (written on their own, `enqueuePreview`): a finished task's expire with it.
+            c.append(["PEXPIRE", RedisArgument(keys.previews(id)), ttl])
+            n += 1
+        }
         logsWriter.endArray()
         if let batch = s.batchId {
             c.append(["SADD", RedisArgument(keys.batch(batch)), RedisArgument(id)])

@@ -48,6 +48,16 @@ protocol TaskStore: AnyObject, Sendable {
     /// The events after `after` and before `current`, when every one of them is stored.
     func recoverEvents(_ id: String, after: UInt64, current: UInt64) -> [HistoryEvent]?
     func batchMembers(_ batchId: String) -> [String]
+
+    /// Whether previews are stored, so that a listener of another engine serves them (the task's id then goes
+    /// into the preview's URL: a file name does not give it back).
+    var sharesPreviews: Bool { get }
+    /// On the preview thread: stores the preview file just written at `path` as the task's preview `name`, with
+    /// the task's expiry, through the writer (never blocks; a file over the store's size cap is refused and
+    /// counted).
+    func persistPreview(taskId: String, name: String, path: String)
+    /// A stored preview's PNG; nil when it is not stored, its task expired, or the store cannot be read.
+    func preview(taskId: String, name: String) -> [UInt8]?
 }
 
 /// No store: tasks live in this engine's memory only.
@@ -76,4 +86,7 @@ final class MemoryStore: TaskStore {
     func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]? { nil }
     func recoverEvents(_ id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? { nil }
     func batchMembers(_ batchId: String) -> [String] { [] }
+    var sharesPreviews: Bool { false }
+    func persistPreview(taskId: String, name: String, path: String) {}
+    func preview(taskId: String, name: String) -> [UInt8]? { nil }
 }

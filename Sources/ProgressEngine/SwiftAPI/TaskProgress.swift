@@ -55,7 +55,8 @@ public struct TaskProgress: Sendable, Equatable {
     public let etaSeconds: Double?
     /// 0...1: how far the prediction can be trusted.
     public let etaConfidence: Double?
-    /// The latest preview's path on the listener (`/api/v1/previews/...`), nil before the first.
+    /// The latest preview's path on the listener (`/api/v1/previews/...`, with `?task_id=` when previews are shared
+    /// through Redis), nil before the first.
     public let previewURL: String?
     public let resourceUsage: ResourceUsage
     public let resourcePeaks: ResourceUsage
