@@ -68,7 +68,8 @@ export interface BatchProgress {
   [field: string]: unknown;
 }
 
-/** A `progress.update`: the task's whole state at `seq`. */
+/** A `progress.update`: the task's whole state at `seq`. With the `lazyData` option, `data` is a getter that parses
+ *  the message when first read (and keeps what it read). */
 export interface UpdateMessage {
   type: "progress.update";
   task_id: string;
@@ -124,6 +125,9 @@ export interface ProgressClientOptions {
   maxReconnectDelay?: number;
   /** ms between pings (20000); a connection silent for two of them is given up and reconnected. 0: no pings. */
   pingInterval?: number;
+  /** Deliver `progress.update`s without parsing them: the client reads task_id and seq from the message's head, and
+   *  `data` is parsed when first read. For a page that draws a few of thousands of live tasks. Default false. */
+  lazyData?: boolean;
   /** A WebSocket class, where the runtime has none. */
   WebSocket?: new (url: string) => WebSocketLike;
 }
