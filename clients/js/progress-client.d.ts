@@ -96,6 +96,29 @@ export interface ResyncEvent {
   last_seq: number;
 }
 
+/** After a reconnect, once the listener has sent everything the new subscription brought. */
+export interface ResumedEvent {
+  /** Watched tasks the listener sent again (each task known before the connection was lost that it still has). */
+  tasks: number;
+  /** Missed events replayed (`update`s with `replayed: true`). */
+  replayed: number;
+  /** Watched tasks the listener did not send again: it no longer has them (an embedded listener restarted without
+   *  Redis, a task past its retention). They are not resumed any more; an update of one, should it come back, is
+   *  delivered as after a `resync`. */
+  gone: string[];
+}
+
+/** The connection was lost, or an attempt failed: the next attempt starts in `delay` ms. */
+export interface RetryEvent {
+  /** 1 for the first attempt after a connection was lost (or the client's first one failed), then 2, 3, … */
+  attempt: number;
+  /** ms until the attempt. */
+  delay: number;
+  /** The close code and reason of the connection or attempt that ended (absent after reconnect() while waiting). */
+  code?: number;
+  reason?: string;
+}
+
 export type ConnectionState = "connecting" | "open" | "closed";
 
 export interface StateDetail {
@@ -110,6 +133,8 @@ export interface ProgressClientEvents {
   error: (error: ProgressError | Error) => void;
   state: (state: ConnectionState, detail: StateDetail) => void;
   resync: (event: ResyncEvent) => void;
+  resumed: (event: ResumedEvent) => void;
+  retry: (event: RetryEvent) => void;
 }
 
 export interface ProgressClientOptions {
@@ -168,5 +193,8 @@ export class ProgressClient {
   unsubscribe(taskIds: string | Iterable<string>): Promise<void>;
   getProgress(taskId: string): Promise<TaskProgress>;
   getBatchProgress(batchId: string, taskIds?: Iterable<string>): Promise<BatchProgress>;
+  /** Drops the connection as a lost network would and connects again after `delay` ms (default 0), resuming as
+   *  after any loss; while waiting to reconnect, moves the next attempt to `delay` ms from now. */
+  reconnect(delay?: number): void;
   close(): void;
 }

@@ -50,9 +50,9 @@ export class ProgressClient {
     this._handlers = new Map();
     /** Task id (or "*") → the options it was subscribed with; what every new connection subscribes to again. */
     this._subs = new Map();
-    /** Task id → {seq, open, order} of the last update delivered. `open`: whether the task can still change, or
-     *  (lazyData) the update, read when a resume map needs it. `order`: the value of `_delivered` then, so that a
-     *  resume map takes the latest first. */
+    /** Task id → {seq, open, gone, order} of the last update delivered. `open`: whether the task can still change,
+     *  or (lazyData) the update, read when a resume map needs it. `gone`: the listener did not send the task again
+     *  after a reconnect. `order`: the value of `_delivered` then, so that a resume map takes the latest first. */
     this._tasks = new Map();
     this._delivered = 0;
     /** Task id → "resumed" or "sent again" (its state comes again, or nothing if the task is gone) until the
@@ -61,6 +61,8 @@ export class ProgressClient {
     this._inFlight = []; // requests sent on this connection, waiting for their reply (answered in order)
     this._waiting = []; // requests made while not connected, sent once connected
     this._resubscribers = []; // subscribe() calls that the next connection's subscribe answers
+    this._everOpen = false;
+    this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
     this._attempt = 0;
     this._state = "connecting";
@@ -133,6 +135,23 @@ export class ProgressClient {
     return this._request(message).then((reply) => reply.data);
   }
 
+  /**
+   * Drops the connection as a lost network would and connects again after `delay` ms (0: at once), then subscribes
+   * and resumes as after any loss. While waiting to reconnect, the next attempt is moved to `delay` ms from now.
+   */
+  reconnect(delay = 0) {
+    if (this._state === "closed") return;
+    const ws = this._ws;
+    if (ws) {
+      this._ws = null;
+      ws.close(4000, "reconnect asked");
+      this._lost(4000, "reconnect asked", delay);
+    } else {
+      clearTimeout(this._timer);
+      this._retry(undefined, "reconnect asked", delay);
+    }
+  }
+
   /** Closes the connection for good; pending requests reject with code "closed". Idempotent. */
   close() {
     if (this._state === "closed") return;
@@ -182,13 +201,19 @@ export class ProgressClient {
     this._attempt = 0;
     this._lastHeard = Date.now();
     if (this._pingInterval > 0) this._pinger = setInterval(() => this._ping(), this._pingInterval);
-    this._resubscribe();
+    const reconnected = this._everOpen;
+    this._everOpen = true;
+    this._resubscribe(reconnected);
     for (const request of this._waiting.splice(0)) this._send(request);
     this._setState("open");
   }
 
-  /** Subscribes the new connection to everything watched, resuming each task from its last seq. */
-  _resubscribe() {
+  /**
+   * Subscribes the new connection to everything watched, resuming each task from its last seq. After a reconnect,
+   * a ping follows: the listener answers in order and queues everything a subscribe brings (replayed events, the
+   * current states) before it reads the next message, so its pong says that the tasks not sent again are gone.
+   */
+  _resubscribe(reconnected) {
     const waiters = this._resubscribers.splice(0);
     const groups = new Map(); // the subscribe options as JSON → ids subscribed with them
     for (const [id, options] of this._subs) {
@@ -209,6 +234,10 @@ export class ProgressClient {
       this._send({ message, waiters: --left === 0 ? waiters : [] });
     }
     this._resumeBudget = RESUME_BUDGET;
+    if (reconnected) {
+      this._resumed = { tasks: 0, replayed: 0 };
+      this._send({ message: { type: "ping" }, resumed: true });
+    }
   }
 
   /**
@@ -221,7 +250,7 @@ export class ProgressClient {
     let size = 2;
     let any = false;
     for (const [id, task] of [...this._tasks].sort((a, b) => b[1].order - a[1].order)) {
-      if (wanted && !wanted.has(id)) continue;
+      if (task.gone || (wanted && !wanted.has(id))) continue;
       if (task.open instanceof LazyUpdate) task.open = !TERMINAL.has(task.open.data?.status);
       const entry = task.open ? utf8Length(JSON.stringify(id)) + String(task.seq).length + 2 : Infinity;
       const fits = size + entry <= this._resumeBudget;
@@ -235,7 +264,7 @@ export class ProgressClient {
     return any ? resume : null;
   }
 
-  _lost(code, reason) {
+  _lost(code, reason, delay) {
     this._ws = null;
     this._stopPinger();
     const refusal = REFUSED[code];
@@ -246,6 +275,7 @@ export class ProgressClient {
       return;
     }
     this._pending.clear();
+    this._resumed = null;
     const inFlight = this._inFlight.splice(0);
     for (const r of inFlight) if (r.waiters) this._resubscribers.push(...r.waiters);
     if (code === TOO_LARGE) {
@@ -259,15 +289,21 @@ export class ProgressClient {
       this._waiting.unshift(...inFlight.filter((r) => r.resolve));
     }
     this._setState("connecting", { code, reason });
-    this._retry();
+    this._retry(code, reason, delay);
   }
 
-  /** Jittered exponential back-off, so that many clients of a restarted listener do not all come back at once. */
-  _retry() {
-    const base = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt);
-    const delay = Math.round(base * (0.5 + Math.random() / 2));
+  /**
+   * Schedules the next attempt: after `delay` ms when given, else after a jittered exponential back-off, so that
+   * many clients of a restarted listener do not all come back at once.
+   */
+  _retry(code, reason, delay) {
+    if (delay === undefined) {
+      const base = Math.min(this._maxDelay, this._minDelay * 2 ** this._attempt);
+      delay = Math.round(base * (0.5 + Math.random() / 2));
+    }
     this._attempt += 1;
     this._timer = setTimeout(() => this._connect(), delay);
+    this._emit("retry", { attempt: this._attempt, delay, code, reason });
   }
 
   _ping() {
@@ -364,6 +400,8 @@ export class ProgressClient {
     }
     if (request.waiters) {
       this._subscribed(request, error);
+    } else if (request.resumed) {
+      this._caughtUp();
     } else if (request.resolve) {
       if (error) request.reject(error);
       else request.resolve(message);
@@ -377,6 +415,10 @@ export class ProgressClient {
       for (const w of request.waiters) w.resolve(w.ids);
       return;
     }
+    // Refused: its tasks are not sent again, and not gone either.
+    const ids = request.message.task_ids;
+    if (ids.includes("*")) this._pending.clear();
+    else for (const id of ids) this._pending.delete(id);
     // A refused subscribe (a bad id, too many subscriptions) is forgotten, so it is not sent again on reconnect.
     for (const w of request.waiters) {
       for (const id of w.added) this._subs.delete(id);
@@ -389,6 +431,21 @@ export class ProgressClient {
     return this._subs.has("*") || this._subs.has(taskId);
   }
 
+  /** The pong after a reconnect's resubscribe: the tasks still expected were not sent again. */
+  _caughtUp() {
+    const gone = [];
+    for (const id of this._pending.keys()) {
+      const task = this._tasks.get(id);
+      if (!task) continue;
+      task.gone = true; // resumed no more; delivered again if it comes back (a fleet listener that was behind)
+      gone.push(id);
+    }
+    this._pending.clear();
+    const { tasks, replayed } = this._resumed;
+    this._resumed = null;
+    this._emit("resumed", { tasks, replayed, gone });
+  }
+
   /**
    * Delivers each task's updates once and in seq order, and says when it cannot (a `resync` event). Within one
    * connection the listener sends a task's states in seq order, skipping those it coalesced (each update holds
@@ -399,18 +456,25 @@ export class ProgressClient {
     const id = message.task_id;
     if (!this._watching(id)) return; // queued before an unsubscribe
     const known = this._tasks.get(id);
-    const pending = this._pending.size === 0 ? undefined : this._pending.get(id);
-    if (pending) this._pending.delete(id);
+    let pending = this._pending.size === 0 ? undefined : this._pending.get(id);
+    if (pending) {
+      this._pending.delete(id);
+      if (this._resumed) this._resumed.tasks += 1;
+    }
+    // A task reported gone that comes back follows as one sent again: a jump, or a lower seq, is a gap.
+    if (known?.gone) pending = "sent again";
     const verdict = known ? follows(message, known.seq, pending) : "in order";
     if (verdict === "duplicate") return;
     if (verdict === "gap") this._emit("resync", { task_id: id, seq: message.seq, last_seq: known.seq });
+    if (message.replayed && this._resumed) this._resumed.replayed += 1;
     const open = message instanceof LazyUpdate ? message : !TERMINAL.has(message.data?.status);
     if (known) {
       known.seq = message.seq;
       known.open = open;
+      known.gone = false;
       known.order = ++this._delivered;
     } else {
-      this._tasks.set(id, { seq: message.seq, open, order: ++this._delivered });
+      this._tasks.set(id, { seq: message.seq, open, gone: false, order: ++this._delivered });
     }
     this._emit("update", message);
   }
