@@ -116,3 +116,47 @@ test("a listener restarted without some tasks: `retry` per attempt, those tasks 
     assert.deepEqual(log.resyncs.filter((r) => r.task_id === "vanishes").map((r) => r.last_seq), [vanished]);
     assert.deepEqual(log.errors, []);
   });
+
+test("a listener that stops answering is given up after two silent pings; one that answers is kept", async () => {
+  /** A socket that opens at once and answers pings only when `answers`. */
+  const socket = (answers, into) => class {
+    constructor() {
+      into.push(this);
+      this.sent = [];
+      setTimeout(() => this.onmessage({ data: JSON.stringify({ type: "connection.established", client_id: "x" }) }));
+    }
+
+    send(text) {
+      this.sent.push(JSON.parse(text).type);
+      if (answers) setTimeout(() => this.onmessage({ data: JSON.stringify({ type: "pong" }) }));
+    }
+
+    close(code, reason) {
+      this.closed = { code, reason };
+    }
+  };
+  const silent = [];
+  const answering = [];
+  const options = { url: "ws://h:1", pingInterval: 50, minReconnectDelay: 60000 };
+  const dead = new ProgressClient({ ...options, WebSocket: socket(false, silent) });
+  const alive = new ProgressClient({ ...options, WebSocket: socket(true, answering) });
+  try {
+    const retries = events(dead, "retry");
+    await waitFor(() => dead.state === "open", "the silent one open");
+    const opened = Date.now();
+    await waitFor(() => retries.length === 1, "the silent one given up", 2000);
+    // Two intervals of silence (100 ms), not one; `opened` is read up to a poll (10 ms) late.
+    assert.ok(Date.now() - opened >= 85, `given up after ${Date.now() - opened} ms`);
+    assert.equal(retries[0].code, 1006);
+    assert.equal(retries[0].reason, "no answer from the listener");
+    assert.deepEqual(silent[0].closed, { code: 4000, reason: "no answer from the listener" });
+    // Four pings: twice as long as the silent one lasted.
+    await waitFor(() => answering[0].sent.filter((type) => type === "ping").length >= 4, "four pings answered", 2000);
+    assert.equal(alive.state, "open");
+    assert.equal(answering.length, 1);
+    assert.equal(answering[0].closed, undefined);
+  } finally {
+    dead.close();
+    alive.close();
+  }
+});
