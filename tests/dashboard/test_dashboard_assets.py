@@ -1,6 +1,6 @@
 """The dashboard's files as the listener serves them (plain HTTP, no browser): content types, cache headers,
-nosniff and CSP, no token needed for them, the embedded copy up to date, content-hashed URLs, and no markup built
-from data."""
+nosniff and CSP, no token needed for them, the embedded copy up to date, content-hashed URLs from the page to its
+script and from the script to the JavaScript client, and no markup built from data."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_assets_served_with_types_and_cache_headers(trackers, path, source, cont
 
 
 def test_each_url_carries_the_hash_of_what_it_serves(trackers):
-    """What lets the assets be cached for good: a new script or style is a new URL, down the chain from the page."""
+    """What lets the assets be cached for good: a new script, style or client is a new URL, down the chain from the
+    page (index.html → app.js, app.css; app.js → progress-client.js)."""
     tracker = trackers()
     named = {}
     pending = ["/"]
@@ -59,7 +60,10 @@ def test_each_url_carries_the_hash_of_what_it_serves(trackers):
             assert hashlib.sha256(served).hexdigest()[:12] == digest, path
             named[path] = digest
             pending.append(path)
-    assert sorted(named) == ["/dashboard/app.css", "/dashboard/app.js"]
+    assert sorted(named) == ["/dashboard/app.css", "/dashboard/app.js", "/dashboard/progress-client.js"]
+    js = http(tracker.port, "/dashboard/app.js").body.decode("utf-8")
+    assert re.findall(r'^import .* from "([^"]+)";$', js, re.M) == [
+        f'/dashboard/progress-client.js?v={named["/dashboard/progress-client.js"]}']
 
 
 def test_api_still_needs_the_token(trackers):
@@ -87,7 +91,7 @@ def test_page_needs_no_inline_code_and_no_external_assets():
     css = (DASHBOARD / "app.css").read_text(encoding="utf-8")
     client = CLIENT.read_text(encoding="utf-8")
     # CSP allows only the page's own files: no inline scripts, styles or handlers.
-    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/dashboard/app.js">']
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="/dashboard/app.js">']
     assert "<style" not in html
     assert not re.search(r"\sstyle\s*=", html)
     assert not re.search(r"\son[a-z]+\s*=", html)
