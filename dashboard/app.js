@@ -1,23 +1,25 @@
-// ProgressEngine live dashboard (SPEC §8): one WebSocket subscribed to "*"; cards for a handful of tasks, a
-// virtualised table for a fleet, and a page per task (#/task/<id>) drawn from its history (docs/DASHBOARD.md).
-// Plain script, no framework, no external assets. Everything that comes from the server (task ids, messages,
-// errors, log lines) reaches the page through textContent or attributes, never as markup.
-"use strict";
+// ProgressEngine live dashboard (SPEC §8): one JavaScript client (clients/js) subscribed to "*"; cards for a handful
+// of tasks, a virtualised table for a fleet, and a page per task (#/task/<id>) drawn from its history
+// (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
+// import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
+// lines) reaches the page through textContent or attributes, never as markup.
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
 
 (function () {
-  const WS_PATH = "/api/v1/progress/ws";
   const API = "/api/v1/progress";
-  const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 5000;
-  const PING_MS = 20000;
   const RECONNECTED_NOTICE_MS = 10000;
   const MAX_FINISHED = 300; // finished tasks kept on the page; the oldest beyond that are dropped
   const MAX_LOGS = 300; // log entries kept per task
   const SPARK_POINTS = 60; // resource samples kept per task and resource
   const SAMPLE_MS = 250; // at most one sparkline point per this interval
   const WARN_MS = 10000;
-  const STALE_AFTER_MS = 3000; // an open task not re-sent this long after a (re)subscribe is no longer reported
-  const RESUME_BUDGET = 48000; // UTF-8 bytes of the resume map (the listener caps frames at 64 KiB by default)
+  /** Close codes of the refusals other than 4401 (reconnecting cannot change them: the client stops), and why. */
+  const REFUSED = {
+    4403: "this page's origin is not in the listener's allowed_origins",
+    4404: "the listener has no WebSocket at this path",
+    1008: "the listener refused the client id",
+  };
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const STATUSES = ["queued", "executing", "completed", "failed", "cancelled"];
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -105,21 +107,15 @@
   /** Browser clock minus the server's, estimated from updated_at of live updates (ms). */
   let clockOffset = null;
 
+  /** What the page shows of the connection; `epoch` counts the connections opened. */
   const conn = {
-    ws: null,
     attempt: 0,
-    timer: null,
-    pingTimer: null,
+    attemptTimer: null,
     noticeTimer: null,
     everConnected: false,
     reconnects: 0,
-    fatal: false,
-    lastMessage: 0,
     epoch: 0,
-    staleTimer: null,
     warnTimer: null,
-    caughtUp: 0,
-    replayed: 0,
   };
 
   // ---------------------------------------------------------------- helpers
@@ -196,6 +192,10 @@
 
   // ---------------------------------------------------------------- connection
 
+  // The listener's protocol (subscribe, reconnect with jittered back-off, resume each task without gap or
+  // duplicate, pings) is the JavaScript client's, clients/js/progress-client.js; the page says what it does.
+  let client = null;
+
   function setConn(state, text) {
     ui.conn.dataset.state = state;
     setText(ui.conn, text);
@@ -213,54 +213,34 @@
     setText(ui.banner, "");
   }
 
-  function wsURL() {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const clientId = "dashboard-" + Math.random().toString(36).slice(2, 10);
-    let url = scheme + "//" + location.host + WS_PATH + "?client_id=" + clientId;
-    if (token) url += "&token=" + encodeURIComponent(token);
-    return url;
-  }
-
   function connect() {
-    clearTimeout(conn.timer);
-    conn.timer = null;
-    let ws;
-    try {
-      ws = new WebSocket(wsURL());
-    } catch (e) {
-      scheduleReconnect("could not open a WebSocket (" + e.message + ")");
-      return;
-    }
-    conn.ws = ws;
-    ws.onmessage = (event) => {
-      if (conn.ws !== ws) return;
-      conn.lastMessage = Date.now();
-      if (deferUpdate(event.data)) return;
-      let msg;
-      try {
-        msg = JSON.parse(event.data);
-      } catch (e) {
-        return; // not JSON: nothing the page can draw
-      }
-      handleMessage(msg);
-    };
-    ws.onerror = () => {
-      // A failed connection is followed by a close event, which says what happens next.
-    };
-    ws.onclose = (event) => {
-      if (conn.ws !== ws) return;
-      conn.ws = null;
-      clearInterval(conn.pingTimer);
-      onClose(event);
-    };
+    client = new ProgressClient({
+      token: token || undefined,
+      clientId: "dashboard-" + Math.random().toString(36).slice(2, 10),
+      maxReconnectDelay: BACKOFF_MAX_MS,
+      lazyData: true, // see deferUpdate
+    });
+    client.on("state", (state) => {
+      // "connecting" is followed by a retry event, which says why and when; "closed" by an error, which says why.
+      if (state === "open") onOpen();
+    });
+    client.on("retry", onRetry);
+    client.on("error", onError);
+    client.on("update", onUpdate);
+    client.on("log", (msg) => onLog(msg.task_id, [msg.entry], true));
+    client.on("resumed", onResumed);
+    client.subscribe("*").catch((error) => {
+      // A refusal of the connection (closeCode), or the runtime's, was reported by the error event already.
+      if (error instanceof ProgressError && error.closeCode === undefined) onError(error);
+    });
   }
 
   function onOpen() {
     const wasReconnect = conn.everConnected;
     conn.everConnected = true;
     conn.attempt = 0;
-    conn.caughtUp = 0;
-    conn.replayed = 0;
+    conn.epoch += 1;
+    clearTimeout(conn.attemptTimer);
     clearTimeout(conn.noticeTimer);
     conn.noticeTimer = null;
     if (wasReconnect) {
@@ -275,51 +255,32 @@
       setConn("live", "Live");
     }
     if (ui.banner.dataset.kind !== "warn") hideBanner();
-    send({ type: "subscribe", task_ids: ["*"], resume: resumeMap() });
-    clearInterval(conn.pingTimer);
-    conn.lastMessage = Date.now();
-    conn.pingTimer = setInterval(() => {
-      if (Date.now() - conn.lastMessage > 2 * PING_MS + 5000) {
-        // Not even a pong for two pings: a connection that died without a close (a sleeping laptop, a
-        // dropped network). Give up on it now rather than after the browser's own timeout.
-        const dead = conn.ws;
-        conn.ws = null;
-        clearInterval(conn.pingTimer);
-        if (dead) dead.close(4000, "no answer from the listener");
-        scheduleReconnect("the listener stopped answering");
-        return;
-      }
-      send({ type: "ping" });
-    }, PING_MS);
   }
 
-  /** {task_id: last seq} of the tasks that can still change, most recently updated first, within budget (UTF-8
-   *  bytes; none after a subscribe the listener refused as too large, close 1009: the current states come anyway). */
-  const utf8 = new TextEncoder();
-  let resumeBudget = RESUME_BUDGET;
-  function resumeMap() {
-    flushDeferred(true);
-    const out = {};
-    let size = 2;
-    const open = Array.from(tasks.values())
-      .filter((t) => !TERMINAL.has(t.data.status) && typeof t.seq === "number")
-      .sort((a, b) => b.receivedAt - a.receivedAt);
-    for (const t of open) {
-      size += utf8.encode(JSON.stringify(t.id)).length + String(t.seq).length + 2;
-      if (size > resumeBudget) break;
-      out[t.id] = t.seq;
-    }
-    return out;
+  /** The connection was lost, or an attempt failed: why, and when the next attempt comes. */
+  function onRetry(retry) {
+    conn.attempt = retry.attempt;
+    clearTimeout(conn.noticeTimer);
+    conn.noticeTimer = null;
+    let why = "connection lost";
+    if (retry.code === 1013) why = "the listener has too many connections";
+    else if (retry.code === 4008) why = "the page fell behind the updates";
+    else if (retry.code === 1001) why = "the listener went away";
+    else if (!conn.everConnected) why = "the listener is not reachable";
+    why = capitalize(why + (retry.reason ? " (" + retry.reason + ")" : ""));
+    const verb = conn.everConnected ? "reconnecting" : "connecting";
+    setConn("reconnecting",
+      why + " — " + verb + " in " + (retry.delay / 1000).toFixed(1) + " s (attempt " + retry.attempt + ")…");
+    clearTimeout(conn.attemptTimer);
+    conn.attemptTimer = setTimeout(() => {
+      setConn("reconnecting", why + " — " + verb + "… (attempt " + retry.attempt + ")");
+    }, retry.delay);
   }
 
-  function send(msg) {
-    if (conn.ws && conn.ws.readyState === WebSocket.OPEN) conn.ws.send(JSON.stringify(msg));
-  }
-
-  function onClose(event) {
-    const code = event.code;
+  /** A refusal that reconnecting cannot change (the client stops), or a listener's error no request waited for. */
+  function onError(error) {
+    const code = error.closeCode;
     if (code === 4401) {
-      conn.fatal = true;
       setConn("unauthorized", token ? "Wrong token" : "Token required");
       showBanner(
         "error",
@@ -329,48 +290,41 @@
           : "This listener requires a token (close code 4401). Open the dashboard with it in the address: " +
               location.origin + "/?token=YOUR_TOKEN"
       );
-      return;
-    }
-    // Refusals that reconnecting cannot change: say why and stop.
-    const refused = { 4403: "this page's origin is not in the listener's allowed_origins",
-                      4404: "the listener has no WebSocket at this path", 1008: "the listener refused the client id" };
-    if (refused[code]) {
-      conn.fatal = true;
+    } else if (code !== undefined || !(error instanceof ProgressError)) {
       setConn("unauthorized", "Refused");
-      showBanner("error", "The listener refused this page (close code " + code + ": " + refused[code] +
-        (event.reason ? "; " + event.reason : "") + "). Reconnecting would not change that; fix the listener's " +
-        "configuration or the page's address, then reload.");
-      return;
+      showBanner("error", (code !== undefined
+        ? "The listener refused this page (close code " + code + ": " + REFUSED[code] + "; " + error.message + ")."
+        : "The browser refused the WebSocket (" + error.message + ").") +
+        " Reconnecting would not change that; fix the listener's configuration or the page's address, then reload.");
+    } else {
+      showBanner("warn", "The listener answered: " + error.code + ": " + error.message);
+      clearTimeout(conn.warnTimer);
+      conn.warnTimer = setTimeout(() => {
+        if (ui.banner.dataset.kind === "warn") hideBanner();
+      }, WARN_MS);
     }
-    let why = "connection lost";
-    if (code === 1009) resumeBudget = 0;  // the resume map was too large for the listener: subscribe without it
-    if (code === 1013) why = "the listener has too many connections";
-    else if (code === 4008) why = "the page fell behind the updates";
-    else if (code === 1001) why = "the listener went away";
-    else if (!conn.everConnected) why = "the listener is not reachable";
-    scheduleReconnect(why + (event.reason ? " (" + event.reason + ")" : ""));
   }
 
-  function scheduleReconnect(why) {
-    if (conn.fatal) return;
-    clearTimeout(conn.noticeTimer);
-    conn.noticeTimer = null;
-    // 0.5 s, 1 s, 2 s, 4 s, then 5 s; a little jitter so that many pages do not all come back at once.
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, conn.attempt));
-    // A drop() from the console may ask to stay away a while (tests make "missed while away" certain).
-    const held = Math.max(0, (conn.holdUntil || 0) - Date.now());
-    const delay = Math.max(held, Math.round(base * (0.9 + Math.random() * 0.2)));
-    conn.attempt += 1;
-    const verb = conn.everConnected ? "reconnecting" : "connecting";
-    setConn(
-      "reconnecting",
-      capitalize(why) + " — " + verb + " in " + (delay / 1000).toFixed(1) + " s (attempt " + conn.attempt + ")…"
-    );
-    clearTimeout(conn.timer);
-    conn.timer = setTimeout(() => {
-      setConn("reconnecting", capitalize(why) + " — " + verb + "… (attempt " + conn.attempt + ")");
-      connect();
-    }, delay);
+  /** After a reconnect, once the listener has sent everything: an open task it did not send again (it restarted
+   *  without the task, say) is marked as no longer reported instead of looking alive. */
+  function onResumed(resumed) {
+    for (const id of resumed.gone) {
+      const t = tasks.get(id);
+      if (!t) continue;
+      if (t.held) readDeferred(t);
+      if (!TERMINAL.has(t.data.status) && !t.stale) {
+        t.stale = true;
+        dirty.add(id);
+      }
+    }
+    queueRender();
+    if (ui.conn.dataset.state === "live" && conn.noticeTimer && (resumed.tasks || resumed.replayed)) {
+      setConn(
+        "live",
+        "Reconnected — caught up " + resumed.tasks + " task" + (resumed.tasks === 1 ? "" : "s") +
+          (resumed.replayed ? " (" + resumed.replayed + " missed events replayed)" : "")
+      );
+    }
   }
 
   function capitalize(s) {
@@ -380,56 +334,43 @@
   // ---------------------------------------------------------------- messages
 
   // A fleet's updates, read when they are needed. 1,000 tasks at 10 Hz are 10,000 messages a second: parsing each
-  // and updating its task cost the page more than the table's drawing. In the table view an update of a task that
-  // is not drawn is kept as text and parsed when its row comes into view, or within DEFER_MS (the counts, sort and
-  // analytics run late by that much at most). Each message holds the task's whole state, so the latest is enough.
+  // and updating its task cost the page more than the table's drawing. The client delivers them unparsed
+  // (lazyData: `data` is parsed when first read); in the table view the latest update of a task that is not drawn is
+  // kept and read when its row comes into view, or within DEFER_MS (the counts, sort and analytics run late by that
+  // much at most). Each update holds the task's whole state, so the latest is enough.
   const DEFER_MS = 1000;
   const FLUSH_BUDGET_MS = 4; // parsing of held updates per frame, so a 10,000-task backlog does not stall a frame
-  const UPDATE_PREFIX = '{"type":"progress.update","task_id":"';
-  /** Tasks holding an unparsed update, in the order they began to wait. */
+  /** Tasks holding an unread update, in the order they began to wait. */
   const deferred = new Set();
 
-  /** Keeps an update of a task that is not drawn as text; false when the message must be handled now. */
-  function deferUpdate(raw) {
-    if (shownView !== "table" || typeof raw !== "string" || !raw.startsWith(UPDATE_PREFIX)) return false;
-    // The listener writes type, task_id, seq, then "replayed"/"recovered" when present, then data: an id's own
-    // quotes are escaped, so the first '","seq":' ends it.
-    const idEnd = raw.indexOf('","seq":', UPDATE_PREFIX.length);
-    if (idEnd < 0) return false;
-    const seqEnd = raw.indexOf(",", idEnd + 8);
-    if (seqEnd < 0 || !raw.startsWith(',"data":', seqEnd)) return false; // replayed or recovered: handled now
-    let id = raw.slice(UPDATE_PREFIX.length, idEnd);
-    if (id.includes("\\")) {
-      try {
-        id = JSON.parse('"' + id + '"');
-      } catch (e) {
-        return false;
-      }
-    }
+  function onUpdate(msg) {
+    if (msg.replayed) return; // a missed event (counted in the resumed event): the task's current state follows
+    if (deferUpdate(msg)) return;
+    if (msg.data && typeof msg.data === "object") onProgress(msg);
+  }
+
+  /** Keeps an update of a task that is not drawn; false when it must be read now. */
+  function deferUpdate(msg) {
+    if (shownView !== "table") return false;
+    const id = msg.task_id;
     const t = tasks.get(id);
+    // The first update after a reconnect is read at once: it may end a stale mark, and it refetches a log.
     if (!t || t.stale || t.epoch !== conn.epoch || id === taskView.id || table.drawn.has(id)) return false;
-    // t.seq is left as it was: the resume map reads every held update first (resumeMap → flushDeferred).
-    if (t.raw === null) {
-      t.rawSince = Date.now();
+    if (t.held === null) {
+      t.heldSince = Date.now();
       deferred.add(t);
     }
-    t.raw = raw;
+    t.held = msg;
     if (!flushTimer) flushTimer = setTimeout(flushTick, DEFER_MS);
     return true;
   }
 
-  /** Handles the held update of a task now. */
+  /** Reads the held update of a task now. */
   function readDeferred(t) {
-    const raw = t.raw;
-    t.raw = null;
+    const msg = t.held;
+    t.held = null;
     deferred.delete(t);
-    let msg;
-    try {
-      msg = JSON.parse(raw);
-    } catch (e) {
-      return;
-    }
-    if (tasks.get(t.id) === t) handleMessage(msg);
+    if (tasks.get(t.id) === t && msg.data && typeof msg.data === "object") onProgress(msg);
   }
 
   /** The held updates that waited DEFER_MS (all of them when `all`), within the frame's budget unless `all`. */
@@ -437,7 +378,7 @@
     if (deferred.size === 0) return;
     const start = Date.now();
     for (const t of deferred) {
-      if (!all && (start - t.rawSince < DEFER_MS || Date.now() - start > FLUSH_BUDGET_MS)) break;
+      if (!all && (start - t.heldSince < DEFER_MS || Date.now() - start > FLUSH_BUDGET_MS)) break;
       readDeferred(t);
     }
     if (deferred.size && !flushTimer) flushTimer = setTimeout(flushTick, 250);
@@ -450,56 +391,6 @@
     queueRender();
   }
 
-  function handleMessage(msg) {
-    if (!msg || typeof msg !== "object") return;
-    switch (msg.type) {
-      case "connection.established":
-        onOpen();
-        break;
-      case "progress.update":
-      case "progress.current":
-        if (msg.replayed) {
-          conn.replayed += 1; // a missed event: the full state follows it
-          return;
-        }
-        if (msg.data && typeof msg.data === "object") onProgress(msg);
-        break;
-      case "task.log":
-        if (typeof msg.task_id === "string" && msg.entry) onLog(msg.task_id, [msg.entry], true);
-        break;
-      case "error":
-        showBanner("warn", "The listener answered: " + (msg.code || "error") + ": " + (msg.message || ""));
-        clearTimeout(conn.warnTimer);
-        conn.warnTimer = setTimeout(() => {
-          if (ui.banner.dataset.kind === "warn") hideBanner();
-        }, WARN_MS);
-        break;
-      case "subscribed":
-        if (Array.isArray(msg.task_ids) && msg.task_ids.includes("*")) onSubscribedAll();
-        break;
-      default:
-        break; // pong, …
-    }
-  }
-
-  /** The listener sends every task it holds right after "subscribed"; an open task it did not send (after a
-   * restart of the listener, say) is marked as no longer reported instead of looking alive. */
-  function onSubscribedAll() {
-    conn.epoch += 1;
-    const epoch = conn.epoch;
-    clearTimeout(conn.staleTimer);
-    conn.staleTimer = setTimeout(() => {
-      for (const t of tasks.values()) {
-        const stale = t.epoch !== epoch && !TERMINAL.has(t.data.status);
-        if (stale !== t.stale) {
-          t.stale = stale;
-          dirty.add(t.id);
-        }
-      }
-      queueRender();
-    }, STALE_AFTER_MS);
-  }
-
   function onProgress(msg) {
     const data = msg.data;
     const id = typeof data.task_id === "string" ? data.task_id : msg.task_id;
@@ -510,7 +401,6 @@
       t = {
         id: id,
         data: data,
-        seq: null,
         receivedAt: now,
         firstSeen: now,
         arrival: ++arrivals,
@@ -524,8 +414,8 @@
         previews: [], // {url, at, overall}: each distinct preview seen, in order
         createdMs: 0,
         updatedMs: 0,
-        raw: null, // an update held unparsed (deferUpdate)
-        rawSince: 0,
+        held: null, // an update held unread (deferUpdate)
+        heldSince: 0,
         logs: [],
         logKeys: new Set(),
         logsFetched: false,
@@ -542,7 +432,6 @@
     t.epoch = conn.epoch;
     t.stale = false;
     t.data = data;
-    t.seq = typeof msg.seq === "number" ? msg.seq : data.seq;
     t.receivedAt = now;
 
     const updated = parseTime(data.updated_at);
@@ -603,15 +492,6 @@
       if (fresh || t.resT.length === 0) t.resT.push(t.updatedMs);
       else t.resT[t.resT.length - 1] = t.updatedMs;
       if (t.resT.length > SPARK_POINTS) t.resT.splice(0, t.resT.length - SPARK_POINTS);
-    }
-
-    if (msg.recovered !== undefined) conn.caughtUp += 1;
-    if (msg.recovered !== undefined && ui.conn.dataset.state === "live" && conn.reconnects > 0 && conn.noticeTimer) {
-      setConn(
-        "live",
-        "Reconnected — caught up " + conn.caughtUp + " task" + (conn.caughtUp === 1 ? "" : "s") +
-          (conn.replayed ? " (" + conn.replayed + " missed events replayed)" : "")
-      );
     }
 
     dirty.add(id);
@@ -1538,7 +1418,7 @@
         table.rows.set(i, r);
       }
       const t = table.order[i];
-      const held = !!t.raw;
+      const held = !!t.held;
       if (held) readDeferred(t); // its row is drawn: its latest state now
       if (r.index !== i) {
         r.index = i;
@@ -2340,17 +2220,16 @@
 
   renderAnalytics();
 
-  // For tests and debugging from the console: feed a server message as if it came over the WebSocket, drop
-  // the connection as a network failure would (the page reconnects and resumes), read the connection's state.
+  // For tests and debugging from the console: feed a progress.update or task.log as if the client delivered it,
+  // drop the connection as a network failure would and stay away holdMs (the page reconnects and resumes), read the
+  // connection's state.
   window.progressDashboard = Object.freeze({
     ingest: (msg) => {
-      handleMessage(msg);
+      if (msg.type === "task.log") onLog(msg.task_id, [msg.entry], true);
+      else onUpdate(msg);
       render(true);
     },
-    drop: (holdMs) => {
-      conn.holdUntil = Date.now() + (holdMs || 0);
-      if (conn.ws) conn.ws.close(4000, "dropped from the console");
-    },
+    drop: (holdMs) => client.reconnect(holdMs || 0),
     get connection() {
       return { state: ui.conn.dataset.state, reconnects: conn.reconnects, attempt: conn.attempt };
     },

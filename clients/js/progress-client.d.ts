@@ -68,7 +68,8 @@ export interface BatchProgress {
   [field: string]: unknown;
 }
 
-/** A `progress.update`: the task's whole state at `seq`. */
+/** A `progress.update`: the task's whole state at `seq`. With the `lazyData` option, `data` is a getter that parses
+ *  the message when first read (and keeps what it read). */
 export interface UpdateMessage {
   type: "progress.update";
   task_id: string;
@@ -95,6 +96,29 @@ export interface ResyncEvent {
   last_seq: number;
 }
 
+/** After a reconnect, once the listener has sent everything the new subscription brought. */
+export interface ResumedEvent {
+  /** Watched tasks the listener sent again (each task known before the connection was lost that it still has). */
+  tasks: number;
+  /** Missed events replayed (`update`s with `replayed: true`). */
+  replayed: number;
+  /** Watched tasks the listener did not send again: it no longer has them (an embedded listener restarted without
+   *  Redis, a task past its retention). They are not resumed any more; an update of one, should it come back, is
+   *  delivered as after a `resync`. */
+  gone: string[];
+}
+
+/** The connection was lost, or an attempt failed: the next attempt starts in `delay` ms. */
+export interface RetryEvent {
+  /** 1 for the first attempt after a connection was lost (or the client's first one failed), then 2, 3, … */
+  attempt: number;
+  /** ms until the attempt. */
+  delay: number;
+  /** The close code and reason of the connection or attempt that ended (absent after reconnect() while waiting). */
+  code?: number;
+  reason?: string;
+}
+
 export type ConnectionState = "connecting" | "open" | "closed";
 
 export interface StateDetail {
@@ -109,6 +133,8 @@ export interface ProgressClientEvents {
   error: (error: ProgressError | Error) => void;
   state: (state: ConnectionState, detail: StateDetail) => void;
   resync: (event: ResyncEvent) => void;
+  resumed: (event: ResumedEvent) => void;
+  retry: (event: RetryEvent) => void;
 }
 
 export interface ProgressClientOptions {
@@ -124,6 +150,9 @@ export interface ProgressClientOptions {
   maxReconnectDelay?: number;
   /** ms between pings (20000); a connection silent for two of them is given up and reconnected. 0: no pings. */
   pingInterval?: number;
+  /** Deliver `progress.update`s without parsing them: the client reads task_id and seq from the message's head, and
+   *  `data` is parsed when first read. For a page that draws a few of thousands of live tasks. Default false. */
+  lazyData?: boolean;
   /** A WebSocket class, where the runtime has none. */
   WebSocket?: new (url: string) => WebSocketLike;
 }
@@ -164,5 +193,8 @@ export class ProgressClient {
   unsubscribe(taskIds: string | Iterable<string>): Promise<void>;
   getProgress(taskId: string): Promise<TaskProgress>;
   getBatchProgress(batchId: string, taskIds?: Iterable<string>): Promise<BatchProgress>;
+  /** Drops the connection as a lost network would and connects again after `delay` ms (default 0), resuming as
+   *  after any loss; while waiting to reconnect, moves the next attempt to `delay` ms from now. */
+  reconnect(delay?: number): void;
   close(): void;
 }

@@ -115,8 +115,8 @@ enum Routes {
         if l.engine.config.dashboard, let asset = dashboardAsset(path) {
             var r = Response(body: Array(asset.body.utf8))
             r.contentType = asset.contentType
-            // The page is always revalidated; it names its script and style by content hash
-            // (scripts/embed-dashboard.py), so those can be cached for good.
+            // The page is always revalidated; every file it loads, and every file those load, is named by its
+            // content hash (scripts/embed-dashboard.py), so those can be cached for good.
             r.headers = (path == "/" || path == "/index.html" ? "Cache-Control: no-cache\r\n"
                 : "Cache-Control: public, max-age=31536000, immutable\r\n")
                 + "X-Content-Type-Options: nosniff\r\n"
@@ -182,6 +182,7 @@ enum Routes {
         case "/", "/index.html": return DashboardAssets.files["index.html"]
         case "/dashboard/app.js": return DashboardAssets.files["app.js"]
         case "/dashboard/app.css": return DashboardAssets.files["app.css"]
+        case "/dashboard/progress-client.js": return DashboardAssets.files["progress-client.js"]
         default: return nil
         }
     }
