@@ -27,28 +27,27 @@ def message(task):
     return task["stages"][str(task["current_stage"])]["message"]
 
 
-def walk(port, **params):
-    """Every page from the first: (ids in order, pages)."""
-    seen, pages, cursor = [], 0, None
-    while True:
+def pages(port, **params):
+    """Every page from the first, following next_cursor: a page may come back short, even empty, before the end."""
+    cursor = None
+    for _ in range(1000):
         body = page(port, cursor=cursor, **params)
-        seen += [t["task_id"] for t in body["tasks"]]
-        pages += 1
+        yield body
         cursor = body["next_cursor"]
         if cursor is None:
-            return seen, pages
-        assert pages < 1000
+            return
+    raise AssertionError("the cursor never ends")
+
+
+def walk(port, **params):
+    """Every page from the first: (ids in order, pages)."""
+    bodies = list(pages(port, **params))
+    return [t["task_id"] for body in bodies for t in body["tasks"]], len(bodies)
 
 
 def listed(port, **params):
     """Every task of every page, in order."""
-    tasks, cursor = [], None
-    while True:
-        body = page(port, cursor=cursor, **params)
-        tasks += body["tasks"]
-        cursor = body["next_cursor"]
-        if cursor is None:
-            return tasks
+    return [t for body in pages(port, **params) for t in body["tasks"]]
 
 
 def test_a_listener_lists_the_fleets_tasks_with_its_own(redis):
