@@ -135,14 +135,7 @@ public func progress_preview_pixels(_ handle: OpaquePointer?, _ taskId: UnsafePo
 @_cdecl("progress_preview_due")
 public func progress_preview_due(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
                                  _ due: UnsafeMutablePointer<CInt>?) -> CInt {
-    due?.pointee = 0
-    return withEngine(handle) { engine in
-        guard let due else { throw EngineError.invalidArgument("due is NULL; pass the address of an int") }
-        guard let taskId else { throw EngineError.invalidArgument("task_id is NULL") }
-        // Borrowed, as progress_update's: a runner may ask every step.
-        let key = TaskKey(borrowing: UnsafeRawBufferPointer(start: taskId, count: strlen(taskId)))
-        due.pointee = try engine.previewIsDue(key: key, describe: { try requiredString(taskId, "task_id") }) ? 1 : 0
-    }
+    answerFlag(handle, taskId, due, named: "due") { try $0.previewIsDue(key: $1, describe: $2) }
 }
 
 @_cdecl("progress_task_complete")
@@ -167,15 +160,7 @@ public func progress_task_cancel(_ handle: OpaquePointer?, _ taskId: UnsafePoint
 @_cdecl("progress_task_cancel_requested")
 public func progress_task_cancel_requested(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?,
                                            _ requested: UnsafeMutablePointer<CInt>?) -> CInt {
-    requested?.pointee = 0
-    return withEngine(handle) { engine in
-        guard let requested else { throw EngineError.invalidArgument("requested is NULL; pass the address of an int") }
-        guard let taskId else { throw EngineError.invalidArgument("task_id is NULL") }
-        // Borrowed, as progress_update's: a runner may ask every step.
-        let key = TaskKey(borrowing: UnsafeRawBufferPointer(start: taskId, count: strlen(taskId)))
-        let pending = try engine.cancelRequested(key: key, describe: { try requiredString(taskId, "task_id") })
-        requested.pointee = pending ? 1 : 0
-    }
+    answerFlag(handle, taskId, requested, named: "requested") { try $0.cancelRequested(key: $1, describe: $2) }
 }
 
 @_cdecl("progress_task_get")

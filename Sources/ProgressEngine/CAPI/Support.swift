@@ -35,6 +35,22 @@ func withEngine(_ handle: OpaquePointer?, _ body: (EngineCore) throws -> Void) -
     }
 }
 
+/// A yes/no question a runner may ask about its task every step (`progress_preview_due`,
+/// `progress_task_cancel_requested`): `*answer` is 0 unless the call succeeds, the id is borrowed as the lookup key
+/// like `progress_update`'s (no copy), and `ask` gets the key and the id for messages (made only on error).
+@inline(__always)
+func answerFlag(_ handle: OpaquePointer?, _ taskId: UnsafePointer<CChar>?, _ answer: UnsafeMutablePointer<CInt>?,
+                named name: StaticString,
+                _ ask: (EngineCore, TaskKey, () throws -> String) throws -> Bool) -> Int32 {
+    answer?.pointee = 0
+    return withEngine(handle) { engine in
+        guard let answer else { throw EngineError.invalidArgument("\(name) is NULL; pass the address of an int") }
+        guard let taskId else { throw EngineError.invalidArgument("task_id is NULL") }
+        let key = TaskKey(borrowing: UnsafeRawBufferPointer(start: taskId, count: strlen(taskId)))
+        answer.pointee = try ask(engine, key, { try requiredString(taskId, "task_id") }) ? 1 : 0
+    }
+}
+
 /// A required string parameter.
 func requiredString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws -> String {
     guard let p else { throw EngineError.invalidArgument("\(name) is NULL") }
