@@ -52,6 +52,10 @@ export interface TaskProgress {
   started_at: string | null;
   completed_at: string | null;
   error: string | null;
+  /** True from a cancel request until the task finishes (its runner answers by cancelling it). */
+  cancel_requested: boolean;
+  /** The request's reason while cancel_requested (null without one). */
+  cancel_reason: string | null;
   [field: string]: unknown;
 }
 
@@ -168,6 +172,11 @@ export interface WebSocketLike {
   onerror: ((event: any) => void) | null;
 }
 
+export interface CancelOptions {
+  /** Shown in the task's log and passed to its runner; at most 1,024 bytes. */
+  reason?: string | null;
+}
+
 export interface SubscribeOptions {
   /** Passed to the listener, which does not implement deltas yet: every update carries the whole state. */
   delta?: boolean;
@@ -193,6 +202,9 @@ export class ProgressClient {
   unsubscribe(taskIds: string | Iterable<string>): Promise<void>;
   getProgress(taskId: string): Promise<TaskProgress>;
   getBatchProgress(batchId: string, taskIds?: Iterable<string>): Promise<BatchProgress>;
+  /** Asks the task's runner to stop it; resolves once the listener has recorded the request. Rejects with code
+   *  "not_found", "conflict" (finished), "invalid_message" or "unavailable". */
+  cancel(taskId: string, options?: CancelOptions): Promise<void>;
   /** Drops the connection as a lost network would and connects again after `delay` ms (default 0), resuming as
    *  after any loss; while waiting to reconnect, moves the next attempt to `delay` ms from now. */
   reconnect(delay?: number): void;

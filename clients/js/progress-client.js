@@ -16,7 +16,9 @@ const TOO_LARGE = 1009;
 /** UTF-8 bytes of a subscribe's resume map: the listener caps frames at 64 KiB by default. */
 const RESUME_BUDGET = 48000;
 /** Replies of the listener, one per request, in the order of the requests (SPEC §7). */
-const REPLIES = new Set(["subscribed", "unsubscribed", "progress.current", "batch.progress", "pong", "error"]);
+const REPLIES = new Set([
+  "subscribed", "unsubscribed", "progress.current", "batch.progress", "cancel.accepted", "pong", "error",
+]);
 /** How the listener begins a `progress.update` (Listener/Messages.swift writes type, task_id, seq, flags, data). */
 const UPDATE_HEAD = '{"type":"progress.update","task_id":"';
 
@@ -133,6 +135,19 @@ export class ProgressClient {
     const message = { type: "get_batch_progress", batch_id: batchId };
     if (taskIds !== undefined) message.task_ids = [...taskIds];
     return this._request(message).then((reply) => reply.data);
+  }
+
+  /**
+   * Asks for a task to be stopped: resolves once the listener has recorded the request (`cancel.accepted`); the
+   * task's runner stops it, and its updates show `cancel_requested` and then `status: "cancelled"`. Rejects with
+   * code "not_found", "conflict" (the task finished), "invalid_message" (a bad id, a reason over 1,024 bytes) or
+   * "unavailable" (a fleet's Redis is unreachable: try again). Asking twice is harmless, so a request without a reply
+   * when the connection is lost is sent again on the next one.
+   */
+  cancel(taskId, options = {}) {
+    const message = { type: "cancel", task_id: taskId };
+    if (options.reason !== undefined && options.reason !== null) message.reason = String(options.reason);
+    return this._request(message).then(() => undefined);
   }
 
   /**

@@ -4,6 +4,7 @@ prints {"port": P} first (-1 without a listener). Commands:
 
   create {task_id, batch_id?}           update {task_id, step, total}     log {task_id, message}
   complete {task_id}                    get {task_id} -> {task}
+  cancel_requested {task_id} -> {requested}                              cancel {task_id, reason?} (the runner's)
   run {task_ids, steps, interval}       updates the tasks round robin on a thread (message "s<step>"), completes
                                         them, then replies {final: {task_id: seq}}; other commands go on meanwhile
 
@@ -62,6 +63,11 @@ for line in sys.stdin:
             tracker.log_sync(cmd["task_id"], "info", cmd["message"])
         elif op == "complete":
             tracker.complete_task_sync(cmd["task_id"])
+        elif op == "cancel_requested":
+            reply(id=cid, requested=tracker.cancel_requested(cmd["task_id"]))
+            continue
+        elif op == "cancel":
+            tracker.cancel_task_sync(cmd["task_id"], cmd.get("reason"))
         elif op == "get":
             reply(id=cid, task=tracker.get_task_progress_sync(cmd["task_id"]))
             continue
