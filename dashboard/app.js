@@ -32,6 +32,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
   const ETA_POINTS = 600;
   const MAX_PREVIEWS = 24; // distinct previews kept per task for its page
   const HISTORY_POLL_MS = 1000; // an open task's page reads its new history events this often
+  const PAGE_SIZE = 500; // tasks per page of the listing (docs/API.md allows up to 1,000)
+  const FILTER_TEXT_MS = 300; // typing in the id filter asks the listing again once it pauses this long
+  const CANCEL_REASON = "cancelled from the dashboard";
   const STATUS_RANK = { failed: 0, executing: 1, queued: 2, cancelled: 3, completed: 4 };
   const RESOURCES = [
     { key: "cpu_percent", label: "CPU", unit: "%", percent: true },
@@ -70,6 +73,13 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     sortDir: $("sort-dir"),
     filterStatus: $("filter-status"),
     filterText: $("filter-text"),
+    filterTemplate: $("filter-template"),
+    pager: $("pager"),
+    pageNewest: $("page-newest"),
+    pageNewer: $("page-newer"),
+    pageOlder: $("page-older"),
+    pageLabel: $("page-label"),
+    tvCancel: $("tv-cancel"),
     shown: $("shown"),
     vt: $("vt-viewport"),
     vtHead: $("vt-head"),
@@ -243,6 +253,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     clearTimeout(conn.attemptTimer);
     clearTimeout(conn.noticeTimer);
     conn.noticeTimer = null;
+    // The listing once the WebSocket has proved the token (a wrong one is said once, by the client); again after a
+    // reconnect, for what changed while away (finished tasks of other runners included).
+    loadPage(pager.page);
     if (wasReconnect) {
       conn.reconnects += 1;
       ui.conn.dataset.reconnects = String(conn.reconnects);
@@ -425,6 +438,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       for (const r of RESOURCES) t.res[r.key] = [];
       tasks.set(id, t);
       table.structureDirty = true;
+      noteTemplate(data.template_id);
     }
     const wasTerminal = TERMINAL.has(t.data.status);
     // The selected task's log lines written while the page was away are fetched again after a reconnect.
@@ -552,8 +566,10 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
   }
 
   function evictFinished() {
+    if (pager.suspendEviction) return;
     const finished = [];
-    for (const t of tasks.values()) if (TERMINAL.has(t.data.status)) finished.push(t);
+    // The tasks the listing gave for the page shown stay while it is shown: nothing else would bring them back.
+    for (const t of tasks.values()) if (TERMINAL.has(t.data.status) && !pager.listed.has(t.id)) finished.push(t);
     if (finished.length <= MAX_FINISHED) return;
     finished.sort((a, b) => (parseTime(a.data.completed_at) || a.receivedAt) - (parseTime(b.data.completed_at) || b.receivedAt));
     for (const t of finished.slice(0, finished.length - MAX_FINISHED)) {
@@ -630,6 +646,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
         adoptPendingLogs(t);
       }
       if (placeCard(t, batchesTouched)) structureChanged = true;
+      t.els.root.hidden = !shows(t);
       updateCard(t);
       if (t.batchId) batchesTouched.add(t.batchId);
       if (id === selected) renderDetail();
@@ -648,7 +665,16 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     const head = el("div", "task-head");
     const title = el("h3", "task-id", t.id);
     const badge = el("span", "badge");
-    head.append(title, badge);
+    const cancel = el("button", "cancel-btn", "Cancel");
+    cancel.type = "button";
+    cancel.hidden = true;
+    cancel.setAttribute("aria-label", "Cancel " + t.id);
+    cancel.addEventListener("click", (event) => {
+      event.stopPropagation();
+      requestCancel(t.id, cancel);
+    });
+    cancel.addEventListener("keydown", (event) => event.stopPropagation());
+    head.append(title, badge, cancel);
 
     const template = el("p", "task-template");
 
@@ -716,7 +742,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       }
     });
     return {
-      root, badge, template, bar, segs: [], pct, stage, msg, error, stale, eta, elapsed, sparkEls, thumb, img,
+      root, badge, cancel, template, bar, segs: [], pct, stage, msg, error, stale, eta, elapsed, sparkEls, thumb, img,
       stageKey: "",
     };
   }
@@ -728,6 +754,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     e.root.dataset.status = status;
     e.badge.dataset.status = status;
     setText(e.badge, status);
+    updateCancelButton(e.cancel, d, "Cancel");
+    if (d.cancel_requested === true) e.root.dataset.cancel = "requested";
+    else delete e.root.dataset.cancel;
     const parts = [d.template_id || "?"];
     if (d.template_category) parts.push(d.template_category);
     if (d.quality) parts.push(d.quality);
@@ -1229,8 +1258,13 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     for (const b of ui.viewBtns) b.addEventListener("click", () => pickView(b.dataset.view));
     ui.sort.addEventListener("change", () => setSort(ui.sort.value, null));
     ui.sortDir.addEventListener("click", () => setSort(table.sortKey, !table.descending));
-    ui.filterStatus.addEventListener("change", () => setFilter());
-    ui.filterText.addEventListener("input", () => setFilter());
+    ui.filterStatus.addEventListener("change", () => setFilter(false));
+    ui.filterTemplate.addEventListener("change", () => setFilter(false));
+    ui.filterText.addEventListener("input", () => setFilter(true));
+    ui.pageNewest.addEventListener("click", () => loadPage(0));
+    ui.pageNewer.addEventListener("click", () => loadPage(pager.page - 1));
+    ui.pageOlder.addEventListener("click", () => loadPage(pager.page + 1));
+    ui.tvCancel.addEventListener("click", () => requestCancel(taskView.id, ui.tvCancel));
     for (const b of ui.vtHead.querySelectorAll("button[data-sort]")) {
       b.addEventListener("click", () => {
         const key = b.dataset.sort;
@@ -1270,6 +1304,185 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     ui.sort.value = table.sortKey;
   }
 
+  // Pages and filters ----------------------------------------------------------------------------------
+
+  // The list is a page of the task listing (GET /api/v1/progress/tasks, docs/API.md): filtered by the server
+  // (status, template, text in the id), newest first, PAGE_SIZE tasks at a time, and, with Redis, the fleet's
+  // tasks too, finished ones included. The first page stays live: tasks created after it was read appear at its top
+  // as "*" brings them. A later page holds the tasks the listing gave for it, each kept current by "*" while its
+  // runner reports. The same filter is applied here to what the page holds, so a task that stops matching (a
+  // status filter) leaves the list at once. Sorting orders the page's tasks.
+  const filter = { status: "", template: "", text: "" };
+  const pager = {
+    page: 0, // 0: the newest
+    cursors: [null], // the listing's cursor of each page read so far
+    next: null, // next_cursor of the page shown: null on the last
+    boundary: null, // the first page's oldest task {createdMs, id} when more follow: older ones are on later pages
+    listed: new Set(), // the ids the listing gave for the page shown (a later page is just these)
+    generation: 0, // of the latest request: an older answer is dropped
+    state: "idle", // loading, error
+    error: "",
+    textTimer: null,
+    suspendEviction: false,
+  };
+
+  function matchesFilter(t) {
+    const d = t.data;
+    if (filter.status && d.status !== filter.status) return false;
+    if (filter.template && d.template_id !== filter.template) return false;
+    return !filter.text || t.id.toLowerCase().includes(filter.text);
+  }
+
+  function inPage(t) {
+    if (pager.page > 0) return pager.listed.has(t.id);
+    const b = pager.boundary;
+    // The listing's order: creation time, then id, newest and highest first.
+    return b === null || t.createdMs > b.createdMs || (t.createdMs === b.createdMs && t.id >= b.id);
+  }
+
+  function shows(t) {
+    return matchesFilter(t) && inPage(t);
+  }
+
+  function shownText(n) {
+    const filtered = filter.status || filter.template || filter.text;
+    if (pager.page === 0 && pager.boundary === null) {
+      return !filtered && n === tasks.size ? n + " tasks" : n + " of " + tasks.size + " tasks";
+    }
+    return n + " task" + (n === 1 ? "" : "s") + " on this page";
+  }
+
+  /** What the list shows changed (filter, page): every card and the table's order are looked at again. */
+  function listChanged() {
+    table.structureDirty = true;
+    if (shownView !== "table") for (const id of tasks.keys()) dirty.add(id);
+    queueRender(true);
+  }
+
+  function loadPage(page) {
+    if (page < 0 || page >= pager.cursors.length) return;
+    clearTimeout(pager.textTimer);
+    const generation = ++pager.generation;
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (filter.status) query.set("status", filter.status);
+    if (filter.template) query.set("template_id", filter.template);
+    if (filter.text) query.set("id_contains", filter.text);
+    if (pager.cursors[page]) query.set("cursor", pager.cursors[page]);
+    pager.state = "loading";
+    renderPager();
+    getJSON("/tasks?" + query.toString())
+      .then((answer) => {
+        if (generation !== pager.generation) return;
+        const listed = Array.isArray(answer.tasks) ? answer.tasks.filter((d) => d && typeof d.task_id === "string") : [];
+        pager.page = page;
+        pager.cursors.length = page + 1;
+        pager.next = typeof answer.next_cursor === "string" ? answer.next_cursor : null;
+        if (pager.next !== null) pager.cursors.push(pager.next);
+        pager.listed = new Set(listed.map((d) => d.task_id));
+        const last = listed[listed.length - 1];
+        pager.boundary = page === 0 && pager.next !== null && last
+          ? { createdMs: parseTime(last.created_at) || 0, id: last.task_id }
+          : null;
+        ingestListed(listed);
+        pager.state = "idle";
+        pager.error = "";
+        if (page > 0 || pager.boundary !== null) ui.vt.scrollTop = 0;
+        renderPager();
+        listChanged();
+      })
+      .catch((error) => {
+        if (generation !== pager.generation) return;
+        pager.state = "error";
+        pager.error = error.message;
+        renderPager();
+      });
+  }
+
+  /** The listing's tasks, taken like updates unless the page already has a later state of one. Oldest first, so
+   *  that the order of arrival (which breaks ties of the creation time's millisecond) is the listing's. */
+  function ingestListed(listed) {
+    pager.suspendEviction = true;
+    try {
+      for (let i = listed.length - 1; i >= 0; i--) {
+        const d = listed[i];
+        const t = tasks.get(d.task_id);
+        const seq = num(d.seq);
+        if (t && seq !== null && ((t.held && t.held.seq >= seq) || num(t.data.seq) >= seq)) continue;
+        onProgress({ type: "progress.update", task_id: d.task_id, seq: seq, data: d });
+      }
+    } finally {
+      pager.suspendEviction = false;
+    }
+    evictFinished();
+  }
+
+  function renderPager() {
+    ui.pager.dataset.state = pager.state;
+    ui.pageNewest.disabled = pager.page === 0;
+    ui.pageNewer.disabled = pager.page === 0;
+    ui.pageOlder.disabled = pager.next === null;
+    setText(ui.pageLabel, pager.state === "error"
+      ? "Page " + (pager.page + 1) + ": the listing failed (" + pager.error + ")"
+      : "Page " + (pager.page + 1));
+  }
+
+  /** The templates seen, as the template filter's choices (kept in order; the chosen one stays). */
+  const knownTemplates = new Set();
+
+  function noteTemplate(template) {
+    if (typeof template !== "string" || !template || knownTemplates.has(template)) return;
+    knownTemplates.add(template);
+    const option = el("option", null, template);
+    option.value = template;
+    let before = null;
+    for (const o of ui.filterTemplate.options) {
+      if (o.value && o.value > template) {
+        before = o;
+        break;
+      }
+    }
+    ui.filterTemplate.insertBefore(option, before);
+  }
+
+  // Cancel: the WebSocket's cancel message (the client's cancel()); the task's runner stops the task -------------
+
+  function requestCancel(id, button) {
+    if (id === null || !client) return;
+    button.disabled = true;
+    setText(button, "Cancelling…");
+    client.cancel(id, { reason: CANCEL_REASON }).catch((error) => {
+      button.disabled = false;
+      setText(button, button === ui.tvCancel ? "Cancel task" : "Cancel");
+      const t = tasks.get(id);
+      if (t) dirty.add(id);
+      queueRender(true);
+      showBanner("warn", "Cancel of " + id + " refused: " + (error.code === "conflict"
+        ? "the task has already finished."
+        : error.code === "not_found" ? "the listener does not know the task." : error.code + ": " + error.message));
+      clearTimeout(conn.warnTimer);
+      conn.warnTimer = setTimeout(() => {
+        if (ui.banner.dataset.kind === "warn") hideBanner();
+      }, WARN_MS);
+    });
+  }
+
+  /** A cancel button as the task's state says: offered while it runs, "requested" until its runner answers. */
+  function updateCancelButton(button, d, label) {
+    const open = !TERMINAL.has(d.status);
+    button.hidden = !open;
+    if (!open) return;
+    const requested = d.cancel_requested === true;
+    if (requested) {
+      button.disabled = true;
+      setText(button, "Cancel requested");
+      button.title = "The task's runner stops it at its next step" + (d.cancel_reason ? " (" + d.cancel_reason + ")" : "");
+    } else if (button.textContent !== "Cancelling…") {
+      button.disabled = false;
+      setText(button, label);
+      button.title = "Ask the task's runner to stop it";
+    }
+  }
+
   // The table ------------------------------------------------------------------------------------------
 
   const table = {
@@ -1292,8 +1505,6 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     bodyTop: 0,
     measured: false,
     activeId: null,
-    filterStatus: "",
-    filterText: "",
     scrollTop: 0,
   };
 
@@ -1315,11 +1526,15 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     queueRender(true);
   }
 
-  function setFilter() {
-    table.filterStatus = ui.filterStatus.value;
-    table.filterText = ui.filterText.value.trim().toLowerCase();
-    table.structureDirty = true;
-    queueRender(true);
+  /** A filter changed: the page filters what it holds at once, and asks the listing for its first page. */
+  function setFilter(typed) {
+    filter.status = ui.filterStatus.value;
+    filter.template = ui.filterTemplate.value;
+    filter.text = ui.filterText.value.trim().toLowerCase().slice(0, 256);
+    listChanged();
+    clearTimeout(pager.textTimer);
+    if (typed) pager.textTimer = setTimeout(() => loadPage(0), FILTER_TEXT_MS);
+    else loadPage(0);
   }
 
   function sortValue(t) {
@@ -1337,12 +1552,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
   }
 
   function rebuildOrder() {
-    const status = table.filterStatus;
-    const text = table.filterText;
     const list = [];
     for (const t of tasks.values()) {
-      if (status && t.data.status !== status) continue;
-      if (text && !t.id.toLowerCase().includes(text) && !String(t.data.template_id || "").toLowerCase().includes(text)) continue;
+      if (!shows(t)) continue;
       t.sortValue = sortValue(t);
       list.push(t);
     }
@@ -1363,7 +1575,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     table.orderStale = false;
     table.lastSort = Date.now();
     ui.vt.setAttribute("aria-rowcount", String(list.length + 1));
-    setText(ui.shown, list.length === tasks.size ? tasks.size + " tasks" : list.length + " of " + tasks.size + " tasks");
+    setText(ui.shown, shownText(list.length));
     // Every drawn row may now show another task.
     for (const r of table.rows.values()) r.index = -1;
   }
@@ -1485,7 +1697,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       r.el.dataset.status = status;
       r.badge.dataset.status = status;
     }
-    put(r, "status", r.badge, status);
+    put(r, "status", r.badge, d.cancel_requested === true && !TERMINAL.has(status) ? status + " (cancel requested)" : status);
     put(r, "id", r.id, t.id);
     put(r, "template", r.template, String(d.template_id || "?"));
     const overall = Math.max(0, Math.min(100, num(d.overall_progress) || 0));
@@ -1656,6 +1868,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     taskView.chartsDirty = true;
     taskView.chartsDrawnAt = 0;
     taskView.logDirty = true;
+    ui.tvCancel.hidden = true;
+    ui.tvCancel.disabled = false;
+    setText(ui.tvCancel, "Cancel task");
     document.body.dataset.route = "task";
     document.title = id + " — ProgressEngine"; // a bookmark or tab says which task
     ui.tv.hidden = false;
@@ -1804,6 +2019,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       ui.tv.dataset.status = status;
       ui.tvStatus.dataset.status = status;
       setText(ui.tvStatus, status);
+      updateCancelButton(ui.tvCancel, d, "Cancel task");
       const parts = [d.template_id || "?"];
       if (d.template_category) parts.push(d.template_category);
       if (d.quality) parts.push(d.quality);

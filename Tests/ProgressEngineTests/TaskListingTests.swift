@@ -28,6 +28,7 @@ struct TaskListingTests {
         #expect(q.updatedSince == 1_700_000_000.5 && q.limit == 1000 && q.after == position(3, "x"))
         #expect(try query(["since": "2024-01-01T00:00:00Z"]).updatedSince == 1_704_067_200)
         #expect(try query(["limit": "1"]).limit == 1)
+        #expect(try query(["id_contains": "Job-7"]).idContains == "job-7")
     }
 
     @Test("every wrong parameter is a 400 that names it")
@@ -45,17 +46,25 @@ struct TaskListingTests {
         #expect(refusal(["batch_id": ""])?.contains("batch_id") == true)
         #expect(refusal(["cursor": "nope"])?.contains("next_cursor") == true)
         #expect(refusal(["cursor": ""]) != nil)
+        #expect(refusal(["id_contains": ""])?.contains("id_contains must be 1-256 characters") == true)
+        #expect(refusal(["id_contains": String(repeating: "x", count: 257)])?.contains("id_contains") == true)
     }
 
     @Test("filters: status set, template, batch, updated_at at or after since")
     func filters() {
         let q = TaskQuery(statuses: [.failed], templateId: "t", batchId: "b", updatedSince: 100)
-        #expect(q.matches(status: .failed, templateId: "t", batchId: "b", updatedAt: 100))
-        #expect(!q.matches(status: .completed, templateId: "t", batchId: "b", updatedAt: 100))
-        #expect(!q.matches(status: .failed, templateId: "u", batchId: "b", updatedAt: 100))
-        #expect(!q.matches(status: .failed, templateId: "t", batchId: nil, updatedAt: 100))
-        #expect(!q.matches(status: .failed, templateId: "t", batchId: "b", updatedAt: 99.999))
-        #expect(TaskQuery().matches(status: .queued, templateId: "x", batchId: nil, updatedAt: 0))
+        #expect(q.matches(id: "Task-42", status: .failed, templateId: "t", batchId: "b", updatedAt: 100))
+        #expect(!q.matches(id: "Task-42", status: .completed, templateId: "t", batchId: "b", updatedAt: 100))
+        #expect(!q.matches(id: "Task-42", status: .failed, templateId: "u", batchId: "b", updatedAt: 100))
+        #expect(!q.matches(id: "Task-42", status: .failed, templateId: "t", batchId: nil, updatedAt: 100))
+        #expect(!q.matches(id: "Task-42", status: .failed, templateId: "t", batchId: "b", updatedAt: 99.999))
+        #expect(TaskQuery().matches(id: "x", status: .queued, templateId: "x", batchId: nil, updatedAt: 0))
+        let text = TaskQuery(idContains: "SK-4")
+        #expect(text.idContains == "sk-4" && text.matchesId("task-42") && text.matchesId("TASK-4") && !text.matchesId("task-5"))
+        #expect(!text.matches(id: "task-5", status: .queued, templateId: "x", batchId: nil, updatedAt: 0))
+        var set = TaskQuery()
+        set.idContains = "ABC"
+        #expect(set.idContains == "abc" && set.matchesId("xabcx") && TaskQuery().matchesId("anything"))
         let after = TaskQuery(after: position(5, "m"))
         #expect(after.isAfterStart(position(5, "a")) && after.isAfterStart(position(4, "z")))
         #expect(!after.isAfterStart(position(5, "m")) && !after.isAfterStart(position(5, "n")) && !after.isAfterStart(position(6, "a")))
@@ -154,6 +163,8 @@ struct TaskListingTests {
         #expect(ids(TaskQuery(statuses: [.failed, .completed])) == ["i2", "i1"])
         #expect(ids(TaskQuery(statuses: [.executing])) == ["i3"])
         #expect(ids(TaskQuery(templateId: "high", limit: 2)) == ["i9", "i8"])
+        #expect(ids(TaskQuery(idContains: "I1")) == ["i1"])
+        #expect(ids(TaskQuery(templateId: "low", idContains: "i")).count == 5)
         #expect(ids(TaskQuery(batchId: "even")) == ["i8", "i6", "i4", "i2", "i0"])
         #expect(ids(TaskQuery(updatedSince: 1_009.5)) == ["i9", "i3", "i2", "i1"])  // i1-i3 changed at 1,010
         #expect(ids(TaskQuery(statuses: [.cancelled])) == [])

@@ -196,8 +196,16 @@ def test_sorting_by_status_updated_and_eta_and_filtering(dash, trackers):
         assert dash.js("return document.getElementById('shown').textContent") == "1 of 7 tasks"
         dash.js("const s = document.getElementById('filter-status'); s.value = '';"
                 " s.dispatchEvent(new Event('change'))")
-        dash.driver.find_element("id", "filter-text").send_keys("audio")
-        dash.wait(lambda: drawn() == ["s-queued"], "the text filter on the template")
+        dash.wait(lambda: dash.js("return Array.from(document.getElementById('filter-template').options)"
+                                  ".map(o => o.value)") == ["", "audio-gen", "stable-diffusion-xl", "video-gen-v1"],
+                  "the templates seen as the template filter's choices")
+        dash.js("const s = document.getElementById('filter-template'); s.value = 'audio-gen';"
+                " s.dispatchEvent(new Event('change'))")
+        dash.wait(lambda: drawn() == ["s-queued"], "the template filter")
+        dash.js("const s = document.getElementById('filter-template'); s.value = '';"
+                " s.dispatchEvent(new Event('change'))")
+        dash.driver.find_element("id", "filter-text").send_keys("S-E")
+        dash.wait(lambda: sorted(drawn()) == ["s-exec"], "the text filter on the id, in any case")
     finally:
         forget_view(dash)
     assert dash.console_errors() == []

@@ -157,6 +157,11 @@ def test_filters(wire):
     assert ids(page(wire, t, template_id="video", batch_id="B1")) == ["f03", "f00"]
     assert ids(page(wire, t, batch_id="B1", status="queued,executing")) == ["f05", "f04", "f03", "f00"]
     assert ids(page(wire, t, template_id="nothing")) == []
+    # Text in the id, in any case; with the other filters too.
+    assert ids(page(wire, t, id_contains="F1")) == ["f11", "f10"]
+    assert ids(page(wire, t, id_contains="cel-")) == ["cancel-me"]
+    assert ids(page(wire, t, id_contains="f0", status="completed")) == ["f07", "f02"]
+    assert ids(page(wire, t, id_contains="%")) == []
     # Filters hold across pages.
     assert walk(wire, t, template_id="image", limit=2) == (["f11", "f10", "f08", "f07", "f05", "f04", "f02", "f01",
                                                             "cancel-me"], 5)
@@ -169,7 +174,8 @@ def test_since_is_updated_at_at_or_after_it(wire):
     for i in range(4):
         t.create_task_progress_sync(f"s{i}", "x", timestamp=1_000 + i)
     cut = time.time()
-    time.sleep(0.01)
+    # progress_update stamps with the coarse clock (a tick of up to 10 ms behind, see progress.h): wait past one.
+    time.sleep(0.03)
     t.fail_task_sync("s1", "late failure")
     t.update_progress_sync("s3", 1, 4)
     assert ids(page(wire, t, since=f"{cut:.6f}")) == ["s3", "s1"]
@@ -182,7 +188,7 @@ def test_since_is_updated_at_at_or_after_it(wire):
 
 
 @pytest.mark.parametrize("query, words", [
-    ("stauts=failed", ["unknown query parameter stauts", "status, template_id, batch_id, since, limit, cursor"]),
+    ("stauts=failed", ["unknown query parameter stauts", "status, template_id, batch_id, id_contains, since, limit, cursor"]),
     ("offset=10&page=2", ["unknown query parameters offset, page"]),
     ("status=done", ['"done"', "queued, executing, completed, failed, cancelled"]),
     ("status=", ['""']),
@@ -200,6 +206,8 @@ def test_since_is_updated_at_at_or_after_it(wire):
     ("since=", ["since"]),
     ("template_id=", ["template_id"]),
     ("batch_id=", ["batch_id"]),
+    ("id_contains=", ["id_contains", "1-256"]),
+    ("id_contains=" + "x" * 257, ["id_contains", "1-256"]),
 ])
 def test_bad_queries_are_400_naming_what_is_wrong(wire, query, words):
     t = wire.open()

@@ -78,6 +78,9 @@ def test_a_listener_lists_the_fleets_tasks_with_its_own(redis):
             assert walk(b.port, status="completed,failed")[0] == ["t06", "t05", "t04"]
             assert walk(b.port, template_id="video", limit=2)[0] == ["t16", "t12", "t08", "t04", "t00"]
             assert walk(b.port, status="executing")[0] == ["t08"]
+            # Text in the id: stored (even) and held (odd) tasks alike, filtered before their states are read.
+            assert walk(b.port, id_contains="T1", limit=4)[0] == [f"t{i}" for i in range(19, 9, -1)]
+            assert walk(b.port, id_contains="4", status="failed")[0] == ["t04"]
             # A's later change reaches B as a mirror (held in memory now): still one entry, in its place.
             a.update_progress_sync("t08", 5, 10, message="mirrored")
             # Paged like any client: a page may come back short (even empty) with a next_cursor.

@@ -88,8 +88,8 @@ extension EngineCore {
                 let live = state.tasks.values.filter { !$0.isExpired(now: now, retention: self.config.retentionSeconds) }
                 for task in live { heldAtScan.insert(task.id) }
                 let matching = live.lazy.filter { task in
-                    query.matches(status: task.status, templateId: task.templateId, batchId: task.batchId,
-                                  updatedAt: task.updatedAt)
+                    query.matches(id: task.id, status: task.status, templateId: task.templateId,
+                                  batchId: task.batchId, updatedAt: task.updatedAt)
                 }.map { task in (ListPosition(createdAt: task.createdAt, id: task.id), task.id) }
                 held += TaskPage.first(limit + 1, of: matching.filter { query.isAfterStart($0.0) })
             }
@@ -105,7 +105,7 @@ extension EngineCore {
                 exhausted = true
                 break
             }
-            let states = store.stateJSONs(chunk.filter { !heldAtScan.contains($0.id) }.map(\.id))
+            let states = store.stateJSONs(chunk.filter { !heldAtScan.contains($0.id) && query.matchesId($0.id) }.map(\.id))
             // A short chunk is the index's end.
             let last = chunk.count < EngineCore.listingChunk
             exhausted = last && chunk.isEmpty
@@ -117,8 +117,8 @@ extension EngineCore {
                       let task = try? StoredTask.parse(text),
                       // An index entry of an earlier task of the same id: the current one has its own entry.
                       task.createdAt == position.createdAt,
-                      query.matches(status: task.status, templateId: task.templateId, batchId: task.batchId,
-                                    updatedAt: task.updatedAt) else { continue }
+                      query.matches(id: task.id, status: task.status, templateId: task.templateId,
+                                    batchId: task.batchId, updatedAt: task.updatedAt) else { continue }
                 stored.append((position, TaskSnapshot(TaskRecord(restoring: task))))
                 if stored.count == limit { break walk }
             }

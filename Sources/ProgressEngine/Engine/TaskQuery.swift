@@ -4,6 +4,10 @@ struct TaskQuery: Sendable {
     var statuses: Set<TaskStatus>?
     var templateId: String?
     var batchId: String?
+    /// Tasks whose id contains this text, compared case-insensitively; held lower-cased. nil: any id.
+    var idContains: String? {
+        didSet { idContains = idContains?.lowercased() }
+    }
     /// Tasks whose `updated_at` is at or after this epoch time; nil: any.
     var updatedSince: Double?
     var limit = TaskQuery.defaultLimit
@@ -15,8 +19,10 @@ struct TaskQuery: Sendable {
     static let maxLimit = 1000
 
     init(statuses: Set<TaskStatus>? = nil, templateId: String? = nil, batchId: String? = nil,
-         updatedSince: Double? = nil, limit: Int = TaskQuery.defaultLimit, after: ListPosition? = nil) {
+         updatedSince: Double? = nil, limit: Int = TaskQuery.defaultLimit, after: ListPosition? = nil,
+         idContains: String? = nil) {
         self.statuses = statuses
+        self.idContains = idContains?.lowercased()
         self.templateId = templateId
         self.batchId = batchId
         self.updatedSince = updatedSince
@@ -25,12 +31,19 @@ struct TaskQuery: Sendable {
     }
 
     /// Whether a task with these fields passes the filters (the position is checked separately).
-    func matches(status: TaskStatus, templateId: String, batchId: String?, updatedAt: Double) -> Bool {
+    func matches(id: String, status: TaskStatus, templateId: String, batchId: String?, updatedAt: Double) -> Bool {
+        guard matchesId(id) else { return false }
         if let statuses, !statuses.contains(status) { return false }
         if let want = self.templateId, want != templateId { return false }
         if let want = self.batchId, want != batchId { return false }
         if let since = updatedSince, updatedAt < since { return false }
         return true
+    }
+
+    /// The id filter alone: the listing applies it to the store's index before reading any state.
+    func matchesId(_ id: String) -> Bool {
+        guard let text = idContains else { return true }
+        return id.lowercased().contains(text)
     }
 
     /// Whether a task at `position` belongs after the page's start.

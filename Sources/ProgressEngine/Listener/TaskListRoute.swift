@@ -2,7 +2,7 @@
 enum TaskListRoute {
     static let path = "/api/v1/progress/tasks"
     /// The parameters the listing takes. `token` is the auth token's (checked before the route).
-    static let parameters = ["status", "template_id", "batch_id", "since", "limit", "cursor"]
+    static let parameters = ["status", "template_id", "batch_id", "id_contains", "since", "limit", "cursor"]
 
     /// Reads the query string into a `TaskQuery`. As with config keys, nothing is ignored: an unknown parameter
     /// (a typo such as `stauts`) or a value that means nothing is a 400 naming it, never a silently wider page.
@@ -32,6 +32,13 @@ enum TaskListRoute {
         if let batch = params["batch_id"] {
             guard EngineCore.isValidId(batch) else { throw badRequest("batch_id must be 1-256 printable characters") }
             query.batchId = batch
+        }
+        if let text = params["id_contains"] {
+            // Ids are at most 256 characters: a longer text matches none.
+            guard !text.isEmpty, text.count <= 256 else {
+                throw badRequest("id_contains must be 1-256 characters (leave it out for any id)")
+            }
+            query.idContains = text
         }
         if let since = params["since"] {
             query.updatedSince = try Routes.parseSince(since)
