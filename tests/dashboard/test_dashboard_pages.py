@@ -1,5 +1,5 @@
 """The dashboard on the task listing (docs/API.md, "Task listing"; docs/DASHBOARD.md, "Pages and filters") and its
-Cancel buttons (docs/API.md, "Cancel"), in headless Chromium against real engines: pages of 500 tasks, the server's
+Cancel buttons (docs/API.md, "Cancel"), in headless Chromium against real engines: pages of 1,000 tasks, the server's
 filters (status, template, text in the id), a fleet's finished tasks, and a cancel request from a card and from a
 task's page reaching the runner.
 """
@@ -14,7 +14,7 @@ from dashboard_support import ARTIFACTS
 from live_support import RedisServer, wait_until
 from progress_engine import ProgressTracker
 
-PAGE_SIZE = 500  # app.js
+PAGE_SIZE = 1000  # app.js
 
 
 def order(dash) -> list:
@@ -46,9 +46,9 @@ def test_pages_of_the_listing_with_the_servers_filters(dash, trackers):
         tracker.create_task_progress_sync(f"p-{i:04d}", "alpha" if i % 2 == 0 else "beta", timestamp=1_000 + i)
     dash.open(tracker)
     newest = [f"p-{i:04d}" for i in range(n - 1, -1, -1)]
-    dash.wait(lambda: order(dash) == newest[:PAGE_SIZE], "the first page: the newest 500")
+    dash.wait(lambda: order(dash) == newest[:PAGE_SIZE], "the first page: the newest 1,000")
     assert pager(dash) == {"label": "Page 1", "newest": True, "newer": True, "older": False, "state": "idle",
-                           "shown": "500 tasks on this page"}
+                           "shown": f"{PAGE_SIZE} tasks on this page"}
     # A task created now is newer than every listed one: it appears at the top of the first page, live.
     tracker.create_task_progress_sync("p-late", "alpha")
     dash.wait(lambda: order(dash)[:2] == ["p-late", newest[0]], "the new task at the top of the first page")
