@@ -469,6 +469,26 @@ static void run(double seconds, int period_ms) {
     dropped = 0;
 }
 
+/* The burst shape (runner.c's `burst`): every task at the same instants; a client's frames of one instant go
+ * out in one send, as the listener's of one round do. */
+static void burst(double seconds, int period_ms) {
+    int64_t t0 = now_ns(CLOCK_MONOTONIC), end = t0 + (int64_t)(seconds * 1e9), period = (int64_t)period_ms * 1000000;
+    long long updates = 0;
+    double late_ms = 0;
+    for (int64_t at = t0; at < end; at += period) {
+        int64_t now;
+        while ((now = now_ns(CLOCK_MONOTONIC)) < at) service(at - now);
+        if ((now - at) / 1e6 > late_ms) late_ms = (now - at) / 1e6;
+        for (int i = 0; i < ntasks; i++) update(i);
+        updates += ntasks;
+        flush_dirty();
+    }
+    printf("DONE {\"updates\":%lld,\"receivers\":0,\"dropped\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates,
+           dropped, (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
+    fflush(stdout);
+    dropped = 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc != 3) {
@@ -529,6 +549,9 @@ int main(int argc, char **argv) {
             if (sscanf(stdin_buf, "run %lf %d", &seconds, &period) == 2 && seconds > 0 && seconds <= 600 &&
                 period >= 0) {
                 run(seconds, period);
+            } else if (sscanf(stdin_buf, "burst %lf %d", &seconds, &period) == 2 && seconds > 0 && seconds <= 600 &&
+                       period > 0) {
+                burst(seconds, period);
             } else if (strncmp(stdin_buf, "quit", 4) == 0) {
                 return 0;
             } else {

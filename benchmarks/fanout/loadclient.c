@@ -12,6 +12,8 @@
  *   sub     client i subscribes to tasks (i*SUBS + j) % TASKS, j < SUBS ("task-%04d" ids / channels) and
  *           `SUBSCRIBED {json}` is printed when every client has its SUBS initial states (ws) or
  *           SUBS confirmations (redis)
+ *   sub star  the same, but a ws client subscribes to "*" (SUBS must equal TASKS: every task, as a dashboard
+ *           watching a fleet does); redis clients SUBSCRIBE to the TASKS channels as for `sub`
  *   reset   zeroes the delivery counters and latency samples
  *   report  prints `REPORT {json}`: deliveries since reset, latency percentiles, open/closed connections
  *   quit    closes everything and exits
@@ -522,7 +524,7 @@ static void do_reset(void) {
     reset_cpu_us = cpu_us();
 }
 
-static void send_subscriptions(void) {
+static void send_subscriptions(int star) {
     size_t cap = 64 + (size_t)nsubs * 40;
     char *buf = malloc(cap);
     if (!buf) die("malloc");
@@ -535,7 +537,9 @@ static void send_subscriptions(void) {
             continue;
         }
         size_t n = 0;
-        if (mode == MODE_WS) {
+        if (mode == MODE_WS && star) {
+            n += (size_t)snprintf(buf + n, cap - n, "{\"type\":\"subscribe\",\"task_ids\":[\"*\"]}");
+        } else if (mode == MODE_WS) {
             n += (size_t)snprintf(buf + n, cap - n, "{\"type\":\"subscribe\",\"task_ids\":[");
             for (int j = 0; j < nsubs; j++)
                 n += (size_t)snprintf(buf + n, cap - n, "%s\"task-%04d\"", j ? "," : "",
@@ -562,7 +566,10 @@ static size_t line_len;
 /* Returns 1 on quit. */
 static int command(const char *cmd) {
     if (strcmp(cmd, "sub") == 0) {
-        send_subscriptions();
+        send_subscriptions(0);
+    } else if (strcmp(cmd, "sub star") == 0) {
+        if (nsubs != ntasks) die("sub star: SUBS must equal TASKS");
+        send_subscriptions(1);
     } else if (strcmp(cmd, "reset") == 0) {
         do_reset();
         printf("RESET {}\n");

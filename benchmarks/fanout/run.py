@@ -215,12 +215,12 @@ def machine_busy_s():
 class Server:
     """A server under test: `pid` is measured (CPU without `exclude_tid`, RSS); `driver` takes run commands."""
 
-    def __init__(self, kind, n, throttle_ms, extra_config, template, workdir):
+    def __init__(self, kind, n, throttle_ms, extra_config, template, workdir, tasks=TASKS):
         self.kind = kind
         self.procs = []
         self.exclude_tid = None
         if kind == "listener":
-            argv = ["./runner", "engine", str(throttle_ms), str(TASKS), str(n + 64)]
+            argv = ["./runner", "engine", str(throttle_ms), str(tasks), str(n + 64)]
             if extra_config:
                 argv.append(extra_config)
             self.driver = self._start(argv, "runner engine")
@@ -228,7 +228,7 @@ class Server:
             self.pid, self.port, self.exclude_tid = ready["pid"], ready["port"], ready["updater_tid"]
         elif kind in ("python", "floor"):
             argv = ([sys.executable, "python_server.py"] if kind == "python" else ["./floor_server"])
-            self.driver = self._start(argv + [str(TASKS), template], kind + "_server")
+            self.driver = self._start(argv + [str(tasks), template], kind + "_server")
             ready = self.driver.expect("READY", 30)
             self.pid, self.port = ready["pid"], ready["port"]
         elif kind == "redis":
@@ -248,7 +248,7 @@ class Server:
                     if time.monotonic() > deadline or redis.p.poll() is not None:
                         raise RuntimeError(f"redis-server did not start: {redis.tail()}")
                     time.sleep(0.05)
-            self.driver = self._start(["./runner", "redis", str(self.port), str(TASKS), template], "runner redis")
+            self.driver = self._start(["./runner", "redis", str(self.port), str(tasks), template], "runner redis")
             self.driver.expect("READY", 30)
         else:
             raise ValueError(kind)
@@ -301,15 +301,16 @@ def listener_metrics(port):
     return out
 
 
-def measure(server, client, seconds, period_ms, perf_folder=None):
-    """One window: reset, run the stream, wait for the client to drain; figures over the whole window."""
+def measure(server, client, seconds, period_ms, perf_folder=None, command="run"):
+    """One window: reset, run the stream (`run`: fixed load or saturation; `burst`: every task at the same
+    instants), wait for the client to drain; figures over the whole window."""
     client.send("reset")
     client.expect("RESET", 10)
     m0 = listener_metrics(server.port) if server.kind == "listener" else {}
     ours0 = server.all_cpu_ns() + cpu_ns(client.pid)
     sampler = PerfSampler(server.pid, server.exclude_tid, perf_folder) if perf_folder else None
     cpu0, busy0, t0 = server.cpu_ns(), machine_busy_s(), time.monotonic()
-    server.driver.send(f"run {seconds} {period_ms}")
+    server.driver.send(f"{command} {seconds} {period_ms}")
     done = server.driver.expect("DONE", seconds + 60)
     deadline = time.monotonic() + 60
     while True:
@@ -395,6 +396,112 @@ def session(kind, n, args, template, workdir, throttle_ms, extra_config, fixed, 
             client.stop()
         server.stop()
     return out
+
+
+def burst_session(kind, n, m, args, template, workdir):
+    """The burst shape: N clients all watching every one of M tasks (the listener's subscribe to "*", as a dashboard
+    does; redis' and the floor's to the M ids), the M tasks updated at the same instants, BURST_HZ a second."""
+    period_ms = round(1000 / args.burst_hz)
+    out = {"server": kind, "n": n, "m": m, "period_ms": period_ms, "offered": n * m * args.burst_hz}
+    server = Server(kind, n, 100, NO_SAMPLER if kind == "listener" else None, template, workdir, tasks=m)
+    client = None
+    try:
+        time.sleep(0.5)
+        client = Proc(["./loadclient", client_mode(kind), str(server.port), str(n), str(m), str(m)],
+                      f"loadclient {kind} {n} burst")
+        out["connect"] = client.expect("CONNECTED", 150)
+        client.send("sub star" if kind == "listener" else "sub")
+        out["subscribe"] = client.expect("SUBSCRIBED", 120)
+        time.sleep(1.0)
+        out["burst"] = measure(server, client, args.fixed_seconds, period_ms, args.perf_folder, command="burst")
+        client.send("report")
+        rep = client.expect("REPORT", 30)
+        out["held"] = rep["open"]
+        out["failed"] = out["connect"]["failed"] + rep["failed"]
+    finally:
+        if client:
+            client.stop()
+        server.stop()
+    return out
+
+
+BURST_SERVERS = ("listener", "redis", "floor")
+
+
+def run_burst(args):
+    workdir = tempfile.mkdtemp(prefix="fanout-burst-")
+    args.perf_folder = workdir if args.perf else None
+    try:
+        template = os.path.join(workdir, "task.json")
+        dump = subprocess.run(["./runner", "dump"], cwd=HERE, capture_output=True, text=True, timeout=30, check=True)
+        with open(template, "w") as f:
+            f.write(dump.stdout)
+        results = []
+        for n in args.burst_n:
+            for m in args.burst_m:
+                for kind in [s for s in args.servers if s in BURST_SERVERS]:
+                    load = wait_quiet(args.quiet_wait)
+                    t = time.monotonic()
+                    try:
+                        r = burst_session(kind, n, m, args, template, workdir)
+                    except Exception as e:  # keep going: one failed cell must not hide the others
+                        r = {"server": kind, "n": n, "m": m, "error": str(e)}
+                        Proc.stop_all()
+                    r["seconds"], r["load_before"] = time.monotonic() - t, load
+                    b = r.get("burst", {})
+                    log(f"{kind:>9} N={n:<6} M={m:<3} {r['seconds']:5.1f} s  " + (
+                        "ERROR " + r["error"] if "error" in r else
+                        f"{fmt(b.get('rate'), ',.0f')}/s of {r['offered']:,} offered, "
+                        f"{fmt(b.get('cpu_us_per_delivery'), '.2f')} us/deliv, p99 {fmt(b.get('p99_ms'), '.2f')} ms"))
+                    results.append(r)
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def burst_table(results):
+    head = ("server", "N", "M", "held", "offered deliv/s", "deliv/s", "CPU-us/deliv", "p50 ms", "p99 ms",
+            "server/client CPU", "kernel share", "other load")
+    rows = [head]
+    for r in results:
+        if "error" in r:
+            rows.append((r["server"], f"{r['n']:,}", str(r["m"]), "ERROR: " + r["error"][:100]) + ("",) * (len(head) - 4))
+            continue
+        b = r["burst"]
+        rows.append((r["server"], f"{r['n']:,}", str(r["m"]), f"{r['held']:,}", f"{r['offered']:,}",
+                     fmt(b["rate"], ",.0f"), fmt(b["cpu_us_per_delivery"], ".2f"), fmt(b["p50_ms"], ".2f"),
+                     fmt(b["p99_ms"], ".2f"), f"{b['server_cpu_share']:.2f}/{b['client_cpu_share']:.2f}",
+                     fmt(b.get("kernel_share"), ".2f"), f"{b['other_load_cores']:.2f}"))
+    if all(len(row) < 11 or row[10] in ("-", "kernel share") for row in rows):
+        rows = [row[:10] + row[11:] if len(row) == len(head) else row for row in rows]
+    return render(rows)
+
+
+def burst_verdicts(results):
+    """The issue's burst targets: the listener at most 1.0x redis-server in CPU per delivery and in p99, per cell;
+    the floor's ratio beside each (what no server delivering the same frames can go under)."""
+    by = {(r["server"], r["n"], r["m"]): r for r in results if "error" not in r}
+    lines = []
+    for key in ("cpu_us_per_delivery", "p99_ms"):
+        label = "CPU per delivery" if key == "cpu_us_per_delivery" else "p99 runner -> client"
+        parts, oks = [], []
+        for (server, n, m), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+            ref = by.get(("redis", n, m))
+            if server != "listener" or ref is None:
+                continue
+            x, y = r["burst"][key], ref["burst"][key]
+            if x is None or not y:
+                continue
+            ratio = x / y
+            oks.append(ratio <= 1.0)
+            floor = by.get(("floor", n, m))
+            floor_ratio = (f", floor {floor['burst'][key] / y:.2f}x" if floor and floor["burst"][key] is not None
+                           else "")
+            parts.append(f"N={n:,} M={m}: {x:.2f} vs {y:.2f} = {ratio:.2f}x {'met' if ratio <= 1.0 else 'MISSED'}"
+                         + floor_ratio)
+        verdict = "n/a" if not oks else ("met" if all(oks) else "MISSED")
+        lines.append(f"- burst {label} <= 1.0x redis-server's: {verdict} ({'; '.join(parts) or 'not run'})")
+    return "\n".join(lines)
 
 
 def wait_quiet(limit_s):
@@ -616,6 +723,14 @@ def main():
                     help="sample each server with `perf record -e cpu-clock` in every window and report the kernel's "
                          "share of its CPU (needs perf: apt install linux-perf; run as root or with "
                          "kernel.perf_event_paranoid <= 1)")
+    ap.add_argument("--burst", action="store_true",
+                    help="run the burst shape instead: N clients all on every task (the listener's \"*\"), M tasks "
+                         "updated at the same instants (listener, redis and floor only)")
+    ap.add_argument("--burst-n", type=lambda s: [int(x) for x in s.split(",")], default=[1_000, 10_000],
+                    help="burst client counts (default 1000,10000)")
+    ap.add_argument("--burst-m", type=lambda s: [int(x) for x in s.split(",")], default=[2, 20],
+                    help="burst task counts (default 2,20)")
+    ap.add_argument("--burst-hz", type=int, default=10, help="burst instants per second (default 10)")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
 
@@ -630,6 +745,24 @@ def main():
         sys.exit("build first: make -C benchmarks/fanout (or make bench-fanout from the repository root)")
 
     t0 = time.monotonic()
+    if args.burst:
+        try:
+            log(f"fan-out burst: N in {args.burst_n}, M in {args.burst_m}, {args.burst_hz} Hz, {os.cpu_count()} CPUs, "
+                f"load average {os.getloadavg()[0]:.2f} before the run")
+            results = run_burst(args)
+        finally:
+            Proc.stop_all()
+        print(f"\nBurst fan-out: N clients each watching all M tasks (listener: one \"*\" subscription), the M tasks "
+              f"updated at the same instants {args.burst_hz} times a second ({args.fixed_seconds:g} s; listener "
+              f"throttle_ms 100); {os.cpu_count()} CPUs shared by server and load client; "
+              f"{time.monotonic() - t0:.0f} s in all.\n")
+        print(burst_table(results))
+        print("\nTargets (listener):")
+        print(burst_verdicts(results))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return
     try:
         plan = [(s, n) for n in args.n for s in args.servers if s != "listener-defaults" or n == 1_000]
         log(f"fan-out benchmark: {len(plan)} cells, M={TASKS} tasks, {os.cpu_count()} CPUs, "

@@ -24,6 +24,9 @@
  *                           rounds of TASKS pipelined PUBLISHes back to back).
  *                           Prints `DONE {"updates","receivers","wall_s","late_ms"}`
  *                           (late_ms: the longest the schedule fell behind).
+ *   burst SECONDS PERIOD_MS the burst shape: every task updated at the same instants, one instant every
+ *                           PERIOD_MS (engine: TASKS progress_update calls back to back; redis: TASKS
+ *                           PUBLISHes pipelined, as one client of redis would send them). Prints DONE.
  *   quit
  * The updating thread is this process's main thread (tid = pid): the benchmark counts the server's CPU
  * without it.
@@ -130,6 +133,39 @@ static void run(double seconds, int period_ms) {
     fflush(stdout);
 }
 
+/* The burst shape: at t0 + k * period, every task once, back to back (redis: pipelined). */
+static void burst(double seconds, int period_ms) {
+    int64_t t0 = now_ns(CLOCK_MONOTONIC), end = t0 + (int64_t)(seconds * 1e9), period = (int64_t)period_ms * 1000000;
+    long long updates = 0, receivers = 0;
+    double late_ms = 0;
+    char id[16];
+    for (int64_t at = t0; at < end; at += period) {
+        int64_t now = now_ns(CLOCK_MONOTONIC);
+        if (now < at) sleep_until(at);
+        else if ((now - at) / 1e6 > late_ms) late_ms = (now - at) / 1e6;
+        if (engine) {
+            for (int i = 0; i < ntasks; i++) update(i);
+        } else {
+            for (int i = 0; i < ntasks; i++) {
+                task_id(i, id);
+                seqs[i]++;
+                redisAppendCommand(redis, PUBLISH_FORMAT, id, id, seqs[i], redis_prefix[i],
+                                   (long long)now_ns(CLOCK_REALTIME), redis_suffix[i]);
+            }
+            for (int i = 0; i < ntasks; i++) {
+                redisReply *r;
+                if (redisGetReply(redis, (void **)&r) != REDIS_OK) fail("PUBLISH", redis->errstr);
+                if (r->type == REDIS_REPLY_INTEGER) receivers += r->integer;
+                freeReplyObject(r);
+            }
+        }
+        updates += ntasks;
+    }
+    printf("DONE {\"updates\":%lld,\"receivers\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates, receivers,
+           (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
+    fflush(stdout);
+}
+
 /* The TaskProgress JSON of a task in its main stage, message "t=" + STAMP_DIGITS digits. */
 static char *sample_task_json(progress_engine *e, const char *id) {
     char *json = NULL;
@@ -219,6 +255,9 @@ int main(int argc, char **argv) {
         int period;
         if (sscanf(line, "run %lf %d", &seconds, &period) == 2 && seconds > 0 && seconds <= 600 && period >= 0) {
             run(seconds, period);
+        } else if (sscanf(line, "burst %lf %d", &seconds, &period) == 2 && seconds > 0 && seconds <= 600 &&
+                   period > 0) {
+            burst(seconds, period);
         } else if (strncmp(line, "quit", 4) == 0) {
             break;
         } else {
