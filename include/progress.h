@@ -246,7 +246,11 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * for template_id, the defaults of template_category ("image_generation", "video_generation",
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".
  * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
- * metadata (object), resume (bool), timestamp (epoch seconds). An existing id gives PROGRESS_E_EXISTS
+ * metadata (object), resume (bool), timestamp (epoch seconds). metadata is the host's own, with one member the
+ * engine reads: "workload", the job's size as the runner knows it at creation, an object of positive numbers by
+ * name ({"steps": 30, "megapixels": 1.0}, {"frames": 81, ...}, {"seconds": 20}, {"tiles": 12}); the ETA then
+ * learns from the completed runs of the nearest sizes that gave the same names (docs/ETA.md; other members and
+ * values are ignored). An existing id gives PROGRESS_E_EXISTS
  * unless resume is true, in which case the existing task is kept (PROGRESS_OK): its state stays, and a task
  * that had not finished records a "resumed" event (seq advances; watchers see the runner is back). With redis_url and
  * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
@@ -415,9 +419,10 @@ PROGRESS_API progress_status progress_register_template_stages(progress_engine *
 
 /* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
  * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
- * "timestamp"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how stages that
- * reported progress spent their time: seconds to the first report, robust seconds per step (per whole stage
- * without "steps"), seconds after progress reached 1; the engine writes them in its own records. Records without
+ * "timestamp"?, "workload"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how
+ * stages that reported progress spent their time: seconds to the first report, robust seconds per step (per whole
+ * stage without "steps"), seconds after progress reached 1; the engine writes them in its own records. "workload"
+ * is the task's metadata.workload (positive numbers by name; see progress_task_create). Records without
  * a category serve their own template only. The newest 1000 records per template + quality + resource_config
  * are kept, for at most 1000 such combinations (the one with the oldest newest record goes first). */
 PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);

@@ -12,12 +12,15 @@ struct CompletionRecord: Sendable {
     var totalDuration: Double
     var resourceConfig: JSONValue?
     var timestamp: Double
+    /// The job's size as its runner gave it (`Workload`), nil when it gave none.
+    var workload: Workload? = nil
 
     static let keys: Set<String> = ["task_id", "template_id", "template_category", "quality", "stage_durations",
-                                    "stage_profiles", "total_duration", "resource_config", "timestamp"]
+                                    "stage_profiles", "total_duration", "resource_config", "timestamp", "workload"]
 
     /// Parses `{"task_id"?, "template_id", "template_category"?, "quality"?, "stage_durations": {"0": s, ...},
-    /// "stage_profiles"?: {"2": {...}}, "total_duration", "resource_config"?, "timestamp"?}`.
+    /// "stage_profiles"?: {"2": {...}}, "total_duration", "resource_config"?, "timestamp"?, "workload"?: {"steps": 30,
+    /// ...}}`.
     /// - Parameters:
     ///   - text: the record as JSON.
     ///   - now: the time to record when the record has no "timestamp".
@@ -58,7 +61,10 @@ struct CompletionRecord: Sendable {
                                 category: try reader.string("template_category"),
                                 quality: try reader.string("quality"), stageDurations: durations,
                                 profiles: profiles, totalDuration: total,
-                                resourceConfig: try reader.object("resource_config"), timestamp: timestamp)
+                                resourceConfig: try reader.object("resource_config"), timestamp: timestamp,
+                                workload: try reader.object("workload").flatMap {
+                                    try Workload.parse($0, context: "workload")
+                                })
     }
 
     private static func stageIndex(_ key: String, in member: String) throws -> Int {
@@ -88,6 +94,9 @@ struct CompletionRecord: Sendable {
         w.key("total_duration"); w.number(totalDuration)
         w.key("resource_config"); w.value(resourceConfig ?? .null)
         w.key("timestamp"); w.number(timestamp)
+        if let workload {
+            w.key("workload"); workload.write(to: &w)
+        }
         w.endObject()
     }
 }
@@ -97,6 +106,6 @@ extension CompletionRecord {
     init(completed task: TaskRecord, at end: Double) {
         self.init(taskId: task.id, templateId: task.templateId, category: task.category, quality: task.quality,
                   stageDurations: task.stageDurations, profiles: task.profiles, totalDuration: end - task.createdAt,
-                  resourceConfig: task.resourceConfig, timestamp: end)
+                  resourceConfig: task.resourceConfig, timestamp: end, workload: Workload(metadata: task.metadata))
     }
 }

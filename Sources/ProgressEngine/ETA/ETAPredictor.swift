@@ -32,8 +32,12 @@ struct ETAPredictor {
     /// Live intervals that weigh as much as history's pace when blending the two.
     static let livePrior = 4.0
 
-    /// The similar tasks' statistics (`CompletionHistory.similar`), nil without any.
+    /// The similar tasks' statistics (`CompletionHistory.similar`), nil without any; only the runs nearest the
+    /// task's size when `bySize`.
     let history: HistoryStatistics?
+    /// Whether `history` is already the runs nearest the task's size (`Workload`): then it is not narrowed again by
+    /// steps and pace, which tell the size less well than the runner's own figures and would leave few records.
+    var bySize = false
     /// Statistics of the tasks sharing the task's queue (same template and resources).
     let queueHistory: HistoryStatistics?
 
@@ -169,7 +173,7 @@ struct ETAPredictor {
     /// one in steps and pace (`HistoryStatistics.similar`), else every similar task's.
     private func similarToRun(_ task: TaskSnapshot) -> HistoryStatistics? {
         let live = task.live
-        guard let history, live.stage == task.currentStage, live.hasReport else { return history }
+        guard let history, !bySize, live.stage == task.currentStage, live.hasReport else { return history }
         let samples = Sample(sorted: live.sortedSamples())
         let stepSeconds = samples.isEmpty ? nil : samples.median / Double(max(live.steps, 1))
         return history.similar(stage: live.stage, steps: live.steps, stepSeconds: stepSeconds) ?? history

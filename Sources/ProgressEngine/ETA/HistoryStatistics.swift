@@ -109,4 +109,21 @@ struct HistoryStatistics: Sendable {
         scored.sort { $0.distance < $1.distance }
         return HistoryStatistics(records: scored.prefix(k).map(\.index).sorted().map { records[$0] })
     }
+
+    /// The statistics of the records of runs closest in size to `workload` (`Workload.distance`), among those
+    /// that gave the same names: the ⌈√n⌉ (at least 5) nearest, the newest first among equal distances. Every stage
+    /// of a generation job, and the wait of those queued behind it, follows the job's size: a 50-step 2.4 MP image
+    /// takes six times a 20-step 0.6 MP one on the same GPU, which template + quality + resources alone cannot tell.
+    /// - Parameter workload: the task's size, as its runner gave it at creation.
+    /// - Returns: nil when fewer than `CompletionHistory.minimumRecords` records gave a comparable size.
+    func similar(workload: Workload) -> HistoryStatistics? {
+        var scored: [(distance: Double, index: Int)] = []
+        for (i, record) in records.enumerated() {
+            if let other = record.workload, let distance = workload.distance(to: other) { scored.append((distance, i)) }
+        }
+        guard scored.count >= CompletionHistory.minimumRecords else { return nil }
+        let k = min(scored.count, max(5, Int(Double(scored.count).squareRoot().rounded(.up))))
+        scored.sort { $0.distance < $1.distance || ($0.distance == $1.distance && $0.index > $1.index) }
+        return HistoryStatistics(records: scored.prefix(k).map(\.index).sorted().map { records[$0] })
+    }
 }

@@ -12,10 +12,14 @@ extension EngineCore {
                                       queueStart: task.status == .queued ? queueStart(of: task, now: now) : nil)
     }
 
+    /// The predictor of a task: its similar tasks' history, narrowed to the runs nearest its size when its runner
+    /// gave one (`Workload`) and enough records of similar tasks gave one too.
     private func predictor(for task: TaskSnapshot) -> ETAPredictor {
-        ETAPredictor(
-            history: completions.similar(template: task.templateId, quality: task.quality,
-                                         resource: task.resourceKey, category: task.category),
+        let history = completions.similar(template: task.templateId, quality: task.quality,
+                                          resource: task.resourceKey, category: task.category)
+        let sized = Workload(metadata: task.metadata).flatMap { history?.similar(workload: $0) }
+        return ETAPredictor(
+            history: sized ?? history, bySize: sized != nil,
             queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
     }
 
