@@ -419,10 +419,11 @@ PROGRESS_API progress_status progress_register_template_stages(progress_engine *
 
 /* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
  * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
- * "timestamp"?, "workload"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how
- * stages that reported progress spent their time: seconds to the first report, robust seconds per step (per whole
- * stage without "steps"), seconds after progress reached 1; the engine writes them in its own records. "workload"
- * is the task's metadata.workload (positive numbers by name; see progress_task_create). Records without
+ * "timestamp"?, "workload"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?, "drift"?}, ...}
+ * says how stages that reported progress spent their time: seconds to the first report, robust seconds per step
+ * (per whole stage without "steps"), seconds after progress reached 1, and "drift" r > -1, the pace's change with
+ * progress (pace = a x (1 + r x progress)); the engine writes them in its own records. "workload" is the task's
+ * metadata.workload (positive numbers by name; see progress_task_create). Records without
  * a category serve their own template only. The newest 1000 records per template + quality + resource_config
  * are kept, for at most 1000 such combinations (the one with the oldest newest record goes first). */
 PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);

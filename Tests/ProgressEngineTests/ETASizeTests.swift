@@ -6,6 +6,10 @@ private func etaSeconds(_ engine: EngineCore, _ id: String) throws -> Double? {
     number(try parsed(engine.taskJSON(id: id))["eta_seconds"])
 }
 
+private func step(_ engine: EngineCore, _ id: String, _ step: Int64, of total: Int64) throws {
+    try engine.update(key: TaskKey(owning: id), describe: { id }, step: step, total: total, message: .none)
+}
+
 /// `count` identical completion records of template "sd" (image_generation), with optional extra members.
 private func record(_ engine: EngineCore, durations: [Int: Double], extra: [String] = [], count: Int = 5) throws {
     let stages = durations.keys.sorted().map { #""\#($0)":\#(durations[$0]!)"# }.joined(separator: ",")
@@ -20,7 +24,7 @@ private func sized(_ members: [(String, JSONValue)]) -> TaskOptions {
     return o
 }
 
-@Suite("ETA: the job's size (metadata.workload)")
+@Suite("ETA: the job's size (metadata.workload) and how its pace changes")
 struct ETASizeTests {
     @Test("a workload in metadata picks the records of the nearest sizes, from creation on")
     func workloadNarrowsHistory() throws {
@@ -86,5 +90,43 @@ struct ETASizeTests {
         expectError(-6) {
             try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"workload":[1]}"#)
         }
+    }
+
+    @Test("a stage's profile measures how its pace changed from its earlier intervals to its newest")
+    func driftMeasured() throws {
+        // Pace a × (1 + r × progress) with a = 40 s per stage and r = 1, reported every step of 40.
+        var live = LiveRate()
+        live.enter(stage: 2)
+        var t = 10.0
+        live.note(progress: 1 / 40, steps: 40, at: t)
+        for i in 2...40 {
+            t += 1 + (Double(i) - 0.5) / 40
+            live.note(progress: Double(i) / 40, steps: 40, at: t)
+        }
+        let profile = try #require(StageProfile.measured(live, startedAt: 0, endedAt: t + 2))
+        #expect(abs(profile.drift! - 1) < 1e-3)
+        // Too few intervals to compare two spans: no drift.
+        var short = LiveRate()
+        short.enter(stage: 2)
+        for i in 1...10 { short.note(progress: Double(i) / 10, steps: 10, at: Double(i)) }
+        #expect(StageProfile.measured(short, startedAt: 0, endedAt: 11)?.drift == nil)
+    }
+
+    @Test("a pace that grows with progress: what is left goes at the mean pace still to come")
+    func driftApplied() throws {
+        let clock = ManualClock(0)
+        let engine = try makeEngine(clock: clock)
+        try record(engine, durations: [0: 0, 1: 0, 2: 15, 3: 0],
+                   extra: [#""stage_profiles":{"2":{"steps":10,"head":0,"step_seconds":1,"tail":0,"drift":1}}"#])
+        try engine.createTask(id: "t", templateId: "sd", category: "image_generation", options: TaskOptions())
+        try step(engine, "t", 1, of: 10)
+        for s in 2...5 {
+            clock.advance(1)
+            try step(engine, "t", Int64(s), of: 10)
+        }
+        // Live: 10 s per stage measured around progress 0.3, history 10 s at progress 1; the rest (0.5...1) goes
+        // at 1 + (1 + 0.5) / 2 = 1.75 times the pace at 0: 10 × 1.75 / 1.3 live, 10 × 1.75 / 2 history, half each.
+        let expected = 0.5 * (0.5 * 10 * 1.75 / 1.3 + 0.5 * 10 * 1.75 / 2)
+        #expect(try etaSeconds(engine, "t") == (expected * 1000).rounded() / 1000)
     }
 }

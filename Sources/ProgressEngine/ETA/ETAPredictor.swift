@@ -222,14 +222,23 @@ struct ETAPredictor {
             // Records without profiles (imported ones): the whole stage's duration is the best pace there is.
             prior = Part(durations)
         }
+        // A pace that changes with progress (`StageProfile.drift`): the rest of the stage goes at the mean pace
+        // over what is left, not at the pace measured so far (the live window) or at the end (history's figure).
+        let drift = min(max(history?.drifts(index).median ?? 0, -0.5), 3)
+        let ahead = 1 + drift * (1 + task.stages[index].progress) / 2
+        if var part = prior {
+            part.seconds *= ahead / (1 + drift)
+            prior = part
+        }
         let samples = Sample(sorted: live.sortedSamples())
         guard !samples.isEmpty else { return prior.map { ($0.seconds, $0.variance, 0) } }
-        let median = samples.median, spread = samples.spread
+        let perInterval = (live.lastProgress - live.firstProgress) / Double(live.count)
+        let window = live.lastProgress - perInterval * Double(samples.count) / 2
+        let median = samples.median * ahead / (1 + drift * window), spread = samples.spread
         // The median of n values is known to about 1.25 σ / √n.
         let liveVariance = 1.56 * spread * spread / Double(samples.count)
         // Progress one interval adds, on average: jitter adds up over the intervals still to come.
-        let step = (live.lastProgress - live.firstProgress) / Double(live.count)
-        let noise = spread * spread * step
+        let noise = spread * spread * perInterval
         guard let prior else { return (median, liveVariance, noise) }
         let w = Double(live.count) / (Double(live.count) + ETAPredictor.livePrior)
         return (w * median + (1 - w) * prior.seconds, w * w * liveVariance + (1 - w) * (1 - w) * prior.variance, noise)
