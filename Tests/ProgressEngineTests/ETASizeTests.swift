@@ -129,4 +129,21 @@ struct ETASizeTests {
         let expected = 0.5 * (0.5 * 10 * 1.75 / 1.3 + 0.5 * 10 * 1.75 / 2)
         #expect(try etaSeconds(engine, "t") == (expected * 1000).rounded() / 1000)
     }
+
+    @Test("what follows the last step runs at this run's speed relative to history's")
+    func tailAtRunSpeed() throws {
+        let clock = ManualClock(0)
+        let engine = try makeEngine(clock: clock)
+        try record(engine, durations: [0: 0, 1: 0, 2: 20, 3: 0],
+                   extra: [#""stage_profiles":{"2":{"steps":10,"head":0,"step_seconds":1,"tail":10}}"#])
+        try engine.createTask(id: "t", templateId: "sd", category: "image_generation", options: TaskOptions())
+        try step(engine, "t", 1, of: 10)
+        for s in 2...5 {
+            clock.advance(1.2)
+            try step(engine, "t", Int64(s), of: 10)
+        }
+        // 12 s per stage live against history's 10: a 1.2 × slower run. Pace (12 + 10) / 2 for the half left,
+        // then the decode at 1.2 × 10 s.
+        #expect(try etaSeconds(engine, "t") == 5.5 + 12)
+    }
 }
