@@ -146,4 +146,36 @@ struct ETASizeTests {
         // then the decode at 1.2 × 10 s.
         #expect(try etaSeconds(engine, "t") == 5.5 + 12)
     }
+
+    @Test("a stage's variant (cold / cached load): its history from runs whose same stage ran alike, while it lasts")
+    func variantNarrowsCurrentStage() throws {
+        let clock = ManualClock(0)
+        let engine = try makeEngine(clock: clock)
+        try record(engine, durations: [0: 0, 1: 20, 2: 10, 3: 1], extra: [#""stage_variants":{"1":"cold"}"#])
+        try record(engine, durations: [0: 0, 1: 1, 2: 10, 3: 1], extra: [#""stage_variants":{"1":"cached"}"#])
+        for (id, variant) in [("cold", #"{"variant":"cold"}"#), ("cached", #"{"variant":"cached"}"#), ("plain", nil)] {
+            try engine.createTask(id: id, templateId: "sd", category: "image_generation", options: TaskOptions())
+            try engine.event(id: id, name: "model_loading", dataJSON: variant)
+        }
+        // The load of runs that loaded alike, then generation and post-processing.
+        #expect(try etaSeconds(engine, "cold") == 20 + 10 + 1)
+        #expect(try etaSeconds(engine, "cached") == 1 + 10 + 1)
+        let plain = try #require(try etaSeconds(engine, "plain"))
+        #expect(plain > 12 && plain < 31)
+        // The completed task's record keeps its variants; bad ones are refused.
+        clock.advance(2)
+        try engine.event(id: "cold", name: "generation", dataJSON: nil)
+        try engine.complete(id: "cold")
+        let records = try parsed(engine.etaRecordsJSON(templateId: "sd", quality: nil))
+        guard case let .array(list)? = records["records"], let r = list.last else {
+            Issue.record("no record")
+            return
+        }
+        #expect(string(r["stage_variants"]?["1"]) == "cold")
+        expectError(-1) { try engine.event(id: "plain", name: "model_loading", dataJSON: #"{"variant":""}"#) }
+        expectError(-6) { try engine.event(id: "plain", name: "model_loading", dataJSON: #"{"variant":1}"#) }
+        expectError(-6) {
+            try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"stage_variants":{"1":2}}"#)
+        }
+    }
 }

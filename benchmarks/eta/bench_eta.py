@@ -19,7 +19,9 @@ Methods (each sees only what happened up to that moment):
 A method that has no estimate yet counts as predicting 0 s (100 % error), as a user sees "ETA: --".
 
 The engine also gets what a runner knows at creation: the job's size in metadata["workload"] (requested steps,
-megapixels, frames, seconds of audio, tiles; traces.Trace.workload), unless --no-workload.
+megapixels, frames, seconds of audio, tiles; traces.Trace.workload), unless --no-workload; and, on entering
+model_loading, whether the model was read from disk or found resident ("variant": "cold" / "cached"), unless
+--no-variant.
 
 Errors: MAPE = mean of |predicted - real| / real remaining time; P90 = its 90th percentile.
 Target: engine MAPE <= TARGET x the best baseline's at every checkpoint of every family; each row prints the
@@ -142,7 +144,8 @@ class P75Table:
         return total
 
 
-def replay(family: traces.Family, history: int, evaluation: int, seed: int, workload: bool = True) -> List[dict]:
+def replay(family: traces.Family, history: int, evaluation: int, seed: int, workload: bool = True,
+           variant: bool = True) -> List[dict]:
     """Replays the family through a fresh engine; one result row per scored task and checkpoint."""
     all_traces = traces.generate(family, history + evaluation, seed)
     scored = {t.task_id for t in all_traces[history:]}
@@ -179,6 +182,8 @@ def replay(family: traces.Family, history: int, evaluation: int, seed: int, work
                     baselines[tid].observe(ts, task)
             elif kind == "event":
                 name, data = payload
+                if not variant:
+                    data = {k: v for k, v in data.items() if k != "variant"}
                 tracker.send_event_sync(tid, name, dict(data, timestamp=ts))
                 if name == "execution_complete":
                     p75_table.add(trace)
@@ -281,14 +286,18 @@ def main() -> int:
     parser.add_argument("--json", help="also write every scored point (predictions, confidence, stage) to this file")
     parser.add_argument("--no-workload", action="store_true",
                         help="create tasks without metadata[\"workload\"] (the job's size), as before it was passed")
+    parser.add_argument("--no-variant", action="store_true",
+                        help="leave out the loading stage's \"variant\" (cold / cached) from the runner's events")
     args = parser.parse_args()
     families = [f for f in traces.FAMILIES if not args.family or f.name in args.family]
     started = time.monotonic()
     rows: List[dict] = []
     for family in families:
-        rows += replay(family, args.history, args.eval, args.seed, workload=not args.no_workload)
+        rows += replay(family, args.history, args.eval, args.seed, workload=not args.no_workload,
+                       variant=not args.no_variant)
     print(f"ETA benchmark: seed {args.seed}, {args.history} past + {args.eval} scored traces per family, "
-          f"{'without' if args.no_workload else 'with'} the workload, replayed in {time.monotonic() - started:.1f} s")
+          f"{'without' if args.no_workload else 'with'} the workload, {'without' if args.no_variant else 'with'} "
+          f"the loading variant, replayed in {time.monotonic() - started:.1f} s")
     print()
     held = report(rows, [f.name for f in families])
     if args.json:

@@ -307,7 +307,10 @@ def _run(family: Family, job: _Job, index: int, start: float, cold: bool, rng: r
     # Loading: cold loads read the weights from disk; warm ones only move them to the GPU.
     load = (_lognormal(rng, family.cold_load * pool.load_speed, 0.2) if cold
             else _lognormal(rng, family.warm_load, 0.3))
-    events.append((t, family.stages[1], {}))
+    # A runner that loads a model knows whether it had to read it from disk or found it resident (its own
+    # cache); it says so as the loading stage's "variant" unless --no-variant. A download stage says nothing.
+    hint = {"variant": "cold" if cold else "cached"} if family.stages[1] == "model_loading" else {}
+    events.append((t, family.stages[1], hint))
     t += load
     durations[1] = load
     # The main stage: a whole-run speed factor, warm-up, jitter, stalls, an optional slowdown.

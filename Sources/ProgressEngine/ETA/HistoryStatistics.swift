@@ -115,6 +115,14 @@ struct HistoryStatistics: Sendable {
         return HistoryStatistics(records: scored.prefix(k).map(\.index).sorted().map { records[$0] })
     }
 
+    /// The statistics of the records whose stage `stage` ran as the runner says this one does (`StageState.variant`):
+    /// a cold model load is another distribution than a warm one, not its spread.
+    /// - Returns: nil when fewer than `CompletionHistory.minimumRecords` records have that variant.
+    func variant(stage: Int, _ name: String) -> HistoryStatistics? {
+        let matching = records.filter { $0.stageVariants[stage] == name }
+        return matching.count >= CompletionHistory.minimumRecords ? HistoryStatistics(records: matching) : nil
+    }
+
     /// The statistics of the records of runs closest in size to `workload` (`Workload.distance`), among those
     /// that gave the same names: the ⌈√n⌉ (at least 5) nearest, the newest first among equal distances. Every stage
     /// of a generation job, and the wait of those queued behind it, follows the job's size: a 50-step 2.4 MP image
