@@ -246,7 +246,11 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * for template_id, the defaults of template_category ("image_generation", "video_generation",
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".
  * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
- * metadata (object), resume (bool), timestamp (epoch seconds). An existing id gives PROGRESS_E_EXISTS
+ * metadata (object), resume (bool), timestamp (epoch seconds). metadata is the host's own, with one member the
+ * engine reads: "workload", the job's size as the runner knows it at creation, an object of positive numbers by
+ * name ({"steps": 30, "megapixels": 1.0}, {"frames": 81, ...}, {"seconds": 20}, {"tiles": 12}); the ETA then
+ * learns from the completed runs of the nearest sizes that gave the same names (docs/ETA.md; other members and
+ * values are ignored). An existing id gives PROGRESS_E_EXISTS
  * unless resume is true, in which case the existing task is kept (PROGRESS_OK): its state stays, and a task
  * that had not finished records a "resumed" event (seq advances; watchers see the runner is back). With redis_url and
  * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
@@ -284,7 +288,10 @@ PROGRESS_API progress_status progress_update(progress_engine *engine, const char
  *   "execution_progress" {step, total_steps, message?, preview_path?}  as progress_update; a PNG at
  *                        preview_path is decoded (libpng) for the preview when one is due (16-bit
  *                        samples without a gAMA or sRGB chunk are taken as sRGB, as browsers show them)
- *   a stage's name      {progress?, message?}                         enter that stage
+ *   a stage's name      {progress?, message?, variant?}               enter that stage; variant (1-64 bytes)
+ *                        says how the stage runs this time, e.g. "cold" (model read from disk) or "cached"
+ *                        (model resident): the ETA reads that stage's history, while it lasts, from runs whose
+ *                        same stage had the same variant; kept in the completion record ("stage_variants")
  *   "log"               {level: "debug"|"info"|"warning"|"error", message}
  *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures,
  *                        which take precedence over the sampler's from then on
@@ -415,9 +422,12 @@ PROGRESS_API progress_status progress_register_template_stages(progress_engine *
 
 /* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
  * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
- * "timestamp"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?}, ...} says how stages that
- * reported progress spent their time: seconds to the first report, robust seconds per step (per whole stage
- * without "steps"), seconds after progress reached 1; the engine writes them in its own records. Records without
+ * "timestamp"?, "workload"?, "stage_variants"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?, "drift"?}, ...}
+ * says how stages that reported progress spent their time: seconds to the first report, robust seconds per step
+ * (per whole stage without "steps"), seconds after progress reached 1, and "drift" r > -1, the pace's change with
+ * progress (pace = a x (1 + r x progress)); the engine writes them in its own records. "workload" is the task's
+ * metadata.workload (positive numbers by name; see progress_task_create); "stage_variants" {"1": "cold", ...}
+ * the variants its stages were entered with (see progress_event). Records without
  * a category serve their own template only. The newest 1000 records per template + quality + resource_config
  * are kept, for at most 1000 such combinations (the one with the oldest newest record goes first). */
 PROGRESS_API progress_status progress_eta_record_completion(progress_engine *engine, const char *record_json);

@@ -107,20 +107,22 @@ struct ETATests {
             clock.advance(2)
             try step(engine, "t", Int64(s), of: 10)
         }
-        // 4 intervals at 20 s per stage against history's 30: weights 4/8 and 4/8 → 25 s; half left.
-        #expect(try eta(engine, "t").seconds == 0.5 * 25 + 1.5 + 4)
+        // 4 intervals at 20 s per stage against history's 30: weights 4/8 and 4/8 → 25 s; half left. The run goes
+        // 1.5 × faster than history, so its decode takes 1.5 / 1.5 s.
+        #expect(try eta(engine, "t").seconds == 0.5 * 25 + 1 + 4)
         for s in 6...9 {
             clock.advance(2)
             try step(engine, "t", Int64(s), of: 10)
         }
         // 8 intervals: 8/12 × 20 + 4/12 × 30 = 23.333 s per stage; a tenth left.
-        #expect(try eta(engine, "t").seconds == 7.833)
+        #expect(try eta(engine, "t").seconds == 7.333)
         clock.advance(2)
         try step(engine, "t", 10, of: 10)
         clock.advance(1)
         try engine.createTask(id: "clock", templateId: "x", category: nil, options: TaskOptions())
-        // All steps done 1 s ago: 0.5 s of the decode left, then post-processing; counted from the last step.
-        #expect(try eta(engine, "t").seconds == 1 + 0.5 + 4)
+        // All steps done 1 s ago, as long as this run's decode was expected to take: nothing of it is left but
+        // the post-processing; counted from the last step.
+        #expect(try eta(engine, "t").seconds == 1 + 4)
     }
 
     @Test("similar-task matching: template + quality + resources, then template + quality, template, category")

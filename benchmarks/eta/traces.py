@@ -43,6 +43,9 @@ class Trace:
     events: List[Tuple[float, str, dict]]
     #: Seconds per stage index, as the engine will measure them.
     stage_durations: Dict[int, float]
+    #: The job's size as the runner knows it at creation (requested steps, megapixels, frames, seconds of audio,
+    #: tiles): what it may pass in metadata["workload"]. Nothing hidden (worker state, speeds, outliers) is in it.
+    workload: Dict[str, float] = field(default_factory=dict)
 
     @property
     def end(self) -> float:
@@ -71,8 +74,8 @@ class Quality:
     share: float
     #: The model a worker must hold; switching models means a cold load.
     model: str
-    #: Draws (steps, work units per step, tail-stage work) for one task.
-    draw: Callable[[random.Random], Tuple[int, float, float]]
+    #: Draws (steps, work units per step, tail-stage work, the workload the runner knows) for one task.
+    draw: Callable[[random.Random], Tuple[int, float, float, Dict[str, float]]]
 
 
 @dataclass
@@ -128,21 +131,23 @@ def _image_draw(steps_choices, res_choices):
         steps = rng.choice(steps_choices)
         megapixels = rng.choice(res_choices)
         work = megapixels ** 1.15  # attention cost grows faster than the pixel count
-        return steps, work, megapixels
+        return steps, work, megapixels, {"steps": steps, "megapixels": megapixels}
     return draw
 
 
 def _video_draw(steps: int, frames_choices, pixels: float):
     def draw(rng: random.Random) -> Tuple[int, float, float]:
         frames = rng.choice(frames_choices)
-        return steps, frames / 49 * pixels, frames / 49 * pixels
+        # pixels is relative to 480p (832 x 480, 0.4 MP); the runner knows the resolution it renders.
+        workload = {"steps": steps, "frames": frames, "megapixels": round(pixels * 0.4, 3)}
+        return steps, frames / 49 * pixels, frames / 49 * pixels, workload
     return draw
 
 
 def _audio_draw(tokens_per_second: int, seconds: Tuple[int, int]):
     def draw(rng: random.Random) -> Tuple[int, float, float]:
         duration = rng.randint(*seconds)
-        return duration * tokens_per_second, 1.0, duration / 10
+        return duration * tokens_per_second, 1.0, duration / 10, {"seconds": duration}
     return draw
 
 
@@ -150,7 +155,7 @@ def _upscale_draw(tta: float):
     def draw(rng: random.Random) -> Tuple[int, float, float]:
         megapixels = math.exp(rng.uniform(math.log(0.25), math.log(12.0)))
         tiles = max(1, math.ceil(megapixels / 0.26))
-        return tiles, tta, megapixels * 16 / 10
+        return tiles, tta, megapixels * 16 / 10, {"tiles": tiles, "megapixels": round(megapixels, 3)}
     return draw
 
 
@@ -223,7 +228,7 @@ class _Job:
     arrival: float
     pool: Pool
     quality: Quality
-    traits: Tuple[int, float, float] = field(default=(0, 0.0, 0.0))
+    traits: Tuple[int, float, float, Dict[str, float]] = field(default=(0, 0.0, 0.0, {}))
 
 
 def _arrivals(family: Family, pool: Pool, count: int, rng: random.Random, mean_service: float) -> List[float]:
@@ -256,7 +261,7 @@ def _mean_service(family: Family, pool: Pool, rng: random.Random) -> float:
     total = 0.0
     for _ in range(200):
         quality = rng.choices(family.qualities, [q.share for q in family.qualities])[0]
-        steps, work, tail = quality.draw(rng)
+        steps, work, tail, _ = quality.draw(rng)
         total += (steps * work * family.step_seconds * pool.speed * (1 + family.drift / 2)
                   + family.stall_p * steps * sum(family.stall) / 2
                   + family.decode * work * pool.speed + sum(family.tail_seconds) * tail * math.sqrt(pool.speed)
@@ -294,7 +299,7 @@ def generate(family: Family, count: int, seed: int, epoch: float = 1_750_000_000
 def _run(family: Family, job: _Job, index: int, start: float, cold: bool, rng: random.Random,
          epoch: float) -> Trace:
     pool, quality = job.pool, job.quality
-    steps, work, tail_work = job.traits
+    steps, work, tail_work, workload = job.traits
     created = epoch + job.arrival
     t = epoch + start
     events: List[Tuple[float, str, dict]] = []
@@ -302,7 +307,10 @@ def _run(family: Family, job: _Job, index: int, start: float, cold: bool, rng: r
     # Loading: cold loads read the weights from disk; warm ones only move them to the GPU.
     load = (_lognormal(rng, family.cold_load * pool.load_speed, 0.2) if cold
             else _lognormal(rng, family.warm_load, 0.3))
-    events.append((t, family.stages[1], {}))
+    # A runner that loads a model knows whether it had to read it from disk or found it resident (its own
+    # cache); it says so as the loading stage's "variant" unless --no-variant. A download stage says nothing.
+    hint = {"variant": "cold" if cold else "cached"} if family.stages[1] == "model_loading" else {}
+    events.append((t, family.stages[1], hint))
     t += load
     durations[1] = load
     # The main stage: a whole-run speed factor, warm-up, jitter, stalls, an optional slowdown.
@@ -348,5 +356,5 @@ def _run(family: Family, job: _Job, index: int, start: float, cold: bool, rng: r
     return Trace(
         task_id=f"{family.name}-{index:05d}", template_id=family.template_id, category=family.category,
         quality=quality.name, resource_config={"gpu": pool.gpu}, created=created, events=events,
-        stage_durations=durations,
+        stage_durations=durations, workload=workload,
     )

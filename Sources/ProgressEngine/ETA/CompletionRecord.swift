@@ -12,12 +12,18 @@ struct CompletionRecord: Sendable {
     var totalDuration: Double
     var resourceConfig: JSONValue?
     var timestamp: Double
+    /// The job's size as its runner gave it (`Workload`), nil when it gave none.
+    var workload: Workload? = nil
+    /// The runner's variant of each stage that had one (`StageState.variant`), by stage index.
+    var stageVariants: [Int: String] = [:]
 
     static let keys: Set<String> = ["task_id", "template_id", "template_category", "quality", "stage_durations",
-                                    "stage_profiles", "total_duration", "resource_config", "timestamp"]
+                                    "stage_profiles", "total_duration", "resource_config", "timestamp", "workload",
+                                    "stage_variants"]
 
     /// Parses `{"task_id"?, "template_id", "template_category"?, "quality"?, "stage_durations": {"0": s, ...},
-    /// "stage_profiles"?: {"2": {...}}, "total_duration", "resource_config"?, "timestamp"?}`.
+    /// "stage_profiles"?: {"2": {...}}, "total_duration", "resource_config"?, "timestamp"?, "workload"?: {"steps": 30,
+    /// ...}, "stage_variants"?: {"1": "cold"}}`.
     /// - Parameters:
     ///   - text: the record as JSON.
     ///   - now: the time to record when the record has no "timestamp".
@@ -52,13 +58,25 @@ struct CompletionRecord: Sendable {
                     try StageProfile.parse(value, context: "stage_profiles[\"\(key)\"]")
             }
         }
+        var variants: [Int: String] = [:]
+        if let object = try reader.object("stage_variants"), case let .object(members) = object {
+            for (key, value) in members {
+                guard case let .string(variant) = value, !variant.isEmpty, variant.utf8.count <= 64 else {
+                    throw EngineError.json("stage_variants[\"\(key)\"] must be a string of 1-64 bytes")
+                }
+                variants[try stageIndex(key, in: "stage_variants")] = variant
+            }
+        }
         let timestamp = try reader.number("timestamp") ?? now
         guard timestamp.isFinite, timestamp >= 0 else { throw EngineError.range("timestamp \(timestamp) is not valid") }
         return CompletionRecord(taskId: try reader.string("task_id"), templateId: templateId,
                                 category: try reader.string("template_category"),
                                 quality: try reader.string("quality"), stageDurations: durations,
                                 profiles: profiles, totalDuration: total,
-                                resourceConfig: try reader.object("resource_config"), timestamp: timestamp)
+                                resourceConfig: try reader.object("resource_config"), timestamp: timestamp,
+                                workload: try reader.object("workload").flatMap {
+                                    try Workload.parse($0, context: "workload")
+                                }, stageVariants: variants)
     }
 
     private static func stageIndex(_ key: String, in member: String) throws -> Int {
@@ -88,6 +106,16 @@ struct CompletionRecord: Sendable {
         w.key("total_duration"); w.number(totalDuration)
         w.key("resource_config"); w.value(resourceConfig ?? .null)
         w.key("timestamp"); w.number(timestamp)
+        if let workload {
+            w.key("workload"); workload.write(to: &w)
+        }
+        if !stageVariants.isEmpty {
+            w.key("stage_variants"); w.beginObject()
+            for index in stageVariants.keys.sorted() {
+                w.key(String(index)); w.string(stageVariants[index])
+            }
+            w.endObject()
+        }
         w.endObject()
     }
 }
@@ -97,6 +125,9 @@ extension CompletionRecord {
     init(completed task: TaskRecord, at end: Double) {
         self.init(taskId: task.id, templateId: task.templateId, category: task.category, quality: task.quality,
                   stageDurations: task.stageDurations, profiles: task.profiles, totalDuration: end - task.createdAt,
-                  resourceConfig: task.resourceConfig, timestamp: end)
+                  resourceConfig: task.resourceConfig, timestamp: end, workload: Workload(metadata: task.metadata),
+                  stageVariants: Dictionary(uniqueKeysWithValues: task.stages.indices.compactMap { index in
+                      task.stages[index].variant.map { (index, $0) }
+                  }))
     }
 }

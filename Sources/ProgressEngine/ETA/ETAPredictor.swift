@@ -32,8 +32,12 @@ struct ETAPredictor {
     /// Live intervals that weigh as much as history's pace when blending the two.
     static let livePrior = 4.0
 
-    /// The similar tasks' statistics (`CompletionHistory.similar`), nil without any.
+    /// The similar tasks' statistics (`CompletionHistory.similar`), nil without any; only the runs nearest the
+    /// task's size when `bySize`.
     let history: HistoryStatistics?
+    /// Whether `history` is already the runs nearest the task's size (`Workload`): then it is not narrowed again by
+    /// steps and pace, which tell the size less well than the runner's own figures and would leave few records.
+    var bySize = false
     /// Statistics of the tasks sharing the task's queue (same template and resources).
     let queueHistory: HistoryStatistics?
 
@@ -169,7 +173,7 @@ struct ETAPredictor {
     /// one in steps and pace (`HistoryStatistics.similar`), else every similar task's.
     private func similarToRun(_ task: TaskSnapshot) -> HistoryStatistics? {
         let live = task.live
-        guard let history, live.stage == task.currentStage, live.hasReport else { return history }
+        guard let history, !bySize, live.stage == task.currentStage, live.hasReport else { return history }
         let samples = Sample(sorted: live.sortedSamples())
         let stepSeconds = samples.isEmpty ? nil : samples.median / Double(max(live.steps, 1))
         return history.similar(stage: live.stage, steps: live.steps, stepSeconds: stepSeconds) ?? history
@@ -183,7 +187,7 @@ struct ETAPredictor {
         let live = task.live
         let durations = history?.durations(index) ?? Sample(sorted: [])
         if live.stage == index && live.hasReport,
-           let (rate, rateVariance, noise) = stagePace(task, history, durations) {
+           let (rate, rateVariance, noise, speed) = stagePace(task, history, durations) {
             if stage.definition.weight > 0 { pace = rate / stage.definition.weight }
             let left = 1 - stage.progress
             // The time since the latest report is part of the next interval, but no more than one interval of it.
@@ -191,7 +195,9 @@ struct ETAPredictor {
             let sinceReport = min(max(0, now - live.lastTime), interval)
             var parts = [Part(seconds: max(0, left * rate - sinceReport),
                               variance: left * left * rateVariance + left * noise)]
-            let tails = history?.tails(index) ?? Sample(sorted: [])
+            // What follows the last step (a decode) runs on the same device at the same speed as the steps did:
+            // history's tails at this run's pace relative to theirs.
+            let tails = Sample(sorted: (history?.tails(index).values ?? []).map { $0 * speed })
             if !tails.isEmpty {
                 parts.append(live.completeTime.map { remaining(of: tails, elapsed: max(0, now - $0)) } ?? Part(tails))
             }
@@ -202,10 +208,11 @@ struct ETAPredictor {
     }
 
     /// Seconds per whole current stage: the live median blended with history's pace for this run.
-    /// - Returns: the pace, its variance, and the variance per unit of progress of the time still to come
-    ///   (interval-to-interval jitter); nil when there is neither a live interval nor a history pace.
+    /// - Returns: the pace, its variance, the variance per unit of progress of the time still to come
+    ///   (interval-to-interval jitter), and this run's speed relative to history's (live pace over history's pace
+    ///   per step, 1 while either is unknown); nil when there is neither a live interval nor a history pace.
     private func stagePace(_ task: TaskSnapshot, _ history: HistoryStatistics?, _ durations: Sample)
-        -> (Double, Double, Double)? {
+        -> (Double, Double, Double, Double)? {
         let index = task.currentStage
         let live = task.live
         var prior: Part?
@@ -218,17 +225,34 @@ struct ETAPredictor {
             // Records without profiles (imported ones): the whole stage's duration is the best pace there is.
             prior = Part(durations)
         }
+        // A pace that changes with progress (`StageProfile.drift`): the rest of the stage goes at the mean pace
+        // over what is left, not at the pace measured so far (the live window) or at the end (history's figure).
+        let drift = min(max(history?.drifts(index).median ?? 0, -0.5), 3)
+        let ahead = 1 + drift * (1 + task.stages[index].progress) / 2
+        if var part = prior {
+            part.seconds *= ahead / (1 + drift)
+            prior = part
+        }
         let samples = Sample(sorted: live.sortedSamples())
-        guard !samples.isEmpty else { return prior.map { ($0.seconds, $0.variance, 0) } }
-        let median = samples.median, spread = samples.spread
+        guard !samples.isEmpty else { return prior.map { ($0.seconds, $0.variance, 0, 1) } }
+        let perInterval = (live.lastProgress - live.firstProgress) / Double(live.count)
+        let window = live.lastProgress - perInterval * Double(samples.count) / 2
+        let median = samples.median * ahead / (1 + drift * window), spread = samples.spread
+        // Both paces as at progress 0, so the drift does not count as speed; a few intervals say little, and a
+        // ratio beyond 1.5 is a run gone wrong (a stall, throttling) that need not hold for what follows.
+        var speed = 1.0
+        if let perStep, !perStep.isEmpty, live.count >= 3 {
+            let historyPace = perStep.median * Double(max(live.steps, 1)) / (1 + drift)
+            speed = min(max(samples.median / (1 + drift * window) / historyPace, 1 / 1.5), 1.5)
+        }
         // The median of n values is known to about 1.25 σ / √n.
         let liveVariance = 1.56 * spread * spread / Double(samples.count)
         // Progress one interval adds, on average: jitter adds up over the intervals still to come.
-        let step = (live.lastProgress - live.firstProgress) / Double(live.count)
-        let noise = spread * spread * step
-        guard let prior else { return (median, liveVariance, noise) }
+        let noise = spread * spread * perInterval
+        guard let prior else { return (median, liveVariance, noise, speed) }
         let w = Double(live.count) / (Double(live.count) + ETAPredictor.livePrior)
-        return (w * median + (1 - w) * prior.seconds, w * w * liveVariance + (1 - w) * (1 - w) * prior.variance, noise)
+        return (w * median + (1 - w) * prior.seconds, w * w * liveVariance + (1 - w) * (1 - w) * prior.variance, noise,
+                speed)
     }
 
     /// Seconds per unit of stage weight in history, over the stages it has durations of (the queue aside).

@@ -20,6 +20,7 @@ struct HistoryStatistics: Sendable {
     private let tails: [Sample]
     private let stepSeconds: [Sample]
     private let stageSeconds: [Sample]
+    private let drifts: [Sample]
     /// Stage 0 durations of the newest `recentQueueRecords` records, sorted.
     let recentFirstStage: Sample
 
@@ -28,7 +29,7 @@ struct HistoryStatistics: Sendable {
         self.records = records
         count = records.count
         var durations: [[Double]] = [], tails: [[Double]] = []
-        var stepSeconds: [[Double]] = [], stageSeconds: [[Double]] = []
+        var stepSeconds: [[Double]] = [], stageSeconds: [[Double]] = [], drifts: [[Double]] = []
         var profiled: [[(logSteps: Double?, logStepSeconds: Double, record: Int)]] = []
         func add<T>(_ value: T, at index: Int, to lists: inout [[T]]) {
             while lists.count <= index { lists.append([]) }
@@ -40,6 +41,7 @@ struct HistoryStatistics: Sendable {
                 add((profile.steps.map { log(Double($0)) }, log(max(profile.stepSeconds, 1e-9)), i), at: index,
                     to: &profiled)
                 if let tail = profile.tail { add(tail, at: index, to: &tails) }
+                if let drift = profile.drift { add(drift, at: index, to: &drifts) }
                 if profile.steps != nil {
                     add(profile.stepSeconds, at: index, to: &stepSeconds)
                 } else {
@@ -57,6 +59,7 @@ struct HistoryStatistics: Sendable {
         self.tails = sorted(tails)
         self.stepSeconds = sorted(stepSeconds)
         self.stageSeconds = sorted(stageSeconds)
+        self.drifts = sorted(drifts)
         self.profiled = profiled
         let recent = records.suffix(HistoryStatistics.recentQueueRecords).compactMap { record in
             record.stageDurations.first(where: { $0.0 == 0 })?.1
@@ -82,6 +85,8 @@ struct HistoryStatistics: Sendable {
     func stepSeconds(_ index: Int) -> Sample { HistoryStatistics.at(stepSeconds, index) }
     /// Robust seconds per whole stage at the stepping pace, from runs that reported progress without steps.
     func stageSeconds(_ index: Int) -> Sample { HistoryStatistics.at(stageSeconds, index) }
+    /// How the pace of stage `index` changed with its progress (`StageProfile.drift`), from runs long enough to say.
+    func drifts(_ index: Int) -> Sample { HistoryStatistics.at(drifts, index) }
 
     /// The statistics of the records most like a run whose stage `stage` reports `steps` steps (0: progress
     /// without steps) at `stepSeconds` per step: the ⌈√n⌉ (at least 5) nearest in log steps and log pace.
@@ -107,6 +112,31 @@ struct HistoryStatistics: Sendable {
         let k = max(5, Int(Double(scored.count).squareRoot().rounded(.up)))
         guard scored.count >= k else { return nil }
         scored.sort { $0.distance < $1.distance }
+        return HistoryStatistics(records: scored.prefix(k).map(\.index).sorted().map { records[$0] })
+    }
+
+    /// The statistics of the records whose stage `stage` ran as the runner says this one does (`StageState.variant`):
+    /// a cold model load is another distribution than a warm one, not its spread.
+    /// - Returns: nil when fewer than `CompletionHistory.minimumRecords` records have that variant.
+    func variant(stage: Int, _ name: String) -> HistoryStatistics? {
+        let matching = records.filter { $0.stageVariants[stage] == name }
+        return matching.count >= CompletionHistory.minimumRecords ? HistoryStatistics(records: matching) : nil
+    }
+
+    /// The statistics of the records of runs closest in size to `workload` (`Workload.distance`), among those
+    /// that gave the same names: the ⌈√n⌉ (at least 5) nearest, the newest first among equal distances. Every stage
+    /// of a generation job, and the wait of those queued behind it, follows the job's size: a 50-step 2.4 MP image
+    /// takes six times a 20-step 0.6 MP one on the same GPU, which template + quality + resources alone cannot tell.
+    /// - Parameter workload: the task's size, as its runner gave it at creation.
+    /// - Returns: nil when fewer than `CompletionHistory.minimumRecords` records gave a comparable size.
+    func similar(workload: Workload) -> HistoryStatistics? {
+        var scored: [(distance: Double, index: Int)] = []
+        for (i, record) in records.enumerated() {
+            if let other = record.workload, let distance = workload.distance(to: other) { scored.append((distance, i)) }
+        }
+        guard scored.count >= CompletionHistory.minimumRecords else { return nil }
+        let k = min(scored.count, max(5, Int(Double(scored.count).squareRoot().rounded(.up))))
+        scored.sort { $0.distance < $1.distance || ($0.distance == $1.distance && $0.index > $1.index) }
         return HistoryStatistics(records: scored.prefix(k).map(\.index).sorted().map { records[$0] })
     }
 }

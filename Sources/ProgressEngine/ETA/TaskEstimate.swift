@@ -12,10 +12,21 @@ extension EngineCore {
                                       queueStart: task.status == .queued ? queueStart(of: task, now: now) : nil)
     }
 
+    /// The predictor of a task: its similar tasks' history, narrowed to the runs whose current stage ran as the
+    /// runner says this one's does (`StageState.variant`), then to the runs nearest its size when its runner gave
+    /// one (`Workload`); each narrowing only where enough records are left. A variant narrows only while its stage
+    /// lasts: once a cold load is over, what follows it is much like what follows a warm one, and keeping to cold
+    /// runs then would only leave fewer records to predict the rest from.
     private func predictor(for task: TaskSnapshot) -> ETAPredictor {
-        ETAPredictor(
-            history: completions.similar(template: task.templateId, quality: task.quality,
-                                         resource: task.resourceKey, category: task.category),
+        var history = completions.similar(template: task.templateId, quality: task.quality,
+                                          resource: task.resourceKey, category: task.category)
+        if let variant = task.stages[task.currentStage].variant,
+           let narrowed = history?.variant(stage: task.currentStage, variant) {
+            history = narrowed
+        }
+        let sized = Workload(metadata: task.metadata).flatMap { history?.similar(workload: $0) }
+        return ETAPredictor(
+            history: sized ?? history, bySize: sized != nil,
             queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
     }
 

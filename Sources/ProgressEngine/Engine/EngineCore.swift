@@ -369,12 +369,14 @@ final class EngineCore: @unchecked Sendable {
             guard isStage else {
                 return try log(id: id, level: .debug, message: "unknown event \"\(name)\" ignored", timestamp: explicit)
             }
-            let (progress, message) = try countingRefusal(id: id) { try RunnerEvent.stageArguments(name: name, data: data) }
+            let (progress, message, variant) = try countingRefusal(id: id) {
+                try RunnerEvent.stageArguments(name: name, data: data)
+            }
             try withTask(id: id) { task in
                 let ts = try task.resolveTimestamp(explicit: explicit, now: now)
                 catchUpCounter(task, at: ts, notify: false)  // the runner's steps came before this stage change
                 try task.enterStage(named: name, progress: progress, message: message.map(MessageArgument.string) ?? .none,
-                                    at: ts)
+                                    variant: variant, at: ts)
             }
         }
     }

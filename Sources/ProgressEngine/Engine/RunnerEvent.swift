@@ -60,11 +60,16 @@ enum RunnerEvent {
         return (event, try reader.number("timestamp"))
     }
 
-    /// The data of an event that names one of the task's stages: {progress?, message?, timestamp?}.
-    /// - Throws: `.json` for other keys or wrong types.
-    static func stageArguments(name: String, data: JSONValue) throws -> (progress: Double?, message: String?) {
+    /// The data of an event that names one of the task's stages: {progress?, message?, variant?, timestamp?}.
+    /// - Throws: `.json` for other keys or wrong types, `.invalidArgument` for an empty or over-long variant.
+    static func stageArguments(name: String, data: JSONValue) throws
+        -> (progress: Double?, message: String?, variant: String?) {
         let reader = try JSONObjectReader(data, context: "data_json of event \"\(name)\"")
-        try reader.rejectUnknownKeys(allowed: ["progress", "message", "timestamp"], error: EngineError.json)
-        return (try reader.number("progress"), try reader.string("message"))
+        try reader.rejectUnknownKeys(allowed: ["progress", "message", "variant", "timestamp"], error: EngineError.json)
+        let variant = try reader.string("variant")
+        if let variant, variant.isEmpty || variant.utf8.count > 64 {
+            throw EngineError.invalidArgument("\"variant\" of event \"\(name)\" must be 1-64 bytes")
+        }
+        return (try reader.number("progress"), try reader.string("message"), variant)
     }
 }

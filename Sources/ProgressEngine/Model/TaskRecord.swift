@@ -298,12 +298,14 @@ final class TaskRecord: @unchecked Sendable {
         recordChange(.stage, at: ts, stageChanged: stages[index].status != statusBefore || currentStage != currentBefore)
     }
 
-    /// Enters the stage named `name` (a runner event named after a stage).
-    func enterStage(named name: String, progress: Double?, message: MessageArgument, at ts: Double) throws {
+    /// Enters the stage named `name` (a runner event named after a stage), noting the runner's `variant` of it.
+    func enterStage(named name: String, progress: Double?, message: MessageArgument, variant: String? = nil,
+                    at ts: Double) throws {
         guard let index = stages.firstIndex(where: { $0.definition.name == name }) else {
             throw EngineError.invalidArgument("task \"\(id)\" has no stage \"\(name)\"")
         }
         try updateStage(index, status: .inProgress, progress: progress ?? stages[index].progress, message: message, at: ts)
+        if let variant { stages[index].variant = variant }
     }
 
     func complete(at ts: Double) throws {

@@ -70,6 +70,11 @@ struct StageState: Sendable {
     var startedAt: Double?
     var completedAt: Double?
     var message: String?
+    /// How the stage runs this time, as the runner said when entering it ("variant" of a stage event: "cold" when
+    /// it had to read the model from disk, "cached" when the model was resident). The ETA reads this stage's
+    /// history from runs with the same variant: a cold load takes 15 times a warm one, and only the runner knows
+    /// which it is doing. Kept in the completion record; not published or stored with the task.
+    var variant: String?
 
     /// Seconds from entering to finishing the stage; nil until it finished. A stage finished without ever
     /// being entered (the runner jumped past it) lasted 0 s.
