@@ -194,9 +194,39 @@ def test_slow_client_gets_the_latest_state_per_task_not_a_backlog(wire):
     wire.assert_alive(t)
 
 
+def test_a_star_subscribe_to_more_tasks_than_the_bound_is_served(wire):
+    """A "*" subscribe queues every task's current state at once: 12,000 tasks are more than the 10,000-message
+    bound, but one state per watched task is not a backlog (the bound grows with the tasks watched), so a client
+    that reads them all at its own pace is not closed and gets each task once."""
+    t = wire.open(resource_interval_ms=3600000)
+    n = 12_000
+    for i in range(n):
+        t.create_task_progress_sync(f"many-{i:05d}", "x")
+    raw = wire.raw_ws(t, client_id="dashboard", rcvbuf=4096)
+    raw.next_frame()
+    raw.send_text('{"type":"subscribe","task_ids":["*"]}')
+    time.sleep(0.5)  # the states queued, the client reading nothing yet
+    for i in range(0, n, 1000):  # changes on top, while they wait: each is delivered against the bound
+        t.update_progress_sync(f"many-{i:05d}", 1, 10)
+    seen = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < n:
+        assert time.monotonic() < deadline, f"{len(seen)} of {n} states read"
+        frame = raw.next_frame(5)
+        assert frame is not None, "the server closed the client"
+        opcode, payload = frame
+        assert opcode == 0x1, (opcode, payload[:200])
+        m = json.loads(payload)
+        if m["type"] == "progress.update":
+            seen.add(m["task_id"])
+    assert wire.metrics(t)["progress_slow_clients_closed_total"] == 0
+    wire.assert_alive(t)
+
+
 def test_client_that_never_reads_is_closed_with_4008(wire):
     """Log entries are never coalesced: a client that reads nothing while 12,000 log entries of 4 KiB go to
-    it passes the 10,000-message / 32 MiB bound and is closed with 4008; a reading client of another task
+    it passes the 10,000-message / 32 MiB bound (plus one message and 4 KiB per watched task) and is closed
+    with 4008; a reading client of another task
     is served all along, and the slow one finds the close once it reads."""
     t = wire.open()
     t.create_task_progress_sync("chatty", "x")

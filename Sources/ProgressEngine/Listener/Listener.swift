@@ -49,9 +49,14 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     let authToken: String?
     let metrics = ListenerMetrics()
     /// A client whose unsent messages exceed either bound is closed (4008 "client too slow"): it would
-    /// otherwise hold memory for every task it watches without ever reading.
+    /// otherwise hold memory without ever reading. Both bounds grow with the tasks the client watches: a task's
+    /// unsent state is replaced by its next one, so one state per watched task (a `"*"` subscribe's current
+    /// states of 10,000 tasks, say) is what any client may have queued; the bounds are for what comes on top
+    /// (logs, urgent states).
     static let slowClientMaxMessages = 10_000
     static let slowClientMaxBytes = 32 << 20
+    /// What each watched task adds to the bytes bound: about twice a TaskProgress of an image task.
+    static let slowClientBytesPerTask = 4096
     static let maxQueuedLogs = 100_000
 
     @exclusivity(unchecked) private var c: OpaquePointer?
@@ -308,7 +313,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     private func deliver(_ client: ClientConnection, _ body: (ClientConnection) -> Void) {
         body(client)
-        if client.pendingCount > Listener.slowClientMaxMessages || client.queuedBytes > Listener.slowClientMaxBytes {
+        let tasks = client.taskSlotCount
+        if client.pendingCount > Listener.slowClientMaxMessages + tasks
+            || client.queuedBytes > Listener.slowClientMaxBytes + tasks * Listener.slowClientBytesPerTask {
             metrics.slowClientsClosed.add(1, ordering: .relaxed)
             client.close(code: 4008, reason: "client too slow: \(client.pendingCount) messages unread", immediately: true)
         }
