@@ -88,6 +88,9 @@ final class TaskSlot {
     @exclusivity(unchecked) var hasSeq = false
     /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none.
     @exclusivity(unchecked) var pending = -1
+    /// Delta mode: the `DeltaStep.generation` of the last state queued for the client, which a patch must
+    /// start from; 0 when that state was no fan-out's (subscribe, replay) or the client has none.
+    @exclusivity(unchecked) var generation: UInt64 = 0
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
@@ -106,6 +109,11 @@ final class ClientConnection {
     let peer: String
     @exclusivity(unchecked) var subscriptions: Set<String> = []
     @exclusivity(unchecked) var wildcard = false
+    /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
+    @exclusivity(unchecked) var usesDelta = false
+    /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
+    @exclusivity(unchecked) var deltaIds: Set<String> = []
+    @exclusivity(unchecked) var wildcardDelta = false
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -156,6 +164,8 @@ final class ClientConnection {
     /// replacing an older entry, so the task's seq only increases on the wire.
     func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
         let slot = self.slot(task)
+        // A full state outside the delta path: the next fan-out's patch does not start from it.
+        slot.generation = 0
         if slot.hasSeq && seq <= slot.lastSeq { return }
         slot.hasSeq = true
         slot.lastSeq = seq
@@ -168,6 +178,47 @@ final class ClientConnection {
             queue[slot.pending].message = message
         } else {
             enqueue(message, slot: slot)
+        }
+    }
+
+    /// Whether the task's updates go out as merge patches: its subscription by id decides, else "*"'s.
+    func wantsDelta(_ task: String) -> Bool {
+        subscriptions.contains(task) ? deltaIds.contains(task) : wildcardDelta
+    }
+
+    /// Records the delta choice of a subscribe for the tasks it names.
+    func setDelta(_ delta: Bool, for ids: [String]) {
+        for task in ids {
+            if task == "*" {
+                wildcardDelta = delta
+            } else if delta {
+                deltaIds.insert(task)
+            } else {
+                deltaIds.remove(task)
+            }
+        }
+    }
+
+    /// A fan-out's state for a delta subscriber: the shared patch when the client holds exactly its base,
+    /// else the full state (which becomes the client's base). Same ordering rules as `sendProgress`; a
+    /// non-urgent state that replaces an unsent one is always the full state, since the client never gets the
+    /// replaced state the patch would start from.
+    func sendDelta(full: WireMessage, step: DeltaStep, task: String, seq: UInt64, urgent: Bool) {
+        let slot = self.slot(task)
+        if slot.hasSeq && seq <= slot.lastSeq { return }
+        slot.hasSeq = true
+        slot.lastSeq = seq
+        let fits = step.patch != nil && step.baseGeneration != 0 && slot.generation == step.baseGeneration
+        slot.generation = step.generation
+        if urgent {
+            slot.pending = -1
+            enqueue(fits ? step.patch! : full, slot: nil)
+        } else if slot.pending >= 0 {
+            guard closing == nil else { return }
+            queuedBytes += full.length - queue[slot.pending].message.length
+            queue[slot.pending].message = full
+        } else {
+            enqueue(fits ? step.patch! : full, slot: slot)
         }
     }
 

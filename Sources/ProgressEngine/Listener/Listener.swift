@@ -80,6 +80,10 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
     @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
     @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:]
+    /// Connections that ever subscribed with `delta`; while none is open the fan-out keeps no delta bases.
+    @exclusivity(unchecked) private var deltaConnections = 0
+    /// Per task, the last state sent to delta subscribers: the base of the next merge patch.
+    private let deltas = DeltaBases()
     @exclusivity(unchecked) private var nextConnectionId: UInt64 = 1
     /// Open connections per peer address (kept only with max_connections_per_ip).
     @exclusivity(unchecked) private var connectionsByPeer: [String: Int] = [:]
@@ -156,6 +160,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         CProgress_listener_destroy(c)
         c = nil
         connections.removeAll()
+        deltas.removeAll()
         subscribers.removeAll()
         wildcards.removeAll()
     }
@@ -279,15 +284,35 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     private func send(_ state: TaskSnapshot, taskId: String, urgent: Bool) {
         var snapshot = state
         snapshot.eta = engine.estimate(snapshot, now: etaTime!)
-        let message = WireMessage(Messages.progressUpdate(snapshot))
-        forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
         metrics.fanouts.add(1, ordering: .relaxed)
+        guard deltaConnections > 0 else {
+            // No client asked for deltas: one frame, and no base kept.
+            let message = WireMessage(Messages.progressUpdate(snapshot))
+            forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
+            return
+        }
+        var data = JSONWriter(capacity: 1536)
+        TaskJSON.write(snapshot, to: &data)
+        let full = WireMessage(Messages.progressUpdate(taskId: taskId, seq: snapshot.seq, data: data.bytes))
+        // Built at the first delta subscriber, once for all of them.
+        var step: DeltaStep?
+        forEachSubscriber(of: taskId) { client in
+            guard client.usesDelta, client.wantsDelta(taskId) else {
+                return client.sendProgress(full, task: taskId, seq: snapshot.seq, urgent: urgent)
+            }
+            if step == nil { step = deltas.advance(taskId: taskId, seq: snapshot.seq, data: data.bytes,
+                                                   terminal: snapshot.status.isTerminal, metrics: metrics) }
+            client.sendDelta(full: full, step: step!, task: taskId, seq: snapshot.seq, urgent: urgent)
+        }
+        // No delta subscriber took this state: nobody holds it as a base, so none is kept.
+        if step == nil { deltas.forget(taskId: taskId) }
     }
 
     /// A task is gone: no client keeps its seq (a new task under the same id starts again at a low seq), and
     /// nothing is deferred for it.
     private func forgetExpired(taskId: String) {
         deferred[taskId] = nil
+        deltas.forget(taskId: taskId)
         for client in wildcards.values { client.forgetExpired(task: taskId) }
         if let watching = subscribers[taskId] {
             for client in watching.values { client.forgetExpired(task: taskId) }
@@ -352,6 +377,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     fileprivate func closed(id: UInt64) {
         guard let client = connections.removeValue(forKey: id) else { return }
         client.isOpen = false
+        if client.usesDelta { deltaConnections -= 1 }
         if maxConnectionsPerIP != nil, let n = connectionsByPeer[client.peer] {
             connectionsByPeer[client.peer] = n > 1 ? n - 1 : nil
         }
@@ -373,8 +399,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         return query["token"] == token
     }
 
-    /// Adds subscriptions; all or nothing against the per-connection cap.
-    func subscribe(_ client: ClientConnection, to ids: [String]) throws {
+    /// Adds subscriptions; all or nothing against the per-connection cap. `delta`: the tasks named (or every
+    /// task, for "*") get merge patches rather than full states from now on.
+    func subscribe(_ client: ClientConnection, to ids: [String], delta: Bool = false) throws {
         let new = Set(ids.filter { $0 != "*" }).subtracting(client.subscriptions)
         guard client.subscriptions.count + new.count <= maxSubscriptions else {
             throw ProtocolError(code: "limit", message: "subscribing to \(new.count) more tasks would exceed "
@@ -388,17 +415,24 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             client.wildcard = true
             wildcards[client.id] = client
         }
+        if delta && !client.usesDelta {
+            client.usesDelta = true
+            deltaConnections += 1
+        }
+        client.setDelta(delta, for: ids)
     }
 
     func unsubscribe(_ client: ClientConnection, from ids: [String]) {
         for task in ids {
             if task == "*" {
                 client.wildcard = false
+                client.wildcardDelta = false
                 wildcards[client.id] = nil
                 client.forgetAllButSubscriptions()
                 continue
             }
             client.subscriptions.remove(task)
+            client.deltaIds.remove(task)
             if !client.wildcard { client.forget(task: task) }
             subscribers[task]?[client.id] = nil
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }

@@ -34,6 +34,33 @@ enum Messages {
         return w
     }
 
+    /// A fan-out's full `progress.update` around the TaskProgress bytes written once (`TaskJSON.write`), which
+    /// the listener also keeps as the task's delta base.
+    static func progressUpdate(taskId: String, seq: UInt64, data: [UInt8]) -> JSONWriter {
+        var w = JSONWriter(capacity: data.count + 96)
+        w.beginObject()
+        w.key("type"); w.string("progress.update")
+        w.key("task_id"); w.string(taskId)
+        w.key("seq"); w.integer(seq)
+        w.key("data"); w.raw(data)
+        w.endObject()
+        return w
+    }
+
+    /// A delta subscriber's `progress.update`: an RFC 7386 merge `patch` that turns the TaskProgress of
+    /// `base_seq` (the state this client was sent last) into the one of `seq` (`MergePatch`).
+    static func progressPatch(taskId: String, seq: UInt64, baseSeq: UInt64, patch: [UInt8]) -> JSONWriter {
+        var w = JSONWriter(capacity: patch.count + 112)
+        w.beginObject()
+        w.key("type"); w.string("progress.update")
+        w.key("task_id"); w.string(taskId)
+        w.key("seq"); w.integer(seq)
+        w.key("base_seq"); w.integer(baseSeq)
+        w.key("patch"); w.raw(patch)
+        w.endObject()
+        return w
+    }
+
     static func taskLog(taskId: String, entry: LogEntry) -> JSONWriter {
         var w = JSONWriter()
         w.beginObject()
@@ -213,7 +240,9 @@ enum Messages {
                 resume[id] = UInt64(n)
             }
         }
-        try l.subscribe(client, to: ids)
+        // Delta mode (docs/API.md "Delta updates"): opt-in per subscribe, for the tasks it names.
+        let delta = try reader.bool("delta") ?? false
+        try l.subscribe(client, to: ids, delta: delta)
         client.send(WireMessage(taskIdList(type: "subscribed", ids)))
         let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
         for snapshot in snapshots {

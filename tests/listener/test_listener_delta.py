@@ -1,0 +1,211 @@
+"""Delta updates (docs/API.md "Delta updates"): `subscribe` with `"delta": true` gets RFC 7386 merge patches
+against the last state sent to that client; a client without it gets today's full frames. The reconstruction
+must equal the full TaskProgress at every seq, nulls included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from progress_engine import Stage, StageStatus
+
+TASK = "delta-1"
+STAGES = 5
+CHANGES = 1000
+
+
+def merge_patch(target, patch):
+    """RFC 7386 MergePatch(target, patch), as any client applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def holds_null_member(value) -> bool:
+    """A null object member anywhere outside arrays: RFC 7386 would read it as "remove"."""
+    if not isinstance(value, dict):
+        return False
+    return any(v is None or holds_null_member(v) for v in value.values())
+
+
+class Reconstruction:
+    """A delta client's view of one task: the state it holds and every state it reconstructed, by seq."""
+
+    def __init__(self) -> None:
+        self.state = None
+        self.seq = None
+        self.states = {}
+        self.patches = 0
+        self.fulls = 0
+        self.replayed = 0
+
+    def apply(self, msg: dict) -> None:
+        if "patch" in msg:
+            assert "data" not in msg, msg
+            # Impossible by construction: the server only sends a patch against the state this client holds.
+            assert msg["base_seq"] == self.seq, (msg["base_seq"], self.seq)
+            assert not holds_null_member(msg["patch"]), msg["patch"]
+            self.state = merge_patch(self.state, msg["patch"])
+            self.patches += 1
+        else:
+            self.state = msg["data"]
+            self.fulls += 1
+        self.seq = msg["seq"]
+        assert self.state["seq"] == msg["seq"]
+        if msg.get("replayed"):
+            # A replayed event is the task as of that event (not a live state): a base, but not compared.
+            self.replayed += 1
+            return
+        self.states[msg["seq"]] = json.loads(json.dumps(self.state))
+
+
+def _image(i: int):
+    shade = (i * 37) % 256
+    return (bytes([shade, 255 - shade, 128]) * (16 * 16), 16, 16, 3)
+
+
+def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path):
+    previews = tmp_path / "previews"
+    previews.mkdir()
+    t = wire.open(throttle_ms=0, preview_dir=str(previews), preview_every_steps=25)
+    t.register_template_stages_sync("five", [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(STAGES)])
+    t.create_task_progress_sync(TASK, "five", metadata={"prompt": "a cat", "seed": 7, "none": None})
+
+    full_states = {}
+    delta = Reconstruction()
+    full_seen = []
+
+    async def read_full(ws, done: asyncio.Event):
+        while True:
+            msg = await wire.recv(ws, 20)
+            if msg["type"] == "progress.update":
+                assert "patch" not in msg and "base_seq" not in msg, msg
+                full_states[msg["seq"]] = msg["data"]
+                full_seen.append(msg["seq"])
+                if msg["data"]["status"] == "completed":
+                    done.set()
+                    return
+
+    async def read_delta(ws, done: asyncio.Event, stop_at_seq=None):
+        while True:
+            msg = await wire.recv(ws, 20)
+            if msg["type"] != "progress.update":
+                continue
+            delta.apply(msg)
+            if delta.state["status"] == "completed":
+                done.set()
+                return
+            if stop_at_seq is not None and msg["seq"] >= stop_at_seq and not msg.get("replayed"):
+                return
+
+    async def change(i: int, total: int):
+        stage = min(i * STAGES // total, STAGES - 1)
+        if i % (total // STAGES) == 0:
+            t.update_stage_sync(TASK, stage, StageStatus.IN_PROGRESS, 0.0, f"stage {stage} begins")
+        elif i % 7 == 0:
+            t.log_sync(TASK, "info", f"log line {i}")
+            t.update_progress_sync(TASK, i % 200, 200, None)
+        elif i % 11 == 0:
+            # Resource figures come and go: a figure that turns null cannot be a merge patch (full state).
+            gpu = None if i % 22 == 0 else float(i % 100)
+            t.send_event_sync(TASK, "resources", {"cpu_percent": float(i % 90), "memory_mb": 1000.0 + i,
+                                                  "gpu_percent": gpu, "gpu_memory_mb": gpu})
+        elif i % 25 == 0:
+            t.update_progress_sync(TASK, i % 200, 200, f"step {i} with preview")
+            t.update_preview_sync(TASK, _image(i))
+        else:
+            t.update_progress_sync(TASK, (i * 3) % 200 + 1, 200, f"step {i}")
+        await asyncio.sleep(0.001 if i % 10 else 0.01)
+
+    async def scenario():
+        async with wire.connect(t, "full") as full_ws, wire.connect(t, "delta") as delta_ws:
+            await wire.established(full_ws)
+            await wire.established(delta_ws)
+            await wire.request(full_ws, {"type": "subscribe", "task_ids": [TASK]}, "subscribed")
+            await wire.request(delta_ws, {"type": "subscribe", "task_ids": [TASK], "delta": True}, "subscribed")
+            full_done = asyncio.Event()
+            delta_done = asyncio.Event()
+            full_reader = asyncio.create_task(read_full(full_ws, full_done))
+            delta_reader = asyncio.create_task(read_delta(delta_ws, delta_done, stop_at_seq=None))
+            half = CHANGES // 2
+            for i in range(half):
+                await change(i, CHANGES)
+            # The delta client goes away mid-run and comes back with resume: replayed events, then the current
+            # state in full (its base), then patches again.
+            await asyncio.sleep(0.2)
+            delta_reader.cancel()
+            await asyncio.gather(delta_reader, return_exceptions=True)
+            last = delta.seq
+            await delta_ws.close()
+            for i in range(half, half + 40):
+                await change(i, CHANGES)
+            # A cancel request, answered only by the completion at the end: cancel_reason turns null then.
+            r = wire.http(t, f"{wire.API}/tasks/{TASK}/cancel", "POST", {"Content-Type": "application/json"},
+                          b'{"reason": "enough"}')
+            assert r.status == 202, r
+            async with wire.connect(t, "delta") as again:
+                await wire.established(again)
+                await wire.request(again, {"type": "subscribe", "task_ids": [TASK], "delta": True,
+                                           "resume": {TASK: last}}, "subscribed")
+                delta_reader = asyncio.create_task(read_delta(again, delta_done))
+                for i in range(half + 40, CHANGES):
+                    await change(i, CHANGES)
+                t.complete_task_sync(TASK)
+                await asyncio.wait_for(asyncio.gather(full_done.wait(), delta_done.wait()), 20)
+                await delta_reader
+            await full_reader
+
+    wire.run(scenario(), timeout=120)
+
+    common = sorted(set(full_states) & set(delta.states))
+    # Every live state the delta client reconstructed is one the full client got at the same seq, equal to it.
+    assert len(common) >= 0.9 * len(delta.states), (len(common), len(delta.states))
+    for seq in common:
+        assert delta.states[seq] == full_states[seq], (seq, delta.states[seq], full_states[seq])
+    final = max(common)
+    assert delta.states[final]["status"] == "completed" and delta.states[final]["cancel_reason"] is None
+    # Nulls kept as keys: the reconstruction has every key of TaskProgress, null ones included.
+    assert delta.states[final]["metadata"] == {"prompt": "a cat", "seed": 7, "none": None}
+    assert any(s["resource_usage"]["gpu_percent"] is None for s in delta.states.values())
+    assert any(s["preview_url"] for s in delta.states.values())
+    assert delta.replayed > 0
+    assert len(set(s["current_stage"] for s in delta.states.values())) == STAGES
+    assert delta.patches > 0.7 * len(delta.states), (delta.patches, delta.fulls, len(delta.states))
+    print(f"delta: {len(delta.states)} live states, {delta.patches} patches, {delta.fulls} full, "
+          f"{delta.replayed} replayed; {len(common)} compared")
+    assert len(common) > 600, len(common)
+
+
+def test_without_delta_frames_are_unchanged_and_delta_must_be_boolean(wire):
+    t = wire.open(throttle_ms=0)
+    t.create_task_progress_sync("plain", "sdxl", "image_generation")
+
+    async def scenario():
+        async with wire.connect(t, "a") as plain, wire.connect(t, "b") as other:
+            await wire.established(plain)
+            await wire.established(other)
+            err = await wire.request(other, {"type": "subscribe", "task_ids": ["plain"], "delta": "yes"}, "subscribed")
+            assert err["type"] == "error" and err["code"] == "invalid_message" and "delta" in err["message"], err
+            await wire.request(other, {"type": "subscribe", "task_ids": ["plain"], "delta": True}, "subscribed")
+            await wire.request(plain, {"type": "subscribe", "task_ids": ["plain"], "delta": False}, "subscribed")
+            for i in range(1, 6):
+                t.update_progress_sync("plain", i, 10, f"step {i}")
+                await asyncio.sleep(0.02)
+            got, patched = [], []
+            await wire.recv_until(plain, lambda m: m["type"] == "progress.update" and m["data"]["stages"]
+                                  [str(m["data"]["current_stage"])]["message"] == "step 5", 5, got)
+            await wire.recv_until(other, lambda m: m["type"] == "progress.update" and m["seq"] == got[-1]["seq"], 5,
+                                  patched)
+            assert all("data" in m and "patch" not in m for m in got if m["type"] == "progress.update")
+            assert any("patch" in m for m in patched), patched
+            # The subscribe's own state is always full.
+            first = next(m for m in patched if m["type"] == "progress.update")
+            assert "data" in first
+
+    wire.run(scenario())
