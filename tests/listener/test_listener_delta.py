@@ -209,3 +209,82 @@ def test_without_delta_frames_are_unchanged_and_delta_must_be_boolean(wire):
             assert "data" in first
 
     wire.run(scenario())
+
+
+def _read_frame(sock) -> tuple:
+    """(first byte, payload) of the next server frame (unmasked, whole)."""
+    def exact(n):
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, "connection closed"
+            out += chunk
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    return b0, exact(n)
+
+
+def test_permessage_deflate_frames_are_compressed_once_and_decode(wire):
+    import socket
+    import zlib
+
+    t = wire.open(throttle_ms=0, ws_deflate=True)
+    t.create_task_progress_sync("z", "sdxl", "image_generation")
+
+    # A raw client: the server's frames carry RSV1 and inflate (raw deflate + 00 00 ff ff) to the JSON.
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+    s.sendall(b"GET /api/v1/progress/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 101 " in head and b"permessage-deflate" in head.lower(), head
+    inflater = zlib.decompressobj(-15)
+
+    def message():
+        b0, payload = _read_frame(s)
+        if b0 & 0x40:
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return b0, json.loads(payload)
+
+    assert message()[1]["type"] == "connection.established"
+    sub = json.dumps({"type": "subscribe", "task_ids": ["z"]}).encode()
+    s.sendall(bytes([0x81, 0x80 | len(sub), 0, 0, 0, 0]) + sub)
+    seen = [message() for _ in range(2)]
+    assert seen[0][1]["type"] == "subscribed"
+    b0, state = seen[1]
+    assert state["type"] == "progress.update" and state["data"]["task_id"] == "z"
+    assert b0 & 0x40, "the full state went uncompressed"
+    s.close()
+
+    # The websockets library negotiates it too and reads the same stream, delta included.
+    async def scenario():
+        async with wire.connect(t, "pmd", compression="deflate") as ws:
+            assert ws.protocol.extensions, "permessage-deflate was not negotiated"
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["z"], "delta": True}, "subscribed")
+            for i in range(1, 4):
+                t.update_progress_sync("z", i, 10, f"step {i}")
+                await asyncio.sleep(0.02)
+            rec = Reconstruction()
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and (rec.apply(m) or rec.state[
+                "stages"][str(rec.state["current_stage"])]["message"] == "step 3"), 5)
+            assert rec.state == t.get_task_progress_sync("z") | {"eta": rec.state["eta"],
+                                                                  "eta_seconds": rec.state["eta_seconds"],
+                                                                  "eta_confidence": rec.state["eta_confidence"]}
+
+    wire.run(scenario())
+
+
+def test_ws_deflate_must_be_boolean(wire):
+    import pytest
+    from progress_engine import ProgressError
+
+    with pytest.raises(ProgressError, match="ws_deflate"):
+        wire.open(ws_deflate="yes")

@@ -11,22 +11,16 @@ final class WireMessage {
     /// Bytes of the payload (the JSON text).
     let length: Int
 
+    /// The permessage-deflate frame (RSV1 set), made on the first write to a client that negotiated it; nil
+    /// until then, and `frame` itself when compression would not make it smaller.
+    @exclusivity(unchecked) private var deflatedFrame: UnsafeMutablePointer<UInt8>?
+    @exclusivity(unchecked) private var deflatedFrameLength = 0
+
     init(_ bytes: [UInt8]) {
         let header = WireMessage.headerLength(bytes.count)
         let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: header + bytes.count)
-        // RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits; no mask (server).
-        storage[0] = 0x81
-        switch header {
-        case 2:
-            storage[1] = UInt8(bytes.count)
-        case 4:
-            storage[1] = 126
-            storage[2] = UInt8(truncatingIfNeeded: bytes.count >> 8)
-            storage[3] = UInt8(truncatingIfNeeded: bytes.count)
-        default:
-            storage[1] = 127
-            for i in 0..<8 { storage[2 + i] = UInt8(truncatingIfNeeded: UInt64(bytes.count) >> (56 - 8 * UInt64(i))) }
-        }
+        // RFC 6455 §5.2: FIN + text opcode, then the payload length; no mask (server).
+        WireMessage.writeHeader(storage, first: 0x81, payload: bytes.count)
         bytes.withUnsafeBufferPointer { src in
             if let base = src.baseAddress { (storage + header).update(from: base, count: bytes.count) }
         }
@@ -35,11 +29,56 @@ final class WireMessage {
         length = bytes.count
     }
 
+    /// The frame as a client with permessage-deflate gets it: compressed once, shared by all such clients.
+    func deflated(with deflater: OpaquePointer?) -> (UnsafeMutablePointer<UInt8>, Int) {
+        if let deflatedFrame { return (deflatedFrame, deflatedFrameLength) }
+        let header = frameLength - length
+        guard length > 32 else {
+            deflatedFrame = frame
+            deflatedFrameLength = frameLength
+            return (frame, frameLength)
+        }
+        // Deflate output of incompressible input is a few bytes longer; such a frame is sent as it is.
+        let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: frameLength)
+        let packed = CProgress_deflate_message(deflater, frame + header, length, storage + 10, frameLength - 10)
+        guard packed >= 0, WireMessage.headerLength(Int(packed)) + Int(packed) < frameLength else {
+            storage.deallocate()
+            deflatedFrame = frame
+            deflatedFrameLength = frameLength
+            return (frame, frameLength)
+        }
+        let n = Int(packed)
+        let newHeader = WireMessage.headerLength(n)
+        // FIN + RSV1 ("compressed", RFC 7692 §6) + text opcode; the payload moves up behind the shorter header.
+        WireMessage.writeHeader(storage, first: 0xC1, payload: n)
+        if newHeader != 10 { (storage + newHeader).update(from: storage + 10, count: n) }
+        deflatedFrame = storage
+        deflatedFrameLength = newHeader + n
+        return (storage, newHeader + n)
+    }
+
+    /// Writes the frame header: `first` (FIN, RSV bits, opcode), then the payload length in 7, 7+16 or 7+64 bits.
+    private static func writeHeader(_ storage: UnsafeMutablePointer<UInt8>, first: UInt8, payload: Int) {
+        storage[0] = first
+        switch headerLength(payload) {
+        case 2:
+            storage[1] = UInt8(payload)
+        case 4:
+            storage[1] = 126
+            storage[2] = UInt8(truncatingIfNeeded: payload >> 8)
+            storage[3] = UInt8(truncatingIfNeeded: payload)
+        default:
+            storage[1] = 127
+            for i in 0..<8 { storage[2 + i] = UInt8(truncatingIfNeeded: UInt64(payload) >> (56 - 8 * UInt64(i))) }
+        }
+    }
+
     convenience init(_ writer: JSONWriter) {
         self.init(writer.bytes)
     }
 
     deinit {
+        if let deflatedFrame, deflatedFrame != frame { deflatedFrame.deallocate() }
         frame.deallocate()
     }
 
@@ -55,13 +94,19 @@ final class WriteBatch {
     @exclusivity(unchecked) private(set) var buffer: UnsafeMutablePointer<UInt8>
     @exclusivity(unchecked) private(set) var capacity: Int
     let pre = CProgress_ws_pre()
+    /// Compresses frames for clients with permessage-deflate (only with ws_deflate).
+    let deflater: OpaquePointer?
 
-    init() {
+    init(deflate: Bool) {
         capacity = WriteBatch.preferredBytes
         buffer = .allocate(capacity: pre + capacity)
+        deflater = deflate ? CProgress_deflater_create(6) : nil
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        buffer.deallocate()
+        CProgress_deflater_destroy(deflater)
+    }
 
     /// Makes room for `bytes` (one frame larger than the preferred size gets a buffer of its own size).
     func reserve(_ bytes: Int) {
@@ -108,6 +153,8 @@ final class ClientConnection {
     let clientId: String
     let peer: String
     @exclusivity(unchecked) var subscriptions: Set<String> = []
+    /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
+    @exclusivity(unchecked) var deflate = false
     @exclusivity(unchecked) var wildcard = false
     /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
     @exclusivity(unchecked) var usesDelta = false
@@ -304,10 +351,11 @@ final class ClientConnection {
         var count = 0
         while head < queue.count {
             let message = queue[head].message
-            if used > 0 && used + message.frameLength > batch.capacity { break }
-            if used == 0 { batch.reserve(message.frameLength) }
-            (batch.start + used).update(from: message.frame, count: message.frameLength)
-            used += message.frameLength
+            let (frame, frameLength) = deflate ? message.deflated(with: batch.deflater) : (message.frame, message.frameLength)
+            if used > 0 && used + frameLength > batch.capacity { break }
+            if used == 0 { batch.reserve(frameLength) }
+            (batch.start + used).update(from: frame, count: frameLength)
+            used += frameLength
             count += 1
             if let slot = queue[head].slot, slot.pending == head { slot.pending = -1 }
             queuedBytes -= message.length

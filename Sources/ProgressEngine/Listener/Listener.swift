@@ -76,7 +76,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) var connections: [UInt64: ClientConnection] = [:]
     /// Clients with something queued since the last flush, written at the end of the round.
     private let flushList = FlushList()
-    private let batch = WriteBatch()
+    private let batch: WriteBatch
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
     @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
     @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:]
@@ -103,6 +103,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         maxConnectionsPerIP = engine.config.maxConnectionsPerIP
         origins = OriginPolicy(allowed: engine.config.allowedOrigins)
         authToken = engine.config.authToken
+        batch = WriteBatch(deflate: engine.config.wsDeflate)
 
         FileLimit.raise(toHold: maxConnections)
         var config = CProgress_listener_config()
@@ -110,6 +111,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         config.max_message_bytes = engine.config.maxMessageBytes
         config.max_body_bytes = Routes.maxBodyBytes
         config.header_timeout_secs = 10
+        config.deflate = engine.config.wsDeflate ? 1 : 0
         config.callbacks = Listener.callbacks
         // Unretained: the listener outlives the C context, which `stop()` destroys.
         config.callbacks.ctx = Unmanaged.passUnretained(self).toOpaque()
@@ -347,6 +349,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         nextConnectionId += 1
         let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
         let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer, flushList: flushList)
+        client.deflate = engine.config.wsDeflate && CProgress_ws_deflate_negotiated(wsi) != 0
         connections[id] = client
         metrics.connectionsOpened.add(1, ordering: .relaxed)
         var fromPeer = 0
