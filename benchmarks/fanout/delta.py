@@ -66,6 +66,12 @@ def cell(mode, flags, deflate, n, seconds):
     return out
 
 
+def median_run(cells):
+    """The run whose CPU per delivery is the median of the cell's runs."""
+    ordered = sorted(cells, key=lambda r: r["fixed"]["cpu_us_per_delivery"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def table(results):
     head = ("| mode            | N     | bytes/deliv | % of full | CPU-us/deliv | vs full CPU | deliv/s | p50 ms | p99 ms "
             "| idle KiB/conn | subscribed KiB/conn |")
@@ -105,6 +111,8 @@ def main():
     ap.add_argument("--n", default="100,1000")
     ap.add_argument("--fixed-seconds", type=float, default=5)
     ap.add_argument("--quiet-wait", type=float, default=10)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of every mode, interleaved; the table shows each cell's median by CPU per delivery")
     ap.add_argument("--json")
     args = ap.parse_args()
     os.chdir(HERE)
@@ -113,21 +121,33 @@ def main():
     try:
         with tempfile.TemporaryDirectory():
             for n in [int(x) for x in args.n.split(",")]:
-                for mode, flags, deflate in MODES:
-                    fan.wait_quiet(args.quiet_wait)
-                    fan.log(f"{mode} N={n} ...")
-                    results.append(cell(mode, flags, deflate, n, args.fixed_seconds))
+                for round_ in range(args.rounds):
+                    for mode, flags, deflate in MODES:
+                        fan.wait_quiet(args.quiet_wait)
+                        fan.log(f"{mode} N={n} round {round_ + 1}/{args.rounds} ...")
+                        results.append(cell(mode, flags, deflate, n, args.fixed_seconds))
     finally:
         fan.Proc.stop_all()
+    runs = results
+    results = [median_run([r for r in runs if r["n"] == n and r["mode"] == mode])
+               for n in dict.fromkeys(r["n"] for r in runs) for mode, _, _ in MODES]
     print(f"Delta updates and permessage-deflate: M={fan.TASKS} tasks, fixed load {fan.FIXED_DELIVERIES:,} "
           f"deliveries/s for {args.fixed_seconds:.0f} s (throttle_ms 100, resource sampler off), the same runner "
-          f"stream in every row; {time.monotonic() - t0:.0f} s in all.\n")
+          f"stream in every row; {args.rounds} interleaved runs per row, the median (by CPU per delivery) shown; "
+          f"{time.monotonic() - t0:.0f} s in all.\n")
     print(table(results))
     print()
     print("Centrifugo's table (share of full JSON): full 100%, " +
           ", ".join(f"{name} {v}%" for name, v in CENTRIFUGO))
     print()
     print(verdicts(results))
+    print()
+    print("Every run (CPU-us/deliv, other load in cores):")
+    for n in dict.fromkeys(r["n"] for r in runs):
+        for mode, _, _ in MODES:
+            cells = [r["fixed"] for r in runs if r["n"] == n and r["mode"] == mode]
+            print(f"  {mode} N={n}: " + ", ".join(f"{c['cpu_us_per_delivery']:.2f} ({c['other_load_cores']:.2f})"
+                                                  for c in cells))
     print()
     for r in results:
         f = r["fixed"]
@@ -137,7 +157,7 @@ def main():
               f"other load {f['other_load_cores']:.2f} cores")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump(runs, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,20 @@ enum MergePatch {
     /// The merge patch that turns `old` into `new` (both JSON objects), or nil when none expresses the change
     /// exactly (see above) or either document is not a well-formed object.
     static func diff(from old: [UInt8], to new: [UInt8]) -> [UInt8]? {
+        diff(from: old[...], to: new[...])
+    }
+
+    /// The same for documents inside larger buffers (the TaskProgress inside a `progress.update` message).
+    static func diff(from old: ArraySlice<UInt8>, to new: ArraySlice<UInt8>) -> [UInt8]? {
         old.withUnsafeBufferPointer { o in
             new.withUnsafeBufferPointer { n in
+                // Both must be one object and nothing after it: `members` checks each object it reads ends
+                // where its range does, and the ranges here are the whole documents.
+                guard o.first == UInt8(ascii: "{"), n.first == UInt8(ascii: "{") else { return nil }
                 var out: [UInt8] = []
                 out.reserveCapacity(256)
                 var scanner = Scanner(old: o, new: n)
-                guard let oEnd = Scanner.skipValue(o, 0), oEnd == o.count,
-                      let nEnd = Scanner.skipValue(n, 0), nEnd == n.count,
-                      o.first == UInt8(ascii: "{"), n.first == UInt8(ascii: "{"),
-                      scanner.diffObject(old: 0..<o.count, new: 0..<n.count, into: &out) else { return nil }
+                guard scanner.diffObject(old: 0..<o.count, new: 0..<n.count, into: &out) else { return nil }
                 return out
             }
         }
@@ -122,11 +127,13 @@ enum MergePatch {
             return false
         }
 
-        /// The members of the object at `r` (key ranges include their quotes), nil if it is malformed.
+        /// The members of the object at `r` (key ranges include their quotes), nil if it is malformed or does
+        /// not end exactly at the end of `r`.
         static func members(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> [Member]? {
             var out: [Member] = []
+            out.reserveCapacity(16)
             var i = skipSpace(b, r.lowerBound + 1)
-            if i < r.upperBound && b[i] == UInt8(ascii: "}") { return out }
+            if i < r.upperBound && b[i] == UInt8(ascii: "}") { return i == r.upperBound - 1 ? out : nil }
             while i < r.upperBound {
                 guard b[i] == UInt8(ascii: "\""), let keyEnd = skipString(b, i) else { return nil }
                 var j = skipSpace(b, keyEnd)
@@ -136,7 +143,7 @@ enum MergePatch {
                 out.append(Member(key: i..<keyEnd, value: j..<valueEnd))
                 i = skipSpace(b, valueEnd)
                 guard i < r.upperBound else { return nil }
-                if b[i] == UInt8(ascii: "}") { return out }
+                if b[i] == UInt8(ascii: "}") { return i == r.upperBound - 1 ? out : nil }
                 guard b[i] == UInt8(ascii: ",") else { return nil }
                 i = skipSpace(b, i + 1)
             }

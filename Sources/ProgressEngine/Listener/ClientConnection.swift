@@ -51,6 +51,9 @@ final class TaskSlot {
     /// Delta mode: the `DeltaStep.generation` of the last state queued for the client, which a patch must
     /// start from; 0 when that state was no fan-out's (subscribe, replay) or the client has none.
     @exclusivity(unchecked) var generation: UInt64 = 0
+    /// `ClientConnection.wantsDelta` for this task, valid while `deltaEpoch` is the client's.
+    @exclusivity(unchecked) var delta = false
+    @exclusivity(unchecked) var deltaEpoch: UInt32 = 0
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
@@ -67,15 +70,17 @@ final class ClientConnection {
     let wsi: UnsafeMutableRawPointer
     let clientId: String
     let peer: String
-    @exclusivity(unchecked) var subscriptions: Set<String> = []
+    @exclusivity(unchecked) var subscriptions: Set<String> = [] { didSet { deltaEpoch &+= 1 } }
     /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
     @exclusivity(unchecked) var deflate = false
     @exclusivity(unchecked) var wildcard = false
     /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
     @exclusivity(unchecked) var usesDelta = false
     /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
-    @exclusivity(unchecked) var deltaIds: Set<String> = []
-    @exclusivity(unchecked) var wildcardDelta = false
+    @exclusivity(unchecked) var deltaIds: Set<String> = [] { didSet { deltaEpoch &+= 1 } }
+    @exclusivity(unchecked) var wildcardDelta = false { didSet { deltaEpoch &+= 1 } }
+    /// Moves whenever what `wantsDelta` answers may change, so each task's slot recomputes it (once).
+    @exclusivity(unchecked) private var deltaEpoch: UInt32 = 1
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -125,7 +130,10 @@ final class ClientConnection {
     /// replayed event) is queued after everything before it, and no later update may overtake it by
     /// replacing an older entry, so the task's seq only increases on the wire.
     func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
-        let slot = self.slot(task)
+        sendProgress(message, slot: slot(task), seq: seq, urgent: urgent)
+    }
+
+    private func sendProgress(_ message: WireMessage, slot: TaskSlot, seq: UInt64, urgent: Bool) {
         // A full state outside the delta path: the next fan-out's patch does not start from it.
         slot.generation = 0
         if slot.hasSeq && seq <= slot.lastSeq { return }
@@ -161,12 +169,27 @@ final class ClientConnection {
         }
     }
 
+    /// A fan-out's state for a client that subscribed something with `delta`: as `sendDelta` when the task
+    /// is a delta subscription (`step` builds the shared patch, at most once per fan-out), else as
+    /// `sendProgress`. One slot lookup; the task's choice is cached in its slot.
+    func sendFanout(_ full: WireMessage, task: String, seq: UInt64, urgent: Bool, step: () -> DeltaStep) {
+        let slot = self.slot(task)
+        if slot.deltaEpoch != deltaEpoch {
+            slot.delta = wantsDelta(task)
+            slot.deltaEpoch = deltaEpoch
+        }
+        if slot.delta {
+            sendDelta(full: full, step: step(), slot: slot, seq: seq, urgent: urgent)
+        } else {
+            sendProgress(full, slot: slot, seq: seq, urgent: urgent)
+        }
+    }
+
     /// A fan-out's state for a delta subscriber: the shared patch when the client holds exactly its base,
     /// else the full state (which becomes the client's base). Same ordering rules as `sendProgress`; a
     /// non-urgent state that replaces an unsent one is always the full state, since the client never gets the
     /// replaced state the patch would start from.
-    func sendDelta(full: WireMessage, step: DeltaStep, task: String, seq: UInt64, urgent: Bool) {
-        let slot = self.slot(task)
+    private func sendDelta(full: WireMessage, step: DeltaStep, slot: TaskSlot, seq: UInt64, urgent: Bool) {
         if slot.hasSeq && seq <= slot.lastSeq { return }
         slot.hasSeq = true
         slot.lastSeq = seq

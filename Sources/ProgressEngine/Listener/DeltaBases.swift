@@ -19,20 +19,25 @@ final class DeltaBases {
     private struct Base {
         let seq: UInt64
         let generation: UInt64
-        let data: [UInt8]
+        /// The `progress.update` message it went out in, and where its TaskProgress lies in it.
+        let message: [UInt8]
+        let data: Range<Int>
     }
 
     @exclusivity(unchecked) private var bases: [String: Base] = [:]
     @exclusivity(unchecked) private var nextGeneration: UInt64 = 1
 
-    /// Makes `data` (the TaskProgress of `seq`) the task's base and answers the patch from the previous base.
-    func advance(taskId: String, seq: UInt64, data: [UInt8], terminal: Bool, metrics: ListenerMetrics) -> DeltaStep {
+    /// Makes the TaskProgress of `seq` (`message[data]`) the task's base and answers the patch from the previous
+    /// base.
+    func advance(taskId: String, seq: UInt64, message: [UInt8], data: Range<Int>, terminal: Bool,
+                 metrics: ListenerMetrics) -> DeltaStep {
         let old = bases[taskId]
         let generation = nextGeneration
         nextGeneration += 1
         // A terminal state is the task's last: nothing will be diffed against it.
-        bases[taskId] = terminal ? nil : Base(seq: seq, generation: generation, data: data)
-        guard let old, old.seq < seq, let patch = MergePatch.diff(from: old.data, to: data), patch.count < data.count else {
+        bases[taskId] = terminal ? nil : Base(seq: seq, generation: generation, message: message, data: data)
+        guard let old, old.seq < seq, let patch = MergePatch.diff(from: old.message[old.data], to: message[data]),
+              patch.count < data.count else {
             metrics.deltaFullStates.add(1, ordering: .relaxed)
             return DeltaStep(patch: nil, baseGeneration: 0, generation: generation)
         }

@@ -264,18 +264,21 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
             return
         }
-        var data = JSONWriter(capacity: 1536)
-        TaskJSON.write(snapshot, to: &data)
-        let full = WireMessage(Messages.progressUpdate(taskId: taskId, seq: snapshot.seq, data: data.bytes))
+        let (writer, data) = Messages.progressUpdateAndData(snapshot)
+        let full = WireMessage(writer)
         // Built at the first delta subscriber, once for all of them.
         var step: DeltaStep?
+        let seq = snapshot.seq
+        let terminal = snapshot.status.isTerminal
         forEachSubscriber(of: taskId) { client in
-            guard client.usesDelta, client.wantsDelta(taskId) else {
-                return client.sendProgress(full, task: taskId, seq: snapshot.seq, urgent: urgent)
+            guard client.usesDelta else { return client.sendProgress(full, task: taskId, seq: seq, urgent: urgent) }
+            client.sendFanout(full, task: taskId, seq: seq, urgent: urgent) {
+                if let step { return step }
+                let made = deltas.advance(taskId: taskId, seq: seq, message: writer.bytes, data: data, terminal: terminal,
+                                          metrics: metrics)
+                step = made
+                return made
             }
-            if step == nil { step = deltas.advance(taskId: taskId, seq: snapshot.seq, data: data.bytes,
-                                                   terminal: snapshot.status.isTerminal, metrics: metrics) }
-            client.sendDelta(full: full, step: step!, task: taskId, seq: snapshot.seq, urgent: urgent)
         }
         // No delta subscriber took this state: nobody holds it as a base, so none is kept.
         if step == nil { deltas.forget(taskId: taskId) }

@@ -34,17 +34,20 @@ enum Messages {
         return w
     }
 
-    /// A fan-out's full `progress.update` around the TaskProgress bytes written once (`TaskJSON.write`), which
-    /// the listener also keeps as the task's delta base.
-    static func progressUpdate(taskId: String, seq: UInt64, data: [UInt8]) -> JSONWriter {
-        var w = JSONWriter(capacity: data.count + 96)
+    /// A fan-out's `progress.update` (as `progressUpdate(_:)` writes it) and where its TaskProgress lies in it,
+    /// which the listener keeps as the task's delta base.
+    static func progressUpdateAndData(_ s: TaskSnapshot) -> (JSONWriter, Range<Int>) {
+        var w = JSONWriter(capacity: 1536)
         w.beginObject()
         w.key("type"); w.string("progress.update")
-        w.key("task_id"); w.string(taskId)
-        w.key("seq"); w.integer(seq)
-        w.key("data"); w.raw(data)
+        w.key("task_id"); w.string(s.id)
+        w.key("seq"); w.integer(s.seq)
+        w.key("data")
+        let start = w.bytes.count
+        TaskJSON.write(s, to: &w)
+        let end = w.bytes.count
         w.endObject()
-        return w
+        return (w, start..<end)
     }
 
     /// A delta subscriber's `progress.update`: an RFC 7386 merge `patch` that turns the TaskProgress of
