@@ -43,17 +43,18 @@ final class FlushList {
 
 /// What one client knows of one task: the newest seq queued for it, and where its unsent replaceable
 /// update sits in the client's queue. One dictionary lookup per delivery finds it.
+/// Its fields fit the 48-byte allocation the slot had before delta mode (one per client and task).
 final class TaskSlot {
     @exclusivity(unchecked) var lastSeq: UInt64 = 0
-    @exclusivity(unchecked) var hasSeq = false
-    /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none.
-    @exclusivity(unchecked) var pending = -1
     /// Delta mode: the `DeltaStep.generation` of the last state queued for the client, which a patch must
     /// start from; 0 when that state was no fan-out's (subscribe, replay) or the client has none.
     @exclusivity(unchecked) var generation: UInt64 = 0
-    /// `ClientConnection.wantsDelta` for this task, valid while `deltaEpoch` is the client's.
-    @exclusivity(unchecked) var delta = false
-    @exclusivity(unchecked) var deltaEpoch: UInt32 = 0
+    /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none (a queue
+    /// holds at most `Listener.slowClientMaxMessages` plus what was sent since its last compaction).
+    @exclusivity(unchecked) var pending: Int32 = -1
+    @exclusivity(unchecked) var hasSeq = false
+    /// `ClientConnection.wantsDelta` for this task: 0 not known yet, 1 no, 2 yes.
+    @exclusivity(unchecked) var deltaMode: UInt8 = 0
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
@@ -70,17 +71,15 @@ final class ClientConnection {
     let wsi: UnsafeMutableRawPointer
     let clientId: String
     let peer: String
-    @exclusivity(unchecked) var subscriptions: Set<String> = [] { didSet { deltaEpoch &+= 1 } }
+    @exclusivity(unchecked) var subscriptions: Set<String> = []
     /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
     @exclusivity(unchecked) var deflate = false
     @exclusivity(unchecked) var wildcard = false
     /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
     @exclusivity(unchecked) var usesDelta = false
     /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
-    @exclusivity(unchecked) var deltaIds: Set<String> = [] { didSet { deltaEpoch &+= 1 } }
-    @exclusivity(unchecked) var wildcardDelta = false { didSet { deltaEpoch &+= 1 } }
-    /// Moves whenever what `wantsDelta` answers may change, so each task's slot recomputes it (once).
-    @exclusivity(unchecked) private var deltaEpoch: UInt32 = 1
+    @exclusivity(unchecked) var deltaIds: Set<String> = []
+    @exclusivity(unchecked) var wildcardDelta = false
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -115,7 +114,7 @@ final class ClientConnection {
 
     private func enqueue(_ message: WireMessage, slot: TaskSlot?) {
         guard closing == nil else { return }
-        if let slot { slot.pending = queue.count }
+        if let slot { slot.pending = Int32(queue.count) }
         queue.append(Outgoing(message: message, slot: slot))
         queuedBytes += message.length
         if !scheduled {
@@ -144,8 +143,8 @@ final class ClientConnection {
             enqueue(message, slot: nil)
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
-            queuedBytes += message.length - queue[slot.pending].message.length
-            queue[slot.pending].message = message
+            queuedBytes += message.length - queue[Int(slot.pending)].message.length
+            queue[Int(slot.pending)].message = message
         } else {
             enqueue(message, slot: slot)
         }
@@ -154,6 +153,12 @@ final class ClientConnection {
     /// Whether the task's updates go out as merge patches: its subscription by id decides, else "*"'s.
     func wantsDelta(_ task: String) -> Bool {
         subscriptions.contains(task) ? deltaIds.contains(task) : wildcardDelta
+    }
+
+    /// After a subscribe or unsubscribe of a client that uses delta: what `wantsDelta` answers may have changed,
+    /// so each slot asks again at its next fan-out. Once per message, over the client's slots.
+    func forgetDeltaModes() {
+        for slot in slots.values { slot.deltaMode = 0 }
     }
 
     /// Records the delta choice of a subscribe for the tasks it names.
@@ -174,11 +179,8 @@ final class ClientConnection {
     /// `sendProgress`. One slot lookup; the task's choice is cached in its slot.
     func sendFanout(_ full: WireMessage, task: String, seq: UInt64, urgent: Bool, step: () -> DeltaStep) {
         let slot = self.slot(task)
-        if slot.deltaEpoch != deltaEpoch {
-            slot.delta = wantsDelta(task)
-            slot.deltaEpoch = deltaEpoch
-        }
-        if slot.delta {
+        if slot.deltaMode == 0 { slot.deltaMode = wantsDelta(task) ? 2 : 1 }
+        if slot.deltaMode == 2 {
             sendDelta(full: full, step: step(), slot: slot, seq: seq, urgent: urgent)
         } else {
             sendProgress(full, slot: slot, seq: seq, urgent: urgent)
@@ -200,8 +202,8 @@ final class ClientConnection {
             enqueue(fits ? step.patch! : full, slot: nil)
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
-            queuedBytes += full.length - queue[slot.pending].message.length
-            queue[slot.pending].message = full
+            queuedBytes += full.length - queue[Int(slot.pending)].message.length
+            queue[Int(slot.pending)].message = full
         } else {
             enqueue(fits ? step.patch! : full, slot: slot)
         }
@@ -295,7 +297,7 @@ final class ClientConnection {
             (batch.start + used).update(from: frame, count: frameLength)
             used += frameLength
             count += 1
-            if let slot = queue[head].slot, slot.pending == head { slot.pending = -1 }
+            if let slot = queue[head].slot, Int(slot.pending) == head { slot.pending = -1 }
             queuedBytes -= message.length
             head += 1
         }
@@ -313,7 +315,7 @@ final class ClientConnection {
     /// Drops the sent prefix of the queue and renumbers the replaceable entries.
     private func compact() {
         for i in head..<queue.count {
-            if let slot = queue[i].slot, slot.pending == i { slot.pending = i - head }
+            if let slot = queue[i].slot, Int(slot.pending) == i { slot.pending = Int32(i - head) }
         }
         queue.removeFirst(head)
         head = 0

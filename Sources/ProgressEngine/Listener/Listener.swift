@@ -397,6 +397,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             deltaConnections += 1
         }
         client.setDelta(delta, for: ids)
+        if client.usesDelta { client.forgetDeltaModes() }
     }
 
     func unsubscribe(_ client: ClientConnection, from ids: [String]) {
@@ -414,6 +415,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             subscribers[task]?[client.id] = nil
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
+        if client.usesDelta { client.forgetDeltaModes() }
     }
 
     var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }
