@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from progress_engine import Stage, StageStatus
 
@@ -288,3 +289,62 @@ def test_ws_deflate_must_be_boolean(wire):
 
     with pytest.raises(ProgressError, match="ws_deflate"):
         wire.open(ws_deflate="yes")
+
+
+def test_slow_delta_client_gets_full_states_where_its_base_was_replaced(wire):
+    """A delta client that stops reading: its unsent update of a task is replaced by the newer state, which then
+    goes in full (the client never gets the replaced state a patch would start from). Every patch it does get
+    applies to the state it holds, and every state equals the full one at the same seq."""
+    t = wire.open(throttle_ms=0)
+    t.register_template_stages_sync("two", [Stage("a", "a", 1.0), Stage("b", "b", 1.0)])
+    t.create_task_progress_sync("slow", "two")
+    clients = {}
+    for name, delta, rcvbuf in (("slow", True, 4096), ("plain", False, None)):
+        ws = wire.raw_ws(t, name, rcvbuf=rcvbuf)
+        assert json.loads(ws.next_frame()[1])["type"] == "connection.established"
+        ws.send_text(json.dumps({"type": "subscribe", "task_ids": ["slow"], "delta": delta}))
+        clients[name] = ws
+    # A large stage message per update, so that the unread frames outgrow the socket buffers; paced, so that the
+    # listener fans most of the updates out rather than coalescing them in its inbox.
+    pad = "x" * 16000
+    t.update_stage_sync("slow", 0, StageStatus.IN_PROGRESS, 0.0, "go")
+    for i in range(1, 1001):
+        t.update_progress_sync("slow", i % 500, 500, f"{i} {pad}")
+        if i == 500:
+            t.update_stage_sync("slow", 1, StageStatus.IN_PROGRESS, 0.0, "second")
+        time.sleep(0.0005)
+    t.complete_task_sync("slow")
+
+    def read_all(ws, apply):
+        while True:
+            opcode, payload = ws.next_frame(10)
+            msg = json.loads(payload)
+            if msg["type"] != "progress.update":
+                continue
+            state = apply(msg)
+            if state["status"] == "completed":
+                return
+
+    full = {}
+
+    def keep(msg):
+        full[msg["seq"]] = msg["data"]
+        return msg["data"]
+
+    read_all(clients["plain"], keep)
+    rec = Reconstruction()
+    order = []
+
+    def rebuild(msg):
+        order.append("patch" if "patch" in msg else "full")
+        rec.apply(msg)
+        return rec.state
+
+    read_all(clients["slow"], rebuild)
+    common = set(full) & set(rec.states)
+    assert common, "no seq in common"
+    for seq in common:
+        assert rec.states[seq] == full[seq], seq
+    first_patch = order.index("patch")
+    assert "full" in order[first_patch:], "no base was ever replaced: the client read too fast for this test"
+    assert order.count("patch") > 0
