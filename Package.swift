@@ -36,7 +36,7 @@ let package = Package(
             providers: [.apt(["libhiredis-dev"])]
         ),
         .target(name: "CProgress", dependencies: ["CLibwebsockets", "CLibpng"], path: "Sources/CProgress",
-                linkerSettings: [.linkedLibrary("uv")]),
+                linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("z")]),
         .target(
             name: "ProgressEngine",
             dependencies: ["CProgress", "CLibhiredis"],

@@ -239,7 +239,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     client.on("update", onUpdate);
     client.on("log", (msg) => onLog(msg.task_id, [msg.entry], true));
     client.on("resumed", onResumed);
-    client.subscribe("*").catch((error) => {
+    // Merge patches after the first full state (docs/API.md "Delta updates"); the client applies them.
+    client.subscribe("*", { delta: true }).catch((error) => {
       // A refusal of the connection (closeCode), or the runtime's, was reported by the error event already.
       if (error instanceof ProgressError && error.closeCode === undefined) onError(error);
     });

@@ -483,6 +483,13 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     info.keepalive_timeout = 30;
     info.max_http_header_data = 8192;
     info.max_http_header_pool = 256;
+    /* permessage-deflate (ws_deflate): libwebsockets negotiates it and inflates what clients send; the
+     * listener compresses its own frames (deflate.c). */
+    static const struct lws_extension extensions[] = {
+        {"permessage-deflate", lws_extension_callback_pm_deflate, "permessage-deflate; client_max_window_bits"},
+        {NULL, NULL, NULL},
+    };
+    if (config->deflate) info.extensions = extensions;
 
     /* Events from libuv (epoll: the cost of a loop pass follows the ready connections, not all of them),
      * in a loop this listener owns. Without the evlib_uv plugin, libwebsockets' own poll() loop. */

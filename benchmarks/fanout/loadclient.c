@@ -3,7 +3,13 @@
  * connections to a server on 127.0.0.1, speaking either WebSocket (mode ws: ProgressEngine's listener or
  * the Python `websockets` server) or RESP (mode redis: redis-server SUBSCRIBE).
  *
- *   loadclient ws|redis PORT N TASKS SUBS
+ *   loadclient ws|redis PORT N TASKS SUBS [FLAGS]
+ *
+ * FLAGS (ws only, comma-separated): `delta` subscribes with "delta": true (merge patches are counted as
+ * deliveries like full states; their stage message carries the stamp too), `deflate` offers
+ * permessage-deflate and inflates compressed messages (context takeover, as a browser does). REPORT's
+ * `wire_bytes` is what the deliveries took on the wire (frame headers included, compressed when compressed);
+ * `bytes` stays the messages' length.
  *
  * It connects the N clients (at most CONNECT_WINDOW handshakes in flight), prints
  * `CONNECTED {json}` once every one is open (ws: `connection.established` received; redis: PING
@@ -43,6 +49,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 enum { MODE_WS, MODE_REDIS };
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_WAIT_OPEN, ST_OPEN, ST_CLOSED };
@@ -62,6 +69,8 @@ struct conn {
     size_t msg_len, msg_cap;
     int msg_opcode;
     int64_t *stamps; /* per subscribed task (index j): the newest stamp seen */
+    int pmd;         /* permessage-deflate accepted by the server */
+    z_stream inflater;
 };
 
 static int mode, port, nconns, ntasks, nsubs;
@@ -73,7 +82,12 @@ static int64_t recv_ns; /* CLOCK_REALTIME of the current read() */
 /* Counters. */
 static int n_started, n_open, n_failed, n_closed, n_subscribed, inflight;
 static int sub_phase;
-static uint64_t deliveries, delivery_bytes, errors_seen, no_stamp, repeats;
+static uint64_t deliveries, delivery_bytes, wire_bytes, errors_seen, no_stamp, repeats;
+static int want_delta, want_deflate;
+/* Wire bytes of the frame being handled (added to wire_bytes if it is a delivery). */
+static uint64_t frame_wire;
+static unsigned char *inflated;
+enum { INFLATED_CAP = 1 << 20 };
 static int64_t reset_mono_ns, last_rx_mono_ns;
 static int64_t *samples;
 static uint32_t n_samples;
@@ -125,6 +139,8 @@ static void close_conn(struct conn *c, int failed) {
     free(c->msg);
     free(c->stamps);
     c->stamps = NULL;
+    if (c->pmd) inflateEnd(&c->inflater);
+    c->pmd = 0;
     c->carry = c->msg = NULL;
     c->carry_len = c->carry_cap = c->msg_len = c->msg_cap = 0;
 }
@@ -205,8 +221,9 @@ static void connected(int i) {
         int n = snprintf(req, sizeof req,
                          "GET /api/v1/progress/ws?client_id=c%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
                          "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                         i, port);
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+                         i, port,
+                         want_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
         c->state = ST_HANDSHAKE;
         if (send_all(c, req, (size_t)n) < 0) close_conn(c, 1);
     } else {
@@ -249,6 +266,7 @@ static void delivery(struct conn *c, const unsigned char *p, size_t len, const u
     if (c->subscribing && ++c->got >= (uint32_t)nsubs) subscribe_done(c);
     deliveries++;
     delivery_bytes += len;
+    wire_bytes += frame_wire;
     last_rx_mono_ns = now_ns(CLOCK_MONOTONIC);
     const unsigned char *t = memmem(p, len, "\"t=", 3);
     if (t == NULL) {
@@ -320,6 +338,22 @@ static long ws_parse(struct conn *c, const unsigned char *buf, size_t len) {
         if (opcode >= 8) { /* control frames are never fragmented */
             if (opcode == 8) return -1;
             if (opcode == 9 && ws_send(c, 0xA, payload, plen) < 0) return -1;
+            continue;
+        }
+        frame_wire = h + plen;
+        if (f[0] & 0x40) { /* RSV1: a compressed message (the servers here never fragment one) */
+            if (!c->pmd || !fin || opcode == 0) return -1;
+            static const unsigned char trailer[4] = {0, 0, 0xff, 0xff};
+            c->inflater.next_out = inflated;
+            c->inflater.avail_out = INFLATED_CAP;
+            c->inflater.next_in = payload;
+            c->inflater.avail_in = (uInt)plen;
+            if (inflate(&c->inflater, Z_SYNC_FLUSH) != Z_OK) return -1;
+            c->inflater.next_in = (unsigned char *)trailer;
+            c->inflater.avail_in = 4;
+            int rc = inflate(&c->inflater, Z_SYNC_FLUSH);
+            if ((rc != Z_OK && rc != Z_BUF_ERROR) || c->inflater.avail_in != 0) return -1;
+            ws_message(c, opcode, inflated, INFLATED_CAP - c->inflater.avail_out);
             continue;
         }
         if (opcode != 0 && fin && c->msg_len == 0) {
@@ -423,6 +457,10 @@ static long parse_stream(struct conn *c, const unsigned char *buf, size_t len) {
             return -1;
         }
         c->state = ST_WAIT_OPEN;
+        if (memmem(buf, (size_t)(eoh - buf), "permessage-deflate", 18)) {
+            if (inflateInit2(&c->inflater, -15) != Z_OK) return -1;
+            c->pmd = 1;
+        }
         size_t used = (size_t)(eoh + 4 - buf);
         long more = ws_parse(c, buf + used, len - used);
         return more < 0 ? -1 : (long)used + more;
@@ -505,11 +543,11 @@ static void report(void) {
     qsort(samples, n_samples, sizeof *samples, cmp_i64);
     int64_t now = now_ns(CLOCK_MONOTONIC);
     double last = deliveries && last_rx_mono_ns > reset_mono_ns ? (last_rx_mono_ns - reset_mono_ns) / 1e9 : 0;
-    printf("REPORT {\"deliveries\":%llu,\"bytes\":%llu,\"since_reset_s\":%.6f,\"last_rx_s\":%.6f,"
+    printf("REPORT {\"deliveries\":%llu,\"bytes\":%llu,\"wire_bytes\":%llu,\"since_reset_s\":%.6f,\"last_rx_s\":%.6f,"
            "\"samples\":%u,\"no_stamp\":%llu,\"repeats\":%llu,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
            "\"max_us\":%.1f,\"min_us\":%.1f,\"open\":%d,\"closed\":%d,\"failed\":%d,\"errors\":%llu,"
            "\"first_error\":\"%s\",\"client_cpu_us\":%.0f}\n",
-           (unsigned long long)deliveries, (unsigned long long)delivery_bytes, (now - reset_mono_ns) / 1e9, last,
+           (unsigned long long)deliveries, (unsigned long long)delivery_bytes, (unsigned long long)wire_bytes, (now - reset_mono_ns) / 1e9, last,
            n_samples, (unsigned long long)no_stamp, (unsigned long long)repeats, pct(0.50), pct(0.90), pct(0.99), pct(0.999), pct(1.0),
            pct(0.0), n_open, n_closed, n_failed, (unsigned long long)errors_seen, first_error,
            cpu_us() - reset_cpu_us);
@@ -517,7 +555,7 @@ static void report(void) {
 }
 
 static void do_reset(void) {
-    deliveries = delivery_bytes = no_stamp = repeats = 0;
+    deliveries = delivery_bytes = wire_bytes = no_stamp = repeats = 0;
     n_samples = 0;
     reset_mono_ns = now_ns(CLOCK_MONOTONIC);
     last_rx_mono_ns = 0;
@@ -544,7 +582,7 @@ static void send_subscriptions(int star) {
             for (int j = 0; j < nsubs; j++)
                 n += (size_t)snprintf(buf + n, cap - n, "%s\"task-%04d\"", j ? "," : "",
                                       (int)(((long)i * nsubs + j) % ntasks));
-            n += (size_t)snprintf(buf + n, cap - n, "]}");
+            n += (size_t)snprintf(buf + n, cap - n, "]%s}", want_delta ? ",\"delta\":true" : "");
         } else {
             n += (size_t)snprintf(buf + n, cap - n, "*%d\r\n$9\r\nSUBSCRIBE\r\n", nsubs + 1);
             for (int j = 0; j < nsubs; j++)
@@ -599,9 +637,13 @@ static int stdin_readable(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s ws|redis PORT N TASKS SUBS\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s ws|redis PORT N TASKS SUBS [delta,deflate]\n", argv[0]);
         return 2;
+    }
+    if (argc == 7) {
+        want_delta = strstr(argv[6], "delta") != NULL;
+        want_deflate = strstr(argv[6], "deflate") != NULL;
     }
     mode = strcmp(argv[1], "redis") == 0 ? MODE_REDIS : MODE_WS;
     port = atoi(argv[2]);
@@ -623,8 +665,9 @@ int main(int argc, char **argv) {
     }
     conns = calloc((size_t)nconns, sizeof *conns);
     rbuf = malloc(READ_BUF);
+    inflated = malloc(INFLATED_CAP);
     samples = malloc(sizeof *samples * MAX_SAMPLES);
-    if (!conns || !rbuf || !samples) die("malloc");
+    if (!conns || !rbuf || !samples || !inflated) die("malloc");
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1");
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);

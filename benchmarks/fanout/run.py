@@ -336,6 +336,8 @@ def measure(server, client, seconds, period_ms, perf_folder=None, command="run")
         "dropped": done.get("dropped"),
         "deliveries": n, "rate": n / span if span else 0.0, "span_s": span,
         "payload_bytes": rep["bytes"] / n if n else None,
+        # frames as they went over the wire (headers included, compressed when compressed; delta.py)
+        "wire_bytes": rep.get("wire_bytes", 0) / n if n else None,
         "p50_ms": rep["p50_us"] / 1000, "p99_ms": rep["p99_us"] / 1000, "p999_ms": rep["p999_us"] / 1000,
         "max_ms": rep["max_us"] / 1000, "samples": rep["samples"], "repeats": rep["repeats"],
         "server_cpu_s": server_cpu_s, "cpu_us_per_delivery": per_delivery,

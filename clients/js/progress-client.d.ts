@@ -178,9 +178,14 @@ export interface CancelOptions {
 }
 
 export interface SubscribeOptions {
-  /** Passed to the listener, which does not implement deltas yet: every update carries the whole state. */
+  /** Ask the listener for merge patches (RFC 7386) instead of whole states after the first: fewer bytes per
+   *  update. The client applies them, so `update` events carry the whole `data` either way; treat it as
+   *  read-only (unchanged parts are shared with the previous update's). */
   delta?: boolean;
 }
+
+/** RFC 7386 JSON Merge Patch, as the client applies delta updates: a new value; `target` is not modified. */
+export function applyMergePatch(target: unknown, patch: unknown): unknown;
 
 export class ProgressError extends Error {
   /** The listener's error code ("not_found", "invalid_message", …), a refusal ("unauthorized",

@@ -60,6 +60,9 @@ export class ProgressClient {
     /** Task id → "resumed" or "sent again" (its state comes again, or nothing if the task is gone) until the
      *  first update of the task after a subscribe that included it. */
     this._pending = new Map();
+    /** Delta subscriptions: task id → the last state the listener sent on this connection ({seq, data}, or the
+     *  LazyUpdate holding it), which its next merge patch applies to. */
+    this._bases = new Map();
     this._inFlight = []; // requests sent on this connection, waiting for their reply (answered in order)
     this._waiting = []; // requests made while not connected, sent once connected
     this._resubscribers = []; // subscribe() calls that the next connection's subscribe answers
@@ -117,6 +120,7 @@ export class ProgressClient {
   unsubscribe(taskIds) {
     const ids = idList(taskIds);
     for (const id of ids) this._subs.delete(id);
+    for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
     // A task watched no more is resumed no more: a later subscribe starts from its current state.
     for (const id of this._subs.has("*") ? [] : ids.includes("*") ? [...this._tasks.keys()] : ids) {
       if (!this._subs.has(id)) this._tasks.delete(id);
@@ -291,6 +295,7 @@ export class ProgressClient {
       return;
     }
     this._pending.clear();
+    this._bases.clear(); // a new connection starts every delta subscription with the full state
     this._resumed = null;
     const inFlight = this._inFlight.splice(0);
     for (const r of inFlight) if (r.waiters) this._resubscribers.push(...r.waiters);
@@ -386,6 +391,7 @@ export class ProgressClient {
     if (this._lazyData) {
       const update = peekUpdate(text);
       if (update) {
+        if (this._deltaFor(update.task_id)) this._bases.set(update.task_id, update);
         this._update(update);
         return;
       }
@@ -401,7 +407,9 @@ export class ProgressClient {
         this._established(message);
         break;
       case "progress.update":
-        this._update(message);
+        if (message.patch !== undefined) message = this._patched(message);
+        else if (this._deltaFor(message.task_id)) this._bases.set(message.task_id, message);
+        if (message) this._update(message);
         break;
       case "task.log":
         if (this._watching(message.task_id)) this._emit("log", message);
@@ -501,6 +509,31 @@ export class ProgressClient {
     this._emit("update", message);
   }
 
+  /** Whether the task's updates come as merge patches: its own subscription's `delta`, else "*"'s. */
+  _deltaFor(id) {
+    return (this._subs.get(id) ?? this._subs.get("*"))?.delta === true;
+  }
+
+  /**
+   * A merge patch (delta subscriptions) as the full update it stands for. The listener only sends one against the
+   * state it sent last on this connection; should the base ever differ, the patch is dropped and the task
+   * subscribed again, which sends its full state.
+   */
+  _patched(message) {
+    const base = this._bases.get(message.task_id);
+    if (base === undefined || base.seq !== message.base_seq) {
+      this._bases.delete(message.task_id);
+      if (this._state === "open" && this._watching(message.task_id)) {
+        this._request({ type: "subscribe", task_ids: [message.task_id], delta: true }).catch(() => {});
+      }
+      return null;
+    }
+    const update = { type: message.type, task_id: message.task_id, seq: message.seq,
+      data: applyMergePatch(base.data, message.patch) };
+    this._bases.set(message.task_id, update);
+    return update;
+  }
+
   _emit(name, event, detail) {
     const handlers = this._handlers.get(name);
     if (!handlers) return;
@@ -591,6 +624,22 @@ function follows(message, lastSeq, pending) {
   // Within one connection a jump is no gap: the listener coalesced states, and each holds the whole task.
   if (message.seq < lastSeq || pending === "resumed" || (pending && message.seq > lastSeq + 1)) return "gap";
   return "in order";
+}
+
+/**
+ * RFC 7386 JSON Merge Patch: objects merge member by member, null removes a member, anything else replaces. The
+ * listener never sends a null (a member that becomes null comes as a full state), so every key of TaskProgress,
+ * null ones included, stays. Unchanged parts are shared with `target`, which is not modified.
+ */
+export function applyMergePatch(target, patch) {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  const out = target !== null && typeof target === "object" && !Array.isArray(target) ? { ...target } : {};
+  for (const key of Object.keys(patch)) {
+    const value = patch[key];
+    if (value === null) delete out[key];
+    else out[key] = applyMergePatch(out[key], value);
+  }
+  return out;
 }
 
 /** The listener's WebSocket URL from the engine's base URL (http(s) or ws(s), any path prefix of a proxy). */

@@ -49,6 +49,7 @@ typedef struct {
     size_t max_message_bytes;     /* larger WebSocket messages are closed with 1009 */
     size_t max_body_bytes;        /* larger HTTP request bodies are not read (on_http gets body NULL) */
     int header_timeout_secs;      /* a request whose headers are not complete by then is dropped */
+    int deflate;                  /* offer permessage-deflate (RFC 7692) to clients that ask for it */
     CProgress_listener_callbacks callbacks;
 } CProgress_listener_config;
 
@@ -91,5 +92,18 @@ void CProgress_ws_close_within(void *conn, int secs);
  * Status 204 has no body: content_type and body are ignored, and no Content-Type or Content-Length is sent. */
 void CProgress_http_respond(void *conn, int status, const char *content_type, const char *headers,
                             const void *body, size_t body_len, int close_after);
+
+/* permessage-deflate (deflate.c): one compressor per listener, service thread only. */
+typedef struct CProgress_deflater CProgress_deflater;
+/* NULL when out of memory. level: zlib's 1 (fastest) to 9. */
+CProgress_deflater *CProgress_deflater_create(int level);
+void CProgress_deflater_destroy(CProgress_deflater *d);
+/* Compresses one whole message as RFC 7692 sends it (raw deflate, no context from earlier messages, the
+ * trailing 00 00 ff ff removed) into out. Returns its length, or -1 when it does not fit `cap` bytes. */
+long CProgress_deflate_message(CProgress_deflater *d, const unsigned char *in, size_t len, unsigned char *out,
+                               size_t cap);
+/* Service thread, once the connection is open: 1 when permessage-deflate was negotiated on it and compressed
+ * frames may be sent (the client did not restrict the server's window), else 0. */
+int CProgress_ws_deflate_negotiated(void *conn);
 
 #endif

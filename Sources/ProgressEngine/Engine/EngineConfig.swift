@@ -28,12 +28,15 @@ struct EngineConfig: Sendable {
     var maxMessageBytes = 65_536
     var maxSubscriptions = 1000
     var dashboard = true
+    /// Offer permessage-deflate to WebSocket clients that ask for it (docs/API.md "Compression").
+    var wsDeflate = false
 
     static let keys: Set<String> = [
         "listen", "redis_url", "namespace", "retention_seconds", "throttle_ms", "preview_dir",
         "preview_milestones", "preview_max_size", "preview_every_steps", "resource_interval_ms", "heartbeat_timeout_seconds",
         "auth_token", "max_connections", "max_message_bytes", "max_subscriptions", "dashboard",
         "max_connections_per_ip", "allowed_origins", "cancel_timeout_seconds", "redis_preview_max_bytes",
+        "ws_deflate",
     ]
 
     /// Parses `config_json`; nil or empty text gives the defaults.
@@ -93,6 +96,7 @@ struct EngineConfig: Sendable {
             config.maxMessageBytes = try integer(reader, "max_message_bytes", in: 256...(64 << 20)) ?? config.maxMessageBytes
             config.maxSubscriptions = try integer(reader, "max_subscriptions", in: 1...1_000_000) ?? config.maxSubscriptions
             config.dashboard = try reader.bool("dashboard") ?? config.dashboard
+            config.wsDeflate = try reader.bool("ws_deflate") ?? config.wsDeflate
             config.maxConnectionsPerIP = try integer(reader, "max_connections_per_ip", in: 1...1_000_000)
             if let origins = try reader.array("allowed_origins") {
                 config.allowedOrigins = Set(try origins.map { o in

@@ -2,52 +2,6 @@ import CProgress
 import Glibc
 import Synchronization
 
-/// One message ready for the wire: a complete unmasked WebSocket text frame (header and payload), built once
-/// and shared by every client it goes to, so a fan-out to N clients serialises and frames it once.
-final class WireMessage {
-    let frame: UnsafeMutablePointer<UInt8>
-    /// Bytes of the whole frame (header + payload).
-    let frameLength: Int
-    /// Bytes of the payload (the JSON text).
-    let length: Int
-
-    init(_ bytes: [UInt8]) {
-        let header = WireMessage.headerLength(bytes.count)
-        let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: header + bytes.count)
-        // RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits; no mask (server).
-        storage[0] = 0x81
-        switch header {
-        case 2:
-            storage[1] = UInt8(bytes.count)
-        case 4:
-            storage[1] = 126
-            storage[2] = UInt8(truncatingIfNeeded: bytes.count >> 8)
-            storage[3] = UInt8(truncatingIfNeeded: bytes.count)
-        default:
-            storage[1] = 127
-            for i in 0..<8 { storage[2 + i] = UInt8(truncatingIfNeeded: UInt64(bytes.count) >> (56 - 8 * UInt64(i))) }
-        }
-        bytes.withUnsafeBufferPointer { src in
-            if let base = src.baseAddress { (storage + header).update(from: base, count: bytes.count) }
-        }
-        frame = storage
-        frameLength = header + bytes.count
-        length = bytes.count
-    }
-
-    convenience init(_ writer: JSONWriter) {
-        self.init(writer.bytes)
-    }
-
-    deinit {
-        frame.deallocate()
-    }
-
-    static func headerLength(_ payload: Int) -> Int {
-        payload < 126 ? 2 : payload <= 0xFFFF ? 4 : 10
-    }
-}
-
 /// The listener's scratch buffer for writes: the frames of one flush, copied one after the other behind
 /// libwebsockets' LWS_PRE bytes, and handed to the socket in one send. Service thread only.
 final class WriteBatch {
@@ -55,13 +9,19 @@ final class WriteBatch {
     @exclusivity(unchecked) private(set) var buffer: UnsafeMutablePointer<UInt8>
     @exclusivity(unchecked) private(set) var capacity: Int
     let pre = CProgress_ws_pre()
+    /// Compresses frames for clients with permessage-deflate (only with ws_deflate).
+    let deflater: OpaquePointer?
 
-    init() {
+    init(deflate: Bool) {
         capacity = WriteBatch.preferredBytes
         buffer = .allocate(capacity: pre + capacity)
+        deflater = deflate ? CProgress_deflater_create(6) : nil
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        buffer.deallocate()
+        CProgress_deflater_destroy(deflater)
+    }
 
     /// Makes room for `bytes` (one frame larger than the preferred size gets a buffer of its own size).
     func reserve(_ bytes: Int) {
@@ -83,11 +43,18 @@ final class FlushList {
 
 /// What one client knows of one task: the newest seq queued for it, and where its unsent replaceable
 /// update sits in the client's queue. One dictionary lookup per delivery finds it.
+/// Its fields fit the 48-byte allocation the slot had before delta mode (one per client and task).
 final class TaskSlot {
     @exclusivity(unchecked) var lastSeq: UInt64 = 0
+    /// Delta mode: the `DeltaStep.generation` of the last state queued for the client, which a patch must
+    /// start from; 0 when that state was no fan-out's (subscribe, replay) or the client has none.
+    @exclusivity(unchecked) var generation: UInt64 = 0
+    /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none (a queue
+    /// holds at most `Listener.slowClientMaxMessages` plus what was sent since its last compaction).
+    @exclusivity(unchecked) var pending: Int32 = -1
     @exclusivity(unchecked) var hasSeq = false
-    /// Index in the queue of the task's unsent, replaceable progress update; -1 when there is none.
-    @exclusivity(unchecked) var pending = -1
+    /// `ClientConnection.wantsDelta` for this task: 0 not known yet, 1 no, 2 yes.
+    @exclusivity(unchecked) var deltaMode: UInt8 = 0
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
@@ -105,7 +72,14 @@ final class ClientConnection {
     let clientId: String
     let peer: String
     @exclusivity(unchecked) var subscriptions: Set<String> = []
+    /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
+    @exclusivity(unchecked) var deflate = false
     @exclusivity(unchecked) var wildcard = false
+    /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
+    @exclusivity(unchecked) var usesDelta = false
+    /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
+    @exclusivity(unchecked) var deltaIds: Set<String> = []
+    @exclusivity(unchecked) var wildcardDelta = false
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -140,7 +114,7 @@ final class ClientConnection {
 
     private func enqueue(_ message: WireMessage, slot: TaskSlot?) {
         guard closing == nil else { return }
-        if let slot { slot.pending = queue.count }
+        if let slot { slot.pending = Int32(queue.count) }
         queue.append(Outgoing(message: message, slot: slot))
         queuedBytes += message.length
         if !scheduled {
@@ -155,7 +129,12 @@ final class ClientConnection {
     /// replayed event) is queued after everything before it, and no later update may overtake it by
     /// replacing an older entry, so the task's seq only increases on the wire.
     func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
-        let slot = self.slot(task)
+        sendProgress(message, slot: slot(task), seq: seq, urgent: urgent)
+    }
+
+    private func sendProgress(_ message: WireMessage, slot: TaskSlot, seq: UInt64, urgent: Bool) {
+        // A full state outside the delta path: the next fan-out's patch does not start from it.
+        slot.generation = 0
         if slot.hasSeq && seq <= slot.lastSeq { return }
         slot.hasSeq = true
         slot.lastSeq = seq
@@ -164,10 +143,69 @@ final class ClientConnection {
             enqueue(message, slot: nil)
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
-            queuedBytes += message.length - queue[slot.pending].message.length
-            queue[slot.pending].message = message
+            queuedBytes += message.length - queue[Int(slot.pending)].message.length
+            queue[Int(slot.pending)].message = message
         } else {
             enqueue(message, slot: slot)
+        }
+    }
+
+    /// Whether the task's updates go out as merge patches: its subscription by id decides, else "*"'s.
+    func wantsDelta(_ task: String) -> Bool {
+        subscriptions.contains(task) ? deltaIds.contains(task) : wildcardDelta
+    }
+
+    /// After a subscribe or unsubscribe of a client that uses delta: what `wantsDelta` answers may have changed,
+    /// so each slot asks again at its next fan-out. Once per message, over the client's slots.
+    func forgetDeltaModes() {
+        for slot in slots.values { slot.deltaMode = 0 }
+    }
+
+    /// Records the delta choice of a subscribe for the tasks it names.
+    func setDelta(_ delta: Bool, for ids: [String]) {
+        for task in ids {
+            if task == "*" {
+                wildcardDelta = delta
+            } else if delta {
+                deltaIds.insert(task)
+            } else {
+                deltaIds.remove(task)
+            }
+        }
+    }
+
+    /// A fan-out's state for a client that subscribed something with `delta`: as `sendDelta` when the task
+    /// is a delta subscription (`step` builds the shared patch, at most once per fan-out), else as
+    /// `sendProgress`. One slot lookup; the task's choice is cached in its slot.
+    func sendFanout(_ full: WireMessage, task: String, seq: UInt64, urgent: Bool, step: () -> DeltaStep) {
+        let slot = self.slot(task)
+        if slot.deltaMode == 0 { slot.deltaMode = wantsDelta(task) ? 2 : 1 }
+        if slot.deltaMode == 2 {
+            sendDelta(full: full, step: step(), slot: slot, seq: seq, urgent: urgent)
+        } else {
+            sendProgress(full, slot: slot, seq: seq, urgent: urgent)
+        }
+    }
+
+    /// A fan-out's state for a delta subscriber: the shared patch when the client holds exactly its base,
+    /// else the full state (which becomes the client's base). Same ordering rules as `sendProgress`; a
+    /// non-urgent state that replaces an unsent one is always the full state, since the client never gets the
+    /// replaced state the patch would start from.
+    private func sendDelta(full: WireMessage, step: DeltaStep, slot: TaskSlot, seq: UInt64, urgent: Bool) {
+        if slot.hasSeq && seq <= slot.lastSeq { return }
+        slot.hasSeq = true
+        slot.lastSeq = seq
+        let fits = step.patch != nil && step.baseGeneration != 0 && slot.generation == step.baseGeneration
+        slot.generation = step.generation
+        if urgent {
+            slot.pending = -1
+            enqueue(fits ? step.patch! : full, slot: nil)
+        } else if slot.pending >= 0 {
+            guard closing == nil else { return }
+            queuedBytes += full.length - queue[Int(slot.pending)].message.length
+            queue[Int(slot.pending)].message = full
+        } else {
+            enqueue(fits ? step.patch! : full, slot: slot)
         }
     }
 
@@ -253,12 +291,13 @@ final class ClientConnection {
         var count = 0
         while head < queue.count {
             let message = queue[head].message
-            if used > 0 && used + message.frameLength > batch.capacity { break }
-            if used == 0 { batch.reserve(message.frameLength) }
-            (batch.start + used).update(from: message.frame, count: message.frameLength)
-            used += message.frameLength
+            let (frame, frameLength) = deflate ? message.deflated(with: batch.deflater) : (message.frame, message.frameLength)
+            if used > 0 && used + frameLength > batch.capacity { break }
+            if used == 0 { batch.reserve(frameLength) }
+            (batch.start + used).update(from: frame, count: frameLength)
+            used += frameLength
             count += 1
-            if let slot = queue[head].slot, slot.pending == head { slot.pending = -1 }
+            if let slot = queue[head].slot, Int(slot.pending) == head { slot.pending = -1 }
             queuedBytes -= message.length
             head += 1
         }
@@ -276,7 +315,7 @@ final class ClientConnection {
     /// Drops the sent prefix of the queue and renumbers the replaceable entries.
     private func compact() {
         for i in head..<queue.count {
-            if let slot = queue[i].slot, slot.pending == i { slot.pending = i - head }
+            if let slot = queue[i].slot, Int(slot.pending) == i { slot.pending = Int32(i - head) }
         }
         queue.removeFirst(head)
         head = 0

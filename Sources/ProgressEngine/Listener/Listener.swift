@@ -2,35 +2,6 @@ import CProgress
 import Glibc
 import Synchronization
 
-/// `host:port` of the `listen` option.
-struct ListenAddress: Equatable {
-    /// nil binds every interface.
-    let host: String?
-    let port: Int
-
-    /// Parses "127.0.0.1:8000", "0.0.0.0:0", ":8000", "localhost:8000".
-    /// - Throws: `EngineError.config` naming what is wrong.
-    static func parse(_ text: String) throws -> ListenAddress {
-        guard let colon = text.lastIndex(of: ":") else {
-            throw EngineError.config("listen \"\(text)\" must be HOST:PORT, e.g. \"127.0.0.1:8000\" (port 0 = any free port)")
-        }
-        let host = String(text[..<colon])
-        let portText = text[text.index(after: colon)...]
-        guard let port = Int(portText), (0...65535).contains(port) else {
-            throw EngineError.config("listen \"\(text)\": port \"\(portText)\" must be a number within 0...65535")
-        }
-        if host.contains(":") || host.hasPrefix("[") {
-            throw EngineError.config("listen \"\(text)\": IPv6 addresses are not supported; use an IPv4 address or a host name")
-        }
-        let bind: String? = switch host {
-        case "", "0.0.0.0", "*": nil
-        case "localhost": "127.0.0.1"
-        default: host
-        }
-        return ListenAddress(host: bind, port: port)
-    }
-}
-
 /// The embedded libwebsockets listener: WebSocket + REST on one port (SPEC §7, §8).
 ///
 /// Threads: one service thread, started by `init` and joined by `stop()`, owns every socket, every
@@ -81,10 +52,14 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) var connections: [UInt64: ClientConnection] = [:]
     /// Clients with something queued since the last flush, written at the end of the round.
     private let flushList = FlushList()
-    private let batch = WriteBatch()
+    private let batch: WriteBatch
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
     @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
     @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:]
+    /// Connections that ever subscribed with `delta`; while none is open the fan-out keeps no delta bases.
+    @exclusivity(unchecked) private var deltaConnections = 0
+    /// Per task, the last state sent to delta subscribers: the base of the next merge patch.
+    private let deltas = DeltaBases()
     @exclusivity(unchecked) private var nextConnectionId: UInt64 = 1
     /// Open connections per peer address (kept only with max_connections_per_ip).
     @exclusivity(unchecked) private var connectionsByPeer: [String: Int] = [:]
@@ -104,6 +79,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         maxConnectionsPerIP = engine.config.maxConnectionsPerIP
         origins = OriginPolicy(allowed: engine.config.allowedOrigins)
         authToken = engine.config.authToken
+        batch = WriteBatch(deflate: engine.config.wsDeflate)
 
         FileLimit.raise(toHold: maxConnections)
         var config = CProgress_listener_config()
@@ -111,6 +87,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         config.max_message_bytes = engine.config.maxMessageBytes
         config.max_body_bytes = Routes.maxBodyBytes
         config.header_timeout_secs = 10
+        config.deflate = engine.config.wsDeflate ? 1 : 0
         config.callbacks = Listener.callbacks
         // Unretained: the listener outlives the C context, which `stop()` destroys.
         config.callbacks.ctx = Unmanaged.passUnretained(self).toOpaque()
@@ -161,6 +138,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         CProgress_listener_destroy(c)
         c = nil
         connections.removeAll()
+        deltas.removeAll()
         subscribers.removeAll()
         wildcards.removeAll()
     }
@@ -284,15 +262,38 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     private func send(_ state: TaskSnapshot, taskId: String, urgent: Bool) {
         var snapshot = state
         snapshot.eta = engine.estimate(snapshot, now: etaTime!)
-        let message = WireMessage(Messages.progressUpdate(snapshot))
-        forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
         metrics.fanouts.add(1, ordering: .relaxed)
+        guard deltaConnections > 0 else {
+            // No client asked for deltas: one frame, and no base kept.
+            let message = WireMessage(Messages.progressUpdate(snapshot))
+            forEachSubscriber(of: taskId) { $0.sendProgress(message, task: taskId, seq: snapshot.seq, urgent: urgent) }
+            return
+        }
+        let (writer, data) = Messages.progressUpdateAndData(snapshot)
+        let full = WireMessage(writer)
+        // Built at the first delta subscriber, once for all of them.
+        var step: DeltaStep?
+        let seq = snapshot.seq
+        let terminal = snapshot.status.isTerminal
+        forEachSubscriber(of: taskId) { client in
+            guard client.usesDelta else { return client.sendProgress(full, task: taskId, seq: seq, urgent: urgent) }
+            client.sendFanout(full, task: taskId, seq: seq, urgent: urgent) {
+                if let step { return step }
+                let made = deltas.advance(taskId: taskId, seq: seq, message: writer.bytes, data: data, terminal: terminal,
+                                          metrics: metrics)
+                step = made
+                return made
+            }
+        }
+        // No delta subscriber took this state: nobody holds it as a base, so none is kept.
+        if step == nil { deltas.forget(taskId: taskId) }
     }
 
     /// A task is gone: no client keeps its seq (a new task under the same id starts again at a low seq), and
     /// nothing is deferred for it.
     private func forgetExpired(taskId: String) {
         deferred[taskId] = nil
+        deltas.forget(taskId: taskId)
         for client in wildcards.values { client.forgetExpired(task: taskId) }
         if let watching = subscribers[taskId] {
             for client in watching.values { client.forgetExpired(task: taskId) }
@@ -329,6 +330,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         nextConnectionId += 1
         let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
         let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer, flushList: flushList)
+        client.deflate = engine.config.wsDeflate && CProgress_ws_deflate_negotiated(wsi) != 0
         connections[id] = client
         metrics.connectionsOpened.add(1, ordering: .relaxed)
         var fromPeer = 0
@@ -359,6 +361,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     fileprivate func closed(id: UInt64) {
         guard let client = connections.removeValue(forKey: id) else { return }
         client.isOpen = false
+        if client.usesDelta { deltaConnections -= 1 }
         if maxConnectionsPerIP != nil, let n = connectionsByPeer[client.peer] {
             connectionsByPeer[client.peer] = n > 1 ? n - 1 : nil
         }
@@ -380,8 +383,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         return query["token"] == token
     }
 
-    /// Adds subscriptions; all or nothing against the per-connection cap.
-    func subscribe(_ client: ClientConnection, to ids: [String]) throws {
+    /// Adds subscriptions; all or nothing against the per-connection cap. `delta`: the tasks named (or every
+    /// task, for "*") get merge patches rather than full states from now on.
+    func subscribe(_ client: ClientConnection, to ids: [String], delta: Bool = false) throws {
         let new = Set(ids.filter { $0 != "*" }).subtracting(client.subscriptions)
         guard client.subscriptions.count + new.count <= maxSubscriptions else {
             throw ProtocolError(code: "limit", message: "subscribing to \(new.count) more tasks would exceed "
@@ -395,21 +399,30 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             client.wildcard = true
             wildcards[client.id] = client
         }
+        if delta && !client.usesDelta {
+            client.usesDelta = true
+            deltaConnections += 1
+        }
+        client.setDelta(delta, for: ids)
+        if client.usesDelta { client.forgetDeltaModes() }
     }
 
     func unsubscribe(_ client: ClientConnection, from ids: [String]) {
         for task in ids {
             if task == "*" {
                 client.wildcard = false
+                client.wildcardDelta = false
                 wildcards[client.id] = nil
                 client.forgetAllButSubscriptions()
                 continue
             }
             client.subscriptions.remove(task)
+            client.deltaIds.remove(task)
             if !client.wildcard { client.forget(task: task) }
             subscribers[task]?[client.id] = nil
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
+        if client.usesDelta { client.forgetDeltaModes() }
     }
 
     var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }

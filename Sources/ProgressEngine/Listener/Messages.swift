@@ -34,6 +34,36 @@ enum Messages {
         return w
     }
 
+    /// A fan-out's `progress.update` (as `progressUpdate(_:)` writes it) and where its TaskProgress lies in it,
+    /// which the listener keeps as the task's delta base.
+    static func progressUpdateAndData(_ s: TaskSnapshot) -> (JSONWriter, Range<Int>) {
+        var w = JSONWriter(capacity: 1536)
+        w.beginObject()
+        w.key("type"); w.string("progress.update")
+        w.key("task_id"); w.string(s.id)
+        w.key("seq"); w.integer(s.seq)
+        w.key("data")
+        let start = w.bytes.count
+        TaskJSON.write(s, to: &w)
+        let end = w.bytes.count
+        w.endObject()
+        return (w, start..<end)
+    }
+
+    /// A delta subscriber's `progress.update`: an RFC 7386 merge `patch` that turns the TaskProgress of
+    /// `base_seq` (the state this client was sent last) into the one of `seq` (`MergePatch`).
+    static func progressPatch(taskId: String, seq: UInt64, baseSeq: UInt64, patch: [UInt8]) -> JSONWriter {
+        var w = JSONWriter(capacity: patch.count + 112)
+        w.beginObject()
+        w.key("type"); w.string("progress.update")
+        w.key("task_id"); w.string(taskId)
+        w.key("seq"); w.integer(seq)
+        w.key("base_seq"); w.integer(baseSeq)
+        w.key("patch"); w.raw(patch)
+        w.endObject()
+        return w
+    }
+
     static func taskLog(taskId: String, entry: LogEntry) -> JSONWriter {
         var w = JSONWriter()
         w.beginObject()
@@ -213,7 +243,9 @@ enum Messages {
                 resume[id] = UInt64(n)
             }
         }
-        try l.subscribe(client, to: ids)
+        // Delta mode (docs/API.md "Delta updates"): opt-in per subscribe, for the tasks it names.
+        let delta = try reader.bool("delta") ?? false
+        try l.subscribe(client, to: ids, delta: delta)
         client.send(WireMessage(taskIdList(type: "subscribed", ids)))
         let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
         for snapshot in snapshots {

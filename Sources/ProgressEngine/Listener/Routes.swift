@@ -319,6 +319,10 @@ enum Routes {
         metric("progress_invalid_messages_total", "counter", "WebSocket messages answered with an error.", m.invalidMessages.load(ordering: .relaxed))
         metric("progress_http_requests_total", "counter", "HTTP requests.", m.httpRequests.load(ordering: .relaxed))
         metric("progress_fanouts_total", "counter", "Task states fanned out to subscribers.", m.fanouts.load(ordering: .relaxed))
+        metric("progress_delta_patches_total", "counter", "Fan-outs that sent delta subscribers a merge patch.",
+               m.deltaPatches.load(ordering: .relaxed))
+        metric("progress_delta_full_states_total", "counter", "Fan-outs that sent delta subscribers the full state.",
+               m.deltaFullStates.load(ordering: .relaxed))
         metric("progress_slow_clients_closed_total", "counter", "Clients closed for not reading (4008).", m.slowClientsClosed.load(ordering: .relaxed))
         metric("progress_dropped_logs_total", "counter", "Log entries not fanned out because the queue was full.", m.droppedLogs.load(ordering: .relaxed))
         for row in CounterTable.engine { metric(row.metric, row.kind, row.help, row.value(c)) }

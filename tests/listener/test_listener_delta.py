@@ -1,0 +1,350 @@
+"""Delta updates (docs/API.md "Delta updates"): `subscribe` with `"delta": true` gets RFC 7386 merge patches
+against the last state sent to that client; a client without it gets today's full frames. The reconstruction
+must equal the full TaskProgress at every seq, nulls included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from progress_engine import Stage, StageStatus
+
+TASK = "delta-1"
+STAGES = 5
+CHANGES = 1000
+
+
+def merge_patch(target, patch):
+    """RFC 7386 MergePatch(target, patch), as any client applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def holds_null_member(value) -> bool:
+    """A null object member anywhere outside arrays: RFC 7386 would read it as "remove"."""
+    if not isinstance(value, dict):
+        return False
+    return any(v is None or holds_null_member(v) for v in value.values())
+
+
+class Reconstruction:
+    """A delta client's view of one task: the state it holds and every state it reconstructed, by seq."""
+
+    def __init__(self) -> None:
+        self.state = None
+        self.seq = None
+        self.states = {}
+        self.patches = 0
+        self.fulls = 0
+        self.replayed = 0
+
+    def apply(self, msg: dict) -> None:
+        if "patch" in msg:
+            assert "data" not in msg, msg
+            # Impossible by construction: the server only sends a patch against the state this client holds.
+            assert msg["base_seq"] == self.seq, (msg["base_seq"], self.seq)
+            assert not holds_null_member(msg["patch"]), msg["patch"]
+            self.state = merge_patch(self.state, msg["patch"])
+            self.patches += 1
+        else:
+            self.state = msg["data"]
+            self.fulls += 1
+        self.seq = msg["seq"]
+        assert self.state["seq"] == msg["seq"]
+        if msg.get("replayed"):
+            # A replayed event is the task as of that event (not a live state): a base, but not compared.
+            self.replayed += 1
+            return
+        self.states[msg["seq"]] = json.loads(json.dumps(self.state))
+
+
+def _image(i: int):
+    shade = (i * 37) % 256
+    return (bytes([shade, 255 - shade, 128]) * (16 * 16), 16, 16, 3)
+
+
+def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path):
+    previews = tmp_path / "previews"
+    previews.mkdir()
+    t = wire.open(throttle_ms=0, preview_dir=str(previews), preview_every_steps=25)
+    t.register_template_stages_sync("five", [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(STAGES)])
+    t.create_task_progress_sync(TASK, "five", metadata={"prompt": "a cat", "seed": 7, "none": None})
+
+    full_states = {}
+    delta = Reconstruction()
+    full_seen = []
+
+    async def read_full(ws, done: asyncio.Event):
+        while True:
+            msg = await wire.recv(ws, 20)
+            if msg["type"] == "progress.update":
+                assert "patch" not in msg and "base_seq" not in msg, msg
+                full_states[msg["seq"]] = msg["data"]
+                full_seen.append(msg["seq"])
+                if msg["data"]["status"] == "completed":
+                    done.set()
+                    return
+
+    async def read_delta(ws, done: asyncio.Event, stop_at_seq=None):
+        while True:
+            msg = await wire.recv(ws, 20)
+            if msg["type"] != "progress.update":
+                continue
+            delta.apply(msg)
+            if delta.state["status"] == "completed":
+                done.set()
+                return
+            if stop_at_seq is not None and msg["seq"] >= stop_at_seq and not msg.get("replayed"):
+                return
+
+    async def change(i: int, total: int):
+        stage = min(i * STAGES // total, STAGES - 1)
+        if i % (total // STAGES) == 0:
+            t.update_stage_sync(TASK, stage, StageStatus.IN_PROGRESS, 0.0, f"stage {stage} begins")
+        elif i % 7 == 0:
+            t.log_sync(TASK, "info", f"log line {i}")
+            t.update_progress_sync(TASK, i % 200, 200, None)
+        elif i % 11 == 0:
+            # Resource figures come and go: a figure that turns null cannot be a merge patch (full state).
+            gpu = None if i % 22 == 0 else float(i % 100)
+            t.send_event_sync(TASK, "resources", {"cpu_percent": float(i % 90), "memory_mb": 1000.0 + i,
+                                                  "gpu_percent": gpu, "gpu_memory_mb": gpu})
+        elif i % 25 == 0:
+            t.update_progress_sync(TASK, i % 200, 200, f"step {i} with preview")
+            t.update_preview_sync(TASK, _image(i))
+        else:
+            t.update_progress_sync(TASK, (i * 3) % 200 + 1, 200, f"step {i}")
+        await asyncio.sleep(0.001 if i % 10 else 0.01)
+
+    async def scenario():
+        async with wire.connect(t, "full") as full_ws, wire.connect(t, "delta") as delta_ws:
+            await wire.established(full_ws)
+            await wire.established(delta_ws)
+            await wire.request(full_ws, {"type": "subscribe", "task_ids": [TASK]}, "subscribed")
+            await wire.request(delta_ws, {"type": "subscribe", "task_ids": [TASK], "delta": True}, "subscribed")
+            full_done = asyncio.Event()
+            delta_done = asyncio.Event()
+            full_reader = asyncio.create_task(read_full(full_ws, full_done))
+            delta_reader = asyncio.create_task(read_delta(delta_ws, delta_done, stop_at_seq=None))
+            half = CHANGES // 2
+            for i in range(half):
+                await change(i, CHANGES)
+            # The delta client goes away mid-run and comes back with resume: replayed events, then the current
+            # state in full (its base), then patches again.
+            await asyncio.sleep(0.2)
+            delta_reader.cancel()
+            await asyncio.gather(delta_reader, return_exceptions=True)
+            last = delta.seq
+            await delta_ws.close()
+            for i in range(half, half + 40):
+                await change(i, CHANGES)
+            # A cancel request, answered only by the completion at the end: cancel_reason turns null then.
+            r = wire.http(t, f"{wire.API}/tasks/{TASK}/cancel", "POST", {"Content-Type": "application/json"},
+                          b'{"reason": "enough"}')
+            assert r.status == 202, r
+            async with wire.connect(t, "delta") as again:
+                await wire.established(again)
+                await wire.request(again, {"type": "subscribe", "task_ids": [TASK], "delta": True,
+                                           "resume": {TASK: last}}, "subscribed")
+                delta_reader = asyncio.create_task(read_delta(again, delta_done))
+                for i in range(half + 40, CHANGES):
+                    await change(i, CHANGES)
+                t.complete_task_sync(TASK)
+                await asyncio.wait_for(asyncio.gather(full_done.wait(), delta_done.wait()), 20)
+                await delta_reader
+            await full_reader
+
+    wire.run(scenario(), timeout=120)
+
+    common = sorted(set(full_states) & set(delta.states))
+    # Every live state the delta client reconstructed is one the full client got at the same seq, equal to it.
+    assert len(common) >= 0.9 * len(delta.states), (len(common), len(delta.states))
+    for seq in common:
+        assert delta.states[seq] == full_states[seq], (seq, delta.states[seq], full_states[seq])
+    final = max(common)
+    assert delta.states[final]["status"] == "completed" and delta.states[final]["cancel_reason"] is None
+    # Nulls kept as keys: the reconstruction has every key of TaskProgress, null ones included.
+    assert delta.states[final]["metadata"] == {"prompt": "a cat", "seed": 7, "none": None}
+    assert any(s["resource_usage"]["gpu_percent"] is None for s in delta.states.values())
+    assert any(s["preview_url"] for s in delta.states.values())
+    assert delta.replayed > 0
+    assert len(set(s["current_stage"] for s in delta.states.values())) == STAGES
+    assert delta.patches > 0.7 * len(delta.states), (delta.patches, delta.fulls, len(delta.states))
+    print(f"delta: {len(delta.states)} live states, {delta.patches} patches, {delta.fulls} full, "
+          f"{delta.replayed} replayed; {len(common)} compared")
+    assert len(common) > 600, len(common)
+
+
+def test_without_delta_frames_are_unchanged_and_delta_must_be_boolean(wire):
+    t = wire.open(throttle_ms=0)
+    t.create_task_progress_sync("plain", "sdxl", "image_generation")
+
+    async def scenario():
+        async with wire.connect(t, "a") as plain, wire.connect(t, "b") as other:
+            await wire.established(plain)
+            await wire.established(other)
+            err = await wire.request(other, {"type": "subscribe", "task_ids": ["plain"], "delta": "yes"}, "subscribed")
+            assert err["type"] == "error" and err["code"] == "invalid_message" and "delta" in err["message"], err
+            await wire.request(other, {"type": "subscribe", "task_ids": ["plain"], "delta": True}, "subscribed")
+            await wire.request(plain, {"type": "subscribe", "task_ids": ["plain"], "delta": False}, "subscribed")
+            for i in range(1, 6):
+                t.update_progress_sync("plain", i, 10, f"step {i}")
+                await asyncio.sleep(0.02)
+            got, patched = [], []
+            await wire.recv_until(plain, lambda m: m["type"] == "progress.update" and m["data"]["stages"]
+                                  [str(m["data"]["current_stage"])]["message"] == "step 5", 5, got)
+            await wire.recv_until(other, lambda m: m["type"] == "progress.update" and m["seq"] == got[-1]["seq"], 5,
+                                  patched)
+            assert all("data" in m and "patch" not in m for m in got if m["type"] == "progress.update")
+            assert any("patch" in m for m in patched), patched
+            # The subscribe's own state is always full.
+            first = next(m for m in patched if m["type"] == "progress.update")
+            assert "data" in first
+
+    wire.run(scenario())
+
+
+def _read_frame(sock) -> tuple:
+    """(first byte, payload) of the next server frame (unmasked, whole)."""
+    def exact(n):
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, "connection closed"
+            out += chunk
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    return b0, exact(n)
+
+
+def test_permessage_deflate_frames_are_compressed_once_and_decode(wire):
+    import socket
+    import zlib
+
+    t = wire.open(throttle_ms=0, ws_deflate=True)
+    t.create_task_progress_sync("z", "sdxl", "image_generation")
+
+    # A raw client: the server's frames carry RSV1 and inflate (raw deflate + 00 00 ff ff) to the JSON.
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+    s.sendall(b"GET /api/v1/progress/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 101 " in head and b"permessage-deflate" in head.lower(), head
+    inflater = zlib.decompressobj(-15)
+
+    def message():
+        b0, payload = _read_frame(s)
+        if b0 & 0x40:
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return b0, json.loads(payload)
+
+    assert message()[1]["type"] == "connection.established"
+    sub = json.dumps({"type": "subscribe", "task_ids": ["z"]}).encode()
+    s.sendall(bytes([0x81, 0x80 | len(sub), 0, 0, 0, 0]) + sub)
+    seen = [message() for _ in range(2)]
+    assert seen[0][1]["type"] == "subscribed"
+    b0, state = seen[1]
+    assert state["type"] == "progress.update" and state["data"]["task_id"] == "z"
+    assert b0 & 0x40, "the full state went uncompressed"
+    s.close()
+
+    # The websockets library negotiates it too and reads the same stream, delta included.
+    async def scenario():
+        async with wire.connect(t, "pmd", compression="deflate") as ws:
+            assert ws.protocol.extensions, "permessage-deflate was not negotiated"
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["z"], "delta": True}, "subscribed")
+            for i in range(1, 4):
+                t.update_progress_sync("z", i, 10, f"step {i}")
+                await asyncio.sleep(0.02)
+            rec = Reconstruction()
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and (rec.apply(m) or rec.state[
+                "stages"][str(rec.state["current_stage"])]["message"] == "step 3"), 5)
+            assert rec.state == t.get_task_progress_sync("z") | {"eta": rec.state["eta"],
+                                                                  "eta_seconds": rec.state["eta_seconds"],
+                                                                  "eta_confidence": rec.state["eta_confidence"]}
+
+    wire.run(scenario())
+
+
+def test_ws_deflate_must_be_boolean(wire):
+    import pytest
+    from progress_engine import ProgressError
+
+    with pytest.raises(ProgressError, match="ws_deflate"):
+        wire.open(ws_deflate="yes")
+
+
+def test_slow_delta_client_gets_full_states_where_its_base_was_replaced(wire):
+    """A delta client that stops reading: its unsent update of a task is replaced by the newer state, which then
+    goes in full (the client never gets the replaced state a patch would start from). Every patch it does get
+    applies to the state it holds, and every state equals the full one at the same seq."""
+    t = wire.open(throttle_ms=0)
+    t.register_template_stages_sync("two", [Stage("a", "a", 1.0), Stage("b", "b", 1.0)])
+    t.create_task_progress_sync("slow", "two")
+    clients = {}
+    for name, delta, rcvbuf in (("slow", True, 4096), ("plain", False, None)):
+        ws = wire.raw_ws(t, name, rcvbuf=rcvbuf)
+        assert json.loads(ws.next_frame()[1])["type"] == "connection.established"
+        ws.send_text(json.dumps({"type": "subscribe", "task_ids": ["slow"], "delta": delta}))
+        clients[name] = ws
+    # A large stage message per update, so that the unread frames outgrow the socket buffers; paced, so that the
+    # listener fans most of the updates out rather than coalescing them in its inbox.
+    pad = "x" * 16000
+    t.update_stage_sync("slow", 0, StageStatus.IN_PROGRESS, 0.0, "go")
+    for i in range(1, 1001):
+        t.update_progress_sync("slow", i % 500, 500, f"{i} {pad}")
+        if i == 500:
+            t.update_stage_sync("slow", 1, StageStatus.IN_PROGRESS, 0.0, "second")
+        time.sleep(0.0005)
+    t.complete_task_sync("slow")
+
+    def read_all(ws, apply):
+        while True:
+            opcode, payload = ws.next_frame(10)
+            msg = json.loads(payload)
+            if msg["type"] != "progress.update":
+                continue
+            state = apply(msg)
+            if state["status"] == "completed":
+                return
+
+    full = {}
+
+    def keep(msg):
+        full[msg["seq"]] = msg["data"]
+        return msg["data"]
+
+    read_all(clients["plain"], keep)
+    rec = Reconstruction()
+    order = []
+
+    def rebuild(msg):
+        order.append("patch" if "patch" in msg else "full")
+        rec.apply(msg)
+        return rec.state
+
+    read_all(clients["slow"], rebuild)
+    common = set(full) & set(rec.states)
+    assert common, "no seq in common"
+    for seq in common:
+        assert rec.states[seq] == full[seq], seq
+    first_patch = order.index("patch")
+    assert "full" in order[first_patch:], "no base was ever replaced: the client read too fast for this test"
+    assert order.count("patch") > 0
