@@ -174,4 +174,20 @@ struct TaskListingTests {
         #expect(ids(TaskQuery(statuses: [.failed, .completed])) == [])
         #expect(ids(TaskQuery()).count == 8)
     }
+
+    @Test("a step counter's steps count before the filters: its task is listed as executing at once")
+    func counterStepsBeforeFilters() throws {
+        let engine = try makeEngine("{}", clock: ManualClock(1_000))
+        try engine.createTask(id: "counted", templateId: "x", category: "image_generation", options: TaskOptions())
+        let counter = UnsafeMutablePointer<CLongLong>.allocate(capacity: 2)
+        defer { counter.deallocate() }
+        counter[0] = 0
+        counter[1] = 50
+        try engine.attachCounter(id: "counted", pointer: counter)
+        counter[0] = 10  // no maintenance round read it yet
+        let page = engine.listTasks(TaskQuery(statuses: [.executing]))
+        #expect(page.tasks.map(\.id) == ["counted"])
+        #expect(page.tasks.first?.status == .executing)
+        try engine.detachCounter(id: "counted")
+    }
 }

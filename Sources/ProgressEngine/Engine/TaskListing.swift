@@ -86,7 +86,12 @@ extension EngineCore {
         for shard in table.allShards {
             shard.withLock { state in
                 let live = state.tasks.values.filter { !$0.isExpired(now: now, retention: self.config.retentionSeconds) }
-                for task in live { heldAtScan.insert(task.id) }
+                for task in live {
+                    heldAtScan.insert(task.id)
+                    // The runner's steps through a step counter, read now as a snapshot does: else a task the
+                    // counter moved to executing would be filtered by the status it had before.
+                    catchUpCounter(task, at: max(now, task.lastTimestamp), notify: true)
+                }
                 let matching = live.lazy.filter { task in
                     query.matches(id: task.id, status: task.status, templateId: task.templateId,
                                   batchId: task.batchId, updatedAt: task.updatedAt)
