@@ -182,6 +182,11 @@ export interface SubscribeOptions {
    *  update. The client applies them, so `update` events carry the whole `data` either way; treat it as
    *  read-only (unchanged parts are shared with the previous update's). */
   delta?: boolean;
+  /** At most one update of a task per this many ms on this connection (its latest state); stage changes, the
+   *  end and cancel requests still come at once. 0–60000; 0: every update. The connection's setting: the latest
+   *  subscribe that gives one sets it. For a page that draws many tasks and needs no more than a few frames a
+   *  second of each. */
+  intervalMs?: number;
 }
 
 /** RFC 7386 JSON Merge Patch, as the client applies delta updates: a new value; `target` is not modified. */

@@ -105,7 +105,10 @@ export class ProgressClient {
   subscribe(taskIds, options = {}) {
     const ids = idList(taskIds);
     const added = ids.filter((id) => !this._subs.has(id));
-    const subOptions = options.delta === undefined ? {} : { delta: options.delta };
+    const subOptions = {};
+    if (options.delta !== undefined) subOptions.delta = options.delta;
+    // The listener's interval is the connection's: the latest subscribe that gives one sets it.
+    if (options.intervalMs !== undefined) subOptions.interval_ms = options.intervalMs;
     for (const id of ids) this._subs.set(id, subOptions);
     return new Promise((resolve, reject) => {
       const waiter = { ids, added, resolve, reject };

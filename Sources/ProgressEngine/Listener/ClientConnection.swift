@@ -39,6 +39,10 @@ final class WriteBatch {
 /// (wake, timer, received message). Service thread only.
 final class FlushList {
     @exclusivity(unchecked) var clients: [ClientConnection] = []
+    /// The service thread's monotonic time at the start of the current round (drain or timer).
+    @exclusivity(unchecked) var now: Double = 0
+    /// Clients holding states back for their `interval_ms`, by connection id: the listener's timer releases them.
+    @exclusivity(unchecked) var holding: [UInt64: ClientConnection] = [:]
 }
 
 /// What one client knows of one task: the newest seq queued for it, and where its unsent replaceable
@@ -55,6 +59,11 @@ final class TaskSlot {
     @exclusivity(unchecked) var hasSeq = false
     /// `ClientConnection.wantsDelta` for this task: 0 not known yet, 1 no, 2 yes.
     @exclusivity(unchecked) var deltaMode: UInt8 = 0
+    /// With `interval_ms`: when a state of the task was last queued, in ms since the connection opened (0: never).
+    @exclusivity(unchecked) var lastQueuedMs: UInt32 = 0
+
+    /// `pending` of a task whose replaceable update is held back by the client's interval (not in the queue).
+    static let held: Int32 = -2
 }
 
 /// A WebSocket client of the listener. Lives on the service thread only (so its stored variables, like those
@@ -95,12 +104,22 @@ final class ClientConnection {
     /// A write outside the writable callback failed: the next callback closes the connection.
     @exclusivity(unchecked) private var writeFailed = false
 
+    /// The client's `interval_ms` (its latest subscribe that gave one): at most one state of a task per interval
+    /// goes to it, the latest; 0: every state (docs/API.md, "Update interval").
+    @exclusivity(unchecked) var intervalMs: UInt32 = 0
+    /// The states held back by the interval, one per task (by its slot), each replaced by the task's next.
+    @exclusivity(unchecked) private var held: [ObjectIdentifier: (message: WireMessage, slot: TaskSlot)] = [:]
+    /// When the earliest held state is due (the service thread's monotonic seconds); infinity when none.
+    @exclusivity(unchecked) private(set) var heldDue = Double.infinity
+    private let openedAt: Double
+
     init(id: UInt64, wsi: UnsafeMutableRawPointer, clientId: String, peer: String, flushList: FlushList) {
         self.id = id
         self.wsi = wsi
         self.clientId = clientId
         self.peer = peer
         self.flushList = flushList
+        openedAt = flushList.now
     }
 
     var pendingCount: Int { queue.count - head }
@@ -139,13 +158,17 @@ final class ClientConnection {
         slot.hasSeq = true
         slot.lastSeq = seq
         if urgent {
+            releaseHeld(slot)
             slot.pending = -1
+            if intervalMs > 0 { slot.lastQueuedMs = roundMs }  // the interval counts from any state sent
             enqueue(message, slot: nil)
+        } else if slot.pending == TaskSlot.held {
+            held[ObjectIdentifier(slot)]?.message = message
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
             queuedBytes += message.length - queue[Int(slot.pending)].message.length
             queue[Int(slot.pending)].message = message
-        } else {
+        } else if !holdsBack(message, slot: slot) {
             enqueue(message, slot: slot)
         }
     }
@@ -198,15 +221,66 @@ final class ClientConnection {
         let fits = step.patch != nil && step.baseGeneration != 0 && slot.generation == step.baseGeneration
         slot.generation = step.generation
         if urgent {
+            releaseHeld(slot)  // the state the patch starts from goes first
             slot.pending = -1
+            if intervalMs > 0 { slot.lastQueuedMs = roundMs }
             enqueue(fits ? step.patch! : full, slot: nil)
+        } else if slot.pending == TaskSlot.held {
+            held[ObjectIdentifier(slot)]?.message = full
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
             queuedBytes += full.length - queue[Int(slot.pending)].message.length
             queue[Int(slot.pending)].message = full
         } else {
-            enqueue(fits ? step.patch! : full, slot: slot)
+            let message = fits ? step.patch! : full
+            if !holdsBack(message, slot: slot) { enqueue(message, slot: slot) }
         }
+    }
+
+    // MARK: - The update interval
+
+    /// The round's time in ms since the connection opened, never 0 (which means "never queued").
+    private var roundMs: UInt32 { UInt32(truncatingIfNeeded: Int64((flushList.now - openedAt) * 1000)) | 1 }
+
+    /// With an interval: holds a replaceable state back when the task's last one was queued less than the interval
+    /// ago, else notes that it is queued now. Without: false.
+    private func holdsBack(_ message: WireMessage, slot: TaskSlot) -> Bool {
+        guard intervalMs > 0 else { return false }
+        let now = roundMs
+        let since = now &- slot.lastQueuedMs
+        guard slot.lastQueuedMs != 0, since < intervalMs, closing == nil else {
+            slot.lastQueuedMs = now
+            return false
+        }
+        held[ObjectIdentifier(slot)] = (message, slot)
+        slot.pending = TaskSlot.held
+        heldDue = min(heldDue, flushList.now + Double(intervalMs - since) / 1000)
+        flushList.holding[id] = self
+        return true
+    }
+
+    /// Queues the task's held state, if it has one (before an urgent state of the task, or when it is due).
+    private func releaseHeld(_ slot: TaskSlot) {
+        guard slot.pending == TaskSlot.held, let entry = held.removeValue(forKey: ObjectIdentifier(slot)) else { return }
+        slot.pending = -1
+        slot.lastQueuedMs = roundMs
+        enqueue(entry.message, slot: slot)
+    }
+
+    /// The listener's timer: queues the held states whose interval is over; `heldDue` becomes the next one's time.
+    func releaseDueStates() {
+        let now = roundMs
+        var next = UInt32.max
+        for entry in held.values {
+            let since = now &- entry.slot.lastQueuedMs
+            // Within a millisecond counts as due (the timer fires on the ms); no interval any more: all due.
+            if intervalMs <= 1 || since >= intervalMs - 1 {
+                releaseHeld(entry.slot)
+            } else {
+                next = min(next, intervalMs - since)
+            }
+        }
+        heldDue = held.isEmpty ? .infinity : flushList.now + Double(next) / 1000
     }
 
     /// The task's slot, made on first use.
@@ -240,6 +314,8 @@ final class ClientConnection {
     /// Closes with `code` after what is already queued (or at once when `immediately`).
     func close(code: Int32, reason: String, immediately: Bool = false) {
         guard closing == nil else { return }
+        held.removeAll()
+        heldDue = .infinity
         if immediately {
             for slot in slots.values { slot.pending = -1 }
             queue.removeAll()

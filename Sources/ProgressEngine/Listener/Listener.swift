@@ -206,6 +206,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         metrics.droppedLogs.add(dropped, ordering: .relaxed)
         etaTime = nil
         let now = engine.monotonic.now()
+        flushList.now = now
         for id in changed { fanOut(taskId: id, now: now) }
         for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
         armTimer(now: now)
@@ -225,17 +226,25 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         timerDue = .infinity
         etaTime = nil
         let now = engine.monotonic.now()
+        flushList.now = now
         let due = deferred.filter { $0.value <= now + 0.0005 }.map(\.key)
         for id in due {
             deferred[id] = nil
             fanOut(taskId: id, now: now)
+        }
+        // States held back by clients' intervals (after the fan-outs, which may have replaced them).
+        for (id, client) in flushList.holding where client.heldDue <= now + 0.0005 {
+            client.releaseDueStates()
+            if client.heldDue == .infinity { flushList.holding[id] = nil }
         }
         armTimer(now: now)
         flush()
     }
 
     private func armTimer(now: Double) {
-        guard let next = deferred.values.min(), next < timerDue else { return }
+        var next = deferred.values.min() ?? .infinity
+        for client in flushList.holding.values { next = min(next, client.heldDue) }
+        guard next < timerDue, next.isFinite else { return }
         timerDue = next
         CProgress_listener_set_timer(c, Int64(max(0, next - now) * 1e6) + 1)
     }
@@ -360,6 +369,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     fileprivate func closed(id: UInt64) {
         guard let client = connections.removeValue(forKey: id) else { return }
+        flushList.holding[id] = nil
         client.isOpen = false
         if client.usesDelta { deltaConnections -= 1 }
         if maxConnectionsPerIP != nil, let n = connectionsByPeer[client.peer] {
@@ -385,7 +395,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     /// Adds subscriptions; all or nothing against the per-connection cap. `delta`: the tasks named (or every
     /// task, for "*") get merge patches rather than full states from now on.
-    func subscribe(_ client: ClientConnection, to ids: [String], delta: Bool = false) throws {
+    func subscribe(_ client: ClientConnection, to ids: [String], delta: Bool = false, intervalMs: UInt32? = nil) throws {
         let new = Set(ids.filter { $0 != "*" }).subtracting(client.subscriptions)
         guard client.subscriptions.count + new.count <= maxSubscriptions else {
             throw ProtocolError(code: "limit", message: "subscribing to \(new.count) more tasks would exceed "
@@ -405,6 +415,10 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         }
         client.setDelta(delta, for: ids)
         if client.usesDelta { client.forgetDeltaModes() }
+        if let intervalMs {
+            client.intervalMs = intervalMs
+            flushList.now = engine.monotonic.now()  // the current states sent next count from now
+        }
     }
 
     func unsubscribe(_ client: ClientConnection, from ids: [String]) {

@@ -232,6 +232,9 @@ enum Messages {
         return ids
     }
 
+    /// The longest `interval_ms` a subscribe may ask for: a minute between two states of a task.
+    static let maxIntervalMs = 60_000
+
     private static func subscribe(_ l: Listener, client: ClientConnection, reader: JSONObjectReader) throws {
         let ids = try taskIds(reader)
         var resume: [String: UInt64] = [:]
@@ -245,7 +248,16 @@ enum Messages {
         }
         // Delta mode (docs/API.md "Delta updates"): opt-in per subscribe, for the tasks it names.
         let delta = try reader.bool("delta") ?? false
-        try l.subscribe(client, to: ids, delta: delta)
+        // The connection's update interval (docs/API.md "Update interval"): the latest subscribe that gives one.
+        var interval: UInt32?
+        if let value = try reader.number("interval_ms") {
+            guard value >= 0, value <= Double(maxIntervalMs), value.rounded() == value else {
+                throw ProtocolError(code: "invalid_message",
+                                    message: "interval_ms must be an integer from 0 (every state) to \(maxIntervalMs)")
+            }
+            interval = UInt32(value)
+        }
+        try l.subscribe(client, to: ids, delta: delta, intervalMs: interval)
         client.send(WireMessage(taskIdList(type: "subscribed", ids)))
         let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
         for snapshot in snapshots {
