@@ -218,4 +218,39 @@ struct ETASizeTests {
         let steep = (0..<10).map { i in ([Double(i) * 0.01], Double(i) * 0.5) }
         #expect(SizeScaling.slopes(steep, dimension: 1)?[0] == SizeScaling.maxSlope)
     }
+
+    @Test("a stepped stage: its warm-up, its steps and what follows them each scaled by their own law")
+    func sizeScalingStepsApartFromWarmUp() throws {
+        let engine = try makeEngine(clock: ManualClock(1_000))
+        // 2 s of warm-up whatever the size, then 1 s per step: the first report comes 3 s in (warm-up and step 1).
+        for steps in [10, 20, 40] {
+            try record(engine, durations: [0: 0, 1: 1, 2: Double(2 + steps), 3: 1],
+                       extra: [#""workload":{"steps":\#(steps)}"#,
+                               #""stage_profiles":{"2":{"steps":\#(steps),"head":3,"step_seconds":1,"tail":0}}"#],
+                       count: 3)
+        }
+        // A power law of the whole stage (12, 22, 42 s) would give 80 steps about 75 s; warm-up + steps give 82.
+        try engine.createTask(id: "t", templateId: "sd", category: "image_generation",
+                              options: sized([("steps", .number(80))]))
+        let eta = try #require(try etaSeconds(engine, "t"))
+        #expect(abs(eta - (1 + 82 + 1)) < 0.01)
+    }
+
+    @Test("the runs moved to a size are the nearest ones, newest first among equals")
+    func sizeScalingNearest() throws {
+        var records: [CompletionRecord] = []
+        for (i, steps) in [10, 10, 20, 40, 80, 160, 320, 640].enumerated() {
+            var r = try CompletionRecord.parse(#"{"template_id":"sd","total_duration":\#(steps),"#
+                + #""stage_durations":{"2":\#(steps)},"workload":{"steps":\#(steps)}}"#, now: Double(i))
+            r.taskId = "r\(i)"
+            records.append(r)
+        }
+        let scaling = try #require(SizeScaling(records, names: ["steps"]))
+        let target = try #require(Workload(metadata: .object([("workload", .object([("steps", .number(12))]))])))
+        let nearest = scaling.records(scaledTo: target, nearest: 3)
+        #expect(nearest.map(\.taskId) == ["r0", "r1", "r2"])
+        // Every duration moved to 12 steps (a slope of 1).
+        for r in nearest { #expect(abs(r.stageDurations[0].1 - 12) < 1e-4) }
+        #expect(scaling.records(scaledTo: target).count == records.count)
+    }
 }

@@ -49,6 +49,17 @@ final class CompletionHistory: Sendable {
         let workload: Workload?
     }
 
+    /// A task's history (`narrowed(...)`).
+    struct Narrowed: Sendable {
+        /// The similar tasks' records, narrowed by variant and moved to the task's size.
+        let history: HistoryStatistics
+        /// Whether `history` is already narrowed by size.
+        let bySize: Bool
+        /// When `history` was moved to the task's size by a law (`HistoryStatistics.scaled(to:)`): the runs
+        /// nearest that size as they were, for the duration of a stage that has not reported yet.
+        let unscaled: HistoryStatistics?
+    }
+
     /// Narrowed sets kept at most; past it, all are dropped (they are recomputed on the next read).
     static let maxNarrowed = 4096
 
@@ -56,7 +67,7 @@ final class CompletionHistory: Sendable {
         var rings: [Key: Ring<CompletionRecord>] = [:]
         var cache: [Level: HistoryStatistics] = [:]
         /// Narrowed statistics (nil: nothing left after narrowing), dropped with their level's cache entry.
-        var narrowed: [Narrowing: (HistoryStatistics, bySize: Bool)] = [:]
+        var narrowed: [Narrowing: Narrowed] = [:]
         /// Records added so far: a narrowing computed outside the lock is kept only if none arrived meanwhile.
         var generation = 0
     }
@@ -146,19 +157,21 @@ final class CompletionHistory: Sendable {
     /// (`HistoryStatistics.scaled(to:)`, else the runs nearest its size, `similar(workload:)`); each narrowing only
     /// where enough records are left. Cached per level, variant and size until a record changes the level: a
     /// dashboard reads many tasks of a few kinds, and a queued task's forecast reads every task ahead of it.
-    /// - Returns: the statistics, and whether they are already narrowed by size; nil without any record.
+    /// - Returns: nil without any record.
     func narrowed(template: String, quality: String?, resource: String?, category: String?,
-                  variant: (stage: Int, name: String)?, workload: Workload?) -> (HistoryStatistics, bySize: Bool)? {
+                  variant: (stage: Int, name: String)?, workload: Workload?) -> Narrowed? {
         guard let (level, history) = similarLevel(template: template, quality: quality, resource: resource,
                                                   category: category) else { return nil }
-        if variant == nil && workload == nil { return (history, false) }
+        if variant == nil && workload == nil { return Narrowed(history: history, bySize: false, unscaled: nil) }
         let key = Narrowing(level: level, variantStage: variant?.stage, variant: variant?.name, workload: workload)
         let (cached, generation) = store.withLock { s in (s.narrowed[key], s.generation) }
         if let cached { return cached }
         var narrowed = history
         if let variant, let matching = history.variant(stage: variant.stage, variant.name) { narrowed = matching }
-        let sized = workload.flatMap { narrowed.scaled(to: $0) ?? narrowed.similar(workload: $0) }
-        let result = (sized ?? narrowed, bySize: sized != nil)
+        let nearest = workload.flatMap { narrowed.similar(workload: $0) }
+        let scaled = workload.flatMap { narrowed.scaled(to: $0) }
+        let result = Narrowed(history: scaled ?? nearest ?? narrowed, bySize: scaled != nil || nearest != nil,
+                              unscaled: scaled == nil ? nil : nearest)
         store.withLock { s in
             guard s.generation == generation, s.cache[level] != nil else { return }
             if s.narrowed.count >= CompletionHistory.maxNarrowed { s.narrowed.removeAll() }

@@ -38,6 +38,12 @@ struct ETAPredictor {
     /// Whether `history` is already the runs nearest the task's size (`Workload`): then it is not narrowed again by
     /// steps and pace, which tell the size less well than the runner's own figures and would leave few records.
     var bySize = false
+    /// When `history` was moved to the task's size by a law (`HistoryStatistics.scaled(to:)`): the runs nearest
+    /// that size as they were. A stage that reports steps, while it has not reported yet, takes what remains of it
+    /// from these: a stepped stage's duration is a warm-up plus its steps, which a law bends at the smallest sizes
+    /// (a 1-tile upscale is mostly warm-up), and once the elapsed time passes most of the moved runs, only their
+    /// few long outliers are left to say what remains. Its live pace, its tail and the later stages follow the law.
+    var unscaled: HistoryStatistics? = nil
     /// Statistics of the tasks sharing the task's queue (same template and resources).
     let queueHistory: HistoryStatistics?
 
@@ -208,8 +214,12 @@ struct ETAPredictor {
             }
             return parts
         }
-        guard !durations.isEmpty else { return nil }
-        return [remaining(of: durations, elapsed: elapsed)]
+        // Only a stage that reports steps in history is a warm-up plus steps; a model load follows its law.
+        let stepped = !(history?.stepSeconds(index).isEmpty ?? true) || !(history?.stageSeconds(index).isEmpty ?? true)
+        let unreported = (stepped ? unscaled : nil).map { $0.durations(index) }.flatMap { $0.isEmpty ? nil : $0 }
+            ?? durations
+        guard !unreported.isEmpty else { return nil }
+        return [remaining(of: unreported, elapsed: elapsed)]
     }
 
     /// Seconds per whole current stage: the live median blended with history's pace for this run.

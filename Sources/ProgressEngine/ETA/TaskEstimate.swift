@@ -23,7 +23,7 @@ extension EngineCore {
             variant: task.stages[task.currentStage].variant.map { (task.currentStage, $0) },
             workload: Workload(metadata: task.metadata))
         return ETAPredictor(
-            history: narrowed?.0, bySize: narrowed?.bySize ?? false,
+            history: narrowed?.history, bySize: narrowed?.bySize ?? false, unscaled: narrowed?.unscaled,
             queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
     }
 
