@@ -2,10 +2,12 @@ import Glibc
 
 /// How the figures of each stage follow the job's size (`Workload`) over a set of completion records: a power
 /// law, log figure = a + Σ b × log value, fitted by least squares on the records that gave the same names. It moves
-/// each record to another size (`records(scaledTo:)`), so that every run of a group, not only the few nearest in
-/// size, tells what a job of that size would have taken: its own deviation from the law is kept, only the size is
+/// each record to another size (`records(scaledTo:)`), so that many runs of a group, not only the few nearest in
+/// size, tell what a job of that size would have taken: its own deviation from the law is kept, only the size is
 /// changed. Durations, what follows a stage's last step (`StageProfile.tail`) and paces per step are fitted apart:
-/// a decode follows the resolution, a pace per step does not follow the step count.
+/// a decode follows the resolution, a pace per step does not follow the step count. A stage that reported steps is
+/// moved as the sum of its warm-up, its steps and its tail, each by its own law: a warm-up does not grow with the
+/// job, so a power law of the whole stage would shrink a 1-tile upscale, which is mostly warm-up.
 ///
 /// The fit is ridge-regularised (a slope whose name never varies in the set is 0, two names that always vary
 /// together share one slope) and slopes are bounded, so that a few odd records cannot make sizes far from theirs
