@@ -178,4 +178,79 @@ struct ETASizeTests {
             try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":1,"stage_variants":{"1":2}}"#)
         }
     }
+
+    @Test("stages that grow with the size: every run of the group moved to the task's size by a fitted power law")
+    func sizeScalingFromWholeGroup() throws {
+        let engine = try makeEngine(clock: ManualClock(1_000))
+        // Generation grows as the steps, post-processing as the megapixels, the load as neither.
+        for (steps, megapixels) in [(20.0, 1.0), (20.0, 2.0), (40.0, 1.0), (40.0, 2.0)] {
+            try record(engine, durations: [0: 0, 1: 3, 2: steps / 2, 3: megapixels],
+                       extra: [#""workload":{"steps":\#(steps),"megapixels":\#(megapixels)}"#], count: 3)
+        }
+        // Beyond every size recorded: 80 steps at 4 MP. The nearest runs alone (40 steps, 2 MP) would say 3 + 20 + 2.
+        try engine.createTask(id: "big", templateId: "sd", category: "image_generation",
+                              options: sized([("steps", .number(80)), ("megapixels", .number(4))]))
+        #expect(try etaSeconds(engine, "big") == 3 + 40 + 4)
+        // Between sizes: 30 steps at 1.5 MP (log-linear: 10 × 1.5 and 1 × 1.5).
+        try engine.createTask(id: "mid", templateId: "sd", category: "image_generation",
+                              options: sized([("steps", .number(30)), ("megapixels", .number(1.5))]))
+        let mid = try #require(try etaSeconds(engine, "mid"))
+        #expect(abs(mid - (3 + 15 + 1.5)) < 0.01)
+        // A record of another size arriving changes the fit (the cached narrowing is dropped).
+        try record(engine, durations: [0: 0, 1: 3, 2: 160, 3: 4],
+                   extra: [#""workload":{"steps":80,"megapixels":4}"#], count: 12)
+        let after = try #require(try etaSeconds(engine, "big"))
+        #expect(after > 3 + 40 + 4 + 50)
+    }
+
+    @Test("the fit: slopes of the log sizes, 0 for a name that never varies, none for too few records")
+    func sizeScalingSlopes() {
+        let points = (0..<10).map { i -> ([Double], Double) in
+            let x = Double(i % 5)
+            return ([x, 2], 1.5 * x + 0.5)  // the second name is constant
+        }
+        let slopes = SizeScaling.slopes(points, dimension: 2)
+        #expect(slopes != nil)
+        #expect(abs((slopes?[0] ?? 0) - 1.5) < 0.01)
+        #expect(abs(slopes?[1] ?? 1) < 1e-9)
+        #expect(SizeScaling.slopes(Array(points.prefix(SizeScaling.minimumRecords - 1)), dimension: 2) == nil)
+        // Bounded: a steep law is cut at maxSlope.
+        let steep = (0..<10).map { i in ([Double(i) * 0.01], Double(i) * 0.5) }
+        #expect(SizeScaling.slopes(steep, dimension: 1)?[0] == SizeScaling.maxSlope)
+    }
+
+    @Test("a stepped stage: its warm-up, its steps and what follows them each scaled by their own law")
+    func sizeScalingStepsApartFromWarmUp() throws {
+        let engine = try makeEngine(clock: ManualClock(1_000))
+        // 2 s of warm-up whatever the size, then 1 s per step: the first report comes 3 s in (warm-up and step 1).
+        for steps in [10, 20, 40] {
+            try record(engine, durations: [0: 0, 1: 1, 2: Double(2 + steps), 3: 1],
+                       extra: [#""workload":{"steps":\#(steps)}"#,
+                               #""stage_profiles":{"2":{"steps":\#(steps),"head":3,"step_seconds":1,"tail":0}}"#],
+                       count: 3)
+        }
+        // A power law of the whole stage (12, 22, 42 s) would give 80 steps about 75 s; warm-up + steps give 82.
+        try engine.createTask(id: "t", templateId: "sd", category: "image_generation",
+                              options: sized([("steps", .number(80))]))
+        let eta = try #require(try etaSeconds(engine, "t"))
+        #expect(abs(eta - (1 + 82 + 1)) < 0.01)
+    }
+
+    @Test("the runs moved to a size are the nearest ones, newest first among equals")
+    func sizeScalingNearest() throws {
+        var records: [CompletionRecord] = []
+        for (i, steps) in [10, 10, 20, 40, 80, 160, 320, 640].enumerated() {
+            var r = try CompletionRecord.parse(#"{"template_id":"sd","total_duration":\#(steps),"#
+                + #""stage_durations":{"2":\#(steps)},"workload":{"steps":\#(steps)}}"#, now: Double(i))
+            r.taskId = "r\(i)"
+            records.append(r)
+        }
+        let scaling = try #require(SizeScaling(records, names: ["steps"]))
+        let target = try #require(Workload(metadata: .object([("workload", .object([("steps", .number(12))]))])))
+        let nearest = scaling.records(scaledTo: target, nearest: 3)
+        #expect(nearest.map(\.taskId) == ["r0", "r1", "r2"])
+        // Every duration moved to 12 steps (a slope of 1).
+        for r in nearest { #expect(abs(r.stageDurations[0].1 - 12) < 1e-4) }
+        #expect(scaling.records(scaledTo: target).count == records.count)
+    }
 }

@@ -172,6 +172,20 @@ struct ETATests {
         #expect(jumpy < 0.7)
     }
 
+    @Test("one run in twenty that stalled does not make the others' agreement uncertain (a robust spread)")
+    func confidenceRobustToOutlier() throws {
+        let engine = try makeEngine()
+        try record(engine, template: "sd", durations: [2: 30, 3: 2], count: 19)
+        try engine.recordCompletion(json: #"{"template_id":"sd","total_duration":632,"#
+            + #""stage_durations":{"2":30,"3":602},"task_id":"stalled"}"#)
+        try engine.createTask(id: "t", templateId: "sd", category: "image_generation", options: TaskOptions())
+        try engine.updateStage(id: "t", stage: 2, status: .inProgress, progress: 0, message: .none)
+        // The mean square of the post-processing (18,000 s², a 134 s deviation on 32 s) would put it near 0.2.
+        let confidence = try eta(engine, "t").confidence ?? 0
+        #expect(confidence > 0.9)
+        #expect(try eta(engine, "t").seconds == 32)
+    }
+
     @Test("agreeing records: confidence grows with their count (one record is no certainty)")
     func confidenceFollowsCount() throws {
         func confidence(records count: Int) throws -> Double {

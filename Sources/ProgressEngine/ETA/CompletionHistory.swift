@@ -40,9 +40,38 @@ final class CompletionHistory: Sendable {
         let resource: String?
     }
 
+    /// A level narrowed for one task: to the runs whose stage ran as the runner says the task's does, and moved
+    /// to the task's size (`EngineCore.predictor(for:)`).
+    struct Narrowing: Hashable {
+        let level: Level
+        let variantStage: Int?
+        let variant: String?
+        let workload: Workload?
+    }
+
+    /// A task's history (`narrowed(...)`).
+    struct Narrowed: Sendable {
+        /// The similar tasks' records, narrowed by variant and moved to the task's size.
+        let history: HistoryStatistics
+        /// Whether `history` is already narrowed by size.
+        let bySize: Bool
+        /// When `history` was moved to the task's size by a law (`HistoryStatistics.scaled(to:)`): the runs
+        /// nearest that size as they were, for the duration of a stage that has not reported yet.
+        let unscaled: HistoryStatistics?
+    }
+
+    /// Narrowed sets kept at most; past it, all are dropped (they are recomputed on the next read). Each holds up to
+    /// 5√n moved copies of records (158 for a full ring of 1,000), so the bound is on memory as much as on count;
+    /// the tasks read at one time are far fewer kinds and sizes than that (bench-eta: same speed as with 4,096).
+    static let maxNarrowed = 256
+
     private struct Store {
         var rings: [Key: Ring<CompletionRecord>] = [:]
         var cache: [Level: HistoryStatistics] = [:]
+        /// Narrowed statistics (nil: nothing left after narrowing), dropped with their level's cache entry.
+        var narrowed: [Narrowing: Narrowed] = [:]
+        /// Records added so far: a narrowing computed outside the lock is kept only if none arrived meanwhile.
+        var generation = 0
     }
 
     private let store = Locked(Store())
@@ -76,6 +105,7 @@ final class CompletionHistory: Sendable {
                 let stalest = s.rings.min { ($0.value.last?.timestamp ?? 0) < ($1.value.last?.timestamp ?? 0) }
                 if let stalest { s.rings[stalest.key] = nil }
                 s.cache.removeAll()
+                s.narrowed.removeAll()
             }
             s.rings[key, default: Ring(capacity: CompletionHistory.capacity)].append(record)
             // A level's cache entry can only change when a record it matches arrives (or one it matched is
@@ -86,6 +116,9 @@ final class CompletionHistory: Sendable {
             s.cache.removeValue(forKey: .resource(template: key.template, resource: key.resource))
             // A record pushed out may have had another category than the new one.
             s.cache = s.cache.filter { level, _ in if case .category = level { return false } else { return true } }
+            let kept = s.cache
+            s.narrowed = s.narrowed.filter { kept[$0.key.level] != nil }
+            s.generation &+= 1
         }
     }
 
@@ -121,6 +154,34 @@ final class CompletionHistory: Sendable {
         }
     }
 
+    /// The history of one task: its similar tasks' (`similar`), narrowed to the runs whose stage `variant.stage`
+    /// ran as `variant.name` says (`HistoryStatistics.variant`), then moved to the task's size when it has one
+    /// (`HistoryStatistics.scaled(to:)`, else the runs nearest its size, `similar(workload:)`); each narrowing only
+    /// where enough records are left. Cached per level, variant and size until a record changes the level: a
+    /// dashboard reads many tasks of a few kinds, and a queued task's forecast reads every task ahead of it.
+    /// - Returns: nil without any record.
+    func narrowed(template: String, quality: String?, resource: String?, category: String?,
+                  variant: (stage: Int, name: String)?, workload: Workload?) -> Narrowed? {
+        guard let (level, history) = similarLevel(template: template, quality: quality, resource: resource,
+                                                  category: category) else { return nil }
+        if variant == nil && workload == nil { return Narrowed(history: history, bySize: false, unscaled: nil) }
+        let key = Narrowing(level: level, variantStage: variant?.stage, variant: variant?.name, workload: workload)
+        let (cached, generation) = store.withLock { s in (s.narrowed[key], s.generation) }
+        if let cached { return cached }
+        var narrowed = history
+        if let variant, let matching = history.variant(stage: variant.stage, variant.name) { narrowed = matching }
+        let nearest = workload.flatMap { narrowed.similar(workload: $0) }
+        let scaled = workload.flatMap { narrowed.scaled(to: $0) }
+        let result = Narrowed(history: scaled ?? nearest ?? narrowed, bySize: scaled != nil || nearest != nil,
+                              unscaled: scaled == nil ? nil : nearest)
+        store.withLock { s in
+            guard s.generation == generation, s.cache[level] != nil else { return }
+            if s.narrowed.count >= CompletionHistory.maxNarrowed { s.narrowed.removeAll() }
+            s.narrowed[key] = result
+        }
+        return result
+    }
+
     /// Similar-task matching: the most specific level with `minimumRecords` records (same template, quality and
     /// resources; then same template and quality; then template; then category), else the most specific one
     /// with any, else nil.
@@ -131,14 +192,19 @@ final class CompletionHistory: Sendable {
     ///   - category: its template category.
     /// - Returns: the chosen level's statistics.
     func similar(template: String, quality: String?, resource: String?, category: String?) -> HistoryStatistics? {
+        similarLevel(template: template, quality: quality, resource: resource, category: category)?.1
+    }
+
+    private func similarLevel(template: String, quality: String?, resource: String?, category: String?)
+        -> (Level, HistoryStatistics)? {
         var levels: [Level] = [.exact(template: template, quality: quality, resource: resource),
                                .quality(template: template, quality: quality), .template(template)]
         if let category { levels.append(.category(category)) }
-        var fallback: HistoryStatistics?
+        var fallback: (Level, HistoryStatistics)?
         for level in levels {
             let statistics = self.statistics(level)
-            if statistics.count >= CompletionHistory.minimumRecords { return statistics }
-            if fallback == nil && statistics.count > 0 { fallback = statistics }
+            if statistics.count >= CompletionHistory.minimumRecords { return (level, statistics) }
+            if fallback == nil && statistics.count > 0 { fallback = (level, statistics) }
         }
         return fallback
     }

@@ -38,6 +38,12 @@ struct ETAPredictor {
     /// Whether `history` is already the runs nearest the task's size (`Workload`): then it is not narrowed again by
     /// steps and pace, which tell the size less well than the runner's own figures and would leave few records.
     var bySize = false
+    /// When `history` was moved to the task's size by a law (`HistoryStatistics.scaled(to:)`): the runs nearest
+    /// that size as they were. A stage that reports steps, while it has not reported yet, takes what remains of it
+    /// from these: a stepped stage's duration is a warm-up plus its steps, which a law bends at the smallest sizes
+    /// (a 1-tile upscale is mostly warm-up), and once the elapsed time passes most of the moved runs, only their
+    /// few long outliers are left to say what remains. Its live pace, its tail and the later stages follow the law.
+    var unscaled: HistoryStatistics? = nil
     /// Statistics of the tasks sharing the task's queue (same template and resources).
     let queueHistory: HistoryStatistics?
 
@@ -55,16 +61,19 @@ struct ETAPredictor {
             self.sample = sample
         }
 
-        /// The central value of a sample of durations, as a part. Its variance is the sample's spread (widened for
-        /// a small sample) plus a prior of `priorSpread` × the value per √count: a few records that happen to
-        /// agree (one, or identical ones) do not make a sure estimate (SPEC §10: confidence from sample count and
-        /// spread); many agreeing records do.
+        /// The central value of a sample of durations, as a part. Its variance is the sample's robust spread
+        /// (`Sample.spread`, widened for a small sample), not its mean square: one run in twenty that stalled for
+        /// minutes is not a spread the others share, and its square would make every estimate of the group look
+        /// unsure, so confidence would rank groups by their rarest outlier rather than by their usual error. Plus
+        /// a prior of `priorSpread` × the value per √count: a few records that happen to agree (one, or identical
+        /// ones) do not make a sure estimate (SPEC §10: confidence from sample count and spread); many agreeing
+        /// records do.
         init(_ sample: Sample) {
             let c = sample.central(besides: .infinity)
             let n = Double(max(sample.count, 1))
-            let ms = sample.values.reduce(0) { $0 + ($1 - c) * ($1 - c) } / n
+            let spread = sample.spread
             let prior = Part.priorSpread * c
-            self.init(seconds: c, variance: ms * (1 + 1 / n) + prior * prior / n, sample: sample)
+            self.init(seconds: c, variance: spread * spread * (1 + 1 / n) + prior * prior / n, sample: sample)
         }
 
         /// The relative spread assumed of a duration before records show it (0.25: one record gives a stage
@@ -137,13 +146,15 @@ struct ETAPredictor {
     /// ahead, and a sum of many durations comes close to the sum of their means, well above the sum of their
     /// medians when durations are skewed (a few long jobs among many short ones).
     /// - Parameter task: a snapshot of a queued task.
+    /// The variance is the robust spread of each stage (as `Part`), for the forecast's confidence only.
     /// - Returns: seconds and variance; nil when a later stage has no history.
     func expectedExecution(_ task: TaskSnapshot) -> (seconds: Double, variance: Double)? {
         var seconds = 0.0, variance = 0.0
         for index in task.stages.indices where index > task.currentStage && task.stages[index].status.isOpen {
             guard let moments = history?.moments(index) else { return nil }
             seconds += moments.mean
-            variance += moments.variance
+            let spread = history?.durations(index).spread ?? 0
+            variance += spread * spread
         }
         return (seconds, variance)
     }
@@ -203,8 +214,12 @@ struct ETAPredictor {
             }
             return parts
         }
-        guard !durations.isEmpty else { return nil }
-        return [remaining(of: durations, elapsed: elapsed)]
+        // Only a stage that reports steps in history is a warm-up plus steps; a model load follows its law.
+        let stepped = !(history?.stepSeconds(index).isEmpty ?? true) || !(history?.stageSeconds(index).isEmpty ?? true)
+        let unreported = (stepped ? unscaled : nil).map { $0.durations(index) }.flatMap { $0.isEmpty ? nil : $0 }
+            ?? durations
+        guard !unreported.isEmpty else { return nil }
+        return [remaining(of: unreported, elapsed: elapsed)]
     }
 
     /// Seconds per whole current stage: the live median blended with history's pace for this run.

@@ -123,6 +123,22 @@ struct HistoryStatistics: Sendable {
         return matching.count >= CompletionHistory.minimumRecords ? HistoryStatistics(records: matching) : nil
     }
 
+    /// The statistics of the 5√n records nearest in size among those that gave the same workload names as
+    /// `workload` (`SizeScaling.neighbourhood`), each record's stage durations, tails (what follows the last step)
+    /// and paces per step moved to the target's size along a power law fitted over all of those records
+    /// (`SizeScaling`): log duration = a + Σ b × log value. Where a job's stages grow with its size, this predicts
+    /// them from several times more runs than the √n nearest taken as they were: the spread of a stage that
+    /// varies from run to run (a post-processing or an encoding) is known from many runs, its rare long ones
+    /// included, instead of a handful. A stage that does not follow the size (a model load) gets slopes near 0
+    /// and is left as it was.
+    /// - Parameter workload: the task's size, as its runner gave it at creation.
+    /// - Returns: nil when fewer than `SizeScaling.minimumRecords` records gave comparable sizes.
+    func scaled(to workload: Workload) -> HistoryStatistics? {
+        guard let scaling = SizeScaling(records, names: workload.names) else { return nil }
+        let nearest = max(5, Int(SizeScaling.neighbourhood * Double(records.count).squareRoot()))
+        return HistoryStatistics(records: scaling.records(scaledTo: workload, nearest: nearest))
+    }
+
     /// The statistics of the records of runs closest in size to `workload` (`Workload.distance`), among those
     /// that gave the same names: the ⌈√n⌉ (at least 5) nearest, the newest first among equal distances. Every stage
     /// of a generation job, and the wait of those queued behind it, follows the job's size: a 50-step 2.4 MP image

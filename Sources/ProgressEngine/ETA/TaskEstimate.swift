@@ -18,15 +18,12 @@ extension EngineCore {
     /// lasts: once a cold load is over, what follows it is much like what follows a warm one, and keeping to cold
     /// runs then would only leave fewer records to predict the rest from.
     private func predictor(for task: TaskSnapshot) -> ETAPredictor {
-        var history = completions.similar(template: task.templateId, quality: task.quality,
-                                          resource: task.resourceKey, category: task.category)
-        if let variant = task.stages[task.currentStage].variant,
-           let narrowed = history?.variant(stage: task.currentStage, variant) {
-            history = narrowed
-        }
-        let sized = Workload(metadata: task.metadata).flatMap { history?.similar(workload: $0) }
+        let narrowed = completions.narrowed(
+            template: task.templateId, quality: task.quality, resource: task.resourceKey, category: task.category,
+            variant: task.stages[task.currentStage].variant.map { (task.currentStage, $0) },
+            workload: Workload(metadata: task.metadata))
         return ETAPredictor(
-            history: sized ?? history, bySize: sized != nil,
+            history: narrowed?.history, bySize: narrowed?.bySize ?? false, unscaled: narrowed?.unscaled,
             queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
     }
 

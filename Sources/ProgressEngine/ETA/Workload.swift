@@ -8,12 +8,22 @@ import Glibc
 ///
 /// The names and their meaning are the host's own: the engine only compares runs that give the same names, by
 /// the ratio of each value (log distance), so units do not matter as long as a template keeps to one.
-struct Workload: Sendable, Equatable {
+struct Workload: Sendable, Hashable {
     /// (name, value > 0), sorted by name.
     let values: [(String, Double)]
 
+    /// The names given, sorted.
+    var names: [String] { values.map(\.0) }
+
     static func == (lhs: Workload, rhs: Workload) -> Bool {
         lhs.values.elementsEqual(rhs.values) { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        for (name, value) in values {
+            hasher.combine(name)
+            hasher.combine(value)
+        }
     }
 
     /// The number of names kept at most: a size is a handful of figures, and the distance costs one log per name.
