@@ -6,20 +6,18 @@ The figures go to artifacts/dashboard-perf.json and are printed (pytest -s); doc
 
 Two measures of the page's main thread: `busy`, DevTools' TaskDuration (wall-clock time of its tasks, the issue's
 measure: a task waiting for a core while a neighbour runs counts too), and `cpu`, the CPU time its renderer main
-thread used (/proc). The baseline runs in the same test: a bare page on the same listener that only reads each
-message's text, what any page subscribed to "*" pays the browser for 10,000 messages a second (15-22 % of a core
-here); `own` is the dashboard's cpu less the bare client's.
+thread used (/proc). Two baselines run in the same test, bare pages on the same listener that only read each
+message's text: `baseline` subscribed to "*" as is (every message: 10,000 a second at 1,000 tasks, 15-22 % of a core
+here), `baseline_paced` subscribed as the dashboard is (delta, interval_ms 250: 4,000 a second); `own` is the
+dashboard's cpu less the paced bare client's.
 
-The issue's bound is 25 % of a core at 1,000 tasks; measured here 23-25 % cpu (busy 26-39 % at load 6-10), so
-asserting 25 % on this shared 2-core machine would fail by the neighbours' doing about half the time. Asserted at
-1,000 tasks, bounds that hold on it: cpu at most 35 %, own at most 15 %, a click answered within 100 ms. Load only
-adds to a figure: each share is the lowest of up to three 5 s windows, the click the fastest of up to three, and
-`uptime` is recorded with them.
+Asserted at 1,000 tasks: cpu at most 25 % of a core (the issue's bound; measured 12-14 %, busy 13-14 %), own at
+most 15 %, a click answered within 100 ms. Load only adds to a figure: each share is the lowest of up to three 5 s
+windows, the click the fastest of up to three, and `uptime` is recorded with them.
 
-10,000 tasks are measured with PROGRESS_DASHBOARD_10K=1, stepped at PROGRESS_DASHBOARD_10K_HZ (default 1 Hz: the
-same 10,000 messages a second as 1,000 tasks at 10 Hz), the page opened before the tasks are created (2,000 a
-second): a page opened on 10,000 existing tasks is closed by the listener (4008) before it has read their states,
-and at 10 Hz (100,000 messages a second) no page keeps up; see docs/DASHBOARD.md.
+10,000 tasks are measured with PROGRESS_DASHBOARD_10K=1, stepped at PROGRESS_DASHBOARD_10K_HZ (default 10), the page
+opened on the existing tasks (PROGRESS_DASHBOARD_PACED=1: opened first, the tasks created at 2,000 a second); see
+docs/DASHBOARD.md.
 """
 
 from __future__ import annotations
@@ -38,11 +36,10 @@ from dashboard_support import ARTIFACTS, LAPTOP
 
 HERE = Path(__file__).resolve().parent
 WINDOW_S = 5.0
-TARGET = 0.25  # of one core at 1,000 tasks (issue 20): re-measured while above it
-CPU_BOUND = 0.35  # of one core, the page's main thread at 1,000 tasks (see above)
+TARGET = 0.25  # of one core at 1,000 tasks (issue 20), asserted on cpu: re-measured while above it
 OWN_BOUND = 0.15  # of one core, the page's cpu less the bare client's
 CLICK_BOUND_MS = 100.0
-SIZES = [(100, 10.0), (1000, 10.0)] + ([(10000, float(os.environ.get("PROGRESS_DASHBOARD_10K_HZ", "1")))]
+SIZES = [(100, 10.0), (1000, 10.0)] + ([(10000, float(os.environ.get("PROGRESS_DASHBOARD_10K_HZ", "10")))]
                                        if os.environ.get("PROGRESS_DASHBOARD_10K") == "1" else [])
 
 
@@ -108,17 +105,21 @@ def measure_window(dash) -> dict:
 BARE_CLIENT = """
 window.__n = 0;
 const ws = new WebSocket(arguments[0] + '/api/v1/progress/ws?client_id=bare-baseline');
-ws.onopen = () => ws.send(JSON.stringify({type: 'subscribe', task_ids: ['*']}));
+ws.onopen = () => ws.send(JSON.stringify(Object.assign({type: 'subscribe', task_ids: ['*']}, arguments[1])));
 ws.onmessage = (e) => { window.__n += e.data.length > 0 ? 1 : 0; };
 ws.onclose = (e) => { window.__closed = e.code + ' ' + e.reason; };
 """
 
 
-def baseline(dash, url: str, windows: int) -> dict:
-    """The bare client's figures on the same fleet (the lowest cpu share of `windows` 5 s windows), or why there
-    are none (the listener closed it)."""
+#: The dashboard's subscription (app.js: delta, UPDATE_INTERVAL_MS).
+DASHBOARD_SUBSCRIBE = {"delta": True, "interval_ms": 250}
+
+
+def baseline(dash, url: str, windows: int, options: dict) -> dict:
+    """A bare client's figures on the same fleet, subscribed to "*" with `options` (the lowest cpu share of
+    `windows` 5 s windows), or why there are none (the listener closed it)."""
     dash.driver.get(url + "/healthz")
-    dash.js(BARE_CLIENT, url.replace("http:", "ws:"))
+    dash.js(BARE_CLIENT, url.replace("http:", "ws:"), options)
     dash.wait(lambda: dash.js("return window.__n") > 0, "the bare client's first messages")
     time.sleep(2)
     closed = dash.js("return window.__closed || null")
@@ -172,7 +173,7 @@ def record(n: int, figures: dict) -> None:
 
 @pytest.mark.parametrize("n,hz", SIZES)
 def test_table_view_main_thread_with_a_live_fleet(dash, n, hz):
-    paced = n > 1000  # the page subscribes first, the tasks come at 2,000 a second
+    paced = os.environ.get("PROGRESS_DASHBOARD_PACED") == "1"  # the page first, the tasks at 2,000 a second
     runner = subprocess.Popen([sys.executable, str(HERE / "fleet_runner.py"), str(n), str(hz), "300"]
                               + (["2000"] if paced else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -186,7 +187,10 @@ def test_table_view_main_thread_with_a_live_fleet(dash, n, hz):
             runner.stdin.write("go\n")
             runner.stdin.flush()
             assert runner.stdout.readline(), "the fleet runner stopped"
-        dash.wait(lambda: dash.js("return document.getElementById('shown').textContent") == f"{n} tasks",
+        # A page of the listing holds at most 1,000 tasks (app.js PAGE_SIZE); a fleet created before the page opened
+        # is paged, one created after it is all on the first page.
+        shown = f"{n} tasks" if n <= 1000 or paced else "1000 tasks on this page"
+        dash.wait(lambda: dash.js("return document.getElementById('shown').textContent") == shown,
                   f"{n} tasks in the table", timeout=60)
         assert dash.js("return window.progressDashboard.view") == "table"
         dash.driver.execute_cdp_cmd("Performance.enable", {"timeDomain": "timeTicks"})
@@ -205,7 +209,9 @@ def test_table_view_main_thread_with_a_live_fleet(dash, n, hz):
             clicks.append(click_latency(dash))
         figures["click_ms"] = min(clicks)
         errors = dash.console_errors()
-        figures["baseline"] = baseline(dash, url, windows)
+        # What any page pays for every message of "*" (the issue's setting), and for the dashboard's subscription.
+        figures["baseline"] = baseline(dash, url, windows, {})
+        figures["baseline_paced"] = baseline(dash, url, windows, DASHBOARD_SUBSCRIBE)
     finally:
         runner.stdin.close()
         tail = runner.stdout.read()
@@ -213,14 +219,14 @@ def test_table_view_main_thread_with_a_live_fleet(dash, n, hz):
         dash.driver.execute_cdp_cmd("Performance.disable", {})
     rate = json.loads(tail.strip().splitlines()[-1])
     figures["runner_hz_per_task"] = rate["per_task_hz"]
-    if "cpu" in figures["baseline"]:
-        figures["own"] = round(figures["cpu"] - figures["baseline"]["cpu"], 4)
+    if "cpu" in figures["baseline_paced"]:
+        figures["own"] = round(figures["cpu"] - figures["baseline_paced"]["cpu"], 4)
     figures["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     record(n, figures)
     # The rows in view, not one per task. (DevTools' Nodes also counts nodes not yet collected: it varies run to run.)
     assert figures["elements"] < 1500, figures
     if n == 1000:
         assert figures["own"] <= OWN_BOUND, figures
-        assert figures["cpu"] <= CPU_BOUND, figures
+        assert figures["cpu"] <= TARGET, figures
         assert figures["click_ms"] <= CLICK_BOUND_MS, figures
     assert errors == []
