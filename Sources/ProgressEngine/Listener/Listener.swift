@@ -191,27 +191,66 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     // MARK: - Service thread: fan-out
 
+    /// A round: what the inbox holds, fanned out, then one send per client. Changes that arrive while the round
+    /// fans out (a runner updating many tasks at one instant wakes this thread at its first call) join the round,
+    /// up to `drainPasses` passes: each client then gets the instant's frames in one send, and every task of the
+    /// instant is taken at the round's time, so none is held by its throttle at the next instant for having been
+    /// taken a round later. A task already taken in this round waits for the next one: encoding it again would only
+    /// replace the frame it has queued (a runner stepping faster than the listener sends).
     fileprivate func drainInbox() {
-        wakePending.store(false, ordering: .releasing)
-        let (changed, logs, dropped, expired) = inbox.withLock { inbox -> ([String], [(String, LogEntry)], Int, [String]) in
-            defer {
-                inbox.changed.removeAll(keepingCapacity: true)
-                inbox.logs.removeAll(keepingCapacity: true)
-                inbox.droppedLogs = 0
-                inbox.expired.removeAll()
-            }
-            return (inbox.changed, inbox.logs, inbox.droppedLogs, inbox.expired)
-        }
-        for id in expired { forgetExpired(taskId: id) }
-        metrics.droppedLogs.add(dropped, ordering: .relaxed)
         etaTime = nil
         let now = engine.monotonic.now()
         flushList.now = now
-        for id in changed { fanOut(taskId: id, now: now) }
-        for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
+        var takenThisRound: Set<String>?  // made only when a second pass has changes
+        var nextRound: [String] = []
+        var firstPass: [String] = []
+        for pass in 0..<Listener.drainPasses {
+            wakePending.store(false, ordering: .releasing)
+            let (changed, logs, dropped, expired) = inbox.withLock { inbox -> ([String], [(String, LogEntry)], Int, [String]) in
+                defer {
+                    inbox.changed.removeAll(keepingCapacity: true)
+                    inbox.logs.removeAll(keepingCapacity: true)
+                    inbox.droppedLogs = 0
+                    inbox.expired.removeAll()
+                }
+                return (inbox.changed, inbox.logs, inbox.droppedLogs, inbox.expired)
+            }
+            if changed.isEmpty && logs.isEmpty && expired.isEmpty && dropped == 0 { break }
+            for id in expired { forgetExpired(taskId: id) }
+            metrics.droppedLogs.add(dropped, ordering: .relaxed)
+            if pass == 0 {
+                firstPass = changed
+                for id in changed { fanOut(taskId: id, now: now) }
+            } else {
+                if takenThisRound == nil { takenThisRound = Set(firstPass) }
+                var fresh = false
+                for id in changed {
+                    if takenThisRound!.insert(id).inserted {
+                        fresh = true
+                        fanOut(taskId: id, now: now)
+                    } else {
+                        nextRound.append(id)
+                    }
+                }
+                for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
+                // Only tasks taken already (the runner outpaces the round): send what the round has.
+                if !fresh { break }
+                continue
+            }
+            for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
+        }
         armTimer(now: now)
         flush()
+        if !nextRound.isEmpty {
+            // Still queued in the change feed (nothing took them): the next round does, woken now.
+            inbox.withLock { $0.changed.append(contentsOf: nextRound) }
+            wake()
+        }
     }
+
+    /// Passes of one round over the inbox (`drainInbox`): enough for a burst, bounded so that a steady stream
+    /// cannot hold the round's sends back.
+    static let drainPasses = 4
 
     /// Writes what each client was sent during this round: one send per client with all its new frames,
     /// straight from the service thread rather than a writable callback (which would cost another pass of
