@@ -111,3 +111,32 @@ def test_load_client_counts_every_delivery(template, procs, kind):
     assert rep["deliveries"] == 200, rep
     assert rep["samples"] == 200 and rep["repeats"] == 0 and rep["errors"] == 0, rep
     assert rep["open"] == 20 and rep["closed"] == 0, rep
+
+
+@pytest.mark.parametrize("kind", ["floor", "listener"])
+def test_burst_updates_every_task_at_each_instant_to_every_client(template, procs, kind):
+    """The burst shape (run.py --burst): 20 clients on all of 3 tasks (the listener's through "*", `sub star`),
+    the 3 tasks updated at each instant 300 ms apart for 1 s (4 instants): exactly 4 x 3 x 20 deliveries, one
+    latency sample each, none repeated."""
+    if kind == "floor":
+        server, port = start_floor(template, 3)
+    else:
+        server = Proc(["./runner", "engine", "100", "3", "84", '"resource_interval_ms":3600000'], "runner engine")
+        port = server.expect("READY", 30)["port"]
+    client = Proc(["./loadclient", "ws", str(port), "20", "3", "3"], "loadclient")
+    assert client.expect("CONNECTED", 30)["open"] == 20
+    client.send("sub star" if kind == "listener" else "sub")
+    assert client.expect("SUBSCRIBED", 30)["subscribed"] == 20
+    client.send("reset")
+    client.expect("RESET", 10)
+    server.send("burst 1.0 300")
+    assert server.expect("DONE", 30)["updates"] == 12
+    deadline = time.monotonic() + 10
+    while True:
+        client.send("report")
+        rep = client.expect("REPORT", 10)
+        if rep["deliveries"] >= 240 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rep["deliveries"] == 240, rep
+    assert rep["samples"] == 240 and rep["repeats"] == 0 and rep["errors"] == 0, rep
