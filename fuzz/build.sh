@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer binary .build-fuzz/progress-fuzz: the engine's Swift sources plus fuzz/Fuzz.swift in one
-# module (ProgressEngine), instrumented with -sanitize=fuzzer,address; the C shims (all but listener.c, which
-# fuzz/stub_listener.c replaces) built with the toolchain's clang. Independent of SwiftPM. The target is
-# chosen at run time with PE_FUZZ_TARGET (see fuzz/README.md).
+# module (ProgressEngine), instrumented with -sanitize=fuzzer,address; the C shims (all but listener.c and
+# deflate.c, the libwebsockets side, which fuzz/stub_listener.c replaces) built with the toolchain's clang.
+# Independent of SwiftPM. The target is chosen at run time with PE_FUZZ_TARGET (see fuzz/README.md).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
