@@ -83,33 +83,43 @@ def test_floor_server_speaks_websocket(template, procs):
     assert server.expect("DONE", 10)["updates"] == 20
 
 
-@pytest.mark.parametrize("kind", ["floor", "listener"])
-def test_load_client_counts_every_delivery(template, procs, kind):
-    """20 clients × 2 of 10 tasks, each task updated 5 times: the harness counts exactly 5 × 40
-    deliveries, one latency sample each, none repeated, whichever server sends them."""
+def deliveries(template, kind, tasks, subs, subscribe, command, updates, expected):
+    """20 load clients on `subs` of `tasks` tasks of floor_server or the listener (`runner engine`), subscribed with
+    `subscribe`, the server running `command`: asserts it made `updates` updates and the harness counted exactly
+    `expected` deliveries, one latency sample each, none repeated; returns the last report."""
     if kind == "floor":
-        server, port = start_floor(template, 10)
+        server, port = start_floor(template, tasks)
     else:
-        server = Proc(["./runner", "engine", "100", "10", "84", '"resource_interval_ms":3600000'], "runner engine")
+        server = Proc(["./runner", "engine", "100", str(tasks), "84", '"resource_interval_ms":3600000'],
+                      "runner engine")
         port = server.expect("READY", 30)["port"]
-    client = Proc(["./loadclient", "ws", str(port), "20", "10", "2"], "loadclient")
+    client = Proc(["./loadclient", "ws", str(port), "20", str(tasks), str(subs)], "loadclient")
     assert client.expect("CONNECTED", 30)["open"] == 20
-    client.send("sub")
+    client.send(subscribe)
     assert client.expect("SUBSCRIBED", 30)["subscribed"] == 20
     client.send("reset")
     client.expect("RESET", 10)
-    # 300 ms apart (and never under 0.6 x 300 ms after a stall): far from the listener's 100 ms throttle
-    server.send("run 1.5 300")
-    assert server.expect("DONE", 30)["updates"] == 50
+    server.send(command)
+    assert server.expect("DONE", 30)["updates"] == updates
     deadline = time.monotonic() + 10
     while True:
         client.send("report")
         rep = client.expect("REPORT", 10)
-        if rep["deliveries"] >= 200 or time.monotonic() > deadline:
+        if rep["deliveries"] >= expected or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert rep["deliveries"] == 200, rep
-    assert rep["samples"] == 200 and rep["repeats"] == 0 and rep["errors"] == 0, rep
+    assert rep["deliveries"] == expected, rep
+    assert rep["samples"] == expected and rep["repeats"] == 0 and rep["errors"] == 0, rep
+    return rep
+
+
+@pytest.mark.parametrize("kind", ["floor", "listener"])
+def test_load_client_counts_every_delivery(template, procs, kind):
+    """20 clients × 2 of 10 tasks, each task updated 5 times: the harness counts exactly 5 × 40
+    deliveries, one latency sample each, none repeated, whichever server sends them."""
+    # 300 ms apart (and never under 0.6 x 300 ms after a stall): far from the listener's 100 ms throttle
+    rep = deliveries(template, kind, tasks=10, subs=2, subscribe="sub", command="run 1.5 300", updates=50,
+                     expected=200)
     assert rep["open"] == 20 and rep["closed"] == 0, rep
 
 
@@ -118,25 +128,5 @@ def test_burst_updates_every_task_at_each_instant_to_every_client(template, proc
     """The burst shape (run.py --burst): 20 clients on all of 3 tasks (the listener's through "*", `sub star`),
     the 3 tasks updated at each instant 300 ms apart for 1 s (4 instants): exactly 4 x 3 x 20 deliveries, one
     latency sample each, none repeated."""
-    if kind == "floor":
-        server, port = start_floor(template, 3)
-    else:
-        server = Proc(["./runner", "engine", "100", "3", "84", '"resource_interval_ms":3600000'], "runner engine")
-        port = server.expect("READY", 30)["port"]
-    client = Proc(["./loadclient", "ws", str(port), "20", "3", "3"], "loadclient")
-    assert client.expect("CONNECTED", 30)["open"] == 20
-    client.send("sub star" if kind == "listener" else "sub")
-    assert client.expect("SUBSCRIBED", 30)["subscribed"] == 20
-    client.send("reset")
-    client.expect("RESET", 10)
-    server.send("burst 1.0 300")
-    assert server.expect("DONE", 30)["updates"] == 12
-    deadline = time.monotonic() + 10
-    while True:
-        client.send("report")
-        rep = client.expect("REPORT", 10)
-        if rep["deliveries"] >= 240 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert rep["deliveries"] == 240, rep
-    assert rep["samples"] == 240 and rep["repeats"] == 0 and rep["errors"] == 0, rep
+    deliveries(template, kind, tasks=3, subs=3, subscribe="sub star" if kind == "listener" else "sub",
+               command="burst 1.0 300", updates=12, expected=240)

@@ -438,6 +438,14 @@ static void service(int64_t timeout_ns) {
     flush_dirty();
 }
 
+/* The end of a run: what it sent, and the frames dropped for clients too far behind (counted per run). */
+static void print_done(long long updates, int64_t t0, double late_ms) {
+    printf("DONE {\"updates\":%lld,\"receivers\":0,\"dropped\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates,
+           dropped, (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
+    fflush(stdout);
+    dropped = 0;
+}
+
 static void run(double seconds, int period_ms) {
     int64_t t0 = now_ns(CLOCK_MONOTONIC), end = t0 + (int64_t)(seconds * 1e9);
     long long updates = 0;
@@ -463,10 +471,7 @@ static void run(double seconds, int period_ms) {
             service(0);
         }
     }
-    printf("DONE {\"updates\":%lld,\"receivers\":0,\"dropped\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates,
-           dropped, (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
-    fflush(stdout);
-    dropped = 0;
+    print_done(updates, t0, late_ms);
 }
 
 /* The burst shape (runner.c's `burst`): every task at the same instants; a client's frames of one instant go
@@ -483,10 +488,7 @@ static void burst(double seconds, int period_ms) {
         updates += ntasks;
         flush_dirty();
     }
-    printf("DONE {\"updates\":%lld,\"receivers\":0,\"dropped\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates,
-           dropped, (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
-    fflush(stdout);
-    dropped = 0;
+    print_done(updates, t0, late_ms);
 }
 
 int main(int argc, char **argv) {

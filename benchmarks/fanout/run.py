@@ -400,6 +400,15 @@ def session(kind, n, args, template, workdir, throttle_ms, extra_config, fixed, 
     return out
 
 
+def dump_template(workdir):
+    """`runner dump`'s TaskProgress (what every server sends) in a file of `workdir`; its path."""
+    template = os.path.join(workdir, "task.json")
+    dump = subprocess.run(["./runner", "dump"], cwd=HERE, capture_output=True, text=True, timeout=30, check=True)
+    with open(template, "w") as f:
+        f.write(dump.stdout)
+    return template
+
+
 def burst_session(kind, n, m, args, template, workdir):
     """The burst shape: N clients all watching every one of M tasks (the listener's subscribe to "*", as a dashboard
     does; redis' and the floor's to the M ids), the M tasks updated at the same instants, BURST_HZ a second."""
@@ -434,10 +443,7 @@ def run_burst(args):
     workdir = tempfile.mkdtemp(prefix="fanout-burst-")
     args.perf_folder = workdir if args.perf else None
     try:
-        template = os.path.join(workdir, "task.json")
-        dump = subprocess.run(["./runner", "dump"], cwd=HERE, capture_output=True, text=True, timeout=30, check=True)
-        with open(template, "w") as f:
-            f.write(dump.stdout)
+        template = dump_template(workdir)
         results = []
         for n in args.burst_n:
             for m in args.burst_m:
@@ -522,10 +528,7 @@ def run_all(args):
     workdir = tempfile.mkdtemp(prefix="fanout-")
     args.perf_folder = workdir if args.perf else None
     try:
-        template = os.path.join(workdir, "task.json")
-        dump = subprocess.run(["./runner", "dump"], cwd=HERE, capture_output=True, text=True, timeout=30, check=True)
-        with open(template, "w") as f:
-            f.write(dump.stdout)
+        template = dump_template(workdir)
         results = []
         for n in args.n:
             for kind in args.servers:

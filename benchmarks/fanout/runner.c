@@ -88,6 +88,31 @@ static void sleep_until(int64_t mono_ns) {
     }
 }
 
+/* Every task's update PUBLISHed, pipelined, then the replies read. Returns the receivers counted. */
+static long long publish_round(void) {
+    char id[16];
+    long long receivers = 0;
+    for (int i = 0; i < ntasks; i++) {
+        task_id(i, id);
+        seqs[i]++;
+        redisAppendCommand(redis, PUBLISH_FORMAT, id, id, seqs[i], redis_prefix[i], (long long)now_ns(CLOCK_REALTIME),
+                           redis_suffix[i]);
+    }
+    for (int i = 0; i < ntasks; i++) {
+        redisReply *r;
+        if (redisGetReply(redis, (void **)&r) != REDIS_OK) fail("PUBLISH", redis->errstr);
+        if (r->type == REDIS_REPLY_INTEGER) receivers += r->integer;
+        freeReplyObject(r);
+    }
+    return receivers;
+}
+
+static void print_done(long long updates, long long receivers, int64_t t0, double late_ms) {
+    printf("DONE {\"updates\":%lld,\"receivers\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates, receivers,
+           (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
+    fflush(stdout);
+}
+
 static void run(double seconds, int period_ms) {
     int64_t t0 = now_ns(CLOCK_MONOTONIC), end = t0 + (int64_t)(seconds * 1e9);
     long long updates = 0, receivers = 0;
@@ -111,26 +136,12 @@ static void run(double seconds, int period_ms) {
             sleep_until(next + 1000000);
         }
     } else {
-        char id[16];
         while (now_ns(CLOCK_MONOTONIC) < end) {
-            for (int i = 0; i < ntasks; i++) {
-                task_id(i, id);
-                seqs[i]++;
-                redisAppendCommand(redis, PUBLISH_FORMAT, id, id, seqs[i], redis_prefix[i],
-                                   (long long)now_ns(CLOCK_REALTIME), redis_suffix[i]);
-            }
-            for (int i = 0; i < ntasks; i++) {
-                redisReply *r;
-                if (redisGetReply(redis, (void **)&r) != REDIS_OK) fail("PUBLISH", redis->errstr);
-                if (r->type == REDIS_REPLY_INTEGER) receivers += r->integer;
-                freeReplyObject(r);
-            }
+            receivers += publish_round();
             updates += ntasks;
         }
     }
-    printf("DONE {\"updates\":%lld,\"receivers\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates, receivers,
-           (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
-    fflush(stdout);
+    print_done(updates, receivers, t0, late_ms);
 }
 
 /* The burst shape: at t0 + k * period, every task once, back to back (redis: pipelined). */
@@ -138,7 +149,6 @@ static void burst(double seconds, int period_ms) {
     int64_t t0 = now_ns(CLOCK_MONOTONIC), end = t0 + (int64_t)(seconds * 1e9), period = (int64_t)period_ms * 1000000;
     long long updates = 0, receivers = 0;
     double late_ms = 0;
-    char id[16];
     for (int64_t at = t0; at < end; at += period) {
         int64_t now = now_ns(CLOCK_MONOTONIC);
         if (now < at) sleep_until(at);
@@ -146,24 +156,11 @@ static void burst(double seconds, int period_ms) {
         if (engine) {
             for (int i = 0; i < ntasks; i++) update(i);
         } else {
-            for (int i = 0; i < ntasks; i++) {
-                task_id(i, id);
-                seqs[i]++;
-                redisAppendCommand(redis, PUBLISH_FORMAT, id, id, seqs[i], redis_prefix[i],
-                                   (long long)now_ns(CLOCK_REALTIME), redis_suffix[i]);
-            }
-            for (int i = 0; i < ntasks; i++) {
-                redisReply *r;
-                if (redisGetReply(redis, (void **)&r) != REDIS_OK) fail("PUBLISH", redis->errstr);
-                if (r->type == REDIS_REPLY_INTEGER) receivers += r->integer;
-                freeReplyObject(r);
-            }
+            receivers += publish_round();
         }
         updates += ntasks;
     }
-    printf("DONE {\"updates\":%lld,\"receivers\":%lld,\"wall_s\":%.6f,\"late_ms\":%.3f}\n", updates, receivers,
-           (now_ns(CLOCK_MONOTONIC) - t0) / 1e9, late_ms);
-    fflush(stdout);
+    print_done(updates, receivers, t0, late_ms);
 }
 
 /* The TaskProgress JSON of a task in its main stage, message "t=" + STAMP_DIGITS digits. */
