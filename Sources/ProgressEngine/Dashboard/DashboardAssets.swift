@@ -1611,6 +1611,15 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3
     ui.banner.hidden = false;
   }
 
+  /** A warning in the banner for WARN_MS (unless something else replaced it meanwhile). */
+  function showWarning(text) {
+    showBanner("warn", text);
+    clearTimeout(conn.warnTimer);
+    conn.warnTimer = setTimeout(() => {
+      if (ui.banner.dataset.kind === "warn") hideBanner();
+    }, WARN_MS);
+  }
+
   function hideBanner() {
     ui.banner.hidden = true;
     setText(ui.banner, "");
@@ -1706,11 +1715,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3
         : "The browser refused the WebSocket (" + error.message + ").") +
         " Reconnecting would not change that; fix the listener's configuration or the page's address, then reload.");
     } else {
-      showBanner("warn", "The listener answered: " + error.code + ": " + error.message);
-      clearTimeout(conn.warnTimer);
-      conn.warnTimer = setTimeout(() => {
-        if (ui.banner.dataset.kind === "warn") hideBanner();
-      }, WARN_MS);
+      showWarning("The listener answered: " + error.code + ": " + error.message);
     }
   }
 
@@ -2852,13 +2857,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3
       const t = tasks.get(id);
       if (t) dirty.add(id);
       queueRender(true);
-      showBanner("warn", "Cancel of " + id + " refused: " + (error.code === "conflict"
+      showWarning("Cancel of " + id + " refused: " + (error.code === "conflict"
         ? "the task has already finished."
         : error.code === "not_found" ? "the listener does not know the task." : error.code + ": " + error.message));
-      clearTimeout(conn.warnTimer);
-      conn.warnTimer = setTimeout(() => {
-        if (ui.banner.dataset.kind === "warn") hideBanner();
-      }, WARN_MS);
     });
   }
 
@@ -4027,7 +4028,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=3215f9ac61ed"></script>
+<script type="module" src="/dashboard/app.js?v=8070a6d09421"></script>
 </body>
 </html>
 """##),

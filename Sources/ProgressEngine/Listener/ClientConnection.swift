@@ -154,22 +154,35 @@ final class ClientConnection {
     private func sendProgress(_ message: WireMessage, slot: TaskSlot, seq: UInt64, urgent: Bool) {
         // A full state outside the delta path: the next fan-out's patch does not start from it.
         slot.generation = 0
-        if slot.hasSeq && seq <= slot.lastSeq { return }
+        guard advances(slot, to: seq) else { return }
+        queueState(message, replacement: message, slot: slot, urgent: urgent)
+    }
+
+    /// Whether `seq` is newer than what the client has of the task; notes it as the newest when it is.
+    private func advances(_ slot: TaskSlot, to seq: UInt64) -> Bool {
+        if slot.hasSeq && seq <= slot.lastSeq { return false }
         slot.hasSeq = true
         slot.lastSeq = seq
+        return true
+    }
+
+    /// The ordering rules of both paths: an urgent state is queued after everything before it (the task's held
+    /// state first); a non-urgent one replaces the task's unsent state, queued or held, with `replacement`, else is
+    /// queued as `fresh` unless the client's interval holds it back.
+    private func queueState(_ fresh: WireMessage, replacement: WireMessage, slot: TaskSlot, urgent: Bool) {
         if urgent {
             releaseHeld(slot)
             slot.pending = -1
             if intervalMs > 0 { slot.lastQueuedMs = roundMs }  // the interval counts from any state sent
-            enqueue(message, slot: nil)
+            enqueue(fresh, slot: nil)
         } else if slot.pending == TaskSlot.held {
-            held[ObjectIdentifier(slot)]?.message = message
+            held[ObjectIdentifier(slot)]?.message = replacement
         } else if slot.pending >= 0 {
             guard closing == nil else { return }
-            queuedBytes += message.length - queue[Int(slot.pending)].message.length
-            queue[Int(slot.pending)].message = message
-        } else if !holdsBack(message, slot: slot) {
-            enqueue(message, slot: slot)
+            queuedBytes += replacement.length - queue[Int(slot.pending)].message.length
+            queue[Int(slot.pending)].message = replacement
+        } else if !holdsBack(fresh, slot: slot) {
+            enqueue(fresh, slot: slot)
         }
     }
 
@@ -215,26 +228,11 @@ final class ClientConnection {
     /// non-urgent state that replaces an unsent one is always the full state, since the client never gets the
     /// replaced state the patch would start from.
     private func sendDelta(full: WireMessage, step: DeltaStep, slot: TaskSlot, seq: UInt64, urgent: Bool) {
-        if slot.hasSeq && seq <= slot.lastSeq { return }
-        slot.hasSeq = true
-        slot.lastSeq = seq
+        guard advances(slot, to: seq) else { return }
         let fits = step.patch != nil && step.baseGeneration != 0 && slot.generation == step.baseGeneration
         slot.generation = step.generation
-        if urgent {
-            releaseHeld(slot)  // the state the patch starts from goes first
-            slot.pending = -1
-            if intervalMs > 0 { slot.lastQueuedMs = roundMs }
-            enqueue(fits ? step.patch! : full, slot: nil)
-        } else if slot.pending == TaskSlot.held {
-            held[ObjectIdentifier(slot)]?.message = full
-        } else if slot.pending >= 0 {
-            guard closing == nil else { return }
-            queuedBytes += full.length - queue[Int(slot.pending)].message.length
-            queue[Int(slot.pending)].message = full
-        } else {
-            let message = fits ? step.patch! : full
-            if !holdsBack(message, slot: slot) { enqueue(message, slot: slot) }
-        }
+        // An urgent patch goes after the task's held state, the one it starts from.
+        queueState(fits ? step.patch! : full, replacement: full, slot: slot, urgent: urgent)
     }
 
     // MARK: - The update interval

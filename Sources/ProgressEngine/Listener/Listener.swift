@@ -218,26 +218,22 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if changed.isEmpty && logs.isEmpty && expired.isEmpty && dropped == 0 { break }
             for id in expired { forgetExpired(taskId: id) }
             metrics.droppedLogs.add(dropped, ordering: .relaxed)
-            if pass == 0 {
-                firstPass = changed
-                for id in changed { fanOut(taskId: id, now: now) }
-            } else {
-                if takenThisRound == nil { takenThisRound = Set(firstPass) }
-                var fresh = false
-                for id in changed {
-                    if takenThisRound!.insert(id).inserted {
-                        fresh = true
-                        fanOut(taskId: id, now: now)
-                    } else {
+            var fresh = false
+            for id in changed {
+                if pass > 0 {
+                    if takenThisRound == nil { takenThisRound = Set(firstPass) }
+                    guard takenThisRound!.insert(id).inserted else {
                         nextRound.append(id)
+                        continue
                     }
                 }
-                for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
-                // Only tasks taken already (the runner outpaces the round): send what the round has.
-                if !fresh { break }
-                continue
+                fresh = true
+                fanOut(taskId: id, now: now)
             }
             for (id, entry) in logs { fanOutLog(taskId: id, entry: entry) }
+            if pass == 0 { firstPass = changed }
+            // Only tasks taken already (the runner outpaces the round): send what the round has.
+            if pass > 0 && !fresh { break }
         }
         armTimer(now: now)
         flush()
