@@ -5,7 +5,7 @@ import CProgress
 import Glibc
 
 private enum FuzzTarget: String, CaseIterable {
-    case json, config, event, apply, stages, completion, ws, rest, redis, png
+    case json, config, event, apply, stages, completion, ws, rest, redis, png, deflate
 }
 
 private let target: FuzzTarget = {
@@ -31,6 +31,7 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
     case .rest: fuzzREST(bytes)
     case .redis: fuzzRedis(bytes)
     case .png: fuzzPNG(bytes)
+    case .deflate: fuzzDeflate(bytes)
     }
     return 0
 }
@@ -302,4 +303,35 @@ private func fuzzPNG(_ bytes: UnsafeBufferPointer<UInt8>) {
     let small = UnsafeMutablePointer<UInt8>.allocate(capacity: outW * outH * Int(c))
     defer { small.deallocate() }
     CProgress_downscale(decoded, w, h, Int(w) * Int(c), c, small, Int32(outW), Int32(outH))
+}
+
+// MARK: - deflate: the per-client permessage-deflate encoder against a real inflater
+
+/// The input split at 0xFE into messages, each compressed for one client through its window
+/// (`CProgress_window_deflate`) and inflated by zlib with the window kept, as the client does; a message starting
+/// with 0xFD is first "sent" outside the window (`CProgress_window_forget`). Invariant: every message inflates to
+/// itself. The encoder's input is the listener's own output, but its back-references are what a client trusts.
+private func fuzzDeflate(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let window = CProgress_window_create() else { return }
+    defer { CProgress_window_destroy(window) }
+    FuzzStub_inflate_reset()
+    var out = [UInt8](repeating: 0, count: CProgress_window_bound(Int(CPROGRESS_WINDOW_MESSAGE_MAX)))
+    for part in bytes.split(separator: 0xFE, omittingEmptySubsequences: true) {
+        var message = Array(part.prefix(Int(CPROGRESS_WINDOW_MESSAGE_MAX)))
+        if message.first == 0xFD {
+            CProgress_window_forget(window)
+            message.removeFirst()
+            if message.isEmpty { continue }
+        }
+        let n = message.withUnsafeBufferPointer { m in
+            out.withUnsafeMutableBufferPointer { o in
+                CProgress_window_deflate(window, m.baseAddress, m.count, o.baseAddress, o.count)
+            }
+        }
+        check(n > 0, "a message of \(message.count) bytes did not compress")
+        let same = out.withUnsafeBufferPointer { o in
+            message.withUnsafeBufferPointer { m in FuzzStub_inflate_matches(o.baseAddress, Int(n), m.baseAddress, m.count) }
+        }
+        check(same == 1, "a message of \(message.count) bytes did not inflate to itself")
+    }
 }

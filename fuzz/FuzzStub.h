@@ -11,4 +11,8 @@ uint64_t FuzzStub_ws_open(const char *path, const char *query, size_t query_len,
 void FuzzStub_ws_message(uint64_t id, const char *data, size_t len, int binary);
 void FuzzStub_ws_drain(uint64_t id);
 void FuzzStub_ws_close(uint64_t id);
+/* fuzz/inflate_check.c: a client's inflater kept across messages (`deflate` target). */
+void FuzzStub_inflate_reset(void);
+/* 1 when `packed` (a message as RFC 7692 sends it) inflates to exactly msg[0..<len] after what came before. */
+int FuzzStub_inflate_matches(const unsigned char *packed, size_t n, const unsigned char *msg, size_t len);
 #endif

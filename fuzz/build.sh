@@ -12,7 +12,8 @@ bin="$out/progress-fuzz"
 cd "$root"
 
 mapfile -t swift_sources < <(find Sources/ProgressEngine -name '*.swift' | LC_ALL=C sort)
-c_sources=(Sources/CProgress/shim.c Sources/CProgress/preview.c Sources/CProgress/system.c fuzz/stub_listener.c)
+c_sources=(Sources/CProgress/shim.c Sources/CProgress/preview.c Sources/CProgress/system.c Sources/CProgress/deflate_window.c
+           fuzz/stub_listener.c fuzz/inflate_check.c)
 inputs=("${swift_sources[@]}" "${c_sources[@]}" fuzz/Fuzz.swift fuzz/FuzzStub.h fuzz/build.sh Sources/CProgress/include/*.h)
 
 # Up to date: nothing newer than the binary.
@@ -42,7 +43,7 @@ done
 swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name ProgressEngine \
     -I "$out/modules" -I Sources/CLibhiredis $(pkg-config --cflags-only-I hiredis | sed 's/-I/-Xcc -I/g') \
     "${swift_sources[@]}" fuzz/Fuzz.swift "${objects[@]}" \
-    $(pkg-config --libs hiredis libpng) -lm \
+    $(pkg-config --libs hiredis libpng) -lz -lm \
     -o "$bin.tmp"
 mv "$bin.tmp" "$bin"
 echo "fuzz/build.sh: built $bin"

@@ -15,7 +15,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all=(json config event apply stages completion ws rest redis png)
+all=(json config event apply stages completion ws rest redis png deflate)
 smoke=0
 if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
 targets=("$@")

@@ -131,3 +131,8 @@ int CProgress_ws_deflate_negotiated(void *conn) {
     (void)conn;
     return 0;
 }
+
+int CProgress_ws_deflate_context_takeover(void *conn) {
+    (void)conn;
+    return 0;
+}

@@ -195,8 +195,9 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           "error" message, then close 1009
  *   max_subscriptions          1000         task ids per connection ("*" counts as none)
  *   dashboard                  true         serve the live dashboard at /
- *   ws_deflate                 false        accept permessage-deflate from WebSocket clients that offer it; each
- *                                           message is compressed once and shared (docs/API.md "Compression")
+ *   ws_deflate                 false        accept permessage-deflate from WebSocket clients that offer it: a
+ *                                           full state is compressed once and shared, a small message (a delta
+ *                                           patch) per client against its window (docs/API.md "Compression")
  *   allowed_origins            null         an array of origins ("https://app.example.com", scheme://host[:port];
  *                                           anything else is PROGRESS_E_CONFIG), or "*" for any: the browser pages
  *                                           that may use the listener. A WebSocket whose Origin header is not one

@@ -61,3 +61,10 @@ int CProgress_ws_deflate_negotiated(void *conn) {
     if (lws_hdr_copy(conn, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0) return 0;
     return strstr(offer, "server_max_window_bits") == NULL;
 }
+
+int CProgress_ws_deflate_context_takeover(void *conn) {
+    /* libwebsockets agrees to server_no_context_takeover when offered; then every message must stand alone. */
+    char offer[256];
+    if (lws_hdr_copy(conn, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0) return 0;
+    return strstr(offer, "server_no_context_takeover") == NULL;
+}

@@ -8,6 +8,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from progress_engine import Stage, StageStatus
 
 TASK = "delta-1"
@@ -71,10 +73,14 @@ def _image(i: int):
     return (bytes([shade, 255 - shade, 128]) * (16 * 16), 16, 16, 3)
 
 
-def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path):
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path, deflate):
+    """With deflate, both clients negotiate permessage-deflate with context takeover: the delta client's small
+    frames are compressed against its window, its full states and the full client's frames stand alone."""
     previews = tmp_path / "previews"
     previews.mkdir()
-    t = wire.open(throttle_ms=0, preview_dir=str(previews), preview_every_steps=25)
+    t = wire.open(throttle_ms=0, preview_dir=str(previews), preview_every_steps=25, ws_deflate=deflate)
+    compression = "deflate" if deflate else None
     t.register_template_stages_sync("five", [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(STAGES)])
     t.create_task_progress_sync(TASK, "five", metadata={"prompt": "a cat", "seed": 7, "none": None})
 
@@ -125,7 +131,9 @@ def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path):
         await asyncio.sleep(0.001 if i % 10 else 0.01)
 
     async def scenario():
-        async with wire.connect(t, "full") as full_ws, wire.connect(t, "delta") as delta_ws:
+        async with wire.connect(t, "full", compression=compression) as full_ws, \
+                wire.connect(t, "delta", compression=compression) as delta_ws:
+            assert bool(delta_ws.protocol.extensions) == deflate
             await wire.established(full_ws)
             await wire.established(delta_ws)
             await wire.request(full_ws, {"type": "subscribe", "task_ids": [TASK]}, "subscribed")
@@ -150,7 +158,7 @@ def test_delta_reconstruction_equals_full_through_1000_changes(wire, tmp_path):
             r = wire.http(t, f"{wire.API}/tasks/{TASK}/cancel", "POST", {"Content-Type": "application/json"},
                           b'{"reason": "enough"}')
             assert r.status == 202, r
-            async with wire.connect(t, "delta") as again:
+            async with wire.connect(t, "delta", compression=compression) as again:
                 await wire.established(again)
                 await wire.request(again, {"type": "subscribe", "task_ids": [TASK], "delta": True,
                                            "resume": {TASK: last}}, "subscribed")
@@ -283,8 +291,93 @@ def test_permessage_deflate_frames_are_compressed_once_and_decode(wire):
     wire.run(scenario())
 
 
+def _raw_deflate_client(wire, t, offer: bytes):
+    """A raw WebSocket client offering permessage-deflate `offer`; returns the socket once upgraded."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+    s.sendall(b"GET /api/v1/progress/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Extensions: " + offer + b"\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 101 " in head and b"permessage-deflate" in head.lower(), head
+    return s
+
+
+def _send_text(sock, obj) -> None:
+    data = json.dumps(obj).encode()
+    assert len(data) < 126
+    sock.sendall(bytes([0x81, 0x80 | len(data), 0, 0, 0, 0]) + data)
+
+
+def _stream_patches(wire, offer: bytes, fresh_inflater_per_message: bool):
+    """Subscribes a raw deflate client with delta to a task taking 30 steps; returns [(wire payload bytes,
+    message)] of its progress updates, each inflated as the client's offer allows."""
+    import zlib
+
+    t = wire.open(throttle_ms=0, ws_deflate=True)
+    t.create_task_progress_sync("w", "sdxl", "image_generation")
+    s = _raw_deflate_client(wire, t, offer)
+    inflater = zlib.decompressobj(-15)
+    got = []
+
+    def message():
+        nonlocal inflater
+        b0, payload = _read_frame(s)
+        size = len(payload)
+        if b0 & 0x40:
+            if fresh_inflater_per_message:
+                inflater = zlib.decompressobj(-15)
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return b0, size, json.loads(payload)
+
+    assert message()[2]["type"] == "connection.established"
+    _send_text(s, {"type": "subscribe", "task_ids": ["w"], "delta": True})
+    rec = Reconstruction()
+    for i in range(1, 31):
+        t.update_progress_sync("w", i, 30)
+        time.sleep(0.005)
+    while True:
+        b0, size, msg = message()
+        if msg["type"] != "progress.update":
+            continue
+        assert b0 & 0x40, msg
+        rec.apply(msg)
+        got.append((size, msg))
+        if rec.state["stages"][str(rec.state["current_stage"])]["progress"] == 1.0:
+            break
+    s.close()
+    assert rec.state == t.get_task_progress_sync("w") | {k: rec.state[k] for k in ("eta", "eta_seconds",
+                                                                                   "eta_confidence")}
+    return got
+
+
+def test_deflate_with_context_takeover_sends_patches_against_the_window(wire):
+    """A client that keeps its window (no server_no_context_takeover) gets each patch compressed against the
+    last message it inflated: a steady step patch is a few dozen bytes, where compressed alone it is over a hundred
+    (docs/API.md, "Compression")."""
+    import zlib
+
+    got = _stream_patches(wire, b"permessage-deflate; client_max_window_bits", False)
+    patches = [(size, msg) for size, msg in got if "patch" in msg]
+    assert len(patches) >= 10, got
+    steady = [size for size, msg in patches[2:]]
+    alone = []
+    for _, msg in patches[2:]:
+        z = zlib.compressobj(6, zlib.DEFLATED, -15)
+        alone.append(len(z.compress(json.dumps(msg, separators=(",", ":")).encode()) + z.flush(zlib.Z_SYNC_FLUSH)) - 4)
+    assert sum(steady) / len(steady) < 0.6 * sum(alone) / len(alone), (steady, alone)
+
+
+def test_deflate_without_context_takeover_sends_messages_that_stand_alone(wire):
+    """server_no_context_takeover: each message inflates with a fresh inflater."""
+    got = _stream_patches(wire, b"permessage-deflate; server_no_context_takeover; client_max_window_bits", True)
+    assert sum(1 for _, msg in got if "patch" in msg) >= 10, got
+
+
 def test_ws_deflate_must_be_boolean(wire):
-    import pytest
     from progress_engine import ProgressError
 
     with pytest.raises(ProgressError, match="ws_deflate"):

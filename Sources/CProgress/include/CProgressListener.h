@@ -105,5 +105,28 @@ long CProgress_deflate_message(CProgress_deflater *d, const unsigned char *in, s
 /* Service thread, once the connection is open: 1 when permessage-deflate was negotiated on it and compressed
  * frames may be sent (the client did not restrict the server's window), else 0. */
 int CProgress_ws_deflate_negotiated(void *conn);
+/* Service thread, once negotiated: 1 when the client keeps its window between messages (it did not ask for
+ * server_no_context_takeover), so a message may refer to the one before (CProgress_window_deflate), else 0. */
+int CProgress_ws_deflate_context_takeover(void *conn);
+
+/* permessage-deflate with context takeover (deflate_window.c): one per client, owned by its connection and used
+ * only on the service thread. It remembers the last message it compressed for that client, which the client's
+ * inflater holds in its window. */
+typedef struct CProgress_window CProgress_window;
+/* The longest message it compresses (longer ones go out through CProgress_deflate_message). */
+#define CPROGRESS_WINDOW_MESSAGE_MAX 1024
+/* The room `out` needs for a message of `len` bytes. */
+size_t CProgress_window_bound(size_t len);
+/* NULL when out of memory. */
+CProgress_window *CProgress_window_create(void);
+void CProgress_window_destroy(CProgress_window *w);
+/* Compresses a message of 1..CPROGRESS_WINDOW_MESSAGE_MAX bytes for this client as RFC 7692 sends it (the trailing
+ * 00 00 ff ff removed), referring to the previous message it compressed, which must be the last compressed
+ * message the client received. Returns its length, or -1 (bad length, `cap` under CProgress_window_bound). */
+long CProgress_window_deflate(CProgress_window *w, const unsigned char *in, size_t len, unsigned char *out,
+                              size_t cap);
+/* The client received a compressed message that did not go through this window: the next one refers to
+ * nothing before it. */
+void CProgress_window_forget(CProgress_window *w);
 
 #endif

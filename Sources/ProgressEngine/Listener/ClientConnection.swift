@@ -83,6 +83,9 @@ final class ClientConnection {
     @exclusivity(unchecked) var subscriptions: Set<String> = []
     /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
     @exclusivity(unchecked) var deflate = false
+    /// With `deflate`, when the client keeps its window between messages: small messages are compressed for
+    /// this client against the last one it got (docs/API.md, "Compression"); nil otherwise.
+    @exclusivity(unchecked) var window: OpaquePointer?
     @exclusivity(unchecked) var wildcard = false
     /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
     @exclusivity(unchecked) var usesDelta = false
@@ -120,6 +123,10 @@ final class ClientConnection {
         self.peer = peer
         self.flushList = flushList
         openedAt = flushList.now
+    }
+
+    deinit {
+        CProgress_window_destroy(window)
     }
 
     var pendingCount: Int { queue.count - head }
@@ -365,11 +372,20 @@ final class ClientConnection {
         var count = 0
         while head < queue.count {
             let message = queue[head].message
-            let (frame, frameLength) = deflate ? message.deflated(with: batch.deflater) : (message.frame, message.frameLength)
-            if used > 0 && used + frameLength > batch.capacity { break }
-            if used == 0 { batch.reserve(frameLength) }
-            (batch.start + used).update(from: frame, count: frameLength)
-            used += frameLength
+            if let window, message.length > 0, message.length <= windowMessageMax {
+                let bound = 4 + CProgress_window_bound(message.length)
+                if used > 0 && used + bound > batch.capacity { break }
+                if used == 0 { batch.reserve(bound) }
+                used += message.writeDeflated(with: window, to: batch.start + used)
+            } else {
+                let (frame, frameLength) = deflate ? message.deflated(with: batch.deflater) : (message.frame, message.frameLength)
+                if used > 0 && used + frameLength > batch.capacity { break }
+                if used == 0 { batch.reserve(frameLength) }
+                (batch.start + used).update(from: frame, count: frameLength)
+                used += frameLength
+                // A compressed message that did not go through the window is in the client's window now.
+                if let window, frame != message.frame { CProgress_window_forget(window) }
+            }
             count += 1
             if let slot = queue[head].slot, Int(slot.pending) == head { slot.pending = -1 }
             queuedBytes -= message.length

@@ -55,6 +55,19 @@ final class WireMessage {
         return (storage, newHeader + n)
     }
 
+    /// Writes this message's frame for one client, compressed against the last message `window` compressed for
+    /// it, at `out` (room for 4 + `CProgress_window_bound(length)` bytes). Returns the frame's length.
+    func writeDeflated(with window: OpaquePointer, to out: UnsafeMutablePointer<UInt8>) -> Int {
+        let header = frameLength - length
+        let packed = CProgress_window_deflate(window, frame + header, length, out + 4, CProgress_window_bound(length))
+        precondition(packed > 0, "a message within the window's bounds did not compress")
+        let n = Int(packed)
+        let newHeader = WireMessage.headerLength(n)
+        WireMessage.writeHeader(out, first: 0xC1, payload: n)
+        if newHeader != 4 { (out + newHeader).update(from: out + 4, count: n) }
+        return newHeader + n
+    }
+
     /// Writes the frame header: `first` (FIN, RSV bits, opcode), then the payload length in 7, 7+16 or 7+64 bits.
     private static func writeHeader(_ storage: UnsafeMutablePointer<UInt8>, first: UInt8, payload: Int) {
         storage[0] = first
@@ -84,3 +97,6 @@ final class WireMessage {
         payload < 126 ? 2 : payload <= 0xFFFF ? 4 : 10
     }
 }
+
+/// The longest message compressed per client against its window (CPROGRESS_WINDOW_MESSAGE_MAX).
+let windowMessageMax = Int(CPROGRESS_WINDOW_MESSAGE_MAX)
