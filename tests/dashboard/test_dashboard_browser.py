@@ -40,9 +40,19 @@ def test_page_loads_without_console_errors(dash, trackers):
     assert dash.console_errors() == []
 
 
-def test_task_appears_and_its_bar_advances(dash, trackers):
-    tracker = trackers()
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_task_appears_and_its_bar_advances(dash, trackers, deflate):
+    """With ws_deflate, Chromium negotiates permessage-deflate: the delta patches reach the page compressed against
+    its window (docs/API.md, "Compression")."""
+    tracker = trackers(ws_deflate=deflate)
     dash.open(tracker)
+    if deflate:
+        extensions = dash.driver.execute_async_script("""
+            const done = arguments[0];
+            const ws = new WebSocket(location.origin.replace("http", "ws") + "/api/v1/progress/ws");
+            ws.onopen = () => { done(ws.extensions); ws.close(); };
+            ws.onerror = () => done("error");""")
+        assert "permessage-deflate" in extensions, extensions
     assert dash.js("return document.getElementById('empty').hidden") is False
     tracker.create_task_progress_sync("sdxl-1", "stable-diffusion-xl", "image_generation", quality="high")
     dash.wait_card("sdxl-1")
@@ -50,7 +60,7 @@ def test_task_appears_and_its_bar_advances(dash, trackers):
     assert info["title"] == "sdxl-1" and info["progress"] == 0
 
     seen = []
-    for step in (3, 12, 24, 30):
+    for step in range(1, 31) if deflate else (3, 12, 24, 30):
         tracker.update_progress_sync("sdxl-1", step, 30, f"Step {step}/30")
         want = tracker.get_task_progress_sync("sdxl-1")["overall_progress"]
         dash.wait(lambda: abs(dash.card_info("sdxl-1")["progress"] - want) < 1e-6, f"{want} % on the page")
