@@ -103,12 +103,15 @@ def deliveries(template, kind, tasks, subs, subscribe, command, updates, expecte
     assert server.expect("DONE", 30)["updates"] == updates
     deadline = time.monotonic() + 10
     while True:
-        client.send("report")
-        rep = client.expect("REPORT", 10)
-        if rep["deliveries"] >= expected or time.monotonic() > deadline:
+        # As run.py polls: `status` while deliveries arrive, `report` (which sorts the samples) after.
+        client.send("status")
+        st = client.expect("STATUS", 10)
+        if st["deliveries"] >= expected or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert rep["deliveries"] == expected, rep
+    client.send("report")
+    rep = client.expect("REPORT", 10)
+    assert st["deliveries"] == rep["deliveries"] == expected, (st, rep)
     assert rep["samples"] == expected and rep["repeats"] == 0 and rep["errors"] == 0, rep
     return rep
 

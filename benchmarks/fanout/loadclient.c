@@ -21,6 +21,8 @@
  *   sub star  the same, but a ws client subscribes to "*" (SUBS must equal TASKS: every task, as a dashboard
  *           watching a fleet does); redis clients SUBSCRIBE to the TASKS channels as for `sub`
  *   reset   zeroes the delivery counters and latency samples
+ *   status  prints `STATUS {"deliveries","since_reset_s","last_rx_s"}` at once (no sorting: the harness polls it
+ *           while deliveries still arrive, and sorting millions of samples there would delay them)
  *   report  prints `REPORT {json}`: deliveries since reset, latency percentiles, open/closed connections
  *   quit    closes everything and exits
  *
@@ -539,10 +541,21 @@ static double cpu_us(void) {
 
 static double reset_cpu_us;
 
+/* Seconds from the reset to the last delivery (0: none yet). */
+static double last_rx_s(void) {
+    return deliveries && last_rx_mono_ns > reset_mono_ns ? (last_rx_mono_ns - reset_mono_ns) / 1e9 : 0;
+}
+
+static void status(void) {
+    printf("STATUS {\"deliveries\":%llu,\"since_reset_s\":%.6f,\"last_rx_s\":%.6f}\n", (unsigned long long)deliveries,
+           (now_ns(CLOCK_MONOTONIC) - reset_mono_ns) / 1e9, last_rx_s());
+    fflush(stdout);
+}
+
 static void report(void) {
     qsort(samples, n_samples, sizeof *samples, cmp_i64);
     int64_t now = now_ns(CLOCK_MONOTONIC);
-    double last = deliveries && last_rx_mono_ns > reset_mono_ns ? (last_rx_mono_ns - reset_mono_ns) / 1e9 : 0;
+    double last = last_rx_s();
     printf("REPORT {\"deliveries\":%llu,\"bytes\":%llu,\"wire_bytes\":%llu,\"since_reset_s\":%.6f,\"last_rx_s\":%.6f,"
            "\"samples\":%u,\"no_stamp\":%llu,\"repeats\":%llu,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
            "\"max_us\":%.1f,\"min_us\":%.1f,\"open\":%d,\"closed\":%d,\"failed\":%d,\"errors\":%llu,"
@@ -612,6 +625,8 @@ static int command(const char *cmd) {
         do_reset();
         printf("RESET {}\n");
         fflush(stdout);
+    } else if (strcmp(cmd, "status") == 0) {
+        status();
     } else if (strcmp(cmd, "report") == 0) {
         report();
     } else if (strcmp(cmd, "quit") == 0) {

@@ -313,15 +313,21 @@ def measure(server, client, seconds, period_ms, perf_folder=None, command="run")
     server.driver.send(f"{command} {seconds} {period_ms}")
     done = server.driver.expect("DONE", seconds + 60)
     deadline = time.monotonic() + 60
+    drain_timeout = False
     while True:
-        client.send("report")
-        rep = client.expect("REPORT", 30)
-        if rep["deliveries"] and rep["since_reset_s"] - rep["last_rx_s"] >= QUIET_FOR:
+        # `status` costs the client nothing; `report` sorts the latency samples, which would hold back the
+        # deliveries still arriving (the last instant of a burst), so it waits for the drain.
+        client.send("status")
+        st = client.expect("STATUS", 30)
+        if st["deliveries"] and st["since_reset_s"] - st["last_rx_s"] >= QUIET_FOR:
             break
         if time.monotonic() > deadline:
-            rep["drain_timeout"] = True
+            drain_timeout = True
             break
         time.sleep(0.1)
+    client.send("report")
+    rep = client.expect("REPORT", 30)
+    rep["drain_timeout"] = drain_timeout
     cpu1, busy1, t1 = server.cpu_ns(), machine_busy_s(), time.monotonic()
     kernel_share, perf_samples = sampler.stop() if sampler else (None, None)
     ours1 = server.all_cpu_ns() + cpu_ns(client.pid)
