@@ -6,6 +6,8 @@ import Synchronization
 final class EngineCore: @unchecked Sendable {
     let config: EngineConfig
     let clock: any EngineClock
+    /// `clock` is the system's: the step path reads it directly rather than through the existential.
+    private let clockIsSystem: Bool
     /// Monotonic time for the listener's and the Redis threads' throttles, back-offs and bounds.
     let monotonic: any EngineClock
     let table = TaskTable()
@@ -60,6 +62,7 @@ final class EngineCore: @unchecked Sendable {
         if let url = config.redisURL { _ = try RedisURL.parse(url) }
         self.config = config
         self.clock = clock
+        clockIsSystem = clock is SystemClock
         self.monotonic = monotonic
         // Each thread starts only after everything it reads is set (pthread_create orders those writes
         // before the thread's reads): storage, then the listener, then the subscriber feeding the listener,
@@ -288,7 +291,7 @@ final class EngineCore: @unchecked Sendable {
     /// `withTask` spelled out without closures: a closure's captured context costs retains of the engine, which
     /// two threads updating two tasks then fight over (measured 2x per call). Same bookkeeping as `withTask`.
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
-        let now = clock.stepTime()
+        let now = clockIsSystem ? SystemClock().stepTime() : clock.stepTime()
         let shard = table.shard(for: key)
         shard.lock()
         guard let task = shard.unsafeValue.tasks[key] else {

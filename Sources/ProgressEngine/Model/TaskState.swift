@@ -153,7 +153,7 @@ struct Ring<Element> {
 
     var count: Int { storage.count }
 
-    mutating func append(_ element: Element) {
+    mutating func append(_ element: consuming Element) {
         if storage.count < capacity {
             storage.append(element)
         } else {
