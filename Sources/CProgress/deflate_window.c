@@ -25,7 +25,7 @@
 
 struct CProgress_window {
     uint32_t len;                 /* bytes of the previous message in buf (0: no history) */
-    uint16_t *table;              /* hash of 4 bytes -> last position in buf, NO_POS when none */
+    uint16_t *table;              /* hash of 4 bytes -> last position in buf (or a stale one, NO_POS at first) */
     uint16_t *next;               /* the table being built over the message now encoded */
     unsigned char buf[WINDOW];
     uint16_t tables[2][HASH_SIZE];
@@ -34,6 +34,7 @@ struct CProgress_window {
 CProgress_window *CProgress_window_create(void) {
     CProgress_window *w = malloc(sizeof *w);
     if (w == NULL) return NULL;
+    memset(w->tables, 0xFF, sizeof w->tables);
     w->len = 0;
     w->table = w->tables[0];
     w->next = w->tables[1];
@@ -130,7 +131,6 @@ long CProgress_window_deflate(CProgress_window *w, const unsigned char *in, size
     if (w == NULL || len == 0 || len > WINDOW || cap < CProgress_window_bound(len)) return -1;
     bit_writer b = {out, 0, 0};
     put_bits(&b, 2, 3); /* BFINAL 0, BTYPE 01: fixed Huffman codes */
-    memset(w->next, 0xFF, sizeof w->tables[0]);
     const unsigned char *prev = w->buf;
     const uint32_t prev_len = w->len;
     size_t i = 0;
@@ -139,16 +139,18 @@ long CProgress_window_deflate(CProgress_window *w, const unsigned char *in, size
         if (i + MIN_MATCH <= len) {
             uint32_t h = hash4(in + i);
             unsigned limit = (unsigned)(len - i < MAX_MATCH ? len - i : MAX_MATCH);
+            /* Neither table is cleared between messages: an entry may be left from an older message, so a
+             * candidate is only a position to compare, and must lie inside the text it refers to. */
             uint16_t p = w->next[h];
-            if (p != NO_POS) { /* earlier in this message (the source may run into the bytes it produces) */
+            if (p < i) { /* earlier in this message (the source may run into the bytes it produces) */
                 unsigned n = match_length(in + p, in + i, limit);
                 if (n >= MIN_MATCH) {
                     best = n;
                     distance = (unsigned)(i - p);
                 }
             }
-            p = prev_len ? w->table[h] : NO_POS;
-            if (p != NO_POS && best < limit) { /* the previous message: it ends where this one begins */
+            p = w->table[h];
+            if (p + MIN_MATCH <= prev_len && best < limit) { /* the previous message: it ends where this one begins */
                 unsigned room = prev_len - p;
                 unsigned n = match_length(prev + p, in + i, limit < room ? limit : room);
                 if (n >= MIN_MATCH && n > best) {
