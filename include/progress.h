@@ -169,6 +169,8 @@ PROGRESS_API void progress_string_free(char *s);
  *   namespace                  "progress"   the prefix of every Redis key
  *   retention_seconds          86400        finished tasks are kept this long (also their Redis keys' expiry)
  *   throttle_ms                100          at most one non-urgent update per task per this, to subscribers and Redis
+ *                                           (to subscribers: a window apart as the runner made them, less at most
+ *                                           1/32 of it; docs/ARCHITECTURE.md "The change path")
  *   preview_dir                (temporary)  where preview PNGs are written; by default a private folder removed
  *                                           on close
  *   preview_milestones         [25,50,75]   overall progress (%) at which a preview is taken

@@ -7,6 +7,13 @@ private final class RecordingConsumer: ChangeConsumer {
     func enqueue(taskId: String) { enqueued.append(taskId) }
 }
 
+/// A consumer that notes when tasks enter its queue, as the listener does (`queueTime`), on a clock the test sets.
+private final class ClockedConsumer: ChangeConsumer {
+    var now = 0.0
+    func enqueue(taskId: String) {}
+    func queueTime() -> Double { now }
+}
+
 private func record(_ id: String = "t") -> TaskRecord {
     TaskRecord(id: id, key: TaskKey(owning: id), templateId: "x", category: nil, quality: nil, batchId: nil,
                resourceConfig: nil, metadata: nil, stages: CategoryDefaults.stages(for: nil), timestamp: 0)
@@ -35,6 +42,56 @@ struct ChangeFeedTests {
             feed.note(task, urgent: false, to: consumer)
             #expect(feed.take(task, now: 20, throttle: throttle) == .take(urgent: false))
         }
+    }
+
+    @Test("fan-out windows follow the runner's changes, not the rounds that took them")
+    func windowsFollowTheRunner() {
+        let feed = ChangeFeed.fanout, consumer = ClockedConsumer()
+        let a = record("a"), b = record("b")
+        // Both change at 10; a round takes a at once, a later round b (the listener was busy).
+        consumer.now = 10
+        feed.note(a, urgent: false, to: consumer)
+        feed.note(b, urgent: false, to: consumer)
+        #expect(feed.take(a, now: 10.0625, throttle: throttle) == .take(urgent: false))
+        #expect(feed.take(b, now: 10.1875, throttle: throttle) == .take(urgent: false))
+        // The runner's next instant, one window later: both go in the same round again (by the take's time b would
+        // wait until 10.4375, and stay a round behind a at every instant).
+        consumer.now = 10.25
+        feed.note(a, urgent: false, to: consumer)
+        feed.note(b, urgent: false, to: consumer)
+        #expect(feed.take(a, now: 10.25, throttle: throttle) == .take(urgent: false))
+        #expect(feed.take(b, now: 10.25, throttle: throttle) == .take(urgent: false))
+        // The runner's next instant comes a little early (its own jitter): still taken at once, no timer round.
+        consumer.now = 10.5 - 1.0 / 256
+        feed.note(a, urgent: false, to: consumer)
+        #expect(feed.take(a, now: 10.5 - 1.0 / 512, throttle: throttle) == .take(urgent: false))
+        // Earlier than the slack (1/32 of the window): that is a faster runner, held to the window's end.
+        consumer.now = 10.75 - 1.0 / 64
+        feed.note(a, urgent: false, to: consumer)
+        #expect(feed.take(a, now: 10.75 - 1.0 / 128, throttle: throttle) == .later(10.75 - 1.0 / 256))
+    }
+
+    @Test("a window never starts before the previous one ended, so a steady runner gets one state per window")
+    func windowsDoNotOverlap() {
+        let feed = ChangeFeed.fanout, consumer = ClockedConsumer()
+        let task = record()
+        consumer.now = 30
+        feed.note(task, urgent: false, to: consumer)
+        #expect(feed.take(task, now: 30, throttle: throttle) == .take(urgent: false))
+        // Changed early in the window: held to its end, and the next window starts there, not at the change.
+        consumer.now = 30.0625
+        feed.note(task, urgent: false, to: consumer)
+        #expect(feed.take(task, now: 30.125, throttle: throttle) == .later(30.25))
+        #expect(feed.take(task, now: 30.25, throttle: throttle) == .take(urgent: false))
+        consumer.now = 30.3125
+        feed.note(task, urgent: false, to: consumer)
+        #expect(feed.take(task, now: 30.375, throttle: throttle) == .later(30.5))
+        // An urgent take opens its window at the take, as before.
+        feed.note(task, urgent: true, to: consumer)
+        #expect(feed.take(task, now: 30.4375, throttle: throttle) == .take(urgent: true))
+        consumer.now = 30.5
+        feed.note(task, urgent: false, to: consumer)
+        #expect(feed.take(task, now: 30.5, throttle: throttle) == .later(30.6875))
     }
 
     @Test("an urgent change bypasses the throttle, and is queued again behind a queued ordinary change")

@@ -10,14 +10,23 @@ struct FeedSlot {
     }
 
     var queued = Queued.idle
-    /// Monotonic time the consumer last took the task: its throttle window starts there.
+    /// Where the task's throttle window starts (monotonic): see `take`.
     var lastTakenAt = -Double.infinity
+    /// When the task entered the queue, by the consumer's `queueTime` (NaN when the consumer keeps none).
+    var queuedAt = Double.nan
 }
 
 /// A consumer of a feed: told when a task enters its queue. Called under the task's shard lock, so it only
 /// records the id and wakes its own thread.
 protocol ChangeConsumer: AnyObject {
     func enqueue(taskId: String)
+    /// The consumer's monotonic time, read when a task enters its fan-out queue, so that throttle windows follow
+    /// the runner's changes rather than the consumer's rounds (`FeedSlot.take`); NaN: windows follow the takes.
+    func queueTime() -> Double
+}
+
+extension ChangeConsumer {
+    func queueTime() -> Double { .nan }
 }
 
 /// A throttled change feed with an urgent bypass, one per consumer: `fanout` for the listener, `storage` for the
@@ -66,6 +75,7 @@ struct ChangeFeed {
         switch kind {
         case .fanout:
             if urgent { holdUrgent(task) }
+            if task.fanoutSlot.queued == .idle { task.fanoutSlot.queuedAt = consumer.queueTime() }
             if FeedSlot.enter(&task.fanoutSlot, urgent: urgent) { consumer.enqueue(taskId: task.id) }
         case .storage:
             if !task.isMirror, FeedSlot.enter(&task.storageSlot, urgent: urgent) { consumer.enqueue(taskId: task.id) }
@@ -120,6 +130,10 @@ struct ChangeFeed {
 }
 
 extension FeedSlot {
+    /// The share of a throttle window by which a change may come early and still count as on the runner's
+    /// cadence (`take`): 1/32, about 3 ms of the default 100.
+    static let cadenceSlack = 1.0 / 32
+
     /// - Returns: whether the consumer must be told (the task entered its queue, or became urgent in it).
     @inline(__always)
     static func enter(_ slot: inout FeedSlot, urgent: Bool) -> Bool {
@@ -136,14 +150,29 @@ extension FeedSlot {
         }
     }
 
+    /// With `queuedAt` (the listener's feed), windows follow the runner rather than the rounds that take its
+    /// changes:
+    /// - a change that came within `cadenceSlack` of its window's end (a runner updating once a window, with a
+    ///   little jitter) is taken at once, and its window starts at the change: tasks a runner changes at the same
+    ///   instants stay in the same rounds, however late a round took one of them;
+    /// - a change that came earlier waits for the window's end, and the next window starts there, not at the
+    ///   take: a runner changing faster gets one state per window, on a steady grid, and a late take does not push
+    ///   the next one back.
+    /// So two non-urgent takes are a window apart, less at most `cadenceSlack` and the lateness of the first. An
+    /// urgent take, and every take without `queuedAt`, opens its window at the take.
     static func take(_ slot: inout FeedSlot, now: Double, throttle: Double) -> ChangeFeed.Take {
         guard slot.queued != .idle else { return .nothing }
         let urgent = slot.queued == .queuedUrgent
         // The window's end as `later` names it, so a consumer that comes back at that time takes the task.
         let windowEnd = slot.lastTakenAt + throttle
-        if !urgent && now < windowEnd { return .later(windowEnd) }
+        let onCadence = slot.queuedAt >= windowEnd - throttle * FeedSlot.cadenceSlack  // false when NaN
+        if !urgent && now < windowEnd && !onCadence { return .later(windowEnd) }
         slot.queued = .idle
-        slot.lastTakenAt = now
+        if urgent || slot.queuedAt.isNaN {
+            slot.lastTakenAt = now
+        } else {
+            slot.lastTakenAt = onCadence ? min(now, slot.queuedAt) : windowEnd
+        }
         return .take(urgent: urgent)
     }
 }

@@ -159,6 +159,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         wake()
     }
 
+    /// The time a task entered the feed, on the clock the throttle uses (`FeedSlot.take`).
+    func queueTime() -> Double { engine.monotonic.now() }
+
     /// Tasks the engine removed after retention_seconds (called by the maintenance thread's sweep).
     func noteExpired(taskIds: [String]) {
         guard !taskIds.isEmpty else { return }
