@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-apt_packages=(pkg-config libwebsockets-dev libuv1-dev libssl-dev libhiredis-dev libpng-dev redis-server chromium chromium-driver
-    patchelf)
+apt_packages=(pkg-config libwebsockets-dev libuv1-dev libssl-dev libhiredis-dev libpng-dev zlib1g-dev redis-server chromium
+    chromium-driver patchelf)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
