@@ -24,6 +24,20 @@ struct HistoryStatistics: Sendable {
     /// Stage 0 durations of the newest `recentQueueRecords` records, sorted.
     let recentFirstStage: Sample
 
+    /// Statistics of one made-up run with every part a record can have (a stepped stage with its tail and drift,
+    /// a stage without steps, a workload, a variant): what builds the metadata of the types the ETA uses, so a
+    /// fork handler can have it done before the fork (`ForkRegistry.warmRuntime`).
+    @inline(never)
+    static func warm() -> Int {
+        let stepped = StageProfile(steps: 30, head: 1, stepSeconds: 0.1, tail: 0.5, drift: 0.1)
+        let whole = StageProfile(steps: nil, head: 0, stepSeconds: 2, tail: nil)
+        let record = CompletionRecord(taskId: "warm", templateId: "warm", category: nil, quality: nil,
+                                      stageDurations: [(0, 1), (1, 4), (2, 2)], profiles: [1: stepped, 2: whole],
+                                      totalDuration: 7, resourceConfig: nil, timestamp: 0,
+                                      workload: Workload(metadata: nil), stageVariants: [0: "cold"])
+        return HistoryStatistics(records: [record, record]).count
+    }
+
     /// - Parameter records: the set, oldest first.
     init(records: [CompletionRecord]) {
         self.records = records

@@ -71,13 +71,18 @@ enum ForkRegistry {
     /// within milliseconds of progress_engine_open: the child stuck in swift_getTupleTypeMetadata (the tuple cache,
     /// first used by a thread's first log line) and in swift_getCanonicalPrespecializedGenericMetadata (first
     /// used by `Array(set)`, `append(contentsOf:)`). Used here first, those onces are done before the fork.
+    /// The same holds for each type's own metadata, built on its first use: the ETA's statistics (tuples and
+    /// arrays of its own types) are first built by the listener's or the Redis writer's first estimate, which a
+    /// fork right after opening met in fork_stress (the child stuck in `HistoryStatistics` asking for its tuple's
+    /// metadata). Built here, their metadata is complete before the fork; if another thread is building it now,
+    /// this waits for that.
     @inline(never)
     private static func warmRuntime() {
         let pid = String(getpid())
         let fields = [("pid", pid)]
         var names: [String] = []
         names.append(contentsOf: Array(Set([pid])))
-        withExtendedLifetime((fields, names)) {}
+        withExtendedLifetime((fields, names, HistoryStatistics.warm())) {}
     }
 
     /// Under the registry's lock.
