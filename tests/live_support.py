@@ -271,21 +271,27 @@ class RawWebSocket:
     """A hand-driven WebSocket client over a plain socket: sends any bytes (broken frames included) and
     parses what the server sends back."""
 
-    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
+    def __init__(self, sock: socket.socket, buffered: bytes, head: bytes = b"") -> None:
         self.sock = sock
         self.buf = buffered
+        #: The server's 101 response, headers included.
+        self.head = head
+        #: The RSV bits of the last frame `next_frame` returned (4: RSV1, "compressed" under permessage-deflate).
+        self.rsv = 0
 
     @classmethod
     def open(cls, port: int, client_id: str = "raw", query: str = "", rcvbuf: Optional[int] = None,
-             timeout: float = 5) -> "RawWebSocket":
-        """A connection past a valid handshake (the 101 response consumed). OSError if the listener cannot be
-        reached or does not answer within `timeout` s, AssertionError if it answers anything but 101."""
+             timeout: float = 5, extensions: str = "") -> "RawWebSocket":
+        """A connection past a valid handshake (the 101 response consumed). `extensions`: a
+        Sec-WebSocket-Extensions offer. OSError if the listener cannot be reached or does not answer within
+        `timeout` s, AssertionError if it answers anything but 101."""
         s = tcp_connect(port, rcvbuf, timeout)
         try:
             key = base64.b64encode(os.urandom(16)).decode()
+            offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
             s.sendall((f"GET {WS_PATH}?client_id={client_id}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                       f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                       f"Sec-WebSocket-Version: 13\r\n{offer}\r\n").encode())
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = s.recv(4096)
@@ -296,7 +302,7 @@ class RawWebSocket:
         except BaseException:
             s.close()
             raise
-        return cls(s, rest)
+        return cls(s, rest, head)
 
     @staticmethod
     def frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True, rsv: int = 0) -> bytes:
@@ -359,6 +365,7 @@ class RawWebSocket:
         if len(b) < at + n:
             return None
         self.buf = b[at + n:]
+        self.rsv = (b[0] >> 4) & 0x7
         return b[0] & 0x0F, b[at:at + n]
 
     def messages_until_close(self, timeout: float = 5) -> Tuple[List[dict], Optional[int]]:

@@ -228,9 +228,9 @@ class Wire:
         return Response(int(m.group(1)), headers, body)
 
     def raw_ws(self, tracker: ProgressTracker, client_id: str = "raw", rcvbuf: Optional[int] = None,
-               query: str = "") -> RawWebSocket:
-        """A raw socket after a valid handshake (the 101 response consumed)."""
-        ws = RawWebSocket.open(tracker.port, client_id, query, rcvbuf)
+               query: str = "", extensions: str = "") -> RawWebSocket:
+        """A raw socket after a valid handshake (the 101 response consumed); `extensions`: an offer."""
+        ws = RawWebSocket.open(tracker.port, client_id, query, rcvbuf, extensions=extensions)
         self._sockets.append(ws.sock)
         return ws
 

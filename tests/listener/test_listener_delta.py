@@ -220,57 +220,44 @@ def test_without_delta_frames_are_unchanged_and_delta_must_be_boolean(wire):
     wire.run(scenario())
 
 
-def _read_frame(sock) -> tuple:
-    """(first byte, payload) of the next server frame (unmasked, whole)."""
-    def exact(n):
-        out = b""
-        while len(out) < n:
-            chunk = sock.recv(n - len(out))
-            assert chunk, "connection closed"
-            out += chunk
-        return out
-    b0, b1 = exact(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = int.from_bytes(exact(2), "big")
-    elif n == 127:
-        n = int.from_bytes(exact(8), "big")
-    return b0, exact(n)
+def _deflate_reader(ws, fresh_inflater_per_message: bool = False):
+    """What a client that negotiated permessage-deflate reads from raw socket `ws`: a function returning
+    (compressed, wire payload bytes, message) for the next frame, a compressed one inflated (raw deflate + 00 00 ff
+    ff) with the window kept across messages, or with a fresh inflater each (server_no_context_takeover)."""
+    import zlib
+
+    inflater = zlib.decompressobj(-15)
+
+    def message():
+        nonlocal inflater
+        opcode, payload = ws.next_frame()
+        assert opcode == 0x1, (opcode, payload[:100])
+        compressed, size = bool(ws.rsv & 0x4), len(payload)
+        if compressed:
+            if fresh_inflater_per_message:
+                inflater = zlib.decompressobj(-15)
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return compressed, size, json.loads(payload)
+
+    return message
 
 
 def test_permessage_deflate_frames_are_compressed_once_and_decode(wire):
-    import socket
-    import zlib
-
     t = wire.open(throttle_ms=0, ws_deflate=True)
     t.create_task_progress_sync("z", "sdxl", "image_generation")
 
     # A raw client: the server's frames carry RSV1 and inflate (raw deflate + 00 00 ff ff) to the JSON.
-    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
-    s.sendall(b"GET /api/v1/progress/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-              b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert b" 101 " in head and b"permessage-deflate" in head.lower(), head
-    inflater = zlib.decompressobj(-15)
-
-    def message():
-        b0, payload = _read_frame(s)
-        if b0 & 0x40:
-            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
-        return b0, json.loads(payload)
-
-    assert message()[1]["type"] == "connection.established"
-    sub = json.dumps({"type": "subscribe", "task_ids": ["z"]}).encode()
-    s.sendall(bytes([0x81, 0x80 | len(sub), 0, 0, 0, 0]) + sub)
+    ws = wire.raw_ws(t, extensions="permessage-deflate; client_max_window_bits")
+    assert b"permessage-deflate" in ws.head.lower(), ws.head
+    message = _deflate_reader(ws)
+    assert message()[2]["type"] == "connection.established"
+    ws.send_text(json.dumps({"type": "subscribe", "task_ids": ["z"]}))
     seen = [message() for _ in range(2)]
-    assert seen[0][1]["type"] == "subscribed"
-    b0, state = seen[1]
+    assert seen[0][2]["type"] == "subscribed"
+    compressed, _, state = seen[1]
     assert state["type"] == "progress.update" and state["data"]["task_id"] == "z"
-    assert b0 & 0x40, "the full state went uncompressed"
-    s.close()
+    assert compressed, "the full state went uncompressed"
+    ws.sock.close()
 
     # The websockets library negotiates it too and reads the same stream, delta included.
     async def scenario():
@@ -291,64 +278,31 @@ def test_permessage_deflate_frames_are_compressed_once_and_decode(wire):
     wire.run(scenario())
 
 
-def _raw_deflate_client(wire, t, offer: bytes):
-    """A raw WebSocket client offering permessage-deflate `offer`; returns the socket once upgraded."""
-    import socket
-
-    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
-    s.sendall(b"GET /api/v1/progress/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-              b"Sec-WebSocket-Extensions: " + offer + b"\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert b" 101 " in head and b"permessage-deflate" in head.lower(), head
-    return s
-
-
-def _send_text(sock, obj) -> None:
-    data = json.dumps(obj).encode()
-    assert len(data) < 126
-    sock.sendall(bytes([0x81, 0x80 | len(data), 0, 0, 0, 0]) + data)
-
-
-def _stream_patches(wire, offer: bytes, fresh_inflater_per_message: bool):
+def _stream_patches(wire, offer: str, fresh_inflater_per_message: bool):
     """Subscribes a raw deflate client with delta to a task taking 30 steps; returns [(wire payload bytes,
     message)] of its progress updates, each inflated as the client's offer allows."""
-    import zlib
-
     t = wire.open(throttle_ms=0, ws_deflate=True)
     t.create_task_progress_sync("w", "sdxl", "image_generation")
-    s = _raw_deflate_client(wire, t, offer)
-    inflater = zlib.decompressobj(-15)
+    ws = wire.raw_ws(t, extensions=offer)
+    assert b"permessage-deflate" in ws.head.lower(), ws.head
+    message = _deflate_reader(ws, fresh_inflater_per_message)
     got = []
-
-    def message():
-        nonlocal inflater
-        b0, payload = _read_frame(s)
-        size = len(payload)
-        if b0 & 0x40:
-            if fresh_inflater_per_message:
-                inflater = zlib.decompressobj(-15)
-            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
-        return b0, size, json.loads(payload)
-
     assert message()[2]["type"] == "connection.established"
-    _send_text(s, {"type": "subscribe", "task_ids": ["w"], "delta": True})
+    ws.send_text(json.dumps({"type": "subscribe", "task_ids": ["w"], "delta": True}))
     rec = Reconstruction()
     for i in range(1, 31):
         t.update_progress_sync("w", i, 30)
         time.sleep(0.005)
     while True:
-        b0, size, msg = message()
+        compressed, size, msg = message()
         if msg["type"] != "progress.update":
             continue
-        assert b0 & 0x40, msg
+        assert compressed, msg
         rec.apply(msg)
         got.append((size, msg))
         if rec.state["stages"][str(rec.state["current_stage"])]["progress"] == 1.0:
             break
-    s.close()
+    ws.sock.close()
     assert rec.state == t.get_task_progress_sync("w") | {k: rec.state[k] for k in ("eta", "eta_seconds",
                                                                                    "eta_confidence")}
     return got
@@ -360,7 +314,7 @@ def test_deflate_with_context_takeover_sends_patches_against_the_window(wire):
     (docs/API.md, "Compression")."""
     import zlib
 
-    got = _stream_patches(wire, b"permessage-deflate; client_max_window_bits", False)
+    got = _stream_patches(wire, "permessage-deflate; client_max_window_bits", False)
     patches = [(size, msg) for size, msg in got if "patch" in msg]
     assert len(patches) >= 10, got
     steady = [size for size, msg in patches[2:]]
@@ -373,7 +327,7 @@ def test_deflate_with_context_takeover_sends_patches_against_the_window(wire):
 
 def test_deflate_without_context_takeover_sends_messages_that_stand_alone(wire):
     """server_no_context_takeover: each message inflates with a fresh inflater."""
-    got = _stream_patches(wire, b"permessage-deflate; server_no_context_takeover; client_max_window_bits", True)
+    got = _stream_patches(wire, "permessage-deflate; server_no_context_takeover; client_max_window_bits", True)
     assert sum(1 for _, msg in got if "patch" in msg) >= 10, got
 
 
