@@ -127,12 +127,7 @@ long CProgress_deflate_message(CProgress_deflater *d, const unsigned char *in, s
     return -1;
 }
 
-int CProgress_ws_deflate_negotiated(void *conn) {
-    (void)conn;
-    return 0;
-}
-
-int CProgress_ws_deflate_context_takeover(void *conn) {
+int CProgress_ws_deflate_mode(void *conn) {
     (void)conn;
     return 0;
 }

@@ -50,21 +50,16 @@ long CProgress_deflate_message(CProgress_deflater *d, const unsigned char *in, s
     return (long)(n - 4);
 }
 
-int CProgress_ws_deflate_negotiated(void *conn) {
+int CProgress_ws_deflate_mode(void *conn) {
     /* Fails only when the extension is not active on this connection. The option is set to its default (an
      * inflate buffer of 2^10 bytes), so nothing changes; an unknown option name would crash libwebsockets 4.1
      * (it compares the name with its list's NULL sentinel). */
     if (lws_set_extension_option(conn, "permessage-deflate", "rx_buf_size", "10") != 0) return 0;
+    char offer[256];
+    if (lws_hdr_copy(conn, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0) return 0;
     /* A client that limits the server's window gets uncompressed frames (valid under the extension): the
      * shared frames use the default 32 KiB window. */
-    char offer[256];
-    if (lws_hdr_copy(conn, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0) return 0;
-    return strstr(offer, "server_max_window_bits") == NULL;
-}
-
-int CProgress_ws_deflate_context_takeover(void *conn) {
+    if (strstr(offer, "server_max_window_bits") != NULL) return 0;
     /* libwebsockets agrees to server_no_context_takeover when offered; then every message must stand alone. */
-    char offer[256];
-    if (lws_hdr_copy(conn, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0) return 0;
-    return strstr(offer, "server_no_context_takeover") == NULL;
+    return strstr(offer, "server_no_context_takeover") != NULL ? 1 : 2;
 }

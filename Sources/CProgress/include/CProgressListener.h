@@ -102,12 +102,11 @@ void CProgress_deflater_destroy(CProgress_deflater *d);
  * trailing 00 00 ff ff removed) into out. Returns its length, or -1 when it does not fit `cap` bytes. */
 long CProgress_deflate_message(CProgress_deflater *d, const unsigned char *in, size_t len, unsigned char *out,
                                size_t cap);
-/* Service thread, once the connection is open: 1 when permessage-deflate was negotiated on it and compressed
- * frames may be sent (the client did not restrict the server's window), else 0. */
-int CProgress_ws_deflate_negotiated(void *conn);
-/* Service thread, once negotiated: 1 when the client keeps its window between messages (it did not ask for
- * server_no_context_takeover), so a message may refer to the one before (CProgress_window_deflate), else 0. */
-int CProgress_ws_deflate_context_takeover(void *conn);
+/* Service thread, once the connection is open: how its frames may be compressed. 0: not at all (the extension
+ * was not negotiated, or the client restricted the server's window); 1: each message on its own (the client asked
+ * for server_no_context_takeover); 2: a message may also refer to the one before (CProgress_window_deflate: the
+ * client keeps its window between messages). */
+int CProgress_ws_deflate_mode(void *conn);
 
 /* permessage-deflate with context takeover (deflate_window.c): one per client, owned by its connection and used
  * only on the service thread. It remembers the last message it compressed for that client, which the client's

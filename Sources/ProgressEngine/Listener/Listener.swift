@@ -377,8 +377,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         nextConnectionId += 1
         let clientId = query["client_id"].flatMap { $0.isEmpty ? nil : $0 } ?? "client-\(id)"
         let client = ClientConnection(id: id, wsi: wsi, clientId: clientId, peer: peer, flushList: flushList)
-        client.deflate = engine.config.wsDeflate && CProgress_ws_deflate_negotiated(wsi) != 0
-        if client.deflate && CProgress_ws_deflate_context_takeover(wsi) != 0 { client.window = CProgress_window_create() }
+        let deflateMode = engine.config.wsDeflate ? CProgress_ws_deflate_mode(wsi) : 0
+        client.deflate = deflateMode != 0
+        if deflateMode == 2 { client.window = CProgress_window_create() }
         connections[id] = client
         metrics.connectionsOpened.add(1, ordering: .relaxed)
         var fromPeer = 0
