@@ -45,14 +45,9 @@ final class WireMessage {
             deflatedFrameLength = frameLength
             return (frame, frameLength)
         }
-        let n = Int(packed)
-        let newHeader = WireMessage.headerLength(n)
-        // FIN + RSV1 ("compressed", RFC 7692 §6) + text opcode; the payload moves up behind the shorter header.
-        WireMessage.writeHeader(storage, first: 0xC1, payload: n)
-        if newHeader != 10 { (storage + newHeader).update(from: storage + 10, count: n) }
         deflatedFrame = storage
-        deflatedFrameLength = newHeader + n
-        return (storage, newHeader + n)
+        deflatedFrameLength = WireMessage.compressedFrame(storage, payloadAt: 10, length: Int(packed))
+        return (storage, deflatedFrameLength)
     }
 
     /// Writes this message's frame for one client, compressed against the last message `window` compressed for
@@ -61,11 +56,17 @@ final class WireMessage {
         let header = frameLength - length
         let packed = CProgress_window_deflate(window, frame + header, length, out + 4, CProgress_window_bound(length))
         precondition(packed > 0, "a message within the window's bounds did not compress")
-        let n = Int(packed)
-        let newHeader = WireMessage.headerLength(n)
-        WireMessage.writeHeader(out, first: 0xC1, payload: n)
-        if newHeader != 4 { (out + newHeader).update(from: out + 4, count: n) }
-        return newHeader + n
+        return WireMessage.compressedFrame(out, payloadAt: 4, length: Int(packed))
+    }
+
+    /// Frames a compressed payload of `length` bytes written at `storage + offset` (room left for the longest
+    /// header it can need): FIN + RSV1 ("compressed", RFC 7692 §6) + text opcode, the payload moved up behind a
+    /// shorter header. Returns the frame's length.
+    private static func compressedFrame(_ storage: UnsafeMutablePointer<UInt8>, payloadAt offset: Int, length: Int) -> Int {
+        let header = headerLength(length)
+        writeHeader(storage, first: 0xC1, payload: length)
+        if header != offset { (storage + header).update(from: storage + offset, count: length) }
+        return header + length
     }
 
     /// Writes the frame header: `first` (FIN, RSV bits, opcode), then the payload length in 7, 7+16 or 7+64 bits.
