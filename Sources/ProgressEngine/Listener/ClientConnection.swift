@@ -350,6 +350,31 @@ final class ClientConnection {
         }
     }
 
+    // MARK: - Cache hints for the listener's loops over clients
+
+    /// The fields of the client at `index` of `clients` (a few cache lines), read as the array's raw reference:
+    /// taking the element itself would retain it, and that write to its header is the miss the hint is for.
+    static func prefetchObject(at clients: [ClientConnection], _ index: Int) {
+        clients.withUnsafeBufferPointer { buffer in
+            UnsafeRawPointer(buffer.baseAddress!).withMemoryRebound(to: UnsafeRawPointer.self, capacity: buffer.count) {
+                CProgress_prefetch($0[index], 4)
+            }
+        }
+    }
+
+    /// What `flushNow` reads behind the object: the queue's next entry and libwebsockets' connection.
+    func prefetchForFlush() {
+        queue.withUnsafeBufferPointer { if let base = $0.baseAddress { CProgress_prefetch(base + head, 1) } }
+        CProgress_prefetch(wsi, 4)
+    }
+
+    /// The slot table a fan-out looks the task up in. A native Dictionary is one reference to its storage (a
+    /// header, then the bucket bitmap, keys and values); with any other layout there is no hint.
+    func prefetchSlots() {
+        guard MemoryLayout<[String: TaskSlot]>.size == MemoryLayout<UnsafeRawPointer>.size else { return }
+        CProgress_prefetch(unsafeBitCast(slots, to: UnsafeRawPointer.self), 4)
+    }
+
     /// The writable callback: writes what is queued.
     /// - Returns: 1 if more is waiting, 0 if not, -1 to close the connection.
     func writable(_ batch: WriteBatch, sent: borrowing Atomic<Int>) -> Int32 {

@@ -55,7 +55,15 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     private let batch: WriteBatch
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
     @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
-    @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:]
+    @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:] {
+        didSet {
+            wildcardsChanged = true
+            if wildcards.isEmpty { wildcardList = [] }  // no closed client kept alive by the list
+        }
+    }
+    /// `wildcards`' clients in an array, for the fan-out's loop (`forEachSubscriber`); rebuilt after a change.
+    @exclusivity(unchecked) private var wildcardList: [ClientConnection] = []
+    @exclusivity(unchecked) private var wildcardsChanged = false
     /// Connections that ever subscribed with `delta`; while none is open the fan-out keeps no delta bases.
     @exclusivity(unchecked) private var deltaConnections = 0
     /// Per task, the last state sent to delta subscribers: the base of the next merge patch.
@@ -256,7 +264,14 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// the event loop per round).
     fileprivate func flush() {
         guard !flushList.clients.isEmpty else { return }
-        for client in flushList.clients { client.flushNow(batch, sent: metrics.messagesSent) }
+        let clients = flushList.clients
+        // Each send's kernel work evicts what the next client's write reads: it is fetched while the current
+        // client's send runs (its object two ahead, then what the object points to one ahead).
+        for i in clients.indices {
+            if i + 2 < clients.count { ClientConnection.prefetchObject(at: clients, i + 2) }
+            if i + 1 < clients.count { clients[i + 1].prefetchForFlush() }
+            clients[i].flushNow(batch, sent: metrics.messagesSent)
+        }
         flushList.clients.removeAll(keepingCapacity: flushList.clients.capacity <= 4096)
     }
 
@@ -354,7 +369,17 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     }
 
     private func forEachSubscriber(of taskId: String, _ body: (ClientConnection) -> Void) {
-        for client in wildcards.values { deliver(client, body) }
+        if wildcardsChanged {
+            wildcardList = Array(wildcards.values)
+            wildcardsChanged = false
+        }
+        let everyTask = wildcardList
+        for i in everyTask.indices {
+            // As in `flush`: the previous round's sends evicted the clients' state.
+            if i + 2 < everyTask.count { ClientConnection.prefetchObject(at: everyTask, i + 2) }
+            if i + 1 < everyTask.count { everyTask[i + 1].prefetchSlots() }
+            deliver(everyTask[i], body)
+        }
         guard let watching = subscribers[taskId] else { return }
         for (id, client) in watching where wildcards.isEmpty || wildcards[id] == nil { deliver(client, body) }
     }
