@@ -66,24 +66,13 @@ def cell(mode, flags, deflate, n, seconds):
     return out
 
 
-def median_run(cells):
-    """The run whose CPU per delivery is the median of the cell's runs."""
-    ordered = sorted(cells, key=lambda r: r["fixed"]["cpu_us_per_delivery"])
-    return ordered[(len(ordered) - 1) // 2]
+def cpu(run):
+    return run["fixed"]["cpu_us_per_delivery"]
 
 
 def cpu_ratios(runs, n, mode):
-    """A mode's CPU per delivery over full's of the same round, one ratio per round: the rounds are interleaved,
-    so a ratio compares runs a few seconds apart, and the machine's drift over the whole run cancels out."""
-    full = {r["round"]: r["fixed"]["cpu_us_per_delivery"] for r in runs if r["n"] == n and r["mode"] == "full"}
-    return [r["fixed"]["cpu_us_per_delivery"] / full[r["round"]]
-            for r in runs if r["n"] == n and r["mode"] == mode and r["round"] in full]
-
-
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    """A mode's CPU per delivery over full frames' in the same round, one ratio per round (`fan.paired_ratios`)."""
+    return fan.paired_ratios([r for r in runs if r["n"] == n], lambda r: r["mode"], mode, "full", cpu)
 
 
 def table(results, runs):
@@ -95,7 +84,7 @@ def table(results, runs):
         base = next(x for x in results if x["n"] == r["n"] and x["mode"] == "full")["fixed"]
         lines.append(
             f"| {r['mode']:<15} | {r['n']:<5,} | {f['wire_bytes']:>11,.1f} | {100 * f['wire_bytes'] / base['wire_bytes']:>8.1f}% "
-            f"| {f['cpu_us_per_delivery']:>12.2f} | {median(cpu_ratios(runs, r['n'], r['mode'])):>10.2f}x "
+            f"| {f['cpu_us_per_delivery']:>12.2f} | {fan.median(cpu_ratios(runs, r['n'], r['mode'])):>10.2f}x "
             f"| {f['rate']:>7,.0f} | {f['p50_ms']:>6.2f} | {f['p99_ms']:>6.2f} | {r['idle_kib_per_conn']:>13.2f} "
             f"| {r['subscribed_kib_per_conn']:>19.2f} |")
     return "\n".join(lines)
@@ -114,7 +103,7 @@ def verdicts(results, runs):
                        f"Centrifugo's best {best}%): {'met' if ok else 'MISSED'} "
                        f"({share / GOAL_DELTA_SHARE:.2f}x the goal)")
             ratios = cpu_ratios(runs, n, mode)
-            ratio = median(ratios)
+            ratio = fan.median(ratios)
             out.append(f"N={n:,} {mode}: CPU per delivery {ratio:.2f}x full's, the median of {len(ratios)} rounds "
                        f"({', '.join(f'{x:.2f}' for x in ratios)}; medians {by[mode]['cpu_us_per_delivery']:.2f} vs "
                        f"{full['cpu_us_per_delivery']:.2f} us; goal <= 1.00x): {'met' if ratio <= 1.0 else 'MISSED'}")
@@ -139,22 +128,17 @@ def main():
             for n in [int(x) for x in args.n.split(",")]:
                 for round_ in range(args.rounds):
                     for mode, flags, deflate in MODES:
-                        for attempt in range(1 + fan.BUSY_RETRIES):
+                        def once():
                             fan.wait_quiet(args.quiet_wait)
                             fan.log(f"{mode} N={n} round {round_ + 1}/{args.rounds} ...")
                             out = dict(cell(mode, flags, deflate, n, args.fixed_seconds), round=round_)
-                            other = out["fixed"]["other_load_cores"]
-                            if other < fan.BUSY_CORES or attempt == fan.BUSY_RETRIES:
-                                break
-                            # Something else took a third of the machine during the window: not this mode's figure.
-                            fan.log(f"  other load {other:.2f} cores during the run; running it again")
-                            redone.append(f"{mode} N={n} round {round_ + 1}: {out['fixed']['cpu_us_per_delivery']:.2f} "
-                                          f"us/deliv at other load {other:.2f}")
+                            return out, out["fixed"]
+                        out = fan.rerun_while_busy(once, f"{mode} N={n} round {round_ + 1}", redone)
                         results.append(out)
     finally:
         fan.Proc.stop_all()
     runs = results
-    results = [median_run([r for r in runs if r["n"] == n and r["mode"] == mode])
+    results = [fan.median_run([r for r in runs if r["n"] == n and r["mode"] == mode], cpu)
                for n in dict.fromkeys(r["n"] for r in runs) for mode, _, _ in MODES]
     print(f"Delta updates and permessage-deflate: M={fan.TASKS} tasks, fixed load {fan.FIXED_DELIVERIES:,} "
           f"deliveries/s for {args.fixed_seconds:.0f} s (throttle_ms 100, resource sampler off), the same runner "

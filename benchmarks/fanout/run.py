@@ -449,7 +449,8 @@ def burst_session(kind, n, m, args, template, workdir):
 BURST_SERVERS = ("listener", "redis", "floor")
 
 
-def run_burst(args):
+def run_burst(args, redone):
+    """Every burst cell, `--burst-rounds` times; windows run again for a busy machine are noted in `redone`."""
     workdir = tempfile.mkdtemp(prefix="fanout-burst-")
     args.perf_folder = workdir if args.perf else None
     try:
@@ -459,7 +460,7 @@ def run_burst(args):
             for n in args.burst_n:
                 for m in args.burst_m:
                     for kind in [s for s in args.servers if s in BURST_SERVERS]:
-                        for attempt in range(1 + BUSY_RETRIES):
+                        def once():
                             load = wait_quiet(args.quiet_wait)
                             t = time.monotonic()
                             try:
@@ -474,17 +475,46 @@ def run_burst(args):
                                 f"{fmt(b.get('rate'), ',.0f')}/s of {r['offered']:,} offered, "
                                 f"{fmt(b.get('cpu_us_per_delivery'), '.2f')} us/deliv, "
                                 f"p99 {fmt(b.get('p99_ms'), '.2f')} ms, other load {b.get('other_load_cores', 0):.2f}"))
-                            if "error" in r or b["other_load_cores"] < BUSY_CORES or attempt == BUSY_RETRIES:
-                                break
-                            # The rest of the machine took a third of it during the window: not this server's figure.
-                            log(f"  other load {b['other_load_cores']:.2f} cores during the run; running it again")
-                            args.redone.append(f"{kind} N={n:,} M={m} round {round_ + 1}: "
-                                               f"{b['cpu_us_per_delivery']:.2f} us/deliv at other load "
-                                               f"{b['other_load_cores']:.2f}")
+                            return r, b or None
+                        r = rerun_while_busy(once, f"{kind} N={n:,} M={m} round {round_ + 1}", redone)
                         results.append(r)
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def rerun_while_busy(once, label, redone):
+    """Runs a window (`once()` -> (result, figures from `measure`, or None when it failed)) again, at most
+    BUSY_RETRIES times, while the rest of the machine used BUSY_CORES or more during it: such a window is not the
+    server's figure. Each window run again is noted in `redone` under `label`."""
+    for attempt in range(1 + BUSY_RETRIES):
+        result, window = once()
+        if window is None or window["other_load_cores"] < BUSY_CORES or attempt == BUSY_RETRIES:
+            return result
+        log(f"  other load {window['other_load_cores']:.2f} cores during the run; running it again")
+        redone.append(f"{label}: {window['cpu_us_per_delivery']:.2f} us/deliv at other load "
+                      f"{window['other_load_cores']:.2f}")
+
+
+def median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def median_run(runs, figure):
+    """The run whose `figure(run)` is the median of the runs' (the lower one of an even count)."""
+    ordered = sorted(runs, key=figure)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def paired_ratios(runs, name_of, name, ref, figure):
+    """The runs named `name` over those named `ref` (`name_of(run)`), one ratio of `figure(run)` per round in
+    which both ran: the rounds are interleaved, so a ratio compares runs a few seconds apart and the machine's
+    drift over the whole run cancels out."""
+    by = {(name_of(r), r["round"]): figure(r) for r in runs}
+    return [by[(s, k)] / by[(ref, k)] for (s, k) in sorted(by)
+            if s == name and by.get((ref, k)) and by[(s, k)] is not None]
 
 
 def burst_medians(results):
@@ -493,25 +523,8 @@ def burst_medians(results):
     for r in results:
         if "error" not in r:
             cells.setdefault((r["server"], r["n"], r["m"]), []).append(r)
-    out = []
-    for rs in cells.values():
-        ordered = sorted(rs, key=lambda r: r["burst"]["cpu_us_per_delivery"] or 0)
-        out.append(dict(ordered[(len(ordered) - 1) // 2], rounds=len(rs)))
-    return out + [r for r in results if "error" in r]
-
-
-def paired_ratios(results, server, ref, n, m, key):
-    """`server`'s figure over `ref`'s in the same round, one ratio per round in which both ran."""
-    by = {(r["server"], r["round"]): r["burst"][key] for r in results
-          if "error" not in r and r["n"] == n and r["m"] == m}
-    return [by[(server, k)] / by[(ref, k)] for (s, k) in sorted(by) if s == server
-            and by.get((ref, k)) and by[(server, k)] is not None]
-
-
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return ([median_run(rs, lambda r: r["burst"]["cpu_us_per_delivery"] or 0) for rs in cells.values()]
+            + [r for r in results if "error" in r])
 
 
 def burst_table(results):
@@ -543,12 +556,13 @@ def burst_verdicts(results):
         label = "CPU per delivery" if key == "cpu_us_per_delivery" else "p99 runner -> client"
         parts, oks = [], []
         for n, m in cells:
-            ratios = paired_ratios(results, "listener", "redis", n, m, key)
+            runs = [r for r in results if "error" not in r and (r["n"], r["m"]) == (n, m)]
+            ratios = paired_ratios(runs, lambda r: r["server"], "listener", "redis", lambda r: r["burst"][key])
             if not ratios:
                 continue
             ratio = median(ratios)
             oks.append(ratio <= 1.0)
-            floors = paired_ratios(results, "floor", "redis", n, m, key)
+            floors = paired_ratios(runs, lambda r: r["server"], "floor", "redis", lambda r: r["burst"][key])
             parts.append(f"N={n:,} M={m}: {ratio:.2f}x {'met' if ratio <= 1.0 else 'MISSED'} (rounds "
                          + ", ".join(f"{x:.2f}" for x in ratios) + ")"
                          + (f", floor {median(floors):.2f}x" if floors else ""))
@@ -786,7 +800,6 @@ def main():
                          "cell's median round, the targets the median of the per-round ratios (default 3)")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
-    args.redone = []
 
     if args.perf and not PERF:
         sys.exit("--perf needs perf on PATH (Debian: apt install linux-perf)")
@@ -803,7 +816,8 @@ def main():
         try:
             log(f"fan-out burst: N in {args.burst_n}, M in {args.burst_m}, {args.burst_hz} Hz, {os.cpu_count()} CPUs, "
                 f"load average {os.getloadavg()[0]:.2f} before the run")
-            results = run_burst(args)
+            redone = []
+            results = run_burst(args, redone)
         finally:
             Proc.stop_all()
         print(f"\nBurst fan-out: N clients each watching all M tasks (listener: one \"*\" subscription), the M tasks "
@@ -821,9 +835,9 @@ def main():
                         rs = [r["burst"] for r in results if "error" not in r and (r["server"], r["n"], r["m"]) == (kind, n, m)]
                         print(f"  {kind} N={n:,} M={m}: " + ", ".join(
                             f"{fmt(b['cpu_us_per_delivery'], '.2f')} / {fmt(b['p99_ms'], '.2f')}" for b in rs))
-        if args.redone:
+        if redone:
             print(f"\nRun again (other load >= {BUSY_CORES} cores during the window), not counted: "
-                  + "; ".join(args.redone))
+                  + "; ".join(redone))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
