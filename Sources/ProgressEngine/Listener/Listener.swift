@@ -264,13 +264,8 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// the event loop per round).
     fileprivate func flush() {
         guard !flushList.clients.isEmpty else { return }
-        let clients = flushList.clients
-        // Each send's kernel work evicts what the next client's write reads: it is fetched while the current
-        // client's send runs (its object two ahead, then what the object points to one ahead).
-        for i in clients.indices {
-            if i + 2 < clients.count { ClientConnection.prefetchObject(at: clients, i + 2) }
-            if i + 1 < clients.count { clients[i + 1].prefetchForFlush() }
-            clients[i].flushNow(batch, sent: metrics.messagesSent)
+        ClientConnection.serve(flushList.clients, ahead: { $0.prefetchForFlush() }) {
+            $0.flushNow(batch, sent: metrics.messagesSent)
         }
         flushList.clients.removeAll(keepingCapacity: flushList.clients.capacity <= 4096)
     }
@@ -373,13 +368,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             wildcardList = Array(wildcards.values)
             wildcardsChanged = false
         }
-        let everyTask = wildcardList
-        for i in everyTask.indices {
-            // As in `flush`: the previous round's sends evicted the clients' state.
-            if i + 2 < everyTask.count { ClientConnection.prefetchObject(at: everyTask, i + 2) }
-            if i + 1 < everyTask.count { everyTask[i + 1].prefetchSlots() }
-            deliver(everyTask[i], body)
-        }
+        ClientConnection.serve(wildcardList, ahead: { $0.prefetchSlots() }) { deliver($0, body) }
         guard let watching = subscribers[taskId] else { return }
         for (id, client) in watching where wildcards.isEmpty || wildcards[id] == nil { deliver(client, body) }
     }
