@@ -73,6 +73,31 @@ struct MergePatchTests {
         #expect(diff(old, new) == nil)
     }
 
+    @Test("strings are read eight bytes at a time: a quote or backslash at any offset ends or escapes them")
+    func stringOffsets() {
+        for length in 0..<20 {
+            for escape in 0...length {
+                var chars = Array(repeating: "x", count: length)
+                if escape < length { chars[escape] = #"\""# }
+                let text = chars.joined()
+                #expect(diff(#"{"s":"\#(text)","n":1}"#, #"{"s":"\#(text)","n":2}"#) == #"{"n":2}"#)
+                #expect(diff(#"{"n":1,"s":"\#(text)"}"#, #"{"n":1,"s":"\#(text)y"}"#) == #"{"s":"\#(text)y"}"#)
+                // Cut short inside the string: no document, no patch.
+                #expect(diff(#"{"n":1}"#, #"{"n":1,"s":"\#(text)"#) == nil)
+            }
+        }
+    }
+
+    @Test("documents nested deeper than the outline reads give no patch")
+    func depth() {
+        func nested(_ depth: Int, _ leaf: Int) -> String {
+            String(repeating: #"{"a":"#, count: depth) + "\(leaf)" + String(repeating: "}", count: depth)
+        }
+        let limit = MergePatch.Outline.maxDepth
+        #expect(diff("{\"o\":" + nested(limit - 2, 1) + "}", "{\"o\":" + nested(limit - 2, 2) + "}") != nil)
+        #expect(diff("{\"o\":" + nested(limit, 1) + "}", "{\"o\":" + nested(limit, 2) + "}") == nil)
+    }
+
     @Test("random documents: applying the patch gives the new document exactly")
     func randomDocuments() throws {
         var rng = SplitMix(seed: 0x5EED)

@@ -11,10 +11,11 @@ struct DeltaStep {
     let generation: UInt64
 }
 
-/// Per task, the last TaskProgress the fan-out sent to delta subscribers (its seq, generation and bytes): the
-/// base of the next merge patch, so that a patch is built once per change whatever the number of clients.
-/// Owned by the listener thread. A base is kept only while delta subscribers take the task's states: a fan-out
-/// with none of them, a terminal state and expiry drop it (about 1.5 KB per task).
+/// Per task, the last TaskProgress the fan-out sent to delta subscribers (its seq, generation, bytes and
+/// outline): the base of the next merge patch, so that a patch is built once per change whatever the number of
+/// clients, and reads only the new state. Owned by the listener thread. A base is kept only while delta
+/// subscribers take the task's states: a fan-out with none of them, a terminal state and expiry drop it (about
+/// 3 KB per task: the message and the outline of its members).
 final class DeltaBases {
     private struct Base {
         let seq: UInt64
@@ -22,6 +23,7 @@ final class DeltaBases {
         /// The `progress.update` message it went out in, and where its TaskProgress lies in it.
         let message: [UInt8]
         let data: Range<Int>
+        let outline: MergePatch.Outline
     }
 
     @exclusivity(unchecked) private var bases: [String: Base] = [:]
@@ -34,9 +36,13 @@ final class DeltaBases {
         let old = bases[taskId]
         let generation = nextGeneration
         nextGeneration += 1
+        let outline = MergePatch.Outline(message[data])
         // A terminal state is the task's last: nothing will be diffed against it.
-        bases[taskId] = terminal ? nil : Base(seq: seq, generation: generation, message: message, data: data)
-        guard let old, old.seq < seq, let patch = MergePatch.diff(from: old.message[old.data], to: message[data]),
+        bases[taskId] = terminal ? nil : outline.map {
+            Base(seq: seq, generation: generation, message: message, data: data, outline: $0)
+        }
+        guard let old, let outline, old.seq < seq,
+              let patch = MergePatch.diff(from: old.message[old.data], old.outline, to: message[data], outline),
               patch.count < data.count else {
             metrics.deltaFullStates.add(1, ordering: .relaxed)
             return DeltaStep(patch: nil, baseGeneration: 0, generation: generation)
