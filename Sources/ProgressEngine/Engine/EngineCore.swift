@@ -292,24 +292,30 @@ final class EngineCore: @unchecked Sendable {
     /// two threads updating two tasks then fight over (measured 2x per call). Same bookkeeping as `withTask`.
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
         let now = clockIsSystem ? SystemClock().stepTime() : clock.stepTime()
-        let shard = table.shard(for: key)
-        shard.lock()
-        guard let task = shard.unsafeValue.tasks[key] else {
+        // Shard and record borrowed, not retained: the table keeps its shards, and the map keeps the record
+        // while the shard's lock is held.
+        try table.withShard(for: key) { shard in
+            shard.lock()
+            guard let record = shard.unsafeValue.tasks.borrow(key) else {
+                shard.unlock()
+                misses.add(1, ordering: .relaxed)
+                throw try unknownTask(describe(), logged: true)
+            }
+            try record._withUnsafeGuaranteedRef { task in
+                let before = task.status, seqBefore = task.seq
+                do {
+                    try EngineCore.applyStep(task, step: step, total: total, message: message,
+                                             at: max(now, task.lastTimestamp))
+                } catch {
+                    shard.unsafeValue.invalidUpdates += 1
+                    logRejected(task, error, at: now)
+                    shard.unlock()
+                    throw error
+                }
+                afterChange(task, &shard.unsafeValue, seqBefore: seqBefore, statusBefore: before)
+            }
             shard.unlock()
-            misses.add(1, ordering: .relaxed)
-            throw try unknownTask(describe(), logged: true)
         }
-        let before = task.status, seqBefore = task.seq
-        do {
-            try EngineCore.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
-        } catch {
-            shard.unsafeValue.invalidUpdates += 1
-            logRejected(task, error, at: now)
-            shard.unlock()
-            throw error
-        }
-        afterChange(task, &shard.unsafeValue, seqBefore: seqBefore, statusBefore: before)
-        shard.unlock()
     }
 
     /// A step reported directly (not through the task's counter). Called under the shard lock.

@@ -88,6 +88,17 @@ struct TaskMap {
         }
     }
 
+    /// The record of `key` without a retain, for the update path: valid while the caller holds the shard's lock
+    /// (the map keeps the record until a removal, which takes that lock). The slot is read as a plain pointer,
+    /// so no reference count is touched. `mutating` only so that the caller reaches the map in place: a read of
+    /// the shard's map would copy it, retaining its three arrays.
+    @inline(__always)
+    mutating func borrow(_ key: TaskKey) -> Unmanaged<TaskRecord>? {
+        guard let i = find(key) else { return nil }
+        let raw = records.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress! + i).load(as: UnsafeRawPointer.self) }
+        return Unmanaged<TaskRecord>.fromOpaque(raw)
+    }
+
     subscript(key: TaskKey) -> TaskRecord? {
         get { find(key).map { records[$0]! } }
         set {
@@ -170,9 +181,32 @@ final class TaskTable: @unchecked Sendable {
     static let shardCount = 64
     private let shards: [TaskShard] = (0..<TaskTable.shardCount).map { _ in TaskShard(ShardState()) }
 
-    func shard(for key: TaskKey) -> TaskShard {
+    /// The same shards as plain pointers: the table keeps every shard for its lifetime (`shards`), so the update
+    /// path borrows one without a retain (`withShard`).
+    private let unretained: UnsafeMutablePointer<Unmanaged<TaskShard>>
+
+    init() {
+        unretained = .allocate(capacity: TaskTable.shardCount)
+        for (i, shard) in shards.enumerated() { (unretained + i).initialize(to: .passUnretained(shard)) }
+    }
+
+    deinit {
+        unretained.deallocate()
+    }
+
+    private static func index(_ key: TaskKey) -> Int {
         // The low bits of FNV-1a mix poorly for short keys; fold the high half in.
-        shards[Int(truncatingIfNeeded: (key.hash ^ (key.hash >> 32)) & UInt64(TaskTable.shardCount - 1))]
+        Int(truncatingIfNeeded: (key.hash ^ (key.hash >> 32)) & UInt64(TaskTable.shardCount - 1))
+    }
+
+    func shard(for key: TaskKey) -> TaskShard {
+        shards[TaskTable.index(key)]
+    }
+
+    /// `body` with the shard of `key`, borrowed (no retain or release).
+    @inline(__always)
+    func withShard<R>(for key: TaskKey, _ body: (TaskShard) throws -> R) rethrows -> R {
+        try unretained[TaskTable.index(key)]._withUnsafeGuaranteedRef(body)
     }
 
     var allShards: [TaskShard] { shards }
