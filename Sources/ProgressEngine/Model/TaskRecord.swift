@@ -129,10 +129,14 @@ final class TaskRecord: @unchecked Sendable {
         return explicit
     }
 
+    @inline(__always)
     private func ensureActive() throws {
-        guard !status.isTerminal else {
-            throw EngineError.state("task \"\(id)\" is \(status.name) and accepts no further updates")
-        }
+        if status.isTerminal { throw finishedError() }
+    }
+
+    @inline(never)
+    private func finishedError() -> EngineError {
+        EngineError.state("task \"\(id)\" is \(status.name) and accepts no further updates")
     }
 
     // MARK: - Derived values
@@ -163,6 +167,7 @@ final class TaskRecord: @unchecked Sendable {
         overallProgress = min(100, max(0, ((scaled + TaskRecord.roundingBias) - TaskRecord.roundingBias) / 1e9))
     }
 
+    @inline(__always)
     private func stageContribution(_ i: Int) -> Double {
         stages[i].definition.weight * (stages[i].status.countsAsDone ? 1 : stages[i].progress)
     }

@@ -12,6 +12,7 @@ enum TaskStatus: UInt8, Sendable {
         }
     }
 
+    @inline(__always)
     var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
 
     static let all: [TaskStatus] = [.queued, .executing, .completed, .failed, .cancelled]
@@ -32,8 +33,10 @@ enum StageStatus: Int32, Sendable {
     }
 
     /// Still to be done or being done: moving past such a stage completes it.
+    @inline(__always)
     var isOpen: Bool { self == .pending || self == .inProgress }
     /// Counts as fully done in `overall_progress`.
+    @inline(__always)
     var countsAsDone: Bool { self == .completed || self == .skipped }
 }
 
@@ -100,6 +103,7 @@ enum HistoryType: UInt8, Sendable, CaseIterable {
     /// Changes of this kind wait for `throttle_ms` like a step unless they also change a stage (SPEC §7: only
     /// creation, stage changes, terminal states and a resume go out at once; so does a cancel request, which the
     /// runner and every client should see without delay).
+    @inline(__always)
     var waitsForThrottle: Bool { self == .progress || self == .resources || self == .preview }
 
     var name: String {
