@@ -73,11 +73,13 @@ struct MergePatchTests {
         #expect(diff(old, new) == nil)
     }
 
-    @Test("strings are read eight bytes at a time: a quote or backslash at any offset ends or escapes them")
-    func stringOffsets() {
+    @Test("strings are read eight bytes at a time: a quote or backslash at any offset ends or escapes them",
+          arguments: ["x", "é"])
+    func stringOffsets(filler: String) {
+        // "é" is two bytes of 0x80 and over: the quote / backslash test must not fire on high bytes.
         for length in 0..<20 {
             for escape in 0...length {
-                var chars = Array(repeating: "x", count: length)
+                var chars = Array(repeating: filler, count: length)
                 if escape < length { chars[escape] = #"\""# }
                 let text = chars.joined()
                 #expect(diff(#"{"s":"\#(text)","n":1}"#, #"{"s":"\#(text)","n":2}"#) == #"{"n":2}"#)
@@ -94,7 +96,8 @@ struct MergePatchTests {
             String(repeating: #"{"a":"#, count: depth) + "\(leaf)" + String(repeating: "}", count: depth)
         }
         let limit = MergePatch.Outline.maxDepth
-        #expect(diff("{\"o\":" + nested(limit - 2, 1) + "}", "{\"o\":" + nested(limit - 2, 2) + "}") != nil)
+        // The root is depth 0; "o"'s value holds `n` nested objects, the innermost at depth n.
+        #expect(diff("{\"o\":" + nested(limit - 1, 1) + "}", "{\"o\":" + nested(limit - 1, 2) + "}") != nil)
         #expect(diff("{\"o\":" + nested(limit, 1) + "}", "{\"o\":" + nested(limit, 2) + "}") == nil)
     }
 

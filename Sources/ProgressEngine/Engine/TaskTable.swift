@@ -89,7 +89,8 @@ struct TaskMap {
     }
 
     /// The record of `key` without a retain, for the update path: valid while the caller holds the shard's lock
-    /// (the map keeps the record until a removal, which takes that lock). The slot is read as a plain pointer,
+    /// (the map keeps the record until a removal or a replacement, each under that lock). The slot is read as a
+    /// plain pointer,
     /// so no reference count is touched. `mutating` only so that the caller reaches the map in place: a read of
     /// the shard's map would copy it, retaining its three arrays.
     @inline(__always)
