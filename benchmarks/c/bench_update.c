@@ -9,7 +9,9 @@
  *                               thread's time per call, so contention between them shows;
  *   reference keyed update      reference_update.c: the least a keyed update costs in C (FNV-1a, a mutex,
  *                               clock_gettime, a compare, four stores, unlock), the limit progress_update is
- *                               measured against.
+ *                               measured against;
+ *   progress_task_cancel_requested  the other call a sampling loop makes every step (a diffusers callback asks
+ *                               whether to stop), on the same task: no target, printed for comparison.
  * Each figure is the median over RUNS runs of CALLS calls (ns per call, CLOCK_MONOTONIC).
  * Targets: progress_update median <= 100 ns per call; two threads <= 1.5 x one thread; progress_update <= 2.0 x
  * the reference keyed update (issue 18; moonshot 1.5 x).
@@ -88,6 +90,22 @@ static double run_updates(const char *task_id)
     return (now_ns() - t0) / (double)calls;
 }
 
+/* ns per call of one run of progress_task_cancel_requested on task_id (no request stands: the answer is 0). */
+static double run_cancel_checks(const char *task_id)
+{
+    int requested = 0, any = 0;
+    double t0 = now_ns();
+    for (long long i = 0; i < calls; i++) {
+        progress_status st = progress_task_cancel_requested(engine, task_id, &requested);
+        if (st != PROGRESS_OK)
+            die("progress_task_cancel_requested", st);
+        any |= requested;
+    }
+    double t1 = now_ns();
+    sink = any;
+    return (t1 - t0) / (double)calls;
+}
+
 /* ns per call of one run of the reference keyed update, on the same kind of task. */
 static double run_reference(const char *task_id)
 {
@@ -130,7 +148,7 @@ static void create_task(const char *task_id)
 
 int main(int argc, char **argv)
 {
-    static double baseline[MAX_RUNS], one[MAX_RUNS], two[MAX_RUNS], reference[MAX_RUNS];
+    static double baseline[MAX_RUNS], one[MAX_RUNS], two[MAX_RUNS], reference[MAX_RUNS], cancel[MAX_RUNS];
     static struct updater updaters[2];
     pthread_barrier_t start;
 
@@ -158,6 +176,7 @@ int main(int argc, char **argv)
         baseline[r] = run_baseline();
         one[r] = run_updates("bench-1");
         reference[r] = run_reference("bench-1");
+        cancel[r] = run_cancel_checks("bench-1");
     }
 
     pthread_barrier_init(&start, NULL, 2);
@@ -175,7 +194,7 @@ int main(int argc, char **argv)
         two[r] = updaters[0].ns[r] > updaters[1].ns[r] ? updaters[0].ns[r] : updaters[1].ns[r];
 
     double base_ns = median(baseline, runs), one_ns = median(one, runs), two_ns = median(two, runs);
-    double ref_ns = median(reference, runs), ratio = one_ns / ref_ns;
+    double ref_ns = median(reference, runs), ratio = one_ns / ref_ns, cancel_ns = median(cancel, runs);
     int one_ok = one_ns <= TARGET_NS, two_ok = two_ns <= TARGET_TWO_THREAD_RATIO * one_ns;
     int ref_ok = ratio <= TARGET_REFERENCE_RATIO;
 
@@ -190,6 +209,7 @@ int main(int argc, char **argv)
     printf("  %-30s %8.2f x    target <= %.1f x: %s; moonshot <= %.1f x: %s\n", "progress_update / reference", ratio,
            TARGET_REFERENCE_RATIO, ref_ok ? "met" : "MISSED", MOONSHOT_REFERENCE_RATIO,
            ratio <= MOONSHOT_REFERENCE_RATIO ? "met" : "not yet");
+    printf("  %-30s %8.1f ns   (the per-step cancel check; no target)\n", "progress_task_cancel_requested", cancel_ns);
 
     progress_engine_close(engine);
     return one_ok && two_ok && ref_ok ? 0 : 1;
