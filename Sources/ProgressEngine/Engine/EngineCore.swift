@@ -184,28 +184,33 @@ final class EngineCore: @unchecked Sendable {
     func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
                              _ body: (TaskRecord) throws -> R) throws -> R {
         let now = forReading ? clock.now() : 0
-        let result: R? = try table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key] else { return nil }
-            if forReading && task.isExpired(now: now, retention: config.retentionSeconds) {
-                return nil
+        // Shard and record borrowed, as in `update`: `body` runs under the shard's lock, which a removal or a
+        // replacement of the record also takes.
+        let result: R? = try table.withShard(for: key) { locked in try locked.withLock { shard in
+            guard let record = shard.tasks.borrow(key) else { return nil }
+            return try record._withUnsafeGuaranteedRef { task -> R? in
+                if forReading && task.isExpired(now: now, retention: config.retentionSeconds) {
+                    return nil
+                }
+                guard isUpdate else { return try body(task) }
+                // A task leaving its queue, or finishing, changes the line the queued tasks see. Told under the
+                // shard lock, so that the board sees a task's changes in their order (the board lock is taken
+                // inside shard locks only, never the other way round). Not in a `defer`: that costs a call on
+                // every update.
+                let before = task.status
+                do {
+                    let seqBefore = task.seq
+                    let r = try body(task)
+                    afterChange(task, &shard, seqBefore: seqBefore, statusBefore: before)
+                    return r
+                } catch {
+                    shard.invalidUpdates += 1
+                    logRejected(task, error, at: clock.now())
+                    if task.status != before { statusChanged(task) }
+                    throw error
+                }
             }
-            guard isUpdate else { return try body(task) }
-            // A task leaving its queue, or finishing, changes the line the queued tasks see. Told under the shard
-            // lock, so that the board sees a task's changes in their order (the board lock is taken inside shard
-            // locks only, never the other way round). Not in a `defer`: that costs a call on every update.
-            let before = task.status
-            do {
-                let seqBefore = task.seq
-                let r = try body(task)
-                afterChange(task, &shard, seqBefore: seqBefore, statusBefore: before)
-                return r
-            } catch {
-                shard.invalidUpdates += 1
-                logRejected(task, error, at: clock.now())
-                if task.status != before { statusChanged(task) }
-                throw error
-            }
-        }
+        } }
         guard let result else {
             if isUpdate { misses.add(1, ordering: .relaxed) }
             throw try unknownTask(describe(), logged: isUpdate)
