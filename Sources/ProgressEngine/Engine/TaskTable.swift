@@ -90,13 +90,13 @@ struct TaskMap {
 
     /// The record of `key` without a retain, for the update path: valid while the caller holds the shard's lock
     /// (the map keeps the record until a removal or a replacement, each under that lock). The slot is read as a
-    /// plain pointer,
-    /// so no reference count is touched. `mutating` only so that the caller reaches the map in place: a read of
-    /// the shard's map would copy it, retaining its three arrays.
+    /// plain pointer, so no reference count is touched. `mutating` only so that the caller reaches the map in
+    /// place: a read of the shard's map would copy it, retaining its three arrays.
     @inline(__always)
     mutating func borrow(_ key: TaskKey) -> Unmanaged<TaskRecord>? {
         guard let i = find(key) else { return nil }
-        let raw = records.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress! + i).load(as: UnsafeRawPointer.self) }
+        // `find` answers filled slots only.
+        let raw = records.withUnsafeBufferPointer { $0.unretainedReference(at: i).unsafelyUnwrapped }
         return Unmanaged<TaskRecord>.fromOpaque(raw)
     }
 
@@ -182,19 +182,6 @@ final class TaskTable: @unchecked Sendable {
     static let shardCount = 64
     private let shards: [TaskShard] = (0..<TaskTable.shardCount).map { _ in TaskShard(ShardState()) }
 
-    /// The same shards as plain pointers: the table keeps every shard for its lifetime (`shards`), so the update
-    /// path borrows one without a retain (`withShard`).
-    private let unretained: UnsafeMutablePointer<Unmanaged<TaskShard>>
-
-    init() {
-        unretained = .allocate(capacity: TaskTable.shardCount)
-        for (i, shard) in shards.enumerated() { (unretained + i).initialize(to: .passUnretained(shard)) }
-    }
-
-    deinit {
-        unretained.deallocate()
-    }
-
     private static func index(_ key: TaskKey) -> Int {
         // The low bits of FNV-1a mix poorly for short keys; fold the high half in.
         Int(truncatingIfNeeded: (key.hash ^ (key.hash >> 32)) & UInt64(TaskTable.shardCount - 1))
@@ -204,10 +191,12 @@ final class TaskTable: @unchecked Sendable {
         shards[TaskTable.index(key)]
     }
 
-    /// `body` with the shard of `key`, borrowed (no retain or release).
+    /// `body` with the shard of `key`, borrowed: the table keeps every shard for its lifetime, so no reference
+    /// count is touched.
     @inline(__always)
     func withShard<R>(for key: TaskKey, _ body: (TaskShard) throws -> R) rethrows -> R {
-        try unretained[TaskTable.index(key)]._withUnsafeGuaranteedRef(body)
+        let raw = shards.withUnsafeBufferPointer { $0.unretainedReference(at: TaskTable.index(key)).unsafelyUnwrapped }
+        return try Unmanaged<TaskShard>.fromOpaque(raw)._withUnsafeGuaranteedRef(body)
     }
 
     var allShards: [TaskShard] { shards }

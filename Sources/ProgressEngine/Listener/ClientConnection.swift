@@ -354,15 +354,14 @@ final class ClientConnection {
 
     /// Calls `body` on each of `clients` in order, with cache hints: each send's kernel work evicts the next
     /// clients' state, so it is fetched while the current one is served, in the order the pointers lead. The
-    /// object two ahead is read as the array's raw reference (taking the element would retain it, and that write
-    /// to its header is the miss the hint is for); `ahead` hints what the object one ahead points to.
+    /// object two ahead is hinted through its unretained reference (a retain would write its header, the miss
+    /// the hint is for); `ahead` hints what the object one ahead points to.
     static func serve(_ clients: [ClientConnection], ahead: (ClientConnection) -> Void,
                       _ body: (ClientConnection) -> Void) {
         clients.withUnsafeBufferPointer { buffer in
-            guard let base = buffer.baseAddress else { return }
             for i in buffer.indices {
-                if i + 2 < buffer.count {
-                    CProgress_prefetch(UnsafeRawPointer(base + i + 2).load(as: UnsafeRawPointer.self), 4)
+                if i + 2 < buffer.count, let next = buffer.unretainedReference(at: i + 2) {
+                    CProgress_prefetch(next, 4)
                 }
                 if i + 1 < buffer.count { ahead(buffer[i + 1]) }
                 body(buffer[i])
