@@ -184,8 +184,9 @@ final class EngineCore: @unchecked Sendable {
     func withTask<R>(_ key: TaskKey, describe: () throws -> String, isUpdate: Bool = true, forReading: Bool = false,
                              _ body: (TaskRecord) throws -> R) throws -> R {
         let now = forReading ? clock.now() : 0
-        // Shard and record borrowed, as in `update`: `body` runs under the shard's lock, which a removal or a
-        // replacement of the record also takes.
+        // Shard and record borrowed, not retained (two threads on two tasks fought over their reference counts):
+        // the table keeps its shards, and `body` runs under the shard's lock, which a removal or a replacement of
+        // the record also takes.
         let result: R? = try table.withShard(for: key) { locked in try locked.withLock { shard in
             guard let record = shard.tasks.borrow(key) else { return nil }
             return try record._withUnsafeGuaranteedRef { task -> R? in
@@ -292,35 +293,11 @@ final class EngineCore: @unchecked Sendable {
         }
     }
 
-    /// The hot path: `progress_update` with the id borrowed from the caller. Same bookkeeping as `withTask`, with
-    /// the shard and the record borrowed rather than retained (two threads updating two tasks fought over the
-    /// engine's and the shards' reference counts); the closures are non-escaping and inlined.
+    /// The hot path: `progress_update` with the id borrowed from the caller, the step timed by the coarse clock.
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
         let now = clockIsSystem ? SystemClock().stepTime() : clock.stepTime()
-        // The table keeps its shards; the map keeps the record until a removal or a replacement, each under the
-        // shard's lock, so the record is used only while that lock is held.
-        try table.withShard(for: key) { shard in
-            shard.lock()
-            guard let record = shard.unsafeValue.tasks.borrow(key) else {
-                shard.unlock()
-                misses.add(1, ordering: .relaxed)
-                throw try unknownTask(describe(), logged: true)
-            }
-            let refused: (any Error)? = record._withUnsafeGuaranteedRef { task in
-                let before = task.status, seqBefore = task.seq
-                do {
-                    try EngineCore.applyStep(task, step: step, total: total, message: message,
-                                             at: max(now, task.lastTimestamp))
-                } catch {
-                    shard.unsafeValue.invalidUpdates += 1
-                    logRejected(task, error, at: now)
-                    return error
-                }
-                afterChange(task, &shard.unsafeValue, seqBefore: seqBefore, statusBefore: before)
-                return nil
-            }
-            shard.unlock()
-            if let refused { throw refused }
+        try withTask(key, describe: describe) { task in
+            try EngineCore.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
         }
     }
 
