@@ -159,7 +159,7 @@ def main():
             print(f"  {mode} N={n}: " + ", ".join(f"{c['cpu_us_per_delivery']:.2f} ({c['other_load_cores']:.2f})"
                                                   for c in cells))
     if redone:
-        print(f"Run again (other load >= {fan.BUSY_CORES} cores during the window), not counted: " + "; ".join(redone))
+        print(fan.redone_note(redone))
     print()
     for r in results:
         f = r["fixed"]

@@ -496,6 +496,11 @@ def rerun_while_busy(once, label, redone):
                       f"{window['other_load_cores']:.2f}")
 
 
+def redone_note(redone):
+    """The line that lists the windows `rerun_while_busy` ran again."""
+    return f"Run again (other load >= {BUSY_CORES} cores during the window), not counted: " + "; ".join(redone)
+
+
 def median(values):
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -836,8 +841,7 @@ def main():
                         print(f"  {kind} N={n:,} M={m}: " + ", ".join(
                             f"{fmt(b['cpu_us_per_delivery'], '.2f')} / {fmt(b['p99_ms'], '.2f')}" for b in rs))
         if redone:
-            print(f"\nRun again (other load >= {BUSY_CORES} cores during the window), not counted: "
-                  + "; ".join(redone))
+            print("\n" + redone_note(redone))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
