@@ -59,7 +59,8 @@
  *
  * Timestamps
  * ----------
- * Times are taken from the system clock unless the `options_json` of progress_task_create() or the
+ * Times are taken from the system clock (progress_update's at the kernel tick's resolution; never earlier than
+ * the task's previous event) unless the `options_json` of progress_task_create() or the
  * `data_json` of progress_event() carries "timestamp" (epoch seconds, may be fractional). Explicit
  * timestamps let recorded runs be replayed; they must not go backwards for a task
  * (PROGRESS_E_RANGE otherwise). JSON output shows times as ISO-8601 UTC with a "Z" suffix.
@@ -281,8 +282,8 @@ PROGRESS_API progress_status progress_stage_update(progress_engine *engine, cons
 /* The sampling-loop hot path: sets the current stage's progress to step / total_steps.
  * 0 <= step <= total_steps and total_steps > 0 (PROGRESS_E_RANGE otherwise). While the task is still
  * before its main stage (the stage of largest weight), the task first moves to the main stage.
- * message may be NULL (kept as it was). The step's time is the system clock as of its last tick (1-10 ms old; never
- * before the task's previous event). Takes one shard lock; under it, when the task goes from unchanged to
+ * message may be NULL (kept as it was). The step's time is the system clock as of its last tick (up to one tick,
+ * 1-10 ms, old; never before the task's previous event); the ETA measures the pace over intervals of many ticks. Takes one shard lock; under it, when the task goes from unchanged to
  * changed since the listener or the Redis writer last took it, the listener's queue lock (to queue the task and
  * wake the listener thread) and the Redis writer's queue lock; once per task, when the step moves it out of its
  * queue, the engine's queue-board lock. Allocates only to copy a changed message. */

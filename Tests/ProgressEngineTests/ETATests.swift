@@ -71,6 +71,38 @@ struct ETATests {
         #expect(try eta(engine, "t").seconds == 5.429)
     }
 
+    @Test("steps faster than the step clock's tick: the pace is measured over many ticks, not read as 0 or a tick",
+          arguments: [0.001, 0.003, 0.0105])
+    func coarseStepClock(stepSeconds: Double) throws {
+        // The same run timed by a precise clock and by one that reads steps in 4 ms ticks (the kernel's coarse
+        // clock at 250 Hz). Read per report, the coarse intervals are mostly 0 for 1 ms steps (a median pace of
+        // 0) and 0 or 4 ms for 3 ms ones (a median off by a third).
+        func run(_ clock: ManualClock) throws -> Double {
+            let engine = try makeEngine(clock: clock)
+            try engine.createTask(id: "t", templateId: "fresh", category: "image_generation", options: TaskOptions())
+            try engine.updateStage(id: "t", stage: 2, status: .inProgress, progress: 0, message: .none)
+            for s in 1...400 {
+                clock.advance(stepSeconds)
+                try step(engine, "t", Int64(s), of: 1000)
+            }
+            return try #require(eta(engine, "t").seconds)
+        }
+        let precise = try run(ManualClock(0))
+        let coarse = try run(ManualClock(0, stepTick: 0.004))
+        // 600 steps left, then post-processing (weight 0.10 against generation's 0.70) at the same pace.
+        let expected = (600 + 1000 * 0.1 / 0.7) * stepSeconds
+        #expect(abs(precise - expected) / expected < 0.02, "precise clock: \(precise) s against \(expected) s")
+        #expect(abs(coarse - precise) / precise < 0.05, "coarse clock: \(coarse) s against \(precise) s")
+    }
+
+    @Test("the system's step clock reports its tick, which sets the live pace's shortest interval")
+    func systemStepTick() {
+        let tick = SystemClock().stepResolution
+        #expect(tick > 0 && tick <= 0.01, "CLOCK_REALTIME_COARSE resolution \(tick) s")
+        #expect(LiveRate.sampleSpan(tick: tick) == 16 * tick)
+        #expect(ManualClock(0).stepResolution == 0)
+    }
+
     @Test("hand-built history: each stage's duration, conditioned on the time already spent in the current one")
     func historyOnly() throws {
         let clock = ManualClock(2_000)

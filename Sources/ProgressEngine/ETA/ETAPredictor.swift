@@ -202,7 +202,7 @@ struct ETAPredictor {
             if stage.definition.weight > 0 { pace = rate / stage.definition.weight }
             let left = 1 - stage.progress
             // The time since the latest report is part of the next interval, but no more than one interval of it.
-            let interval = rate * (live.lastProgress - live.firstProgress) / Double(max(live.count, 1))
+            let interval = rate * (live.sampleProgress - live.firstProgress) / Double(max(live.count, 1))
             let sinceReport = min(max(0, now - live.lastTime), interval)
             var parts = [Part(seconds: max(0, left * rate - sinceReport),
                               variance: left * left * rateVariance + left * noise)]
@@ -250,7 +250,7 @@ struct ETAPredictor {
         }
         let samples = Sample(sorted: live.sortedSamples())
         guard !samples.isEmpty else { return prior.map { ($0.seconds, $0.variance, 0, 1) } }
-        let perInterval = (live.lastProgress - live.firstProgress) / Double(live.count)
+        let perInterval = (live.sampleProgress - live.firstProgress) / Double(live.count)
         let window = live.lastProgress - perInterval * Double(samples.count) / 2
         let median = samples.median * ahead / (1 + drift * window), spread = samples.spread
         // Both paces as at progress 0, so the drift does not count as speed; a few intervals say little, and a

@@ -18,8 +18,13 @@ struct LiveRate: Sendable {
     /// Time and progress of the stage's first report (when `hasReport`).
     private(set) var firstTime = 0.0
     private(set) var firstProgress = 0.0
+    /// Time and progress of the latest report that added progress.
     private(set) var lastTime = 0.0
     private(set) var lastProgress = 0.0
+    /// Where the interval being measured started: the latest report that made a sample (or the first report).
+    /// Equal to `lastTime` / `lastProgress` when report times are precise (every report makes a sample).
+    private(set) var sampleTime = 0.0
+    private(set) var sampleProgress = 0.0
     /// Samples seen since the first report (may exceed `capacity`; only the newest are kept).
     private(set) var count = 0
     private var samples = InlineArray<16, Double>(repeating: 0)
@@ -27,6 +32,11 @@ struct LiveRate: Sendable {
     /// When the progress reached 1, or nil. Reports that add no progress leave `lastTime` alone, so once at 1
     /// it stays the time of reaching 1.
     var completeTime: Double? { hasReport && lastProgress >= 1 ? lastTime : nil }
+
+    /// The shortest interval sampled when report times read in ticks of `tick` seconds: a shorter one reads as 0
+    /// or a whole tick, so steps faster than the tick would have a median pace of 0, and steps of a few ticks one
+    /// off by up to a tick (a 3 ms step read as 4 ms). Over 16 ticks a sample is within 1/16 of the true interval.
+    static func sampleSpan(tick: Double) -> Double { 16 * tick }
 
     /// Starts over for a stage just entered.
     mutating func enter(stage index: Int) {
@@ -39,15 +49,23 @@ struct LiveRate: Sendable {
     ///   - progress: the stage's progress, 0...1.
     ///   - steps: total_steps of the report, 0 for progress given without steps.
     ///   - ts: the report's time.
+    ///   - minSpan: the shortest interval that makes a sample (`sampleSpan(tick:)` of the clock `ts` came from);
+    ///     0 when `ts` is precise.
     @inline(__always)
-    mutating func note(progress: Double, steps: Int64, at ts: Double) {
+    mutating func note(progress: Double, steps: Int64, at ts: Double, minSpan: Double = 0) {
         let gained = progress - lastProgress
         // The common case first, in as few instructions as it takes: one more interval of the same loop.
         if gained > 0 && steps == self.steps && hasReport {
-            samples[count & (LiveRate.capacity - 1)] = (ts - lastTime) / gained
-            count &+= 1
             lastTime = ts
             lastProgress = progress
+            // An interval shorter than the clock measures well goes on into the next report's.
+            let span = ts - sampleTime
+            if span >= minSpan {
+                samples[count & (LiveRate.capacity - 1)] = span / (progress - sampleProgress)
+                count &+= 1
+                sampleTime = ts
+                sampleProgress = progress
+            }
         } else if gained < 0 || steps != self.steps || !hasReport {
             restart(progress: progress, steps: steps, at: ts)
         }
@@ -65,6 +83,8 @@ struct LiveRate: Sendable {
         firstProgress = progress
         lastTime = ts
         lastProgress = progress
+        sampleTime = ts
+        sampleProgress = progress
     }
 
     /// The kept samples (seconds per whole stage), sorted ascending.

@@ -43,7 +43,7 @@ struct StageProfile: Sendable, Equatable {
     /// reports every n steps), so the newest span covers `capacity` × the mean progress per interval.
     private static func drift(_ live: LiveRate, _ samples: [Double]) -> Double? {
         guard let end = live.completeTime, live.count > LiveRate.capacity, !samples.isEmpty else { return nil }
-        let perInterval = (live.lastProgress - live.firstProgress) / Double(live.count)
+        let perInterval = (live.sampleProgress - live.firstProgress) / Double(live.count)
         let newestSpan = perInterval * Double(samples.count)
         let earlierSpan = 1 - live.firstProgress - newestSpan
         let newestSeconds = samples.reduce(0, +) * perInterval

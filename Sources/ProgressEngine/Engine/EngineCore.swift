@@ -8,6 +8,8 @@ final class EngineCore: @unchecked Sendable {
     let clock: any EngineClock
     /// `clock` is the system's: the step path reads it directly rather than through the existential.
     private let clockIsSystem: Bool
+    /// The live pace's shortest interval for steps timed by `clock.stepTime()` (which may read in ticks).
+    private let stepSampleSpan: Double
     /// Monotonic time for the listener's and the Redis threads' throttles, back-offs and bounds.
     let monotonic: any EngineClock
     let table = TaskTable()
@@ -63,6 +65,7 @@ final class EngineCore: @unchecked Sendable {
         self.config = config
         self.clock = clock
         clockIsSystem = clock is SystemClock
+        stepSampleSpan = LiveRate.sampleSpan(tick: clock.stepResolution)
         self.monotonic = monotonic
         // Each thread starts only after everything it reads is set (pthread_create orders those writes
         // before the thread's reads): storage, then the listener, then the subscriber feeding the listener,
@@ -296,15 +299,18 @@ final class EngineCore: @unchecked Sendable {
     /// The hot path: `progress_update` with the id borrowed from the caller, the step timed by the coarse clock.
     func update(key: TaskKey, describe: () throws -> String, step: Int64, total: Int64, message: MessageArgument) throws {
         let now = clockIsSystem ? SystemClock().stepTime() : clock.stepTime()
+        let minSpan = stepSampleSpan
         try withTask(key, describe: describe) { task in
-            try EngineCore.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp))
+            try EngineCore.applyStep(task, step: step, total: total, message: message, at: max(now, task.lastTimestamp),
+                                     minSpan: minSpan)
         }
     }
 
     /// A step reported directly (not through the task's counter). Called under the shard lock.
     @inline(__always)
-    private static func applyStep(_ task: TaskRecord, step: Int64, total: Int64, message: MessageArgument, at ts: Double) throws {
-        try task.applyStep(step: step, total: total, message: message, at: ts)
+    private static func applyStep(_ task: TaskRecord, step: Int64, total: Int64, message: MessageArgument, at ts: Double,
+                                  minSpan: Double) throws {
+        try task.applyStep(step: step, total: total, message: message, at: ts, minSpan: minSpan)
         // A direct update supersedes what an attached counter held, so the counter is not applied again.
         if var counter = task.counter {
             (counter.lastStep, counter.lastTotal) = counter.read()
@@ -337,7 +343,7 @@ final class EngineCore: @unchecked Sendable {
         case let .progress(step, total, message, previewPath):
             let previewFile: String? = try withTask(id: id) { task in
                 try EngineCore.applyStep(task, step: step, total: total, message: message.map(MessageArgument.string) ?? .none,
-                              at: try task.resolveTimestamp(explicit: explicit, now: now))
+                              at: try task.resolveTimestamp(explicit: explicit, now: now), minSpan: 0)
                 return previewPath == nil ? nil : previewDue(task)
             }
             // The runner's PNG is decoded on the preview thread, not here.

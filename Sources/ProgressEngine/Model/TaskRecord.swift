@@ -233,8 +233,8 @@ final class TaskRecord: @unchecked Sendable {
     }
 
     /// `progress_update`: the current stage's progress to step / total (moving to the main stage first
-    /// while the task is before it).
-    func applyStep(step: Int64, total: Int64, message: MessageArgument, at ts: Double) throws {
+    /// while the task is before it). `minSpan`: the shortest interval of the live pace (`LiveRate.note`).
+    func applyStep(step: Int64, total: Int64, message: MessageArgument, at ts: Double, minSpan: Double = 0) throws {
         try ensureActive()
         guard total > 0, step >= 0, step <= total else {
             throw EngineError.range("step \(step) of total_steps \(total) is out of range; "
@@ -252,7 +252,7 @@ final class TaskRecord: @unchecked Sendable {
         if entering { enterStage(target, at: ts) }
         stages[target].progress = Double(step) / Double(total)
         lastStep = step
-        live.note(progress: stages[target].progress, steps: total, at: ts)
+        live.note(progress: stages[target].progress, steps: total, at: ts, minSpan: minSpan)
         if let newMessage { stages[target].message = newMessage }
         if entering { refreshOverall() }
         recordChange(.progress, at: ts, stageChanged: entering)
