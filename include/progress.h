@@ -198,16 +198,25 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           "error" message, then close 1009
  *   max_subscriptions          1000         task ids per connection ("*" counts as none)
  *   dashboard                  true         serve the live dashboard at /
- *   ws_deflate                 false        accept permessage-deflate from WebSocket clients that offer it: a
- *                                           full state is compressed once and shared, a small message (a delta
- *                                           patch) per client against its window (docs/API.md "Compression")
+ *   ws_deflate                 false        accept permessage-deflate from WebSocket clients that offer it:
+ *                                           messages over 1,024 bytes are compressed once and shared, smaller ones
+ *                                           (delta patches) per client against its window; a client offering
+ *                                           server_no_context_takeover gets only the shared kind, one limiting
+ *                                           server_max_window_bits plain frames (docs/API.md "Compression")
  *   allowed_origins            null         an array of origins ("https://app.example.com", scheme://host[:port];
- *                                           anything else is PROGRESS_E_CONFIG), or "*" for any: the browser pages
+ *                                           anything else is PROGRESS_E_CONFIG), or ["*"] for any: the browser pages
  *                                           that may use the listener. A WebSocket whose Origin header is not one
  *                                           of them (case-insensitive) is closed with 4403; one without Origin (not
  *                                           a browser) is accepted. REST answers to a listed origin carry CORS
  *                                           headers (docs/API.md, "CORS"); null: WebSockets from any origin, and
  *                                           no cross-origin REST
+ *
+ * Ranges (PROGRESS_E_CONFIG outside them, as for a value of the wrong type): throttle_ms 0...60000;
+ * preview_max_size 16...8192; preview_every_steps 0...1000000; resource_interval_ms 10...3600000;
+ * max_connections, max_connections_per_ip and max_subscriptions 1...1000000; max_message_bytes 256...67108864;
+ * retention_seconds >= 0; heartbeat_timeout_seconds and cancel_timeout_seconds > 0; preview_milestones each
+ * strictly between 0 and 100; namespace 1-64 letters, digits or -_.:; allowed_origins entries up to 1024 bytes;
+ * auth_token and preview_dir not empty.
  *
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
@@ -286,7 +295,10 @@ PROGRESS_API progress_status progress_stage_update(progress_engine *engine, cons
  * 1-10 ms, old; never before the task's previous event); the ETA measures the pace over intervals of many ticks. Takes one shard lock; under it, when the task goes from unchanged to
  * changed since the listener or the Redis writer last took it, the listener's queue lock (to queue the task and
  * wake the listener thread) and the Redis writer's queue lock; once per task, when the step moves it out of its
- * queue, the engine's queue-board lock. Allocates only to copy a changed message. */
+ * queue, the engine's queue-board lock; with a Swift change stream open in the process (the Swift API's
+ * changes(of:)), the streams' locks. Allocates only to copy a changed message and, for an urgent change (a stage
+ * change, such as the step that moves the task into its main stage), one snapshot for the listener; the
+ * consumers' queues may grow. */
 PROGRESS_API progress_status progress_update(progress_engine *engine, const char *task_id, long long step,
                                              long long total_steps, const char *message);
 

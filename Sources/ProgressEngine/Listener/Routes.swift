@@ -313,15 +313,15 @@ enum Routes {
                "Tasks the connected clients have been sent and remember the seq of (dropped when a task expires).",
                l.taskSlotCount)
         metric("progress_connections_opened_total", "counter", "WebSocket connections accepted.", m.connectionsOpened.load(ordering: .relaxed))
-        metric("progress_connections_refused_total", "counter", "WebSocket connections closed for max_connections.", m.connectionsRefused.load(ordering: .relaxed))
+        metric("progress_connections_refused_total", "counter", "WebSocket connections closed for max_connections or max_connections_per_ip (1013).", m.connectionsRefused.load(ordering: .relaxed))
         metric("progress_messages_sent_total", "counter", "WebSocket messages sent.", m.messagesSent.load(ordering: .relaxed))
         metric("progress_messages_received_total", "counter", "WebSocket messages received.", m.messagesReceived.load(ordering: .relaxed))
         metric("progress_invalid_messages_total", "counter", "WebSocket messages answered with an error.", m.invalidMessages.load(ordering: .relaxed))
         metric("progress_http_requests_total", "counter", "HTTP requests.", m.httpRequests.load(ordering: .relaxed))
         metric("progress_fanouts_total", "counter", "Task states fanned out to subscribers.", m.fanouts.load(ordering: .relaxed))
-        metric("progress_delta_patches_total", "counter", "Fan-outs that sent delta subscribers a merge patch.",
+        metric("progress_delta_patches_total", "counter", "Fan-outs for which a merge patch was built for delta subscribers.",
                m.deltaPatches.load(ordering: .relaxed))
-        metric("progress_delta_full_states_total", "counter", "Fan-outs that sent delta subscribers the full state.",
+        metric("progress_delta_full_states_total", "counter", "Fan-outs for which no merge patch could be built (delta subscribers got the full state).",
                m.deltaFullStates.load(ordering: .relaxed))
         metric("progress_slow_clients_closed_total", "counter", "Clients closed for not reading (4008).", m.slowClientsClosed.load(ordering: .relaxed))
         metric("progress_dropped_logs_total", "counter", "Log entries not fanned out because the queue was full.", m.droppedLogs.load(ordering: .relaxed))
