@@ -95,6 +95,33 @@ struct ETATests {
         #expect(abs(coarse - precise) / precise < 0.05, "coarse clock: \(coarse) s against \(precise) s")
     }
 
+    @Test("report times in ticks: intervals shorter than the sample span run on; the stage's last one is kept")
+    func liveRateFolding() {
+        var live = LiveRate()
+        live.enter(stage: 2)
+        let span = LiveRate.sampleSpan(tick: 0.004)  // 64 ms
+        live.note(progress: 0.01, steps: 100, at: 0, minSpan: span)
+        // 1 ms steps read in 4 ms ticks: a sample once 16 ticks have passed, over the steps they hold.
+        for s in 2...80 {
+            let t = Double((s - 1) / 4) * 0.004
+            live.note(progress: Double(s) / 100, steps: 100, at: t, minSpan: span)
+        }
+        #expect(live.count == 1)
+        #expect(live.lastProgress == 0.8 && abs(live.lastTime - 0.076) < 1e-12)
+        #expect(abs(live.sortedSamples()[0] - 0.064 / 0.64) < 1e-9)  // 64 ms for 64 steps: 0.1 s per stage
+        // The report that ends the stage 4 ms after the last sample still makes one, so the samples end at 1.
+        var short = LiveRate()
+        short.enter(stage: 2)
+        short.note(progress: 0.5, steps: 2, at: 10, minSpan: span)
+        short.note(progress: 1, steps: 2, at: 10.048, minSpan: span)
+        #expect(short.count == 1 && short.sampleProgress == 1 && short.completeTime == 10.048)
+        // A precise clock (no span) samples every report, as before.
+        var precise = LiveRate()
+        precise.enter(stage: 2)
+        for s in 1...5 { precise.note(progress: Double(s) / 10, steps: 10, at: Double(s) * 0.001) }
+        #expect(precise.count == 4)
+    }
+
     @Test("the system's step clock reports its tick, which sets the live pace's shortest interval")
     func systemStepTick() {
         let tick = SystemClock().stepResolution

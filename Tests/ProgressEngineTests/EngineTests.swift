@@ -202,6 +202,48 @@ struct EngineTests {
         #expect(string(t["stages"]?["1"]?["status"]) == "failed")
     }
 
+    @Test("a replayed event shows its stage open when the next step has the same time (the coarse step clock)")
+    func replayWithEqualTimes() throws {
+        // Steps read the time in 4 ms ticks, clamped to the task's last event: a step right after a precise event
+        // gets that event's time, and so does every stage the step finishes.
+        let clock = ManualClock(100.0021, stepTick: 0.004)
+        let engine = try makeEngine(clock: clock)
+        func step(_ id: String, _ n: Int64) throws {
+            try engine.update(key: TaskKey(owning: id), describe: { id }, step: n, total: 30, message: .none)
+        }
+        try engine.createTask(id: "r", templateId: "x", category: "image_generation", options: TaskOptions())
+        try engine.updateStage(id: "r", stage: 1, status: .inProgress, progress: 0.5, message: .string("weights"))
+        clock.advance(0.0002)
+        try step("r", 1)  // enters generation, finishing model_loading at the stage event's time
+        clock.advance(0.0002)
+        try engine.createTask(id: "q", templateId: "x", category: "image_generation", options: TaskOptions())
+        try step("q", 1)  // finishes the queue stage at the creation's time
+
+        func replays(_ id: String) throws -> [(HistoryEvent, TaskSnapshot)] {
+            let snapshot = try engine.snapshot(id: id)
+            // Read back from its stored form as well: a listener replays another engine's task from Redis.
+            let stored = try StoredTask.parse(StoredTask.json(snapshot))
+            var events: [HistoryEvent] = []
+            try engine.withTask(id: id, isUpdate: false) { task in task.history.forEach { events.append($0) } }
+            return events.flatMap { [($0, snapshot.asOf($0)), ($0, stored.asOf($0))] }
+        }
+        for (e, s) in try replays("r") {
+            switch e.seq {
+            case 2:  // the stage event: model_loading in progress at 50 %
+                #expect(s.stages[1].status == .inProgress && s.stages[1].completedAt == nil && s.stages[1].progress == 0.5)
+                #expect(s.stages[0].status == .completed)
+            case 3:  // the step: model_loading finished, generation in progress
+                #expect(s.stages[1].status == .completed && s.stages[2].status == .inProgress)
+                #expect(s.stages[1].completedAt == e.timestamp)
+            default:
+                break
+            }
+        }
+        for (e, s) in try replays("q") where e.type == .created {
+            #expect(s.status == .queued && s.stages[0].status == .pending && s.stages[0].completedAt == nil)
+        }
+    }
+
     @Test("explicit timestamps replay a run and may not go backwards")
     func timestamps() throws {
         let engine = try makeEngine(clock: ManualClock(200))

@@ -251,7 +251,7 @@ struct ETAPredictor {
         let samples = Sample(sorted: live.sortedSamples())
         guard !samples.isEmpty else { return prior.map { ($0.seconds, $0.variance, 0, 1) } }
         let perInterval = (live.sampleProgress - live.firstProgress) / Double(live.count)
-        let window = live.lastProgress - perInterval * Double(samples.count) / 2
+        let window = live.sampleProgress - perInterval * Double(samples.count) / 2
         let median = samples.median * ahead / (1 + drift * window), spread = samples.spread
         // Both paces as at progress 0, so the drift does not count as speed; a few intervals say little, and a
         // ratio beyond 1.5 is a run gone wrong (a stall, throttling) that need not hold for what follows.

@@ -58,9 +58,10 @@ struct LiveRate: Sendable {
         if gained > 0 && steps == self.steps && hasReport {
             lastTime = ts
             lastProgress = progress
-            // An interval shorter than the clock measures well goes on into the next report's.
+            // An interval shorter than the clock measures well goes on into the next report's; the one that ends
+            // the stage is taken anyway (a stage shorter than `minSpan` still has a sample, and the samples end at 1).
             let span = ts - sampleTime
-            if span >= minSpan {
+            if span >= minSpan || (progress >= 1 && span > 0) {
                 samples[count & (LiveRate.capacity - 1)] = span / (progress - sampleProgress)
                 count &+= 1
                 sampleTime = ts

@@ -116,8 +116,11 @@ struct TaskSnapshot: Sendable {
                 s.stages[i].message = nil
                 continue
             }
-            // The event's own stage: finished by then only if it finished no later than the event.
-            if let done = s.stages[i].completedAt, done <= e.timestamp {} else {
+            // The event's own stage: finished by then only if it finished at the event or before (by seq when
+            // known; a step's time may equal the event before it).
+            let stage = s.stages[i]
+            let finished = stage.completedAt.map { stage.completedSeq != 0 ? stage.completedSeq <= e.seq : $0 <= e.timestamp }
+            if finished != true {
                 s.stages[i].completedAt = nil
                 s.stages[i].status = e.status == .queued || e.type == .created ? .pending : .inProgress
             }

@@ -200,6 +200,8 @@ final class TaskRecord: @unchecked Sendable {
         if stages[index].startedAt == nil { stages[index].startedAt = ts }
         stages[index].status = final
         stages[index].completedAt = ts
+        // The change being made is the next event.
+        stages[index].completedSeq = seq &+ 1
         if final == .completed { stages[index].progress = 1 }
         if final == .completed, live.stage == index, let startedAt = stages[index].startedAt,
            let profile = StageProfile.measured(live, startedAt: startedAt, endedAt: ts) {

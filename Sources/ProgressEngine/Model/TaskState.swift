@@ -72,6 +72,10 @@ struct StageState: Sendable {
     var progress: Double = 0
     var startedAt: Double?
     var completedAt: Double?
+    /// The seq of the task's first event with this stage finished (0: not finished, or not known, as for a task
+    /// stored by an engine that did not keep it). A replay tells by it whether the stage had finished at an event:
+    /// times cannot, since a step's time may equal the previous event's (the coarse step clock, clamped).
+    var completedSeq: UInt64 = 0
     var message: String?
     /// How the stage runs this time, as the runner said when entering it ("variant" of a stage event: "cold" when
     /// it had to read the model from disk, "cached" when the model was resident). The ETA reads this stage's

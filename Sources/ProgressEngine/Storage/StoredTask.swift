@@ -58,6 +58,9 @@ enum StoredTask {
             if let started = pair.0 { stages[i].startedAt = started }
             if let completed = pair.1 { stages[i].completedAt = completed }
         }
+        for (i, seq) in precise.completedSeqs.enumerated() where stages[i].completedAt != nil {
+            stages[i].completedSeq = seq
+        }
         let seq = UInt64(max(0, try r.integer("seq") ?? 0))
         let updated = try precise.updated ?? time("updated_at", r) ?? created
         // A request standing when the state was written, as of that state's seq and time.
@@ -101,6 +104,10 @@ enum StoredTask {
             w.beginArray(); w.number(stage.startedAt); w.number(stage.completedAt); w.endArray()
         }
         w.endArray()
+        // A key of its own, so that an engine reading `stages` as pairs still reads them.
+        w.key("stages_completed_seq"); w.beginArray()
+        for stage in s.stages { w.integer(stage.completedSeq) }
+        w.endArray()
         w.endObject()
         w.endObject()
         return w.output
@@ -115,6 +122,8 @@ private struct StoredTimes {
     var completed: Double?
     /// (started, completed) per stage; empty when absent or not one pair per stage.
     var stages: [(Double?, Double?)] = []
+    /// `StageState.completedSeq` per stage; empty when absent or not one per stage.
+    var completedSeqs: [UInt64] = []
 
     init(_ value: JSONValue?, stages count: Int) throws {
         guard let value else { return }
@@ -123,6 +132,9 @@ private struct StoredTimes {
         updated = try t.number("updated")
         started = try t.number("started")
         completed = try t.number("completed")
+        if case let .array(seqs)? = t.value("stages_completed_seq"), seqs.count == count {
+            completedSeqs = seqs.map { if case let .number(n) = $0, n >= 0, n < 1e18 { UInt64(n) } else { 0 } }
+        }
         guard case let .array(pairs)? = t.value("stages"), pairs.count == count else { return }
         stages = pairs.map { pair in
             guard case let .array(p) = pair, p.count == 2 else { return (nil, nil) }
