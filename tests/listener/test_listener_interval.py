@@ -140,3 +140,66 @@ def test_interval_ms_must_be_an_integer_from_0_to_60000(wire):
             assert ok["type"] == "subscribed", ok
 
     wire.run(scenario(), timeout=20)
+
+
+def test_a_held_state_is_dropped_on_unsubscribe_and_never_follows_a_newer_one(wire):
+    """unsubscribe while the interval holds a state back, then subscribe again: the new subscribe's current state is
+    the last of the task this client gets; the held one never goes out after it (a seq going back)."""
+    t = wire.open(throttle_ms=0, resource_interval_ms=3600000)
+    t.create_task_progress_sync("held", "sdxl", "image_generation")
+    t.update_progress_sync("held", 0, 100, "step 0")
+
+    async def scenario():
+        async with wire.connect(t, "c") as ws:
+            await wire.established(ws)
+            seen = []
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["held"], "interval_ms": 1000}, "subscribed", seen=seen)
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update", seen=seen)
+            for step in (1, 2):  # within the interval of the subscribe's state: held back, the second replacing it
+                t.update_progress_sync("held", step, 100, f"step {step}")
+                await asyncio.sleep(0.05)
+            await wire.request(ws, {"type": "unsubscribe", "task_ids": ["held"]}, "unsubscribed", seen=seen)
+            t.update_progress_sync("held", 3, 100, "step 3")
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["held"]}, "subscribed", seen=seen)
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and m["seq"] == t.get_task_progress_sync("held")["seq"],
+                                  seen=seen)
+            # Past the first interval's end, when the held state was due.
+            try:
+                while True:
+                    seen.append(await wire.recv(ws, 1.5))
+            except asyncio.TimeoutError:
+                pass
+            return [m for m in seen if m["type"] == "progress.update"]
+
+    updates = wire.run(scenario())
+    seqs = [m["seq"] for m in updates]
+    assert seqs == sorted(set(seqs)), seqs
+    assert [m["data"]["stages"]["2"]["message"] for m in updates] == ["step 0", "step 3"], updates
+
+
+def test_lowering_the_interval_sends_what_it_no_longer_holds(wire):
+    """A subscribe with interval_ms 0 (here for another task) sends the state held back under the old interval at
+    once, not at the old interval's end."""
+    t = wire.open(throttle_ms=0, resource_interval_ms=3600000)
+    t.create_task_progress_sync("slow", "sdxl", "image_generation")
+    t.create_task_progress_sync("other", "sdxl", "image_generation")
+    t.update_progress_sync("slow", 0, 100, "step 0")
+
+    async def scenario():
+        async with wire.connect(t, "c") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["slow"], "interval_ms": 60000}, "subscribed")
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and m["task_id"] == "slow")
+            t.update_progress_sync("slow", 1, 100, "step 1")  # held: 60 s until it is due
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            seen = []
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["other"], "interval_ms": 0}, "subscribed", seen=seen)
+            # Released by the subscribe itself, so it comes before the reply.
+            is_slow = lambda m: m["type"] == "progress.update" and m["task_id"] == "slow"  # noqa: E731
+            msg = next((m for m in seen if is_slow(m)), None) or await wire.recv_until(ws, is_slow, timeout=5)
+            return msg, time.monotonic() - sent
+
+    msg, after = wire.run(scenario())
+    assert msg["data"]["stages"]["2"]["message"] == "step 1"
+    assert after < 2, after

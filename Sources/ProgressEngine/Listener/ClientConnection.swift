@@ -297,10 +297,21 @@ final class ClientConnection {
     }
 
     /// Forgets a task's seq once the client no longer watches it (an unsent update of it still goes, and
-    /// is still replaced by a newer one).
+    /// is still replaced by a newer one). A state the interval holds back is dropped: kept, it would go out after
+    /// the current state a later subscribe sends, a seq going back.
     func forget(task: String) {
         guard let slot = slots[task] else { return }
+        if slot.pending == TaskSlot.held {
+            held[ObjectIdentifier(slot)] = nil
+            slot.pending = -1
+        }
         if slot.pending >= 0 { slot.hasSeq = false } else { slots[task] = nil }
+    }
+
+    /// A subscribe set the interval: states held longer than the new one allows go at once (all of them for 0).
+    func intervalChanged(to ms: UInt32) {
+        intervalMs = ms
+        if !held.isEmpty { releaseDueStates() }
     }
 
     /// Forgets a task that expired: a new task under its id starts again at a low seq. An unsent update of the

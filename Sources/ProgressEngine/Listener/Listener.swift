@@ -470,8 +470,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         client.setDelta(delta, for: ids)
         if client.usesDelta { client.forgetDeltaModes() }
         if let intervalMs {
-            client.intervalMs = intervalMs
             flushList.now = engine.monotonic.now()  // the current states sent next count from now
+            client.intervalChanged(to: intervalMs)
+            if client.heldDue < .infinity { armTimer(now: flushList.now) }  // what stays held may be due sooner
         }
     }
 
