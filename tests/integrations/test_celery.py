@@ -153,3 +153,18 @@ def pool_children(worker) -> set:
     pid = worker.proc.pid
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(p) for p in f.read().split()}
+
+
+def test_a_hard_time_limit_fails_the_task(fleet, worker, client):
+    # The worker's main process kills the pool child at the hard limit and sends task_failure from there, where
+    # no engine holds the task: the handler takes it over from Redis and fails it.
+    server = fleet[2]
+    ws = subscribe_all(server.port)
+    try:
+        doomed = client.send_task("celery_app.count", args=(50, 0.1), time_limit=1)
+        msgs = until_finished(ws, [doomed.id], worker, server, fleet[1])
+    finally:
+        ws.close()
+    final = updates_of(msgs, doomed.id)[-1]["data"]
+    assert final["status"] == "failed" and "TimeLimitExceeded" in final["error"], (final["status"], final["error"])
+    assert 0 < final["stages"]["1"]["progress"] < 1, final

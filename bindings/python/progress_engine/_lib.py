@@ -208,6 +208,17 @@ def encode(value: Optional[str]) -> Optional[bytes]:
     return data
 
 
+def encode_text(value: Optional[str]) -> Optional[bytes]:
+    """A free text that must reach the engine whole, such as why a task failed: what UTF-8 cannot carry (a lone
+    surrogate, from a file name read with surrogateescape) becomes "?" and a NUL becomes U+FFFD, rather than the
+    call being refused and the task left running."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str, got {type(value).__name__}: {value!r}")
+    return value.replace("\0", "\ufffd").encode("utf-8", "replace")
+
+
 def call_json(func: Any, *args: Any) -> Any:
     """Calls a function whose last parameter is `char **out_json`, parses the string and frees it."""
     out = c_void_p()

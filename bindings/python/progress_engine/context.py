@@ -91,8 +91,9 @@ class ProgressContext:
     def get_callback(self) -> Callable[..., _Done]:
         """The runner's `callback(event, data=None)`: applies the event at once and returns an
         already-completed awaitable. execution_progress with only step and total_steps takes the
-        step-counter path (no engine call); every other event goes to the engine as it is, and so
-        does a float step (a NaN, 3.5), which is the engine's to refuse as any bad event data."""
+        step-counter path (no engine call) when both are ints; every other event goes to the engine as it
+        is, and so does a step of another type (a NaN, 3.5, None, "5"), which is the engine's to refuse as any
+        bad event data."""
         task_id = self.task_id
         update_progress = self.tracker.update_progress_sync
         send_event = self.tracker.send_event_sync
@@ -100,7 +101,7 @@ class ProgressContext:
         def callback(event: str, data: Union[Mapping[str, Any], str, None] = None) -> _Done:
             if event == "execution_progress" and isinstance(data, Mapping) and data.keys() == _STEP_ONLY:
                 step, total_steps = data["step"], data["total_steps"]
-                if not isinstance(step, float) and not isinstance(total_steps, float):
+                if type(step) is int and type(total_steps) is int:
                     update_progress(task_id, step, total_steps)
                     return _DONE
             send_event(task_id, event, data)

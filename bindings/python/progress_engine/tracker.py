@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
 from . import _lib
-from .errors import InvalidArgumentError, ProgressError, ProgressWarning, StateError
+from .errors import InvalidArgumentError, JSONError, ProgressError, ProgressWarning, RangeError, StateError
 from .model import LogLevel, Stage, StageStatus, stages_json
 from .preview import to_pixels
 from .stages import StageManager
@@ -55,6 +55,10 @@ def _async_twin(sync: Callable[..., Any], may_read_redis: bool = False) -> Calla
 #: Refusals already shown, as (task_id, kind); bounded so a long-lived runner does not grow it without
 #: end (a task this old that is refused again is shown again).
 _WARNED_MAX = 4096
+# The engine's steps are 64-bit; ctypes would wrap a larger int silently.
+_STEP_MAX = 2**63 - 1
+# Open trackers, so that a forked child can let go of its parent's counters (_after_fork_in_child).
+_TRACKERS: "weakref.WeakSet[ProgressTracker]" = weakref.WeakSet()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -103,7 +107,10 @@ class ProgressTracker:
     log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
     an update the engine refuses (a step out of range, an unknown, finished or expired task, a NaN, a
     bad image): the engine counts it (stats()["invalid_updates"]) and logs it in the task's log, and the
-    call returns after one ProgressWarning per task and kind of error. `strict=True` (default: the
+    call returns after one ProgressWarning per task and kind of error. So for what the binding refuses
+    before the engine (not counted there): event data JSON cannot hold (numpy scalars are numbers, sets and
+    tuples lists), steps beyond 64 bits. A failure or cancel text is passed on whole, what UTF-8 cannot
+    carry replaced. `strict=True` (default: the
     PROGRESS_STRICT environment variable, "1") raises them instead, for tests and development. A wrong
     argument type (TypeError), an unknown log level name and a closed tracker always raise, as do the
     other calls (create, complete / fail / cancel, reads).
@@ -122,7 +129,10 @@ class ProgressTracker:
         # array alive; an entry goes only once the engine has stopped reading that array.
         self._counters: Dict[str, memoryview] = {}
         self._lock = threading.Lock()  # guards attaching and dropping counters, and close
+        # Counters of the parent's tasks in a forked child: kept alive, never written (_after_fork_in_child).
+        self._forked_counters: list = []
         self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
+        _TRACKERS.add(self)
         try:
             StageManager._adopt(self)
         except BaseException:
@@ -191,6 +201,10 @@ class ProgressTracker:
             if len(self._warned) > _WARNED_MAX:
                 self._warned.popitem(last=False)
         warnings.warn(ProgressWarning(task_id, error), stacklevel=_caller_stacklevel())
+
+    def _out_of_range(self, task_id: str, step: int, total_steps: int) -> None:
+        """A step or total beyond the engine's 64 bits: refused here (ctypes would wrap it), not counted."""
+        self._refused(task_id, RangeError(f"step {step} of total_steps {total_steps} does not fit in 64 bits"))
 
     def _refuse_steps(self, engine: ctypes.c_void_p, task_id: str, step: int, total_steps: int) -> None:
         """A pair the binding will not store in a counter: the engine refuses it (so it is counted and
@@ -276,16 +290,20 @@ class ProgressTracker:
         if message is None and 0 <= step <= total_steps > 0:
             try:  # cheaper than .get() while the counter exists, which is every call but the first
                 counter = self._counters[task_id]
+                counter[1] = total_steps
+                counter[0] = step
             except KeyError:
                 self._first_counter_update(task_id, step, total_steps)
-                return
-            counter[1] = total_steps
-            counter[0] = step
+            except ValueError:  # beyond 64 bits
+                self._out_of_range(task_id, step, total_steps)
             return
         self._update_progress_slow(task_id, step, total_steps, message)
 
     def _first_counter_update(self, task_id: str, step: int, total_steps: int) -> None:
         self._handle()  # a closed tracker raises here, outside the `try`
+        if total_steps > _STEP_MAX:
+            self._out_of_range(task_id, step, total_steps)
+            return
         try:
             self._counter(task_id, step, total_steps)
         except ProgressError as error:  # the attach: an unknown or finished task
@@ -295,6 +313,9 @@ class ProgressTracker:
         engine = self._handle()
         # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
         step, total_steps = operator.index(step), operator.index(total_steps)
+        if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
+            self._out_of_range(task_id, step, total_steps)
+            return
         if 0 <= step <= total_steps > 0:
             # The counter first, so it holds this same pair: whatever the engine does with an attached
             # counter on a direct update, an older value in it can never be applied after this one.
@@ -326,12 +347,12 @@ class ProgressTracker:
 
     def fail_task_sync(self, task_id: str, error: Optional[str] = None) -> None:
         """Fails the task (its current stage fails, status "failed", `error` kept)."""
-        _lib.progress_task_fail(self._handle(), _lib.encode(task_id), _lib.encode(error))
+        _lib.progress_task_fail(self._handle(), _lib.encode(task_id), _lib.encode_text(error))
         self._finished(task_id)
 
     def cancel_task_sync(self, task_id: str, reason: Optional[str] = None) -> None:
         """Cancels the task (status "cancelled", `reason` kept in "error")."""
-        _lib.progress_task_cancel(self._handle(), _lib.encode(task_id), _lib.encode(reason))
+        _lib.progress_task_cancel(self._handle(), _lib.encode(task_id), _lib.encode_text(reason))
         self._finished(task_id)
 
     def get_task_progress_sync(self, task_id: str) -> Dict[str, Any]:
@@ -382,7 +403,11 @@ class ProgressTracker:
             if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
         engine = self._handle()
-        data_json = data if data is None or isinstance(data, str) else json.dumps(data)
+        try:
+            data_json = data if data is None or isinstance(data, str) else json.dumps(data, default=_json_value)
+        except (TypeError, ValueError) as error:  # an object JSON cannot hold; a circular reference
+            self._refused(task_id, JSONError(f"the data of event {event!r} is not JSON: {error}"))
+            return
         try:
             _lib.progress_event(engine, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
         except ProgressError as error:
@@ -533,7 +558,10 @@ class StepCounter:
     def update(self, n: int = 1) -> None:
         """Advances by n steps (tqdm's update). Reads the stored step rather than keeping its own,
         so it continues from any value update_progress_sync() wrote meanwhile."""
-        self._counter[0] += n
+        try:
+            self._counter[0] += n
+        except ValueError:  # beyond 64 bits
+            self._tracker._out_of_range(self.task_id, self._counter[0] + n, self._counter[1])
 
     def set(self, step: int, total_steps: Optional[int] = None) -> None:
         """Sets the step (and total_steps, when given)."""
@@ -542,6 +570,9 @@ class StepCounter:
         if not 0 <= step <= total_steps > 0:
             tracker = self._tracker
             tracker._refuse_steps(tracker._handle(), self.task_id, step, total_steps)
+            return
+        if total_steps > _STEP_MAX:
+            self._tracker._out_of_range(self.task_id, step, total_steps)
             return
         counter[1] = total_steps
         counter[0] = step
@@ -621,3 +652,31 @@ class ETAPredictor:
         return _lib.call_json(
             _lib.progress_eta_records_get, self._tracker._handle(), _lib.encode(template_id), _lib.encode(quality)
         )
+
+
+def _json_value(value: Any) -> Any:
+    """json.dumps' fallback for event data: numpy scalars and 0-d arrays as the number they hold, sets and
+    tuples as lists; anything else is not JSON (TypeError)."""
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) in ((), None):
+        result = item()
+        if isinstance(result, (int, float, bool, str)):
+            return result
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child only this thread runs and the engine starts empty: the parent's counters belong to tasks
+    the child's engine does not hold, so a write to them would be lost without a word (and a task the child
+    creates under the same id would never see its steps). The arrays stay alive, unused."""
+    for tracker in list(_TRACKERS):
+        tracker._forked_counters.append(dict(tracker._counters))
+        tracker._counters.clear()
+        tracker._lock = threading.Lock()  # another thread may have held it at the fork
+        tracker._warned_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -57,3 +57,32 @@ def test_forked_child_has_its_own_engine_and_leaves_the_parent_alone():
         task = t.get_task_progress_sync("p")
         assert task["stages"][str(task["current_stage"])]["message"] == "after"
         assert t.stats_sync()["tasks"] == 1, "the child's task is the child's"
+
+
+def counter_child(t):
+    """A child that reuses the id of a task whose counter the parent attached: its steps reach its own task."""
+    try:
+        t.create_task_progress_sync("p", template_id="x")
+        t.update_progress_sync("p", 5, 10)  # the counter path: a new counter, not the parent's
+        task = t.get_task_progress_sync("p")
+        assert task["stages"][str(task["current_stage"])]["progress"] == 0.5, task
+        assert t.stats_sync()["attached_counters"] == 1
+        t.close()
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def test_a_forked_child_does_not_write_to_the_parents_counters():
+    with ProgressTracker() as t:
+        t.create_task_progress_sync("p", template_id="x")
+        t.update_progress_sync("p", 1, 10)  # attaches a counter in the parent
+        pid = os.fork()
+        if pid == 0:
+            os._exit(counter_child(t))
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        t.update_progress_sync("p", 3, 10)  # the parent's counter still works
+        task = t.get_task_progress_sync("p")
+        assert task["stages"][str(task["current_stage"])]["progress"] == 0.3

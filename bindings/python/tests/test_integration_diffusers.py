@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from progress_engine import ProgressTracker
+import progress_engine as pe
+from progress_engine import ProgressTracker, ProgressWarning
 from progress_engine.integrations.diffusers import (LATENT_RGB_FACTORS, ProgressCallback, latent_family,
                                                     latents_to_rgb, unpack_flux_latents)
 
@@ -245,3 +246,22 @@ def test_bad_options():
             ProgressCallback("t", tracker, preview="taesd")
         with pytest.raises(ValueError, match="unknown latent family"):
             ProgressCallback("t", tracker, family="sd2")
+
+
+def test_latents_without_a_preview_mapping_warn_once_and_the_loop_runs_on(tmp_path):
+    # 5-D video latents have no latent-to-RGB mapping here: each due preview is refused (one warning), every step
+    # is still reported and the pipeline ends normally.
+    video = np.zeros((1, 16, 5, 8, 8), dtype=np.float32)
+    with ProgressTracker(preview_dir=str(tmp_path), preview_every_steps=1) as tracker:
+        tracker.create_task_progress_sync("vid", "wan")
+        with pytest.warns(ProgressWarning) as shown:
+            final = DenoisingLoop(lambda i: video)(10, callback_on_step_end=ProgressCallback("vid", tracker))
+        assert final is video
+        assert [type(w.message.error).__name__ for w in shown] == ["InvalidArgumentError"]
+        assert tracker.get_task_progress_sync("vid")["stages"]["1"]["progress"] == 1.0
+        assert not list(tmp_path.glob("*.png"))
+        tracker.complete_task_sync("vid")
+    with ProgressTracker(preview_dir=str(tmp_path), preview_every_steps=1, strict=True) as tracker:
+        tracker.create_task_progress_sync("vid", "wan")
+        with pytest.raises(pe.InvalidArgumentError, match="no preview"):
+            DenoisingLoop(lambda i: video)(10, callback_on_step_end=ProgressCallback("vid", tracker))

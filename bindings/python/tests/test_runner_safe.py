@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import warnings
 
 import pytest
@@ -127,6 +128,17 @@ REFUSED = {
     "async log": (lambda t: arun(t.log("nope", "info", "x")), pe.NotFoundError, True),
     "async send_event": (lambda t: arun(t.send_event("t", "log", "{bad")), pe.JSONError, True),
     "async update_preview": (lambda t: arun(t.update_preview("nope", _image())), pe.NotFoundError, True),
+    # Refused by the binding before the engine (not counted there).
+    "event data JSON cannot hold": (lambda t: t.send_event_sync("t", "resources", {"x": object()}), pe.JSONError, False),
+    "callback None step": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress", {"step": None, "total_steps": 3}),
+        pe.JSONError, True),
+    "callback str step": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress", {"step": "5", "total_steps": 9}),
+        pe.JSONError, True),
+    "total beyond 64 bits (counter attach)": (lambda t: t.update_progress_sync("t", 1, 2**64 + 3), pe.RangeError, False),
+    "total beyond 64 bits, message": (
+        lambda t: t.update_progress_sync("t", 1, 2**64 + 3, message="m"), pe.RangeError, False),
 }
 
 
@@ -251,3 +263,42 @@ def test_progress_strict_variable(monkeypatch, value, strict):
                 tracker.update_progress_sync("t", 5, 3)
     with ProgressTracker(strict=not strict) as explicit:  # the argument wins over the variable
         assert explicit.strict is (not strict)
+
+
+def test_numpy_scalars_and_sets_in_event_data_are_numbers_and_lists(tracker, task):
+    np = pytest.importorskip("numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProgressWarning)
+        tracker.send_event_sync(task, "resources", {"cpu_percent": np.float32(12.5), "memory_mb": np.int64(300)})
+        cb = ProgressContext(tracker, task, "sdxl").get_callback()
+        cb("execution_progress", {"step": np.int64(3), "total_steps": np.int64(10), "message": "m"})
+    t = tracker.get_task_progress_sync(task)
+    assert t["resource_usage"]["cpu_percent"] == 12.5 and t["resource_usage"]["memory_mb"] == 300
+    assert t["stages"][str(t["current_stage"])]["progress"] == 0.3
+
+
+@pytest.mark.parametrize("text", ["bad\udcff.png", "nul\x00inside"])
+def test_a_failure_text_utf8_cannot_carry_still_fails_the_task(tracker, text):
+    with pytest.raises(ValueError):
+        with ProgressContext(tracker, "f", "sdxl"):
+            raise ValueError(text)
+    t = tracker.get_task_progress_sync("f")
+    assert t["status"] == "failed" and t["error"].startswith(text[:3]), t["error"]
+    tracker.create_task_progress_sync("c", "sdxl")
+    tracker.cancel_task_sync("c", text)
+    assert tracker.get_task_progress_sync("c")["status"] == "cancelled"
+
+
+def test_steps_beyond_64_bits_on_an_attached_counter_are_refused(tracker, task):
+    tracker.update_progress_sync(task, 1, 3)  # attaches the counter
+    counter = tracker.stepper(task, 10)
+    with pytest.warns(ProgressWarning) as shown:
+        tracker.update_progress_sync(task, 2**63, 2**64)
+        counter.update(2**63)
+        counter.set(2**63, 2**64)
+    assert {type(w.message.error) for w in shown} == {pe.RangeError}
+    counter.set(4)
+    deadline = time.monotonic() + 5
+    while (lambda t: t["stages"][str(t["current_stage"])]["progress"])(tracker.get_task_progress_sync(task)) != 0.4:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

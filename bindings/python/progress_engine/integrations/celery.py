@@ -153,11 +153,23 @@ else:
                 pass  # the task body already finished it
 
     def _on_failure(sender: Any = None, task_id: Optional[str] = None, exception: Any = None, **_: Any) -> None:
-        if isinstance(sender, ProgressTask) and task_id is not None:
+        if not isinstance(sender, ProgressTask) or task_id is None:
+            return
+        tracker = _tracker(sender.app)
+        text = _error_text(exception) if exception else None
+        try:
             try:
-                _tracker(sender.app).fail_task_sync(task_id, _error_text(exception) if exception else None)
-            except StateError:
-                pass
+                tracker.fail_task_sync(task_id, text)
+            except NotFoundError:
+                # Sent by the worker's main process (a hard time limit, a pool child that died, a Reject), which
+                # does not hold the task: take it over from Redis, as for a revoke, then fail it.
+                tracker.create_task_progress_sync(
+                    task_id, sender.progress_template or sender.name,
+                    template_category=sender.progress_template_category, resume=True,
+                )
+                tracker.fail_task_sync(task_id, text)
+        except StateError:
+            pass
 
     def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
         # The task stays executing until its next attempt, which resumes it (task_prerun): say why it waits.

@@ -33,7 +33,7 @@ import math
 from typing import Any, Dict, Optional, Tuple
 
 from ..default import get_progress_tracker_sync
-from ..errors import ProgressError
+from ..errors import InvalidArgumentError, ProgressError
 from ..tracker import ProgressTracker
 
 # Latent channel -> (R, G, B) weights and the RGB bias of each family, applied to the latents as the
@@ -251,12 +251,16 @@ class ProgressCallback:
         tracker.update_progress_sync(task_id, step_index + 1, total)
         latents = callback_kwargs.get("latents")
         if self.preview is not None and latents is not None and tracker.preview_due(task_id):
-            if self.preview == "vae":
-                image = vae_decode(pipe, latents, height=self.height, width=self.width)
+            try:
+                if self.preview == "vae":
+                    image = vae_decode(pipe, latents, height=self.height, width=self.width)
+                else:
+                    image = latents_to_rgb(latents, self.family or latent_family(latents, pipe),
+                                           height=self.height, width=self.width)
+            except Exception as error:  # latents this module cannot turn into an image: no preview, the loop goes on
+                tracker._refused(task_id, InvalidArgumentError(f"no preview of these latents: {error}"))
             else:
-                image = latents_to_rgb(latents, self.family or latent_family(latents, pipe),
-                                       height=self.height, width=self.width)
-            tracker.update_preview_sync(task_id, image)
+                tracker.update_preview_sync(task_id, image)
         if tracker.cancel_requested(task_id):
             reason = tracker.get_task_progress_sync(task_id).get("cancel_reason")
             try:
