@@ -123,13 +123,20 @@ export class ProgressClient {
   unsubscribe(taskIds) {
     const ids = idList(taskIds);
     for (const id of ids) this._subs.delete(id);
-    for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+    const dropBases = () => {
+      for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+    };
     // A task watched no more is resumed no more: a later subscribe starts from its current state.
     for (const id of this._subs.has("*") ? [] : ids.includes("*") ? [...this._tasks.keys()] : ids) {
       if (!this._subs.has(id)) this._tasks.delete(id);
     }
-    if (this._state !== "open") return Promise.resolve();
-    return this._request({ type: "unsubscribe", task_ids: ids }).then(() => undefined);
+    if (this._state !== "open") {
+      dropBases();
+      return Promise.resolve();
+    }
+    // Patches the listener queued before it took the unsubscribe come before its answer, against the bases held
+    // now (a task still watched through "*" gets them): the bases go with the answer.
+    return this._request({ type: "unsubscribe", task_ids: ids }).then(() => dropBases());
   }
 
   /** A task's TaskProgress, asked over the WebSocket (no CORS needed); rejects with code "not_found". */

@@ -395,3 +395,36 @@ def test_slow_delta_client_gets_full_states_where_its_base_was_replaced(wire):
     first_patch = order.index("patch")
     assert "full" in order[first_patch:], "no base was ever replaced: the client read too fast for this test"
     assert order.count("patch") > 0
+
+
+def test_subscribing_again_sends_the_current_state_in_full_even_at_the_same_seq(wire):
+    """A delta client that lost its base (docs/API.md: on a base_seq mismatch the JavaScript client drops the
+    patch and subscribes again) gets the current state in full, though the listener's last state to it had that
+    same seq (as a patch)."""
+    t = wire.open(throttle_ms=0, resource_interval_ms=3600000)
+    t.create_task_progress_sync("again", "sdxl", "image_generation")
+    t.update_progress_sync("again", 0, 100, "step 0")
+
+    async def scenario():
+        async with wire.connect(t, "d") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["again"], "delta": True}, "subscribed")
+            await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and "data" in m)
+            patch = None
+            for step in range(1, 10):  # the first change after a subscribe comes in full
+                t.update_progress_sync("again", step, 100, f"step {step}")
+                patch = await wire.recv_until(ws, lambda m: m["type"] == "progress.update")
+                if "patch" in patch:
+                    break
+            assert "patch" in patch, patch
+            seen = []
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["again"], "delta": True}, "subscribed", seen=seen)
+            full = next((m for m in seen if m["type"] == "progress.update"), None) or await wire.recv_until(
+                ws, lambda m: m["type"] == "progress.update", timeout=3)
+            return patch, full
+
+    patch, full = wire.run(scenario())
+    assert full["seq"] == patch["seq"] and "data" in full, full
+    assert full["data"] == t.get_task_progress_sync("again") | {"eta": full["data"]["eta"],
+                                                                "eta_seconds": full["data"]["eta_seconds"],
+                                                                "eta_confidence": full["data"]["eta_confidence"]}

@@ -133,13 +133,20 @@ export class ProgressClient {
   unsubscribe(taskIds) {
     const ids = idList(taskIds);
     for (const id of ids) this._subs.delete(id);
-    for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+    const dropBases = () => {
+      for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+    };
     // A task watched no more is resumed no more: a later subscribe starts from its current state.
     for (const id of this._subs.has("*") ? [] : ids.includes("*") ? [...this._tasks.keys()] : ids) {
       if (!this._subs.has(id)) this._tasks.delete(id);
     }
-    if (this._state !== "open") return Promise.resolve();
-    return this._request({ type: "unsubscribe", task_ids: ids }).then(() => undefined);
+    if (this._state !== "open") {
+      dropBases();
+      return Promise.resolve();
+    }
+    // Patches the listener queued before it took the unsubscribe come before its answer, against the bases held
+    // now (a task still watched through "*" gets them): the bases go with the answer.
+    return this._request({ type: "unsubscribe", task_ids: ids }).then(() => dropBases());
   }
 
   /** A task's TaskProgress, asked over the WebSocket (no CORS needed); rejects with code "not_found". */
@@ -1395,7 +1402,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3c5b65ff3a4c";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=21c7c231b7a7";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4028,7 +4035,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=3
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=8070a6d09421"></script>
+<script type="module" src="/dashboard/app.js?v=93d409b4bc15"></script>
 </body>
 </html>
 """##),

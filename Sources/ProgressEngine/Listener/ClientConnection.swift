@@ -165,6 +165,18 @@ final class ClientConnection {
         queueState(message, replacement: message, slot: slot, urgent: urgent)
     }
 
+    /// A subscribe's current state of a task, never older than what the client was sent. With `delta` it goes even
+    /// when the client was last sent that same seq: that may have been a patch, and a delta client whose base went
+    /// subscribes again to get the whole state (docs/API.md "Delta updates").
+    func sendCurrent(_ message: WireMessage, task: String, seq: UInt64, delta: Bool) {
+        let slot = slot(task)
+        slot.generation = 0
+        if slot.hasSeq && (seq < slot.lastSeq || (seq == slot.lastSeq && !delta)) { return }
+        slot.hasSeq = true
+        slot.lastSeq = seq
+        queueState(message, replacement: message, slot: slot, urgent: true)
+    }
+
     /// Whether `seq` is newer than what the client has of the task; notes it as the newest when it is.
     private func advances(_ slot: TaskSlot, to seq: UInt64) -> Bool {
         if slot.hasSeq && seq <= slot.lastSeq { return false }

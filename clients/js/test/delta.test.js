@@ -80,3 +80,41 @@ for (const lazyData of [false, true]) {
       assert.deepEqual(deltaLog.errors, []);
     });
 }
+
+test("unsubscribing a delta task that a plain \"*\" still covers: the patches in flight apply, nothing is asked again",
+  LIMIT, async (t) => {
+    const engine = await startEngine({ listen: "127.0.0.1:0", throttle_ms: 0, ...NO_SAMPLES });
+    t.after(() => engine.stop());
+    await engine.send("create", { task_id: "u" });
+    const subscribes = [];
+    const Recording = class extends WebSocket {
+      send(data) {
+        const message = JSON.parse(data);
+        if (message.type === "subscribe") subscribes.push(message);
+        super.send(data);
+      }
+    };
+    const client = new ProgressClient({ url: engine.url, WebSocket: Recording });
+    t.after(() => client.close());
+    const log = record(client);
+    await client.subscribe("*");
+    await client.subscribe("u", { delta: true });
+    for (let step = 1; step <= 3; step++) {
+      await engine.send("update", { task_id: "u", step, total: 10 });
+      await waitFor(() => log.last("u")?.data.stages["1"]?.message === `s${step}`, `step ${step}`);
+    }
+    // A patch on its way while the client unsubscribes: it arrives while this thread is busy, and is read after.
+    const stepped = engine.send("update", { task_id: "u", step: 4, total: 10 });
+    const until = Date.now() + 100;
+    while (Date.now() < until); // the engine steps and the patch waits in the socket, unread by this busy thread
+    const unsubscribed = client.unsubscribe("u");
+    await stepped;
+    await unsubscribed;
+    await engine.send("update", { task_id: "u", step: 5, total: 10 }); // a full state now ("*" is plain)
+    await waitFor(() => log.last("u")?.data.stages["1"]?.message === "s5", "step 5");
+    assert.deepEqual(log.updates.filter((m) => m.task_id === "u").map((m) => m.data.stages["1"].message).slice(-5),
+      ["s1", "s2", "s3", "s4", "s5"].slice(-5));
+    assert.equal(subscribes.length, 2, JSON.stringify(subscribes));
+    assertIncreasing(log.seqs("u"), "u");
+    assert.deepEqual(log.errors, []);
+  });
