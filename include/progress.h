@@ -269,7 +269,10 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * unless resume is true, in which case the existing task is kept (PROGRESS_OK): its state stays, and a task
  * that had not finished records a "resumed" event (seq advances; watchers see the runner is back). With redis_url and
  * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
- * from its stored state, seq included; without resume the id starts a new task, replacing what Redis held.
+ * from its stored state, seq included; without resume the id starts a new task, replacing what Redis held. When
+ * Redis cannot be read at that moment (unreachable, not answering within its 200 ms read timeout, or a read failed
+ * within the last second), resume creates nothing and returns PROGRESS_E_IO, so that a stored task is never
+ * taken for an absent one and started anew over its state: call again once Redis answers.
  * A task whose first stage is named "queue" is in that stage from its creation (status "queued");
  * it becomes "executing" when a later stage is entered. */
 PROGRESS_API progress_status progress_task_create(progress_engine *engine, const char *task_id,

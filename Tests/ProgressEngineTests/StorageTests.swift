@@ -97,16 +97,21 @@ struct StorageTests {
         #expect(restored.stages.map(\.duration) == original.stages.map(\.duration))
     }
 
-    @Test("A flood of progress steps is thinned to one per run; stage and terminal events all stay")
+    @Test("A flood of progress steps is thinned to the first and last of each stage; stage changes all stay")
     func thinning() {
-        func e(_ seq: UInt64, _ type: HistoryType) -> HistoryEvent {
-            HistoryEvent(seq: seq, timestamp: 0, type: type, stage: 0, progress: 0, overallProgress: 0, status: .executing)
+        func e(_ seq: UInt64, _ type: HistoryType, stage: Int = 0) -> HistoryEvent {
+            HistoryEvent(seq: seq, timestamp: 0, type: type, stage: stage, progress: 0, overallProgress: 0,
+                         status: .executing)
         }
         let few = [e(1, .progress), e(2, .progress)]
         #expect(StoredEvents.thin(few, limit: 64).map(\.seq) == [1, 2])
         var many = (1...100).map { e($0, .progress) }
         many[49] = e(50, .stage)
         many.append(e(101, .completed))
-        #expect(StoredEvents.thin(many, limit: 64).map(\.seq) == [49, 50, 100, 101])
+        #expect(StoredEvents.thin(many, limit: 64).map(\.seq) == [1, 49, 50, 100, 101])
+        // A step that enters the next stage (the main stage, from the queue) is a stage change: it stays, and so
+        // does the last step of the stage it left.
+        let crossing = (1...100).map { e($0, .progress, stage: $0 <= 40 ? 1 : 2) }
+        #expect(StoredEvents.thin(crossing, limit: 64).map(\.seq) == [1, 40, 41, 100])
     }
 }

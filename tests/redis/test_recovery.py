@@ -2,9 +2,12 @@
 WebSocket subscribe (with resume from the history stream), batch queries, and a restarted runner's resume."""
 
 import json
+import time
+
+import pytest
 
 from redis_support import http_get, run_runner, ws_connect, ws_until
-from progress_engine import ProgressTracker
+from progress_engine import EngineIOError, NotFoundError, ProgressTracker
 
 FIRST_RUN = """
 t = ProgressTracker(redis_url={url!r}, throttle_ms=10)
@@ -126,3 +129,27 @@ def test_a_resumed_task_serves_its_whole_history_and_log(redis):
         assert status == 200 and [e["seq"] for e in body["events"]] == list(range(1, final + 1))
         status, body = http_get(b.port, "/api/v1/progress/tasks/long/logs")
         assert [e["message"] for e in body["logs"]] == ["before the restart", "after the restart"]
+
+
+def test_resume_while_redis_does_not_answer_creates_nothing_and_keeps_the_stored_task(redis):
+    run_runner(FIRST_RUN.format(url=redis.url))
+    stored_before = json.loads(redis.cli("GET", "progress:task:{half}:state"))
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as t:
+        redis.pause()
+        try:
+            with pytest.raises(EngineIOError, match="resume could not read"):
+                t.create_task_progress_sync(task_id="half", template_id="tpl", resume=True)
+            with pytest.raises(NotFoundError):
+                t.get_task_progress_sync("half")  # nothing was created (a read: Redis is still paused)
+        finally:
+            redis.resume()
+        deadline = time.monotonic() + 10
+        while True:  # reads are retried after a second
+            try:
+                t.create_task_progress_sync(task_id="half", template_id="tpl", resume=True)
+                break
+            except EngineIOError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        resumed = t.get_task_progress_sync("half")
+        assert resumed["seq"] == stored_before["seq"] + 1 and resumed["stages"]["1"]["progress"] == 0.5

@@ -247,7 +247,7 @@ final class EngineCore: @unchecked Sendable {
         }
         let key = TaskKey(owning: id)
         // A restarted runner's task that this engine does not hold: Redis has it (read off the update path).
-        let restored = options.resume && !holdsTask(key) ? storedRecord(id: id) : nil
+        let restored = options.resume && !holdsTask(key) ? try storedRecordForResume(id: id) : nil
         let created: Bool = try table.shard(for: key).withLock { shard in
             if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
                 guard options.resume else {

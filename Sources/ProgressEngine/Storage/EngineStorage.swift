@@ -86,6 +86,11 @@ extension EngineCore {
         store.loadTask(id).map { TaskRecord(restoring: $0) }
     }
 
+    /// As `storedRecord`, for a resume: throws `.io` when Redis cannot be read now.
+    func storedRecordForResume(id: String) throws -> TaskRecord? {
+        try store.loadTaskForResume(id).map { TaskRecord(restoring: $0) }
+    }
+
     /// The events a resuming client missed: after `after`, before `current` (whose state it gets next).
     /// - Returns: nil when neither memory nor the Redis stream holds every one of them.
     func missedEvents(id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? {

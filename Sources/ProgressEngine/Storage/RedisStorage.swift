@@ -156,12 +156,22 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     /// The stored task, with a cancel request another engine published for it (its `cancel` key) that the task's
     /// own engine has not written into its state yet.
     func loadTask(_ id: String) -> TaskSnapshot? {
+        (try? loadTaskForResume(id)) ?? nil
+    }
+
+    func loadTaskForResume(_ id: String) throws -> TaskSnapshot? {
         let read = read { c -> (String?, String?) in
             c.append(["GET", RedisArgument(keys.state(id))])
             c.append(["GET", RedisArgument(keys.cancel(id))])
             return (try c.reply().text, try c.reply().text)
         }
-        guard let (state, request) = read, let state, var task = try? StoredTask.parse(state) else { return nil }
+        guard let read else {
+            throw EngineError.io("task \"\(id)\": resume could not read its stored state (Redis unreachable or not "
+                + "answering); nothing was created and the stored task is untouched: create it with resume again "
+                + "once Redis answers (reads are retried after a second)")
+        }
+        guard let state = read.0, var task = try? StoredTask.parse(state) else { return nil }
+        let request = read.1
         if task.cancelRequest == nil, !task.status.isTerminal, let request,
            let reason = CancelRecord.reason(fromJSON: request) {
             task.cancelRequest = CancelRequest(reason: reason, seq: task.seq, requestedAt: task.updatedAt)

@@ -181,14 +181,18 @@ enum StoredEvents {
     }
 
     /// Of a run of events taken for one write, the ones that go to Redis: all of them up to `limit`; beyond,
-    /// every event but a progress step that another progress step follows (so a flood of steps costs one
-    /// event per write, while stage changes and terminal states are all kept). Gaps this leaves in seq are how
-    /// readers know history is not complete (resume then reports recovered: false).
+    /// every event but a progress step that another progress step of the same stage follows, unless it is the
+    /// run's first or the first of its stage (a step can enter a stage: that is a stage change). So a flood of
+    /// steps costs two events per write and one per stage it crossed, while stage changes and terminal states
+    /// are all kept. Gaps this leaves in seq are how readers know history is not complete (resume then reports
+    /// recovered: false).
     static func thin(_ events: [HistoryEvent], limit: Int) -> [HistoryEvent] {
         guard events.count > limit else { return events }
         var out: [HistoryEvent] = []
         for (i, e) in events.enumerated() {
-            if e.type == .progress, i + 1 < events.count, events[i + 1].type == .progress { continue }
+            let entersStage = i == 0 || events[i - 1].stage != e.stage
+            if e.type == .progress, !entersStage, i + 1 < events.count, events[i + 1].type == .progress,
+               events[i + 1].stage == e.stage { continue }
             out.append(e)
         }
         return out

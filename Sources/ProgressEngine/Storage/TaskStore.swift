@@ -42,6 +42,9 @@ protocol TaskStore: AnyObject, Sendable {
     func stateJSONs(_ ids: [String]) -> [String: String]
     func stateJSON(_ id: String) -> String?
     func loadTask(_ id: String) -> TaskSnapshot?
+    /// As `loadTask`, for a resume: nil when the task is not stored; throws `.io` when the store cannot be read now
+    /// (a resume must not take an unreadable task for an absent one, and start it anew over what is stored).
+    func loadTaskForResume(_ id: String) throws -> TaskSnapshot?
     func logs(_ id: String) -> [LogEntry]?
     /// Stored events from seq `from` up to (not including) `before`; nil when not stored.
     func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]?
@@ -82,6 +85,7 @@ final class MemoryStore: TaskStore {
     func stateJSONs(_ ids: [String]) -> [String: String] { [:] }
     func stateJSON(_ id: String) -> String? { nil }
     func loadTask(_ id: String) -> TaskSnapshot? { nil }
+    func loadTaskForResume(_ id: String) throws -> TaskSnapshot? { nil }
     func logs(_ id: String) -> [LogEntry]? { nil }
     func streamEvents(_ id: String, from: UInt64, before: UInt64) -> [HistoryEvent]? { nil }
     func recoverEvents(_ id: String, after: UInt64, current: UInt64) -> [HistoryEvent]? { nil }
