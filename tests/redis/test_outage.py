@@ -219,3 +219,26 @@ def test_writes_a_loading_redis_refused_are_written_once_it_has_loaded(tmp_path)
                 ["said once"]
         finally:
             server.stop()
+
+
+def test_a_write_redis_refuses_for_a_while_goes_again(redis):
+    """At maxmemory with noeviction Redis answers OOM to writes: the task's last state is not counted as written, and
+    is written once Redis takes writes again."""
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as t:
+        t.create_task_progress_sync("oom", "tpl")
+        t.update_progress_sync("oom", 1, 4, message="one")
+        wait_until(lambda: (json.loads(redis.cli("GET", "progress:task:{oom}:state") or "{}").get("status")
+                            == "executing"), what="the first write")
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis.cli("CONFIG", "SET", "maxmemory", "1")
+        try:
+            t.complete_task_sync("oom")
+            time.sleep(1.0)
+            stored = json.loads(redis.cli("GET", "progress:task:{oom}:state"))
+            assert stored["status"] == "executing"  # refused: Redis is full
+        finally:
+            redis.cli("CONFIG", "SET", "maxmemory", "0")
+        wait_until(lambda: json.loads(redis.cli("GET", "progress:task:{oom}:state"))["status"] == "completed",
+                   timeout=10, what="the last state written once Redis takes writes")

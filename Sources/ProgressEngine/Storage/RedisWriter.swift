@@ -74,6 +74,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// When `stop()` was first called (monotonic): the close bound counts from it.
     @exclusivity(unchecked) private var stopRequestedAt: Double?
 
+    /// Error replies after which the whole pipeline is sent again (`send`).
+    static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN"]
+
     // Writer-thread state.
     @exclusivity(unchecked) private var pending: [String: Double] = [:]
     @exclusivity(unchecked) private var extras: [[[RedisArgument]]] = []
@@ -461,9 +464,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 guard case let .error(message) = try connection.reply(), !message.contains("equal or smaller") else {
                     continue
                 }
-                // A restarted Redis answers LOADING until its dataset is loaded: nothing was refused for good, and
-                // what a writer sends only once (a preview, a log entry) must not be lost to it.
-                if message.hasPrefix("LOADING") {
+                // Refusals that pass: a restarted Redis loading its dataset, one out of memory, a replica after a
+                // failover, a failed save, a busy script. Nothing was refused for good, and what a writer sends only
+                // once (a preview, a log entry, a task's last state) must not be lost to it.
+                if RedisWriter.passingErrors.contains(where: { message.hasPrefix($0) }) {
                     loading = message
                     continue
                 }
@@ -480,7 +484,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             return false
         }
         if let loading {
-            // Everything goes again once Redis has loaded (the writes are idempotent, as after a lost reply).
+            // Everything goes again, with the reconnect's back-off (the writes are idempotent, as after a lost reply).
             disconnected(loading, now: engine.monotonic.now())
             return false
         }
