@@ -203,3 +203,37 @@ def test_mirror_takes_the_runners_states_after_a_resource_sample(redis):
         wait_until(lambda: http_get(listener.port, "/api/v1/progress/tasks/quiet")[1]["status"] == "completed",
                    timeout=3, what="the listener to show the runner's completion")
         assert http_get(listener.port, "/api/v1/progress/tasks/quiet")[1]["seq"] == final["seq"]
+
+
+def test_a_listener_mirrors_a_new_task_under_an_id_used_before(redis):
+    # A runner's task finishes; another runner uses the id for a new task (no resume), whose seq starts low again.
+    # The listener's mirror of the old task, and its WebSocket client, follow the new one from its first state.
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as listener:
+        with ProgressTracker(redis_url=redis.url, throttle_ms=10) as first:
+            first.create_task_progress_sync("again", "tpl")
+            for i in range(1, 11):
+                first.update_progress_sync("again", i, 10, f"old {i}")
+            first.complete_task_sync("again")
+            old = first.get_task_progress_sync("again")
+        wait_until(lambda: http_get(listener.port, "/api/v1/progress/tasks/again")[1].get("seq") == old["seq"],
+                   what="the mirror of the first task")
+        ws = ws_connect(listener.port)
+        try:
+            ws.send(json.dumps({"type": "subscribe", "task_ids": ["again"]}))
+            ws_until(ws, lambda m: any(x.get("seq") == old["seq"] for x in m))
+            with ProgressTracker(redis_url=redis.url, throttle_ms=10) as second:
+                second.create_task_progress_sync("again", "tpl")
+                second.update_progress_sync("again", 3, 10, "new 3")
+                new = second.get_task_progress_sync("again")
+                assert new["seq"] < old["seq"] and new["created_at"] != old["created_at"]
+                wait_until(lambda: (lambda t: (t.get("created_at"), t.get("seq")))(
+                    http_get(listener.port, "/api/v1/progress/tasks/again")[1]) == (new["created_at"], new["seq"]),
+                    timeout=5, what="the mirror of the new task")
+                msgs = ws_until(ws, lambda m: any(x.get("data", {}).get("created_at") == new["created_at"]
+                                                  for x in m), timeout=5)
+                shown = http_get(listener.port, "/api/v1/progress/tasks/again")[1]
+                assert shown["status"] == "executing" and shown["seq"] == new["seq"], shown
+                assert any(x.get("data", {}).get("stages", {}).get("1", {}).get("message") == "new 3" for x in msgs) \
+                    or shown["stages"]["1"]["message"] == "new 3"
+        finally:
+            ws.close()

@@ -117,6 +117,14 @@ extension EngineCore {
             completion = CompletionRecord(completed: task, at: end)
         }
         let isNew: Bool = table.shard(for: key).withLock { shard in
+            if let task = shard.tasks[key], task.isMirror, stored.createdAt != task.createdAt {
+                // Another task under this id. An older one's late publish is dropped; a newer one (the id used again
+                // once the mirrored task finished) replaces the mirror from its own seq, which starts low again:
+                // the listener forgets what its clients were sent of the old one first, as for an expired task.
+                guard stored.createdAt > task.createdAt else { return false }
+                listener?.noteExpired(taskIds: [stored.id])
+                shard.tasks[key] = nil
+            }
             if let task = shard.tasks[key] {
                 guard stored.seq > task.seq || !logs.isEmpty else { return false }
                 let wasCompleted = task.status == .completed
