@@ -44,11 +44,15 @@ extension EngineCore {
         var files: [String] = []
         for shard in table.allShards {
             shard.withLock { state in
+                let before = gone.count
                 for task in state.tasks.values where task.isExpired(now: now, retention: config.retentionSeconds) {
                     state.tasks[task.key] = nil
                     gone.append((task.id, task.batchId))
                     files += task.previewFiles
                 }
+                // Told under the lock, before a task made anew under one of these ids can note a change: the
+                // listener then forgets what its clients were sent of the old task before the new one's states.
+                if gone.count > before { listener?.noteExpired(taskIds: gone[before...].map { $0.0 }) }
             }
         }
         // Deleted after the shard locks are released: updates of a shard never wait on the file system.
@@ -57,7 +61,6 @@ extension EngineCore {
         }
         guard !gone.isEmpty else { return }
         purged.add(gone.count, ordering: .relaxed)
-        listener?.noteExpired(taskIds: gone.map { $0.0 })
         let expiredIds = Set(gone.map { $0.0 })
         batches.withLock { all in
             for batch in Set(gone.compactMap { $0.1 }) {
