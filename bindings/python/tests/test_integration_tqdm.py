@@ -194,6 +194,71 @@ def test_decorator_and_async(tracker, task):
     assert seen == [(GENERATION, 0.5, "async"), (GENERATION, 1.0, "async")]
 
 
+def test_decorated_generators_report_while_their_body_runs(tracker, task):
+    # The body's bars report, item after item; a bar the caller makes between items does not; send() and throw()
+    # reach the body; the generator's return value comes back through `yield from`.
+    @report_tqdm(task, tracker)
+    def batches(n):
+        with tqdm.auto.tqdm(total=n, desc="batches", file=io.StringIO()) as bar:
+            for i in range(n):
+                got = yield i
+                if got == "skip":
+                    bar.update()
+                bar.update()
+        return "done"
+
+    seen = []
+    gen = batches(4)
+    assert next(gen) == 0
+    with tqdm.auto.tqdm(total=10, desc="caller", file=io.StringIO()) as outside:
+        outside.update(5)  # made between items, outside the body: not this task's
+    assert stage(tracker)[2] != "caller"
+    assert gen.send("skip") == 1
+    seen.append(stage(tracker))
+    assert next(gen) == 2
+    seen.append(stage(tracker))
+
+    def drive():
+        return (yield from gen)
+
+    outer = drive()
+    assert next(outer) == 3
+    with pytest.raises(StopIteration) as stop:
+        outer.send(None)
+    assert stop.value.value == "done"
+    assert seen == [(GENERATION, 0.5, "batches"), (GENERATION, 0.75, "batches")]
+    assert stage(tracker) == (GENERATION, 1.0, "batches")
+
+    @report_tqdm(task, tracker)
+    def failing():
+        with tqdm.auto.tqdm(total=2, desc="failing", file=io.StringIO()) as bar:
+            try:
+                yield 1
+            except ValueError:
+                bar.update(2)
+                yield "caught"
+
+    gen = failing()
+    assert next(gen) == 1
+    assert gen.throw(ValueError("in")) == "caught"
+    gen.close()
+    assert stage(tracker) == (GENERATION, 1.0, "failing")
+
+    @report_tqdm(task, tracker)
+    async def stream(n):
+        with tqdm.auto.tqdm(total=n, desc="stream", file=io.StringIO()) as bar:
+            for i in range(n):
+                await asyncio.sleep(0)
+                bar.update()
+                yield i
+
+    async def consume():
+        return [i async for i in stream(3)]
+
+    assert asyncio.run(consume()) == [0, 1, 2]
+    assert stage(tracker) == (GENERATION, 1.0, "stream")
+
+
 def test_report_tqdm_is_per_asyncio_task(tracker):
     for task_id in ("a", "b"):
         tracker.create_task_progress_sync(task_id, "sdxl", "image_generation")

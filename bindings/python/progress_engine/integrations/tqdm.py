@@ -324,8 +324,66 @@ class report_tqdm:
         self.__exit__(*exc_info)
 
     def __call__(self, func: F) -> F:
-        """Decorates a function (or coroutine function): each call runs in a report_tqdm of its own."""
+        """Decorates a function (or coroutine function): each call runs in a report_tqdm of its own. For a
+        generator function (or async one) each generator reports while its body runs, from its first item to its
+        end: the bars it creates, not those its caller creates between items."""
         task_id, tracker = self.task_id, self.tracker
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def run_generator(*args: Any, **kwargs: Any) -> Any:
+                reporter = _Reporter(task_id, get_progress_tracker_sync() if tracker is None else tracker)
+                gen = func(*args, **kwargs)
+                _install()
+                try:
+                    method, value = gen.send, None
+                    while True:
+                        token = _current.set(reporter)
+                        try:
+                            item = method(value)
+                        except StopIteration as stop:
+                            return stop.value
+                        finally:
+                            _current.reset(token)
+                        try:
+                            method, value = gen.send, (yield item)
+                        except GeneratorExit:
+                            raise
+                        except BaseException as error:  # thrown in by the caller: into the body, as `yield from`
+                            method, value = gen.throw, error
+                finally:
+                    gen.close()
+                    reporter.close()
+
+            return run_generator  # type: ignore[return-value]
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
+                reporter = _Reporter(task_id, get_progress_tracker_sync() if tracker is None else tracker)
+                gen = func(*args, **kwargs)
+                _install()
+                try:
+                    method, value = gen.asend, None
+                    while True:
+                        token = _current.set(reporter)
+                        try:
+                            item = await method(value)
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            _current.reset(token)
+                        try:
+                            method, value = gen.asend, (yield item)
+                        except GeneratorExit:
+                            raise
+                        except BaseException as error:
+                            method, value = gen.athrow, error
+                finally:
+                    await gen.aclose()
+                    reporter.close()
+
+            return run_async_generator  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
