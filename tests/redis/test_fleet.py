@@ -3,6 +3,7 @@ Every update reaches a client on another engine, in order; a lost worker's task 
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -237,3 +238,44 @@ def test_a_listener_mirrors_a_new_task_under_an_id_used_before(redis):
                     or shown["stages"]["1"]["message"] == "new 3"
         finally:
             ws.close()
+
+
+def test_a_worker_back_from_a_pause_reclaims_the_task_the_fleet_called_lost(redis):
+    # The worker is stopped longer than heartbeat_timeout_seconds: the listener fails its task ("worker lost") at
+    # the next seq. Back, the worker completes it at that same seq: Redis refuses the write (the stored state is
+    # the listener's), and the worker's engine goes on past it, so Redis, the listener and the stream all end on
+    # the worker's completion.
+    timeout = 1.0
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", heartbeat_timeout_seconds=timeout) as b:
+        proc = run_runner(f"""
+import sys
+t = ProgressTracker(redis_url={redis.url!r}, heartbeat_timeout_seconds={timeout}, throttle_ms=5,
+                    resource_interval_ms=3600000)
+t.create_task_progress_sync(task_id="back", template_id="tpl")
+t.update_progress_sync(task_id="back", step=3, total_steps=10, message="working")
+while t.stats_sync()["redis_queue_depth"] or not t.stats_sync()["redis_connected"]:
+    time.sleep(0.01)
+print(t.get_task_progress_sync("back")["seq"], flush=True)
+sys.stdin.readline()
+t.complete_task_sync("back")
+print(t.get_task_progress_sync("back")["seq"], flush=True)
+t.close()
+""", wait=False, stdin=subprocess.PIPE)
+        seq = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            lost = wait_until(lambda: (lambda b_: b_ if b_["status"] == "failed" else None)(
+                http_get(b.port, "/api/v1/progress/tasks/back")[1]), timeout=10, what="worker lost")
+            assert lost["seq"] == seq + 1 and lost["error"] == "worker lost"
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert int(proc.stdout.readline()) == seq + 1  # its own completion: the seq the listener used
+        assert proc.wait(timeout=30) == 0
+        final = wait_until(lambda: (lambda b_: b_ if b_["status"] == "completed" else None)(
+            http_get(b.port, "/api/v1/progress/tasks/back")[1]), timeout=10, what="the worker's completion")
+        stored = json.loads(redis.cli("GET", "progress:task:{back}:state"))
+        assert stored["status"] == "completed" and stored["seq"] == final["seq"] == seq + 2, (stored["seq"], final)
+        events = b.get_history_sync("back")["events"]
+        assert [(e["seq"], e["type"]) for e in events[-2:]] == [(seq + 1, "failed"), (seq + 2, "completed")], events

@@ -365,6 +365,18 @@ final class TaskRecord: @unchecked Sendable {
         recordChange(.resumed, at: ts)
     }
 
+    /// Goes on past `storedSeq`, another engine's state of this task in Redis (`EngineCore.reclaim`): the next event
+    /// is a "resumed" one, or, for a finished task, its terminal event again.
+    func reclaim(after storedSeq: UInt64, at ts: Double) {
+        seq = max(seq, storedSeq)
+        switch status {
+        case .completed: recordChange(.completed, at: ts)
+        case .failed: recordChange(.failed, at: ts)
+        case .cancelled: recordChange(.cancelled, at: ts)
+        case .queued, .executing: recordChange(.resumed, at: ts)
+        }
+    }
+
     /// Resource figures: from the runner (`fromRunner`, they take precedence from then on) or the sampler
     /// (only the fields the runner never reported). Peaks are kept.
     func setResources(_ usage: ResourceUsage, fromRunner: Bool, at ts: Double) throws {

@@ -44,6 +44,26 @@ extension EngineCore {
         }
     }
 
+    /// A state write of this engine's task was refused: Redis holds another engine's state of it at `storedSeq` or
+    /// later (a listener failed it as lost while this engine was paused). The task goes on past that seq, with an
+    /// event saying so (a "resumed" one, or its terminal event again), so that its own state is stored and every
+    /// listener takes it (they keep the highest seq): the runner is alive, and what it did stands.
+    func reclaim(id: String, storedSeq: UInt64) {
+        let key = TaskKey(owning: id)
+        let now = clock.now()
+        let moved: Bool = table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], !task.isMirror, task.seq <= storedSeq else { return false }
+            task.reclaim(after: storedSeq, at: max(now, task.lastTimestamp))
+            noteChanged(task)
+            return true
+        }
+        if moved {
+            StorageLog.write("warning", "task_reclaimed", [("task_id", id), ("stored_seq", String(storedSeq)),
+                ("reason", "another engine wrote this task (taken over as lost while this engine did not heartbeat); "
+                    + "its state goes on past that seq")])
+        }
+    }
+
     /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run), with the
     /// batch each belongs to.
     func activeOwnedTasks() -> [(id: String, batch: String?)] {

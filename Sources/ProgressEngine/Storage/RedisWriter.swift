@@ -51,16 +51,18 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
     static let ioTimeout = 1.0
-    /// SET KEYS[1] ARGV[2] PX ARGV[3] unless the stored state's seq is greater than ARGV[1]. The top-level "seq" is
-    /// the first `"seq":` of the document (strings are escaped, so none can contain it).
+    /// SET KEYS[1] ARGV[2] PX ARGV[3] unless the stored state has a seq of ARGV[1] or more and is another document:
+    /// then the stored seq is returned (another engine wrote it: a listener that took the task over as lost), else 0.
+    /// The same document again (a write sent again after a lost reply) is set again. The top-level "seq" is the
+    /// first `"seq":` of the document (strings are escaped, so none can contain it).
     static let setIfNotOlder = RedisArgument("""
         local cur = redis.call('GET', KEYS[1])
-        if cur then
+        if cur and cur ~= ARGV[2] then
           local seq = tonumber(string.match(cur, '"seq":(%d+)'))
-          if seq and seq > tonumber(ARGV[1]) then return 0 end
+          if seq and seq >= tonumber(ARGV[1]) then return seq end
         end
         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-        return 1
+        return 0
         """)
 
     private let worker = WorkerThread()
@@ -453,15 +455,24 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             }
         }
         var acks: [(String, UInt64, Int)] = []
+        // The reply index of each conditional state write, for the task it writes.
+        var stateReplies: [Int: String] = [:]
         for w in writes {
+            if w.firstSeq != 1 { stateReplies[count] = w.id }  // its first command (no DEL before it)
             count += appendWrite(w, to: connection)
             acks.append((w.id, w.snapshot.seq, w.logsTotal))
         }
+        var overtaken: [(String, UInt64)] = []
         metrics.commands.add(count, ordering: .relaxed)
         var loading: String?
         do {
-            for _ in 0..<count {
-                guard case let .error(message) = try connection.reply(), !message.contains("equal or smaller") else {
+            for index in 0..<count {
+                let reply = try connection.reply()
+                if case let .integer(stored) = reply, stored > 0, let id = stateReplies[index] {
+                    overtaken.append((id, UInt64(stored)))
+                    continue
+                }
+                guard case let .error(message) = reply, !message.contains("equal or smaller") else {
                     continue
                 }
                 // Refusals that pass: a restarted Redis loading its dataset, one out of memory, a replica after a
@@ -489,6 +500,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             return false
         }
         for (id, seq, logs) in acks { engine.ackWrite(id: id, seq: seq, logs: logs) }
+        for (id, stored) in overtaken { engine.reclaim(id: id, storedSeq: stored) }
         metrics.taskWrites.add(writes.count, ordering: .relaxed)
         return true
     }

@@ -12,6 +12,8 @@ protocol WriterSource: AnyObject, Sendable {
     func requeueWrite(id: String)
     /// Redis acknowledged a write: events up to `seq` and `logs` log entries are stored.
     func ackWrite(id: String, seq: UInt64, logs: Int)
+    /// A state write was refused: another engine's state of the task at `storedSeq` or later is stored.
+    func reclaim(id: String, storedSeq: UInt64)
     func eventTime() -> Double
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
     func activeOwnedTasks() -> [(id: String, batch: String?)]
