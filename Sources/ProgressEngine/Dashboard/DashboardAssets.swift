@@ -62,6 +62,7 @@ export class ProgressClient {
     this._handlers = new Map();
     /** Task id (or "*") → the options it was subscribed with; what every new connection subscribes to again. */
     this._subs = new Map();
+    this._intervalMs = undefined; // the connection's interval as last set by subscribe()
     /** Task id → {seq, open, gone, order} of the last update delivered. `open`: whether the task can still change,
      *  or (lazyData) the update, read when a resume map needs it. `gone`: the listener did not send the task again
      *  after a reconnect. `order`: the value of `_delivered` then, so that a resume map takes the latest first. */
@@ -118,7 +119,7 @@ export class ProgressClient {
     const subOptions = {};
     if (options.delta !== undefined) subOptions.delta = options.delta;
     // The listener's interval is the connection's: the latest subscribe that gives one sets it.
-    if (options.intervalMs !== undefined) subOptions.interval_ms = options.intervalMs;
+    if (options.intervalMs !== undefined) subOptions.interval_ms = this._intervalMs = options.intervalMs;
     for (const id of ids) this._subs.set(id, subOptions);
     return new Promise((resolve, reject) => {
       const waiter = { ids, added, resolve, reject };
@@ -255,8 +256,8 @@ export class ProgressClient {
    */
   _resubscribe(reconnected) {
     const waiters = this._resubscribers.splice(0);
-    const groups = new Map(); // the subscribe options as JSON → ids subscribed with them
-    for (const [id, options] of this._subs) {
+    const groups = new Map(); // the subscribe options but the interval, as JSON → ids subscribed with them
+    for (const [id, { interval_ms: _, ...options }] of this._subs) {
       const key = JSON.stringify(options);
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(id);
@@ -270,8 +271,10 @@ export class ProgressClient {
       const message = { type: "subscribe", task_ids: ids, ...JSON.parse(key) };
       const resume = this._resumeMap(ids);
       if (resume) message.resume = resume;
+      // The interval is the connection's: the last subscribe() that gave one set it, so the last of these does.
+      if (--left === 0 && this._intervalMs !== undefined) message.interval_ms = this._intervalMs;
       // The subscribe() calls made meanwhile are answered by the last of these replies.
-      this._send({ message, waiters: --left === 0 ? waiters : [] });
+      this._send({ message, waiters: left === 0 ? waiters : [] });
     }
     this._resumeBudget = RESUME_BUDGET;
     if (reconnected) {
@@ -1402,7 +1405,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=21c7c231b7a7";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=cff3779a83e0";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4035,7 +4038,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=2
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=93d409b4bc15"></script>
+<script type="module" src="/dashboard/app.js?v=bcc05bc5dc7c"></script>
 </body>
 </html>
 """##),

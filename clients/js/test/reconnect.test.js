@@ -160,3 +160,29 @@ test("a listener that stops answering is given up after two silent pings; one th
     alive.close();
   }
 });
+
+test("after a reconnect the connection's interval is the one the last subscribe() gave", LIMIT, async (t) => {
+  const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  await engine.send("create", { task_id: "paced" });
+  const subscribes = [];
+  const Recording = class extends WebSocket {
+    send(data) {
+      const message = JSON.parse(data);
+      if (message.type === "subscribe") subscribes.push(message);
+      super.send(data);
+    }
+  };
+  const c = new ProgressClient({ url: engine.url, WebSocket: Recording, ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const resumed = events(c, "resumed");
+  await c.subscribe("paced", { intervalMs: 1000 });
+  await c.subscribe("*", { intervalMs: 250 });
+  await c.subscribe("paced", { intervalMs: 1000, delta: true }); // the latest: 1000
+  subscribes.length = 0;
+  c.reconnect();
+  await waitFor(() => resumed.length === 1, "the resumed event");
+  const withInterval = subscribes.filter((m) => m.interval_ms !== undefined);
+  assert.deepEqual(withInterval.map((m) => m.interval_ms), [1000], JSON.stringify(subscribes));
+  assert.equal(subscribes.at(-1).interval_ms, 1000);
+});
