@@ -182,7 +182,7 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           libnvidia-ml.so.1 is present. A sample reaches subscribers with the
  *                                           task's next update while the runner reports, and on its own after
  *                                           max(2 s, 2 x this) without one, so it never holds a step back
- *   heartbeat_timeout_seconds  30           with Redis, a listener fails an executing task whose engine has not
+ *   heartbeat_timeout_seconds  30           with Redis, a listener fails a queued or executing task whose engine has not
  *                                           heartbeated for this long ("worker lost")
  *   cancel_timeout_seconds     60           a cancel request the runner has not answered after this long is
  *                                           warned about once in the task's log; it stays requested (the engine

@@ -279,3 +279,26 @@ t.close()
         assert stored["status"] == "completed" and stored["seq"] == final["seq"] == seq + 2, (stored["seq"], final)
         events = b.get_history_sync("back")["events"]
         assert [(e["seq"], e["type"]) for e in events[-2:]] == [(seq + 1, "failed"), (seq + 2, "completed")], events
+
+
+def test_a_task_whose_worker_died_while_it_was_queued_is_failed_too(redis):
+    timeout = 1.0
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", heartbeat_timeout_seconds=timeout) as b:
+        proc = run_runner(f"""
+t = ProgressTracker(redis_url={redis.url!r}, heartbeat_timeout_seconds={timeout}, throttle_ms=5)
+t.create_task_progress_sync(task_id="waiting", template_id="tpl", template_category="image_generation")
+while t.stats_sync()["redis_queue_depth"] or not t.stats_sync()["redis_connected"]:
+    time.sleep(0.01)
+print("ready", flush=True)
+time.sleep(60)
+""", wait=False)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(2 * timeout)  # alive: its heartbeats keep the queued task as it is
+        assert http_get(b.port, "/api/v1/progress/tasks/waiting")[1]["status"] == "queued"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        body = wait_until(lambda: (lambda b_: b_ if b_["status"] == "failed" else None)(
+            http_get(b.port, "/api/v1/progress/tasks/waiting")[1]), timeout=5, what="worker lost")
+        assert body["error"] == "worker lost"
+        stored = json.loads(redis.cli("GET", "progress:task:{waiting}:state"))
+        assert stored["status"] == "failed" and stored["error"] == "worker lost"

@@ -78,12 +78,13 @@ extension EngineCore {
         return out
     }
 
-    /// Executing tasks this engine runs (not mirrors), for heartbeats.
-    func executingOwnedTaskIds() -> [String] {
+    /// Queued and executing tasks this engine runs (not mirrors), for heartbeats: a task whose worker died while it
+    /// waited in its queue is lost too.
+    func heartbeatTaskIds() -> [String] {
         var ids: [String] = []
         for shard in table.allShards {
             shard.withLock { state in
-                for task in state.tasks.values where task.status == .executing && !task.isMirror { ids.append(task.id) }
+                for task in state.tasks.values where !task.status.isTerminal && !task.isMirror { ids.append(task.id) }
             }
         }
         return ids
@@ -200,7 +201,7 @@ extension EngineCore {
         guard let read = storage.read({ c in try c.command(["GET", RedisArgument(storage.keys.state(id))]).text }) else {
             return
         }
-        guard let text = read, let stored = try? StoredTask.parse(text), stored.status == .executing else {
+        guard let text = read, let stored = try? StoredTask.parse(text), !stored.status.isTerminal else {
             storage.forgetHeartbeat(id)
             return
         }

@@ -328,7 +328,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     private func heartbeat(now: Double) {
         lastHeartbeat = now
         if now - lastExpiryRefresh >= expiryRefreshInterval { refreshActiveExpiry(now: now) }
-        let ids = engine.executingOwnedTaskIds()
+        let ids = engine.heartbeatTaskIds()
         guard !ids.isEmpty, let connection else { return }
         let score = RedisArgument(String(SystemClock().now()))
         var sent = 0

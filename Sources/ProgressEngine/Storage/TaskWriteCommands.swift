@@ -73,7 +73,7 @@ extension RedisWriter {
                       RedisArgument(ListPosition(createdAt: s.createdAt, id: id).sortKey)])
             n += 1
         }
-        if s.status == .executing {
+        if !s.status.isTerminal {
             c.append(["ZADD", RedisArgument(keys.heartbeats), wallNow, RedisArgument(id)])
             n += 1
         } else if s.status.isTerminal {
