@@ -239,3 +239,18 @@ def test_a_thousand_steps_a_second_are_all_written_through(redis):
         stats = t.stats_sync()
     assert stats["redis_dropped_events"] == 0, stats
     assert [e["seq"] for e in stream_events(redis, "fast")] == list(range(1, final + 1))
+
+
+def test_a_completion_record_is_stored_once(redis):
+    """A record the writer sends again (after a lost reply its queued writes go again) is not pushed twice: here the
+    same record, recorded twice, is one entry of the template's list; another record is another entry."""
+    with ProgressTracker(redis_url=redis.url) as t:
+        eta = t.eta_predictor
+        for _ in range(2):
+            eta.record_completion_sync(template_id="once", stage_durations={0: 1.5}, total_duration=1.5,
+                                       task_id="t1", timestamp=1_700_000_000)
+        eta.record_completion_sync(template_id="once", stage_durations={0: 2.5}, total_duration=2.5,
+                                   task_id="t2", timestamp=1_700_000_100)
+        flushed(t)
+    records = [json.loads(x) for x in redis.lines("LRANGE", "progress:eta:{once}", 0, -1)]
+    assert [r["task_id"] for r in records] == ["t1", "t2"], records

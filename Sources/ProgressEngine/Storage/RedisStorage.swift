@@ -372,6 +372,16 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         }
     }
 
+    /// RPUSH KEYS[1] ARGV[1] unless it is among the list's last ARGV[2] entries, then LTRIM to the last ARGV[3].
+    static let pushOnce = RedisArgument("""
+        for _, v in ipairs(redis.call('LRANGE', KEYS[1], -tonumber(ARGV[2]), -1)) do
+          if v == ARGV[1] then return 0 end
+        end
+        redis.call('RPUSH', KEYS[1], ARGV[1])
+        redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+        return 1
+        """)
+
     func persistTemplate(id: String, stagesJSON: String) {
         writer?.enqueue(commands: [["HSET", RedisArgument(keys.templates), RedisArgument(id), RedisArgument(stagesJSON)]])
     }
@@ -379,8 +389,9 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     func persistCompletion(_ record: CompletionRecord) {
         var w = JSONWriter()
         record.write(to: &w)
-        let key = RedisArgument(keys.eta(record.templateId))
-        writer?.enqueue(commands: [["RPUSH", key, RedisArgument(w.bytes)],
-                                   ["LTRIM", key, RedisArgument(String(-CompletionHistory.capacity)), "-1"]])
+        // Once: the writer sends its other writes again after a lost reply, and a record twice would count a run
+        // twice in every engine's history.
+        writer?.enqueue(commands: [["EVAL", RedisStorage.pushOnce, "1", RedisArgument(keys.eta(record.templateId)),
+                                    RedisArgument(w.bytes), "64", RedisArgument(String(CompletionHistory.capacity))]])
     }
 }
