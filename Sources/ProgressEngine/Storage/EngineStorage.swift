@@ -64,8 +64,9 @@ extension EngineCore {
         }
     }
 
-    /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run), with the
-    /// batch each belongs to.
+    /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run, and they
+    /// are heartbeated: a task whose worker died while it waited in its queue is lost too), with the batch each
+    /// belongs to.
     func activeOwnedTasks() -> [(id: String, batch: String?)] {
         var out: [(id: String, batch: String?)] = []
         for shard in table.allShards {
@@ -76,18 +77,6 @@ extension EngineCore {
             }
         }
         return out
-    }
-
-    /// Queued and executing tasks this engine runs (not mirrors), for heartbeats: a task whose worker died while it
-    /// waited in its queue is lost too.
-    func heartbeatTaskIds() -> [String] {
-        var ids: [String] = []
-        for shard in table.allShards {
-            shard.withLock { state in
-                for task in state.tasks.values where !task.status.isTerminal && !task.isMirror { ids.append(task.id) }
-            }
-        }
-        return ids
     }
 
     // MARK: - Recovery: tasks this engine does not hold

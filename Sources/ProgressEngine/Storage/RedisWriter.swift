@@ -328,7 +328,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     private func heartbeat(now: Double) {
         lastHeartbeat = now
         if now - lastExpiryRefresh >= expiryRefreshInterval { refreshActiveExpiry(now: now) }
-        let ids = engine.heartbeatTaskIds()
+        let ids = engine.activeOwnedTasks().map(\.id)
         guard !ids.isEmpty, let connection else { return }
         let score = RedisArgument(String(SystemClock().now()))
         var sent = 0

@@ -17,7 +17,6 @@ protocol WriterSource: AnyObject, Sendable {
     func eventTime() -> Double
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
     func activeOwnedTasks() -> [(id: String, batch: String?)]
-    func heartbeatTaskIds() -> [String]
     /// A cancel request read from Redis: recorded when this engine runs the task, has written it and it has not
     /// finished.
     func applyCancelRequest(id: String, reason: String?)

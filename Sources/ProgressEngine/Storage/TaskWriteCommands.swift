@@ -76,7 +76,7 @@ extension RedisWriter {
         if !s.status.isTerminal {
             c.append(["ZADD", RedisArgument(keys.heartbeats), wallNow, RedisArgument(id)])
             n += 1
-        } else if s.status.isTerminal {
+        } else {
             c.append(["ZREM", RedisArgument(keys.heartbeats), RedisArgument(id)])
             n += 1
         }
