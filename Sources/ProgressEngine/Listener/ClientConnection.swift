@@ -154,32 +154,24 @@ final class ClientConnection {
     /// gets the latest state per task rather than a backlog. An urgent one (stage change, terminal state,
     /// replayed event) is queued after everything before it, and no later update may overtake it by
     /// replacing an older entry, so the task's seq only increases on the wire.
-    func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool) {
-        sendProgress(message, slot: slot(task), seq: seq, urgent: urgent)
+    /// `again`: the state goes even when the client was last sent that same seq (a delta subscribe's current state:
+    /// that seq may have gone as a patch, and a delta client whose base went subscribes again to get the whole state,
+    /// docs/API.md "Delta updates"); never an older one.
+    func sendProgress(_ message: WireMessage, task: String, seq: UInt64, urgent: Bool, again: Bool = false) {
+        sendProgress(message, slot: slot(task), seq: seq, urgent: urgent, again: again)
     }
 
-    private func sendProgress(_ message: WireMessage, slot: TaskSlot, seq: UInt64, urgent: Bool) {
+    private func sendProgress(_ message: WireMessage, slot: TaskSlot, seq: UInt64, urgent: Bool, again: Bool = false) {
         // A full state outside the delta path: the next fan-out's patch does not start from it.
         slot.generation = 0
-        guard advances(slot, to: seq) else { return }
+        guard advances(slot, to: seq, again: again) else { return }
         queueState(message, replacement: message, slot: slot, urgent: urgent)
     }
 
-    /// A subscribe's current state of a task, never older than what the client was sent. With `delta` it goes even
-    /// when the client was last sent that same seq: that may have been a patch, and a delta client whose base went
-    /// subscribes again to get the whole state (docs/API.md "Delta updates").
-    func sendCurrent(_ message: WireMessage, task: String, seq: UInt64, delta: Bool) {
-        let slot = slot(task)
-        slot.generation = 0
-        if slot.hasSeq && (seq < slot.lastSeq || (seq == slot.lastSeq && !delta)) { return }
-        slot.hasSeq = true
-        slot.lastSeq = seq
-        queueState(message, replacement: message, slot: slot, urgent: true)
-    }
-
-    /// Whether `seq` is newer than what the client has of the task; notes it as the newest when it is.
-    private func advances(_ slot: TaskSlot, to seq: UInt64) -> Bool {
-        if slot.hasSeq && seq <= slot.lastSeq { return false }
+    /// Whether `seq` is newer than what the client has of the task (or, with `again`, that same one); notes it as
+    /// the newest when it is.
+    private func advances(_ slot: TaskSlot, to seq: UInt64, again: Bool = false) -> Bool {
+        if slot.hasSeq && (seq < slot.lastSeq || (seq == slot.lastSeq && !again)) { return false }
         slot.hasSeq = true
         slot.lastSeq = seq
         return true

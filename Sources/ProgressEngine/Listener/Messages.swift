@@ -267,8 +267,8 @@ enum Messages {
                 // that seq gets it too (with "recovered": true), which tells it the task is still there.
                 recovered = replay(l, client: client, current: snapshot, after: last)
             }
-            client.sendCurrent(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
-                               seq: snapshot.seq, delta: delta)
+            client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
+                                seq: snapshot.seq, urgent: true, again: delta)
         }
     }
 
