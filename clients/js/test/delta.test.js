@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ProgressClient, applyMergePatch } from "../progress-client.js";
-import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, record, startEngine, waitFor } from "./support.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, record, recordingSubscribes, startEngine, waitFor } from "./support.js";
 
 const LIMIT = { timeout: 30000 };
 
@@ -86,14 +86,7 @@ test("unsubscribing a delta task that a plain \"*\" still covers: the patches in
     const engine = await startEngine({ listen: "127.0.0.1:0", throttle_ms: 0, ...NO_SAMPLES });
     t.after(() => engine.stop());
     await engine.send("create", { task_id: "u" });
-    const subscribes = [];
-    const Recording = class extends WebSocket {
-      send(data) {
-        const message = JSON.parse(data);
-        if (message.type === "subscribe") subscribes.push(message);
-        super.send(data);
-      }
-    };
+    const { subscribes, Recording } = recordingSubscribes();
     const client = new ProgressClient({ url: engine.url, WebSocket: Recording });
     t.after(() => client.close());
     const log = record(client);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ProgressClient } from "../progress-client.js";
-import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, startEngine, waitFor } from "./support.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, recordingSubscribes, startEngine, waitFor } from "./support.js";
 
 const LIMIT = { timeout: 30000 };
 
@@ -165,14 +165,7 @@ test("after a reconnect the connection's interval is the one the last subscribe(
   const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
   t.after(() => engine.stop());
   await engine.send("create", { task_id: "paced" });
-  const subscribes = [];
-  const Recording = class extends WebSocket {
-    send(data) {
-      const message = JSON.parse(data);
-      if (message.type === "subscribe") subscribes.push(message);
-      super.send(data);
-    }
-  };
+  const { subscribes, Recording } = recordingSubscribes();
   const c = new ProgressClient({ url: engine.url, WebSocket: Recording, ...FAST_RECONNECT });
   t.after(() => c.close());
   const resumed = events(c, "resumed");

@@ -197,3 +197,16 @@ export function record(client) {
   log.last = (task) => log.updates.filter((m) => m.task_id === task).at(-1);
   return log;
 }
+
+/** A WebSocket class that records the `subscribe` messages a client sends (`subscribes`, in order). */
+export function recordingSubscribes() {
+  const subscribes = [];
+  const Recording = class extends WebSocket {
+    send(data) {
+      const message = JSON.parse(data);
+      if (message.type === "subscribe") subscribes.push(message);
+      super.send(data);
+    }
+  };
+  return { subscribes, Recording };
+}
