@@ -302,3 +302,24 @@ def test_steps_beyond_64_bits_on_an_attached_counter_are_refused(tracker, task):
     while (lambda t: t["stages"][str(t["current_stage"])]["progress"])(tracker.get_task_progress_sync(task)) != 0.4:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize("flags, raises", [(["-W", "error"], True),
+                                           (["-W", "error", "-W", "default::progress_engine.ProgressWarning"], False)])
+def test_warnings_filters_decide_as_the_readme_says(flags, raises):
+    """README "Never break the job": the warning obeys Python's filters; `-W error` makes it raise, a later
+    `default::progress_engine.ProgressWarning` keeps it a warning and the loop runs on."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from progress_engine import ProgressTracker\n"
+            "with ProgressTracker() as t:\n"
+            "    t.create_task_progress_sync('j', 'sdxl')\n"
+            "    t.update_progress_sync('j', 5, 3)\n"
+            "    print('ran on')\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(pe.__file__))}
+    env.pop("PROGRESS_STRICT", None)
+    done = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "ProgressWarning" in done.stderr and "PROGRESS_E_RANGE" in done.stderr, done.stderr
+    assert ("ran on" in done.stdout) is (not raises) and (done.returncode != 0) is raises, (done.stdout, done.stderr)
