@@ -9,8 +9,8 @@ struct DeltaFanoutTests {
     private func client(_ id: UInt64) -> ClientConnection {
         let c = ClientConnection(id: id, wsi: UnsafeMutableRawPointer(bitPattern: 0x1000)!, clientId: "c\(id)",
                                  peer: "p", flushList: FlushList())
-        c.subscriptions = ["t"]
-        c.deltaIds = ["t"]
+        c.subscriptions = [IdKey("t")]
+        c.deltaIds = [IdKey("t")]
         c.usesDelta = true
         return c
     }

@@ -237,6 +237,25 @@ struct SwiftAPITests {
         #expect(last.status == .cancelled)
     }
 
+    @Test("changes(of:) follows the id's bytes: a canonically equivalent id is another task")
+    func changesOfNormalisationTwin() async throws {
+        let nfc = "caf\u{E9}", nfd = "cafe\u{301}"
+        #expect(nfc == nfd && Array(nfc.utf8) != Array(nfd.utf8))  // one String to Swift, two ids to the engine
+        let engine = try Engine(configJSON: #"{"throttle_ms": 0}"#)
+        defer { engine.close() }
+        try engine.createTask(nfc, templateID: "x")
+        try engine.createTask(nfd, templateID: "x")
+        var states = engine.changes(of: [nfd]).makeAsyncIterator()
+        try engine.update(nfc, step: 1, total: 4)
+        try engine.cancel(nfc)
+        try engine.update(nfd, step: 2, total: 4)
+        try engine.cancel(nfd)
+        var seen: [TaskProgress] = []
+        while let state = await next(&states) { seen.append(state) }
+        #expect(!seen.isEmpty && seen.allSatisfy { Array($0.taskID.utf8) == Array(nfd.utf8) })
+        #expect(seen.last?.status == .cancelled)
+    }
+
     @Test("ProgressError codes carry the header's pinned status values and names")
     func errorCodes() {
         let codes: [(ProgressError.Code, Int32, String)] = [

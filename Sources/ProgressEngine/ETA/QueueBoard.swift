@@ -22,7 +22,7 @@ final class QueueBoard: Sendable {
     private struct State {
         /// (created, id), in the order the tasks will start.
         var waiting: [(created: Double, id: String)] = []
-        var running: Set<String> = []
+        var running: Set<IdKey> = []
     }
 
     private let lines = Locked<[Key: State]>([:])
@@ -57,8 +57,8 @@ final class QueueBoard: Sendable {
     func moved(_ id: String, key: Key, to status: TaskStatus) {
         lines.withLock { all in
             guard var state = all[key] else { return }
-            state.waiting.removeAll { $0.id == id }
-            if status == .executing { state.running.insert(id) } else { state.running.remove(id) }
+            state.waiting.removeAll { IdKey.same($0.id, id) }
+            if status == .executing { state.running.insert(IdKey(id)) } else { state.running.remove(IdKey(id)) }
             all[key] = state.waiting.isEmpty && state.running.isEmpty ? nil : state
         }
     }
@@ -71,11 +71,11 @@ final class QueueBoard: Sendable {
     /// - Returns: nil when the task is not waiting in that line.
     func line(of id: String, key: Key, limit: Int) -> Line? {
         lines.withLock { all in
-            guard let state = all[key], let position = state.waiting.firstIndex(where: { $0.id == id }) else {
+            guard let state = all[key], let position = state.waiting.firstIndex(where: { IdKey.same($0.id, id) }) else {
                 return nil
             }
             return Line(ahead: state.waiting[..<min(position, limit)].map(\.id), aheadCount: position,
-                        running: state.running.sorted())
+                        running: state.running.map(\.id).sorted())
         }
     }
 }

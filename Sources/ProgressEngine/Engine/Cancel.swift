@@ -79,7 +79,7 @@ extension EngineCore {
     /// After the shard lock: the request's log entry to subscribers, and the task watched for the timeout.
     private func noteCancelRecorded(id: String, entry: LogEntry) {
         listener?.noteLog(taskId: id, entry: entry)
-        cancelWatch.withLock { _ = $0.insert(id) }
+        cancelWatch.withLock { _ = $0.insert(IdKey(id)) }
     }
 
     private static func finished(_ id: String, _ status: TaskStatus) -> EngineError {
@@ -91,13 +91,14 @@ extension EngineCore {
     func warnUnansweredCancels(now: Double) {
         let ids = cancelWatch.withLock { Array($0) }
         guard !ids.isEmpty else { return }
-        var settled: [String] = []
+        var settled: [IdKey] = []
         var warnings: [(String, LogEntry)] = []
-        for id in ids {
+        for watched in ids {
+            let id = watched.id
             let key = TaskKey(owning: id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key], var request = task.cancelRequest, !task.status.isTerminal,
-                      !request.timeoutLogged else { return settled.append(id) }
+                      !request.timeoutLogged else { return settled.append(watched) }
                 let waited = now - request.requestedAt
                 guard waited >= config.cancelTimeoutSeconds else { return }
                 request.timeoutLogged = true
@@ -108,7 +109,7 @@ extension EngineCore {
                     advancesTime: false)
                 if let storeWriter { ChangeFeed.storage.note(task, urgent: false, to: storeWriter) }
                 warnings.append((id, entry))
-                settled.append(id)
+                settled.append(watched)
             }
         }
         cancelWatch.withLock { watched in for id in settled { watched.remove(id) } }

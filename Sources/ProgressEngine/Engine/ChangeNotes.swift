@@ -71,12 +71,12 @@ extension EngineCore {
         }
         // With Redis, "*" is every task of the fleet: those this engine does not hold (a listener just started,
         // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
-        let held = Set(out.map(\.id))
+        let held = Set(out.map { IdKey($0.id) })
         let ids = store.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
-            .filter { !held.contains($0) }
+            .filter { !held.contains(IdKey($0)) }
         let states = store.stateJSONs(ids)
         for id in ids {
-            guard let text = states[id], let stored = try? StoredTask.parse(text) else { continue }
+            guard let text = states[IdKey(id)], let stored = try? StoredTask.parse(text) else { continue }
             out.append(TaskSnapshot(TaskRecord(restoring: stored)))
         }
         let time = eventTime()

@@ -13,13 +13,13 @@ final class EngineCore: @unchecked Sendable {
     /// Monotonic time for the listener's and the Redis threads' throttles, back-offs and bounds.
     let monotonic: any EngineClock
     let table = TaskTable()
-    let templates = Locked<[String: [StageDefinition]]>([:])
+    let templates = Locked<[IdKey: [StageDefinition]]>([:])
     /// batch_id → task ids in creation order.
-    let batches = Locked<[String: [String]]>([:])
+    let batches = Locked<[IdKey: [String]]>([:])
     /// Ids of tasks with an attached step counter, for the maintenance thread.
-    let counterTasks = Locked<Set<String>>([])
+    let counterTasks = Locked<Set<IdKey>>([])
     /// Ids of tasks with a cancel request the maintenance thread watches for `cancel_timeout_seconds`.
-    let cancelWatch = Locked<Set<String>>([])
+    let cancelWatch = Locked<Set<IdKey>>([])
     let completions = CompletionHistory()
     let queues = QueueBoard()
     /// Invalid updates counted outside the shards: calls rejected before reaching a task (unknown task, bad event
@@ -140,8 +140,8 @@ final class EngineCore: @unchecked Sendable {
         maintenance?.stop()
         maintenance = nil
         previews?.stop()
-        for id in counterTasks.withLock({ Array($0) }) {
-            try? detachCounter(id: id)
+        for key in counterTasks.withLock({ Array($0) }) {
+            try? detachCounter(id: key.id)
         }
         listener?.stop()
         // Last: the counters' final values above are among what is flushed.
@@ -240,7 +240,7 @@ final class EngineCore: @unchecked Sendable {
     func createTask(id: String, templateId: String, category: String?, options: TaskOptions) throws {
         try EngineCore.validateId(id)
         guard !templateId.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
-        let stages = templates.withLock { $0[templateId] } ?? CategoryDefaults.stages(for: category)
+        let stages = templates.withLock { $0[IdKey(templateId)] } ?? CategoryDefaults.stages(for: category)
         let now = clock.now()
         if let ts = options.timestamp, !(ts.isFinite && ts >= 0) {
             throw EngineError.range("timestamp \(ts) is not a valid epoch time in seconds")
@@ -282,7 +282,7 @@ final class EngineCore: @unchecked Sendable {
             return true
         }
         if created, let batch = restored?.batchId ?? options.batchId { noteBatchMember(batch: batch, id: id) }
-        if created, restored?.cancelRequest != nil { cancelWatch.withLock { _ = $0.insert(id) } }
+        if created, restored?.cancelRequest != nil { cancelWatch.withLock { _ = $0.insert(IdKey(id)) } }
     }
 
     /// Whether the table holds a task under `key` (expired or not).
@@ -292,7 +292,8 @@ final class EngineCore: @unchecked Sendable {
 
     func noteBatchMember(batch: String, id: String) {
         batches.withLock { all in
-            if all[batch]?.contains(id) != true { all[batch, default: []].append(id) }
+            let key = IdKey(batch)
+            if all[key]?.contains(where: { IdKey.same($0, id) }) != true { all[key, default: []].append(id) }
         }
     }
 
@@ -331,7 +332,7 @@ final class EngineCore: @unchecked Sendable {
             try task.updateStage(stage, status: status, progress: progress, message: message, at: ts)
             return task.status.isTerminal
         }
-        if finished { counterTasks.withLock { _ = $0.remove(id) } }
+        if finished { counterTasks.withLock { _ = $0.remove(IdKey(id)) } }
     }
 
     /// A runner event (SPEC §5): see `progress_event` in the header.
@@ -400,7 +401,7 @@ final class EngineCore: @unchecked Sendable {
             try task.complete(at: ts)
             return CompletionRecord(completed: task, at: ts)
         }
-        counterTasks.withLock { _ = $0.remove(id) }
+        counterTasks.withLock { _ = $0.remove(IdKey(id)) }
         completions.add(record)
         store.persistCompletion(record)
     }
@@ -412,7 +413,7 @@ final class EngineCore: @unchecked Sendable {
             readCounterOneLastTime(task, at: ts)
             try task.fail(error: error, at: ts)
         }
-        counterTasks.withLock { _ = $0.remove(id) }
+        counterTasks.withLock { _ = $0.remove(IdKey(id)) }
     }
 
     func cancel(id: String, reason: String?) throws {
@@ -422,7 +423,7 @@ final class EngineCore: @unchecked Sendable {
             readCounterOneLastTime(task, at: ts)
             try task.cancel(reason: reason, at: ts)
         }
-        counterTasks.withLock { _ = $0.remove(id) }
+        counterTasks.withLock { _ = $0.remove(IdKey(id)) }
     }
 
     // MARK: - Reading

@@ -10,8 +10,8 @@ extension EngineCore {
     func maintenanceRound() -> Double {
         let ids = counterTasks.withLock { Array($0) }
         let now = clock.now()
-        for id in ids {
-            let key = TaskKey(owning: id)
+        for counted in ids {
+            let key = TaskKey(owning: counted.id)
             table.shard(for: key).withLock { shard in
                 guard let task = shard.tasks[key] else { return }
                 let before = task.status, seq = task.seq
@@ -61,10 +61,10 @@ extension EngineCore {
         }
         guard !gone.isEmpty else { return }
         purged.add(gone.count, ordering: .relaxed)
-        let expiredIds = Set(gone.map { $0.0 })
+        let expiredIds = Set(gone.map { IdKey($0.0) })
         batches.withLock { all in
-            for batch in Set(gone.compactMap { $0.1 }) {
-                all[batch]?.removeAll { expiredIds.contains($0) }
+            for batch in Set(gone.compactMap { $0.1.map(IdKey.init) }) {
+                all[batch]?.removeAll { expiredIds.contains(IdKey($0)) }
                 if all[batch]?.isEmpty == true { all[batch] = nil }
             }
         }

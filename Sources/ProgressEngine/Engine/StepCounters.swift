@@ -23,7 +23,7 @@ extension EngineCore {
             // Start from "nothing seen" so values written before attaching are applied.
             task.counter = CounterBinding(pointer: pointer, lastStep: -1, lastTotal: -1)
         } }
-        counterTasks.withLock { _ = $0.insert(id) }
+        counterTasks.withLock { _ = $0.insert(IdKey(id)) }
         maintenance?.wake()
     }
 
@@ -43,7 +43,7 @@ extension EngineCore {
             }
             return true
         }
-        counterTasks.withLock { _ = $0.remove(id) }
+        counterTasks.withLock { _ = $0.remove(IdKey(id)) }
         guard let had else { throw try unknownTask(id, logged: false) }
         guard had else { throw EngineError.notFound("task \"\(id)\" has no counter attached") }
     }

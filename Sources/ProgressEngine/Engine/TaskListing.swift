@@ -82,12 +82,12 @@ extension EngineCore {
         // Every task held at the scan, matching or not: the store's copy of each is left out below. Taken with the
         // scan, not asked again later: a task that became held since (a new mirror) was not among the scanned, and
         // must then come from the store, or the page would skip it.
-        var heldAtScan = Set<String>()
+        var heldAtScan = Set<IdKey>()
         for shard in table.allShards {
             shard.withLock { state in
                 let live = state.tasks.values.filter { !$0.isExpired(now: now, retention: self.config.retentionSeconds) }
                 for task in live {
-                    heldAtScan.insert(task.id)
+                    heldAtScan.insert(IdKey(task.id))
                     // The runner's steps through a step counter, read now as a snapshot does: else a task the
                     // counter moved to executing would be filtered by the status it had before.
                     catchUpCounter(task, at: max(now, task.lastTimestamp), notify: true)
@@ -110,7 +110,7 @@ extension EngineCore {
                 exhausted = true
                 break
             }
-            let states = store.stateJSONs(chunk.filter { !heldAtScan.contains($0.id) && query.matchesId($0.id) }.map(\.id))
+            let states = store.stateJSONs(chunk.filter { !heldAtScan.contains(IdKey($0.id)) && query.matchesId($0.id) }.map(\.id))
             // A short chunk is the index's end.
             let last = chunk.count < EngineCore.listingChunk
             exhausted = last && chunk.isEmpty
@@ -118,7 +118,7 @@ extension EngineCore {
                 examined += 1
                 scannedTo = position
                 exhausted = last && index == chunk.count - 1
-                guard !heldAtScan.contains(position.id), let text = states[position.id],
+                guard !heldAtScan.contains(IdKey(position.id)), let text = states[IdKey(position.id)],
                       let task = try? StoredTask.parse(text),
                       // An index entry of an earlier task of the same id: the current one has its own entry.
                       task.createdAt == position.createdAt,

@@ -34,8 +34,9 @@ struct TaskQuery: Sendable {
     func matches(id: String, status: TaskStatus, templateId: String, batchId: String?, updatedAt: Double) -> Bool {
         guard matchesId(id) else { return false }
         if let statuses, !statuses.contains(status) { return false }
-        if let want = self.templateId, want != templateId { return false }
-        if let want = self.batchId, want != batchId { return false }
+        // Ids are bytes: a filter's canonical equivalent is another template or batch.
+        if let want = self.templateId, !IdKey.same(want, templateId) { return false }
+        if let want = self.batchId, !(batchId.map { IdKey.same(want, $0) } ?? false) { return false }
         if let since = updatedSince, updatedAt < since { return false }
         return true
     }

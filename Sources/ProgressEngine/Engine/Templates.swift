@@ -6,7 +6,7 @@ extension EngineCore {
         guard !id.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
         let stages = try StageDefinition.parseList(try JSONParser.parse(stagesJSON, context: "stages_json"),
                                                    context: "stages_json of template \"\(id)\"")
-        templates.withLock { $0[id] = stages }
+        templates.withLock { $0[IdKey(id)] = stages }
         store.persistTemplate(id: id, stagesJSON: stagesJSON)
     }
 
@@ -15,7 +15,7 @@ extension EngineCore {
         for (id, json) in store.templates() {
             guard let value = try? JSONParser.parse(json, context: "stored template"),
                   let stages = try? StageDefinition.parseList(value, context: "stored template \"\(id)\"") else { continue }
-            templates.withLock { if $0[id] == nil { $0[id] = stages } }
+            templates.withLock { if $0[IdKey(id)] == nil { $0[IdKey(id)] = stages } }
         }
     }
 

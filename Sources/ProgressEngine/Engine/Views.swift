@@ -83,11 +83,11 @@ extension EngineCore {
     /// - Throws: `.invalidArgument` (batch id).
     func batch(batchId: String, taskIds: [String]?) throws -> (found: [TaskSnapshot], missing: [String]) {
         try EngineCore.validateId(batchId, what: "batch_id")
-        var ids = taskIds ?? batches.withLock { $0[batchId] ?? [] }
+        var ids = taskIds ?? batches.withLock { $0[IdKey(batchId)] ?? [] }
         if taskIds == nil {
             // Other engines' tasks of the batch, and this engine's own from before a restart.
-            let known = Set(ids)
-            ids += store.batchMembers(batchId).filter { !known.contains($0) }
+            let known = Set(ids.map(IdKey.init))
+            ids += store.batchMembers(batchId).filter { !known.contains(IdKey($0)) }
         }
         var found: [TaskSnapshot] = []
         var missing: [String] = []

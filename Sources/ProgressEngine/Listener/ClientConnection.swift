@@ -80,7 +80,7 @@ final class ClientConnection {
     let wsi: UnsafeMutableRawPointer
     let clientId: String
     let peer: String
-    @exclusivity(unchecked) var subscriptions: Set<String> = []
+    @exclusivity(unchecked) var subscriptions: Set<IdKey> = []
     /// permessage-deflate was negotiated: frames go out compressed (`WireMessage.deflated`).
     @exclusivity(unchecked) var deflate = false
     /// With `deflate`, when the client keeps its window between messages: small messages are compressed for
@@ -90,12 +90,12 @@ final class ClientConnection {
     /// Ever subscribed with `delta` (then `wantsDelta` decides per task).
     @exclusivity(unchecked) var usesDelta = false
     /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
-    @exclusivity(unchecked) var deltaIds: Set<String> = []
+    @exclusivity(unchecked) var deltaIds: Set<IdKey> = []
     @exclusivity(unchecked) var wildcardDelta = false
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
-    @exclusivity(unchecked) private var slots: [String: TaskSlot] = [:]
+    @exclusivity(unchecked) private var slots: [IdKey: TaskSlot] = [:]
     @exclusivity(unchecked) private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
     @exclusivity(unchecked) private(set) var closing: (code: Int32, reason: String)?
@@ -131,7 +131,7 @@ final class ClientConnection {
 
     var pendingCount: Int { queue.count - head }
 
-    func isSubscribed(to taskId: String) -> Bool { wildcard || subscriptions.contains(taskId) }
+    func isSubscribed(to taskId: String) -> Bool { wildcard || subscriptions.contains(IdKey(taskId)) }
 
     /// Queues a message that is never replaced (responses, logs, urgent updates).
     func send(_ message: WireMessage) {
@@ -199,7 +199,8 @@ final class ClientConnection {
 
     /// Whether the task's updates go out as merge patches: its subscription by id decides, else "*"'s.
     func wantsDelta(_ task: String) -> Bool {
-        subscriptions.contains(task) ? deltaIds.contains(task) : wildcardDelta
+        let key = IdKey(task)
+        return subscriptions.contains(key) ? deltaIds.contains(key) : wildcardDelta
     }
 
     /// After a subscribe or unsubscribe of a client that uses delta: what `wantsDelta` answers may have changed,
@@ -214,9 +215,9 @@ final class ClientConnection {
             if task == "*" {
                 wildcardDelta = delta
             } else if delta {
-                deltaIds.insert(task)
+                deltaIds.insert(IdKey(task))
             } else {
-                deltaIds.remove(task)
+                deltaIds.remove(IdKey(task))
             }
         }
     }
@@ -294,16 +295,19 @@ final class ClientConnection {
 
     /// The task's slot, made on first use.
     private func slot(_ task: String) -> TaskSlot {
-        if let known = slots[task] { return known }
+        let key = IdKey(task)
+        if let known = slots[key] { return known }
         let slot = TaskSlot()
-        slots[task] = slot
+        slots[key] = slot
         return slot
     }
 
     /// Forgets a task's seq once the client no longer watches it (an unsent update of it still goes, and
     /// is still replaced by a newer one). A state the interval holds back is dropped: kept, it would go out after
     /// the current state a later subscribe sends, a seq going back.
-    func forget(task: String) {
+    func forget(task: String) { forget(IdKey(task)) }
+
+    private func forget(_ task: IdKey) {
         guard let slot = slots[task] else { return }
         if slot.pending == TaskSlot.held {
             held[ObjectIdentifier(slot)] = nil
@@ -321,14 +325,14 @@ final class ClientConnection {
     /// Forgets a task that expired: a new task under its id starts again at a low seq. An unsent update of the
     /// expired task still goes.
     func forgetExpired(task: String) {
-        slots[task] = nil
+        slots[IdKey(task)] = nil
     }
 
     var taskSlotCount: Int { slots.count }
 
     /// Forgets the seqs of every task not subscribed by id (the client left "*").
     func forgetAllButSubscriptions() {
-        for task in slots.keys where !subscriptions.contains(task) { forget(task: task) }
+        for task in slots.keys where !subscriptions.contains(task) { forget(task) }
     }
 
     /// Closes with `code` after what is already queued (or at once when `immediately`).
@@ -393,7 +397,7 @@ final class ClientConnection {
     /// The slot table a fan-out looks the task up in. A native Dictionary is one reference to its storage (a
     /// header, then the bucket bitmap, keys and values); with any other layout there is no hint.
     func prefetchSlots() {
-        guard MemoryLayout<[String: TaskSlot]>.size == MemoryLayout<UnsafeRawPointer>.size else { return }
+        guard MemoryLayout<[IdKey: TaskSlot]>.size == MemoryLayout<UnsafeRawPointer>.size else { return }
         CProgress_prefetch(unsafeBitCast(slots, to: UnsafeRawPointer.self), 4)
     }
 

@@ -26,19 +26,20 @@ final class DeltaBases {
         let outline: MergePatch.Outline
     }
 
-    @exclusivity(unchecked) private var bases: [String: Base] = [:]
+    @exclusivity(unchecked) private var bases: [IdKey: Base] = [:]
     @exclusivity(unchecked) private var nextGeneration: UInt64 = 1
 
     /// Makes the TaskProgress of `seq` (`message[data]`) the task's base and answers the patch from the previous
     /// base.
     func advance(taskId: String, seq: UInt64, message: [UInt8], data: Range<Int>, terminal: Bool,
                  metrics: ListenerMetrics) -> DeltaStep {
-        let old = bases[taskId]
+        let key = IdKey(taskId)
+        let old = bases[key]
         let generation = nextGeneration
         nextGeneration += 1
         let outline = MergePatch.Outline(message[data])
         // A terminal state is the task's last: nothing will be diffed against it.
-        bases[taskId] = terminal ? nil : outline.map {
+        bases[key] = terminal ? nil : outline.map {
             Base(seq: seq, generation: generation, message: message, data: data, outline: $0)
         }
         guard let old, let outline, old.seq < seq,
@@ -53,7 +54,7 @@ final class DeltaBases {
     }
 
     func forget(taskId: String) {
-        bases[taskId] = nil
+        bases[IdKey(taskId)] = nil
     }
 
     func removeAll() {

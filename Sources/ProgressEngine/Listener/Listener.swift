@@ -54,7 +54,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     private let flushList = FlushList()
     private let batch: WriteBatch
     /// Task id → its subscribers by connection id (the connections themselves, so a fan-out looks nothing up).
-    @exclusivity(unchecked) private var subscribers: [String: [UInt64: ClientConnection]] = [:]
+    @exclusivity(unchecked) private var subscribers: [IdKey: [UInt64: ClientConnection]] = [:]
     @exclusivity(unchecked) private var wildcards: [UInt64: ClientConnection] = [:] {
         didSet {
             wildcardsChanged = true
@@ -72,7 +72,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// Open connections per peer address (kept only with max_connections_per_ip).
     @exclusivity(unchecked) private var connectionsByPeer: [String: Int] = [:]
     /// Throttled task ids and when to look at them again (monotonic seconds).
-    @exclusivity(unchecked) private var deferred: [String: Double] = [:]
+    @exclusivity(unchecked) private var deferred: [IdKey: Double] = [:]
     @exclusivity(unchecked) private var timerDue = Double.infinity
     /// `EngineCore.eventTime()` for the fan-outs of one round (drain or timer); nil between rounds.
     @exclusivity(unchecked) private var etaTime: Double?
@@ -212,7 +212,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         etaTime = nil
         let now = engine.monotonic.now()
         flushList.now = now
-        var takenThisRound: Set<String>?  // made only when a second pass has changes
+        var takenThisRound: Set<IdKey>?  // made only when a second pass has changes
         var nextRound: [String] = []
         var firstPass: [String] = []
         for pass in 0..<Listener.drainPasses {
@@ -232,8 +232,8 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             var fresh = false
             for id in changed {
                 if pass > 0 {
-                    if takenThisRound == nil { takenThisRound = Set(firstPass) }
-                    guard takenThisRound!.insert(id).inserted else {
+                    if takenThisRound == nil { takenThisRound = Set(firstPass.map(IdKey.init)) }
+                    guard takenThisRound!.insert(IdKey(id)).inserted else {
                         nextRound.append(id)
                         continue
                     }
@@ -276,9 +276,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         let now = engine.monotonic.now()
         flushList.now = now
         let due = deferred.filter { $0.value <= now + 0.0005 }.map(\.key)
-        for id in due {
-            deferred[id] = nil
-            fanOut(taskId: id, now: now)
+        for key in due {
+            deferred[key] = nil
+            fanOut(taskId: key.id, now: now)
         }
         // States held back by clients' intervals (after the fan-outs, which may have replaced them).
         for (id, client) in flushList.holding where client.heldDue <= now + 0.0005 {
@@ -298,7 +298,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     }
 
     private func isWatched(_ taskId: String) -> Bool {
-        !wildcards.isEmpty || subscribers[taskId]?.isEmpty == false
+        !wildcards.isEmpty || subscribers[IdKey(taskId)]?.isEmpty == false
     }
 
     private func fanOut(taskId: String, now: Double) {
@@ -306,11 +306,12 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         case .nothing:
             return
         case let .later(due):
-            deferred[taskId] = min(deferred[taskId] ?? .infinity, due)
+            let key = IdKey(taskId)
+            deferred[key] = min(deferred[key] ?? .infinity, due)
         case .send(let snapshot, let urgent, let held):
             // The engine's time for ETAs is read once per round of fan-outs (it visits every shard).
             if etaTime == nil { etaTime = engine.eventTime() }
-            deferred[taskId] = nil
+            deferred[IdKey(taskId)] = nil
             for state in held { send(state, taskId: taskId, urgent: true) }
             send(snapshot, taskId: taskId, urgent: urgent)
         }
@@ -349,10 +350,10 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// A task is gone: no client keeps its seq (a new task under the same id starts again at a low seq), and
     /// nothing is deferred for it.
     private func forgetExpired(taskId: String) {
-        deferred[taskId] = nil
+        deferred[IdKey(taskId)] = nil
         deltas.forget(taskId: taskId)
         for client in wildcards.values { client.forgetExpired(task: taskId) }
-        if let watching = subscribers[taskId] {
+        if let watching = subscribers[IdKey(taskId)] {
             for client in watching.values { client.forgetExpired(task: taskId) }
         }
     }
@@ -369,7 +370,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             wildcardsChanged = false
         }
         ClientConnection.serve(wildcardList, ahead: { $0.prefetchSlots() }) { deliver($0, body) }
-        guard let watching = subscribers[taskId] else { return }
+        guard let watching = subscribers[IdKey(taskId)] else { return }
         for (id, client) in watching where wildcards.isEmpty || wildcards[id] == nil { deliver(client, body) }
     }
 
@@ -450,7 +451,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     /// Adds subscriptions; all or nothing against the per-connection cap. `delta`: the tasks named (or every
     /// task, for "*") get merge patches rather than full states from now on.
     func subscribe(_ client: ClientConnection, to ids: [String], delta: Bool = false, intervalMs: UInt32? = nil) throws {
-        let new = Set(ids.filter { $0 != "*" }).subtracting(client.subscriptions)
+        let new = Set(ids.lazy.filter { $0 != "*" }.map(IdKey.init)).subtracting(client.subscriptions)
         guard client.subscriptions.count + new.count <= maxSubscriptions else {
             throw ProtocolError(code: "limit", message: "subscribing to \(new.count) more tasks would exceed "
                 + "\(maxSubscriptions) subscriptions per connection; subscribe to \"*\" to watch every task")
@@ -485,11 +486,12 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
                 client.forgetAllButSubscriptions()
                 continue
             }
-            client.subscriptions.remove(task)
-            client.deltaIds.remove(task)
+            let key = IdKey(task)
+            client.subscriptions.remove(key)
+            client.deltaIds.remove(key)
             if !client.wildcard { client.forget(task: task) }
-            subscribers[task]?[client.id] = nil
-            if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
+            subscribers[key]?[client.id] = nil
+            if subscribers[key]?.isEmpty == true { subscribers[key] = nil }
         }
         if client.usesDelta { client.forgetDeltaModes() }
     }

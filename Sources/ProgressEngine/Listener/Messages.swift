@@ -237,13 +237,13 @@ enum Messages {
 
     private static func subscribe(_ l: Listener, client: ClientConnection, reader: JSONObjectReader) throws {
         let ids = try taskIds(reader)
-        var resume: [String: UInt64] = [:]
+        var resume: [IdKey: UInt64] = [:]
         if let object = try reader.object("resume"), case let .object(members) = object {
             for (id, value) in members {
                 guard case let .number(n) = value, n >= 0, n.rounded() == n, n < 9e15 else {
                     throw ProtocolError(code: "invalid_message", message: "resume[\"\(id)\"] must be a seq number >= 0")
                 }
-                resume[id] = UInt64(n)
+                resume[IdKey(id)] = UInt64(n)
             }
         }
         // Delta mode (docs/API.md "Delta updates"): opt-in per subscribe, for the tasks it names.
@@ -262,7 +262,7 @@ enum Messages {
         let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
         for snapshot in snapshots {
             var recovered: Bool? = nil
-            if let last = resume[snapshot.id] {
+            if let last = resume[IdKey(snapshot.id)] {
                 // SPEC §7: the current state is sent at once on subscribe, after the replay; a client already at
                 // that seq gets it too (with "recovered": true), which tells it the task is still there.
                 recovered = replay(l, client: client, current: snapshot, after: last)

@@ -180,13 +180,13 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
     }
 
     /// States of many tasks in one round trip (batch queries); missing ones are nil.
-    func stateJSONs(_ ids: [String]) -> [String: String] {
+    func stateJSONs(_ ids: [String]) -> [IdKey: String] {
         guard !ids.isEmpty else { return [:] }
-        return read { c -> [String: String] in
+        return read { c -> [IdKey: String] in
             for id in ids { c.append(["GET", RedisArgument(keys.state(id))]) }
-            var out: [String: String] = [:]
+            var out: [IdKey: String] = [:]
             for id in ids {
-                if let text = try c.reply().text { out[id] = text }
+                if let text = try c.reply().text { out[IdKey(id)] = text }
             }
             return out
         } ?? [:]

@@ -80,7 +80,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN"]
 
     // Writer-thread state.
-    @exclusivity(unchecked) private var pending: [String: Double] = [:]
+    @exclusivity(unchecked) private var pending: [IdKey: Double] = [:]
     @exclusivity(unchecked) private var extras: [[[RedisArgument]]] = []
     @exclusivity(unchecked) private var connection: RedisConnection?
     @exclusivity(unchecked) private var everConnected = false
@@ -191,7 +191,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 sleeping = false
             }
         }
-        for id in inbox { pending[id] = 0 }
+        for id in inbox { pending[IdKey(id)] = 0 }
         inbox.removeAll(keepingCapacity: true)
         let more = extrasInbox
         extrasInbox.removeAll(keepingCapacity: true)
@@ -215,12 +215,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         }
         var writes: [TaskWrite] = []
         var etaTime: Double?
-        for (id, due) in pending where due <= now || deadline != nil {
-            switch engine.takeWrite(id: id, now: now, throttle: deadline != nil ? 0 : throttle) {
-            case .nothing: pending[id] = nil
-            case let .later(at): pending[id] = at
+        for (key, due) in pending where due <= now || deadline != nil {
+            switch engine.takeWrite(id: key.id, now: now, throttle: deadline != nil ? 0 : throttle) {
+            case .nothing: pending[key] = nil
+            case let .later(at): pending[key] = at
             case var .write(w):
-                pending[id] = nil
+                pending[key] = nil
                 // The stored state carries the ETA as a reader of this engine would see it at this moment.
                 if etaTime == nil { etaTime = engine.eventTime() }
                 w.snapshot.eta = engine.estimate(w.snapshot, now: etaTime!)
@@ -233,7 +233,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         if !send(writes: writes, extras: batch) {
             for w in writes {
                 engine.requeueWrite(id: w.id)
-                pending[w.id] = 0
+                pending[IdKey(w.id)] = 0
             }
             extras.insert(contentsOf: batch, at: 0)
         } else if !batch.isEmpty {
@@ -301,7 +301,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             // live task for lost.
             lastHeartbeat = -Double.infinity
             cancels.reset()
-            for id in pending.keys { pending[id] = 0 }
+            for key in pending.keys { pending[key] = 0 }
             return true
         } catch let e as EngineError {
             disconnected(e.message, now: now)
@@ -365,13 +365,13 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         connection.append(["ZREMRANGEBYSCORE", RedisArgument(keys.tasks), "-inf",
                            RedisArgument("(" + String(SystemClock().now() - engine.config.retentionSeconds))])
         var sent = 1
-        var batches = Set<String>()
+        var batches = Set<IdKey>()
         for task in engine.activeOwnedTasks() {
             for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.previews(task.id)] {
                 connection.append(["PEXPIRE", RedisArgument(key), ttl])
                 sent += 1
             }
-            if let batch = task.batch, batches.insert(batch).inserted {
+            if let batch = task.batch, batches.insert(IdKey(batch)).inserted {
                 connection.append(["PEXPIRE", RedisArgument(keys.batch(batch)), ttl])
                 sent += 1
             }

@@ -39,7 +39,7 @@ protocol TaskStore: AnyObject, Sendable {
     /// key, which are left out). nil when the store cannot be read now.
     func tasksCreated(after: ListPosition?, count: Int) -> [ListPosition]?
     /// Stored states (JSON) of those of `ids` that are stored.
-    func stateJSONs(_ ids: [String]) -> [String: String]
+    func stateJSONs(_ ids: [String]) -> [IdKey: String]
     func stateJSON(_ id: String) -> String?
     func loadTask(_ id: String) -> TaskSnapshot?
     /// As `loadTask`, for a resume: nil when the task is not stored; throws `.io` when the store cannot be read now
@@ -82,7 +82,7 @@ final class MemoryStore: TaskStore {
     func completionRecords() -> [String] { [] }
     func recentTaskIds(limit: Int, retention: Double) -> [String] { [] }
     func tasksCreated(after: ListPosition?, count: Int) -> [ListPosition]? { [] }
-    func stateJSONs(_ ids: [String]) -> [String: String] { [:] }
+    func stateJSONs(_ ids: [String]) -> [IdKey: String] { [:] }
     func stateJSON(_ id: String) -> String? { nil }
     func loadTask(_ id: String) -> TaskSnapshot? { nil }
     func loadTaskForResume(_ id: String) throws -> TaskSnapshot? { nil }

@@ -48,27 +48,28 @@ final class ChangeWatchers: @unchecked Sendable {
 /// One open `changes(of:)` stream: the ids it watches (nil: every task), those changed since its task last
 /// looked, and the wake of that task.
 final class ChangeStream: @unchecked Sendable {
-    let filter: Set<String>?
-    private let pending = Locked<(ids: Set<String>, timerDue: Double?)>(([], nil))
+    let filter: Set<IdKey>?
+    private let pending = Locked<(ids: Set<IdKey>, timerDue: Double?)>(([], nil))
     private let wake: AsyncStream<Void>.Continuation
 
-    init(filter: Set<String>?, wake: AsyncStream<Void>.Continuation) {
+    init(filter: Set<IdKey>?, wake: AsyncStream<Void>.Continuation) {
         self.filter = filter
         self.wake = wake
     }
 
     func note(_ id: String) {
-        guard filter?.contains(id) ?? true else { return }
-        pending.withLock { _ = $0.ids.insert(id) }
+        let key = IdKey(id)
+        guard filter?.contains(key) ?? true else { return }
+        pending.withLock { _ = $0.ids.insert(key) }
         wake.yield()
     }
 
-    func note<S: Sequence>(all ids: S) where S.Element == String {
+    func note<S: Sequence>(all ids: S) where S.Element == IdKey {
         pending.withLock { $0.ids.formUnion(ids) }
         wake.yield()
     }
 
-    func take() -> Set<String> {
+    func take() -> Set<IdKey> {
         pending.withLock { p in
             defer { p.ids = [] }
             return p.ids
@@ -77,7 +78,7 @@ final class ChangeStream: @unchecked Sendable {
 
     /// Looks at `ids` again at monotonic time `due` (their throttle window ends then), unless an earlier look is
     /// already due.
-    func retry(_ ids: Set<String>, at due: Double, now: Double) {
+    func retry(_ ids: Set<IdKey>, at due: Double, now: Double) {
         let schedule: Bool = pending.withLock { p in
             p.ids.formUnion(ids)
             if let current = p.timerDue, current <= due { return false }
@@ -113,9 +114,9 @@ struct ChangeDelivery {
     let throttle: Double
     /// Monotonic seconds (`monotonicNow`; a test's own clock).
     let monotonic: @Sendable () -> Double
-    private var delivered: [String: Delivered] = [:]
+    private var delivered: [IdKey: Delivered] = [:]
     /// Watched ids whose terminal state was delivered (only for a stream of given ids).
-    private var finished: Set<String> = []
+    private var finished: Set<IdKey> = []
 
     init(core: EngineCore, throttle: Double, monotonic: @escaping @Sendable () -> Double = { monotonicNow() }) {
         self.core = core
@@ -125,22 +126,22 @@ struct ChangeDelivery {
 
     /// Delivers what `changed` holds now.
     /// - Returns: true when every watched task has delivered its terminal state (the stream is done).
-    mutating func round(_ changed: Set<String>, stream: ChangeStream,
+    mutating func round(_ changed: Set<IdKey>, stream: ChangeStream,
                         to out: AsyncStream<TaskProgress>.Continuation) -> Bool {
         let now = monotonic()
-        var later: Set<String> = []
+        var later: Set<IdKey> = []
         var due = Double.infinity
-        for id in changed {
-            guard let snapshot = try? core.snapshot(id: id) else { continue }
-            let last = delivered[id]
+        for key in changed {
+            guard let snapshot = try? core.snapshot(id: key.id) else { continue }
+            let last = delivered[key]
             if let last, snapshot.seq <= last.seq { continue }
             let urgent = last.map { snapshot.currentStage != $0.stage || snapshot.status != $0.status } ?? true
             if !urgent, let last, now - last.at < throttle {
-                later.insert(id)
+                later.insert(key)
                 due = min(due, last.at + throttle)
                 continue
             }
-            if let last, let missed = core.missedEvents(id: id, after: last.seq, current: snapshot.seq) {
+            if let last, let missed = core.missedEvents(id: key.id, after: last.seq, current: snapshot.seq) {
                 var stage = last.stage
                 for event in missed where !event.type.waitsForThrottle || event.stage != stage {
                     out.yield(TaskProgress(snapshot.asOf(event)))
@@ -148,9 +149,9 @@ struct ChangeDelivery {
                 }
             }
             out.yield(TaskProgress(snapshot))
-            delivered[id] = Delivered(seq: snapshot.seq, at: now, stage: snapshot.currentStage,
+            delivered[key] = Delivered(seq: snapshot.seq, at: now, stage: snapshot.currentStage,
                                       status: snapshot.status)
-            if snapshot.status.isTerminal, stream.filter != nil { finished.insert(id) }
+            if snapshot.status.isTerminal, stream.filter != nil { finished.insert(key) }
         }
         if !later.isEmpty { stream.retry(later, at: due, now: now) }
         if let filter = stream.filter { return finished.count == filter.count }

@@ -193,7 +193,7 @@ public final class Engine: Sendable {
     /// coalesced, at most one per task per `throttle_ms`. The stream ends when every task has delivered its
     /// terminal state, when the engine closes, or when the consumer stops iterating.
     public func changes(of ids: [String]) -> AsyncStream<TaskProgress> {
-        stream(filter: Set(ids))
+        stream(filter: Set(ids.map(IdKey.init)))
     }
 
     /// Every task's state as it changes (the tasks held now first), with the rules of `changes(of:)`; ends when
@@ -202,13 +202,13 @@ public final class Engine: Sendable {
         stream(filter: nil)
     }
 
-    private func stream(filter: Set<String>?) -> AsyncStream<TaskProgress> {
+    private func stream(filter: Set<IdKey>?) -> AsyncStream<TaskProgress> {
         let (output, out) = AsyncStream<TaskProgress>.makeStream()
         let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let stream = ChangeStream(filter: filter, wake: wake)
         let core = self.core
         let token = core.watchers.add(stream)
-        stream.note(all: filter ?? Set(core.allSnapshots().map(\.id)))
+        stream.note(all: filter ?? Set(core.allSnapshots().map { IdKey($0.id) }))
         let delivery = Task.detached {
             var rules = ChangeDelivery(core: core, throttle: Double(core.config.throttleMs) / 1000)
             for await _ in wakes {
