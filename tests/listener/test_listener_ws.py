@@ -4,6 +4,7 @@ that a runner (the Python binding, in the same process) updates."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -601,3 +602,41 @@ def test_wildcard_and_explicit_subscription_do_not_duplicate(wire):
     assert_seq_increasing(seen)
     assert [m["seq"] for m in updates] == sorted({m["seq"] for m in updates})
     assert updates[0]["seq"] == 1 and updates[-1]["data"]["status"] == "completed"
+
+
+def test_unsubscribe_while_an_update_is_queued_drops_the_slot_once_it_is_sent(wire):
+    """A client that leaves a task while an update of it still waits in its queue gets that update (it was sent
+    before the unsubscribe was read), and then the client keeps nothing of the task: the per-task slot that
+    ordered its states goes with the update's send (it once stayed for the connection's life, one per task)."""
+    t = wire.open(throttle_ms=0)
+    t.create_task_progress_sync("big", "sdxl", "image_generation")
+    raw = wire.raw_ws(t, client_id="leaver", rcvbuf=4096)
+    raw.next_frame()
+    raw.send_text('{"type":"subscribe","task_ids":["big"]}')
+    pad = "p" * 4000
+    # Fill the socket: the client reads nothing, so the task's newest update stays in the client's queue.
+    deadline = time.monotonic() + 10
+    step = 0
+    while wire.metrics(t)["progress_client_queue_depth"] == 0:
+        assert time.monotonic() < deadline, "the client's queue never held an update"
+        for _ in range(50):
+            step += 1
+            t.update_progress_sync("big", step % 100, 100, message=f"{step} {pad}")
+        time.sleep(0.01)
+    received = wire.metrics(t)["progress_messages_received_total"]
+    raw.send_text('{"type":"unsubscribe","task_ids":["big"]}')
+    wire.wait_metric(t, "progress_messages_received_total", lambda v: v > received)
+    m = wire.metrics(t)
+    assert m["progress_client_queue_depth"] >= 1 and m["progress_subscriptions"] == 0, m
+    t.update_progress_sync("big", 1, 100, message="after")  # not watched any more: not queued
+    seen = []
+    while True:
+        opcode, payload = raw.next_frame(5)
+        msg = json.loads(payload)
+        seen.append(msg["type"])
+        if msg["type"] == "unsubscribed":
+            break
+    assert "progress.update" in seen
+    assert wire.wait_metric(t, "progress_client_queue_depth", lambda v: v == 0) == 0
+    assert wire.wait_metric(t, "progress_client_task_slots", lambda v: v == 0) == 0
+    wire.assert_alive(t)

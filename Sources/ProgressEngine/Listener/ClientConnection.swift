@@ -96,6 +96,8 @@ final class ClientConnection {
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
     @exclusivity(unchecked) private var slots: [IdKey: TaskSlot] = [:]
+    /// Tasks the client stopped watching while an update of theirs was still queued: their slots go once it is sent.
+    @exclusivity(unchecked) private var leaving: [IdKey] = []
     @exclusivity(unchecked) private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
     @exclusivity(unchecked) private(set) var closing: (code: Int32, reason: String)?
@@ -313,7 +315,23 @@ final class ClientConnection {
             held[ObjectIdentifier(slot)] = nil
             slot.pending = -1
         }
-        if slot.pending >= 0 { slot.hasSeq = false } else { slots[task] = nil }
+        if slot.pending >= 0 {
+            slot.hasSeq = false
+            leaving.append(task)
+        } else {
+            slots[task] = nil
+        }
+    }
+
+    /// After a write: the slots of tasks left with an update queued, once that update is out, unless the client
+    /// watches the task again.
+    private func dropLeftSlots() {
+        leaving.removeAll { task in
+            guard let slot = slots[task] else { return true }
+            if slot.pending >= 0 { return false }  // still queued
+            if !wildcard && !subscriptions.contains(task) { slots[task] = nil }
+            return true
+        }
     }
 
     /// A subscribe set the interval: states held longer than the new one allows go at once (all of them for 0).
@@ -448,6 +466,7 @@ final class ClientConnection {
         } else if head >= 1024 && head * 2 >= queue.count {
             compact()
         }
+        if !leaving.isEmpty { dropLeftSlots() }
         guard CProgress_ws_write_frames(wsi, batch.buffer, used) == 0 else { return -1 }
         sent.add(count, ordering: .relaxed)
         return head < queue.count || closing != nil ? 1 : 0
