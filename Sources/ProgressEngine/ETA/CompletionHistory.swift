@@ -11,14 +11,14 @@ final class CompletionHistory: Sendable {
     /// A set of similar records: one level of similar-task matching.
     enum Level: Hashable, Sendable {
         /// Same template, quality and resource configuration.
-        case exact(template: String, quality: String?, resource: String?)
+        case exact(template: IdKey, quality: String?, resource: String?)
         /// Same template and quality, any resources.
-        case quality(template: String, quality: String?)
-        case template(String)
+        case quality(template: IdKey, quality: String?)
+        case template(IdKey)
         /// Any template of the category.
         case category(String)
         /// Same template and resource configuration, any quality: whose queue a task waits in.
-        case resource(template: String, resource: String?)
+        case resource(template: IdKey, resource: String?)
 
         /// Whether a record, kept under `key`, belongs to this level.
         func matches(_ key: Key, _ record: CompletionRecord) -> Bool {
@@ -34,7 +34,7 @@ final class CompletionHistory: Sendable {
     }
 
     struct Key: Hashable {
-        let template: String
+        let template: IdKey
         let quality: String?
         /// The resource configuration as canonical JSON (`resourceKey`).
         let resource: String?
@@ -98,7 +98,7 @@ final class CompletionHistory: Sendable {
     /// Keeps a record (from a completed task or a caller) and drops the cached statistics it changes.
     /// - Parameter record: the record.
     func add(_ record: CompletionRecord) {
-        let key = Key(template: record.templateId, quality: record.quality,
+        let key = Key(template: IdKey(record.templateId), quality: record.quality,
                       resource: record.resourceConfig.map(CompletionHistory.resourceKey))
         store.withLock { s in
             if s.rings[key] == nil && s.rings.count >= CompletionHistory.maxKeys {
@@ -130,7 +130,7 @@ final class CompletionHistory: Sendable {
     func records(template: String, quality: String?) -> [CompletionRecord] {
         store.withLock { s in
             var out: [CompletionRecord] = []
-            for (key, ring) in s.rings where key.template == template && (quality == nil || key.quality == quality) {
+            for (key, ring) in s.rings where key.template == IdKey(template) && (quality == nil || key.quality == quality) {
                 ring.forEach { out.append($0) }
             }
             return out.sorted { $0.timestamp < $1.timestamp }
@@ -197,6 +197,7 @@ final class CompletionHistory: Sendable {
 
     private func similarLevel(template: String, quality: String?, resource: String?, category: String?)
         -> (Level, HistoryStatistics)? {
+        let template = IdKey(template)
         var levels: [Level] = [.exact(template: template, quality: quality, resource: resource),
                                .quality(template: template, quality: quality), .template(template)]
         if let category { levels.append(.category(category)) }

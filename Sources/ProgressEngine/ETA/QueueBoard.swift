@@ -4,7 +4,7 @@
 /// creation and on status changes (never on a step); read when the ETA of a queued task is computed.
 final class QueueBoard: Sendable {
     struct Key: Hashable, Sendable {
-        let template: String
+        let template: IdKey
         /// The resource configuration as `CompletionHistory.resourceKey`.
         let resource: String?
     }

@@ -24,7 +24,7 @@ extension EngineCore {
             workload: Workload(metadata: task.metadata))
         return ETAPredictor(
             history: narrowed?.history, bySize: narrowed?.bySize ?? false, unscaled: narrowed?.unscaled,
-            queueHistory: completions.statistics(.resource(template: task.templateId, resource: task.resourceKey)))
+            queueHistory: completions.statistics(.resource(template: IdKey(task.templateId), resource: task.resourceKey)))
     }
 
     /// Queued tasks ahead whose execution is forecast one by one; the rest count at their mean.

@@ -110,7 +110,7 @@ final class TaskRecord: @unchecked Sendable {
 
     /// The line a task with a queue stage waits in (`QueueBoard`); nil for tasks without one.
     var queueLine: QueueBoard.Key? {
-        isQueueStage(0) ? QueueBoard.Key(template: templateId, resource: resourceKey) : nil
+        isQueueStage(0) ? QueueBoard.Key(template: IdKey(templateId), resource: resourceKey) : nil
     }
 
     // MARK: - Time

@@ -50,3 +50,18 @@ def test_no_history_and_failed_tasks_have_no_eta(tracker):
     tracker.fail_task_sync("f", "boom")
     task = tracker.get_task_progress_sync("f")
     assert (task["eta"], task["eta_seconds"], task["eta_confidence"]) == (None, None, None)
+
+
+def test_template_ids_that_differ_in_normalisation_have_their_own_history(tracker):
+    """docs/API.md "Ids": "caf\u00e9" and "cafe\u0301" are two templates, with two histories."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for template, seconds in ((nfc, 10.0), (nfd, 100.0)):
+        for i in range(3):
+            tracker.eta_predictor.record_completion_sync(
+                task_id=f"{template}-{i}", template_id=template, stage_durations={0: seconds}, total_duration=seconds)
+    assert [r["total_duration"] for r in tracker.eta_predictor.records(nfc)["records"]] == [10.0] * 3
+    assert [r["total_duration"] for r in tracker.eta_predictor.records(nfd)["records"]] == [100.0] * 3
+    tracker.register_template_stages_sync(nfc, [{"name": "run", "weight": 1}])
+    tracker.register_template_stages_sync(nfd, [{"name": "run", "weight": 1}])
+    etas = {t: tracker.create_task_progress_sync(f"job-{t}", t)["eta_seconds"] for t in (nfc, nfd)}
+    assert etas == {nfc: 10, nfd: 100}
