@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import ctypes
 import functools
 import json
 import operator
 import os
 import sys
-import sysconfig
 import threading
-import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -95,64 +92,6 @@ def _close_engine(engine: ctypes.c_void_p, counters: Dict[str, memoryview]) -> N
     counters.clear()  # only now may the counter arrays be freed
 
 
-# Code that runs between a thread's call of ours and the frames that say which call it is: the standard library
-# (json, warnings, enum, ctypes' Python part), not the packages installed beside it.
-_STDLIB = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
-_SITE = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("purelib", "platlib")})
-# How long exit waits for calls already made to return (a read that asks Redis takes up to 200 ms a round trip).
-_EXIT_WAIT_SECONDS = 2.0
-
-
-def _threads_in_calls() -> "list[str]":
-    """Names of the other threads now inside a call of this package: the innermost of their frames outside the
-    standard library is ours. That covers a call into the engine in progress (its innermost Python frame is the
-    caller's) and the lines between taking a tracker's engine handle and passing it, which run only our code and
-    the standard library's. A thread running a runner's code (under a wrapper of ours or not) is not in one."""
-    me = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
-    busy = []
-    for ident, frame in sys._current_frames().items():
-        if ident == me:
-            continue
-        while frame is not None:
-            name = frame.f_code.co_filename
-            if name.startswith(_PACKAGE_DIR):
-                busy.append(names.get(ident, str(ident)))
-                break
-            if not (name.startswith("<") or (name.startswith(_STDLIB) and not name.startswith(_SITE))):
-                break
-            frame = frame.f_back
-    return busy
-
-
-def _close_at_exit() -> None:
-    """Closes the trackers still open when the interpreter exits (after the non-daemon threads ended). Daemon
-    threads may still be calling them: each tracker first stops taking calls (a new one raises StateError, as
-    on any closed tracker), then the engines close once the calls already made have returned. A call that has
-    not returned within _EXIT_WAIT_SECONDS leaves the engines open, with a line on stderr: freeing an engine
-    under a call could crash the process at its very end."""
-    open_trackers = [t for t in list(_TRACKERS) if t._finalizer.alive]
-    for tracker in open_trackers:
-        with tracker._lock:
-            tracker._engine = None
-    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
-    busy = _threads_in_calls()
-    while busy and time.monotonic() < deadline:
-        time.sleep(0.002)
-        busy = _threads_in_calls()
-    if busy:
-        sys.stderr.write(f"progress_engine: at exit, thread(s) {', '.join(busy)} still inside a call after "
-                         f"{_EXIT_WAIT_SECONDS:g} s: {len(open_trackers)} tracker(s) left open (their last changes "
-                         "may not reach Redis); close trackers before the interpreter exits\n")
-        return
-    for tracker in open_trackers:
-        with tracker._lock:
-            tracker._finalizer()
-
-
-atexit.register(_close_at_exit)
-
-
 class ProgressTracker:
     """One ProgressEngine (progress_engine_open). Keyword arguments are the engine's configuration
     keys (listen, redis_url, namespace, retention_seconds, throttle_ms, ...); an unknown key raises
@@ -161,9 +100,8 @@ class ProgressTracker:
     Every `*_sync` method has an awaitable twin without the suffix (as in the seed); with redis_url, the
     reads that may ask Redis (get_task_progress, get_batch_progress, get_logs, get_history, and
     create_task_progress, for resume) run in a worker thread, the rest inline. All methods may be
-    called from any thread. Close with close(), `with` or `async with`, once no other thread uses the tracker; a
-    tracker that is garbage collected is closed then, and one still open at exit after the calls daemon threads
-    are making return (_close_at_exit).
+    called from any thread. Close with close(), `with` or `async with`; a tracker that is garbage
+    collected or still open at exit is closed then.
 
     Runner-safe: the calls a runner makes while it works (update_progress, update_stage, update_preview,
     log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
@@ -194,7 +132,6 @@ class ProgressTracker:
         # Counters of the parent's tasks in a forked child: kept alive, never written (_after_fork_in_child).
         self._forked_counters: list = []
         self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
-        self._finalizer.atexit = False  # _close_at_exit closes it, after the calls in flight
         _TRACKERS.add(self)
         try:
             StageManager._adopt(self)
@@ -309,13 +246,12 @@ class ProgressTracker:
         }
         if resume:
             options["resume"] = True
-        options_json = _lib.encode(json.dumps(options)) if options else None
         _lib.progress_task_create(
             self._handle(),
             _lib.encode(task_id),
             _lib.encode(template_id),
             _lib.encode(template_category),
-            options_json,
+            _lib.encode(json.dumps(options)) if options else None,
         )
         return self.get_task_progress_sync(task_id)
 
@@ -374,10 +310,9 @@ class ProgressTracker:
             self._refused(task_id, error)
 
     def _update_progress_slow(self, task_id: str, step: int, total_steps: int, message: Optional[str]) -> None:
+        engine = self._handle()
         # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
         step, total_steps = operator.index(step), operator.index(total_steps)
-        # The handle after any code of the caller's (a numpy integer's __index__): see _threads_in_calls.
-        engine = self._handle()
         if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
             self._out_of_range(task_id, step, total_steps)
             return
@@ -431,8 +366,7 @@ class ProgressTracker:
 
     def log_sync(self, task_id: str, level: Union[LogLevel, int, str], message: str) -> None:
         """Appends to the task's log; level is a LogLevel or its name ("info")."""
-        level = _log_level(level)
-        engine = self._handle()
+        engine, level = self._handle(), _log_level(level)
         try:
             _lib.progress_log(engine, _lib.encode(task_id), level, _lib.encode(message))
         except ProgressError as error:
@@ -468,13 +402,12 @@ class ProgressTracker:
             step, total_steps = data.get("step"), data.get("total_steps")
             if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
-        self._handle()  # a closed tracker raises first
+        engine = self._handle()
         try:
             data_json = data if data is None or isinstance(data, str) else json.dumps(data, default=_json_value)
         except (TypeError, ValueError) as error:  # an object JSON cannot hold; a circular reference
             self._refused(task_id, JSONError(f"the data of event {event!r} is not JSON: {error}"))
             return
-        engine = self._handle()  # after the data's own code (numpy's, a default hook): see _threads_in_calls
         try:
             _lib.progress_event(engine, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
         except ProgressError as error:
@@ -489,12 +422,10 @@ class ProgressTracker:
         N steps) is due, encodes it off this thread and sets the task's preview_url; otherwise the call
         changes nothing. A bad image (InvalidArgumentError) or a finished task (StateError) is a refusal
         as described in the class; an object of another type raises TypeError."""
-        self._handle()  # a closed tracker raises first
+        engine = self._handle()
         try:
             pixels, width, height, channels = to_pixels(image)
-            # The handle after the image's own code (numpy, PIL, torch): see _threads_in_calls.
-            _lib.progress_preview_pixels(self._handle(), _lib.encode(task_id), pixels, width, height, width * channels,
-                                         channels)
+            _lib.progress_preview_pixels(engine, _lib.encode(task_id), pixels, width, height, width * channels, channels)
         except ProgressError as error:
             self._refused(task_id, error)
 
@@ -711,8 +642,7 @@ class ETAPredictor:
         ):
             if value is not None:
                 record[key] = value
-        record_json = _lib.encode(json.dumps(record))
-        _lib.progress_eta_record_completion(self._tracker._handle(), record_json)
+        _lib.progress_eta_record_completion(self._tracker._handle(), _lib.encode(json.dumps(record)))
 
     record_completion = _async_twin(record_completion_sync)
 
