@@ -19,6 +19,14 @@ struct ListPositionTests {
         #expect(position(-0.0, "y").sortKey == position(0, "y").sortKey)
     }
 
+    @Test("ids that differ only in normalisation are two positions, as < orders them")
+    func normalisationTwins() {
+        let nfc = position(5, "caf\u{E9}"), nfd = position(5, "cafe\u{301}")
+        #expect(nfc != nfd && (nfc < nfd) != (nfd < nfc))
+        #expect(Set([nfc, nfd]).count == 2 && position(5, "caf\u{E9}") == nfc)
+        #expect(ListPosition(cursor: nfd.cursor) == nfd && ListPosition(cursor: nfd.cursor) != nfc)
+    }
+
     @Test("sort keys and cursors read back to the same position, exactly")
     func roundTrip() {
         for p in [position(1_767_225_600.123456789, "task-1"), position(0, "x"), position(-3.75, "a{b}%"),

@@ -22,7 +22,7 @@ struct IdKey: Hashable, Sendable, CustomStringConvertible {
             b.utf8.withContiguousStorageIfAvailable { y in count == 0 || memcmp(x.baseAddress!, y.baseAddress!, count) == 0 }
         }
         if let compared, let compared { return compared }
-        return a.utf8.elementsEqual(b.utf8)  // a small string (up to 15 bytes) is not stored as contiguous bytes
+        return a.utf8.elementsEqual(b.utf8)  // a string not stored as UTF-8 (bridged) has no contiguous bytes
     }
 
     func hash(into hasher: inout Hasher) {

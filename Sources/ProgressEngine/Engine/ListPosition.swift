@@ -15,6 +15,16 @@ struct ListPosition: Comparable, Hashable, Sendable {
         self.id = id
     }
 
+    /// The same time and the same id's bytes, as `<` orders them (String's own `==` joins canonical equivalents).
+    static func == (a: ListPosition, b: ListPosition) -> Bool {
+        a.createdAt == b.createdAt && IdKey.same(a.id, b.id)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(createdAt)
+        hasher.combine(IdKey(id))
+    }
+
     /// Whether `a` comes before `b` in the listing (is newer, or as new with a greater id).
     static func < (a: ListPosition, b: ListPosition) -> Bool {
         if a.createdAt != b.createdAt { return a.createdAt > b.createdAt }

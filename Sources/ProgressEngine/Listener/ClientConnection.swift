@@ -61,6 +61,8 @@ final class TaskSlot {
     @exclusivity(unchecked) var deltaMode: UInt8 = 0
     /// With `interval_ms`: when a state of the task was last queued, in ms since the connection opened (0: never).
     @exclusivity(unchecked) var lastQueuedMs: UInt32 = 0
+    /// In the client's `leaving` list: left while an update of it was queued.
+    @exclusivity(unchecked) var leaving = false
 
     /// `pending` of a task whose replaceable update is held back by the client's interval (not in the queue).
     static let held: Int32 = -2
@@ -96,7 +98,8 @@ final class ClientConnection {
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
     @exclusivity(unchecked) private var slots: [IdKey: TaskSlot] = [:]
-    /// Tasks the client stopped watching while an update of theirs was still queued: their slots go once it is sent.
+    /// Tasks the client stopped watching while an update of theirs was still queued: their slots go once the queue
+    /// is written out (one pass then, not one per write).
     @exclusivity(unchecked) private var leaving: [IdKey] = []
     @exclusivity(unchecked) private(set) var queuedBytes = 0
     /// Set when the connection is to be closed with this code once its queue reaches the front.
@@ -317,21 +320,24 @@ final class ClientConnection {
         }
         if slot.pending >= 0 {
             slot.hasSeq = false
-            leaving.append(task)
+            if !slot.leaving {
+                slot.leaving = true
+                leaving.append(task)
+            }
         } else {
             slots[task] = nil
         }
     }
 
-    /// After a write: the slots of tasks left with an update queued, once that update is out, unless the client
-    /// watches the task again.
+    /// Once the queue is written out: the slots of tasks left with an update queued, unless the client watches the
+    /// task again.
     private func dropLeftSlots() {
-        leaving.removeAll { task in
-            guard let slot = slots[task] else { return true }
-            if slot.pending >= 0 { return false }  // still queued
-            if !wildcard && !subscriptions.contains(task) { slots[task] = nil }
-            return true
+        for task in leaving {
+            guard let slot = slots[task] else { continue }
+            slot.leaving = false
+            if slot.pending == -1 && !wildcard && !subscriptions.contains(task) { slots[task] = nil }
         }
+        leaving.removeAll()
     }
 
     /// A subscribe set the interval: states held longer than the new one allows go at once (all of them for 0).
@@ -463,10 +469,10 @@ final class ClientConnection {
         if head == queue.count {
             queue.removeAll(keepingCapacity: queue.capacity <= 64)
             head = 0
+            if !leaving.isEmpty { dropLeftSlots() }
         } else if head >= 1024 && head * 2 >= queue.count {
             compact()
         }
-        if !leaving.isEmpty { dropLeftSlots() }
         guard CProgress_ws_write_frames(wsi, batch.buffer, used) == 0 else { return -1 }
         sent.add(count, ordering: .relaxed)
         return head < queue.count || closing != nil ? 1 : 0
