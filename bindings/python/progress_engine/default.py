@@ -40,8 +40,8 @@ def get_progress_tracker_sync() -> ProgressTracker:
     if tracker is None:
         with _lock:
             if _default is None:
-                # Closed at exit by the tracker's own finaliser, which runs after atexit handlers
-                # registered later (LIFO), so those may still use it.
+                # Closed at exit by the binding's atexit hook (tracker._close_at_exit), which runs after
+                # the atexit handlers registered after the import (LIFO), so those may still use it.
                 _default = ProgressTracker(**_config_from_env())
             tracker = _default
     return tracker

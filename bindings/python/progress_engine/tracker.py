@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import functools
+import itertools
 import json
 import operator
 import os
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -92,6 +95,53 @@ def _close_engine(engine: ctypes.c_void_p, counters: Dict[str, memoryview]) -> N
     counters.clear()  # only now may the counter arrays be freed
 
 
+# Calls into an engine entered and left (ProgressTracker._call), counted from before the handle is read until the
+# foreign call returns. next() on a count is atomic, so the difference is the calls in flight (_calls_in_flight).
+_ENTERED = itertools.count()
+_LEFT = itertools.count()
+
+
+def _calls_in_flight() -> int:
+    """At least the calls in flight now. Left is read first: a call that enters and leaves between the two reads
+    is then counted in, never out. Reading with next() adds one to each, which cancels."""
+    left = next(_LEFT)
+    return next(_ENTERED) - left
+# How long exit waits for calls already made to return (a read that asks Redis takes up to 200 ms a round trip).
+_EXIT_WAIT_SECONDS = 2.0
+_EXITING = False
+
+
+def _close_at_exit() -> None:
+    """Closes the trackers still open when the interpreter exits (after the non-daemon threads ended). Daemon
+    threads may still be calling them: each tracker first stops taking calls (a new one raises StateError, as on
+    any closed tracker), then the engines close once no call is in flight (_calls_in_flight). A call that has
+    not returned within _EXIT_WAIT_SECONDS leaves the engines open, with a line on stderr: freeing an engine under
+    a call could crash the process at its very end."""
+    global _EXITING
+    _EXITING = True
+    trackers = [t for t in list(_TRACKERS) if t._finalizer.alive]
+    for tracker in trackers:
+        tracker._engine = None
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
+    while _calls_in_flight() > 0:
+        if time.monotonic() >= deadline:
+            sys.stderr.write(f"progress_engine: at exit, a call into an engine has not returned after "
+                             f"{_EXIT_WAIT_SECONDS:g} s: {len(trackers)} tracker(s) left open (their last changes may "
+                             "not reach Redis); stop the daemon threads that report, or close trackers, before exit\n")
+            return
+        time.sleep(0.002)
+    for tracker in trackers:
+        StageManager._forget(tracker)
+        # weakref.finalize's own exit hook may already have marked every finalizer dead: detach() still answers.
+        detached = tracker._finalizer.detach()
+        if detached is not None:
+            _, close, args, kwargs = detached
+            close(*args, **kwargs)
+
+
+atexit.register(_close_at_exit)
+
+
 class ProgressTracker:
     """One ProgressEngine (progress_engine_open). Keyword arguments are the engine's configuration
     keys (listen, redis_url, namespace, retention_seconds, throttle_ms, ...); an unknown key raises
@@ -100,8 +150,9 @@ class ProgressTracker:
     Every `*_sync` method has an awaitable twin without the suffix (as in the seed); with redis_url, the
     reads that may ask Redis (get_task_progress, get_batch_progress, get_logs, get_history, and
     create_task_progress, for resume) run in a worker thread, the rest inline. All methods may be
-    called from any thread. Close with close(), `with` or `async with`; a tracker that is garbage
-    collected or still open at exit is closed then.
+    called from any thread. Close with close(), `with` or `async with`, once no other thread uses the tracker; a
+    tracker that is garbage collected is closed then, and one still open at exit once the calls that daemon
+    threads are making have returned (_close_at_exit).
 
     Runner-safe: the calls a runner makes while it works (update_progress, update_stage, update_preview,
     log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
@@ -117,6 +168,8 @@ class ProgressTracker:
     """
 
     def __init__(self, strict: Optional[bool] = None, **config: Any) -> None:
+        if _EXITING:
+            raise StateError("the interpreter is exiting and its trackers are closed; open trackers before exit")
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
@@ -132,6 +185,7 @@ class ProgressTracker:
         # Counters of the parent's tasks in a forked child: kept alive, never written (_after_fork_in_child).
         self._forked_counters: list = []
         self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
+        self._finalizer.atexit = False  # _close_at_exit closes it, once no call is in flight
         _TRACKERS.add(self)
         try:
             StageManager._adopt(self)
@@ -156,7 +210,10 @@ class ProgressTracker:
     @property
     def port(self) -> int:
         """The listener's bound TCP port, or -1 without a listener (or once closed)."""
-        return _lib.progress_engine_port(self._engine)
+        try:
+            return self._call(_lib.progress_engine_port)
+        except StateError:
+            return -1
 
     @property
     def url(self) -> Optional[str]:
@@ -183,10 +240,27 @@ class ProgressTracker:
         self.close()
 
     def _handle(self) -> ctypes.c_void_p:
+        """The engine handle, for the check that the tracker is open (a call passes it through _call)."""
         engine = self._engine
         if engine is None:
             raise StateError("this ProgressTracker is closed")
         return engine
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """function(engine, *args), counted as a call in flight from before the handle is read until it returns,
+        so exit never closes the engine under it (_close_at_exit). _update_progress_slow has it inline."""
+        next(_ENTERED)
+        try:
+            engine = self._engine
+            if engine is None:
+                raise StateError("this ProgressTracker is closed")
+            return function(engine, *args)
+        finally:
+            next(_LEFT)
+
+    def _read(self, function: Callable[..., Any], *args: Any) -> Any:
+        """_call of a function that hands out JSON (its last parameter `char **out_json`), parsed."""
+        return self._call(lambda engine: _lib.call_json(function, engine, *args))
 
     def _refused(self, task_id: str, error: ProgressError) -> None:
         """A runner-facing call's refused update: raised when strict, else shown once per task and kind.
@@ -206,11 +280,11 @@ class ProgressTracker:
         """A step or total beyond the engine's 64 bits: refused here (ctypes would wrap it), not counted."""
         self._refused(task_id, RangeError(f"step {step} of total_steps {total_steps} does not fit in 64 bits"))
 
-    def _refuse_steps(self, engine: ctypes.c_void_p, task_id: str, step: int, total_steps: int) -> None:
+    def _refuse_steps(self, task_id: str, step: int, total_steps: int) -> None:
         """A pair the binding will not store in a counter: the engine refuses it (so it is counted and
         logged there, with the engine's message), then it is raised or shown as any refusal."""
         try:
-            _lib.progress_update(engine, _lib.encode(task_id), step, total_steps, None)
+            self._call(_lib.progress_update, _lib.encode(task_id), step, total_steps, None)
         except ProgressError as error:
             self._refused(task_id, error)
 
@@ -246,8 +320,8 @@ class ProgressTracker:
         }
         if resume:
             options["resume"] = True
-        _lib.progress_task_create(
-            self._handle(),
+        self._call(
+            _lib.progress_task_create,
             _lib.encode(task_id),
             _lib.encode(template_id),
             _lib.encode(template_category),
@@ -266,9 +340,8 @@ class ProgressTracker:
         """Sets stage `stage` (0-based): IN_PROGRESS enters it (completing earlier open stages) with
         `progress` (0..1); COMPLETED completes it; SKIPPED skips it; FAILED fails it and the task.
         message None keeps the stage's message."""
-        engine = self._handle()
         try:
-            _lib.progress_stage_update(engine, _lib.encode(task_id), stage, status, progress, _lib.encode(message))
+            self._call(_lib.progress_stage_update, _lib.encode(task_id), stage, status, progress, _lib.encode(message))
         except ProgressError as error:
             self._refused(task_id, error)
             return
@@ -310,7 +383,8 @@ class ProgressTracker:
             self._refused(task_id, error)
 
     def _update_progress_slow(self, task_id: str, step: int, total_steps: int, message: Optional[str]) -> None:
-        engine = self._handle()
+        if self._engine is None:
+            raise StateError("this ProgressTracker is closed")
         # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
         step, total_steps = operator.index(step), operator.index(total_steps)
         if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
@@ -319,56 +393,67 @@ class ProgressTracker:
         if 0 <= step <= total_steps > 0:
             # The counter first, so it holds this same pair: whatever the engine does with an attached
             # counter on a direct update, an older value in it can never be applied after this one.
-            self._write_counter(task_id, step, total_steps)
+            counter = self._counters.get(task_id)
+            if counter is not None:
+                counter[1] = total_steps
+                counter[0] = step
+        tid, text = _lib.encode(task_id), _lib.encode(message)
+        next(_ENTERED)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
         try:
-            _lib.progress_update(engine, _lib.encode(task_id), step, total_steps, _lib.encode(message))
+            engine = self._engine
+            if engine is None:
+                raise StateError("this ProgressTracker is closed")
+            _lib.progress_update(engine, tid, step, total_steps, text)
         except ProgressError as error:
             self._refused(task_id, error)
+        finally:
+            next(_LEFT)
 
     def stepper(self, task_id: str, total_steps: int) -> "StepCounter":
         """A StepCounter for the task's sampling loop, starting at step 0 of total_steps: the
         cheapest way to report steps (see StepCounter). When refused (total_steps < 1, an unknown or
         finished task) and not strict, the counter works but reports nowhere."""
-        engine = self._handle()
+        self._handle()  # a closed tracker raises here
         if total_steps > 0:
             try:
                 return StepCounter(self, task_id, self._counter(task_id, 0, total_steps))
             except ProgressError as error:
                 self._refused(task_id, error)
         else:
-            self._refuse_steps(engine, task_id, 0, total_steps)
+            self._refuse_steps(task_id, 0, total_steps)
         return StepCounter(self, task_id, _unattached_counter(0, total_steps))
 
     def complete_task_sync(self, task_id: str) -> None:
         """Completes the task: open stages complete, overall_progress 100, status "completed", and a
         completion record is stored for ETA. A finished task raises StateError."""
-        _lib.progress_task_complete(self._handle(), _lib.encode(task_id))
+        self._call(_lib.progress_task_complete, _lib.encode(task_id))
         self._finished(task_id)
 
     def fail_task_sync(self, task_id: str, error: Optional[str] = None) -> None:
         """Fails the task (its current stage fails, status "failed", `error` kept)."""
-        _lib.progress_task_fail(self._handle(), _lib.encode(task_id), _lib.encode_text(error))
+        self._call(_lib.progress_task_fail, _lib.encode(task_id), _lib.encode_text(error))
         self._finished(task_id)
 
     def cancel_task_sync(self, task_id: str, reason: Optional[str] = None) -> None:
         """Cancels the task (status "cancelled", `reason` kept in "error")."""
-        _lib.progress_task_cancel(self._handle(), _lib.encode(task_id), _lib.encode_text(reason))
+        self._call(_lib.progress_task_cancel, _lib.encode(task_id), _lib.encode_text(reason))
         self._finished(task_id)
 
     def get_task_progress_sync(self, task_id: str) -> Dict[str, Any]:
         """The task's TaskProgress as a dict (task_id, status, overall_progress, stages, ...)."""
-        return _lib.call_json(_lib.progress_task_get, self._handle(), _lib.encode(task_id))
+        return self._read(_lib.progress_task_get, _lib.encode(task_id))
 
     def get_batch_progress_sync(self, batch_id: str, task_ids: Optional[Iterable[str]] = None) -> Dict[str, Any]:
         """BatchProgress of `task_ids`, or of the tasks created with this batch_id when None."""
         csv = None if task_ids is None else ",".join(task_ids)
-        return _lib.call_json(_lib.progress_batch_get, self._handle(), _lib.encode(batch_id), _lib.encode(csv))
+        return self._read(_lib.progress_batch_get, _lib.encode(batch_id), _lib.encode(csv))
 
     def log_sync(self, task_id: str, level: Union[LogLevel, int, str], message: str) -> None:
         """Appends to the task's log; level is a LogLevel or its name ("info")."""
-        engine, level = self._handle(), _log_level(level)
+        self._handle()  # a closed tracker raises first
+        level = _log_level(level)
         try:
-            _lib.progress_log(engine, _lib.encode(task_id), level, _lib.encode(message))
+            self._call(_lib.progress_log, _lib.encode(task_id), level, _lib.encode(message))
         except ProgressError as error:
             self._refused(task_id, error)
 
@@ -385,14 +470,14 @@ class ProgressTracker:
         elif isinstance(since, datetime):
             since = since.timestamp()
         min_level = LogLevel.DEBUG if level is None else _log_level(level)
-        return _lib.call_json(
-            _lib.progress_task_logs_get, self._handle(), _lib.encode(task_id), since, min_level
+        return self._read(
+            _lib.progress_task_logs_get, _lib.encode(task_id), since, min_level
         )
 
     def get_history_sync(self, task_id: str, after_seq: int = 0) -> Dict[str, Any]:
         """{"task_id", "first_seq", "last_seq", "events": [...]}: the task's events with seq > after_seq
         (first_seq: the oldest event still held; last_seq: the task's current seq)."""
-        return _lib.call_json(_lib.progress_task_history_get, self._handle(), _lib.encode(task_id), after_seq)
+        return self._read(_lib.progress_task_history_get, _lib.encode(task_id), after_seq)
 
     def send_event_sync(self, task_id: str, event: str, data: Union[Mapping[str, Any], str, None] = None) -> None:
         """Applies a runner event (the seed's callback(event, data)): "execution_progress",
@@ -402,14 +487,14 @@ class ProgressTracker:
             step, total_steps = data.get("step"), data.get("total_steps")
             if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
-        engine = self._handle()
+        self._handle()  # a closed tracker raises first
         try:
             data_json = data if data is None or isinstance(data, str) else json.dumps(data, default=_json_value)
         except (TypeError, ValueError) as error:  # an object JSON cannot hold; a circular reference
             self._refused(task_id, JSONError(f"the data of event {event!r} is not JSON: {error}"))
             return
         try:
-            _lib.progress_event(engine, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
+            self._call(_lib.progress_event, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
         except ProgressError as error:
             self._refused(task_id, error)
             return
@@ -422,10 +507,11 @@ class ProgressTracker:
         N steps) is due, encodes it off this thread and sets the task's preview_url; otherwise the call
         changes nothing. A bad image (InvalidArgumentError) or a finished task (StateError) is a refusal
         as described in the class; an object of another type raises TypeError."""
-        engine = self._handle()
+        self._handle()  # a closed tracker raises first
         try:
             pixels, width, height, channels = to_pixels(image)
-            _lib.progress_preview_pixels(engine, _lib.encode(task_id), pixels, width, height, width * channels, channels)
+            self._call(_lib.progress_preview_pixels, _lib.encode(task_id), pixels, width, height, width * channels,
+                       channels)
         except ProgressError as error:
             self._refused(task_id, error)
 
@@ -435,10 +521,10 @@ class ProgressTracker:
         Cheap: nothing is copied, only the task's lock is taken, Redis is never asked. False for a
         finished task. Runner-safe like update_preview: for a task this engine does not hold, False and
         one ProgressWarning (NotFoundError when strict)."""
-        engine = self._handle()
+        self._handle()  # a closed tracker raises first
         due = ctypes.c_int(0)
         try:
-            _lib.progress_preview_due(engine, _lib.encode(task_id), ctypes.byref(due))
+            self._call(_lib.progress_preview_due, _lib.encode(task_id), ctypes.byref(due))
         except ProgressError as error:
             self._refused(task_id, error)
             return False
@@ -451,10 +537,10 @@ class ProgressTracker:
         cancel_task (track() does both, and raises TaskCancelled); nothing stops it otherwise. Cheap enough to ask
         every step: only the task's lock is taken, Redis is never asked. Runner-safe like preview_due: for a task
         this engine does not hold, False and one ProgressWarning (NotFoundError when strict)."""
-        engine = self._handle()
+        self._handle()  # a closed tracker raises first
         requested = ctypes.c_int(0)
         try:
-            _lib.progress_task_cancel_requested(engine, _lib.encode(task_id), ctypes.byref(requested))
+            self._call(_lib.progress_task_cancel_requested, _lib.encode(task_id), ctypes.byref(requested))
         except ProgressError as error:
             self._refused(task_id, error)
             return False
@@ -469,12 +555,12 @@ class ProgressTracker:
         self._register_stages_json(template_id, stages_json(stages))
 
     def _register_stages_json(self, template_id: str, data: str) -> None:
-        _lib.progress_register_template_stages(self._handle(), _lib.encode(template_id), _lib.encode(data))
+        self._call(_lib.progress_register_template_stages, _lib.encode(template_id), _lib.encode(data))
 
     def stats_sync(self) -> Dict[str, Any]:
         """Engine counters: tasks, updates, invalid_updates, events, logs, purged_tasks,
         attached_counters, previews_written / _failed / _dropped, and redis_* with a redis_url."""
-        return _lib.call_json(_lib.progress_engine_stats_get, self._handle())
+        return self._read(_lib.progress_engine_stats_get)
 
     @property
     def eta_predictor(self) -> "ETAPredictor":
@@ -490,7 +576,7 @@ class ProgressTracker:
             if counter is None:
                 # Filled before attaching, so the engine's first read already sees a valid pair.
                 array = (ctypes.c_longlong * 2)(step, total_steps)
-                _lib.progress_task_attach_counter(self._handle(), _lib.encode(task_id), array)
+                self._call(_lib.progress_task_attach_counter, _lib.encode(task_id), array)
                 # ctypes exports the array as "<q", which a memoryview cannot index; cast through bytes
                 # to native "q". Storing through it is the fastest way to write ctypes memory.
                 counter = self._counters[task_id] = memoryview(array).cast("B").cast("q")
@@ -509,7 +595,7 @@ class ProgressTracker:
         with self._lock:
             # Only if it is still attached: a finished task or a closed engine has already let go.
             if self._counters.get(task_id) is counter:
-                _lib.progress_task_detach_counter(self._handle(), _lib.encode(task_id))
+                self._call(_lib.progress_task_detach_counter, _lib.encode(task_id))
                 del self._counters[task_id]
 
     def _finished(self, task_id: str) -> None:
@@ -569,7 +655,7 @@ class StepCounter:
         total_steps = counter[1] if total_steps is None else total_steps
         if not 0 <= step <= total_steps > 0:
             tracker = self._tracker
-            tracker._refuse_steps(tracker._handle(), self.task_id, step, total_steps)
+            tracker._refuse_steps(self.task_id, step, total_steps)
             return
         if total_steps > _STEP_MAX:
             self._tracker._out_of_range(self.task_id, step, total_steps)
@@ -642,15 +728,15 @@ class ETAPredictor:
         ):
             if value is not None:
                 record[key] = value
-        _lib.progress_eta_record_completion(self._tracker._handle(), _lib.encode(json.dumps(record)))
+        self._tracker._call(_lib.progress_eta_record_completion, _lib.encode(json.dumps(record)))
 
     record_completion = _async_twin(record_completion_sync)
 
     def records(self, template_id: str, quality: Optional[str] = None) -> Dict[str, Any]:
         """{"template_id", "quality", "records": [...]}: stored records, oldest first (quality None:
         every quality)."""
-        return _lib.call_json(
-            _lib.progress_eta_records_get, self._tracker._handle(), _lib.encode(template_id), _lib.encode(quality)
+        return self._tracker._read(
+            _lib.progress_eta_records_get, _lib.encode(template_id), _lib.encode(quality)
         )
 
 

@@ -1,0 +1,135 @@
+"""A tracker still open at interpreter exit is closed then (README "Never break the job"), after the calls that
+daemon threads had already made into its engine returned, never under them; a daemon thread that is not inside a
+call (blocked in a runner's own code under track()) does not hold exit up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import progress_engine as pe
+
+BINDINGS = os.path.dirname(os.path.dirname(pe.__file__))
+
+# The reader thread reads a task the engine does not hold, so the engine asks Redis: here a server that reads
+# requests and never answers, so such a read blocks for its 200 ms timeout. The main thread exits as soon as the
+# server has a read's request: the reader is then inside the call. Each engine made its own preview folder,
+# which it removes when it closes: the folders tell the test that both engines were closed.
+RUNNER = textwrap.dedent("""
+    import glob, queue, socket, sys, threading, time
+    sys.path.insert(0, BINDINGS)
+    from progress_engine import ProgressTracker, get_progress_tracker_sync, track
+
+    asked = threading.Event()
+
+    def never_answer(server):
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=read_forever, args=(conn,), daemon=True).start()
+
+    def read_forever(conn):
+        seen = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            seen += data
+            if b"elsewhere" in seen:
+                asked.set()
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    threading.Thread(target=never_answer, args=(server,), daemon=True).start()
+
+    def new_folder(open_tracker):
+        before = set(glob.glob("/tmp/progress-previews-*"))
+        tracker = open_tracker()
+        (made,) = set(glob.glob("/tmp/progress-previews-*")) - before
+        print("folder", made, flush=True)
+        return tracker
+
+    tracker = new_folder(lambda: ProgressTracker(redis_url=f"redis://127.0.0.1:{server.getsockname()[1]}"))
+    default = new_folder(get_progress_tracker_sync)  # another open tracker, closed at exit too
+    default.create_task_progress_sync("local", "sdxl")
+
+    def reader():
+        while True:
+            try:
+                tracker.get_task_progress_sync("elsewhere")
+            except Exception as error:
+                if type(error).__name__ != "NotFoundError":
+                    print("reader stopped by", type(error).__name__, flush=True)
+                    return
+            if asked.is_set():
+                print("read returned", flush=True)
+
+    def stepper():
+        while True:
+            try:
+                default.update_progress_sync("local", 1, 2, message="m")
+            except Exception as error:
+                print("stepper stopped by", type(error).__name__, flush=True)
+                return
+
+    jobs = queue.Queue()
+
+    def consumer():  # blocked in the runner's own code (a queue) between two items of track()
+        for _ in track(iter(jobs.get, None), "consumer", total=10, tracker=default, template_id="sdxl"):
+            pass
+
+    jobs.put(1)
+    for work in (reader, stepper, consumer):
+        threading.Thread(target=work, daemon=True).start()
+    assert asked.wait(10), "no read reached the never-answering server"
+    print("main exits", flush=True)
+""")
+
+
+def test_exit_closes_after_the_calls_in_flight_return():
+    env = {**os.environ, "PYTHONPATH": BINDINGS}
+    for name in ("PROGRESS_REDIS_URL", "PROGRESS_ENGINE_CONFIG", "PROGRESS_LISTEN"):
+        env.pop(name, None)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + RUNNER], capture_output=True,
+                          text=True, env=env, timeout=60)
+    took = time.monotonic() - start
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert "left open" not in done.stderr, done.stderr[-2000:]
+    after = lines[lines.index("main exits") + 1:]
+    # The read in flight at exit returned before the engine closed, then both threads found their trackers
+    # closed (a new call raises StateError).
+    assert "read returned" in after and after.index("read returned") < after.index("reader stopped by StateError"), lines
+    assert "stepper stopped by StateError" in after, lines
+    # Both engines closed: each removed its preview folder.
+    folders = [line.split(" ", 1)[1] for line in lines if line.startswith("folder ")]
+    assert len(folders) == 2 and not any(os.path.exists(f) for f in folders), folders
+    # The consumer blocked in its queue did not hold exit up for the 2 s a call in flight may take.
+    assert took < 5, took
+
+
+def test_a_tracker_opened_after_the_exit_close_is_refused():
+    """An atexit handler registered before the import runs after the binding's: trackers are closed by then, and
+    one opened there would never be closed, so opening one raises StateError."""
+    code = textwrap.dedent("""
+        import atexit, sys
+        def late():
+            from progress_engine import ProgressTracker, StateError
+            try:
+                ProgressTracker()
+            except StateError as error:
+                print("refused:", error, flush=True)
+        atexit.register(late)
+        sys.path.insert(0, BINDINGS)
+        from progress_engine import get_progress_tracker_sync
+        get_progress_tracker_sync().create_task_progress_sync("t", "sdxl")
+    """)
+    env = {**os.environ, "PYTHONPATH": BINDINGS}
+    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: the interpreter is exiting"), (done.stdout, done.stderr[-2000:])
