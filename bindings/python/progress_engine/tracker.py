@@ -109,6 +109,8 @@ def _calls_in_flight() -> int:
 # How long exit waits for calls already made to return (a read that asks Redis takes up to 200 ms a round trip).
 _EXIT_WAIT_SECONDS = 2.0
 _EXITING = False
+# Makes _close_at_exit's list of trackers and a new tracker's joining it one or the other.
+_EXIT_LOCK = threading.Lock()
 
 
 def _close_at_exit() -> None:
@@ -118,8 +120,9 @@ def _close_at_exit() -> None:
     not returned within _EXIT_WAIT_SECONDS leaves the engines open, with a line on stderr: freeing an engine under
     a call could crash the process at its very end."""
     global _EXITING
-    _EXITING = True
-    trackers = [t for t in list(_TRACKERS) if t._finalizer.alive]
+    with _EXIT_LOCK:
+        _EXITING = True
+        trackers = [t for t in list(_TRACKERS) if t._finalizer.alive]
     for tracker in trackers:
         tracker._engine = None
     deadline = time.monotonic() + _EXIT_WAIT_SECONDS
@@ -168,8 +171,6 @@ class ProgressTracker:
     """
 
     def __init__(self, strict: Optional[bool] = None, **config: Any) -> None:
-        if _EXITING:
-            raise StateError("the interpreter is exiting and its trackers are closed; open trackers before exit")
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
@@ -186,7 +187,14 @@ class ProgressTracker:
         self._forked_counters: list = []
         self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
         self._finalizer.atexit = False  # _close_at_exit closes it, once no call is in flight
-        _TRACKERS.add(self)
+        with _EXIT_LOCK:
+            joined = not _EXITING
+            if joined:
+                _TRACKERS.add(self)
+        if not joined:
+            self._engine = None
+            self._finalizer()
+            raise StateError("the interpreter is exiting and its trackers are closed; open trackers before exit")
         try:
             StageManager._adopt(self)
         except BaseException:
@@ -249,8 +257,10 @@ class ProgressTracker:
     def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(engine, *args), counted as a call in flight from before the handle is read until it returns,
         so exit never closes the engine under it (_close_at_exit). _update_progress_slow has it inline."""
-        next(_ENTERED)
         try:
+            # First in the `try`: no signal is checked between it and the `try`, so a KeyboardInterrupt cannot
+            # land after the count and skip the `finally`.
+            next(_ENTERED)
             engine = self._engine
             if engine is None:
                 raise StateError("this ProgressTracker is closed")
@@ -398,8 +408,8 @@ class ProgressTracker:
                 counter[1] = total_steps
                 counter[0] = step
         tid, text = _lib.encode(task_id), _lib.encode(message)
-        next(_ENTERED)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
         try:
+            next(_ENTERED)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
             engine = self._engine
             if engine is None:
                 raise StateError("this ProgressTracker is closed")
@@ -756,7 +766,11 @@ def _json_value(value: Any) -> Any:
 def _after_fork_in_child() -> None:
     """In a forked child only this thread runs and the engine starts empty: the parent's counters belong to tasks
     the child's engine does not hold, so a write to them would be lost without a word (and a task the child
-    creates under the same id would never see its steps). The arrays stay alive, unused."""
+    creates under the same id would never see its steps). The arrays stay alive, unused. The calls the parent's
+    other threads were making are not the child's: it counts its own from zero."""
+    global _ENTERED, _LEFT, _EXIT_LOCK
+    _ENTERED, _LEFT = itertools.count(), itertools.count()
+    _EXIT_LOCK = threading.Lock()
     for tracker in list(_TRACKERS):
         tracker._forked_counters.append(dict(tracker._counters))
         tracker._counters.clear()

@@ -133,3 +133,96 @@ def test_a_tracker_opened_after_the_exit_close_is_refused():
                           env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("refused: the interpreter is exiting"), (done.stdout, done.stderr[-2000:])
+
+
+def test_interrupted_calls_leave_no_call_counted_in_flight():
+    """A signal handler that raises (KeyboardInterrupt, an alarm) can interrupt a call anywhere: the count of calls
+    in flight still comes back to 0, so exit closes the engine without waiting."""
+    code = textwrap.dedent("""
+        import signal, sys, time
+        sys.path.insert(0, BINDINGS)
+        from progress_engine import ProgressTracker
+        from progress_engine import tracker as T
+        t = ProgressTracker()
+        t.create_task_progress_sync("x", "sdxl")
+        class Tick(Exception):
+            pass
+        armed = False
+        def tick(*_):
+            global armed
+            if armed:  # once per arming, and only inside the `try` below
+                armed = False
+                raise Tick
+        signal.signal(signal.SIGALRM, tick)
+        signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.00003)
+        interrupted = 0
+        end = time.monotonic() + 1
+        while time.monotonic() < end:
+            try:
+                armed = True
+                for _ in range(20):
+                    t.update_progress_sync("x", 1, 2, message="m")
+                    t.update_stage_sync("x", 1)
+                    t.get_task_progress_sync("x")
+                armed = False
+            except Tick:
+                interrupted += 1
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        print("interrupted", interrupted, "in flight", T._calls_in_flight(), flush=True)
+    """)
+    env = {**os.environ, "PYTHONPATH": BINDINGS}
+    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = done.stdout.split()
+    assert int(words[1]) > 1000 and words[2:] == ["in", "flight", "0"], done.stdout
+    assert "left open" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_forked_child_counts_its_own_calls():
+    """A fork while another thread of the parent is inside a call: that call is not the child's (the thread does
+    not exist there), so the child's exit closes its engine at once, without the 2 s wait for it."""
+    code = textwrap.dedent("""
+        import os, socket, sys, threading, time
+        sys.path.insert(0, BINDINGS)
+        from progress_engine import ProgressTracker
+        from progress_engine import tracker as T
+        asked = threading.Event()
+        def never_answer(server):
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=read_forever, args=(conn,), daemon=True).start()
+        def read_forever(conn):
+            seen = b""
+            while data := conn.recv(65536):
+                seen += data
+                if b"elsewhere" in seen:
+                    asked.set()
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        threading.Thread(target=never_answer, args=(server,), daemon=True).start()
+        t = ProgressTracker(redis_url=f"redis://127.0.0.1:{server.getsockname()[1]}")
+        def reader():
+            while True:
+                try:
+                    t.get_task_progress_sync("elsewhere")
+                except Exception as error:
+                    if type(error).__name__ != "NotFoundError":
+                        return
+        threading.Thread(target=reader, daemon=True).start()
+        assert asked.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            print("child in flight", T._calls_in_flight(), flush=True)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child status", status, flush=True)
+        os._exit(0)
+    """)
+    env = {**os.environ, "PYTHONPATH": BINDINGS}
+    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["child in flight 0", "child status 0"], (done.stdout, done.stderr[-2000:])
+    assert "left open" not in done.stderr, done.stderr[-2000:]
