@@ -1,6 +1,6 @@
 import Glibc
 
-/// A task or batch id as a `Dictionary` or `Set` key, equal to another only with the same UTF-8 bytes.
+/// A task, batch or template id as a `Dictionary` or `Set` key, equal to another only with the same UTF-8 bytes.
 ///
 /// `String`'s own `==` and hash follow Unicode canonical equivalence: "caf\u{E9}" and "cafe\u{301}" are one key of
 /// a `[String: …]`. The engine's tasks are keyed by their bytes (`TaskKey`), Redis' keys are bytes, and so are the
