@@ -14,14 +14,11 @@ import progress_engine as pe
 
 BINDINGS = os.path.dirname(os.path.dirname(pe.__file__))
 
-# The reader thread reads a task the engine does not hold, so the engine asks Redis: here a server that reads
-# requests and never answers, so such a read blocks for its 200 ms timeout. The main thread exits as soon as the
-# server has a read's request: the reader is then inside the call. Each engine made its own preview folder,
-# which it removes when it closes: the folders tell the test that both engines were closed.
-RUNNER = textwrap.dedent("""
-    import glob, queue, socket, sys, threading, time
+# A server that reads requests and never answers, as the Redis of a tracker (REDIS_URL): a read of a task the engine
+# does not hold asks it and blocks for its 200 ms timeout; `asked` is set once such a read's request has arrived.
+NEVER_ANSWERING_REDIS = textwrap.dedent("""
+    import socket, sys, threading
     sys.path.insert(0, BINDINGS)
-    from progress_engine import ProgressTracker, get_progress_tracker_sync, track
 
     asked = threading.Event()
 
@@ -32,10 +29,7 @@ RUNNER = textwrap.dedent("""
 
     def read_forever(conn):
         seen = b""
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
+        while data := conn.recv(65536):
             seen += data
             if b"elsewhere" in seen:
                 asked.set()
@@ -44,6 +38,25 @@ RUNNER = textwrap.dedent("""
     server.bind(("127.0.0.1", 0))
     server.listen(64)
     threading.Thread(target=never_answer, args=(server,), daemon=True).start()
+    REDIS_URL = f"redis://127.0.0.1:{server.getsockname()[1]}"
+""")
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a new interpreter with this binding (BINDINGS defined in it), without the default tracker's
+    environment."""
+    env = {**os.environ, "PYTHONPATH": BINDINGS}
+    for name in ("PROGRESS_REDIS_URL", "PROGRESS_ENGINE_CONFIG", "PROGRESS_LISTEN"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+# The reader thread is inside a read of the never-answering Redis when the main thread exits. Each engine made its
+# own preview folder, which it removes when it closes: the folders tell the test that both engines were closed.
+RUNNER = NEVER_ANSWERING_REDIS + textwrap.dedent("""
+    import glob, queue, time
+    from progress_engine import ProgressTracker, get_progress_tracker_sync, track
 
     def new_folder(open_tracker):
         before = set(glob.glob("/tmp/progress-previews-*"))
@@ -52,7 +65,7 @@ RUNNER = textwrap.dedent("""
         print("folder", made, flush=True)
         return tracker
 
-    tracker = new_folder(lambda: ProgressTracker(redis_url=f"redis://127.0.0.1:{server.getsockname()[1]}"))
+    tracker = new_folder(lambda: ProgressTracker(redis_url=REDIS_URL))
     default = new_folder(get_progress_tracker_sync)  # another open tracker, closed at exit too
     default.create_task_progress_sync("local", "sdxl")
 
@@ -90,12 +103,8 @@ RUNNER = textwrap.dedent("""
 
 
 def test_exit_closes_after_the_calls_in_flight_return():
-    env = {**os.environ, "PYTHONPATH": BINDINGS}
-    for name in ("PROGRESS_REDIS_URL", "PROGRESS_ENGINE_CONFIG", "PROGRESS_LISTEN"):
-        env.pop(name, None)
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + RUNNER], capture_output=True,
-                          text=True, env=env, timeout=60)
+    done = run(RUNNER)
     took = time.monotonic() - start
     lines = done.stdout.splitlines()
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
@@ -128,9 +137,7 @@ def test_a_tracker_opened_after_the_exit_close_is_refused():
         from progress_engine import get_progress_tracker_sync
         get_progress_tracker_sync().create_task_progress_sync("t", "sdxl")
     """)
-    env = {**os.environ, "PYTHONPATH": BINDINGS}
-    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    done = run(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("refused: the interpreter is exiting"), (done.stdout, done.stderr[-2000:])
 
@@ -170,9 +177,7 @@ def test_interrupted_calls_leave_no_call_counted_in_flight():
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         print("interrupted", interrupted, "in flight", T._calls_in_flight(), flush=True)
     """)
-    env = {**os.environ, "PYTHONPATH": BINDINGS}
-    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    done = run(code)
     assert done.returncode == 0, done.stderr[-2000:]
     words = done.stdout.split()
     assert int(words[1]) > 1000 and words[2:] == ["in", "flight", "0"], done.stdout
@@ -182,27 +187,11 @@ def test_interrupted_calls_leave_no_call_counted_in_flight():
 def test_a_forked_child_counts_its_own_calls():
     """A fork while another thread of the parent is inside a call: that call is not the child's (the thread does
     not exist there), so the child's exit closes its engine at once, without the 2 s wait for it."""
-    code = textwrap.dedent("""
-        import os, socket, sys, threading, time
-        sys.path.insert(0, BINDINGS)
+    code = NEVER_ANSWERING_REDIS + textwrap.dedent("""
+        import os
         from progress_engine import ProgressTracker
         from progress_engine import tracker as T
-        asked = threading.Event()
-        def never_answer(server):
-            while True:
-                conn, _ = server.accept()
-                threading.Thread(target=read_forever, args=(conn,), daemon=True).start()
-        def read_forever(conn):
-            seen = b""
-            while data := conn.recv(65536):
-                seen += data
-                if b"elsewhere" in seen:
-                    asked.set()
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        threading.Thread(target=never_answer, args=(server,), daemon=True).start()
-        t = ProgressTracker(redis_url=f"redis://127.0.0.1:{server.getsockname()[1]}")
+        t = ProgressTracker(redis_url=REDIS_URL)
         def reader():
             while True:
                 try:
@@ -220,9 +209,7 @@ def test_a_forked_child_counts_its_own_calls():
         print("child status", status, flush=True)
         os._exit(0)
     """)
-    env = {**os.environ, "PYTHONPATH": BINDINGS}
-    done = subprocess.run([sys.executable, "-c", f"BINDINGS = {BINDINGS!r}\n" + code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    done = run(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["child in flight 0", "child status 0"], (done.stdout, done.stderr[-2000:])
     assert "left open" not in done.stderr, done.stderr[-2000:]
