@@ -106,6 +106,8 @@ def _calls_in_flight() -> int:
     is then counted in, never out. Reading with next() adds one to each, which cancels."""
     left = next(_LEFT)
     return next(_ENTERED) - left
+
+
 # How long exit waits for calls already made to return (a read that asks Redis takes up to 200 ms a round trip).
 _EXIT_WAIT_SECONDS = 2.0
 _EXITING = False
