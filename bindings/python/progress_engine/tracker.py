@@ -95,21 +95,9 @@ def _close_engine(engine: ctypes.c_void_p, counters: Dict[str, memoryview]) -> N
     counters.clear()  # only now may the counter arrays be freed
 
 
-# Calls into an engine entered and left (ProgressTracker._call), counted from before the handle is read until the
-# foreign call returns. next() on a count is atomic, so the difference is the calls in flight (_calls_in_flight).
-_ENTERED = itertools.count()
-_LEFT = itertools.count()
-
-
-def _calls_in_flight() -> int:
-    """At least the calls in flight now. Left is read first: a call that enters and leaves between the two reads
-    is then counted in, never out. Reading with next() adds one to each, which cancels."""
-    left = next(_LEFT)
-    return next(_ENTERED) - left
-
-
-# How long exit waits for calls already made to return (a read that asks Redis takes up to 200 ms a round trip).
-_EXIT_WAIT_SECONDS = 2.0
+# How long close() and exit wait for the calls other threads are making into an engine to return (a read that
+# asks Redis takes up to 200 ms a round trip).
+_CLOSE_WAIT_SECONDS = 2.0
 _EXITING = False
 # Makes _close_at_exit's list of trackers and a new tracker's joining it one or the other.
 _EXIT_LOCK = threading.Lock()
@@ -118,30 +106,18 @@ _EXIT_LOCK = threading.Lock()
 def _close_at_exit() -> None:
     """Closes the trackers still open when the interpreter exits (after the non-daemon threads ended). Daemon
     threads may still be calling them: each tracker first stops taking calls (a new one raises StateError, as on
-    any closed tracker), then the engines close once no call is in flight (_calls_in_flight). A call that has
-    not returned within _EXIT_WAIT_SECONDS leaves the engines open, with a line on stderr: freeing an engine under
-    a call could crash the process at its very end."""
+    any closed tracker), then each engine closes once no call is in flight into it (ProgressTracker._close_when_idle;
+    one deadline for all)."""
     global _EXITING
     with _EXIT_LOCK:
         _EXITING = True
         trackers = [t for t in list(_TRACKERS) if t._finalizer.alive]
     for tracker in trackers:
         tracker._engine = None
-    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
-    while _calls_in_flight() > 0:
-        if time.monotonic() >= deadline:
-            sys.stderr.write(f"progress_engine: at exit, a call into an engine has not returned after "
-                             f"{_EXIT_WAIT_SECONDS:g} s: {len(trackers)} tracker(s) left open (their last changes may "
-                             "not reach Redis); stop the daemon threads that report, or close trackers, before exit\n")
-            return
-        time.sleep(0.002)
+    deadline = time.monotonic() + _CLOSE_WAIT_SECONDS
     for tracker in trackers:
         StageManager._forget(tracker)
-        # weakref.finalize's own exit hook may already have marked every finalizer dead: detach() still answers.
-        detached = tracker._finalizer.detach()
-        if detached is not None:
-            _, close, args, kwargs = detached
-            close(*args, **kwargs)
+        tracker._close_when_idle(deadline, "at exit")
 
 
 atexit.register(_close_at_exit)
@@ -155,9 +131,9 @@ class ProgressTracker:
     Every `*_sync` method has an awaitable twin without the suffix (as in the seed); with redis_url, the
     reads that may ask Redis (get_task_progress, get_batch_progress, get_logs, get_history, and
     create_task_progress, for resume) run in a worker thread, the rest inline. All methods may be
-    called from any thread. Close with close(), `with` or `async with`, once no other thread uses the tracker; a
-    tracker that is garbage collected is closed then, and one still open at exit once the calls that daemon
-    threads are making have returned (_close_at_exit).
+    called from any thread. Close with close(), `with` or `async with`: calls other threads have started return
+    first, later ones raise StateError. A tracker that is garbage collected is closed then, and one still open at
+    exit once the calls that daemon threads are making have returned (_close_at_exit).
 
     Runner-safe: the calls a runner makes while it works (update_progress, update_stage, update_preview,
     log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
@@ -187,6 +163,10 @@ class ProgressTracker:
         self._lock = threading.Lock()  # guards attaching and dropping counters, and close
         # Counters of the parent's tasks in a forked child: kept alive, never written (_after_fork_in_child).
         self._forked_counters: list = []
+        # Calls into this engine entered and left (_call), counted from before the handle is read until the
+        # foreign call returns; next() on a count is atomic, so the difference is the calls in flight.
+        self._entered = itertools.count()
+        self._left = itertools.count()
         self._finalizer = weakref.finalize(self, _close_engine, engine, self._counters)
         self._finalizer.atexit = False  # _close_at_exit closes it, once no call is in flight
         with _EXIT_LOCK:
@@ -206,12 +186,39 @@ class ProgressTracker:
     # ---- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the engine; attached counters are read a last time first. Idempotent. No other
-        thread may still be using the tracker."""
+        """Closes the engine; attached counters are read a last time first. Idempotent. Another thread's call
+        that has already started returns first (a call that starts later raises StateError); one that has not
+        returned within 2 s leaves the engine open, with a line on stderr, until the tracker is collected or the
+        interpreter exits: freeing an engine under a call could crash the process."""
         StageManager._forget(self)
+        self._engine = None
+        self._close_when_idle(time.monotonic() + _CLOSE_WAIT_SECONDS, "on close()")
+
+    def _calls_in_flight(self) -> int:
+        """At least the calls into this engine in flight now. Left is read first: a call that enters and leaves
+        between the two reads is then counted in, never out. Reading with next() adds one to each, which cancels."""
+        left = next(self._left)
+        return next(self._entered) - left
+
+    def _close_when_idle(self, deadline: float, when: str) -> None:
+        """Closes the engine, its handle already taken away, once no call is in flight into it (or lets it be
+        if the deadline passes first)."""
+        while self._calls_in_flight() > 0:
+            if not self._finalizer.alive:
+                return
+            if time.monotonic() >= deadline:
+                until = "the process ends" if when == "at exit" else "the tracker is collected or the interpreter exits"
+                sys.stderr.write(f"progress_engine: {when}, a call into a tracker's engine had not returned after "
+                                 f"{_CLOSE_WAIT_SECONDS:g} s; the engine stays open until {until} (its last changes "
+                                 "may not reach Redis): stop the threads that report before closing the tracker\n")
+                return
+            time.sleep(0.002)
         with self._lock:
-            self._engine = None
-            self._finalizer()
+            # weakref.finalize's own exit hook may already have marked every finalizer dead: detach() still answers.
+            detached = self._finalizer.detach()
+            if detached is not None:
+                _, close, args, kwargs = detached
+                close(*args, **kwargs)
 
     @property
     def closed(self) -> bool:
@@ -258,17 +265,18 @@ class ProgressTracker:
 
     def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(engine, *args), counted as a call in flight from before the handle is read until it returns,
-        so exit never closes the engine under it (_close_at_exit). _update_progress_slow has it inline."""
+        so neither close() nor exit closes the engine under it (_close_when_idle). _update_progress_slow has it
+        inline."""
         try:
             # First in the `try`: no signal is checked between it and the `try`, so a KeyboardInterrupt cannot
             # land after the count and skip the `finally`.
-            next(_ENTERED)
+            next(self._entered)
             engine = self._engine
             if engine is None:
                 raise StateError("this ProgressTracker is closed")
             return function(engine, *args)
         finally:
-            next(_LEFT)
+            next(self._left)
 
     def _read(self, function: Callable[..., Any], *args: Any) -> Any:
         """_call of a function that hands out JSON (its last parameter `char **out_json`), parsed."""
@@ -411,7 +419,7 @@ class ProgressTracker:
                 counter[0] = step
         tid, text = _lib.encode(task_id), _lib.encode(message)
         try:
-            next(_ENTERED)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
+            next(self._entered)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
             engine = self._engine
             if engine is None:
                 raise StateError("this ProgressTracker is closed")
@@ -419,7 +427,7 @@ class ProgressTracker:
         except ProgressError as error:
             self._refused(task_id, error)
         finally:
-            next(_LEFT)
+            next(self._left)
 
     def stepper(self, task_id: str, total_steps: int) -> "StepCounter":
         """A StepCounter for the task's sampling loop, starting at step 0 of total_steps: the
@@ -770,10 +778,10 @@ def _after_fork_in_child() -> None:
     the child's engine does not hold, so a write to them would be lost without a word (and a task the child
     creates under the same id would never see its steps). The arrays stay alive, unused. The calls the parent's
     other threads were making are not the child's: it counts its own from zero."""
-    global _ENTERED, _LEFT, _EXIT_LOCK
-    _ENTERED, _LEFT = itertools.count(), itertools.count()
+    global _EXIT_LOCK
     _EXIT_LOCK = threading.Lock()
     for tracker in list(_TRACKERS):
+        tracker._entered, tracker._left = itertools.count(), itertools.count()
         tracker._forked_counters.append(dict(tracker._counters))
         tracker._counters.clear()
         tracker._lock = threading.Lock()  # another thread may have held it at the fork

@@ -1,6 +1,7 @@
 """A tracker still open at interpreter exit is closed then (README "Never break the job"), after the calls that
 daemon threads had already made into its engine returned, never under them; a daemon thread that is not inside a
-call (blocked in a runner's own code under track()) does not hold exit up."""
+call (blocked in a runner's own code under track()) does not hold exit up. An explicit close() waits the same way
+for the calls other threads have started."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_exit_closes_after_the_calls_in_flight_return():
     took = time.monotonic() - start
     lines = done.stdout.splitlines()
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
-    assert "left open" not in done.stderr, done.stderr[-2000:]
+    assert "stays open" not in done.stderr, done.stderr[-2000:]
     after = lines[lines.index("main exits") + 1:]
     # The read in flight at exit returned before the engine closed, then both threads found their trackers
     # closed (a new call raises StateError).
@@ -175,13 +176,13 @@ def test_interrupted_calls_leave_no_call_counted_in_flight():
             except Tick:
                 interrupted += 1
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        print("interrupted", interrupted, "in flight", T._calls_in_flight(), flush=True)
+        print("interrupted", interrupted, "in flight", t._calls_in_flight(), flush=True)
     """)
     done = run(code)
     assert done.returncode == 0, done.stderr[-2000:]
     words = done.stdout.split()
     assert int(words[1]) > 1000 and words[2:] == ["in", "flight", "0"], done.stdout
-    assert "left open" not in done.stderr, done.stderr[-2000:]
+    assert "stays open" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_forked_child_counts_its_own_calls():
@@ -203,7 +204,7 @@ def test_a_forked_child_counts_its_own_calls():
         assert asked.wait(10)
         pid = os.fork()
         if pid == 0:
-            print("child in flight", T._calls_in_flight(), flush=True)
+            print("child in flight", t._calls_in_flight(), flush=True)
             sys.exit(0)
         _, status = os.waitpid(pid, 0)
         print("child status", status, flush=True)
@@ -212,4 +213,123 @@ def test_a_forked_child_counts_its_own_calls():
     done = run(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["child in flight 0", "child status 0"], (done.stdout, done.stderr[-2000:])
-    assert "left open" not in done.stderr, done.stderr[-2000:]
+    assert "stays open" not in done.stderr, done.stderr[-2000:]
+
+
+# close() on the main thread while a reader thread is inside a read of the never-answering Redis and a stepper thread
+# updates in a loop. CLOSE_WAIT is how long close() waits for them.
+CLOSER = NEVER_ANSWERING_REDIS + textwrap.dedent("""
+    import gc, glob
+    from progress_engine import ProgressTracker
+    from progress_engine import tracker as T
+    T._CLOSE_WAIT_SECONDS = CLOSE_WAIT
+    before = set(glob.glob("/tmp/progress-previews-*"))
+    t = ProgressTracker(redis_url=REDIS_URL)
+    (folder,) = set(glob.glob("/tmp/progress-previews-*")) - before
+    t.create_task_progress_sync("local", "sdxl")
+    events = []
+
+    def reader():
+        while True:
+            try:
+                t.get_task_progress_sync("elsewhere")
+            except Exception as error:
+                if type(error).__name__ != "NotFoundError":
+                    events.append("reader stopped by " + type(error).__name__)
+                    return
+            if asked.is_set():
+                events.append("read returned")
+
+    def stepper():
+        while True:
+            try:
+                t.update_progress_sync("local", 1, 2, message="m")
+            except Exception as error:
+                events.append("stepper stopped by " + type(error).__name__)
+                return
+
+    threads = [threading.Thread(target=work) for work in (reader, stepper)]
+    for thread in threads:
+        thread.start()
+    assert asked.wait(10), "no read reached the never-answering server"
+    t.close()
+    events.append("closed" + (", engine open" if os.path.exists(folder) else ""))
+    for thread in threads:
+        thread.join()
+    print("\\n".join(events), flush=True)
+    del t, threads
+    gc.collect()
+    print("engine closed at the end:", not os.path.exists(folder), flush=True)
+""")
+
+
+# A call into the engine held between reading the tracker's handle and entering the engine (the binding's foreign
+# function replaced by one that waits: HOLD "sleep" sleeps 0.1 s, HOLD "until closed" waits until close() returned),
+# while the main thread calls close(), whose wait is CLOSE_WAIT seconds.
+HELD_CALL = textwrap.dedent("""
+    import gc, sys, threading, time
+    sys.path.insert(0, BINDINGS)
+    from progress_engine import ProgressTracker, _lib
+    from progress_engine import tracker as T
+    T._CLOSE_WAIT_SECONDS = CLOSE_WAIT
+    t = ProgressTracker()
+    engine = t._finalizer  # alive until progress_engine_close() is called
+    t.create_task_progress_sync("x", "sdxl")
+    real = _lib.progress_log
+    inside, closed = threading.Event(), threading.Event()
+
+    def held(engine, *args):
+        inside.set()
+        if HOLD == "sleep":
+            time.sleep(0.1)
+        else:
+            closed.wait(10)
+        return real(engine, *args)
+
+    _lib.progress_log = held
+    outcome = []
+
+    def logger():
+        try:
+            t.log_sync("x", "info", "m")
+            outcome.append("returned")
+        except Exception as error:
+            outcome.append(type(error).__name__)
+
+    thread = threading.Thread(target=logger)
+    thread.start()
+    inside.wait()
+    t.close()
+    print("after close(): engine", "open" if engine.alive else "closed", flush=True)
+    closed.set()
+    thread.join()
+    _lib.progress_log = real
+    print("the call", outcome[0], flush=True)
+    try:
+        t.log_sync("x", "info", "late")
+    except Exception as error:
+        print("a later call", type(error).__name__, flush=True)
+    del t
+    gc.collect()
+    print("at the end: engine", "open" if engine.alive else "closed", flush=True)
+""")
+
+
+def test_close_waits_for_a_call_that_has_read_the_handle():
+    """close() closes the engine only once a call another thread started has returned. Before, the engine was freed
+    under it: the held log call then went into the freed engine and raised NotFoundError."""
+    done = run('CLOSE_WAIT = 2.0\nHOLD = "sleep"\n' + HELD_CALL)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.splitlines() == ["after close(): engine closed", "the call returned", "a later call StateError",
+                                        "at the end: engine closed"], (done.stdout, done.stderr[-2000:])
+    assert "stays open" not in done.stderr, done.stderr[-2000:]
+
+
+def test_close_leaves_the_engine_open_while_a_call_has_not_returned():
+    """A call that outlasts close()'s wait: the engine stays open, with a line on stderr, the call completes in it,
+    and the engine closes once the tracker is collected."""
+    done = run('CLOSE_WAIT = 0.05\nHOLD = "until closed"\n' + HELD_CALL)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.splitlines() == ["after close(): engine open", "the call returned", "a later call StateError",
+                                        "at the end: engine closed"], (done.stdout, done.stderr[-2000:])
+    assert "on close(), a call into a tracker's engine had not returned after 0.05 s" in done.stderr, done.stderr
