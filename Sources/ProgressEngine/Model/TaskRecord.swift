@@ -71,6 +71,9 @@ final class TaskRecord: @unchecked Sendable {
     @exclusivity(unchecked) var persistedLogs = 0
     /// A copy of another engine's task, kept current from the update channel; never written back.
     @exclusivity(unchecked) var isMirror = false
+    /// Another engine's task this engine failed as lost (`failLostWorker`): if Redis refuses that write, the worker
+    /// was alive and what it stored stands (`EngineStorage.reclaim`).
+    @exclusivity(unchecked) var takenOver = false
     /// History in memory is not complete up to this seq (a restored task, a mirror that missed updates), so a
     /// resume from before it is answered from Redis or not at all.
     @exclusivity(unchecked) var historyGapSeq: UInt64 = 0

@@ -48,20 +48,57 @@ extension EngineCore {
     /// later (a listener failed it as lost while this engine was paused). The task goes on past that seq, with an
     /// event saying so (a "resumed" one, or its terminal event again), so that its own state is stored and every
     /// listener takes it (they keep the highest seq): the runner is alive, and what it did stands.
+    /// A task this engine took over as lost is the other way round: its worker was alive and stored its own state
+    /// first (its completion, say), so the task becomes a mirror of what Redis holds.
     func reclaim(id: String, storedSeq: UInt64) {
         let key = TaskKey(owning: id)
         let now = clock.now()
-        let moved: Bool = table.shard(for: key).withLock { shard in
-            guard let task = shard.tasks[key], !task.isMirror, task.seq <= storedSeq else { return false }
+        enum Outcome { case none, reclaimed, givenBack }
+        let outcome: Outcome = table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], !task.isMirror, task.seq <= storedSeq else { return .none }
+            if task.takenOver { return .givenBack }
             task.reclaim(after: storedSeq, at: max(now, task.lastTimestamp))
             noteChanged(task)
-            return true
+            return .reclaimed
         }
-        if moved {
+        switch outcome {
+        case .none:
+            return
+        case .reclaimed:
             StorageLog.write("warning", "task_reclaimed", [("task_id", id), ("stored_seq", String(storedSeq)),
                 ("reason", "another engine wrote this task (taken over as lost while this engine did not heartbeat); "
                     + "its state goes on past that seq")])
+        case .givenBack:
+            guard let stored = store.loadTask(id) else {
+                // Not readable now: the worker's next publish (a higher seq) makes the task a mirror again.
+                return
+            }
+            takeStoredState(stored)
+            StorageLog.write("info", "worker_alive", [("task_id", id), ("stored_seq", String(stored.seq)),
+                ("status", stored.status.name), ("reason", "the worker of a task failed as lost stored its own "
+                    + "state first; this engine's failure was not stored, and it mirrors the worker's state")])
         }
+    }
+
+    /// Replaces a task this engine took over with the state its worker stored (at the seq of the failure this engine
+    /// recorded, or later): the listener's clients forget what they were sent of it, as for a task made anew.
+    private func takeStoredState(_ stored: TaskSnapshot) {
+        let key = TaskKey(owning: stored.id)
+        var completion: CompletionRecord?
+        let replaced: Bool = table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], task.takenOver, !task.isMirror, stored.createdAt == task.createdAt,
+                  stored.seq >= task.seq else { return false }
+            listener?.noteExpired(taskIds: [stored.id])
+            let mirror = TaskRecord(restoring: stored)
+            mirror.isMirror = true
+            shard.tasks[key] = mirror
+            if mirror.status == .completed, let end = mirror.completedAt {
+                completion = CompletionRecord(completed: mirror, at: end)
+            }
+            noteChanged(mirror)
+            return true
+        }
+        if replaced, let completion { completions.add(completion) }
     }
 
     /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run, and they
@@ -197,10 +234,13 @@ extension EngineCore {
         table.shard(for: key).withLock { shard in
             if let task = shard.tasks[key], task.seq >= stored.seq {
                 task.isMirror = false
+                task.takenOver = true
                 task.persistedSeq = max(task.persistedSeq, task.seq)
                 task.persistedLogs = task.logs.appended
             } else {
-                shard.tasks[key] = TaskRecord(restoring: stored)
+                let task = TaskRecord(restoring: stored)
+                task.takenOver = true
+                shard.tasks[key] = task
             }
         }
         do {

@@ -51,17 +51,30 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
     static let ioTimeout = 1.0
-    /// SET KEYS[1] ARGV[2] PX ARGV[3] unless the stored state has a seq of ARGV[1] or more and is another document:
-    /// then the stored seq is returned (another engine wrote it: a listener that took the task over as lost), else 0.
-    /// The same document again (a write sent again after a lost reply) is set again. The top-level "seq" is the
-    /// first `"seq":` of the document (strings are escaped, so none can contain it).
-    static let setIfNotOlder = RedisArgument("""
+    /// Stores a task's state and publishes the write: SET KEYS[1] ARGV[2] PX ARGV[3], then PUBLISH ARGV[4] ARGV[5],
+    /// unless the stored state (its top-level "seq", "created_at": the first of each in the document; strings are
+    /// escaped, so none can hold them) is
+    /// - of a task created later under this id (the id used again; this write is a finished task's late one):
+    ///   then -1;
+    /// - of the same task at a higher seq, or at the same seq with other contents than the ETA's three members (a
+    ///   listener that took the task over as lost wrote it): then the stored seq.
+    /// Else 0. The same seq with only another ETA is this engine's own state again (a write of log entries alone, a
+    /// write sent again after a lost reply: the ETA is computed at each write) and is stored. ARGV[6] "1" (a new
+    /// task's first write, after the DEL of what an earlier task of the id left) stores unconditionally. A refused
+    /// write is not published, nor is one Redis refuses (OOM and the like stop the script at the SET).
+    static let storeState = RedisArgument("""
         local cur = redis.call('GET', KEYS[1])
-        if cur and cur ~= ARGV[2] then
+        if ARGV[6] ~= '1' and cur and cur ~= ARGV[2] then
+          local created = string.match(cur, '"created_at":"([^"]*)"')
+          local mine = string.match(ARGV[2], '"created_at":"([^"]*)"')
+          if created and mine and created > mine then return -1 end
           local seq = tonumber(string.match(cur, '"seq":(%d+)'))
-          if seq and seq >= tonumber(ARGV[1]) then return seq end
+          local eta = '"eta":[^,]*,"eta_seconds":[^,]*,"eta_confidence":[^,]*'
+          if seq and created == mine and (seq > tonumber(ARGV[1]) or (seq == tonumber(ARGV[1])
+              and string.gsub(cur, eta, '') ~= string.gsub(ARGV[2], eta, ''))) then return seq end
         end
         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+        redis.call('PUBLISH', ARGV[4], ARGV[5])
         return 0
         """)
 
@@ -458,8 +471,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         // The reply index of each conditional state write, for the task it writes.
         var stateReplies: [Int: String] = [:]
         for w in writes {
-            if w.firstSeq != 1 { stateReplies[count] = w.id }  // its first command (no DEL before it)
             count += appendWrite(w, to: connection)
+            stateReplies[count - 1] = w.id  // its last command
             acks.append((w.id, w.snapshot.seq, w.logsTotal))
         }
         var overtaken: [(String, UInt64)] = []

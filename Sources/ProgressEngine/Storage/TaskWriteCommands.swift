@@ -12,15 +12,6 @@ extension RedisWriter {
                       RedisArgument(keys.cancel(id))])
             n += 1
         }
-        if w.firstSeq == 1 {
-            c.append(["SET", RedisArgument(keys.state(id)), RedisArgument(stateJSON), "PX", ttl])
-        } else {
-            // Never replaces a newer state: a pipeline abandoned on a timeout may still sit in a stopped Redis'
-            // socket buffer and run after the retry that superseded it.
-            c.append(["EVAL", RedisWriter.setIfNotOlder, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
-                      RedisArgument(stateJSON), ttl])
-        }
-        n += 1
         let events = StoredEvents.thin(w.events, limit: RedisWriter.maxEventsPerWrite)
         let thinned = w.events.count - events.count
         if thinned + w.lostEvents > 0 { metrics.droppedEvents.add(thinned + w.lostEvents, ordering: .relaxed) }
@@ -91,7 +82,13 @@ extension RedisWriter {
         message.key("logs"); message.raw(logsWriter.bytes)
         message.key("state"); message.raw(stateJSON.utf8)
         message.endObject()
-        c.append(["PUBLISH", RedisArgument(keys.channel), RedisArgument(message.bytes)])
+        // The state and its publication last, in one script (`RedisWriter.storeState`): never replaces a newer
+        // state (a pipeline abandoned on a timeout may still sit in a stopped Redis' socket buffer and run after the
+        // retry that superseded it, and a listener may have taken the task over), and publishes only what it stored.
+        // The reply of this last command is the writer's verdict on the write.
+        c.append(["EVAL", RedisWriter.storeState, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
+                  RedisArgument(stateJSON), ttl, RedisArgument(keys.channel), RedisArgument(message.bytes),
+                  w.firstSeq == 1 ? "1" : "0"])
         n += 1
         return n
     }

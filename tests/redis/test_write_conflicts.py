@@ -1,0 +1,164 @@
+"""Which state Redis keeps when writes of one task id meet (docs/REDIS.md, "Writing" and "The fleet"): the state
+script (`RedisWriter.storeState`) refuses an older task's late write, a lower seq, and the same seq with other
+contents (a listener's takeover), but takes this engine's own state again at the same seq with another ETA; a
+listener whose takeover write is refused mirrors what the worker stored."""
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from redis_support import flushed, http_get, run_runner, wait_until
+from progress_engine import ProgressTracker
+
+
+def stored(redis, task_id):
+    return json.loads(redis.cli("GET", f"progress:task:{{{task_id}}}:state"))
+
+
+def test_a_log_alone_is_stored_as_the_same_state_not_as_a_conflict(redis):
+    """A log entry does not move the seq, while the stored ETA is computed at each write against the engine's time,
+    which another task moves: the same seq with another ETA. It was refused as another engine's state, and the
+    engine "reclaimed" its own task with a `resumed` event."""
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("t", "tpl")
+        t.create_task_progress_sync("other", "tpl")
+        for i in range(1, 6):
+            t.update_progress_sync("t", i, 100)
+            time.sleep(0.1)
+        flushed(t)
+        before = t.get_task_progress_sync("t")
+        first = stored(redis, "t")
+        assert first["seq"] == before["seq"] and first["eta_seconds"] is not None
+        time.sleep(0.5)
+        t.update_progress_sync("other", 1, 100)  # the engine's time moves on
+        t.get_task_progress_sync("t")  # a reader in between, as a listener's clients are, updates the engine's time
+        t.log_sync("t", "info", "hello")
+        flushed(t)
+        time.sleep(0.1)
+        flushed(t)
+        after = t.get_task_progress_sync("t")
+        assert after["seq"] == before["seq"], after
+        assert [e["type"] for e in t.get_history_sync("t")["events"]][-1] == "progress"
+        doc = stored(redis, "t")
+        assert doc["seq"] == before["seq"] and doc["status"] == "executing"
+        # The state written with the log differed from the stored one in its ETA only, and was stored.
+        assert doc["eta_seconds"] != first["eta_seconds"], (doc["eta_seconds"], first["eta_seconds"])
+        assert {k: v for k, v in doc.items() if not k.startswith("eta")} == \
+            {k: v for k, v in first.items() if not k.startswith("eta")}
+        assert [json.loads(x)["message"] for x in redis.cli("LRANGE", "progress:task:{t}:logs", "0", "-1")
+                .splitlines() if x.startswith("{")] == ["hello"]
+
+
+def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis):
+    """Engine A's task failed; engine B runs a new task under the same id (its seq starts low again). A's late log
+    on its finished task carried A's higher seq and replaced B's live state in Redis."""
+    opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
+        a.create_task_progress_sync("job-7", "tpl")
+        for i in range(1, 11):
+            a.update_progress_sync("job-7", i, 10)
+        a.fail_task_sync("job-7", "oom")
+        flushed(a)
+        time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
+        b.create_task_progress_sync("job-7", "tpl")
+        b.update_progress_sync("job-7", 1, 10)
+        flushed(b)
+        mine = b.get_task_progress_sync("job-7")
+        assert stored(redis, "job-7")["created_at"] == mine["created_at"]
+        a.log_sync("job-7", "info", "cleanup done")  # A's runner's last words on its own finished task
+        flushed(a)
+        doc = stored(redis, "job-7")
+        assert (doc["created_at"], doc["seq"], doc["status"]) == (mine["created_at"], mine["seq"], "executing"), doc
+        with ProgressTracker(**opts) as c:
+            assert c.get_task_progress_sync("job-7")["created_at"] == mine["created_at"]
+
+
+class DelayingProxy:
+    """A TCP proxy to Redis that holds a client's bytes for `delay` seconds once they contain `marker` (and all
+    that follows on that connection, in order); everything else passes at once."""
+
+    def __init__(self, port, marker, delay):
+        self.port, self.marker, self.delay = port, marker, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, outward):
+        try:
+            while data := src.recv(65536):
+                if outward and self.marker in data and not self.held.is_set():
+                    self.held.set()
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_takeover_refused_because_the_worker_completed_first_mirrors_the_completion(redis):
+    """The listener reads the task of a worker that stopped heartbeating and fails it ("worker lost", seq + 1);
+    before that write reaches Redis (held by a proxy), the worker, back from its pause, stores its completion at
+    that same seq. Redis refuses the listener's write. The listener then "reclaimed" its own failure one seq higher,
+    which every engine took: Redis ended on "failed" for a task whose worker completed it."""
+    timeout = 1.0
+    proxy = DelayingProxy(redis.port, b"worker lost", delay=1.5)
+    try:
+        with ProgressTracker(redis_url=proxy.url, listen="127.0.0.1:0", heartbeat_timeout_seconds=timeout,
+                             resource_interval_ms=3600000) as listener:
+            proc = run_runner(f"""
+t = ProgressTracker(redis_url={redis.url!r}, heartbeat_timeout_seconds={timeout}, throttle_ms=5,
+                    resource_interval_ms=3600000)
+t.create_task_progress_sync(task_id="raced", template_id="tpl")
+t.update_progress_sync(task_id="raced", step=3, total_steps=10, message="working")
+while t.stats_sync()["redis_queue_depth"] or not t.stats_sync()["redis_connected"]:
+    time.sleep(0.01)
+print(t.get_task_progress_sync("raced")["seq"], flush=True)
+sys.stdin.readline()
+t.complete_task_sync("raced")
+while t.stats_sync()["redis_queue_depth"]:
+    time.sleep(0.01)
+print(t.get_task_progress_sync("raced")["seq"], flush=True)
+t.close()
+""", wait=False, stdin=subprocess.PIPE)
+            seq = int(proc.stdout.readline())
+            time.sleep(timeout + 0.5)  # the listener has been connected for the timeout: it scans
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                assert proxy.held.wait(10), "the listener never wrote its takeover"
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert int(proc.stdout.readline()) == seq + 1  # the worker's completion, stored first
+            assert proc.wait(timeout=30) == 0
+            assert stored(redis, "raced")["status"] == "completed"
+            time.sleep(2.0)  # the held takeover reached Redis and was refused
+            doc = stored(redis, "raced")
+            assert (doc["status"], doc["seq"]) == ("completed", seq + 1), doc
+            shown = wait_until(lambda: (lambda s: s if s["status"] == "completed" else None)(
+                http_get(listener.port, "/api/v1/progress/tasks/raced")[1]), timeout=5, what="the worker's state")
+            assert shown["seq"] == seq + 1, shown
+    finally:
+        proxy.close()
