@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from .errors import ProgressError, StateError, TaskCancelled
+from .errors import ProgressError, StateError, TaskCancelled, describe, reason_text
 from .tracker import ProgressTracker
 
 _STEP_ONLY = frozenset({"step", "total_steps"})
@@ -62,9 +62,9 @@ class ProgressContext:
             if exc is None:
                 self.tracker.complete_task_sync(self.task_id)
             elif isinstance(exc, TaskCancelled):
-                self.tracker.cancel_task_sync(self.task_id, exc.reason or "cancelled on request")
+                self.tracker.cancel_task_sync(self.task_id, reason_text(exc.reason) or "cancelled on request")
             elif isinstance(exc, Exception):
-                self.tracker.fail_task_sync(self.task_id, str(exc) or type(exc).__name__)
+                self.tracker.fail_task_sync(self.task_id, describe(exc))
             else:
                 self.tracker.cancel_task_sync(self.task_id, type(exc).__name__)
         except StateError:

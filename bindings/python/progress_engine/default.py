@@ -14,6 +14,16 @@ _default: Optional[ProgressTracker] = None
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have been opening the default tracker at the fork: it does not exist here.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _config_from_env() -> Dict[str, Any]:
     """PROGRESS_ENGINE_CONFIG (a JSON object of engine configuration keys), then PROGRESS_LISTEN and
     PROGRESS_REDIS_URL, which set (and override) `listen` and `redis_url`."""

@@ -159,6 +159,26 @@ class ProgressWarning(UserWarning):
         self.error = error
 
 
+def describe(exc: BaseException) -> str:
+    """The text a failed task keeps for the exception that ended it: str(exc), else its type's name (also when its
+    __str__ itself fails: the runner's exception must reach the runner, not one raised while describing it)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return text or type(exc).__name__
+
+
+def reason_text(reason: object) -> Optional[str]:
+    """A cancel reason as text (a TaskCancelled may be raised with any object as its reason)."""
+    if reason is None or isinstance(reason, str):
+        return reason
+    try:
+        return str(reason)
+    except Exception:
+        return type(reason).__name__
+
+
 def from_status(code: int, message: str) -> ProgressError:
     """The exception for a negative progress_status `code` (a plain ProgressError for codes this
     binding does not know yet, so a newer engine's new codes still raise)."""

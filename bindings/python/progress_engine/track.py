@@ -7,7 +7,7 @@ from time import perf_counter
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
-from .errors import ProgressError, TaskCancelled
+from .errors import ProgressError, TaskCancelled, describe, reason_text
 from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
@@ -32,7 +32,7 @@ def track(
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
+        except (TypeError, OverflowError):  # no length, or one beyond what len() can answer
             total = None
     return Track(
         iterable,
@@ -145,12 +145,12 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         if self.open:
             self.open = False
-            self._finish(self.tracker.fail_task_sync, str(exc) or type(exc).__name__)
+            self._finish(self.tracker.fail_task_sync, describe(exc))
 
     def cancel(self, reason: Optional[str]) -> None:
         if self.open:
             self.open = False
-            self._finish(self.tracker.cancel_task_sync, reason or "cancelled on request")
+            self._finish(self.tracker.cancel_task_sync, reason_text(reason) or "cancelled on request")
 
     def stop(self) -> None:
         if self.open:

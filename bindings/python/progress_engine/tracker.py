@@ -60,6 +60,8 @@ def _async_twin(sync: Callable[..., Any], may_read_redis: bool = False) -> Calla
 _WARNED_MAX = 4096
 # The engine's steps are 64-bit; ctypes would wrap a larger int silently.
 _STEP_MAX = 2**63 - 1
+# The C int of a stage index, a stage status and a log level.
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Open trackers, so that a forked child can let go of its parent's counters (_after_fork_in_child).
 _TRACKERS: "weakref.WeakSet[ProgressTracker]" = weakref.WeakSet()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -86,6 +88,8 @@ def _log_level(level: Union[LogLevel, int, str]) -> int:
             raise InvalidArgumentError(
                 f"unknown log level {level!r}; use one of debug, info, warning, error"
             ) from None
+    if not _INT_MIN <= level <= _INT_MAX:  # ctypes would wrap it into another level
+        raise InvalidArgumentError(f"unknown log level {level!r}; use one of debug, info, warning, error")
     return level
 
 
@@ -192,7 +196,21 @@ class ProgressTracker:
         interpreter exits: freeing an engine under a call could crash the process."""
         StageManager._forget(self)
         self._engine = None
+        if self._interrupted_here():
+            # Called from a signal handler (or the like) that interrupted a call into this engine on this same
+            # thread: that call may resume with the handle, so the engine closes once it has returned, when the
+            # tracker is collected or at exit (which a handler that ends the process with sys.exit() reaches).
+            return
         self._close_when_idle(time.monotonic() + _CLOSE_WAIT_SECONDS, "on close()")
+
+    def _interrupted_here(self) -> bool:
+        """Whether this thread is inside a call into this engine (below the caller of close() on its stack)."""
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code in _CALL_CODES and frame.f_locals.get("self") is self:
+                return True
+            frame = frame.f_back
+        return False
 
     def _calls_in_flight(self) -> int:
         """At least the calls into this engine in flight now. Left is read first: a call that enters and leaves
@@ -303,6 +321,9 @@ class ProgressTracker:
     def _refuse_steps(self, task_id: str, step: int, total_steps: int) -> None:
         """A pair the binding will not store in a counter: the engine refuses it (so it is counted and
         logged there, with the engine's message), then it is raised or shown as any refusal."""
+        if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
+            self._out_of_range(task_id, step, total_steps)
+            return
         try:
             self._call(_lib.progress_update, _lib.encode(task_id), step, total_steps, None)
         except ProgressError as error:
@@ -360,6 +381,10 @@ class ProgressTracker:
         """Sets stage `stage` (0-based): IN_PROGRESS enters it (completing earlier open stages) with
         `progress` (0..1); COMPLETED completes it; SKIPPED skips it; FAILED fails it and the task.
         message None keeps the stage's message."""
+        if not (_INT_MIN <= stage <= _INT_MAX and _INT_MIN <= status <= _INT_MAX):
+            # ctypes would wrap them into another stage or status
+            self._refused(task_id, RangeError(f"stage {stage} or status {int(status)} does not fit in 32 bits"))
+            return
         try:
             self._call(_lib.progress_stage_update, _lib.encode(task_id), stage, status, progress, _lib.encode(message))
         except ProgressError as error:
@@ -417,7 +442,11 @@ class ProgressTracker:
             if counter is not None:
                 counter[1] = total_steps
                 counter[0] = step
-        tid, text = _lib.encode(task_id), _lib.encode(message)
+        try:
+            tid, text = _lib.encode(task_id), _lib.encode(message)
+        except ProgressError as error:  # a NUL in the text: refused, as every runner call refuses its data
+            self._refused(task_id, error)
+            return
         try:
             next(self._entered)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
             engine = self._engine
@@ -434,14 +463,15 @@ class ProgressTracker:
         cheapest way to report steps (see StepCounter). When refused (total_steps < 1, an unknown or
         finished task) and not strict, the counter works but reports nowhere."""
         self._handle()  # a closed tracker raises here
-        if total_steps > 0:
+        total_steps = operator.index(total_steps)
+        if 0 < total_steps <= _STEP_MAX:
             try:
                 return StepCounter(self, task_id, self._counter(task_id, 0, total_steps))
             except ProgressError as error:
                 self._refused(task_id, error)
         else:
             self._refuse_steps(task_id, 0, total_steps)
-        return StepCounter(self, task_id, _unattached_counter(0, total_steps))
+        return StepCounter(self, task_id, _unattached_counter(0, max(-_STEP_MAX, min(total_steps, _STEP_MAX))))
 
     def complete_task_sync(self, task_id: str) -> None:
         """Completes the task: open stages complete, overall_progress 100, status "completed", and a
@@ -505,7 +535,8 @@ class ProgressTracker:
         dict, a JSON text, or None."""
         if event == "execution_progress" and isinstance(data, Mapping):
             step, total_steps = data.get("step"), data.get("total_steps")
-            if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0:
+            if isinstance(step, int) and isinstance(total_steps, int) and 0 <= step <= total_steps > 0 \
+                    and total_steps <= _STEP_MAX:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
         self._handle()  # a closed tracker raises first
         try:
@@ -765,12 +796,18 @@ def _json_value(value: Any) -> Any:
     tuples as lists; anything else is not JSON (TypeError)."""
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
+    if isinstance(value, Mapping):  # a UserDict, a MappingProxyType: json only takes dicts
+        return dict(value)
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "shape", None) in ((), None):
         result = item()
         if isinstance(result, (int, float, bool, str)):
             return result
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: The frames of a call into an engine, counted in flight (ProgressTracker._interrupted_here).
+_CALL_CODES = (ProgressTracker._call.__code__, ProgressTracker._update_progress_slow.__code__)
 
 
 def _after_fork_in_child() -> None:
@@ -780,6 +817,7 @@ def _after_fork_in_child() -> None:
     other threads were making are not the child's: it counts its own from zero."""
     global _EXIT_LOCK
     _EXIT_LOCK = threading.Lock()
+    StageManager._lock = threading.Lock()  # another thread may have been opening a tracker at the fork
     for tracker in list(_TRACKERS):
         tracker._entered, tracker._left = itertools.count(), itertools.count()
         tracker._forked_counters.append(dict(tracker._counters))

@@ -333,3 +333,38 @@ def test_close_leaves_the_engine_open_while_a_call_has_not_returned():
     assert done.stdout.splitlines() == ["after close(): engine open", "the call returned", "a later call StateError",
                                         "at the end: engine closed"], (done.stdout, done.stderr[-2000:])
     assert "on close(), a call into a tracker's engine had not returned after 0.05 s" in done.stderr, done.stderr
+
+
+def test_close_in_a_signal_handler_that_interrupted_a_call_defers_the_close():
+    """A signal handler that runs inside a call into the engine (here raised from within it) and closes the tracker:
+    close() returns at once (it waited 2 s for that call, which cannot return before the handler does), the
+    interrupted call completes in the engine, which closes once the tracker is collected."""
+    code = textwrap.dedent("""
+        import gc, signal, sys, time
+        sys.path.insert(0, BINDINGS)
+        from progress_engine import ProgressTracker, _lib
+        t = ProgressTracker()
+        engine = t._finalizer
+        t.create_task_progress_sync("x", "sdxl")
+        real = _lib.progress_log
+        def handler(*_):
+            start = time.monotonic()
+            t.close()
+            print("close() took under 0.5 s:", time.monotonic() - start < 0.5, "engine open:", engine.alive, flush=True)
+        signal.signal(signal.SIGUSR1, handler)
+        def interrupted(handle, *args):
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs here, inside the call
+            return real(handle, *args)
+        _lib.progress_log = interrupted
+        t.log_sync("x", "info", "m")
+        _lib.progress_log = real
+        print("the call returned", flush=True)
+        del t
+        gc.collect()
+        print("engine open at the end:", engine.alive, flush=True)
+    """)
+    done = run(code)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.splitlines() == ["close() took under 0.5 s: True engine open: True", "the call returned",
+                                        "engine open at the end: False"], (done.stdout, done.stderr[-2000:])
+    assert "had not returned" not in done.stderr, done.stderr[-2000:]

@@ -139,6 +139,16 @@ REFUSED = {
     "total beyond 64 bits (counter attach)": (lambda t: t.update_progress_sync("t", 1, 2**64 + 3), pe.RangeError, False),
     "total beyond 64 bits, message": (
         lambda t: t.update_progress_sync("t", 1, 2**64 + 3, message="m"), pe.RangeError, False),
+    "NUL in a step's message": (
+        lambda t: t.update_progress_sync("t", 1, 3, message="frame\0name"), pe.InvalidArgumentError, False),
+    "callback total beyond 64 bits, message": (
+        lambda t: ProgressContext(t, "t", "sdxl").get_callback()("execution_progress",
+                                                                 {"step": 1, "total_steps": 2**64, "message": "m"}),
+        pe.JSONError, True),
+    "stepper total beyond 64 bits": (lambda t: t.stepper("t", 2**64 + 7), pe.RangeError, False),
+    "StepCounter.set beyond 64 bits": (lambda t: t.stepper("t", 10).set(2**64 + 5, 10), pe.RangeError, False),
+    "stage index beyond 32 bits": (
+        lambda t: t.update_stage_sync("t", 2**32 + 2, StageStatus.IN_PROGRESS, 0.5, "wrapped"), pe.RangeError, False),
 }
 
 
@@ -323,3 +333,59 @@ def test_warnings_filters_decide_as_the_readme_says(flags, raises):
     done = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "ProgressWarning" in done.stderr and "PROGRESS_E_RANGE" in done.stderr, done.stderr
     assert ("ran on" in done.stdout) is (not raises) and (done.returncode != 0) is raises, (done.stdout, done.stderr)
+
+
+def test_totals_past_64_bits_after_an_update_are_refused(tracker, task):
+    """The task's counter already attached (an update came first): the new total could not be stored in it."""
+    tracker.update_progress_sync(task, 1, 10)
+    with pytest.warns(ProgressWarning) as shown:
+        counter = tracker.stepper(task, 2**64)
+        counter.update()
+        ProgressContext(tracker, task, "sdxl").get_callback()("execution_progress",
+                                                              {"step": 1, "total_steps": 2**64, "message": "m"})
+    assert [type(w.message.error) for w in shown] == [pe.RangeError, pe.JSONError]
+
+
+def test_track_of_a_length_len_cannot_answer_runs_as_one_of_unknown_length(tracker):
+    items = track(range(2**70), task_id="huge", tracker=tracker, template_id="sdxl")
+    assert [i for _, i in zip(range(3), items)] == [0, 1, 2]
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("str of this exception fails")
+
+
+def test_an_exception_whose_str_fails_still_reaches_the_runner_and_fails_the_task(tracker):
+    with pytest.raises(Unprintable):
+        with ProgressContext(tracker, "c1", "sdxl"):
+            raise Unprintable()
+    assert tracker.get_task_progress_sync("c1")["error"] == "Unprintable"
+    with pytest.raises(Unprintable):
+        with track(range(3), task_id="c2", tracker=tracker, template_id="sdxl") as items:
+            for _ in items:
+                raise Unprintable()
+    t = tracker.get_task_progress_sync("c2")
+    assert (t["status"], t["error"]) == ("failed", "Unprintable")
+
+
+def test_a_cancel_reason_that_is_not_text_cancels_the_task(tracker):
+    with pytest.raises(pe.TaskCancelled):
+        with ProgressContext(tracker, "c3", "sdxl"):
+            raise pe.TaskCancelled("c3", b"bytes reason")
+    t = tracker.get_task_progress_sync("c3")
+    assert (t["status"], t["error"]) == ("cancelled", "b'bytes reason'")
+
+
+def test_event_data_in_any_mapping_is_taken(tracker, task):
+    from collections import UserDict
+    from types import MappingProxyType
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProgressWarning)
+        cb = ProgressContext(tracker, task, "sdxl").get_callback()
+        cb("execution_progress", UserDict(step=3, total_steps=10, message="frame 3"))
+        cb("log", MappingProxyType({"level": "info", "message": "from a mapping proxy"}))
+    t = tracker.get_task_progress_sync(task)
+    stage = t["stages"][str(t["current_stage"])]
+    assert (stage["progress"], stage["message"]) == (0.3, "frame 3")
+    assert "from a mapping proxy" in [e["message"] for e in tracker.get_logs_sync(task)["logs"]]

@@ -57,6 +57,16 @@ _trackers: Dict[int, ProgressTracker] = {}
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have been opening its tracker at the fork: it does not exist here.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _tracker(app: Any) -> ProgressTracker:
     pid = os.getpid()
     tracker = _trackers.get(pid)

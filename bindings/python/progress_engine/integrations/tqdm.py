@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
 import weakref
@@ -52,6 +53,16 @@ _INTERVAL = 0.1
 _current: "ContextVar[Optional[_Reporter]]" = ContextVar("progress_engine_report_tqdm", default=None)
 _install_lock = threading.Lock()
 _installed = False
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have been installing the reporting classes at the fork.
+    global _install_lock
+    _install_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 #: base class -> (its reporting subclass, that subclass for a disabled bar)
 _classes: Dict[type, Tuple[type, type]] = {}
 

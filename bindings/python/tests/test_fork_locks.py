@@ -1,0 +1,60 @@
+"""A fork while another thread of the parent holds one of the binding's module locks (opening the default tracker,
+registering templates into a new tracker, opening Celery's tracker, installing tqdm's reporting classes): that
+thread does not exist in the child, so the child gets the lock anew; before, its first use there hung forever."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import progress_engine as pe
+
+BINDINGS = os.path.dirname(os.path.dirname(pe.__file__))
+
+# (module, the lock's name in it, what the child does that takes the lock)
+LOCKS = {
+    "default tracker": ("progress_engine.default", "_lock", "pe.get_progress_tracker_sync()"),
+    "template registry": ("progress_engine.stages", "StageManager._lock", "pe.ProgressTracker().close()"),
+    "celery tracker": ("progress_engine.integrations.celery", "_lock",
+                       "m._tracker(types.SimpleNamespace(conf={'progress_engine': {}}))"),
+    "tqdm classes": ("progress_engine.integrations.tqdm", "_install_lock", "m._install()"),
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+@pytest.mark.parametrize("case", list(LOCKS))
+def test_a_lock_held_by_another_thread_at_the_fork_is_free_in_the_child(case):
+    module, lock, use = LOCKS[case]
+    if "celery" in module:
+        pytest.importorskip("celery")
+    if "tqdm" in module:
+        pytest.importorskip("tqdm")
+    code = textwrap.dedent(f"""
+        import faulthandler, importlib, operator, os, sys, threading, types
+        sys.path.insert(0, {BINDINGS!r})
+        import progress_engine as pe
+        m = importlib.import_module({module!r})
+        held, release = threading.Event(), threading.Event()
+        def holder():
+            with operator.attrgetter({lock!r})(m):
+                held.set()
+                release.wait()
+        threading.Thread(target=holder, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            faulthandler.dump_traceback_later(10, exit=True)
+            {use}
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        print("child exit status", os.waitstatus_to_exitcode(status), flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])
