@@ -242,3 +242,35 @@ def test_a_write_redis_refuses_for_a_while_goes_again(redis):
             redis.cli("CONFIG", "SET", "maxmemory", "0")
         wait_until(lambda: json.loads(redis.cli("GET", "progress:task:{oom}:state"))["status"] == "completed",
                    timeout=10, what="the last state written once Redis takes writes")
+
+
+def test_while_redis_refuses_writes_the_writer_backs_off_and_publishes_nothing(redis, capfd):
+    """A Redis that takes connections but refuses writes (OOM): the writer's back-off grows from one retry to the
+    next, as for one that is down (it started again at 50 ms with each connection: 60-80 retries in 3 s, each with a
+    warning), and nothing is published until the state is stored (the listener mirrored each retry's log entry
+    again: 60-80 copies of one line)."""
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as listener, \
+            ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("full", "tpl")
+        t.update_progress_sync("full", 1, 4, message="one")
+        wait_until(lambda: listener.get_task_progress_sync("full")["status"] == "executing", what="the mirror")
+        capfd.readouterr()
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis.cli("CONFIG", "SET", "maxmemory", "1")
+        try:
+            t.log_sync("full", "info", "while full")
+            time.sleep(3.0)
+            err = capfd.readouterr().err
+        finally:
+            redis.cli("CONFIG", "SET", "maxmemory", "0")
+        retries = err.count('"event":"disconnected"')
+        assert 3 <= retries <= 10, err[-3000:]
+
+        def copies():
+            return [e["message"] for e in listener.get_logs_sync("full")["logs"]].count("while full")
+
+        wait_until(lambda: copies() > 0, timeout=10, what="the log entry once Redis takes writes")
+        time.sleep(0.3)
+        assert copies() == 1

@@ -242,19 +242,27 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         }
         let batch = extras
         extras.removeAll()
-        guard !writes.isEmpty || !batch.isEmpty else { return publishQueueDepth() }
+        guard !writes.isEmpty || !batch.isEmpty else {
+            if connection != nil { backoff = 0.05 }
+            return publishQueueDepth()
+        }
         if !send(writes: writes, extras: batch) {
             for w in writes {
                 engine.requeueWrite(id: w.id)
                 pending[IdKey(w.id)] = 0
             }
             extras.insert(contentsOf: batch, at: 0)
-        } else if !batch.isEmpty {
-            let bytes = batch.reduce(0) { $0 + RedisWriter.size(of: $1) }
-            worker.lock()
-            queuedExtras -= batch.count
-            queuedExtraBytes -= bytes
-            worker.unlock()
+        } else {
+            // The back-off starts again only once Redis took a round: one that connects and then refuses every
+            // write (OOM, LOADING) keeps doubling it.
+            backoff = 0.05
+            if !batch.isEmpty {
+                let bytes = batch.reduce(0) { $0 + RedisWriter.size(of: $1) }
+                worker.lock()
+                queuedExtras -= batch.count
+                queuedExtraBytes -= bytes
+                worker.unlock()
+            }
         }
         publishQueueDepth()
     }
@@ -308,7 +316,6 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             StorageLog.write("info", everConnected ? "reconnected" : "connected", [("redis", url.display),
                                                                                   ("role", "writer")])
             everConnected = true
-            backoff = 0.05
             metrics.connected.store(1, ordering: .relaxed)
             // Everything queued while disconnected is written now; heartbeats first, so no listener takes a
             // live task for lost.
