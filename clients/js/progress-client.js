@@ -71,6 +71,7 @@ export class ProgressClient {
     this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
     this._attempt = 0;
+    this._proving = false; // the connection sent requests and has had no answer yet (see _established)
     this._state = "connecting";
     this._clientId = options.clientId ?? null;
     this._ws = null;
@@ -111,8 +112,14 @@ export class ProgressClient {
     // The listener's interval is the connection's: the latest subscribe that gives one sets it.
     if (options.intervalMs !== undefined) subOptions.interval_ms = this._intervalMs = options.intervalMs;
     for (const id of ids) this._subs.set(id, subOptions);
+    // Patches the listener queued before it took this subscribe come before its answer: a base no longer needed
+    // (delta switched off) goes with the answer, as in unsubscribe().
+    const done = (value) => {
+      for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+      return value;
+    };
     return new Promise((resolve, reject) => {
-      const waiter = { ids, added, resolve, reject };
+      const waiter = { ids, added, resolve: (value) => resolve(done(value)), reject };
       if (this._state === "closed") reject(closedError());
       else if (this._state !== "open") this._resubscribers.push(waiter);
       // On this connection the listener has sent the known tasks already: nothing to resume.
@@ -228,13 +235,16 @@ export class ProgressClient {
   /** `connection.established`: the listener accepted this client (a refusal closes right after the handshake). */
   _established(message) {
     this._clientId = message.client_id;
-    this._attempt = 0;
     this._lastHeard = Date.now();
     this._heard = false;
     if (this._pingInterval > 0) this._pinger = setInterval(() => this._ping(), this._pingInterval);
     const reconnected = this._everOpen;
     this._everOpen = true;
-    this._resubscribe(reconnected);
+    // The back-off starts again once the connection has proved itself: the listener answered what it was sent
+    // (one that closes on the resubscribe, as on a frame over its limits, would else be retried at once forever).
+    const sent = this._resubscribe(reconnected) || this._waiting.length > 0;
+    this._proving = sent;
+    if (!sent) this._attempt = 0;
     for (const request of this._waiting.splice(0)) this._send(request);
     this._setState("open");
   }
@@ -243,34 +253,85 @@ export class ProgressClient {
    * Subscribes the new connection to everything watched, resuming each task from its last seq. After a reconnect,
    * a ping follows: the listener answers in order and queues everything a subscribe brings (replayed events, the
    * current states) before it reads the next message, so its pong says that the tasks not sent again are gone.
+   *
+   * The listener refuses a subscribe as a whole (a bad id, a limit) and closes on a frame over its
+   * max_message_bytes, so: what was watched before goes in frames of its own, each within RESUME_BUDGET bytes with
+   * its resume map; each subscribe() made meanwhile that adds tasks goes in a frame of its own, answered to it (a
+   * refused one takes only its own tasks with it); the others are answered with the last frame.
    */
   _resubscribe(reconnected) {
     const waiters = this._resubscribers.splice(0);
+    const own = new Map(); // waiter → the tasks it adds, still watched
+    for (const w of waiters) {
+      const ids = w.added.filter((id) => this._subs.has(id));
+      if (ids.length > 0) own.set(w, ids);
+    }
+    const added = new Set([...own.values()].flat());
     const groups = new Map(); // the subscribe options but the interval, as JSON → ids subscribed with them
     for (const [id, { interval_ms: _, ...options }] of this._subs) {
+      if (added.has(id)) continue;
       const key = JSON.stringify(options);
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(id);
     }
-    if (groups.size === 0) {
-      for (const w of waiters) w.resolve(w.ids); // unsubscribed again before the connection came
-      return;
-    }
-    let left = groups.size;
+    const frames = [];
     for (const [key, ids] of groups) {
-      const message = { type: "subscribe", task_ids: ids, ...JSON.parse(key) };
-      const resume = this._resumeMap(ids);
-      if (resume) message.resume = resume;
-      // The interval is the connection's: the last subscribe() that gave one set it, so the last of these does.
-      if (--left === 0 && this._intervalMs !== undefined) message.interval_ms = this._intervalMs;
-      // The subscribe() calls made meanwhile are answered by the last of these replies.
-      this._send({ message, waiters: left === 0 ? waiters : [] });
+      for (const chunk of this._frameChunks(ids)) {
+        const message = { type: "subscribe", task_ids: chunk, ...JSON.parse(key) };
+        const resume = this._resumeMap(chunk);
+        if (resume) message.resume = resume;
+        frames.push({ message, waiters: [] });
+      }
     }
+    for (const [w, ids] of own) {
+      const { interval_ms: _, ...options } = this._subs.get(ids[0]);
+      const message = { type: "subscribe", task_ids: ids, ...options };
+      if (ids.includes("*")) {
+        const resume = this._resumeMap(["*"]);
+        if (resume) message.resume = resume;
+      }
+      frames.push({ message, waiters: [w] });
+    }
+    const rest = waiters.filter((w) => !own.has(w));
+    if (frames.length === 0) {
+      for (const w of rest) w.resolve(w.ids); // unsubscribed again before the connection came
+      return false;
+    }
+    frames.at(-1).waiters.push(...rest);
+    // The interval is the connection's: the last subscribe() that gave one set it, so the last frame does.
+    if (this._intervalMs !== undefined) frames.at(-1).message.interval_ms = this._intervalMs;
+    for (const frame of frames) this._send(frame);
     this._resumeBudget = RESUME_BUDGET;
     if (reconnected) {
       this._resumed = { tasks: 0, replayed: 0 };
       this._send({ message: { type: "ping" }, resumed: true });
     }
+    return true;
+  }
+
+  /**
+   * `ids` in runs whose subscribe frame, ids and resume entries, stays within RESUME_BUDGET bytes; "*" (whose
+   * resume map covers every task and is cut to the budget by `_resumeMap`) in a run of its own.
+   */
+  _frameChunks(ids) {
+    const chunks = ids.includes("*") ? [["*"]] : [];
+    let chunk = [];
+    let size = 64;
+    for (const id of ids) {
+      if (id === "*") continue;
+      const bytes = utf8Length(JSON.stringify(id));
+      const task = this._resumeBudget > 0 ? this._tasks.get(id) : undefined;
+      const cost = bytes + 1 + (task && !task.gone && task.open !== false ? bytes + String(task.seq).length + 2 : 0);
+      if (chunk.length > 0 && size + cost > RESUME_BUDGET) {
+        chunks.push(chunk);
+        chunk = [];
+        size = 64;
+      }
+      chunk.push(id);
+      size += cost;
+    }
+    if (chunk.length > 0) chunks.push(chunk);
+    return chunks;
   }
 
   /**
@@ -404,7 +465,7 @@ export class ProgressClient {
     if (this._lazyData) {
       const update = peekUpdate(text);
       if (update) {
-        if (this._deltaFor(update.task_id)) this._bases.set(update.task_id, update);
+        this._keepBase(update);
         this._update(update);
         return;
       }
@@ -421,7 +482,7 @@ export class ProgressClient {
         break;
       case "progress.update":
         if (message.patch !== undefined) message = this._patched(message);
-        else if (this._deltaFor(message.task_id)) this._bases.set(message.task_id, message);
+        else this._keepBase(message);
         if (message) this._update(message);
         break;
       case "task.log":
@@ -435,6 +496,10 @@ export class ProgressClient {
   _reply(message) {
     // Written at once, ahead of the replies queued before it, and followed by close 1009 (see _lost).
     if (message.code === "message_too_large") return;
+    if (this._proving) {
+      this._proving = false;
+      this._attempt = 0;
+    }
     const request = this._inFlight.shift();
     const error = message.type === "error" ? new ProgressError(message.code, message.message) : null;
     if (!request) {
@@ -510,7 +575,10 @@ export class ProgressClient {
     if (verdict === "duplicate") return;
     if (verdict === "gap") this._emit("resync", { task_id: id, seq: message.seq, last_seq: known.seq });
     if (message.replayed && this._resumed) this._resumed.replayed += 1;
-    const open = message instanceof LazyUpdate ? message : !TERMINAL.has(message.data?.status);
+    // A finished task keeps no state here: the listener never patches one, and never resumes one.
+    const finished = message instanceof LazyUpdate ? message.finished : TERMINAL.has(message.data?.status);
+    if (finished) this._bases.delete(id);
+    const open = finished ? false : message instanceof LazyUpdate ? message : true;
     if (known) {
       known.seq = message.seq;
       known.open = open;
@@ -520,6 +588,16 @@ export class ProgressClient {
       this._tasks.set(id, { seq: message.seq, open, gone: false, order: ++this._delivered });
     }
     this._emit("update", message);
+  }
+
+  /**
+   * A full update becomes the task's base when its updates come as patches, and also while a base is held: the
+   * listener applies a subscribe that switches delta off one round trip later, and a full state it sent before
+   * that may still be followed by a patch against it. The base goes with the subscribe's answer (`subscribe`).
+   */
+  _keepBase(update) {
+    const id = update.task_id;
+    if (this._deltaFor(id) || this._bases.has(id)) this._bases.set(id, update);
   }
 
   /** Whether the task's updates come as merge patches: its own subscription's `delta`, else "*"'s. */
@@ -534,10 +612,16 @@ export class ProgressClient {
    */
   _patched(message) {
     const base = this._bases.get(message.task_id);
+    const id = message.task_id;
     if (base === undefined || base.seq !== message.base_seq) {
-      this._bases.delete(message.task_id);
-      if (this._state === "open" && this._watching(message.task_id)) {
-        this._request({ type: "subscribe", task_ids: [message.task_id], delta: true }).catch(() => {});
+      this._bases.delete(id);
+      // Asked again only while the task's updates are to come as patches (a patch that crosses a subscribe
+      // switching delta off is dropped: the full states that follow close the gap, with a `resync`).
+      if (this._state === "open" && this._deltaFor(id)) {
+        const { interval_ms: _, ...options } = this._subs.get(id) ?? { delta: true };
+        this._request({ type: "subscribe", task_ids: [id], ...options }).catch(() => {});
+        // A task watched through "*" alone: its subscription by id, which sent the full state, goes again.
+        if (!this._subs.has(id)) this._request({ type: "unsubscribe", task_ids: [id] }).catch(() => {});
       }
       return null;
     }
@@ -584,6 +668,16 @@ class LazyUpdate {
       this.#text = null;
     }
     return this.#data;
+  }
+
+  /** Whether the task's status is a final one, read from the text's first "status" (the task's own: the members
+   *  before it are strings, and a string's quotes are escaped) without parsing it. */
+  get finished() {
+    if (this.#text === null) return TERMINAL.has(this.#data?.status);
+    const at = this.#text.indexOf('"status":"');
+    if (at < 0) return TERMINAL.has(this.data?.status);
+    const end = this.#text.indexOf('"', at + 10);
+    return TERMINAL.has(this.#text.slice(at + 10, end));
   }
 
   toJSON() {
