@@ -11,6 +11,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
   const RECONNECTED_NOTICE_MS = 10000;
   const MAX_FINISHED = 300; // finished tasks kept on the page; the oldest beyond that are dropped
   const MAX_LOGS = 300; // log entries kept per task
+  const TASK_PAGE_LOGS = 1000; // log entries on a task's page: as many as the engine keeps of a task
   const SPARK_POINTS = 60; // resource samples kept per task and resource
   const SAMPLE_MS = 250; // at most one sparkline point per this interval
   const WARN_MS = 10000;
@@ -548,15 +549,16 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       added = true;
     }
     if (!added) return;
+    // The task's page takes the lines as they come: between two of its renders more than MAX_LOGS may arrive.
+    if (id === taskView.id && mergeTaskLogs(entries)) {
+      taskView.logDirty = true;
+      queueRender();
+    }
     if (!live) t.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
     if (t.logs.length > MAX_LOGS) {
       for (const e of t.logs.splice(0, t.logs.length - MAX_LOGS)) t.logKeys.delete(logKey(e));
     }
     if (id === selected) renderLog();
-    if (id === taskView.id) {
-      taskView.logDirty = true;
-      queueRender();
-    }
   }
 
   const pendingLogs = new Map();
@@ -1815,6 +1817,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     logs: [],
     logKeys: new Set(),
     logDirty: false,
+    logRebuild: true,
+    logShown: 0,
+    logDropped: 0,
     stateDirty: false,
     chartsDirty: false,
     chartsDrawnAt: 0,
@@ -1868,6 +1873,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     taskView.partial = false;
     taskView.logs = [];
     taskView.logKeys = new Set();
+    taskView.logRebuild = true; // the page's log list is drawn anew at its next render
+    taskView.logShown = 0; // entries in the drawn list
+    taskView.logDropped = 0; // entries trimmed from the top since the list was drawn
     taskView.fetched = null;
     taskView.stateDirty = true;
     taskView.chartsDirty = true;
@@ -1991,19 +1999,36 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
       });
   }
 
-  /** Adds log entries the task's page does not have yet, in time order; returns whether any was new. */
+  /**
+   * Adds log entries the task's page does not have yet, in time order, the newest TASK_PAGE_LOGS kept; returns
+   * whether any was new. Lines that come in order (the live ones) are appended to the drawn list at the next render;
+   * an older one makes it drawn anew.
+   */
   function mergeTaskLogs(entries) {
+    const logs = taskView.logs;
     let added = false;
+    let ordered = true;
     for (const e of entries) {
       if (!e || typeof e !== "object") continue;
       const key = logKey(e);
       if (taskView.logKeys.has(key)) continue;
       taskView.logKeys.add(key);
-      taskView.logs.push(e);
+      const last = logs[logs.length - 1];
+      if (last && (parseTime(e.timestamp) || 0) < (parseTime(last.timestamp) || 0)) ordered = false;
+      logs.push(e);
       added = true;
     }
-    if (added) taskView.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
-    return added;
+    if (!added) return false;
+    if (!ordered) {
+      logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
+      taskView.logRebuild = true;
+    }
+    if (logs.length > TASK_PAGE_LOGS) {
+      const dropped = logs.splice(0, logs.length - TASK_PAGE_LOGS);
+      for (const e of dropped) taskView.logKeys.delete(logKey(e));
+      taskView.logDropped += dropped.length;
+    }
+    return true;
   }
 
   /** The task's latest state: live from the WebSocket, else as read over REST. */
@@ -2377,12 +2402,24 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     });
   }
 
+  /** Draws the task page's log: the entries added since the last render at the end, those trimmed off the top
+   *  removed; the whole list only when an entry came out of order (or the page is new). */
   function renderTaskLog(d) {
     const logs = taskView.logs;
-    ui.tvLog.textContent = "";
     const names = {};
     for (const s of stageList(d || {})) names[s.index] = s.name;
-    for (const e of logs) {
+    let from = taskView.logShown - taskView.logDropped;
+    if (taskView.logRebuild || from < 0) {
+      ui.tvLog.textContent = "";
+      from = 0;
+    } else {
+      for (let i = 0; i < taskView.logDropped; i++) ui.tvLog.firstElementChild.remove();
+      if (taskView.logShown === 0) ui.tvLog.textContent = ""; // the "No log entries." line
+    }
+    taskView.logRebuild = false;
+    taskView.logDropped = 0;
+    for (let i = from; i < logs.length; i++) {
+      const e = logs[i];
       const li = el("li", "log-entry");
       li.dataset.level = String(e.level || "info");
       const time = el("time", "log-time", formatClock(e.timestamp));
@@ -2392,6 +2429,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
         el("span", "log-msg", e.message));
       ui.tvLog.appendChild(li);
     }
+    taskView.logShown = logs.length;
     if (!logs.length) ui.tvLog.appendChild(el("li", "hint", "No log entries."));
     ui.tvLog.dataset.count = String(logs.length);
   }

@@ -433,3 +433,31 @@ def test_table_and_task_page_at_phone_width(dash, trackers):
     dash.screenshot("dashboard-task-phone.png")
     dash.viewport(*LAPTOP)
     assert dash.console_errors() == []
+
+
+def test_task_page_log_takes_a_burst_keeps_the_newest_and_appends(dash, trackers):
+    """2,000 lines logged at once while the task's page is open: the page shows the newest 1,000 (what the engine
+    keeps of a task), in order. It used to lose the lines beyond the 300 the card keeps between two renders, keep
+    every line it ever got, and draw the whole list again for each new one: a line now appends to what is drawn."""
+    tracker = trackers()
+    tracker.create_task_progress_sync("chatty", "stable-diffusion-xl", "image_generation")
+    tracker.log_sync("chatty", "info", "line 0")
+    dash.driver.get(tracker.url + "/#/task/chatty")
+    dash.wait(lambda: dash.js("return document.getElementById('tv-log').dataset.count") == "1", "the first line")
+    dash.wait(lambda: dash.conn_state() == "live", "the page to connect")
+    for i in range(1, 2001):
+        tracker.log_sync("chatty", "info", f"line {i}")
+    dash.wait(lambda: dash.js("return document.getElementById('tv-log').dataset.count") == "1000"
+              and dash.js("return document.querySelector('#tv-log li:last-child .log-msg').textContent") == "line 2000",
+              "the burst", timeout=20)
+    shown = dash.js("return Array.from(document.querySelectorAll('#tv-log .log-msg')).map(e => e.textContent)")
+    assert shown == [f"line {i}" for i in range(1001, 2001)]
+    dash.js("document.querySelector('#tv-log li:nth-child(2)').dataset.mark = 'drawn'")
+    tracker.log_sync("chatty", "warning", "line 2001")
+    dash.wait(lambda: dash.js("return document.querySelector('#tv-log li:last-child .log-msg').textContent")
+              == "line 2001", "one more line")
+    assert dash.js("return document.querySelectorAll('#tv-log li').length") == 1000
+    # Not drawn anew: the element drawn second before is the first one now (the oldest line trimmed off the top).
+    assert dash.js("const e = document.querySelector('#tv-log li');"
+                   " return [e.dataset.mark, e.querySelector('.log-msg').textContent]") == ["drawn", "line 1002"]
+    assert dash.console_errors() == []

@@ -81,6 +81,7 @@ export class ProgressClient {
     this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
     this._attempt = 0;
+    this._proving = false; // the connection sent requests and has had no answer yet (see _established)
     this._state = "connecting";
     this._clientId = options.clientId ?? null;
     this._ws = null;
@@ -121,8 +122,14 @@ export class ProgressClient {
     // The listener's interval is the connection's: the latest subscribe that gives one sets it.
     if (options.intervalMs !== undefined) subOptions.interval_ms = this._intervalMs = options.intervalMs;
     for (const id of ids) this._subs.set(id, subOptions);
+    // Patches the listener queued before it took this subscribe come before its answer: a base no longer needed
+    // (delta switched off) goes with the answer, as in unsubscribe().
+    const done = (value) => {
+      for (const id of ids.includes("*") ? [...this._bases.keys()] : ids) if (!this._deltaFor(id)) this._bases.delete(id);
+      return value;
+    };
     return new Promise((resolve, reject) => {
-      const waiter = { ids, added, resolve, reject };
+      const waiter = { ids, added, resolve: (value) => resolve(done(value)), reject };
       if (this._state === "closed") reject(closedError());
       else if (this._state !== "open") this._resubscribers.push(waiter);
       // On this connection the listener has sent the known tasks already: nothing to resume.
@@ -238,13 +245,16 @@ export class ProgressClient {
   /** `connection.established`: the listener accepted this client (a refusal closes right after the handshake). */
   _established(message) {
     this._clientId = message.client_id;
-    this._attempt = 0;
     this._lastHeard = Date.now();
     this._heard = false;
     if (this._pingInterval > 0) this._pinger = setInterval(() => this._ping(), this._pingInterval);
     const reconnected = this._everOpen;
     this._everOpen = true;
-    this._resubscribe(reconnected);
+    // The back-off starts again once the connection has proved itself: the listener answered what it was sent
+    // (one that closes on the resubscribe, as on a frame over its limits, would else be retried at once forever).
+    const sent = this._resubscribe(reconnected) || this._waiting.length > 0;
+    this._proving = sent;
+    if (!sent) this._attempt = 0;
     for (const request of this._waiting.splice(0)) this._send(request);
     this._setState("open");
   }
@@ -253,34 +263,85 @@ export class ProgressClient {
    * Subscribes the new connection to everything watched, resuming each task from its last seq. After a reconnect,
    * a ping follows: the listener answers in order and queues everything a subscribe brings (replayed events, the
    * current states) before it reads the next message, so its pong says that the tasks not sent again are gone.
+   *
+   * The listener refuses a subscribe as a whole (a bad id, a limit) and closes on a frame over its
+   * max_message_bytes, so: what was watched before goes in frames of its own, each within RESUME_BUDGET bytes with
+   * its resume map; each subscribe() made meanwhile that adds tasks goes in a frame of its own, answered to it (a
+   * refused one takes only its own tasks with it); the others are answered with the last frame.
    */
   _resubscribe(reconnected) {
     const waiters = this._resubscribers.splice(0);
+    const own = new Map(); // waiter → the tasks it adds, still watched
+    for (const w of waiters) {
+      const ids = w.added.filter((id) => this._subs.has(id));
+      if (ids.length > 0) own.set(w, ids);
+    }
+    const added = new Set([...own.values()].flat());
     const groups = new Map(); // the subscribe options but the interval, as JSON → ids subscribed with them
     for (const [id, { interval_ms: _, ...options }] of this._subs) {
+      if (added.has(id)) continue;
       const key = JSON.stringify(options);
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(id);
     }
-    if (groups.size === 0) {
-      for (const w of waiters) w.resolve(w.ids); // unsubscribed again before the connection came
-      return;
-    }
-    let left = groups.size;
+    const frames = [];
     for (const [key, ids] of groups) {
-      const message = { type: "subscribe", task_ids: ids, ...JSON.parse(key) };
-      const resume = this._resumeMap(ids);
-      if (resume) message.resume = resume;
-      // The interval is the connection's: the last subscribe() that gave one set it, so the last of these does.
-      if (--left === 0 && this._intervalMs !== undefined) message.interval_ms = this._intervalMs;
-      // The subscribe() calls made meanwhile are answered by the last of these replies.
-      this._send({ message, waiters: left === 0 ? waiters : [] });
+      for (const chunk of this._frameChunks(ids)) {
+        const message = { type: "subscribe", task_ids: chunk, ...JSON.parse(key) };
+        const resume = this._resumeMap(chunk);
+        if (resume) message.resume = resume;
+        frames.push({ message, waiters: [] });
+      }
     }
+    for (const [w, ids] of own) {
+      const { interval_ms: _, ...options } = this._subs.get(ids[0]);
+      const message = { type: "subscribe", task_ids: ids, ...options };
+      if (ids.includes("*")) {
+        const resume = this._resumeMap(["*"]);
+        if (resume) message.resume = resume;
+      }
+      frames.push({ message, waiters: [w] });
+    }
+    const rest = waiters.filter((w) => !own.has(w));
+    if (frames.length === 0) {
+      for (const w of rest) w.resolve(w.ids); // unsubscribed again before the connection came
+      return false;
+    }
+    frames.at(-1).waiters.push(...rest);
+    // The interval is the connection's: the last subscribe() that gave one set it, so the last frame does.
+    if (this._intervalMs !== undefined) frames.at(-1).message.interval_ms = this._intervalMs;
+    for (const frame of frames) this._send(frame);
     this._resumeBudget = RESUME_BUDGET;
     if (reconnected) {
       this._resumed = { tasks: 0, replayed: 0 };
       this._send({ message: { type: "ping" }, resumed: true });
     }
+    return true;
+  }
+
+  /**
+   * `ids` in runs whose subscribe frame, ids and resume entries, stays within RESUME_BUDGET bytes; "*" (whose
+   * resume map covers every task and is cut to the budget by `_resumeMap`) in a run of its own.
+   */
+  _frameChunks(ids) {
+    const chunks = ids.includes("*") ? [["*"]] : [];
+    let chunk = [];
+    let size = 64;
+    for (const id of ids) {
+      if (id === "*") continue;
+      const bytes = utf8Length(JSON.stringify(id));
+      const task = this._resumeBudget > 0 ? this._tasks.get(id) : undefined;
+      const cost = bytes + 1 + (task && !task.gone && task.open !== false ? bytes + String(task.seq).length + 2 : 0);
+      if (chunk.length > 0 && size + cost > RESUME_BUDGET) {
+        chunks.push(chunk);
+        chunk = [];
+        size = 64;
+      }
+      chunk.push(id);
+      size += cost;
+    }
+    if (chunk.length > 0) chunks.push(chunk);
+    return chunks;
   }
 
   /**
@@ -414,7 +475,7 @@ export class ProgressClient {
     if (this._lazyData) {
       const update = peekUpdate(text);
       if (update) {
-        if (this._deltaFor(update.task_id)) this._bases.set(update.task_id, update);
+        this._keepBase(update);
         this._update(update);
         return;
       }
@@ -431,7 +492,7 @@ export class ProgressClient {
         break;
       case "progress.update":
         if (message.patch !== undefined) message = this._patched(message);
-        else if (this._deltaFor(message.task_id)) this._bases.set(message.task_id, message);
+        else this._keepBase(message);
         if (message) this._update(message);
         break;
       case "task.log":
@@ -445,6 +506,10 @@ export class ProgressClient {
   _reply(message) {
     // Written at once, ahead of the replies queued before it, and followed by close 1009 (see _lost).
     if (message.code === "message_too_large") return;
+    if (this._proving) {
+      this._proving = false;
+      this._attempt = 0;
+    }
     const request = this._inFlight.shift();
     const error = message.type === "error" ? new ProgressError(message.code, message.message) : null;
     if (!request) {
@@ -520,7 +585,10 @@ export class ProgressClient {
     if (verdict === "duplicate") return;
     if (verdict === "gap") this._emit("resync", { task_id: id, seq: message.seq, last_seq: known.seq });
     if (message.replayed && this._resumed) this._resumed.replayed += 1;
-    const open = message instanceof LazyUpdate ? message : !TERMINAL.has(message.data?.status);
+    // A finished task keeps no state here: the listener never patches one, and never resumes one.
+    const finished = message instanceof LazyUpdate ? message.finished : TERMINAL.has(message.data?.status);
+    if (finished) this._bases.delete(id);
+    const open = finished ? false : message instanceof LazyUpdate ? message : true;
     if (known) {
       known.seq = message.seq;
       known.open = open;
@@ -530,6 +598,16 @@ export class ProgressClient {
       this._tasks.set(id, { seq: message.seq, open, gone: false, order: ++this._delivered });
     }
     this._emit("update", message);
+  }
+
+  /**
+   * A full update becomes the task's base when its updates come as patches, and also while a base is held: the
+   * listener applies a subscribe that switches delta off one round trip later, and a full state it sent before
+   * that may still be followed by a patch against it. The base goes with the subscribe's answer (`subscribe`).
+   */
+  _keepBase(update) {
+    const id = update.task_id;
+    if (this._deltaFor(id) || this._bases.has(id)) this._bases.set(id, update);
   }
 
   /** Whether the task's updates come as merge patches: its own subscription's `delta`, else "*"'s. */
@@ -544,10 +622,16 @@ export class ProgressClient {
    */
   _patched(message) {
     const base = this._bases.get(message.task_id);
+    const id = message.task_id;
     if (base === undefined || base.seq !== message.base_seq) {
-      this._bases.delete(message.task_id);
-      if (this._state === "open" && this._watching(message.task_id)) {
-        this._request({ type: "subscribe", task_ids: [message.task_id], delta: true }).catch(() => {});
+      this._bases.delete(id);
+      // Asked again only while the task's updates are to come as patches (a patch that crosses a subscribe
+      // switching delta off is dropped: the full states that follow close the gap, with a `resync`).
+      if (this._state === "open" && this._deltaFor(id)) {
+        const { interval_ms: _, ...options } = this._subs.get(id) ?? { delta: true };
+        this._request({ type: "subscribe", task_ids: [id], ...options }).catch(() => {});
+        // A task watched through "*" alone: its subscription by id, which sent the full state, goes again.
+        if (!this._subs.has(id)) this._request({ type: "unsubscribe", task_ids: [id] }).catch(() => {});
       }
       return null;
     }
@@ -594,6 +678,16 @@ class LazyUpdate {
       this.#text = null;
     }
     return this.#data;
+  }
+
+  /** Whether the task's status is a final one, read from the text's first "status" (the task's own: the members
+   *  before it are strings, and a string's quotes are escaped) without parsing it. */
+  get finished() {
+    if (this.#text === null) return TERMINAL.has(this.#data?.status);
+    const at = this.#text.indexOf('"status":"');
+    if (at < 0) return TERMINAL.has(this.data?.status);
+    const end = this.#text.indexOf('"', at + 10);
+    return TERMINAL.has(this.#text.slice(at + 10, end));
   }
 
   toJSON() {
@@ -1405,7 +1499,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=cff3779a83e0";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=abd2751ba4a4";
 
 (function () {
   const API = "/api/v1/progress";
@@ -1413,6 +1507,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
   const RECONNECTED_NOTICE_MS = 10000;
   const MAX_FINISHED = 300; // finished tasks kept on the page; the oldest beyond that are dropped
   const MAX_LOGS = 300; // log entries kept per task
+  const TASK_PAGE_LOGS = 1000; // log entries on a task's page: as many as the engine keeps of a task
   const SPARK_POINTS = 60; // resource samples kept per task and resource
   const SAMPLE_MS = 250; // at most one sparkline point per this interval
   const WARN_MS = 10000;
@@ -1950,15 +2045,16 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
       added = true;
     }
     if (!added) return;
+    // The task's page takes the lines as they come: between two of its renders more than MAX_LOGS may arrive.
+    if (id === taskView.id && mergeTaskLogs(entries)) {
+      taskView.logDirty = true;
+      queueRender();
+    }
     if (!live) t.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
     if (t.logs.length > MAX_LOGS) {
       for (const e of t.logs.splice(0, t.logs.length - MAX_LOGS)) t.logKeys.delete(logKey(e));
     }
     if (id === selected) renderLog();
-    if (id === taskView.id) {
-      taskView.logDirty = true;
-      queueRender();
-    }
   }
 
   const pendingLogs = new Map();
@@ -3217,6 +3313,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
     logs: [],
     logKeys: new Set(),
     logDirty: false,
+    logRebuild: true,
+    logShown: 0,
+    logDropped: 0,
     stateDirty: false,
     chartsDirty: false,
     chartsDrawnAt: 0,
@@ -3270,6 +3369,9 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
     taskView.partial = false;
     taskView.logs = [];
     taskView.logKeys = new Set();
+    taskView.logRebuild = true; // the page's log list is drawn anew at its next render
+    taskView.logShown = 0; // entries in the drawn list
+    taskView.logDropped = 0; // entries trimmed from the top since the list was drawn
     taskView.fetched = null;
     taskView.stateDirty = true;
     taskView.chartsDirty = true;
@@ -3393,19 +3495,36 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
       });
   }
 
-  /** Adds log entries the task's page does not have yet, in time order; returns whether any was new. */
+  /**
+   * Adds log entries the task's page does not have yet, in time order, the newest TASK_PAGE_LOGS kept; returns
+   * whether any was new. Lines that come in order (the live ones) are appended to the drawn list at the next render;
+   * an older one makes it drawn anew.
+   */
   function mergeTaskLogs(entries) {
+    const logs = taskView.logs;
     let added = false;
+    let ordered = true;
     for (const e of entries) {
       if (!e || typeof e !== "object") continue;
       const key = logKey(e);
       if (taskView.logKeys.has(key)) continue;
       taskView.logKeys.add(key);
-      taskView.logs.push(e);
+      const last = logs[logs.length - 1];
+      if (last && (parseTime(e.timestamp) || 0) < (parseTime(last.timestamp) || 0)) ordered = false;
+      logs.push(e);
       added = true;
     }
-    if (added) taskView.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
-    return added;
+    if (!added) return false;
+    if (!ordered) {
+      logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
+      taskView.logRebuild = true;
+    }
+    if (logs.length > TASK_PAGE_LOGS) {
+      const dropped = logs.splice(0, logs.length - TASK_PAGE_LOGS);
+      for (const e of dropped) taskView.logKeys.delete(logKey(e));
+      taskView.logDropped += dropped.length;
+    }
+    return true;
   }
 
   /** The task's latest state: live from the WebSocket, else as read over REST. */
@@ -3779,12 +3898,24 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
     });
   }
 
+  /** Draws the task page's log: the entries added since the last render at the end, those trimmed off the top
+   *  removed; the whole list only when an entry came out of order (or the page is new). */
   function renderTaskLog(d) {
     const logs = taskView.logs;
-    ui.tvLog.textContent = "";
     const names = {};
     for (const s of stageList(d || {})) names[s.index] = s.name;
-    for (const e of logs) {
+    let from = taskView.logShown - taskView.logDropped;
+    if (taskView.logRebuild || from < 0) {
+      ui.tvLog.textContent = "";
+      from = 0;
+    } else {
+      for (let i = 0; i < taskView.logDropped; i++) ui.tvLog.firstElementChild.remove();
+      if (taskView.logShown === 0) ui.tvLog.textContent = ""; // the "No log entries." line
+    }
+    taskView.logRebuild = false;
+    taskView.logDropped = 0;
+    for (let i = from; i < logs.length; i++) {
+      const e = logs[i];
       const li = el("li", "log-entry");
       li.dataset.level = String(e.level || "info");
       const time = el("time", "log-time", formatClock(e.timestamp));
@@ -3794,6 +3925,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
         el("span", "log-msg", e.message));
       ui.tvLog.appendChild(li);
     }
+    taskView.logShown = logs.length;
     if (!logs.length) ui.tvLog.appendChild(el("li", "hint", "No log entries."));
     ui.tvLog.dataset.count = String(logs.length);
   }
@@ -4038,7 +4170,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=c
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=bcc05bc5dc7c"></script>
+<script type="module" src="/dashboard/app.js?v=a212e0c85d35"></script>
 </body>
 </html>
 """##),
