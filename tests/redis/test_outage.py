@@ -255,7 +255,13 @@ def test_while_redis_refuses_writes_the_writer_backs_off_and_publishes_nothing(r
             ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
         t.create_task_progress_sync("full", "tpl")
         t.update_progress_sync("full", 1, 4, message="one")
-        wait_until(lambda: listener.get_task_progress_sync("full")["status"] == "executing", what="the mirror")
+        def mirrored():
+            try:
+                return listener.get_task_progress_sync("full")["status"] == "executing"
+            except Exception:  # not written yet
+                return False
+
+        wait_until(mirrored, what="the mirror")
         capfd.readouterr()
         redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         redis.cli("CONFIG", "SET", "maxmemory", "1")
@@ -274,3 +280,41 @@ def test_while_redis_refuses_writes_the_writer_backs_off_and_publishes_nothing(r
         wait_until(lambda: copies() > 0, timeout=10, what="the log entry once Redis takes writes")
         time.sleep(0.3)
         assert copies() == 1
+
+
+def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redis, capfd):
+    """Redis killed and started again without its AOF (a server without persistence, or one whose last second of
+    fsync was lost): the engine sees another run_id and writes again each task whose writes Redis no longer holds,
+    finished ones included, which would else never be written again (nothing changes them)."""
+    import shutil
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("done", "tpl")
+        t.update_progress_sync("done", 2, 4, message="half")
+        t.log_sync("done", "info", "before the restart")
+        t.complete_task_sync("done")
+        t.create_task_progress_sync("running", "tpl")
+        t.update_progress_sync("running", 3, 10, message="three")
+        wait_until(lambda: t.stats_sync()["redis_queue_depth"] == 0 and redis.cli("EXISTS", "progress:task:{running}:state") == "1",
+                   what="the writes")
+        done, running = t.get_task_progress_sync("done"), t.get_task_progress_sync("running")
+        redis.signal(signal.SIGKILL)
+        for path in redis.folder.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        redis.start()
+
+        def stored(task_id):
+            text = redis.cli("GET", f"progress:task:{{{task_id}}}:state")
+            return json.loads(text) if text else None
+
+        wait_until(lambda: (stored("done") or {}).get("seq") == done["seq"]
+                   and (stored("running") or {}).get("seq") == running["seq"], timeout=10, what="the tasks again")
+        assert stored("done")["status"] == "completed" and stored("running")["status"] == "executing"
+        logs = [json.loads(x)["message"] for x in redis.lines("LRANGE", "progress:task:{done}:logs", "0", "-1")]
+        assert logs == ["before the restart"]
+        events = redis.lines("XRANGE", "progress:task:{done}:events", "-", "+")
+        assert events, "the task's events written again"
+        assert redis.cli("ZSCORE", "progress:heartbeats", "running") != ""
+        assert len(redis.lines("ZRANGE", "progress:tasks:created", "0", "-1")) == 2
+    assert '"event":"redis_restarted"' in capfd.readouterr().err

@@ -101,6 +101,28 @@ extension EngineCore {
         if replaced, let completion { completions.add(completion) }
     }
 
+    func acknowledgedTasks() -> [(id: String, seq: UInt64, logs: Int)] {
+        var out: [(id: String, seq: UInt64, logs: Int)] = []
+        for shard in table.allShards {
+            shard.withLock { state in
+                for task in state.tasks.values where !task.isMirror && task.persistedSeq > 0 {
+                    out.append((task.id, task.persistedSeq, task.persistedLogs))
+                }
+            }
+        }
+        return out
+    }
+
+    func writeAgain(id: String, storedSeq: UInt64, storedLogs: Int) {
+        let key = TaskKey(owning: id)
+        table.shard(for: key).withLock { shard in
+            guard let task = shard.tasks[key], !task.isMirror else { return }
+            task.persistedSeq = min(task.persistedSeq, storedSeq)
+            task.persistedLogs = min(task.persistedLogs, storedLogs)
+            ChangeFeed.storage.requeue(task)
+        }
+    }
+
     /// This engine's own queued and executing tasks (their Redis keys' expiry is refreshed while they run, and they
     /// are heartbeated: a task whose worker died while it waited in its queue is lost too), with the batch each
     /// belongs to.

@@ -102,6 +102,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var lastHeartbeat = -Double.infinity
     @exclusivity(unchecked) private var lastError = ""
     @exclusivity(unchecked) private var cancels = CancelPoller()
+    /// The `run_id` of the Redis server last connected to: another one after a reconnect is a restart, which may
+    /// have lost acknowledged writes (`checkAcknowledged`).
+    @exclusivity(unchecked) private var serverRunId: String?
+    @exclusivity(unchecked) private var restarted = false
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
     /// - Throws: `EngineError.io` if the thread cannot start.
@@ -222,6 +226,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             heartbeat(now: now)
             guard connection != nil else { return }
         }
+        if restarted {
+            checkAcknowledged(now: now)
+            guard connection != nil else { return }
+        }
         if deadline == nil && now >= cancels.due {
             readCancels(now: now)
             guard connection != nil else { return }
@@ -317,6 +325,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                                                                                   ("role", "writer")])
             everConnected = true
             metrics.connected.store(1, ordering: .relaxed)
+            if let runId = RedisWriter.runId(of: connection!) {
+                if let serverRunId, serverRunId != runId { restarted = true }
+                serverRunId = runId
+            }
             // Everything queued while disconnected is written now; heartbeats first, so no listener takes a
             // live task for lost.
             lastHeartbeat = -Double.infinity
@@ -342,6 +354,73 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                                                          ("retry_in_s", String(backoff))])
         }
         lastError = why
+    }
+
+    /// The server's `run_id` (INFO server), nil when it cannot be read (INFO renamed or refused).
+    private static func runId(of connection: RedisConnection) -> String? {
+        guard let text = try? connection.command(["INFO", "server"]).text else { return nil }
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("run_id:") {
+            return String(line.dropFirst(7))
+        }
+        return nil
+    }
+
+    /// The stored seq of a task's state (-1: none), and the length of its log.
+    static let storedSeqAndLogs = RedisArgument("""
+        local v = redis.call('GET', KEYS[1])
+        local seq = -1
+        if v then seq = tonumber(string.match(v, '"seq":(%d+)')) or -1 end
+        return {seq, redis.call('LLEN', KEYS[2])}
+        """)
+
+    /// After a restart of Redis (another `run_id`), which may have lost writes it had acknowledged (an AOF fsynced
+    /// every second, none at all): each of this engine's tasks whose stored seq or log is behind what was
+    /// acknowledged is written again from there, its last state included, even if it never changes again.
+    private func checkAcknowledged(now: Double) {
+        let tasks = engine.acknowledgedTasks()
+        var again = 0
+        do {
+            for chunk in stride(from: 0, to: tasks.count, by: 512) {
+                let part = tasks[chunk..<min(chunk + 512, tasks.count)]
+                guard let connection else { return }
+                for t in part {
+                    connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "2", RedisArgument(keys.state(t.id)),
+                                       RedisArgument(keys.logs(t.id))])
+                }
+                metrics.commands.add(part.count, ordering: .relaxed)
+                var refusal: String?
+                for t in part {
+                    let answer = try connection.reply()
+                    if case let .error(message) = answer {
+                        refusal = refusal ?? message  // LOADING, BUSY: the check goes again after the back-off
+                        continue
+                    }
+                    guard case let .array(reply) = answer, reply.count == 2,
+                          case let .integer(seq) = reply[0], case let .integer(length) = reply[1] else { continue }
+                    // The log holds the newest logCapacity entries: fewer than that of what was acknowledged is a loss.
+                    let lostLogs = max(0, min(t.logs, TaskRecord.logCapacity) - Int(length))
+                    guard seq < Int64(t.seq) || lostLogs > 0 else { continue }
+                    // No state at all: the task's first write again, which clears what is left and writes it all.
+                    engine.writeAgain(id: t.id, storedSeq: UInt64(max(0, seq)), storedLogs: seq < 0 ? 0 : t.logs - lostLogs)
+                    pending[IdKey(t.id)] = 0
+                    again += 1
+                }
+                if let refusal {
+                    disconnected(refusal, now: now)
+                    return
+                }
+            }
+        } catch let e as EngineError {
+            disconnected(e.message, now: now)
+            return
+        } catch {
+            return
+        }
+        restarted = false
+        StorageLog.write(again > 0 ? "warning" : "info", "redis_restarted", [("redis", url.display),
+            ("tasks_checked", String(tasks.count)), ("tasks_written_again", String(again)),
+            ("reason", "the Redis server is another run (run_id changed): tasks whose writes it no longer holds are "
+                + "written again")])
     }
 
     /// ZADD of every executing task of this engine, so listeners can tell a live worker from a lost one.

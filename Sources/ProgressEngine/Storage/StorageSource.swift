@@ -17,6 +17,12 @@ protocol WriterSource: AnyObject, Sendable {
     func eventTime() -> Double
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
     func activeOwnedTasks() -> [(id: String, batch: String?)]
+    /// This engine's own tasks (finished ones included, mirrors left out) that Redis acknowledged a write of: the
+    /// seq and the count of log entries it acknowledged.
+    func acknowledgedTasks() -> [(id: String, seq: UInt64, logs: Int)]
+    /// Redis no longer holds what it acknowledged of the task (a restart that lost writes): the task is written again
+    /// from what Redis still has, `storedSeq` (0: no state) and `storedLogs` entries, urgently.
+    func writeAgain(id: String, storedSeq: UInt64, storedLogs: Int)
     /// A cancel request read from Redis: recorded when this engine runs the task, has written it and it has not
     /// finished.
     func applyCancelRequest(id: String, reason: String?)
