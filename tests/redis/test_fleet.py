@@ -302,3 +302,48 @@ time.sleep(60)
         assert body["error"] == "worker lost"
         stored = json.loads(redis.cli("GET", "progress:task:{waiting}:state"))
         assert stored["status"] == "failed" and stored["error"] == "worker lost"
+
+
+def test_a_listener_whose_subscriber_was_away_reads_the_missed_log_and_history_from_redis(redis):
+    """The listener's subscriber connection is killed again and again while a worker logs and steps: the messages
+    published meanwhile are lost to pub/sub, and the mirror is refreshed with the state alone. Its log and history
+    had gaps in the middle (6 of 43 log entries, 3 of 43 events); they now come from Redis where memory may miss
+    them."""
+    import threading
+    from redis_support import flushed
+
+    opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    with ProgressTracker(listen="127.0.0.1:0", **opts) as listener, ProgressTracker(**opts) as worker:
+        worker.create_task_progress_sync("t", "tpl")
+        worker.log_sync("t", "info", "m1")
+        worker.update_progress_sync("t", 1, 100, message="s1")
+        wait_until(lambda: http_get(listener.port, "/api/v1/progress/tasks/t")[1].get("seq", 0) >= 2,
+                   what="the mirror")
+        stop = threading.Event()
+
+        def kill_subscribers():
+            while not stop.is_set():
+                redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_subscribers)
+        killer.start()
+        try:
+            for i in range(2, 42):
+                worker.log_sync("t", "info", f"m{i}")
+                worker.update_progress_sync("t", i, 100, message=f"s{i}")
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            killer.join()
+        time.sleep(0.5)
+        worker.log_sync("t", "info", "m42")
+        worker.update_progress_sync("t", 42, 100, message="s42")
+        flushed(worker)
+        final = worker.get_task_progress_sync("t")["seq"]
+        wait_until(lambda: http_get(listener.port, "/api/v1/progress/tasks/t")[1]["seq"] == final, what="the end")
+        assert listener.stats_sync()["redis_reconnects"] >= 1  # the subscriber was away at least once
+        logs = [e["message"] for e in http_get(listener.port, "/api/v1/progress/tasks/t/logs")[1]["logs"]]
+        assert logs == [f"m{i}" for i in range(1, 43)], logs
+        events = http_get(listener.port, "/api/v1/progress/tasks/t/history")[1]["events"]
+        assert [e["seq"] for e in events] == list(range(1, final + 1))

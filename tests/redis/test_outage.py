@@ -318,3 +318,20 @@ def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redi
         assert redis.cli("ZSCORE", "progress:heartbeats", "running") != ""
         assert len(redis.lines("ZRANGE", "progress:tasks:created", "0", "-1")) == 2
     assert '"event":"redis_restarted"' in capfd.readouterr().err
+
+
+def test_a_script_cache_flushed_under_the_writer_is_loaded_again(redis):
+    """The state goes through EVALSHA of a script loaded at each connection: after SCRIPT FLUSH, Redis answers
+    NOSCRIPT, the writer connects again, loads it and writes what was refused."""
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("scripted", "tpl")
+        t.update_progress_sync("scripted", 1, 4, message="one")
+        wait_until(lambda: redis.cli("EXISTS", "progress:task:{scripted}:state") == "1", what="the first write")
+        redis.cli("SCRIPT", "FLUSH")
+        t.update_progress_sync("scripted", 2, 4, message="two")
+        t.complete_task_sync("scripted")
+        wait_until(lambda: json.loads(redis.cli("GET", "progress:task:{scripted}:state"))["status"] == "completed",
+                   timeout=10, what="the writes after the flush")
+        assert t.stats_sync()["redis_reconnects"] >= 1

@@ -20,11 +20,11 @@ extension EngineCore {
                 return (entries, task.logs.dropped)
             }
         }, stored: { store in store.stateJSON(id) == nil ? nil : store.logs(id).map { ($0, 0) } })
-        // A task this engine restored (a resumed runner) or mirrors holds only the entries since: the earlier
-        // ones are in Redis.
-        if partial, let stored = store.logs(id) {
-            let first = entries.first?.timestamp ?? .infinity
-            entries = stored.filter { $0.timestamp < first } + entries
+        // A task this engine restored (a resumed runner) or mirrors may miss entries: the earlier ones, and for a
+        // mirror those published while its subscriber was away. Redis has every entry up to its latest write, which
+        // a mirror's entries never go past; what memory holds after the last stored entry follows.
+        if partial, let stored = store.logs(id), let last = stored.last?.timestamp {
+            entries = stored + entries.filter { $0.timestamp > last }
         }
         do {
             var w = JSONWriter(capacity: 1024)
@@ -44,22 +44,28 @@ extension EngineCore {
 
     func historyJSON(id: String, afterSeq: UInt64) throws -> String {
         var partial = false
+        var gap: UInt64 = 0
         let (held, lastSeq): ([HistoryEvent], UInt64) = try withStoredFallback({
             try withTask(id: id, isUpdate: false, forReading: true) { task in
                 let events = task.history.newest(while: { _ in true })
                 partial = task.historyGapSeq > 0 || (events.first?.seq ?? 1) > 1
+                gap = task.historyGapSeq
                 return (events, task.seq)
             }
         }, stored: { store in
             guard let task = store.loadTask(id) else { return nil }
             return (store.streamEvents(id, from: 1, before: .max) ?? [], task.seq)
         })
-        // Events older than memory holds (a restored or mirrored task, or a long one past the ring) come from the
-        // Redis stream, as far back as it goes.
+        // Events memory may not hold (older than it holds: a restored or mirrored task, or a long one past the ring;
+        // up to `historyGapSeq`: a mirror whose subscriber was away) come from the Redis stream, as far back as it
+        // goes; memory's own fill what the stream no longer has.
         var events = held
-        let firstHeld = held.first?.seq ?? (lastSeq + 1)
-        if partial, afterSeq + 1 < firstHeld, let older = store.streamEvents(id, from: afterSeq + 1, before: firstHeld) {
-            events = older + held
+        let complete = max(held.first?.seq ?? (lastSeq + 1), gap + 1)  // memory holds every event from here on
+        if partial, afterSeq + 1 < complete, let stored = store.streamEvents(id, from: afterSeq + 1, before: complete) {
+            let storedSeqs = Set(stored.map(\.seq))
+            let before = (stored + held.filter { $0.seq < complete && !storedSeqs.contains($0.seq) })
+                .sorted { $0.seq < $1.seq }
+            events = before + held.filter { $0.seq >= complete }
         }
         do {
             var w = JSONWriter(capacity: 4096)

@@ -90,7 +90,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var stopRequestedAt: Double?
 
     /// Error replies after which the whole pipeline is sent again (`send`).
-    static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN"]
+    static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN",
+                                "NOSCRIPT"]
 
     // Writer-thread state.
     @exclusivity(unchecked) private var pending: [IdKey: Double] = [:]
@@ -105,6 +106,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// The `run_id` of the Redis server last connected to: another one after a reconnect is a restart, which may
     /// have lost acknowledged writes (`checkAcknowledged`).
     @exclusivity(unchecked) private var serverRunId: String?
+    /// `storeState`'s SHA1 once loaded on this connection (SCRIPT LOAD), so a write sends it rather than the script.
+    @exclusivity(unchecked) var storeStateSHA: RedisArgument?
     @exclusivity(unchecked) private var restarted = false
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
@@ -325,6 +328,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                                                                                   ("role", "writer")])
             everConnected = true
             metrics.connected.store(1, ordering: .relaxed)
+            // A script cache emptied (SCRIPT FLUSH, a failover) answers NOSCRIPT, which connects again, and loads it.
+            storeStateSHA = (try? connection!.command(["SCRIPT", "LOAD", RedisWriter.storeState]).text)
+                .map { RedisArgument($0) }
             if let runId = RedisWriter.runId(of: connection!) {
                 if let serverRunId, serverRunId != runId { restarted = true }
                 serverRunId = runId

@@ -86,9 +86,9 @@ extension RedisWriter {
         // state (a pipeline abandoned on a timeout may still sit in a stopped Redis' socket buffer and run after the
         // retry that superseded it, and a listener may have taken the task over), and publishes only what it stored.
         // The reply of this last command is the writer's verdict on the write.
-        c.append(["EVAL", RedisWriter.storeState, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
-                  RedisArgument(stateJSON), ttl, RedisArgument(keys.channel), RedisArgument(message.bytes),
-                  w.firstSeq == 1 ? "1" : "0"])
+        let script: [RedisArgument] = storeStateSHA.map { ["EVALSHA", $0] } ?? ["EVAL", RedisWriter.storeState]
+        c.append(script + ["1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)), RedisArgument(stateJSON), ttl,
+                           RedisArgument(keys.channel), RedisArgument(message.bytes), w.firstSeq == 1 ? "1" : "0"])
         n += 1
         return n
     }
