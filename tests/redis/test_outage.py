@@ -320,18 +320,37 @@ def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redi
     assert '"event":"redis_restarted"' in capfd.readouterr().err
 
 
-def test_a_script_cache_flushed_under_the_writer_is_loaded_again(redis):
-    """The state goes through EVALSHA of a script loaded at each connection: after SCRIPT FLUSH, Redis answers
-    NOSCRIPT, the writer connects again, loads it and writes what was refused."""
+
+def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis):
+    """Engine A's task finished; engine B runs a new task under the same id (its seq lower). After a Redis restart
+    that lost nothing, A's check finds another task's state under the id and writes nothing: before, it took the
+    lower stored seq for a loss and wrote its old events and log entries into the new task's stream and log."""
     from progress_engine import ProgressTracker
 
-    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
-        t.create_task_progress_sync("scripted", "tpl")
-        t.update_progress_sync("scripted", 1, 4, message="one")
-        wait_until(lambda: redis.cli("EXISTS", "progress:task:{scripted}:state") == "1", what="the first write")
-        redis.cli("SCRIPT", "FLUSH")
-        t.update_progress_sync("scripted", 2, 4, message="two")
-        t.complete_task_sync("scripted")
-        wait_until(lambda: json.loads(redis.cli("GET", "progress:task:{scripted}:state"))["status"] == "completed",
-                   timeout=10, what="the writes after the flush")
-        assert t.stats_sync()["redis_reconnects"] >= 1
+    opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
+        a.create_task_progress_sync("again", "tpl")
+        for i in range(1, 6):
+            a.log_sync("again", "info", f"old {i}")
+            a.update_progress_sync("again", i, 5, message=f"old {i}")
+        a.complete_task_sync("again")
+        wait_until(lambda: a.stats_sync()["redis_queue_depth"] == 0, what="A's writes")
+        time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
+        b.create_task_progress_sync("again", "tpl")
+        b.log_sync("again", "info", "new")
+        b.update_progress_sync("again", 1, 5, message="new 1")
+        wait_until(lambda: b.stats_sync()["redis_queue_depth"] == 0
+                   and json.loads(redis.cli("GET", "progress:task:{again}:state"))["seq"]
+                   == b.get_task_progress_sync("again")["seq"], what="B's writes")
+        logs = redis.lines("LRANGE", "progress:task:{again}:logs", "0", "-1")
+        stream = redis.lines("XRANGE", "progress:task:{again}:events", "-", "+")
+        state = redis.cli("GET", "progress:task:{again}:state")
+        redis.signal(signal.SIGKILL)
+        redis.start()  # AOF with fsync always: nothing lost
+        wait_until(lambda: a.stats_sync()["redis_reconnects"] >= 1 and b.stats_sync()["redis_reconnects"] >= 1
+                   and a.stats_sync()["redis_queue_depth"] == 0 and b.stats_sync()["redis_queue_depth"] == 0,
+                   timeout=10, what="both writers back")
+        time.sleep(0.3)
+        assert redis.lines("LRANGE", "progress:task:{again}:logs", "0", "-1") == logs
+        assert redis.lines("XRANGE", "progress:task:{again}:events", "-", "+") == stream
+        assert json.loads(redis.cli("GET", "progress:task:{again}:state"))["created_at"] == json.loads(state)["created_at"]

@@ -69,6 +69,8 @@ final class TaskRecord: @unchecked Sendable {
     /// Redis holds the events up to this seq and this many of the log's entries (acknowledged writes).
     @exclusivity(unchecked) var persistedSeq: UInt64 = 0
     @exclusivity(unchecked) var persistedLogs = 0
+    /// Being written again after a Redis restart lost its writes (`EngineStorage.writeAgain`), until acknowledged.
+    @exclusivity(unchecked) var writtenAgain = false
     /// A copy of another engine's task, kept current from the update channel; never written back.
     @exclusivity(unchecked) var isMirror = false
     /// Another engine's task this engine failed as lost (`failLostWorker`): if Redis refuses that write, the worker

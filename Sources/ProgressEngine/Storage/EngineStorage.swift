@@ -23,8 +23,9 @@ extension EngineCore {
             let total = task.logs.appended
             let newLogs = total - task.persistedLogs
             let logs = task.logs.newest(newLogs)
-            return .write(TaskWrite(id: task.id, snapshot: TaskSnapshot(task), events: events, firstSeq: after + 1,
-                                    lostEvents: lost, logs: logs, logsTotal: total, lostLogs: newLogs - logs.count))
+            return .write(TaskWrite(id: task.id, snapshot: TaskSnapshot(task), again: task.writtenAgain, events: events,
+                                    firstSeq: after + 1, lostEvents: lost, logs: logs, logsTotal: total,
+                                    lostLogs: newLogs - logs.count))
         }
     }
 
@@ -40,7 +41,10 @@ extension EngineCore {
     func ackWrite(id: String, seq: UInt64, logs: Int) {
         let key = TaskKey(owning: id)
         table.shard(for: key).withLock { shard in
-            if let task = shard.tasks[key] { ChangeFeed.storage.ack(task, seq: seq, logs: logs) }
+            if let task = shard.tasks[key] {
+                ChangeFeed.storage.ack(task, seq: seq, logs: logs)
+                task.writtenAgain = false
+            }
         }
     }
 
@@ -101,12 +105,12 @@ extension EngineCore {
         if replaced, let completion { completions.add(completion) }
     }
 
-    func acknowledgedTasks() -> [(id: String, seq: UInt64, logs: Int)] {
-        var out: [(id: String, seq: UInt64, logs: Int)] = []
+    func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)] {
+        var out: [(id: String, createdAt: Double, seq: UInt64, logs: Int)] = []
         for shard in table.allShards {
             shard.withLock { state in
                 for task in state.tasks.values where !task.isMirror && task.persistedSeq > 0 {
-                    out.append((task.id, task.persistedSeq, task.persistedLogs))
+                    out.append((task.id, task.createdAt, task.persistedSeq, task.persistedLogs))
                 }
             }
         }
@@ -119,6 +123,7 @@ extension EngineCore {
             guard let task = shard.tasks[key], !task.isMirror else { return }
             task.persistedSeq = min(task.persistedSeq, storedSeq)
             task.persistedLogs = min(task.persistedLogs, storedLogs)
+            task.writtenAgain = true
             ChangeFeed.storage.requeue(task)
         }
     }

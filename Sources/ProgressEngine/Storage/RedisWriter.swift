@@ -4,6 +4,9 @@ import Glibc
 struct TaskWrite {
     let id: String
     var snapshot: TaskSnapshot
+    /// Written again after a Redis restart lost it (`EngineStorage.writeAgain`): even from seq 1, not a new task's
+    /// first write (no DEL of the task's keys, the state not forced over another task's).
+    var again = false
     /// Events after `persistedSeq`, oldest first (before thinning).
     let events: [HistoryEvent]
     /// The first seq this write covers (the one after the last acknowledged write).
@@ -90,8 +93,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     @exclusivity(unchecked) private var stopRequestedAt: Double?
 
     /// Error replies after which the whole pipeline is sent again (`send`).
-    static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN",
-                                "NOSCRIPT"]
+    static let passingErrors = ["LOADING", "OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN"]
 
     // Writer-thread state.
     @exclusivity(unchecked) private var pending: [IdKey: Double] = [:]
@@ -106,8 +108,6 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// The `run_id` of the Redis server last connected to: another one after a reconnect is a restart, which may
     /// have lost acknowledged writes (`checkAcknowledged`).
     @exclusivity(unchecked) private var serverRunId: String?
-    /// `storeState`'s SHA1 once loaded on this connection (SCRIPT LOAD), so a write sends it rather than the script.
-    @exclusivity(unchecked) var storeStateSHA: RedisArgument?
     @exclusivity(unchecked) private var restarted = false
 
     /// Starts the writer thread. Redis need not be reachable: the writer keeps trying in the background.
@@ -328,9 +328,6 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                                                                                   ("role", "writer")])
             everConnected = true
             metrics.connected.store(1, ordering: .relaxed)
-            // A script cache emptied (SCRIPT FLUSH, a failover) answers NOSCRIPT, which connects again, and loads it.
-            storeStateSHA = (try? connection!.command(["SCRIPT", "LOAD", RedisWriter.storeState]).text)
-                .map { RedisArgument($0) }
             if let runId = RedisWriter.runId(of: connection!) {
                 if let serverRunId, serverRunId != runId { restarted = true }
                 serverRunId = runId
@@ -371,11 +368,15 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         return nil
     }
 
-    /// The stored seq of a task's state (-1: none), and the length of its log.
+    /// The stored seq of a task's state (-1: none; -2: the state of another task of that id, created at another
+    /// time than ARGV[1]), and the length of its log.
     static let storedSeqAndLogs = RedisArgument("""
         local v = redis.call('GET', KEYS[1])
         local seq = -1
-        if v then seq = tonumber(string.match(v, '"seq":(%d+)')) or -1 end
+        if v then
+          if string.match(v, '"created_at":"([^"]*)"') ~= ARGV[1] then return {-2, 0} end
+          seq = tonumber(string.match(v, '"seq":(%d+)')) or -1
+        end
         return {seq, redis.call('LLEN', KEYS[2])}
         """)
 
@@ -390,8 +391,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 let part = tasks[chunk..<min(chunk + 512, tasks.count)]
                 guard let connection else { return }
                 for t in part {
+                    var created = JSONWriter()
+                    created.timestamp(t.createdAt)
                     connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "2", RedisArgument(keys.state(t.id)),
-                                       RedisArgument(keys.logs(t.id))])
+                                       RedisArgument(keys.logs(t.id)), RedisArgument(Array(created.bytes.dropFirst().dropLast()))])
                 }
                 metrics.commands.add(part.count, ordering: .relaxed)
                 var refusal: String?
@@ -403,10 +406,13 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                     }
                     guard case let .array(reply) = answer, reply.count == 2,
                           case let .integer(seq) = reply[0], case let .integer(length) = reply[1] else { continue }
+                    // Another task of that id is stored (the id used again elsewhere): not this task's to write.
+                    guard seq != -2 else { continue }
                     // The log holds the newest logCapacity entries: fewer than that of what was acknowledged is a loss.
                     let lostLogs = max(0, min(t.logs, TaskRecord.logCapacity) - Int(length))
                     guard seq < Int64(t.seq) || lostLogs > 0 else { continue }
-                    // No state at all: the task's first write again, which clears what is left and writes it all.
+                    // No state at all: everything again (without the DEL of a first write: another engine may already
+                    // have written a newer task of that id, which the state script keeps).
                     engine.writeAgain(id: t.id, storedSeq: UInt64(max(0, seq)), storedLogs: seq < 0 ? 0 : t.logs - lostLogs)
                     pending[IdKey(t.id)] = 0
                     again += 1

@@ -19,7 +19,7 @@ protocol WriterSource: AnyObject, Sendable {
     func activeOwnedTasks() -> [(id: String, batch: String?)]
     /// This engine's own tasks (finished ones included, mirrors left out) that Redis acknowledged a write of: the
     /// seq and the count of log entries it acknowledged.
-    func acknowledgedTasks() -> [(id: String, seq: UInt64, logs: Int)]
+    func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)]
     /// Redis no longer holds what it acknowledged of the task (a restart that lost writes): the task is written again
     /// from what Redis still has, `storedSeq` (0: no state) and `storedLogs` entries, urgently.
     func writeAgain(id: String, storedSeq: UInt64, storedLogs: Int)

@@ -6,7 +6,8 @@ extension RedisWriter {
         let id = w.id
         let stateJSON = StoredTask.json(s)
         var n = 0
-        if w.firstSeq == 1 {
+        let first = w.firstSeq == 1 && !w.again
+        if first {
             // A new task: what an earlier task of the same id left (history, log, a cancel request) is not its own.
             c.append(["DEL", RedisArgument(keys.events(id)), RedisArgument(keys.logs(id)),
                       RedisArgument(keys.cancel(id))])
@@ -86,9 +87,9 @@ extension RedisWriter {
         // state (a pipeline abandoned on a timeout may still sit in a stopped Redis' socket buffer and run after the
         // retry that superseded it, and a listener may have taken the task over), and publishes only what it stored.
         // The reply of this last command is the writer's verdict on the write.
-        let script: [RedisArgument] = storeStateSHA.map { ["EVALSHA", $0] } ?? ["EVAL", RedisWriter.storeState]
-        c.append(script + ["1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)), RedisArgument(stateJSON), ttl,
-                           RedisArgument(keys.channel), RedisArgument(message.bytes), w.firstSeq == 1 ? "1" : "0"])
+        c.append(["EVAL", RedisWriter.storeState, "1", RedisArgument(keys.state(id)), RedisArgument(String(s.seq)),
+                  RedisArgument(stateJSON), ttl, RedisArgument(keys.channel), RedisArgument(message.bytes),
+                  first ? "1" : "0"])
         n += 1
         return n
     }

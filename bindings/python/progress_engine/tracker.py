@@ -204,8 +204,9 @@ class ProgressTracker:
         self._close_when_idle(time.monotonic() + _CLOSE_WAIT_SECONDS, "on close()")
 
     def _interrupted_here(self) -> bool:
-        """Whether this thread is inside a call into this engine (below the caller of close() on its stack)."""
-        frame = sys._getframe(2)
+        """Whether this thread is inside a call into this engine, or holds its lock (below the caller of close() on
+        its stack)."""
+        frame = sys._getframe(1).f_back
         while frame is not None:
             if frame.f_code in _CALL_CODES and frame.f_locals.get("self") is self:
                 return True
@@ -806,8 +807,11 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-#: The frames of a call into an engine, counted in flight (ProgressTracker._interrupted_here).
-_CALL_CODES = (ProgressTracker._call.__code__, ProgressTracker._update_progress_slow.__code__)
+#: The frames of a call into an engine, counted in flight, and those that hold the tracker's lock, which close() takes
+#: (ProgressTracker._interrupted_here).
+_CALL_CODES = tuple(method.__code__ for method in (
+    ProgressTracker._call, ProgressTracker._update_progress_slow, ProgressTracker._counter, ProgressTracker._detach,
+    ProgressTracker._finished, ProgressTracker._close_when_idle))
 
 
 def _after_fork_in_child() -> None:

@@ -53,21 +53,17 @@ def run(code: str) -> subprocess.CompletedProcess:
                           env=env, timeout=60)
 
 
-# The reader thread is inside a read of the never-answering Redis when the main thread exits. Each engine made its
-# own preview folder, which it removes when it closes: the folders tell the test that both engines were closed.
+# The reader thread is inside a read of the never-answering Redis when the main thread exits. An exit hook registered
+# before the binding's import runs after the binding's, and says whether each engine was closed (its finalizer run).
 RUNNER = NEVER_ANSWERING_REDIS + textwrap.dedent("""
-    import glob, queue, time
+    import atexit, queue, time
+    engines = []
+    atexit.register(lambda: print("engines closed", [not e.alive for e in engines], flush=True))
     from progress_engine import ProgressTracker, get_progress_tracker_sync, track
 
-    def new_folder(open_tracker):
-        before = set(glob.glob("/tmp/progress-previews-*"))
-        tracker = open_tracker()
-        (made,) = set(glob.glob("/tmp/progress-previews-*")) - before
-        print("folder", made, flush=True)
-        return tracker
-
-    tracker = new_folder(lambda: ProgressTracker(redis_url=REDIS_URL))
-    default = new_folder(get_progress_tracker_sync)  # another open tracker, closed at exit too
+    tracker = ProgressTracker(redis_url=REDIS_URL)
+    default = get_progress_tracker_sync()  # another open tracker, closed at exit too
+    engines += [tracker._finalizer, default._finalizer]
     default.create_task_progress_sync("local", "sdxl")
 
     def reader():
@@ -115,9 +111,8 @@ def test_exit_closes_after_the_calls_in_flight_return():
     # closed (a new call raises StateError).
     assert "read returned" in after and after.index("read returned") < after.index("reader stopped by StateError"), lines
     assert "stepper stopped by StateError" in after, lines
-    # Both engines closed: each removed its preview folder.
-    folders = [line.split(" ", 1)[1] for line in lines if line.startswith("folder ")]
-    assert len(folders) == 2 and not any(os.path.exists(f) for f in folders), folders
+    # Both engines closed.
+    assert lines[-1] == "engines closed [True, True]", lines
     # The consumer blocked in its queue did not hold exit up for the 2 s a call in flight may take.
     assert took < 5, took
 
@@ -368,3 +363,41 @@ def test_close_in_a_signal_handler_that_interrupted_a_call_defers_the_close():
     assert done.stdout.splitlines() == ["close() took under 0.5 s: True engine open: True", "the call returned",
                                         "engine open at the end: False"], (done.stdout, done.stderr[-2000:])
     assert "had not returned" not in done.stderr, done.stderr[-2000:]
+
+
+def test_close_registered_as_an_atexit_hook_itself():
+    """close() as the very function atexit calls: nothing in Python below it on the stack."""
+    code = textwrap.dedent("""
+        import atexit, sys
+        sys.path.insert(0, BINDINGS)
+        from progress_engine import ProgressTracker
+        t = ProgressTracker()
+        t.create_task_progress_sync("x", "sdxl")
+        atexit.register(t.close)
+    """)
+    done = run(code)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr[-2000:]
+
+
+def test_close_in_a_signal_handler_that_interrupted_the_trackers_lock_returns():
+    """The handler runs while the interrupted code holds the tracker's lock (here inside complete_task_sync's
+    bookkeeping), which close() takes: it used to wait on it forever."""
+    code = textwrap.dedent("""
+        import faulthandler, signal, sys
+        sys.path.insert(0, BINDINGS)
+        faulthandler.dump_traceback_later(10, exit=True)
+        from progress_engine import ProgressTracker
+        t = ProgressTracker()
+        t.create_task_progress_sync("x", "sdxl")
+        signal.signal(signal.SIGUSR1, lambda *_: t.close())
+        class Interrupting(dict):
+            def pop(self, *args):
+                signal.raise_signal(signal.SIGUSR1)  # the handler runs here, under the tracker's lock
+                return super().pop(*args)
+        t._counters = Interrupting()
+        t.complete_task_sync("x")
+        print("closed:", t.closed, flush=True)
+    """)
+    done = run(code)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "closed: True", (done.stdout, done.stderr[-2000:])

@@ -175,7 +175,6 @@ test("after a reconnect the connection's interval is the one the last subscribe(
   subscribes.length = 0;
   c.reconnect();
   await waitFor(() => resumed.length === 1, "the resumed event");
-  const withInterval = subscribes.filter((m) => m.interval_ms !== undefined);
-  assert.deepEqual(withInterval.map((m) => m.interval_ms), [1000], JSON.stringify(subscribes));
-  assert.equal(subscribes.at(-1).interval_ms, 1000);
+  // Every frame carries the connection's interval (so that one the listener refuses does not leave it unset).
+  assert.ok(subscribes.length > 0 && subscribes.every((m) => m.interval_ms === 1000), JSON.stringify(subscribes));
 });

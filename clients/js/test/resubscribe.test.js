@@ -121,3 +121,30 @@ for (const lazyData of [false, true]) {
     for (const id of ids) assert.equal(client._tasks.get(id).open, false, id);
   });
 }
+
+test("calls made while disconnected: each task goes with its options now, the interval past a refused frame", LIMIT,
+  async (t) => {
+    const engine = await startEngine({ listen: "127.0.0.1:0", throttle_ms: 0, ...NO_SAMPLES });
+    t.after(() => engine.stop());
+    for (const id of ["a", "b", "cc"]) await engine.send("create", { task_id: id });
+    const { subscribes, Recording } = recordingSubscribes();
+    const client = new ProgressClient({ url: engine.url, WebSocket: Recording, ...FAST_RECONNECT });
+    t.after(() => client.close());
+    const log = record(client);
+    await client.subscribe("a");
+    client.reconnect(300);
+    const bad = "job-" + "x".repeat(300);
+    const answers = await Promise.all([
+      client.subscribe(["b", "cc"], { delta: true }),
+      client.subscribe(["cc"], { delta: false }), // cc's options change before the connection comes
+      client.subscribe(bad, { intervalMs: 2000 }), // refused: the interval must not go with it alone
+    ].map((p) => p.then(() => "ok", (e) => e.code)));
+    assert.deepEqual(answers, ["ok", "ok", "invalid_message"]);
+    const sent = subscribes.slice(1);
+    for (const m of sent.filter((m) => m.task_ids.includes("cc"))) assert.notEqual(m.delta, true, JSON.stringify(m));
+    assert.ok(sent.some((m) => !m.task_ids.includes(bad) && m.interval_ms === 2000), JSON.stringify(sent));
+    for (let step = 1; step <= 3; step++) await engine.send("update", { task_id: "cc", step, total: 10 });
+    await waitFor(() => log.last("cc")?.data.stages["1"]?.message === "s3", "cc's steps");
+    assertIncreasing(log.seqs("cc"), "cc");
+    assert.deepEqual(log.resyncs, []);
+  });
