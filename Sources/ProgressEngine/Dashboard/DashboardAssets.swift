@@ -293,23 +293,44 @@ export class ProgressClient {
         frames.push({ message, waiters: [] });
       }
     }
+    const restoring = frames.length;
     for (const [w, ids] of own) {
-      const { interval_ms: _, ...options } = this._subs.get(ids[0]);
-      const message = { type: "subscribe", task_ids: ids, ...options };
-      if (ids.includes("*")) {
-        const resume = this._resumeMap(["*"]);
-        if (resume) message.resume = resume;
+      // Its tasks as watched now (a later call may have changed the options of some): a frame per set of options,
+      // the call answered once all are, refused if one is.
+      const byOptions = new Map();
+      for (const id of ids) {
+        const { interval_ms: _, ...options } = this._subs.get(id);
+        const key = JSON.stringify(options);
+        if (!byOptions.has(key)) byOptions.set(key, []);
+        byOptions.get(key).push(id);
       }
-      frames.push({ message, waiters: [w] });
+      let left = byOptions.size;
+      let refused = false;
+      for (const [key, part] of byOptions) {
+        const message = { type: "subscribe", task_ids: part, ...JSON.parse(key) };
+        if (part.includes("*")) {
+          const resume = this._resumeMap(["*"]);
+          if (resume) message.resume = resume;
+        }
+        const waiter = byOptions.size === 1 ? w : {
+          ids: part, added: part,
+          resolve: () => { if (--left === 0 && !refused) w.resolve(w.ids); },
+          reject: (error) => { if (!refused) { refused = true; w.reject(error); } },
+        };
+        frames.push({ message, waiters: [waiter] });
+      }
     }
     const rest = waiters.filter((w) => !own.has(w));
     if (frames.length === 0) {
       for (const w of rest) w.resolve(w.ids); // unsubscribed again before the connection came
       return false;
     }
-    frames.at(-1).waiters.push(...rest);
-    // The interval is the connection's: the last subscribe() that gave one set it, so the last frame does.
-    if (this._intervalMs !== undefined) frames.at(-1).message.interval_ms = this._intervalMs;
+    // The calls that add nothing are answered with what was watched before (a frame the listener refuses only
+    // with its own tasks), or else with the last frame.
+    frames[restoring > 0 ? restoring - 1 : frames.length - 1].waiters.push(...rest);
+    // The interval is the connection's, set by the last subscribe() that gave one: every frame carries it, so that
+    // one the listener refuses does not leave it unset.
+    if (this._intervalMs !== undefined) for (const frame of frames) frame.message.interval_ms = this._intervalMs;
     for (const frame of frames) this._send(frame);
     this._resumeBudget = RESUME_BUDGET;
     if (reconnected) {
@@ -1499,7 +1520,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=abd2751ba4a4";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=feb321a1683d";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4170,7 +4191,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=a
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=a212e0c85d35"></script>
+<script type="module" src="/dashboard/app.js?v=329de6eeeb76"></script>
 </body>
 </html>
 """##),
