@@ -267,15 +267,8 @@ export class ProgressClient {
       if (ids.length > 0) own.set(w, ids);
     }
     const added = new Set([...own.values()].flat());
-    const groups = new Map(); // the subscribe options but the interval, as JSON → ids subscribed with them
-    for (const [id, { interval_ms: _, ...options }] of this._subs) {
-      if (added.has(id)) continue;
-      const key = JSON.stringify(options);
-      if (!groups.has(key)) groups.set(key, []);
-      groups.get(key).push(id);
-    }
     const frames = [];
-    for (const [key, ids] of groups) {
+    for (const [key, ids] of this._byOptions([...this._subs.keys()].filter((id) => !added.has(id)))) {
       for (const chunk of this._frameChunks(ids)) {
         const message = { type: "subscribe", task_ids: chunk, ...JSON.parse(key) };
         const resume = this._resumeMap(chunk);
@@ -287,13 +280,7 @@ export class ProgressClient {
     for (const [w, ids] of own) {
       // Its tasks as watched now (a later call may have changed the options of some): a frame per set of options,
       // the call answered once all are, refused if one is.
-      const byOptions = new Map();
-      for (const id of ids) {
-        const { interval_ms: _, ...options } = this._subs.get(id);
-        const key = JSON.stringify(options);
-        if (!byOptions.has(key)) byOptions.set(key, []);
-        byOptions.get(key).push(id);
-      }
+      const byOptions = this._byOptions(ids);
       let left = byOptions.size;
       let refused = false;
       for (const [key, part] of byOptions) {
@@ -328,6 +315,18 @@ export class ProgressClient {
       this._send({ message: { type: "ping" }, resumed: true });
     }
     return true;
+  }
+
+  /** Watched `ids` by the options they are subscribed with but the interval (the connection's): JSON → ids. */
+  _byOptions(ids) {
+    const groups = new Map();
+    for (const id of ids) {
+      const { interval_ms: _, ...options } = this._subs.get(id);
+      const key = JSON.stringify(options);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(id);
+    }
+    return groups;
   }
 
   /**

@@ -96,13 +96,17 @@ extension EngineCore {
             let mirror = TaskRecord(restoring: stored)
             mirror.isMirror = true
             shard.tasks[key] = mirror
-            if mirror.status == .completed, let end = mirror.completedAt {
-                completion = CompletionRecord(completed: mirror, at: end)
-            }
+            completion = EngineCore.mirroredCompletion(mirror)
             noteChanged(mirror)
             return true
         }
         if replaced, let completion { completions.add(completion) }
+    }
+
+    /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).
+    private static func mirroredCompletion(_ task: TaskRecord) -> CompletionRecord? {
+        guard task.status == .completed, let end = task.completedAt else { return nil }
+        return CompletionRecord(completed: task, at: end)
     }
 
     func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)] {
@@ -185,11 +189,7 @@ extension EngineCore {
     func applyRemote(_ stored: TaskSnapshot, events: [HistoryEvent], firstSeq: UInt64, complete: Bool, logs: [LogEntry]) {
         let key = TaskKey(owning: stored.id)
         var completion: CompletionRecord?
-        /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).
-        func noteCompletion(_ task: TaskRecord) {
-            guard task.status == .completed, let end = task.completedAt else { return }
-            completion = CompletionRecord(completed: task, at: end)
-        }
+        func noteCompletion(_ task: TaskRecord) { completion = EngineCore.mirroredCompletion(task) }
         let isNew: Bool = table.shard(for: key).withLock { shard in
             if let task = shard.tasks[key], task.isMirror, stored.createdAt != task.createdAt {
                 // Another task under this id. An older one's late publish is dropped; a newer one (the id used again

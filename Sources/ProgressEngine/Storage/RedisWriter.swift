@@ -391,10 +391,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 let part = tasks[chunk..<min(chunk + 512, tasks.count)]
                 guard let connection else { return }
                 for t in part {
-                    var created = JSONWriter()
-                    created.timestamp(t.createdAt)
+                    var created: [UInt8] = []
+                    ISO8601.write(t.createdAt, into: &created)  // as the state's "created_at" holds it
                     connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "2", RedisArgument(keys.state(t.id)),
-                                       RedisArgument(keys.logs(t.id)), RedisArgument(Array(created.bytes.dropFirst().dropLast()))])
+                                       RedisArgument(keys.logs(t.id)), RedisArgument(created)])
                 }
                 metrics.commands.add(part.count, ordering: .relaxed)
                 var refusal: String?

@@ -60,6 +60,13 @@ def _async_twin(sync: Callable[..., Any], may_read_redis: bool = False) -> Calla
 _WARNED_MAX = 4096
 # The engine's steps are 64-bit; ctypes would wrap a larger int silently.
 _STEP_MAX = 2**63 - 1
+
+
+def _in_64_bits(step: int, total_steps: int) -> bool:
+    """Whether the engine's 64-bit step and total can hold them."""
+    return -_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX
+
+
 # The C int of a stage index, a stage status and a log level.
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Open trackers, so that a forked child can let go of its parent's counters (_after_fork_in_child).
@@ -322,7 +329,7 @@ class ProgressTracker:
     def _refuse_steps(self, task_id: str, step: int, total_steps: int) -> None:
         """A pair the binding will not store in a counter: the engine refuses it (so it is counted and
         logged there, with the engine's message), then it is raised or shown as any refusal."""
-        if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
+        if not _in_64_bits(step, total_steps):
             self._out_of_range(task_id, step, total_steps)
             return
         try:
@@ -433,7 +440,7 @@ class ProgressTracker:
             raise StateError("this ProgressTracker is closed")
         # A TypeError for a float, as on the counter path, rather than ctypes' ArgumentError.
         step, total_steps = operator.index(step), operator.index(total_steps)
-        if not (-_STEP_MAX <= step <= _STEP_MAX and -_STEP_MAX <= total_steps <= _STEP_MAX):
+        if not _in_64_bits(step, total_steps):
             self._out_of_range(task_id, step, total_steps)
             return
         if 0 <= step <= total_steps > 0:

@@ -186,7 +186,6 @@ def test_a_forked_child_counts_its_own_calls():
     code = NEVER_ANSWERING_REDIS + textwrap.dedent("""
         import os
         from progress_engine import ProgressTracker
-        from progress_engine import tracker as T
         t = ProgressTracker(redis_url=REDIS_URL)
         def reader():
             while True:
