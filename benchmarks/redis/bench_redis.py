@@ -36,7 +36,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(config, pause=None):
+def cpu_seconds(pid):
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(config, pause=None, server=None):
+    server_cpu = cpu_seconds(server.pid) if server else 0.0
     proc = subprocess.Popen([str(HERE / "bench_runner"), json.dumps(config), str(TASKS), str(SECONDS)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if pause is not None:
@@ -50,7 +57,10 @@ def run(config, pause=None):
         out, _ = proc.communicate(timeout=SECONDS + 30)
     if proc.returncode != 0:
         sys.exit(f"bench_runner failed ({proc.returncode})")
-    return json.loads(out)
+    result = json.loads(out)
+    # The server's CPU over the whole run (its last writes land before the runner exits: close flushes them).
+    result["server_cpu_s"] = cpu_seconds(server.pid) - server_cpu if server else 0.0
+    return result
 
 
 def main():
@@ -67,7 +77,8 @@ def main():
         url = f"redis://127.0.0.1:{port}/0"
         base = {"throttle_ms": THROTTLE_MS, "resource_interval_ms": 3_600_000}
         # Interleaved rounds, best of each: other load on the machine hits every configuration alike.
-        rounds = [(run(base), run({**base, "redis_url": url}), run({**base, "redis_url": url}, pause=redis))
+        rounds = [(run(base), run({**base, "redis_url": url}, server=redis),
+                   run({**base, "redis_url": url}, pause=redis))
                   for _ in range(ROUNDS)]
         off, on, paused = (max((r[i] for r in rounds), key=lambda x: x["rate"]) for i in range(3))
     finally:
@@ -94,6 +105,8 @@ def main():
     print(f"p99 while Redis is SIGSTOPped: {p99_ratio:.2f} x running (target <= 1.20)")
     print(f"Redis commands: {commands_per_s:,.0f}/s for {on['rate']:,.0f} updates/s; task writes {writes_per_s:,.0f}/s "
           f"(bound {bound_writes:,.0f}/s = tasks x 1000/throttle_ms), {per_write:.1f} commands per write")
+    print(f"Redis server CPU: {on['server_cpu_s'] * 1e6 / max(1, delta(on, 'redis_task_writes')):.0f} us per task "
+          f"write ({on['server_cpu_s'] / on['seconds'] * 100:.1f} % of a core)")
     ok = rate_ratio >= 0.9 and p99_ratio <= 1.2 and writes_per_s <= bound_writes * 1.05
     print("targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1

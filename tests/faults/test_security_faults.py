@@ -80,8 +80,8 @@ def test_redis_keys_are_safe_for_any_id(redis):
         keys = sorted(k.decode() for k in c("KEYS", "progress:task:*"))
     finally:
         c.close()
-    # 3 keys (state, events, logs) per id, all distinct.
-    assert len(keys) == 3 * len(HOSTILE_IDS), keys
+    # 4 keys (state, events, logs, logged) per id, all distinct.
+    assert len(keys) == 4 * len(HOSTILE_IDS), keys
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0") as b:
         for i, tid in enumerate(HOSTILE_IDS):
             got = b.get_task_progress_sync(tid)

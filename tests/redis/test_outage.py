@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from redis_support import run_runner, wait_until
+from redis_support import flushed, run_runner, wait_until
 
 RUNNER = """
 t = ProgressTracker(redis_url={url!r}, throttle_ms=20)
@@ -319,6 +319,40 @@ def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redi
         assert len(redis.lines("ZRANGE", "progress:tasks:created", "0", "-1")) == 2
     assert '"event":"redis_restarted"' in capfd.readouterr().err
 
+
+
+def test_a_redis_restarted_with_part_of_a_long_log_gets_the_rest_again(redis):
+    """A log past its 1,000-entry bound, and a Redis restarted from a copy of its AOF taken before the last entries:
+    the stored log is as long as it was, so its length cannot tell what is missing. The engine's count, stored with
+    the log in the same script (the `logged` key), can."""
+    import shutil
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("long", "tpl")
+        for i in range(1100):
+            t.log_sync("long", "info", f"entry {i}")
+        flushed(t)
+        assert redis.cli("GET", "progress:task:{long}:logged").endswith(" 1100")
+        saved = redis.folder.parent / (redis.folder.name + "-copy")
+        shutil.copytree(redis.folder, saved)
+        for i in range(1100, 1105):
+            t.log_sync("long", "info", f"entry {i}")
+        flushed(t)
+        redis.signal(signal.SIGKILL)
+        shutil.rmtree(redis.folder)
+        shutil.copytree(saved, redis.folder)
+        shutil.rmtree(saved)
+        redis.start()
+        assert redis.cli("GET", "progress:task:{long}:logged").endswith(" 1100")  # the restart lost the last five
+
+        def last():
+            lines = redis.lines("LRANGE", "progress:task:{long}:logs", "-1", "-1")
+            return json.loads(lines[0])["message"] if lines else None
+
+        wait_until(lambda: last() == "entry 1104", timeout=10, what="the lost entries written again")
+        messages = [json.loads(x)["message"] for x in redis.lines("LRANGE", "progress:task:{long}:logs", "0", "-1")]
+        assert messages == [f"entry {i}" for i in range(105, 1105)]
 
 
 def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis):

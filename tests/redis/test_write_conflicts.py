@@ -1,7 +1,8 @@
-"""Which state Redis keeps when writes of one task id meet (docs/REDIS.md, "Writing" and "The fleet"): the state
-script (`RedisWriter.storeState`) refuses an older task's late write, a lower seq, and the same seq with other
-contents (a listener's takeover), but takes this engine's own state again at the same seq with another ETA; a
-listener whose takeover write is refused mirrors what the worker stored."""
+"""Which state Redis keeps when writes of one task id meet (docs/REDIS.md, "Writing" and "The fleet"): the
+task-write script (`RedisWriter.writeTaskScript`) refuses an older task's late write whole, a first write run late,
+a lower seq, and the same seq with other contents (a listener's takeover), but takes this engine's own state again
+at the same seq with another ETA, and appends a log entry sent again once; a listener whose takeover write is
+refused mirrors what the worker stored."""
 
 import json
 import signal
@@ -71,6 +72,10 @@ def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis):
         flushed(a)
         doc = stored(redis, "job-7")
         assert (doc["created_at"], doc["seq"], doc["status"]) == (mine["created_at"], mine["seq"], "executing"), doc
+        # Nothing else of A's late write lands on B's task: not its log entry, and not the heartbeat's removal that
+        # A's finished task sends (B's task would look like a lost worker's until B's next heartbeat).
+        assert "cleanup done" not in redis.cli("LRANGE", "progress:task:{job-7}:logs", "0", "-1")
+        assert redis.cli("ZSCORE", "progress:heartbeats", "job-7").strip(), "B's heartbeat was removed"
         with ProgressTracker(**opts) as c:
             assert c.get_task_progress_sync("job-7")["created_at"] == mine["created_at"]
 
@@ -114,6 +119,54 @@ class DelayingProxy:
 
     def close(self):
         self.server.close()
+
+
+def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
+    """A task's first write is held on its way (a stopped Redis, a slow network) past the writer's timeout; the
+    writer reconnects and writes the task again and on. When the held bytes finally run, that first write deleted
+    the task's stream and log and put its first state back over the newer one."""
+    proxy = DelayingProxy(redis.port, b"replayed", delay=2.5)
+    try:
+        with ProgressTracker(redis_url=proxy.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+            t.create_task_progress_sync("warm", "tpl")
+            flushed(t)
+            t.create_task_progress_sync("replayed", "tpl")
+            assert proxy.held.wait(10), "the first write never went out"
+            for i in range(1, 6):
+                t.update_progress_sync("replayed", i, 10, message=f"step {i}")
+            t.log_sync("replayed", "info", "after the retry")
+            flushed(t)
+            mine = t.get_task_progress_sync("replayed")
+            assert stored(redis, "replayed")["seq"] == mine["seq"]
+            time.sleep(3.0)  # the held first write reached Redis and ran
+            doc = stored(redis, "replayed")
+            assert (doc["seq"], doc["stages"]["1"]["message"]) == (mine["seq"], "step 5"), doc
+            logs = redis.cli("LRANGE", "progress:task:{replayed}:logs", "0", "-1")
+            assert "after the retry" in logs, logs
+            entries = redis.cli("XRANGE", "progress:task:{replayed}:events", "-", "+")
+            assert '"message":"step 5"' in entries, entries  # the stream kept the events after the first write
+    finally:
+        proxy.close()
+
+
+def test_a_write_sent_again_after_a_lost_reply_appends_its_log_entries_once(redis):
+    """A write carrying a log entry is held past the writer's timeout, so the writer sends it again on a new
+    connection; then the held one runs too. Its entry was appended twice."""
+    proxy = DelayingProxy(redis.port, b"held entry", delay=2.5)
+    try:
+        with ProgressTracker(redis_url=proxy.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+            t.create_task_progress_sync("logged", "tpl")
+            flushed(t)
+            t.log_sync("logged", "info", "held entry")
+            assert proxy.held.wait(10), "the write never went out"
+            t.log_sync("logged", "info", "next entry")
+            flushed(t)
+            time.sleep(3.0)  # the held write reached Redis and ran
+            entries = [json.loads(x)["message"] for x in
+                       redis.lines("LRANGE", "progress:task:{logged}:logs", "0", "-1")]
+            assert entries == ["held entry", "next entry"], entries
+    finally:
+        proxy.close()
 
 
 def test_a_takeover_refused_because_the_worker_completed_first_mirrors_the_completion(redis):

@@ -47,7 +47,7 @@ def test_state_logs_history_and_keys(redis):
     logs = [json.loads(x) for x in redis.lines("LRANGE", task_key("logs", tid), 0, -1)]
     assert [x["message"] for x in logs] == ["sampling done"]
     # Finished: expires within retention; active: has an expiry too (refreshed on every write).
-    for kind in ("state", "events", "logs"):
+    for kind in ("state", "events", "logs", "logged"):
         ttl = int(redis.cli("TTL", task_key(kind, tid)))
         assert 0 < ttl <= retention, (kind, ttl)
     assert 0 < int(redis.cli("TTL", task_key("state", "running"))) <= retention
@@ -59,7 +59,7 @@ def test_state_logs_history_and_keys(redis):
     assert redis.lines("ZRANGE", "progress:heartbeats", 0, -1) == ["running"]
     # Every key of a task carries the same hash tag, so they share a cluster slot.
     tagged = [k for k in redis.lines("KEYS", "progress:task:*") if "job" in k]
-    assert sorted(tagged) == sorted(task_key(k, tid) for k in ("state", "events", "logs"))
+    assert sorted(tagged) == sorted(task_key(k, tid) for k in ("state", "events", "logs", "logged"))
     assert {k[k.index("{"):k.index("}") + 1] for k in tagged} == {"{job %7B1%7D%25/é}"}
 
 

@@ -23,6 +23,9 @@ struct RedisKeys: Sendable {
     func state(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:state" }
     /// The task's log, JSON entries oldest first (a list, the newest 1000 kept).
     func logs(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:logs" }
+    /// Who appended the log's newest entries and how many entries that engine had logged then (a string:
+    /// `<engine id> <count>`): a write sent again appends only what the log lacks (`RedisWriter.writeTaskScript`).
+    func logged(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:logged" }
     /// The task's event history (a stream whose entry ids are `<last seq>-0`).
     func events(_ id: String) -> String { "\(namespace):task:{\(RedisKeys.tag(id))}:events" }
     /// A cancel request for a task another engine runs (a string: `{"reason", "requested_at"}`), with the task's

@@ -54,33 +54,6 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// How long `progress_engine_close` waits for the last writes (also in include/progress.h).
     static let closeFlushSeconds = 2.0
     static let ioTimeout = 1.0
-    /// Stores a task's state and publishes the write: SET KEYS[1] ARGV[2] PX ARGV[3], then PUBLISH ARGV[4] ARGV[5],
-    /// unless the stored state (its top-level "seq", "created_at": the first of each in the document; strings are
-    /// escaped, so none can hold them) is
-    /// - of a task created later under this id (the id used again; this write is a finished task's late one):
-    ///   then -1;
-    /// - of the same task at a higher seq, or at the same seq with other contents than the ETA's three members (a
-    ///   listener that took the task over as lost wrote it): then the stored seq.
-    /// Else 0. The same seq with only another ETA is this engine's own state again (a write of log entries alone, a
-    /// write sent again after a lost reply: the ETA is computed at each write) and is stored. ARGV[6] "1" (a new
-    /// task's first write, after the DEL of what an earlier task of the id left) stores unconditionally. A refused
-    /// write is not published, nor is one Redis refuses (OOM and the like stop the script at the SET).
-    static let storeState = RedisArgument("""
-        local cur = redis.call('GET', KEYS[1])
-        if ARGV[6] ~= '1' and cur and cur ~= ARGV[2] then
-          local created = string.match(cur, '"created_at":"([^"]*)"')
-          local mine = string.match(ARGV[2], '"created_at":"([^"]*)"')
-          if created and mine and created > mine then return -1 end
-          local seq = tonumber(string.match(cur, '"seq":(%d+)'))
-          local eta = '"eta":[^,]*,"eta_seconds":[^,]*,"eta_confidence":[^,]*'
-          if seq and created == mine and (seq > tonumber(ARGV[1]) or (seq == tonumber(ARGV[1])
-              and string.gsub(cur, eta, '') ~= string.gsub(ARGV[2], eta, ''))) then return seq end
-        end
-        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-        redis.call('PUBLISH', ARGV[4], ARGV[5])
-        return 0
-        """)
-
     private let worker = WorkerThread()
     // Guarded by the worker's lock.
     @exclusivity(unchecked) private var inbox: [String] = []
@@ -369,15 +342,18 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     }
 
     /// The stored seq of a task's state (-1: none; -2: the state of another task of that id, created at another
-    /// time than ARGV[1]), and the length of its log.
-    static let storedSeqAndLogs = RedisArgument("""
+    /// time than ARGV[1]), the length of its log, and how many entries engine ARGV[2] had logged when it last
+    /// appended (its `logged` key; -1 when another engine appended last, or none did).
+    static let storedSeqAndLogs = RedisArgument(stateFields + """
         local v = redis.call('GET', KEYS[1])
         local seq = -1
         if v then
-          if string.match(v, '"created_at":"([^"]*)"') ~= ARGV[1] then return {-2, 0} end
-          seq = tonumber(string.match(v, '"seq":(%d+)')) or -1
+          if text(v, '"created_at":"') ~= ARGV[1] then return {-2, 0, -1} end
+          seq = number(v, '"seq":') or -1
         end
-        return {seq, redis.call('LLEN', KEYS[2])}
+        local by, count = string.match(redis.call('GET', KEYS[3]) or '', '^(.*) (%d+)$')
+        if by ~= ARGV[2] then count = -1 end
+        return {seq, redis.call('LLEN', KEYS[2]), tonumber(count)}
         """)
 
     /// After a restart of Redis (another `run_id`), which may have lost writes it had acknowledged (an AOF fsynced
@@ -393,8 +369,9 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 for t in part {
                     var created: [UInt8] = []
                     ISO8601.write(t.createdAt, into: &created)  // as the state's "created_at" holds it
-                    connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "2", RedisArgument(keys.state(t.id)),
-                                       RedisArgument(keys.logs(t.id)), RedisArgument(created)])
+                    connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "3", RedisArgument(keys.state(t.id)),
+                                       RedisArgument(keys.logs(t.id)), RedisArgument(keys.logged(t.id)),
+                                       RedisArgument(created), RedisArgument(engineId)])
                 }
                 metrics.commands.add(part.count, ordering: .relaxed)
                 var refusal: String?
@@ -404,15 +381,18 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                         refusal = refusal ?? message  // LOADING, BUSY: the check goes again after the back-off
                         continue
                     }
-                    guard case let .array(reply) = answer, reply.count == 2,
-                          case let .integer(seq) = reply[0], case let .integer(length) = reply[1] else { continue }
+                    guard case let .array(reply) = answer, reply.count == 3, case let .integer(seq) = reply[0],
+                          case let .integer(length) = reply[1], case let .integer(logged) = reply[2] else { continue }
                     // Another task of that id is stored (the id used again elsewhere): not this task's to write.
                     guard seq != -2 else { continue }
-                    // The log holds the newest logCapacity entries: fewer than that of what was acknowledged is a loss.
-                    let lostLogs = max(0, min(t.logs, TaskRecord.logCapacity) - Int(length))
+                    // This engine's count at its last append is stored with the log, in the same script: what it
+                    // acknowledged beyond that is lost. Without it (another engine appended last), the log holds the
+                    // newest logCapacity entries: fewer than that of what was acknowledged is a loss.
+                    let lostLogs = logged >= 0 ? max(0, t.logs - Int(logged))
+                        : max(0, min(t.logs, TaskRecord.logCapacity) - Int(length))
                     guard seq < Int64(t.seq) || lostLogs > 0 else { continue }
                     // No state at all: everything again (without the DEL of a first write: another engine may already
-                    // have written a newer task of that id, which the state script keeps).
+                    // have written a newer task of that id, which the task-write script keeps).
                     engine.writeAgain(id: t.id, storedSeq: UInt64(max(0, seq)), storedLogs: seq < 0 ? 0 : t.logs - lostLogs)
                     pending[IdKey(t.id)] = 0
                     again += 1
@@ -478,7 +458,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         var sent = 1
         var batches = Set<IdKey>()
         for task in engine.activeOwnedTasks() {
-            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.previews(task.id)] {
+            for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.logged(task.id),
+                        keys.previews(task.id)] {
                 connection.append(["PEXPIRE", RedisArgument(key), ttl])
                 sent += 1
             }
@@ -566,11 +547,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             }
         }
         var acks: [(String, UInt64, Int)] = []
-        // The reply index of each conditional state write, for the task it writes.
+        // The reply index of each task write, for the task it writes.
         var stateReplies: [Int: String] = [:]
         for w in writes {
-            count += appendWrite(w, to: connection)
-            stateReplies[count - 1] = w.id  // its last command
+            appendWrite(w, to: connection)
+            stateReplies[count] = w.id
+            count += 1
             acks.append((w.id, w.snapshot.seq, w.logsTotal))
         }
         var overtaken: [(String, UInt64)] = []
@@ -583,9 +565,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                     overtaken.append((id, UInt64(stored)))
                     continue
                 }
-                guard case let .error(message) = reply, !message.contains("equal or smaller") else {
-                    continue
-                }
+                guard case let .error(message) = reply else { continue }
                 // Refusals that pass: a restarted Redis loading its dataset, one out of memory, a replica after a
                 // failover, a failed save, a busy script. Nothing was refused for good, and what a writer sends only
                 // once (a preview, a log entry, a task's last state) must not be lost to it.
