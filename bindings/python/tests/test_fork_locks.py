@@ -58,3 +58,43 @@ def test_a_lock_held_by_another_thread_at_the_fork_is_free_in_the_child(case):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_report_tqdm_lock_held_by_another_thread_at_the_fork_is_free_in_the_child():
+    """A bar's report_tqdm has a lock of its own (tqdm's monitor thread or the garbage collector may sync a bar while
+    the loop's thread updates it). Held by another thread at the fork, it hung the child's first bar update there."""
+    pytest.importorskip("tqdm")
+    code = textwrap.dedent(f"""
+        import faulthandler, io, os, sys, threading
+        sys.path.insert(0, {BINDINGS!r})
+        import progress_engine as pe
+        import tqdm
+        from progress_engine.integrations.tqdm import report_tqdm
+        t = pe.ProgressTracker()
+        t.create_task_progress_sync("job", "tpl")
+        with report_tqdm("job", tracker=t) as reporting:
+            bar = tqdm.tqdm(total=10, file=io.StringIO(), mininterval=0)
+            bar.update(1)
+            held, release = threading.Event(), threading.Event()
+            def holder():
+                with reporting._reporter.lock:
+                    held.set()
+                    release.wait()
+            threading.Thread(target=holder, daemon=True).start()
+            held.wait()
+            pid = os.fork()
+            if pid == 0:
+                faulthandler.dump_traceback_later(10, exit=True)
+                bar.update(1)
+                bar.close()
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            release.set()
+            bar.close()
+        print("child exit status", os.waitstatus_to_exitcode(status), flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])

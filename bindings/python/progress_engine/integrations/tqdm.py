@@ -55,10 +55,17 @@ _install_lock = threading.Lock()
 _installed = False
 
 
+#: Every live _Reporter, whose lock the child of a fork gets anew.
+_reporters: "weakref.WeakSet[_Reporter]" = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
-    # Another thread of the parent may have been installing the reporting classes at the fork.
+    # Another thread of the parent may have been installing the reporting classes, or syncing a bar, at the fork:
+    # that thread does not exist in the child, and the lock it held would never be released.
     global _install_lock
     _install_lock = threading.Lock()
+    for reporter in list(_reporters):
+        reporter.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -121,6 +128,7 @@ class _Reporter:
         self.closed = False
         self.pair = (0, 1)  # the last (step, total_steps) sent, which a bar without total keeps
         self.message: Optional[str] = None  # the last message sent
+        _reporters.add(self)
 
     def innermost(self) -> Any:
         with self.lock:
