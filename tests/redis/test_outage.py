@@ -355,6 +355,47 @@ def test_a_redis_restarted_with_part_of_a_long_log_gets_the_rest_again(redis):
         assert messages == [f"entry {i}" for i in range(105, 1105)]
 
 
+def test_a_redis_restarted_without_its_data_gets_templates_and_completion_records_again(redis):
+    """The templates and the fleet's completion records (the ETA's history) live in Redis for engines opened later.
+    Redis restarted without its data: every engine that knows them writes back what is missing, each record once
+    however many engines restore it, and a template registered anew since is kept."""
+    import shutil
+    from progress_engine import ProgressTracker
+
+    opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    stages = [{"name": "load", "weight": 1}, {"name": "sample", "weight": 3}]
+    with ProgressTracker(**opts) as a:
+        a.register_template_stages_sync("img", stages)
+        a.register_template_stages_sync("other", stages)
+        for i in range(5):
+            a.create_task_progress_sync(f"done-{i}", "img")
+            a.update_progress_sync(f"done-{i}", 1, 1)
+            a.complete_task_sync(f"done-{i}")
+        flushed(a)
+        wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == 5, what="the records")
+        records = sorted(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1"))
+        with ProgressTracker(**opts) as b:  # loaded the history at open
+            redis.signal(signal.SIGKILL)
+            for path in redis.folder.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            redis.start()
+            # Registered anew on the restarted Redis, before the engines are back: kept.
+            redis.cli("HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]')
+            wait_until(lambda: len(redis.lines("HKEYS", "progress:templates")) == 2, timeout=10,
+                       what="the templates again")
+            wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) >= 5, timeout=10,
+                       what="the records again")
+            flushed(a)
+            flushed(b)
+            time.sleep(0.3)
+            assert sorted(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == records  # each once
+            assert [s["name"] for s in json.loads(redis.cli("HGET", "progress:templates", "img"))] == ["load", "sample"]
+            assert json.loads(redis.cli("HGET", "progress:templates", "other"))[0]["name"] == "newer"
+    with ProgressTracker(**opts) as c:
+        c.create_task_progress_sync("next", "img")
+        assert [s["name"] for s in c.get_task_progress_sync("next")["stages"].values()] == ["load", "sample"]
+
+
 def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis):
     """Engine A's task finished; engine B runs a new task under the same id (its seq lower). After a Redis restart
     that lost nothing, A's check finds another task's state under the id and writes nothing: before, it took the

@@ -122,6 +122,15 @@ final class CompletionHistory: Sendable {
         }
     }
 
+    /// Every record kept, oldest first.
+    func allRecords() -> [CompletionRecord] {
+        store.withLock { s in
+            var out: [CompletionRecord] = []
+            for ring in s.rings.values { ring.forEach { out.append($0) } }
+            return out.sorted { $0.timestamp < $1.timestamp }
+        }
+    }
+
     /// Records of a template (of one quality, or of all when `quality` is nil), oldest first.
     /// - Parameters:
     ///   - template: the template.

@@ -55,6 +55,21 @@ struct StageDefinition: Equatable, Sendable {
         }
         return try normalised(raw, context: context)
     }
+
+    /// The stages as `parseList` reads them: `[{"name", "description", "weight"}]`.
+    static func json(_ stages: [StageDefinition]) -> String {
+        var w = JSONWriter()
+        w.beginArray()
+        for stage in stages {
+            w.beginObject()
+            w.key("name"); w.string(stage.name)
+            w.key("description"); w.string(stage.description)
+            w.key("weight"); w.number(stage.weight)
+            w.endObject()
+        }
+        w.endArray()
+        return w.output
+    }
 }
 
 /// The stages a task gets when its template registered none: per category, as in the seed, else generic.

@@ -109,6 +109,11 @@ extension EngineCore {
         return CompletionRecord(completed: task, at: end)
     }
 
+    func fleetHistory() -> (templates: [(id: String, stagesJSON: String)], completions: [CompletionRecord]) {
+        let known = templates.withLock { $0.map { (id: $0.key.id, stagesJSON: StageDefinition.json($0.value)) } }
+        return (known, completions.allRecords())
+    }
+
     func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)] {
         var out: [(id: String, createdAt: Double, seq: UInt64, logs: Int)] = []
         for shard in table.allShards {

@@ -409,10 +409,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
             return
         }
         restarted = false
+        let history = restoreFleetHistory()
         StorageLog.write(again > 0 ? "warning" : "info", "redis_restarted", [("redis", url.display),
             ("tasks_checked", String(tasks.count)), ("tasks_written_again", String(again)),
+            ("templates", String(history.templates)), ("completion_records", String(history.records)),
             ("reason", "the Redis server is another run (run_id changed): tasks whose writes it no longer holds are "
-                + "written again")])
+                + "written again, and templates and completion records it lacks")])
     }
 
     /// ZADD of every executing task of this engine, so listeners can tell a live worker from a lost one.
