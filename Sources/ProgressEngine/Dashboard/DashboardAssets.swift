@@ -2686,6 +2686,25 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
 
   let renderedLogs = 0;
 
+  /** Stage index -> name, for log entries. */
+  function stageNames(d) {
+    const names = {};
+    for (const s of stageList(d || {})) names[s.index] = s.name;
+    return names;
+  }
+
+  /** One log entry as a list item: the card's log and the task page's. */
+  function logItem(e, names) {
+    const li = el("li", "log-entry");
+    li.dataset.level = String(e.level || "info");
+    const time = el("time", "log-time", formatClock(e.timestamp));
+    if (e.timestamp) time.dateTime = String(e.timestamp);
+    li.append(time, el("span", "log-level", String(e.level || "")),
+      el("span", "log-stage", names[e.stage] !== undefined ? names[e.stage] : e.stage !== undefined ? "#" + e.stage : ""),
+      el("span", "log-msg", e.message));
+    return li;
+  }
+
   function renderLog() {
     const t = tasks.get(selected);
     if (!t) return;
@@ -2700,20 +2719,10 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
       ui.log.textContent = "";
       renderedLogs = 0;
     }
+    const names = stageNames(t.data);
     for (let i = renderedLogs; i < t.logs.length; i++) {
-      const e = t.logs[i];
-      const li = el("li", "log-entry");
-      li.dataset.key = logKey(e);
-      li.dataset.level = String(e.level || "info");
-      const stages = stageList(t.data);
-      const stage = stages.find((s) => s.index === e.stage);
-      li.append(
-        el("time", "log-time", formatClock(e.timestamp)),
-        el("span", "log-level", String(e.level || "")),
-        el("span", "log-stage", stage ? stage.name : e.stage !== undefined ? "#" + e.stage : ""),
-        el("span", "log-msg", e.message)
-      );
-      if (e.timestamp) li.firstChild.dateTime = String(e.timestamp);
+      const li = logItem(t.logs[i], names);
+      li.dataset.key = logKey(t.logs[i]);
       ui.log.appendChild(li);
     }
     renderedLogs = t.logs.length;
@@ -3922,8 +3931,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
    *  removed; the whole list only when an entry came out of order (or the page is new). */
   function renderTaskLog(d) {
     const logs = taskView.logs;
-    const names = {};
-    for (const s of stageList(d || {})) names[s.index] = s.name;
+    const names = stageNames(d);
     let from = taskView.logShown - taskView.logDropped;
     if (taskView.logRebuild || from < 0) {
       ui.tvLog.textContent = "";
@@ -3934,17 +3942,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
     }
     taskView.logRebuild = false;
     taskView.logDropped = 0;
-    for (let i = from; i < logs.length; i++) {
-      const e = logs[i];
-      const li = el("li", "log-entry");
-      li.dataset.level = String(e.level || "info");
-      const time = el("time", "log-time", formatClock(e.timestamp));
-      if (e.timestamp) time.dateTime = String(e.timestamp);
-      li.append(time, el("span", "log-level", String(e.level || "")),
-        el("span", "log-stage", names[e.stage] !== undefined ? names[e.stage] : e.stage !== undefined ? "#" + e.stage : ""),
-        el("span", "log-msg", e.message));
-      ui.tvLog.appendChild(li);
-    }
+    for (let i = from; i < logs.length; i++) ui.tvLog.appendChild(logItem(logs[i], names));
     taskView.logShown = logs.length;
     if (!logs.length) ui.tvLog.appendChild(el("li", "hint", "No log entries."));
     ui.tvLog.dataset.count = String(logs.length);
@@ -4190,7 +4188,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=e12d938cb957"></script>
+<script type="module" src="/dashboard/app.js?v=f31129fc6ff0"></script>
 </body>
 </html>
 """##),
