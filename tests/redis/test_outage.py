@@ -4,10 +4,11 @@ reconnects and Redis holds the exact final state of every task."""
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 
-from redis_support import flushed, run_runner, wait_until
+from redis_support import flushed, free_port, run_runner, wait_until
 
 RUNNER = """
 t = ProgressTracker(redis_url={url!r}, throttle_ms=20)
@@ -364,33 +365,50 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
 
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
     stages = [{"name": "load", "weight": 1}, {"name": "sample", "weight": 3}]
-    with ProgressTracker(**opts) as a:
+    # B listens, so it mirrors A's tasks and adds their completions to its own history (from its mirror, which
+    # lacks what only A measured): it must not write those back as records of its own.
+    with ProgressTracker(**opts) as a, ProgressTracker(listen="127.0.0.1:0", **opts) as b:
         a.register_template_stages_sync("img", stages)
         a.register_template_stages_sync("other", stages)
         for i in range(5):
             a.create_task_progress_sync(f"done-{i}", "img")
-            a.update_progress_sync(f"done-{i}", 1, 1)
+            for step in range(1, 4):
+                a.update_progress_sync(f"done-{i}", step, 3)
+                time.sleep(0.01)
             a.complete_task_sync(f"done-{i}")
         flushed(a)
         wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == 5, what="the records")
-        records = sorted(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1"))
-        with ProgressTracker(**opts) as b:  # loaded the history at open
-            redis.signal(signal.SIGKILL)
-            for path in redis.folder.iterdir():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            redis.start()
-            # Registered anew on the restarted Redis, before the engines are back: kept.
-            redis.cli("HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]')
-            wait_until(lambda: len(redis.lines("HKEYS", "progress:templates")) == 2, timeout=10,
-                       what="the templates again")
-            wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) >= 5, timeout=10,
-                       what="the records again")
-            flushed(a)
-            flushed(b)
-            time.sleep(0.3)
-            assert sorted(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == records  # each once
-            assert [s["name"] for s in json.loads(redis.cli("HGET", "progress:templates", "img"))] == ["load", "sample"]
-            assert json.loads(redis.cli("HGET", "progress:templates", "other"))[0]["name"] == "newer"
+        records = redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")
+        wait_until(lambda: b.get_task_progress_sync("done-4")["status"] == "completed", what="B's mirror")
+        redis.signal(signal.SIGKILL)
+        for path in redis.folder.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        # The restarted Redis holds only what another engine wrote there first: a template registered anew and a
+        # completion record newer than A's (its AOF made by a Redis of its own, so it is there before A and B).
+        newer = json.dumps({"task_id": "elsewhere", "template_id": "img", "stage_durations": {"0": 1.0},
+                            "total_duration": 1.0, "timestamp": time.time() + 100})
+        seed_port = free_port()
+        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--save", "", "--appendonly", "yes",
+                                 "--dir", str(redis.folder)], stdout=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
+                                          text=True).stdout.strip() == "PONG", what="the seeding Redis")
+        for command in (["HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]'],
+                        ["RPUSH", "progress:eta:{img}", newer], ["SHUTDOWN"]):
+            subprocess.run(["redis-cli", "-p", str(seed_port), *command], capture_output=True, check=False)
+        seed.wait(timeout=10)
+        redis.start()
+        assert redis.lines("LRANGE", "progress:eta:{img}", "0", "-1") == [newer]
+        wait_until(lambda: len(redis.lines("HKEYS", "progress:templates")) == 2, timeout=10,
+                   what="the templates again")
+        wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) >= 6, timeout=10,
+                   what="the records again")
+        flushed(a)
+        flushed(b)
+        time.sleep(0.3)
+        # Each once, ordered by time (A's older ones before the newer one), whichever engine restored first.
+        assert redis.lines("LRANGE", "progress:eta:{img}", "0", "-1") == records + [newer]
+        assert [s["name"] for s in json.loads(redis.cli("HGET", "progress:templates", "img"))] == ["load", "sample"]
+        assert json.loads(redis.cli("HGET", "progress:templates", "other"))[0]["name"] == "newer"
     with ProgressTracker(**opts) as c:
         c.create_task_progress_sync("next", "img")
         assert [s["name"] for s in c.get_task_progress_sync("next")["stages"].values()] == ["load", "sample"]

@@ -149,6 +149,28 @@ def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
         proxy.close()
 
 
+def test_a_first_write_run_late_keeps_a_log_entry_written_after_it(redis):
+    """A first write held past the writer's timeout and sent again; then a log entry alone (the seq does not move);
+    then the held first write runs. It deleted the task's log (and any cancel request) again."""
+    proxy = DelayingProxy(redis.port, b"rerun", delay=2.5)
+    try:
+        with ProgressTracker(redis_url=proxy.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+            t.create_task_progress_sync("warm", "tpl")
+            flushed(t)
+            t.create_task_progress_sync("rerun", "tpl")
+            assert proxy.held.wait(10), "the first write never went out"
+            flushed(t)
+            t.log_sync("rerun", "info", "after the retry")
+            flushed(t)
+            time.sleep(3.0)  # the held first write reached Redis and ran
+            entries = [json.loads(x)["message"] for x in
+                       redis.lines("LRANGE", "progress:task:{rerun}:logs", "0", "-1")]
+            assert entries == ["after the retry"], entries
+            assert stored(redis, "rerun")["seq"] == t.get_task_progress_sync("rerun")["seq"]
+    finally:
+        proxy.close()
+
+
 def test_a_write_sent_again_after_a_lost_reply_appends_its_log_entries_once(redis):
     """A write carrying a log entry is held past the writer's timeout, so the writer sends it again on a new
     connection; then the held one runs too. Its entry was appended twice."""

@@ -16,6 +16,9 @@ struct CompletionRecord: Sendable {
     var workload: Workload? = nil
     /// The runner's variant of each stage that had one (`StageState.variant`), by stage index.
     var stageVariants: [Int: String] = [:]
+    /// Made by this engine (a task it completed, a record its caller gave), not loaded from Redis nor made from
+    /// another engine's mirrored task: what it writes back after a Redis restart lost it. Not part of the JSON.
+    var recordedHere = false
 
     static let keys: Set<String> = ["task_id", "template_id", "template_category", "quality", "stage_durations",
                                     "stage_profiles", "total_duration", "resource_config", "timestamp", "workload",

@@ -399,7 +399,9 @@ final class EngineCore: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             readCounterOneLastTime(task, at: ts)
             try task.complete(at: ts)
-            return CompletionRecord(completed: task, at: ts)
+            var record = CompletionRecord(completed: task, at: ts)
+            record.recordedHere = true
+            return record
         }
         counterTasks.withLock { _ = $0.remove(IdKey(id)) }
         completions.add(record)

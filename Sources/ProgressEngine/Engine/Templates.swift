@@ -28,7 +28,8 @@ extension EngineCore {
     }
 
     func recordCompletion(json: String) throws {
-        let record = try CompletionRecord.parse(json, now: clock.now())
+        var record = try CompletionRecord.parse(json, now: clock.now())
+        record.recordedHere = true
         completions.add(record)
         store.persistCompletion(record)
     }

@@ -111,7 +111,7 @@ extension EngineCore {
 
     func fleetHistory() -> (templates: [(id: String, stagesJSON: String)], completions: [CompletionRecord]) {
         let known = templates.withLock { $0.map { (id: $0.key.id, stagesJSON: StageDefinition.json($0.value)) } }
-        return (known, completions.allRecords())
+        return (known, completions.allRecords().filter(\.recordedHere))
     }
 
     func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)] {

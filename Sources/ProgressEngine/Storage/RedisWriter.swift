@@ -410,11 +410,13 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         }
         restarted = false
         let history = restoreFleetHistory()
-        StorageLog.write(again > 0 ? "warning" : "info", "redis_restarted", [("redis", url.display),
+        StorageLog.write(again + history.refused > 0 ? "warning" : "info", "redis_restarted", [("redis", url.display),
             ("tasks_checked", String(tasks.count)), ("tasks_written_again", String(again)),
             ("templates", String(history.templates)), ("completion_records", String(history.records)),
+            ("restore_writes_refused", String(history.refused)),
             ("reason", "the Redis server is another run (run_id changed): tasks whose writes it no longer holds are "
-                + "written again, and templates and completion records it lacks")])
+                + "written again, and templates and completion records it lacks (restore_writes_refused: the queue "
+                + "of other writes was full, see redis_dropped_writes)")])
     }
 
     /// ZADD of every executing task of this engine, so listeners can tell a live worker from a lost one.

@@ -22,11 +22,10 @@ extension RedisWriter {
     /// - if this is a task's first write (ARGV[7] "1") and the same task is stored at a higher seq, writes nothing
     ///   and answers 0: it is that first write run late (held past the writer's timeout, then sent again and
     ///   followed by newer writes), whose `DEL` would drop what came after it;
-    /// - else writes the events, the log entries the log lacks (below), expiries and indexes, then the state and its
-    ///   publication, unless the
-    ///   same task is stored at a higher seq, or at the same seq with other contents than the ETA's three members (a
-    ///   listener that took the task over as lost wrote it): then it answers the stored seq and neither stores nor
-    ///   publishes the state. The same seq with only another ETA is this engine's own state again (a write of log
+    /// - else writes the events, the log entries the log lacks (below) and expiries, then the indexes, the
+    ///   heartbeat, the state and its publication, unless the same task is stored at a higher seq, or at the same
+    ///   seq with other contents than the ETA's three members (a listener that took the task over as lost wrote
+    ///   it): then it answers the stored seq, and the events and log entries (the task's) are all it writes. The same seq with only another ETA is this engine's own state again (a write of log
     ///   entries alone, a write sent again after a lost reply: the ETA is computed at each write) and is stored.
     ///
     /// Log entries: ARGV[19] says how many entries the engine had logged before the first one of this write. The
@@ -34,9 +33,11 @@ extension RedisWriter {
     /// it counted already are skipped (a write sent again after a lost reply, a write run late), so none is
     /// appended twice. Another engine's count (a listener that took the task over) skips nothing.
     ///
-    /// A new task's first write `DEL`s what an earlier task of the id left and stores its state over any older
-    /// task's. The first command that can grow memory is the `ZADD` of the task index, so a Redis out of memory
-    /// refuses the whole write there (a script may not stop halfway once it has written). An error of Redis other
+    /// A new task's first write `DEL`s what an earlier task of the id left (not when its own task is stored: that
+    /// is the write sent again, and what came after it, a log entry or a cancel request, stays) and stores its
+    /// state over any older task's. The first command that can grow memory is the `ZADD` of the task index (of a
+    /// refused write, the `XADD` or `RPUSH`), so a Redis out of memory refuses the whole write there (a script may
+    /// not stop halfway once it has written). An error of Redis other
     /// than an `XADD` whose entry id the stream already has (a write sent again) ends the script with that error.
     ///
     /// KEYS: state, events, logs, cancel, previews, the task index, the creation index, heartbeats, logged[, the
@@ -68,8 +69,8 @@ extension RedisWriter {
             verdict = stored
           end
         end
-        redis.call('ZADD', KEYS[6], ARGV[8], ARGV[1])
-        if ARGV[7] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[9]) end
+        if verdict == 0 then redis.call('ZADD', KEYS[6], ARGV[8], ARGV[1]) end
+        if ARGV[7] == '1' and not stored then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[9]) end
         if ARGV[12] ~= '' then
           local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[16], ARGV[12], 'first', ARGV[13],
                                 'complete', ARGV[14], 'events', ARGV[15])
@@ -93,9 +94,9 @@ extension RedisWriter {
           redis.call('SADD', KEYS[10], ARGV[1])
           redis.call('PEXPIRE', KEYS[10], ARGV[4])
         end
-        if ARGV[9] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[9]) end
-        if ARGV[10] == '1' then redis.call('ZREM', KEYS[8], ARGV[1]) else redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1]) end
         if verdict == 0 then
+          if ARGV[9] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[9]) end
+          if ARGV[10] == '1' then redis.call('ZREM', KEYS[8], ARGV[1]) else redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1]) end
           redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
           redis.call('PUBLISH', ARGV[5], ARGV[6] .. ARGV[15] .. ',"logs":[' .. table.concat(ARGV, ',', from) ..
                      '],"state":' .. ARGV[3] .. '}')
