@@ -4,6 +4,7 @@ a lower seq, and the same seq with other contents (a listener's takeover), but t
 at the same seq with another ETA, and appends a log entry sent again once; a listener whose takeover write is
 refused mirrors what the worker stored."""
 
+import contextlib
 import json
 import signal
 import socket
@@ -121,54 +122,52 @@ class DelayingProxy:
         self.server.close()
 
 
-def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
-    """A task's first write is held on its way (a stopped Redis, a slow network) past the writer's timeout; the
-    writer reconnects and writes the task again and on. When the held bytes finally run, that first write deleted
-    the task's stream and log and put its first state back over the newer one."""
-    proxy = DelayingProxy(redis.port, b"replayed", delay=2.5)
+@contextlib.contextmanager
+def first_write_held(redis, task_id):
+    """A tracker whose first write of task `task_id` a proxy held for 2.5 s, past the writer's 1 s timeout: the
+    writer sends it again on a new connection, and the held one runs in Redis later."""
+    proxy = DelayingProxy(redis.port, task_id.encode(), delay=2.5)
     try:
         with ProgressTracker(redis_url=proxy.url, throttle_ms=10, resource_interval_ms=3600000) as t:
             t.create_task_progress_sync("warm", "tpl")
             flushed(t)
-            t.create_task_progress_sync("replayed", "tpl")
+            t.create_task_progress_sync(task_id, "tpl")
             assert proxy.held.wait(10), "the first write never went out"
-            for i in range(1, 6):
-                t.update_progress_sync("replayed", i, 10, message=f"step {i}")
-            t.log_sync("replayed", "info", "after the retry")
-            flushed(t)
-            mine = t.get_task_progress_sync("replayed")
-            assert stored(redis, "replayed")["seq"] == mine["seq"]
-            time.sleep(3.0)  # the held first write reached Redis and ran
-            doc = stored(redis, "replayed")
-            assert (doc["seq"], doc["stages"]["1"]["message"]) == (mine["seq"], "step 5"), doc
-            logs = redis.cli("LRANGE", "progress:task:{replayed}:logs", "0", "-1")
-            assert "after the retry" in logs, logs
-            entries = redis.cli("XRANGE", "progress:task:{replayed}:events", "-", "+")
-            assert '"message":"step 5"' in entries, entries  # the stream kept the events after the first write
+            yield t
     finally:
         proxy.close()
+
+
+def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
+    """When the held first write finally ran, it deleted the task's stream and log and put its first state back
+    over the newer one."""
+    with first_write_held(redis, "replayed") as t:
+        for i in range(1, 6):
+            t.update_progress_sync("replayed", i, 10, message=f"step {i}")
+        t.log_sync("replayed", "info", "after the retry")
+        flushed(t)
+        mine = t.get_task_progress_sync("replayed")
+        assert stored(redis, "replayed")["seq"] == mine["seq"]
+        time.sleep(3.0)  # the held first write reached Redis and ran
+        doc = stored(redis, "replayed")
+        assert (doc["seq"], doc["stages"]["1"]["message"]) == (mine["seq"], "step 5"), doc
+        logs = redis.cli("LRANGE", "progress:task:{replayed}:logs", "0", "-1")
+        assert "after the retry" in logs, logs
+        entries = redis.cli("XRANGE", "progress:task:{replayed}:events", "-", "+")
+        assert '"message":"step 5"' in entries, entries  # the stream kept the events after the first write
 
 
 def test_a_first_write_run_late_keeps_a_log_entry_written_after_it(redis):
-    """A first write held past the writer's timeout and sent again; then a log entry alone (the seq does not move);
-    then the held first write runs. It deleted the task's log (and any cancel request) again."""
-    proxy = DelayingProxy(redis.port, b"rerun", delay=2.5)
-    try:
-        with ProgressTracker(redis_url=proxy.url, throttle_ms=10, resource_interval_ms=3600000) as t:
-            t.create_task_progress_sync("warm", "tpl")
-            flushed(t)
-            t.create_task_progress_sync("rerun", "tpl")
-            assert proxy.held.wait(10), "the first write never went out"
-            flushed(t)
-            t.log_sync("rerun", "info", "after the retry")
-            flushed(t)
-            time.sleep(3.0)  # the held first write reached Redis and ran
-            entries = [json.loads(x)["message"] for x in
-                       redis.lines("LRANGE", "progress:task:{rerun}:logs", "0", "-1")]
-            assert entries == ["after the retry"], entries
-            assert stored(redis, "rerun")["seq"] == t.get_task_progress_sync("rerun")["seq"]
-    finally:
-        proxy.close()
+    """The first write sent again, then a log entry alone (the seq does not move), then the held first write runs:
+    it deleted the task's log (and any cancel request) again."""
+    with first_write_held(redis, "rerun") as t:
+        flushed(t)
+        t.log_sync("rerun", "info", "after the retry")
+        flushed(t)
+        time.sleep(3.0)  # the held first write reached Redis and ran
+        entries = [json.loads(x)["message"] for x in redis.lines("LRANGE", "progress:task:{rerun}:logs", "0", "-1")]
+        assert entries == ["after the retry"], entries
+        assert stored(redis, "rerun")["seq"] == t.get_task_progress_sync("rerun")["seq"]
 
 
 def test_a_write_sent_again_after_a_lost_reply_appends_its_log_entries_once(redis):
