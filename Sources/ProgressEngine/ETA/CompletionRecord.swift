@@ -16,9 +16,10 @@ struct CompletionRecord: Sendable {
     var workload: Workload? = nil
     /// The runner's variant of each stage that had one (`StageState.variant`), by stage index.
     var stageVariants: [Int: String] = [:]
-    /// Made by this engine (a task it completed, a record its caller gave), not loaded from Redis nor made from
-    /// another engine's mirrored task: what it writes back after a Redis restart lost it. Not part of the JSON.
-    var recordedHere = false
+    /// Made from another engine's task this engine mirrors (without what only the task's own engine measured,
+    /// such as stage profiles): that engine's own record is the one to write back after a Redis restart lost it.
+    /// Not part of the JSON.
+    var fromMirror = false
 
     static let keys: Set<String> = ["task_id", "template_id", "template_category", "quality", "stage_durations",
                                     "stage_profiles", "total_duration", "resource_config", "timestamp", "workload",

@@ -399,9 +399,7 @@ final class EngineCore: @unchecked Sendable {
             let ts = try task.resolveTimestamp(explicit: timestamp, now: now)
             readCounterOneLastTime(task, at: ts)
             try task.complete(at: ts)
-            var record = CompletionRecord(completed: task, at: ts)
-            record.recordedHere = true
-            return record
+            return CompletionRecord(completed: task, at: ts)
         }
         counterTasks.withLock { _ = $0.remove(IdKey(id)) }
         completions.add(record)

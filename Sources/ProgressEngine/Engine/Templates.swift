@@ -28,8 +28,7 @@ extension EngineCore {
     }
 
     func recordCompletion(json: String) throws {
-        var record = try CompletionRecord.parse(json, now: clock.now())
-        record.recordedHere = true
+        let record = try CompletionRecord.parse(json, now: clock.now())
         completions.add(record)
         store.persistCompletion(record)
     }

@@ -106,12 +106,14 @@ extension EngineCore {
     /// Another engine's task that completed joins this engine's ETA history (its owner stored the record).
     private static func mirroredCompletion(_ task: TaskRecord) -> CompletionRecord? {
         guard task.status == .completed, let end = task.completedAt else { return nil }
-        return CompletionRecord(completed: task, at: end)
+        var record = CompletionRecord(completed: task, at: end)
+        record.fromMirror = true
+        return record
     }
 
     func fleetHistory() -> (templates: [(id: String, stagesJSON: String)], completions: [CompletionRecord]) {
         let known = templates.withLock { $0.map { (id: $0.key.id, stagesJSON: StageDefinition.json($0.value)) } }
-        return (known, completions.allRecords().filter(\.recordedHere))
+        return (known, completions.allRecords().filter { !$0.fromMirror })
     }
 
     func acknowledgedTasks() -> [(id: String, createdAt: Double, seq: UInt64, logs: Int)] {

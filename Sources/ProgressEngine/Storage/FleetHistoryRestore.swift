@@ -1,34 +1,39 @@
-/// After a Redis restart: the templates this engine knows and the completion records it made (the fleet's ETA
-/// history), written again where Redis lacks them (docs/REDIS.md, "Redis restarted without what it acknowledged").
+/// After a Redis restart: the templates and completion records (the fleet's ETA history) this engine knows,
+/// written again where Redis lacks them (docs/REDIS.md, "Redis restarted without what it acknowledged").
 extension RedisWriter {
-    /// Merges ARGV[2…] (records, oldest first) into the list KEYS[1]: those it does not hold are added, the whole
-    /// ordered by each record's `"timestamp"` (its last one in the record: a resource configuration written before
-    /// it may hold the word too), the newest ARGV[1] kept. Answers how many it added; 0 leaves the list untouched.
-    /// Only the engine that made a record writes it back, and one serializer wrote it both times, so a record the
-    /// list holds is the same bytes.
+    /// Merges ARGV[2…] (records, oldest first) into the list KEYS[1]: the records it does not hold are added, the
+    /// whole then ordered by timestamp, the newest ARGV[1] kept. A record is known by its `task_id` and `timestamp`
+    /// (another engine, or another version, may have written the same run in other bytes), by its bytes when it
+    /// has no `task_id`. Answers how many it added; 0 leaves the list untouched. The added records are pushed
+    /// first, so a Redis out of memory refuses the merge before it has written anything.
     static let mergeRecords = RedisArgument("""
+        local function read(doc)
+          local ok, r = pcall(cjson.decode, doc)
+          if ok and type(r) == 'table' then
+            local at = type(r.timestamp) == 'number' and r.timestamp or 0
+            if type(r.task_id) == 'string' then return r.task_id .. '\\0' .. string.format('%.17g', at), at end
+            return doc, at
+          end
+          return doc, 0
+        end
         local list = redis.call('LRANGE', KEYS[1], 0, -1)
-        local have = {}
-        for _, v in ipairs(list) do have[v] = true end
-        local added = 0
+        local keyed, have = {}, {}
+        for i, v in ipairs(list) do
+          local id, at = read(v)
+          have[id] = true
+          keyed[i] = {at, i, v}
+        end
+        local missing = {}
         for i = 2, #ARGV do
-          if not have[ARGV[i]] then
-            have[ARGV[i]] = true
-            list[#list + 1] = ARGV[i]
-            added = added + 1
+          local id, at = read(ARGV[i])
+          if not have[id] then
+            have[id] = true
+            missing[#missing + 1] = ARGV[i]
+            keyed[#keyed + 1] = {at, #keyed + 1, ARGV[i]}
           end
         end
-        if added == 0 then return 0 end
-        local function timestamp(doc)
-          local at, i = nil, 0
-          repeat
-            i = string.find(doc, '"timestamp":', i + 1, true)
-            if i then at = i end
-          until not i
-          return at and tonumber(string.match(doc, '^%s*([-%d.eE+]+)', at + 12)) or 0
-        end
-        local keyed = {}
-        for i, v in ipairs(list) do keyed[i] = {timestamp(v), i, v} end
+        if #missing == 0 then return 0 end
+        redis.call('RPUSH', KEYS[1], unpack(missing))
         table.sort(keyed, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
         redis.call('DEL', KEYS[1])
         local batch = {}
@@ -40,12 +45,12 @@ extension RedisWriter {
           end
         end
         if #batch > 0 then redis.call('RPUSH', KEYS[1], unpack(batch)) end
-        return added
+        return #missing
         """)
 
     /// Queues the restore with the other writes: `HSETNX` of each template (one another engine registered since
-    /// stays), and per template the newest `CompletionHistory.capacity` records this engine made, through
-    /// `mergeRecords`.
+    /// stays), and per template the newest `CompletionHistory.capacity` of its records (`WriterSource.fleetHistory`),
+    /// through `mergeRecords`.
     /// - Returns: how many templates and records were queued, and how many the full queue refused.
     func restoreFleetHistory() -> (templates: Int, records: Int, refused: Int) {
         let history = engine.fleetHistory()

@@ -23,8 +23,9 @@ protocol WriterSource: AnyObject, Sendable {
     /// Redis no longer holds what it acknowledged of the task (a restart that lost writes): the task is written again
     /// from what Redis still has, `storedSeq` (0: no state) and `storedLogs` entries, urgently.
     func writeAgain(id: String, storedSeq: UInt64, storedLogs: Int)
-    /// The templates this engine knows (registered here or loaded from Redis) and the completion records it made
-    /// (`CompletionRecord.recordedHere`), oldest first: written again where a restarted Redis lost them.
+    /// The templates this engine knows (registered here or loaded from Redis) and its completion records (made here
+    /// or loaded from Redis; not those made from mirrored tasks, `CompletionRecord.fromMirror`), oldest first:
+    /// written again where a restarted Redis lost them.
     func fleetHistory() -> (templates: [(id: String, stagesJSON: String)], completions: [CompletionRecord])
     /// A cancel request read from Redis: recorded when this engine runs the task, has written it and it has not
     /// finished.

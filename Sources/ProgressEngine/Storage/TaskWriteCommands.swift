@@ -33,9 +33,9 @@ extension RedisWriter {
     /// it counted already are skipped (a write sent again after a lost reply, a write run late), so none is
     /// appended twice. Another engine's count (a listener that took the task over) skips nothing.
     ///
-    /// A new task's first write `DEL`s what an earlier task of the id left (not when its own task is stored: that
-    /// is the write sent again, and what came after it, a log entry or a cancel request, stays) and stores its
-    /// state over any older task's. The first command that can grow memory is the `ZADD` of the task index (of a
+    /// A new task's first write `DEL`s what an earlier task of the id left (not when the same task is stored at its
+    /// seq: that is the write sent again, and what came after it, a log entry or a cancel request, stays; two tasks
+    /// of one id created in the same millisecond are taken for one) and stores its state over any older task's. The first command that can grow memory is the `ZADD` of the task index (of a
     /// refused write, the `XADD` or `RPUSH`), so a Redis out of memory refuses the whole write there (a script may
     /// not stop halfway once it has written). An error of Redis other
     /// than an `XADD` whose entry id the stream already has (a write sent again) ends the script with that error.
@@ -70,7 +70,7 @@ extension RedisWriter {
           end
         end
         if verdict == 0 then redis.call('ZADD', KEYS[6], ARGV[8], ARGV[1]) end
-        if ARGV[7] == '1' and not stored then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[9]) end
+        if ARGV[7] == '1' and stored ~= seq then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[9]) end
         if ARGV[12] ~= '' then
           local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[16], ARGV[12], 'first', ARGV[13],
                                 'complete', ARGV[14], 'events', ARGV[15])
