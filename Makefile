@@ -61,7 +61,8 @@ test-python:
 # change tasks) and tests/c/fleet_stress.c (listener + Redis write-through + runners + WebSocket clients joining,
 # leaving and reading slowly + REST + close with clients connected, against a redis-server the script starts on a
 # free loopback port and stops); asan also runs the C examples, with LeakSanitizer on. About 1 minute each on 2
-# cores; FLEET_ARGS="runners tasks steps sessions pace_us" changes fleet_stress's scale (default 4 120 256 10 1000).
+# cores; FLEET_ARGS="runners tasks steps sessions pace_us" changes fleet_stress's scale (default 4 60 256 10 1000 under
+# tsan, 4 120 256 10 1000 under asan).
 tsan: setup
 	tests/c/tsan.sh
 

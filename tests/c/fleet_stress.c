@@ -47,7 +47,7 @@
  *
  * Usage: fleet_stress REDIS_PORT [runners] [tasks per runner] [steps (power of 2)] [sessions] [pace us]
  * (default 4 x 12 tasks x 128 steps, 6 sessions, 1000 us between steps: about 4 s; tests/test_c.py runs that, the
- * sanitizer scripts run 4 x 120 x 256 with 10 sessions). Redis keys go under a namespace of the run's own
+ * sanitizer scripts run 4 x 60 (TSan) or 4 x 120 (ASan) x 256 with 10 sessions). Redis keys go under a namespace of the run's own
  * ("fleet-PID-TIME"), so a redis-server may be shared. Exit status 0 when every check passed.
  */
 #define _GNU_SOURCE
