@@ -351,9 +351,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
           if text(v, '"created_at":"') ~= ARGV[1] then return {-2, 0, -1} end
           seq = number(v, '"seq":') or -1
         end
-        local by, count = string.match(redis.call('GET', KEYS[3]) or '', '^(.*) (%d+)$')
-        if by ~= ARGV[2] then count = -1 end
-        return {seq, redis.call('LLEN', KEYS[2]), tonumber(count)}
+        return {seq, redis.call('LLEN', KEYS[2]), loggedBy(ARGV[2], KEYS[3]) or -1}
         """)
 
     /// After a restart of Redis (another `run_id`), which may have lost writes it had acknowledged (an AOF fsynced

@@ -3,6 +3,7 @@ extension RedisWriter {
     /// Lua functions the state scripts read a stored state's top-level `"seq"` and `"created_at"` with: the first
     /// of each in the document (strings are escaped, so none can hold them). Plain `string.find`, not a pattern: a
     /// pattern is tried at every byte of a 1.5 KB state, which cost a write 20 µs of Redis' time per field read.
+    /// `loggedBy` reads a task's `logged` key: the count, when that engine appended last, else nil.
     static let stateFields = """
         local function text(doc, name)
           local i = string.find(doc, name, 1, true)
@@ -11,6 +12,10 @@ extension RedisWriter {
         local function number(doc, name)
           local i = string.find(doc, name, 1, true)
           if i then return tonumber(string.match(doc, '^%d+', i + #name)) end
+        end
+        local function loggedBy(engine, key)
+          local by, count = string.match(redis.call('GET', key) or '', '^(.*) (%d+)$')
+          if by == engine then return tonumber(count) end
         end
 
         """
@@ -25,8 +30,9 @@ extension RedisWriter {
     /// - else writes the events, the log entries the log lacks (below) and expiries, then the indexes, the
     ///   heartbeat, the state and its publication, unless the same task is stored at a higher seq, or at the same
     ///   seq with other contents than the ETA's three members (a listener that took the task over as lost wrote
-    ///   it): then it answers the stored seq, and the events and log entries (the task's) are all it writes. The same seq with only another ETA is this engine's own state again (a write of log
-    ///   entries alone, a write sent again after a lost reply: the ETA is computed at each write) and is stored.
+    ///   it): then it answers the stored seq, and the events and log entries (the task's) are all it writes. The
+    ///   same seq with only another ETA is this engine's own state again (a write of log entries alone, a write
+    ///   sent again after a lost reply: the ETA is computed at each write) and is stored.
     ///
     /// Log entries: ARGV[19] says how many entries the engine had logged before the first one of this write. The
     /// `logged` key holds the engine that last appended and its count then; when that is this engine, the entries
@@ -35,10 +41,11 @@ extension RedisWriter {
     ///
     /// A new task's first write `DEL`s what an earlier task of the id left (not when the same task is stored at its
     /// seq: that is the write sent again, and what came after it, a log entry or a cancel request, stays; two tasks
-    /// of one id created in the same millisecond are taken for one) and stores its state over any older task's. The first command that can grow memory is the `ZADD` of the task index (of a
-    /// refused write, the `XADD` or `RPUSH`), so a Redis out of memory refuses the whole write there (a script may
-    /// not stop halfway once it has written). An error of Redis other
-    /// than an `XADD` whose entry id the stream already has (a write sent again) ends the script with that error.
+    /// of one id created in the same millisecond are taken for one) and stores its state over any older task's.
+    /// The first command that can grow memory is the `ZADD` of the task index (of a refused write, the `XADD` or
+    /// `RPUSH`), so a Redis out of memory refuses the whole write there (a script may not stop halfway once it has
+    /// written). An error of Redis other than an `XADD` whose entry id the stream already has (a write sent again)
+    /// ends the script with that error.
     ///
     /// KEYS: state, events, logs, cancel, previews, the task index, the creation index, heartbeats, logged[, the
     /// batch].
@@ -79,8 +86,8 @@ extension RedisWriter {
         end
         local total = tonumber(ARGV[19]) + #ARGV - 19
         local from = 20
-        local by, count = string.match(redis.call('GET', KEYS[9]) or '', '^(.*) (%d+)$')
-        if by == ARGV[18] then from = 20 + math.max(0, tonumber(count) - tonumber(ARGV[19])) end
+        local count = loggedBy(ARGV[18], KEYS[9])
+        if count then from = 20 + math.max(0, count - tonumber(ARGV[19])) end
         if from <= #ARGV then
           redis.call('RPUSH', KEYS[3], unpack(ARGV, from))
           redis.call('LTRIM', KEYS[3], ARGV[17], -1)
@@ -96,7 +103,11 @@ extension RedisWriter {
         end
         if verdict == 0 then
           if ARGV[9] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[9]) end
-          if ARGV[10] == '1' then redis.call('ZREM', KEYS[8], ARGV[1]) else redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1]) end
+          if ARGV[10] == '1' then
+            redis.call('ZREM', KEYS[8], ARGV[1])
+          else
+            redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1])
+          end
           redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
           redis.call('PUBLISH', ARGV[5], ARGV[6] .. ARGV[15] .. ',"logs":[' .. table.concat(ARGV, ',', from) ..
                      '],"state":' .. ARGV[3] .. '}')

@@ -25,6 +25,15 @@ LOCKS = {
 }
 
 
+def assert_child_exits_cleanly(code):
+    """Runs `code` (which forks, and prints the child's exit status) in a fresh interpreter: the child must exit 0
+    before its faulthandler timeout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
 @pytest.mark.parametrize("case", list(LOCKS))
 def test_a_lock_held_by_another_thread_at_the_fork_is_free_in_the_child(case):
@@ -54,10 +63,7 @@ def test_a_lock_held_by_another_thread_at_the_fork_is_free_in_the_child(case):
         release.set()
         print("child exit status", os.waitstatus_to_exitcode(status), flush=True)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])
+    assert_child_exits_cleanly(code)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
@@ -94,7 +100,4 @@ def test_a_report_tqdm_lock_held_by_another_thread_at_the_fork_is_free_in_the_ch
             bar.close()
         print("child exit status", os.waitstatus_to_exitcode(status), flush=True)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "child exit status 0", (done.stdout, done.stderr[-2000:])
+    assert_child_exits_cleanly(code)
