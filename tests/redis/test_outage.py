@@ -397,7 +397,8 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
             subprocess.run(["redis-cli", "-p", str(seed_port), *command], capture_output=True, check=False)
         seed.wait(timeout=10)
         redis.start()
-        assert redis.lines("LRANGE", "progress:eta:{img}", "0", "-1") == [newer]
+        # (A and B may already be back and restoring: the seeded record is there, among theirs or alone.)
+        assert newer in redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")
         # (A template of the binding's StageManager, registered by another test, may be there too.)
         wait_until(lambda: {"img", "other"} <= set(redis.lines("HKEYS", "progress:templates")), timeout=10,
                    what="the templates again")
