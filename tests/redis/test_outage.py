@@ -322,6 +322,46 @@ def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redi
 
 
 
+def test_a_cancel_request_in_a_restarted_redis_outlives_the_task_written_again(redis):
+    """Redis restarted without its data, and a listener's cancel request for a running task reached it before the
+    task's engine wrote the task again: that write is not a new task's first one, so it does not DEL the task's keys.
+    The request stays under the task's `cancel` key (for a runner that resumes the task later) and reaches the
+    engine, which stores the task with cancel_requested."""
+    import shutil
+    from progress_engine import ProgressTracker
+
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
+        t.create_task_progress_sync("running", "tpl")
+        t.update_progress_sync("running", 3, 10, message="three")
+        wait_until(lambda: t.stats_sync()["redis_queue_depth"] == 0
+                   and redis.cli("EXISTS", "progress:task:{running}:state") == "1", what="the writes")
+        redis.signal(signal.SIGKILL)
+        for path in redis.folder.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        # The restarted Redis holds the request only: its AOF made by a Redis of its own, so it is there first.
+        request = json.dumps({"reason": "stop it", "requested_at": time.time()})
+        seed_port = free_port()
+        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--save", "", "--appendonly", "yes",
+                                 "--dir", str(redis.folder)], stdout=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
+                                          text=True).stdout.strip() == "PONG", what="the seeding Redis")
+        for command in (["SET", "progress:task:{running}:cancel", request, "PX", "3600000"], ["SHUTDOWN"]):
+            subprocess.run(["redis-cli", "-p", str(seed_port), *command], capture_output=True, check=False)
+        seed.wait(timeout=10)
+        redis.start()
+
+        def stored():
+            text = redis.cli("GET", "progress:task:{running}:state")
+            return json.loads(text) if text else {}
+
+        wait_until(lambda: stored().get("cancel_requested") is True, timeout=10,
+                   what="the task written again, with the request")
+        assert t.get_task_progress_sync("running")["cancel_reason"] == "stop it"
+        assert stored()["status"] == "executing" and stored()["cancel_reason"] == "stop it"
+        flushed(t)
+        assert json.loads(redis.cli("GET", "progress:task:{running}:cancel")) == json.loads(request)
+
+
 def test_a_redis_restarted_with_part_of_a_long_log_gets_the_rest_again(redis):
     """A log past its 1,000-entry bound, and a Redis restarted from a copy of its AOF taken before the last entries:
     the stored log is as long as it was, so its length cannot tell what is missing. The engine's count, stored with

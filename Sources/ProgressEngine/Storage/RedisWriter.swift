@@ -5,7 +5,8 @@ struct TaskWrite {
     let id: String
     var snapshot: TaskSnapshot
     /// Written again after a Redis restart lost it (`EngineStorage.writeAgain`): even from seq 1, not a new task's
-    /// first write (no DEL of the task's keys, the state not forced over another task's).
+    /// first write, so no DEL of the task's keys: what reached the restarted Redis before it (a cancel request, a
+    /// listener's log entry) stays.
     var again = false
     /// Events after `persistedSeq`, oldest first (before thinning).
     let events: [HistoryEvent]
@@ -389,8 +390,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                     let lostLogs = logged >= 0 ? max(0, t.logs - Int(logged))
                         : max(0, min(t.logs, TaskRecord.logCapacity) - Int(length))
                     guard seq < Int64(t.seq) || lostLogs > 0 else { continue }
-                    // No state at all: everything again (without the DEL of a first write: another engine may already
-                    // have written a newer task of that id, which the task-write script keeps).
+                    // No state at all: everything again, without the DEL of a first write (a cancel request sent to
+                    // the restarted Redis before this write is the task's; a newer task of the id the script keeps).
                     engine.writeAgain(id: t.id, storedSeq: UInt64(max(0, seq)), storedLogs: seq < 0 ? 0 : t.logs - lostLogs)
                     pending[IdKey(t.id)] = 0
                     again += 1
