@@ -8,6 +8,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from redis_support import flushed, free_port, run_runner, wait_until
 
 RUNNER = """
@@ -467,22 +469,29 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
             [(r["task_id"], r["timestamp"]) for r in map(json.loads, records + [newer])]
 
 
-def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis):
+@pytest.mark.parametrize("apart", ["10 ms", "same millisecond"])
+def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis, apart, capfd):
     """Engine A's task finished; engine B runs a new task under the same id (its seq lower). After a Redis restart
     that lost nothing, A's check finds another task's state under the id and writes nothing: before, it took the
-    lower stored seq for a loss and wrote its old events and log entries into the new task's stream and log."""
+    lower stored seq for a loss and wrote its old events and log entries into the new task's stream and log. The
+    check compares the creation times as the engines hold them: tasks created in the same millisecond are two."""
     from progress_engine import ProgressTracker
 
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    millisecond = int(time.time() * 1000) / 1000
     with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
-        a.create_task_progress_sync("again", "tpl")
+        a.create_task_progress_sync("again", "tpl", **({} if apart == "10 ms" else {"timestamp": millisecond + 0.0001}))
         for i in range(1, 6):
             a.log_sync("again", "info", f"old {i}")
             a.update_progress_sync("again", i, 5, message=f"old {i}")
         a.complete_task_sync("again")
         wait_until(lambda: a.stats_sync()["redis_queue_depth"] == 0, what="A's writes")
-        time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
-        b.create_task_progress_sync("again", "tpl")
+        if apart == "10 ms":
+            time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
+            b.create_task_progress_sync("again", "tpl")
+        else:
+            b.create_task_progress_sync("again", "tpl", timestamp=millisecond + 0.0004)
+            assert b.get_task_progress_sync("again")["created_at"] == a.get_task_progress_sync("again")["created_at"]
         b.log_sync("again", "info", "new")
         b.update_progress_sync("again", 1, 5, message="new 1")
         wait_until(lambda: b.stats_sync()["redis_queue_depth"] == 0
@@ -500,3 +509,6 @@ def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alon
         assert redis.lines("LRANGE", "progress:task:{again}:logs", "0", "-1") == logs
         assert redis.lines("XRANGE", "progress:task:{again}:events", "-", "+") == stream
         assert json.loads(redis.cli("GET", "progress:task:{again}:state"))["created_at"] == json.loads(state)["created_at"]
+    # Neither engine took the other's task for a loss of its own (B's stored state is its latest).
+    restarts = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"event":"redis_restarted"' in line]
+    assert len(restarts) == 2 and all(r["tasks_written_again"] == "0" for r in restarts), restarts

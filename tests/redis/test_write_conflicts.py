@@ -12,6 +12,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from redis_support import flushed, http_get, run_runner, wait_until
 from progress_engine import ProgressTracker
 
@@ -53,18 +55,26 @@ def test_a_log_alone_is_stored_as_the_same_state_not_as_a_conflict(redis):
                 .splitlines() if x.startswith("{")] == ["hello"]
 
 
-def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis):
+@pytest.mark.parametrize("apart", ["10 ms", "same millisecond"])
+def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis, apart):
     """Engine A's task failed; engine B runs a new task under the same id (its seq starts low again). A's late log
-    on its finished task carried A's higher seq and replaced B's live state in Redis."""
+    on its finished task carried A's higher seq and replaced B's live state in Redis. The script tells the tasks
+    apart by their creation times as the engines hold them, so two created in the same millisecond (the same
+    `created_at`) are two tasks as well."""
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
     with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
-        a.create_task_progress_sync("job-7", "tpl")
+        millisecond = int(time.time() * 1000) / 1000
+        a.create_task_progress_sync("job-7", "tpl", **({} if apart == "10 ms" else {"timestamp": millisecond + 0.0001}))
         for i in range(1, 11):
             a.update_progress_sync("job-7", i, 10)
         a.fail_task_sync("job-7", "oom")
         flushed(a)
-        time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
-        b.create_task_progress_sync("job-7", "tpl")
+        if apart == "10 ms":
+            time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
+            b.create_task_progress_sync("job-7", "tpl")
+        else:
+            b.create_task_progress_sync("job-7", "tpl", timestamp=millisecond + 0.0004)
+            assert b.get_task_progress_sync("job-7")["created_at"] == a.get_task_progress_sync("job-7")["created_at"]
         b.update_progress_sync("job-7", 1, 10)
         flushed(b)
         mine = b.get_task_progress_sync("job-7")
@@ -79,6 +89,25 @@ def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis):
         assert redis.cli("ZSCORE", "progress:heartbeats", "job-7").strip(), "B's heartbeat was removed"
         with ProgressTracker(**opts) as c:
             assert c.get_task_progress_sync("job-7")["created_at"] == mine["created_at"]
+
+
+def test_metadata_holding_the_text_of_the_creation_time_does_not_decide_which_task_is_newer(redis):
+    """The script reads a state's creation time from its last member, `stored_times`: a caller's metadata, written
+    before it, may hold the same text. Read from the metadata, A's task would look created in 2255 and B's newer
+    task of the id would be refused as an older one's late write."""
+    opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
+    with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
+        a.create_task_progress_sync("job-8", "tpl", metadata={"stored_times": {"created": 9e9}})
+        a.fail_task_sync("job-8", "oom")
+        flushed(a)
+        assert '"metadata":{"stored_times":{"created":' in redis.cli("GET", "progress:task:{job-8}:state")
+        time.sleep(0.01)
+        b.create_task_progress_sync("job-8", "tpl")
+        b.update_progress_sync("job-8", 1, 10)
+        flushed(b)
+        mine = b.get_task_progress_sync("job-8")
+        doc = stored(redis, "job-8")
+        assert (doc["created_at"], doc["seq"], doc["status"]) == (mine["created_at"], mine["seq"], "executing"), doc
 
 
 class DelayingProxy:

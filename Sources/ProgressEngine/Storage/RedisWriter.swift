@@ -343,13 +343,17 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     }
 
     /// The stored seq of a task's state (-1: none; -2: the state of another task of that id, created at another
-    /// time than ARGV[1]), the length of its log, and how many entries engine ARGV[2] had logged when it last
+    /// time than ARGV[3], epoch seconds, or than ARGV[1], the millisecond `created_at`, for a state stored without
+    /// the precise time), the length of its log, and how many entries engine ARGV[2] had logged when it last
     /// appended (its `logged` key; -1 when another engine appended last, or none did).
     static let storedSeqAndLogs = RedisArgument(stateFields + """
         local v = redis.call('GET', KEYS[1])
         local seq = -1
         if v then
-          if text(v, '"created_at":"') ~= ARGV[1] then return {-2, 0, -1} end
+          local precise = created(v)
+          if precise ~= tonumber(ARGV[3]) and (precise or text(v, '"created_at":"') ~= ARGV[1]) then
+            return {-2, 0, -1}
+          end
           seq = number(v, '"seq":') or -1
         end
         return {seq, redis.call('LLEN', KEYS[2]), loggedBy(ARGV[2], KEYS[3]) or -1}
@@ -370,7 +374,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                     ISO8601.write(t.createdAt, into: &created)  // as the state's "created_at" holds it
                     connection.append(["EVAL", RedisWriter.storedSeqAndLogs, "3", RedisArgument(keys.state(t.id)),
                                        RedisArgument(keys.logs(t.id)), RedisArgument(keys.logged(t.id)),
-                                       RedisArgument(created), RedisArgument(engineId)])
+                                       RedisArgument(created), RedisArgument(engineId),
+                                       RedisArgument(t.createdAt.description)])
                 }
                 metrics.commands.add(part.count, ordering: .relaxed)
                 var refusal: String?
