@@ -199,6 +199,18 @@ def test_a_first_write_run_late_keeps_a_log_entry_written_after_it(redis):
         assert stored(redis, "rerun")["seq"] == t.get_task_progress_sync("rerun")["seq"]
 
 
+def test_a_first_write_run_late_keeps_a_cancel_request_made_after_it(redis):
+    """The first write sent again, then a listener's cancel request under the task's key (for a runner that resumes
+    the task later), then the held first write runs at the seq Redis holds: its DEL removed the request."""
+    with first_write_held(redis, "stopme") as t:
+        flushed(t)
+        request = json.dumps({"reason": "operator", "requested_at": time.time()})
+        redis.cli("SET", "progress:task:{stopme}:cancel", request, "PX", "3600000")
+        time.sleep(3.0)  # the held first write reached Redis and ran
+        assert stored(redis, "stopme")["seq"] == t.get_task_progress_sync("stopme")["seq"] == 1
+        assert json.loads(redis.cli("GET", "progress:task:{stopme}:cancel")) == json.loads(request)
+
+
 def test_a_write_sent_again_after_a_lost_reply_appends_its_log_entries_once(redis):
     """A write carrying a log entry is held past the writer's timeout, so the writer sends it again on a new
     connection; then the held one runs too. Its entry was appended twice."""
