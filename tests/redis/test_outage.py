@@ -343,8 +343,9 @@ def test_a_cancel_request_in_a_restarted_redis_outlives_the_task_written_again(r
         # The restarted Redis holds the request only: its AOF made by a Redis of its own, so it is there first.
         request = json.dumps({"reason": "stop it", "requested_at": time.time()})
         seed_port = free_port()
-        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--save", "", "--appendonly", "yes",
-                                 "--dir", str(redis.folder)], stdout=subprocess.DEVNULL)
+        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "yes", "--dir", str(redis.folder)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
                                           text=True).stdout.strip() == "PONG", what="the seeding Redis")
         for command in (["SET", "progress:task:{running}:cancel", request, "PX", "3600000"], ["SHUTDOWN"]):
@@ -430,8 +431,9 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
         newer = json.dumps({"task_id": "elsewhere", "template_id": "img", "stage_durations": {"0": 1.0},
                             "total_duration": 1.0, "timestamp": time.time() + 100})
         seed_port = free_port()
-        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--save", "", "--appendonly", "yes",
-                                 "--dir", str(redis.folder)], stdout=subprocess.DEVNULL)
+        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "yes", "--dir", str(redis.folder)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
                                           text=True).stdout.strip() == "PONG", what="the seeding Redis")
         for command in (["HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]'],
@@ -508,7 +510,9 @@ def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alon
         time.sleep(0.3)
         assert redis.lines("LRANGE", "progress:task:{again}:logs", "0", "-1") == logs
         assert redis.lines("XRANGE", "progress:task:{again}:events", "-", "+") == stream
-        assert json.loads(redis.cli("GET", "progress:task:{again}:state"))["created_at"] == json.loads(state)["created_at"]
+        after = json.loads(redis.cli("GET", "progress:task:{again}:state"))
+        assert after["created_at"] == json.loads(state)["created_at"]
+        assert after["stored_times"]["created"] == json.loads(state)["stored_times"]["created"]  # B's, not A's
     # Neither engine took the other's task for a loss of its own (B's stored state is its latest).
     restarts = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"event":"redis_restarted"' in line]
     assert len(restarts) == 2 and all(r["tasks_written_again"] == "0" for r in restarts), restarts

@@ -79,10 +79,14 @@ def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis, 
         flushed(b)
         mine = b.get_task_progress_sync("job-7")
         assert stored(redis, "job-7")["created_at"] == mine["created_at"]
+        b_created = stored(redis, "job-7")["stored_times"]["created"]
+        if apart != "10 ms":
+            assert b_created == millisecond + 0.0004  # B's task, not A's of the same created_at
         a.log_sync("job-7", "info", "cleanup done")  # A's runner's last words on its own finished task
         flushed(a)
         doc = stored(redis, "job-7")
         assert (doc["created_at"], doc["seq"], doc["status"]) == (mine["created_at"], mine["seq"], "executing"), doc
+        assert doc["stored_times"]["created"] == b_created
         # Nothing else of A's late write lands on B's task: not its log entry, and not the heartbeat's removal that
         # A's finished task sends (B's task would look like a lost worker's until B's next heartbeat).
         assert "cleanup done" not in redis.cli("LRANGE", "progress:task:{job-7}:logs", "0", "-1")
@@ -119,6 +123,7 @@ class DelayingProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.server.getsockname()[1]}"
         self.held = threading.Event()
+        self.released = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -137,6 +142,7 @@ class DelayingProxy:
                 if outward and self.marker in data and not self.held.is_set():
                     self.held.set()
                     time.sleep(self.delay)
+                    self.released.set()
                 dst.sendall(data)
         except OSError:
             pass
@@ -162,7 +168,7 @@ def first_write_held(redis, task_id):
             flushed(t)
             t.create_task_progress_sync(task_id, "tpl")
             assert proxy.held.wait(10), "the first write never went out"
-            yield t
+            yield t, proxy
     finally:
         proxy.close()
 
@@ -170,7 +176,7 @@ def first_write_held(redis, task_id):
 def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
     """When the held first write finally ran, it deleted the task's stream and log and put its first state back
     over the newer one."""
-    with first_write_held(redis, "replayed") as t:
+    with first_write_held(redis, "replayed") as (t, proxy):
         for i in range(1, 6):
             t.update_progress_sync("replayed", i, 10, message=f"step {i}")
         t.log_sync("replayed", "info", "after the retry")
@@ -189,10 +195,11 @@ def test_a_first_write_run_late_does_not_undo_the_writes_after_it(redis):
 def test_a_first_write_run_late_keeps_a_log_entry_written_after_it(redis):
     """The first write sent again, then a log entry alone (the seq does not move), then the held first write runs:
     it deleted the task's log (and any cancel request) again."""
-    with first_write_held(redis, "rerun") as t:
+    with first_write_held(redis, "rerun") as (t, proxy):
         flushed(t)
         t.log_sync("rerun", "info", "after the retry")
         flushed(t)
+        assert not proxy.released.is_set(), "the held write ran before the log entry: nothing tested"
         time.sleep(3.0)  # the held first write reached Redis and ran
         entries = [json.loads(x)["message"] for x in redis.lines("LRANGE", "progress:task:{rerun}:logs", "0", "-1")]
         assert entries == ["after the retry"], entries
@@ -202,10 +209,11 @@ def test_a_first_write_run_late_keeps_a_log_entry_written_after_it(redis):
 def test_a_first_write_run_late_keeps_a_cancel_request_made_after_it(redis):
     """The first write sent again, then a listener's cancel request under the task's key (for a runner that resumes
     the task later), then the held first write runs at the seq Redis holds: its DEL removed the request."""
-    with first_write_held(redis, "stopme") as t:
+    with first_write_held(redis, "stopme") as (t, proxy):
         flushed(t)
         request = json.dumps({"reason": "operator", "requested_at": time.time()})
         redis.cli("SET", "progress:task:{stopme}:cancel", request, "PX", "3600000")
+        assert not proxy.released.is_set(), "the held write ran before the request: nothing tested"
         time.sleep(3.0)  # the held first write reached Redis and ran
         assert stored(redis, "stopme")["seq"] == t.get_task_progress_sync("stopme")["seq"] == 1
         assert json.loads(redis.cli("GET", "progress:task:{stopme}:cancel")) == json.loads(request)
