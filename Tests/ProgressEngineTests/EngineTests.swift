@@ -424,6 +424,31 @@ struct EngineTests {
         expectError(-7) { _ = try EngineCore(config: try EngineConfig.parse(#"{"listen":"[::1]:0"}"#), background: false) }
         let full = try EngineConfig.parse(#"{"listen":null,"namespace":"p1","retention_seconds":5,"throttle_ms":0,"dashboard":false}"#)
         #expect(full.retentionSeconds == 5 && full.throttleMs == 0 && !full.dashboard && full.listen == nil)
+        // Times a Redis expiry or an interval cannot hold, a heartbeat its 50 ms floor would outrun, a token no
+        // header can carry: errors, not a crash or a silent change.
+        for bad in [#"{"retention_seconds":1e300}"#, #"{"retention_seconds":3153600001}"#,
+                    #"{"heartbeat_timeout_seconds":0.01}"#, #"{"heartbeat_timeout_seconds":1e20}"#,
+                    #"{"cancel_timeout_seconds":1e300}"#, #"{"auth_token":" "}"#, #"{"auth_token":"a b"}"#,
+                    #"{"auth_token":"tok\n"}"#] {
+            expectError(-7) { _ = try EngineConfig.parse(bad) }
+        }
+        #expect(try EngineConfig.parse(#"{"retention_seconds":3153600000,"heartbeat_timeout_seconds":0.15}"#)
+            .heartbeatTimeoutSeconds == 0.15)
+    }
+
+    @Test("configuration: a typo names the key meant, and a key given twice is an error")
+    func configMistakes() throws {
+        func message(_ json: String) -> String {
+            do { _ = try EngineConfig.parse(json) } catch let e as EngineError { return e.message } catch {}
+            return ""
+        }
+        #expect(message(#"{"throttle_msec":5}"#).contains(#"unknown key "throttle_msec" in config_json (did you mean "throttle_ms"?); known keys: "#))
+        #expect(message(#"{"redis_uri":"redis://x"}"#).contains(#"(did you mean "redis_url"?)"#))
+        #expect(message(#"{"Listen":"127.0.0.1:0"}"#).contains(#"(did you mean "listen"?)"#))
+        #expect(message(#"{"colour":1}"#).hasPrefix(#"unknown key "colour" in config_json; known keys: allowed_origins, "#))
+        #expect(message(#"{"throttle_ms":5,"throttle_ms":10}"#) == #"key "throttle_ms" appears twice in config_json; keep one"#)
+        #expect(JSONObjectReader.nearest(to: "max_conections", in: EngineConfig.keys) == "max_connections")
+        #expect(JSONObjectReader.nearest(to: "", in: EngineConfig.keys) == nil)
     }
 }
 

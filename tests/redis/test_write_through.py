@@ -219,6 +219,23 @@ def test_active_tasks_keep_their_keys_and_a_finished_log_lives_from_the_end(redi
         assert redis.cli("EXISTS", task_key("logs", "done")) == "0"
 
 
+def test_a_retention_shorter_than_the_refresh_does_not_expire_a_running_tasks_keys(redis):
+    """retention_seconds 1 with heartbeats every 2 s (heartbeat_timeout_seconds 6): the active keys' expiry is
+    refreshed every 2 s, so with the retention as their expiry a silent running task lost its keys for a second of
+    every two. An active task's keys get four refresh intervals (8 s); a finished task's keep the retention."""
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10, retention_seconds=1, heartbeat_timeout_seconds=6) as t:
+        t.create_task_progress_sync(task_id="running", template_id="tpl")
+        t.update_progress_sync(task_id="running", step=1, total_steps=10, message="one")
+        t.log_sync("running", "info", "a line")
+        t.create_task_progress_sync(task_id="finished", template_id="tpl")
+        t.complete_task_sync("finished")
+        flushed(t)
+        for kind in ("state", "events", "logs"):
+            assert 7000 < int(redis.cli("PTTL", task_key(kind, "running"))) <= 8000, kind
+        for kind in ("state", "events"):
+            assert 0 < int(redis.cli("PTTL", task_key(kind, "finished"))) <= 1000, kind
+
+
 def test_a_thousand_steps_a_second_are_all_written_through(redis):
     """SPEC §9, write-through of every change: a task reporting 1,000 steps a second (a fast token stream) has
     every step in its Redis stream, nothing thinned or dropped (a write carries up to 1,024 events; only floods

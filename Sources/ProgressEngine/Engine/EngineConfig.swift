@@ -59,10 +59,7 @@ struct EngineConfig: Sendable {
                 else { throw EngineError.config("namespace \"\(ns)\" must be 1-64 letters, digits or -_.:") }
                 config.namespace = ns
             }
-            if let r = try reader.number("retention_seconds") {
-                guard r >= 0 else { throw EngineError.config("retention_seconds must be >= 0, got \(r)") }
-                config.retentionSeconds = r
-            }
+            config.retentionSeconds = try seconds(reader, "retention_seconds", from: 0) ?? config.retentionSeconds
             config.throttleMs = try integer(reader, "throttle_ms", in: 0...60_000) ?? config.throttleMs
             if let dir = try reader.string("preview_dir") {
                 guard !dir.isEmpty else { throw EngineError.config("preview_dir must not be empty") }
@@ -80,16 +77,18 @@ struct EngineConfig: Sendable {
             config.previewEverySteps = try integer(reader, "preview_every_steps", in: 0...1_000_000) ?? config.previewEverySteps
             config.resourceIntervalMs = try integer(reader, "resource_interval_ms", in: 10...3_600_000)
                 ?? config.resourceIntervalMs
-            if let h = try reader.number("heartbeat_timeout_seconds") {
-                guard h > 0 else { throw EngineError.config("heartbeat_timeout_seconds must be > 0, got \(h)") }
-                config.heartbeatTimeoutSeconds = h
-            }
-            if let c = try reader.number("cancel_timeout_seconds") {
-                guard c > 0 else { throw EngineError.config("cancel_timeout_seconds must be > 0, got \(c)") }
-                config.cancelTimeoutSeconds = c
-            }
+            // Heartbeats go every third of the timeout, at most every 50 ms (`RedisWriter.heartbeatInterval`).
+            config.heartbeatTimeoutSeconds = try seconds(reader, "heartbeat_timeout_seconds", from: 0.15)
+                ?? config.heartbeatTimeoutSeconds
+            config.cancelTimeoutSeconds = try seconds(reader, "cancel_timeout_seconds", from: 0.001)
+                ?? config.cancelTimeoutSeconds
             if let token = try reader.string("auth_token") {
                 guard !token.isEmpty else { throw EngineError.config("auth_token must not be empty (omit it for open access)") }
+                // A header's value reaches the listener without its leading and trailing blanks: such a token
+                // could never match.
+                guard token.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F }) else {
+                    throw EngineError.config("auth_token must not contain spaces or control characters")
+                }
                 config.authToken = token
             }
             config.maxConnections = try integer(reader, "max_connections", in: 1...1_000_000) ?? config.maxConnections
@@ -140,6 +139,17 @@ struct EngineConfig: Sendable {
         }) else { return false }
         // Printable ASCII: browsers send hosts in their ASCII (punycode) form.
         return authority.allSatisfy { b in b > 0x20 && b < 0x7F && !"/?#@\\".utf8.contains(b) }
+    }
+
+    /// The longest time a key takes: 100 years (a Redis expiry in milliseconds, an interval in `Double` seconds).
+    static let maxSeconds = 3_153_600_000.0
+
+    private static func seconds(_ reader: JSONObjectReader, _ key: String, from low: Double) throws -> Double? {
+        guard let value = try reader.number(key) else { return nil }
+        guard value >= low, value <= maxSeconds else {
+            throw EngineError.config("\(key) must be within \(low)...\(Int(maxSeconds)) (seconds), got \(value)")
+        }
+        return value
     }
 
     private static func integer(_ reader: JSONObjectReader, _ key: String, in range: ClosedRange<Int>) throws -> Int? {

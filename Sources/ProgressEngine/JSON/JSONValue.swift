@@ -63,12 +63,46 @@ struct JSONObjectReader {
         self.context = context
     }
 
-    /// Throws if any key is not in `allowed`, so typos are caught instead of ignored.
+    /// Throws if any key is not in `allowed` (naming the known key nearest to it, when one is a likely typo) or
+    /// appears twice (which one was meant is a guess), so mistakes are caught instead of ignored.
     func rejectUnknownKeys(allowed: Set<String>, error: (String) -> EngineError) throws {
-        for (key, _) in members where !allowed.contains(key) {
-            let known = allowed.sorted().joined(separator: ", ")
-            throw error("unknown key \"\(key)\" in \(context); known keys: \(known)")
+        var seen = Set<String>()
+        for (key, _) in members {
+            guard allowed.contains(key) else {
+                let known = allowed.sorted().joined(separator: ", ")
+                let guess = JSONObjectReader.nearest(to: key, in: allowed).map { " (did you mean \"\($0)\"?)" } ?? ""
+                throw error("unknown key \"\(key)\" in \(context)\(guess); known keys: \(known)")
+            }
+            guard seen.insert(key).inserted else {
+                throw error("key \"\(key)\" appears twice in \(context); keep one")
+            }
         }
+    }
+
+    /// The key of `allowed` a typo of `key` most likely meant: the fewest single-character edits (Levenshtein, of
+    /// the lowercased key), at most a third of the known key's length; nil when none is that close.
+    static func nearest(to key: String, in allowed: Set<String>) -> String? {
+        let typed = Array(key.lowercased().utf8)
+        var best: (key: String, edits: Int)?
+        for candidate in allowed.sorted() {
+            let edits = editDistance(typed, Array(candidate.utf8))
+            if edits <= max(1, candidate.utf8.count / 3), edits < best?.edits ?? .max { best = (candidate, edits) }
+        }
+        return best?.key
+    }
+
+    private static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        var row = Array(0...b.count)
+        for i in a.indices {
+            var diagonal = row[0]
+            row[0] = i + 1
+            for j in b.indices {
+                let above = row[j + 1]
+                row[j + 1] = Swift.min(above + 1, row[j] + 1, diagonal + (a[i] == b[j] ? 0 : 1))
+                diagonal = above
+            }
+        }
+        return row[b.count]
     }
 
     func value(_ key: String) -> JSONValue? {

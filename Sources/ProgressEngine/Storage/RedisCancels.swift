@@ -36,7 +36,7 @@ extension RedisWriter {
                                       "task_id", RedisArgument(id)]
         if let reason { entry += ["reason", RedisArgument(reason)] }
         let record = CancelRecord.json(reason: reason, at: SystemClock().now())
-        return enqueue(commands: [["SET", RedisArgument(keys.cancel(id)), RedisArgument(record), "PX", ttl], entry])
+        return enqueue(commands: [["SET", RedisArgument(keys.cancel(id)), RedisArgument(record), "PX", activeTTL], entry])
     }
 }
 

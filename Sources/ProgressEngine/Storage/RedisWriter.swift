@@ -40,8 +40,12 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     let metrics: RedisMetrics
     private let throttle: Double
     private let heartbeatInterval: Double
-    /// `retention_seconds` in milliseconds: the expiry every key of a task gets (PX / PEXPIRE).
+    /// `retention_seconds` in milliseconds (at least 1, what PX takes): the expiry a finished task's keys get.
     let ttl: RedisArgument
+    /// The expiry a queued or executing task's keys get: the retention, or four times `expiryRefreshInterval`
+    /// when that is longer (a retention shorter than the heartbeat's interval would else let a running task's keys
+    /// expire between two refreshes, and the fleet lose the task while it runs).
+    let activeTTL: RedisArgument
     /// How often the keys of active tasks get a full retention again (`refreshActiveExpiry`).
     private let expiryRefreshInterval: Double
     @exclusivity(unchecked) private var lastExpiryRefresh = -Double.infinity
@@ -96,6 +100,8 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
         ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
         expiryRefreshInterval = max(heartbeatInterval, engine.config.retentionSeconds / 4)
+        let active = max(engine.config.retentionSeconds, 4 * expiryRefreshInterval)
+        activeTTL = RedisArgument(String(max(1, Int((active * 1000).rounded(.down)))))
         try worker.start("the Redis writer thread") { [self] in self.loop() }
     }
 
@@ -135,7 +141,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// renewed by the task's writes and while it is active). Dropped and counted when the queue is full.
     func enqueuePreview(taskId: String, name: String, png: [UInt8]) {
         let key = RedisArgument(keys.previews(taskId))
-        enqueue(commands: [["HSET", key, RedisArgument(name), RedisArgument(png)], ["PEXPIRE", key, ttl]])
+        enqueue(commands: [["HSET", key, RedisArgument(name), RedisArgument(png)], ["PEXPIRE", key, activeTTL]])
     }
 
     private static func size(of commands: [[RedisArgument]]) -> Int {
@@ -456,7 +462,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
     /// SPEC §9: active tasks have their expiry refreshed. A task that runs for longer than `retention_seconds`
     /// without a change (queued behind others, or a long stage that reports nothing) would otherwise lose its keys
     /// while it runs. Every `expiryRefreshInterval` (a quarter of the retention, at least the heartbeat interval)
-    /// the keys of this engine's queued and executing tasks get a full retention again, pipelined.
+    /// the keys of this engine's queued and executing tasks get their expiry (`activeTTL`) again, pipelined.
     private func refreshActiveExpiry(now: Double) {
         guard let connection else { return }
         lastExpiryRefresh = now
@@ -468,11 +474,11 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         for task in engine.activeOwnedTasks() {
             for key in [keys.state(task.id), keys.events(task.id), keys.logs(task.id), keys.logged(task.id),
                         keys.previews(task.id)] {
-                connection.append(["PEXPIRE", RedisArgument(key), ttl])
+                connection.append(["PEXPIRE", RedisArgument(key), activeTTL])
                 sent += 1
             }
             if let batch = task.batch, batches.insert(IdKey(batch)).inserted {
-                connection.append(["PEXPIRE", RedisArgument(keys.batch(batch)), ttl])
+                connection.append(["PEXPIRE", RedisArgument(keys.batch(batch)), activeTTL])
                 sent += 1
             }
             if sent >= 3000 { if !drainReplies(connection, &sent) { return } }

@@ -71,11 +71,11 @@ extension RedisWriter {
     ///
     /// KEYS: state, events, logs, cancel, previews, the task index, the creation index, heartbeats, logged[, the
     /// batch].
-    /// ARGV: 1 id, 2 seq, 3 state JSON, 4 expiry (ms), 5 channel, 6 the published message's head (up to its
-    /// events), 7 first, 8 now (epoch seconds), 9 creation-index member or "", 10 terminal "1"/"0", 11 has a preview
-    /// "1"/"0", 12 stream entry id or "" (no events), 13 first seq of the entry, 14 complete "1"/"0", 15 events JSON
-    /// (an array), 16 stream length bound, 17 the log's LTRIM start (minus its capacity), 18 engine id, 19 entries
-    /// logged before this write's, 20… log entries.
+    /// ARGV: 1 id, 2 seq, 3 state JSON, 4 expiry (ms: `ttl` for a finished task, else `activeTTL`), 5 channel, 6 the
+    /// published message's head (up to its events), 7 first, 8 now (epoch seconds), 9 creation-index member or "",
+    /// 10 terminal "1"/"0", 11 has a preview "1"/"0", 12 stream entry id or "" (no events), 13 first seq of the
+    /// entry, 14 complete "1"/"0", 15 events JSON (an array), 16 stream length bound, 17 the log's LTRIM start (minus
+    /// its capacity), 18 engine id, 19 entries logged before this write's, 20… log entries.
     ///
     /// The message is put together here, so each of the write's kilobytes (a flood's thousand events are 150 KB) is
     /// handed to Lua once: Redis spends about 2.5 µs per KB of a script's arguments.
@@ -174,7 +174,7 @@ extension RedisWriter {
         args.append(RedisArgument(id))
         args.append(RedisArgument(String(s.seq)))
         args.append(RedisArgument(stateJSON))
-        args.append(ttl)
+        args.append(s.status.isTerminal ? ttl : activeTTL)
         args.append(RedisArgument(keys.channel))
         args.append(RedisArgument(head.bytes))
         args.append(first ? "1" : "0")

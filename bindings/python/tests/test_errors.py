@@ -173,10 +173,16 @@ def test_updates_after_completion(tracker, task, poll):
 
 
 def test_unknown_and_bad_config():
-    with raises(pe.ConfigError, '"listne"', "listen"):
+    with raises(pe.ConfigError, '"listne"', '(did you mean "listen"?)'):
         pe.ProgressTracker(listne="127.0.0.1:0")
     with raises(pe.ConfigError, "throttle_ms"):
         pe.ProgressTracker(throttle_ms="fast")
+    # A retention no Redis expiry can hold stopped the process (a failed Int conversion in the writer).
+    with raises(pe.ConfigError, "retention_seconds must be within 0.0...3153600000"):
+        pe.ProgressTracker(retention_seconds=1e300, redis_url="redis://127.0.0.1:1")
+    # Below it the writer's 50 ms heartbeat floor outran the timeout: live workers were declared lost.
+    with raises(pe.ConfigError, "heartbeat_timeout_seconds"):
+        pe.ProgressTracker(heartbeat_timeout_seconds=0.01)
 
 
 @pytest.mark.parametrize(
