@@ -214,9 +214,11 @@ PROGRESS_API void progress_string_free(char *s);
  * Ranges (PROGRESS_E_CONFIG outside them, as for a value of the wrong type): throttle_ms 0...60000;
  * preview_max_size 16...8192; preview_every_steps 0...1000000; resource_interval_ms 10...3600000;
  * max_connections, max_connections_per_ip and max_subscriptions 1...1000000; max_message_bytes 256...67108864;
- * retention_seconds >= 0; heartbeat_timeout_seconds and cancel_timeout_seconds > 0; preview_milestones each
+ * retention_seconds 0...3153600000 (100 years; with redis_url at least 1 ms is what a key's expiry takes);
+ * heartbeat_timeout_seconds 0.15...3153600000; cancel_timeout_seconds 0.001...3153600000; preview_milestones each
  * strictly between 0 and 100; namespace 1-64 letters, digits or -_.:; allowed_origins entries up to 1024 bytes;
- * auth_token and preview_dir not empty.
+ * auth_token not empty, without spaces or control characters; preview_dir not empty. An unknown key is an error
+ * that names the known key nearest to it; so is a key given twice.
  *
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed
