@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <dirent.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -442,9 +443,37 @@ static void timer_fired(lws_sorted_usec_list_t *sul) {
     l->cb.on_timer(l->cb.ctx);
 }
 
+/* 0 when iface:port can be bound as libwebsockets binds it (SO_REUSEADDR), else the errno of bind(). Checked
+ * before the context exists: for a port another socket holds, libwebsockets 4.1 still makes the context, without
+ * its vhost, and tearing that context down (on its libuv loop) crashes. A name getaddrinfo cannot resolve is left
+ * to libwebsockets to report. */
+static int bind_error(const char *iface, int port) {
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *found = NULL;
+    if (getaddrinfo(iface, service, &hints, &found) != 0 || found == NULL) return 0;
+    int error = 0;
+    int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, found->ai_addr, found->ai_addrlen) != 0) error = errno;
+        close(fd);
+    }
+    freeaddrinfo(found);
+    return error;
+}
+
 int CProgress_listener_create(const CProgress_listener_config *config, CProgress_listener **out, int *bound_port,
                               char *err, size_t err_len) {
     *out = NULL;
+    int busy = config->port > 0 ? bind_error(config->iface, config->port) : 0;
+    if (busy) {
+        snprintf(err, err_len, "cannot listen on %s:%d: %s%s", config->iface ? config->iface : "*", config->port,
+                 strerror(busy), busy == EADDRINUSE ? " (another socket listens there)" : "");
+        return -1;
+    }
     CProgress_listener *l = calloc(1, sizeof *l);
     if (l == NULL) {
         snprintf(err, err_len, "out of memory");
@@ -521,8 +550,18 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
         free(l);
         return -1;
     }
+    /* A context without its vhost: the port was taken after bind_error looked. On a libuv loop its teardown
+     * crashes (libwebsockets 4.1), so that context and its loop are left allocated: a leak on an error path that
+     * takes a race, where a crash would end the runner's process. */
     struct lws_vhost *vhost = lws_get_vhost_by_name(l->context, "default");
-    *bound_port = vhost ? lws_get_vhost_listen_port(vhost) : config->port;
+    int port = vhost ? lws_get_vhost_listen_port(vhost) : -1;
+    if (port <= 0) {
+        snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
+                 config->iface ? config->iface : "*", config->port);
+        if (!l->has_loop) CProgress_listener_destroy(l);
+        return -1;
+    }
+    *bound_port = port;
     *out = l;
     return 0;
 }

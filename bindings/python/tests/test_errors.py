@@ -185,6 +185,19 @@ def test_unknown_and_bad_config():
         pe.ProgressTracker(heartbeat_timeout_seconds=0.01)
 
 
+def test_a_listen_port_another_socket_holds_is_an_error_not_a_listener_without_a_socket():
+    """libwebsockets made its context without the listening vhost: the engine opened, reported the other socket's
+    port as its own, and the process crashed at close or exit about one time in three."""
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for _ in range(3):
+            with raises(pe.EngineIOError, f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+                pe.ProgressTracker(listen=f"127.0.0.1:{port}")
+
+
 @pytest.mark.parametrize(
     "stages, fragment",
     [
