@@ -55,6 +55,25 @@ def test_failure_keeps_the_exception_text():
     assert state["stages"]["1"]["progress"] == 0.5
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@app.task(base=ProgressTask, bind=True)
+def unprintable(self):
+    self.progress(1, 2)
+    raise Unprintable()
+
+
+def test_a_failure_whose_text_cannot_be_read_still_fails_the_task():
+    """str() of the exception raised: the signal handler stopped there and the task stayed executing."""
+    result = unprintable.apply()
+    assert result.failed()
+    state = unprintable.tracker.get_task_progress_sync(result.id)
+    assert state["status"] == "failed" and state["error"] == "Unprintable", state
+
+
 def test_a_direct_call_reports_nothing():
     before = flaky.tracker.stats_sync()["tasks"]
     attempts.clear()

@@ -87,13 +87,19 @@ def _caller_stacklevel() -> int:
     return level
 
 
+# The names Python's logging also takes for two of the engine's levels.
+_LEVEL_ALIASES = {"WARN": LogLevel.WARNING, "CRITICAL": LogLevel.ERROR, "FATAL": LogLevel.ERROR}
+
+
 def _log_level(level: Union[LogLevel, int, str]) -> int:
     if isinstance(level, str):
         try:
             return LogLevel[level.upper()]
         except KeyError:
+            if level.upper() in _LEVEL_ALIASES:
+                return _LEVEL_ALIASES[level.upper()]
             raise InvalidArgumentError(
-                f"unknown log level {level!r}; use one of debug, info, warning, error"
+                f"unknown log level {level!r}; use one of debug, info, warning (warn), error (critical, fatal)"
             ) from None
     if not _INT_MIN <= level <= _INT_MAX:  # ctypes would wrap it into another level
         raise InvalidArgumentError(f"unknown log level {level!r}; use one of debug, info, warning, error")
@@ -374,7 +380,7 @@ class ProgressTracker:
             _lib.encode(task_id),
             _lib.encode(template_id),
             _lib.encode(template_category),
-            _lib.encode(json.dumps(options)) if options else None,
+            _lib.encode(json.dumps(options, default=_json_value)) if options else None,
         )
         return self.get_task_progress_sync(task_id)
 
@@ -548,12 +554,16 @@ class ProgressTracker:
                 self._write_counter(task_id, step, total_steps)  # as in _update_progress_slow
         self._handle()  # a closed tracker raises first
         try:
-            data_json = data if data is None or isinstance(data, str) else json.dumps(data, default=_json_value)
+            # Not ensure_ascii: a lone surrogate (a file name read with surrogateescape) stays a character, which
+            # encode_text turns into "?" for a finishing event, rather than an escape the engine refuses.
+            data_json = data if data is None or isinstance(data, str) else \
+                json.dumps(data, default=_json_value, ensure_ascii=False)
         except (TypeError, ValueError) as error:  # an object JSON cannot hold; a circular reference
             self._refused(task_id, JSONError(f"the data of event {event!r} is not JSON: {error}"))
             return
         try:
-            self._call(_lib.progress_event, _lib.encode(task_id), _lib.encode(event), _lib.encode(data_json))
+            encode = _lib.encode_text if event in _FINISHING_EVENTS else _lib.encode  # a failure reaches the task
+            self._call(_lib.progress_event, _lib.encode(task_id), _lib.encode(event), encode(data_json))
         except ProgressError as error:
             self._refused(task_id, error)
             return

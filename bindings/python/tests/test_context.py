@@ -91,3 +91,14 @@ def test_runner_finishing_the_task_is_kept(tracker):
     asyncio.run(run())  # no StateError from completing a failed task
     task = tracker.get_task_progress_sync("ctx")
     assert task["status"] == "failed" and task["error"] == "bad prompt"
+
+
+def test_a_failure_text_with_a_lone_surrogate_fails_the_task(tracker):
+    # A file name read with surrogateescape in the error: the engine refused the event's JSON, and the context then
+    # completed the task, a failure reported as a success.
+    import os
+    bad_name = os.fsdecode(b"img_\xff.png")
+    with context(tracker) as ctx:
+        ctx.get_callback()("execution_error", {"error": f"cannot read {bad_name}"})
+    task = tracker.get_task_progress_sync("ctx")
+    assert task["status"] == "failed" and task["error"] == "cannot read img_?.png", task

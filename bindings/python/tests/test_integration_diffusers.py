@@ -265,3 +265,23 @@ def test_latents_without_a_preview_mapping_warn_once_and_the_loop_runs_on(tmp_pa
         tracker.create_task_progress_sync("vid", "wan")
         with pytest.raises(pe.InvalidArgumentError, match="no preview"):
             DenoisingLoop(lambda i: video)(10, callback_on_step_end=ProgressCallback("vid", tracker))
+
+
+class LoopWithoutStepCount(DenoisingLoop):
+    """A pipeline that sets no num_timesteps (older or custom pipelines)."""
+
+    num_timesteps = None
+
+
+def test_a_pipeline_without_num_timesteps_warns_once_and_runs_on():
+    # update_progress_sync(..., None) raised TypeError (and getattr on a pipeline without the attribute
+    # AttributeError) inside the denoising loop, ending the user's pipeline.
+    with ProgressTracker() as tracker:
+        tracker.create_task_progress_sync("nosteps", "sd")
+        with pytest.warns(ProgressWarning, match="num_timesteps is None; pass total_steps=") as shown:
+            loop = LoopWithoutStepCount(latents_of_step)
+            loop(10, callback_on_step_end=ProgressCallback("nosteps", tracker, preview=None))
+        assert loop.called == 10 and len(shown) == 1
+        assert tracker.get_task_progress_sync("nosteps")["status"] == "queued"
+        loop(4, callback_on_step_end=ProgressCallback("nosteps", tracker, total_steps=4, preview=None))
+        assert tracker.get_task_progress_sync("nosteps")["stages"]["1"]["progress"] == 1.0

@@ -142,6 +142,17 @@ def test_disabled_bars_report_too(tracker, task):
     assert stage(tracker) == (GENERATION, 1.0, "quiet loop")
 
 
+def test_a_desc_that_is_not_a_str_reports_as_tqdm_shows_it(tracker, task):
+    # tqdm formats any desc; the reporter took it for a str (AttributeError / TypeError in the user's loop).
+    with report_tqdm(task, tracker):
+        for _ in tqdm.std.tqdm(range(2), desc=5, disable=True):
+            pass
+        assert stage(tracker) == (GENERATION, 1.0, "5")
+        for _ in tqdm.std.tqdm(range(2), desc=b"bytes", disable=True):  # shown, tqdm itself fails on bytes
+            pass
+        assert stage(tracker) == (GENERATION, 1.0, "bytes")
+
+
 def test_overshoot_float_and_reset(tracker, task):
     with report_tqdm(task, tracker):
         bar = tqdm.tqdm(total=4, desc="over", file=io.StringIO())

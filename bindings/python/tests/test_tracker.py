@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from progress_engine import LogLevel, ProgressTracker, StageStatus
+from progress_engine import InvalidArgumentError, LogLevel, ProgressTracker, StageStatus
 
 AWAITABLE = [
     "create_task_progress", "update_stage", "update_progress", "complete_task", "fail_task", "cancel_task",
@@ -79,6 +79,25 @@ def test_logs_since_and_level(tracker):
     assert [e["message"] for e in tracker.get_logs_sync("t", since=middle)["logs"]] == ["late"]
     assert [e["message"] for e in tracker.get_logs_sync("t", since=middle.timestamp())["logs"]] == ["late"]
     assert [e["message"] for e in tracker.get_logs_sync("t", level=LogLevel.WARNING)["logs"]] == ["late"]
+
+
+def test_log_level_names_of_pythons_logging_are_taken(tracker):
+    # "warn", "critical" and "fatal" are names logging takes: they raised InvalidArgumentError inside the job.
+    tracker.create_task_progress_sync("t", "plain")
+    for name in ("warn", "WARN", "critical", "fatal"):
+        tracker.log_sync("t", name, name)
+    assert [(e["level"], e["message"]) for e in tracker.get_logs_sync("t")["logs"]] == \
+        [("warning", "warn"), ("warning", "WARN"), ("error", "critical"), ("error", "fatal")]
+    with pytest.raises(InvalidArgumentError, match="unknown log level 'loud'"):
+        tracker.log_sync("t", "loud", "x")
+
+
+def test_numpy_values_in_create_options_are_taken_as_numbers(tracker):
+    np = pytest.importorskip("numpy")
+    tracker.create_task_progress_sync("np", "plain", metadata={"seed": np.int64(7), "cfg": np.float32(4.5)},
+                                      resource_config={"gpus": np.int32(2)})
+    task = tracker.get_task_progress_sync("np")
+    assert task["metadata"] == {"seed": 7, "cfg": 4.5} and task["resource_config"] == {"gpus": 2}
 
 
 def test_history_after_seq(tracker):

@@ -35,7 +35,7 @@ import threading
 from typing import Any, Dict, Optional
 
 from ..default import _config_from_env
-from ..errors import ExistsError, NotFoundError, StateError
+from ..errors import ExistsError, NotFoundError, StateError, describe
 from ..model import StageStatus
 from ..tracker import ProgressTracker
 
@@ -89,9 +89,6 @@ def _close_own_tracker(**_: Any) -> None:
         tracker.close()
 
 
-def _error_text(exc: BaseException) -> str:
-    # As ProgressContext does: the exception's text, or its type when it has none.
-    return str(exc) or type(exc).__name__
 
 
 if _CeleryTask is None:
@@ -166,7 +163,7 @@ else:
         if not isinstance(sender, ProgressTask) or task_id is None:
             return
         tracker = _tracker(sender.app)
-        text = _error_text(exception) if exception else None
+        text = describe(exception) if exception else None
         try:
             try:
                 tracker.fail_task_sync(task_id, text)

@@ -30,6 +30,7 @@ This module imports neither diffusers nor torch nor numpy. The callback and `lat
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Dict, Optional, Tuple
 
 from ..default import get_progress_tracker_sync
@@ -247,8 +248,15 @@ class ProgressCallback:
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: Dict[str, Any]) -> Dict[str, Any]:
         tracker, task_id = self.tracker, self.task_id
-        total = self.total_steps or pipe.num_timesteps
-        tracker.update_progress_sync(task_id, step_index + 1, total)
+        total = self.total_steps or getattr(pipe, "num_timesteps", None)
+        try:
+            total = operator.index(total)
+        except TypeError:
+            # A pipeline that sets no num_timesteps: no step count to report, and the denoising loop goes on.
+            tracker._refused(task_id, InvalidArgumentError(
+                f"no step count: the pipeline's num_timesteps is {total!r}; pass total_steps= to ProgressCallback"))
+        else:
+            tracker.update_progress_sync(task_id, step_index + 1, total)
         latents = callback_kwargs.get("latents")
         if self.preview is not None and latents is not None and tracker.preview_due(task_id):
             try:

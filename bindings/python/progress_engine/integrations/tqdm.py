@@ -107,6 +107,8 @@ def _install() -> None:
 
 def _description(bar: Any) -> str:
     desc = getattr(bar, "desc", "") or ""
+    if not isinstance(desc, str):  # tqdm takes any object as desc (it formats it), bytes and numbers included
+        desc = desc.decode("utf-8", "replace") if isinstance(desc, bytes) else str(desc)
     return desc[:-2] if desc.endswith(": ") else desc  # set_description() appends ": "
 
 
