@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
 from . import _lib
-from .errors import InvalidArgumentError, JSONError, ProgressError, ProgressWarning, RangeError, StateError
+from .errors import (ConfigError, InvalidArgumentError, JSONError, ProgressError, ProgressWarning, RangeError,
+                     StateError)
 from .model import LogLevel, Stage, StageStatus, stages_json
 from .preview import to_pixels
 from .stages import StageManager
@@ -75,7 +76,13 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _strict_from_env() -> bool:
-    return os.environ.get("PROGRESS_STRICT", "").strip().lower() not in ("", "0", "false", "no", "off")
+    value = os.environ.get("PROGRESS_STRICT", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"PROGRESS_STRICT={os.environ['PROGRESS_STRICT']!r} is not a boolean: "
+                      "use 1 or 0 (true/false, yes/no, on/off), or leave it unset")
 
 
 def _caller_stacklevel() -> int:
@@ -166,10 +173,18 @@ class ProgressTracker:
     """
 
     def __init__(self, strict: Optional[bool] = None, **config: Any) -> None:
+        if strict is not None and not isinstance(strict, bool):
+            raise TypeError(f"strict must be True, False or None (PROGRESS_STRICT decides), got {strict!r}")
+        strict = _strict_from_env() if strict is None else strict
+        for key, value in config.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as error:  # else a JSON error at an offset of a text the caller never saw
+                raise ConfigError(f"{key}={value!r} is not a configuration value (JSON): {error}") from None
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine
-        self.strict = _strict_from_env() if strict is None else bool(strict)
+        self.strict = strict
         self._warned: "OrderedDict[tuple, None]" = OrderedDict()
         self._warned_lock = threading.Lock()
         self._listen = config.get("listen")

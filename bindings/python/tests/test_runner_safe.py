@@ -275,6 +275,25 @@ def test_progress_strict_variable(monkeypatch, value, strict):
         assert explicit.strict is (not strict)
 
 
+@pytest.mark.parametrize("value", ["ture", "2", "strict"])
+def test_a_progress_strict_value_that_is_no_boolean_is_a_config_error(monkeypatch, value):
+    # Any text but the "off" words turned strict mode on: a typo of "true" as well as one of "false".
+    monkeypatch.setenv("PROGRESS_STRICT", value)
+    with pytest.raises(pe.ConfigError, match=f"PROGRESS_STRICT='{value}' is not a boolean"):
+        ProgressTracker()
+
+
+def test_strict_takes_a_bool_and_config_values_must_be_json():
+    # strict="no" was strict (bool("no")); a NaN was reported as malformed JSON at an offset of a text the caller
+    # never wrote, an object as a TypeError that did not name the key.
+    with pytest.raises(TypeError, match="strict must be True, False or None"):
+        ProgressTracker(strict="no")
+    with pytest.raises(pe.ConfigError, match="retention_seconds=nan is not a configuration value"):
+        ProgressTracker(retention_seconds=float("nan"))
+    with pytest.raises(pe.ConfigError, match="throttle_ms=<object object at"):
+        ProgressTracker(throttle_ms=object())
+
+
 def test_numpy_scalars_and_sets_in_event_data_are_numbers_and_lists(tracker, task):
     np = pytest.importorskip("numpy")
     with warnings.catch_warnings():
