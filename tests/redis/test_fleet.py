@@ -52,7 +52,7 @@ t.close()
         ws.close()
 
 
-def test_lost_worker_fails_its_task(redis):
+def test_lost_worker_fails_its_task(redis, capfd):
     timeout = 1.0
     with ProgressTracker(redis_url=redis.url, listen="127.0.0.1:0", heartbeat_timeout_seconds=timeout) as b:
         proc = run_runner(f"""
@@ -81,6 +81,10 @@ time.sleep(60)
         assert stored["status"] == "failed" and stored["error"] == "worker lost"
         assert redis.lines("ZRANGE", "progress:heartbeats", 0, -1) == []
         assert b.stats_sync()["redis_workers_lost"] == 1
+    # The log line says why and what to change if the worker was alive.
+    lost = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"event":"worker_lost"' in line]
+    assert len(lost) == 1 and lost[0]["task_id"] == "doomed" and lost[0]["heartbeat_timeout_seconds"] == "1.0"
+    assert "needs a longer heartbeat_timeout_seconds" in lost[0]["reason"], lost
 
 
 def test_resume_replays_exactly_what_was_missed(redis):

@@ -280,7 +280,11 @@ extension EngineCore {
         do {
             try fail(id: id, error: "worker lost")
             storage.metrics.workersLost.add(1, ordering: .relaxed)
-            StorageLog.write("warning", "worker_lost", [("task_id", id)])
+            StorageLog.write("warning", "worker_lost", [("task_id", id),
+                ("heartbeat_timeout_seconds", String(config.heartbeatTimeoutSeconds)),
+                ("reason", "its engine has not heartbeated for heartbeat_timeout_seconds (the process died, hangs, or "
+                    + "lost Redis); the task is failed with error \"worker lost\". A worker that is alive but slow to "
+                    + "reach Redis needs a longer heartbeat_timeout_seconds")])
         } catch {}
     }
 }

@@ -105,7 +105,10 @@ final class RedisSubscriber: @unchecked Sendable {
         connection = nil
         connectedSince = .infinity
         nextConnectAt = engine.monotonic.now() + backoff
-        StorageLog.write("warning", "disconnected", [("redis", storage.url.display), ("role", "subscriber"), ("reason", why)])
+        StorageLog.write("warning", "disconnected", [("redis", storage.url.display), ("role", "subscriber"),
+            ("reason", why), ("retry_in_s", String(backoff)),
+            ("effect", "other engines' tasks are not mirrored until Redis answers (their states are read again then): "
+                + "check that redis-server runs and is reachable at this address")])
     }
 
     /// A pub/sub message: ["message", channel, payload].

@@ -334,7 +334,10 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         backoff = min(backoff * 2, 2)
         if wasConnected || why != lastError {
             StorageLog.write("warning", "disconnected", [("redis", url.display), ("role", "writer"), ("reason", why),
-                                                         ("retry_in_s", String(backoff))])
+                ("retry_in_s", String(backoff)),
+                ("effect", "the runner is not slowed; writes wait in memory, bounded (redis_dropped_writes counts what "
+                    + "the bounds drop), and go once Redis answers: check that redis-server runs and is reachable at "
+                    + "this address")])
         }
         lastError = why
     }
