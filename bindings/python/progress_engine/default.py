@@ -43,6 +43,18 @@ def _config_from_env() -> Dict[str, Any]:
     return config
 
 
+_ENV_SOURCES = "the environment: PROGRESS_ENGINE_CONFIG, PROGRESS_LISTEN, PROGRESS_REDIS_URL, PROGRESS_STRICT"
+
+
+def open_from_env(config: Dict[str, Any], source: str = _ENV_SOURCES) -> ProgressTracker:
+    """ProgressTracker(**config), a configuration error naming where the configuration came from (the engine's
+    message says "config_json", which the caller never wrote)."""
+    try:
+        return ProgressTracker(**config)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (the configuration came from {source})", error.status) from None
+
+
 def get_progress_tracker_sync() -> ProgressTracker:
     """The process-wide tracker, opened on first use from the environment and closed at exit."""
     global _default
@@ -52,7 +64,7 @@ def get_progress_tracker_sync() -> ProgressTracker:
             if _default is None:
                 # Closed at exit by the binding's atexit hook (tracker._close_at_exit), which runs after
                 # the atexit handlers registered after the import (LIFO), so those may still use it.
-                _default = ProgressTracker(**_config_from_env())
+                _default = open_from_env(_config_from_env())
             tracker = _default
     return tracker
 

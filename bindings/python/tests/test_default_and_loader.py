@@ -56,7 +56,10 @@ def test_default_tracker_config_errors_name_the_problem():
         except ConfigError as error:
             print(error)
         """
-    assert '"listne"' in run_python(code, PROGRESS_ENGINE_CONFIG='{"listne": "127.0.0.1:0"}')
+    listne = run_python(code, PROGRESS_ENGINE_CONFIG='{"listne": "127.0.0.1:0"}')
+    assert '"listne"' in listne and '(did you mean "listen"?)' in listne, listne
+    assert "(the configuration came from the environment: PROGRESS_ENGINE_CONFIG," in listne, listne
+    assert "PROGRESS_STRICT='ture' is not a boolean" in run_python(code, PROGRESS_STRICT="ture")
     assert "PROGRESS_ENGINE_CONFIG" in run_python(code, PROGRESS_ENGINE_CONFIG="{nope")
     assert "JSON object" in run_python(code, PROGRESS_ENGINE_CONFIG="[1]")
 

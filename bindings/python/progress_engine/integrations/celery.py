@@ -34,7 +34,7 @@ import os
 import threading
 from typing import Any, Dict, Optional
 
-from ..default import _config_from_env
+from ..default import _config_from_env, open_from_env
 from ..errors import ExistsError, NotFoundError, StateError, describe
 from ..model import StageStatus
 from ..tracker import ProgressTracker
@@ -77,8 +77,8 @@ def _tracker(app: Any) -> ProgressTracker:
                 for inherited in _trackers.values():
                     inherited._finalizer.detach()  # not at this process's exit either
                 config = app.conf.get("progress_engine")
-                config = config if config is not None else _config_from_env()
-                tracker = _trackers[pid] = ProgressTracker(**config)
+                tracker = _trackers[pid] = open_from_env(config, "the Celery app's progress_engine setting") \
+                    if config is not None else open_from_env(_config_from_env())
     return tracker
 
 
