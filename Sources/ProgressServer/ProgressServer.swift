@@ -58,7 +58,18 @@ struct ProgressServer: ParsableCommand {
         var overrides: [(String, String)] = []
         if let listen { overrides.append(("listen", listen)) }
         if let redisURL { overrides.append(("redis_url", redisURL)) }
-        let json = try ServerConfig.server(fileJSON: fileText, overrides: overrides, defaultListen: "127.0.0.1:8000")
+        let logger = Logger(label: "progress-server")
+        // The engine's message names config_json: the operator wrote the file and the flags.
+        let source = (config.map { "--config \($0)" } ?? "the defaults")
+            + (overrides.isEmpty ? "" : " and " + overrides.map { "--" + String($0.0.map { $0 == "_" ? "-" : $0 }) }
+                .joined(separator: ", "))
+        let json: String
+        do {
+            json = try ServerConfig.server(fileJSON: fileText, overrides: overrides, defaultListen: "127.0.0.1:8000")
+        } catch {
+            logger.error("start_failed", metadata: ["message": "\(error)", "configuration": "\(source)"])
+            throw ExitCode(2)
+        }
 
         // Signals are taken synchronously by sigwait below, so no handler runs at an arbitrary point.
         var signals = sigset_t()
@@ -67,12 +78,12 @@ struct ProgressServer: ParsableCommand {
         sigaddset(&signals, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let logger = Logger(label: "progress-server")
         let engine: Engine
         do {
             engine = try Engine(configJSON: json)
         } catch {
-            logger.error("start_failed", metadata: ["status": "\(error.code)", "message": "\(error.message)"])
+            logger.error("start_failed", metadata: ["status": "\(error.code)", "message": "\(error.message)",
+                                                    "configuration": "\(source)"])
             throw ExitCode(2)
         }
         logger.info("listening", metadata: ["port": .stringConvertible(engine.port ?? -1),

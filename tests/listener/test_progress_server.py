@@ -65,8 +65,9 @@ def test_no_server_without_a_listener(tmp_path, listen, fragment):
     config = tmp_path / "server.json"
     config.write_text('{"listen": %s}' % listen)
     proc = subprocess.run([str(SERVER), "--config", str(config)], capture_output=True, text=True, timeout=15)
-    assert proc.returncode != 0
-    assert fragment in proc.stderr and "listen address" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # the configuration refused: a start_failed line, exit status 2
+    message = next(json.loads(x) for x in proc.stderr.splitlines() if '"start_failed"' in x)["message"]
+    assert fragment in message and "listen address" in message, message
 
 
 def test_redis_password_is_masked_in_the_log(tmp_path):
@@ -79,3 +80,15 @@ def test_redis_password_is_masked_in_the_log(tmp_path):
     finally:
         server.stop()
     assert "pa55word" not in server.log()
+
+
+def test_a_configuration_mistake_names_the_file_and_the_key_meant(tmp_path):
+    # The engine's message says "config_json": the start_failed line says where the operator wrote it.
+    config = tmp_path / "server.json"
+    config.write_text('{"throttle_msec": 50}')
+    proc = subprocess.run([str(SERVER), "--config", str(config), "--listen", "127.0.0.1:0"], capture_output=True,
+                          text=True, timeout=15)
+    assert proc.returncode == 2, proc.stderr
+    line = next(json.loads(x) for x in proc.stderr.splitlines() if '"start_failed"' in x)
+    assert '(did you mean "throttle_ms"?)' in line["message"], line
+    assert line["configuration"] == f"--config {config} and --listen", line
