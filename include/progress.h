@@ -174,7 +174,7 @@ PROGRESS_API void progress_string_free(char *s);
  *                                           1/32 of it; docs/ARCHITECTURE.md "The change path")
  *   preview_dir                (temporary)  where preview PNGs are written; by default a private folder removed
  *                                           on close
- *   preview_milestones         [25,50,75]   overall progress (%) at which a preview is taken
+ *   preview_milestones         [25,50,75]   overall progress (%) at which a preview is taken ([]: none)
  *   preview_every_steps        0            take a preview every N steps instead (0: the milestones)
  *   preview_max_size           512          longest side of a preview, pixels (downscaled with a box filter)
  *   resource_interval_ms       1000         how often executing tasks' resource_usage is sampled: process CPU %,

@@ -419,6 +419,8 @@ class ProgressTracker:
         except ProgressError as error:
             self._refused(task_id, error)
             return
+        except ctypes.ArgumentError as error:  # a progress that is no number: a wrong argument type, as documented
+            raise TypeError(f"update_stage_sync: {error}") from None
         if status == StageStatus.FAILED:
             self._finished(task_id)
 
@@ -573,7 +575,7 @@ class ProgressTracker:
             # encode_text turns into "?" for a finishing event, rather than an escape the engine refuses.
             data_json = data if data is None or isinstance(data, str) else \
                 json.dumps(data, default=_json_value, ensure_ascii=False)
-        except (TypeError, ValueError) as error:  # an object JSON cannot hold; a circular reference
+        except (TypeError, ValueError, RecursionError) as error:  # an object JSON cannot hold; a cycle; too deep
             self._refused(task_id, JSONError(f"the data of event {event!r} is not JSON: {error}"))
             return
         try:

@@ -224,6 +224,9 @@ def test_programming_errors_and_other_calls_still_raise(tracker, task):
                 tracker.update_progress_sync(task, step, 2, message="m")
         with pytest.raises(TypeError):
             tracker.update_preview_sync(task, "not an image")
+        for progress in (None, "0.5"):  # ctypes.ArgumentError before, which is no TypeError
+            with pytest.raises(TypeError, match="update_stage_sync"):
+                tracker.update_stage_sync(task, 1, progress=progress)
         with pytest.raises(pe.InvalidArgumentError, match="loud"):
             tracker.log_sync(task, "loud", "x")
         with pytest.raises(pe.NotFoundError):
@@ -408,3 +411,11 @@ def test_event_data_in_any_mapping_is_taken(tracker, task):
     stage = t["stages"][str(t["current_stage"])]
     assert (stage["progress"], stage["message"]) == (0.3, "frame 3")
     assert "from a mapping proxy" in [e["message"] for e in tracker.get_logs_sync(task)["logs"]]
+
+
+def test_event_data_nested_too_deep_for_json_is_refused_not_raised(tracker, task):
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.warns(ProgressWarning, match="is not JSON"):
+        tracker.send_event_sync(task, "resources", {"deep": deep})
