@@ -186,13 +186,14 @@ class ProgressTracker:
         self._engine: Optional[ctypes.c_void_p] = engine
         self.strict = strict
         self._warned: "OrderedDict[tuple, None]" = OrderedDict()
-        self._warned_lock = threading.Lock()
+        self._warned_lock = threading.RLock()
         self._listen = config.get("listen")
         self._redis = bool(config.get("redis_url"))
         # task_id -> int64 view of the task's attached (step, total_steps) array. The view keeps the
         # array alive; an entry goes only once the engine has stopped reading that array.
         self._counters: Dict[str, memoryview] = {}
-        self._lock = threading.Lock()  # guards attaching and dropping counters, and close
+        # Reentrant: a signal handler that reports runs on the thread it interrupted, maybe inside these locks.
+        self._lock = threading.RLock()  # guards attaching and dropping counters, and close
         # Counters of the parent's tasks in a forked child: kept alive, never written (_after_fork_in_child).
         self._forked_counters: list = []
         # Calls into this engine entered and left (_call), counted from before the handle is read until the
@@ -860,8 +861,8 @@ def _after_fork_in_child() -> None:
         tracker._entered, tracker._left = itertools.count(), itertools.count()
         tracker._forked_counters.append(dict(tracker._counters))
         tracker._counters.clear()
-        tracker._lock = threading.Lock()  # another thread may have held it at the fork
-        tracker._warned_lock = threading.Lock()
+        tracker._lock = threading.RLock()  # another thread may have held it at the fork
+        tracker._warned_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

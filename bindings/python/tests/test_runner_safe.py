@@ -419,3 +419,31 @@ def test_event_data_nested_too_deep_for_json_is_refused_not_raised(tracker, task
         deep = [deep]
     with pytest.warns(ProgressWarning, match="is not JSON"):
         tracker.send_event_sync(task, "resources", {"deep": deep})
+
+
+def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted():
+    """A handler runs on the thread it interrupts, maybe inside the tracker's own lock (here: attaching the runner's
+    counter). Its report took that lock again and hung the process for good."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, signal
+        from progress_engine import ProgressTracker
+        t = ProgressTracker()
+        def handler(signum, frame):
+            t.create_task_progress_sync("inner", "x")
+            t.update_progress_sync("inner", 1, 2)  # attaches its counter under the lock
+            t.cancel_task_sync("inner", "by signal")  # lets it go under the lock
+        signal.signal(signal.SIGUSR1, handler)
+        with t._lock:  # where the signal finds the runner's thread
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in range(1000):
+                pass
+        print(t.get_task_progress_sync("inner")["status"])
+        """)
+    import os
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pe.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), result.stderr
