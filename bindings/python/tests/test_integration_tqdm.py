@@ -153,6 +153,20 @@ def test_a_desc_that_is_not_a_str_reports_as_tqdm_shows_it(tracker, task):
         assert stage(tracker) == (GENERATION, 1.0, "bytes")
 
 
+def test_counts_tqdm_takes_without_complaint_report_nothing_wrong(tracker, task):
+    # update(None) of a disabled bar raised TypeError in the reporter (tqdm's own returns before looking at n); a
+    # NaN count reported 100 %.
+    # (A drawn bar raises on both in tqdm itself.)
+    with report_tqdm(task, tracker):
+        bar = tqdm.tqdm(total=10, desc="odd", disable=True)
+        bar.update(2)
+        bar.update(None)
+        assert stage(tracker) == (GENERATION, 0.2, "odd")
+        bar.update(float("nan"))
+        assert stage(tracker)[1] in (0.0, 0.2), stage(tracker)
+        bar.close()
+
+
 def test_overshoot_float_and_reset(tracker, task):
     with report_tqdm(task, tracker):
         bar = tqdm.tqdm(total=4, desc="over", file=io.StringIO())

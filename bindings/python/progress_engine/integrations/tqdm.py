@@ -247,7 +247,10 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
         if counter is not None:
             value, limit = self.n, self._pe_limit
             try:
-                counter[0] = value if value < limit else limit
+                if value < limit:
+                    counter[0] = value
+                elif value >= limit:  # else a NaN count: nothing to report
+                    counter[0] = limit
             except TypeError:  # n became a float: the general path, which reports it scaled
                 self._pe_reporter.sync(self)
         return shown
@@ -268,12 +271,20 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
                 reporter.release(self)
 
     def update_disabled(self: Any, n: Any = 1) -> None:
-        self.n += n
+        try:
+            self.n += n
+        except TypeError:  # tqdm's update() of a disabled bar returns before looking at n: update(None) passes
+            return
         counter = self._pe_counter
         if counter is not None:
             value, limit = self.n, self._pe_limit
             try:
-                counter[0] = value if value < limit else limit
+                if value < limit:
+                    counter[0] = value
+                elif value >= limit:
+                    counter[0] = limit
+                else:  # a NaN count: nothing to report
+                    return
                 return
             except TypeError:
                 pass
