@@ -218,7 +218,8 @@ PROGRESS_API void progress_string_free(char *s);
  * heartbeat_timeout_seconds 0.15...3153600000; cancel_timeout_seconds 0.001...3153600000; preview_milestones each
  * strictly between 0 and 100; namespace 1-64 letters, digits or -_.:; allowed_origins entries up to 1024 bytes;
  * auth_token not empty, without spaces or control characters; preview_dir not empty. An unknown key is an error
- * that names the known key nearest to it; so is a key given twice.
+ * (naming the key a typo most likely meant, when one is a few letters away); so is a key given twice, in
+ * config_json and in every other JSON object the engine reads (options_json, stages_json, data_json, record_json).
  *
  * With `listen` the engine serves the WebSocket and REST API of SPEC §7-§8 on that port (port 0 = any free
  * port, see progress_engine_port); PROGRESS_E_IO if it cannot bind, PROGRESS_E_CONFIG for a malformed

@@ -14,6 +14,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
+#include <net/if.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -443,35 +445,66 @@ static void timer_fired(lws_sorted_usec_list_t *sul) {
     l->cb.on_timer(l->cb.ctx);
 }
 
-/* 0 when iface:port can be bound as libwebsockets binds it (SO_REUSEADDR), else the errno of bind(). Checked
- * before the context exists: for a port another socket holds, libwebsockets 4.1 still makes the context, without
- * its vhost, and tearing that context down (on its libuv loop) crashes. A name getaddrinfo cannot resolve is left
- * to libwebsockets to report. */
+/* 0 when iface:port can be bound as libwebsockets binds it (SO_REUSEADDR; every address: IPv6 and IPv4 in one
+ * socket where the host has IPv6, as libwebsockets' default build does), else the errno of bind(). Checked before
+ * the context exists: for a port another socket holds, libwebsockets 4.1 still makes the context, without its
+ * vhost, and tearing that context down (on its libuv loop) crashes. iface is numeric here. */
 static int bind_error(const char *iface, int port) {
-    char service[16];
-    snprintf(service, sizeof service, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
-    struct addrinfo *found = NULL;
-    if (getaddrinfo(iface, service, &hints, &found) != 0 || found == NULL) return 0;
-    int error = 0;
-    int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
-    if (fd >= 0) {
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, found->ai_addr, found->ai_addrlen) != 0) error = errno;
-        close(fd);
+    int fd = -1, error = 0, one = 1, zero = 0;
+    if (iface == NULL) {
+        struct sockaddr_in6 any6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = in6addr_any};
+        fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+            if (bind(fd, (struct sockaddr *)&any6, sizeof any6) != 0) error = errno;
+            close(fd);
+            return error;
+        }
     }
-    freeaddrinfo(found);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (iface && inet_pton(AF_INET, iface, &addr.sin_addr) != 1) return 0;  /* an interface's name */
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) error = errno;
+    close(fd);
     return error;
+}
+
+/* The listen host as libwebsockets takes it: an IPv4 address or an interface's name ("eth0"). A host name is
+ * resolved to its IPv4 address here (libwebsockets would take it for an interface it cannot find, and make a
+ * context that listens nowhere). Returns 0, or -1 with err filled when the name is neither. */
+static int numeric_host(const char *iface, char *out, size_t out_len, int port, char *err, size_t err_len) {
+    struct in_addr a;
+    if (iface == NULL || inet_pton(AF_INET, iface, &a) == 1 || if_nametoindex(iface) != 0) {
+        if (iface) snprintf(out, out_len, "%s", iface);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *found = NULL;
+    int rc = getaddrinfo(iface, NULL, &hints, &found);
+    if (rc != 0 || found == NULL) {
+        snprintf(err, err_len, "cannot listen on %s:%d: the host is no IPv4 address, interface or name this host "
+                 "resolves (%s)", iface, port, rc != 0 ? gai_strerror(rc) : "no IPv4 address");
+        return -1;
+    }
+    inet_ntop(AF_INET, &((struct sockaddr_in *)found->ai_addr)->sin_addr, out, (socklen_t)out_len);
+    freeaddrinfo(found);
+    return 0;
 }
 
 int CProgress_listener_create(const CProgress_listener_config *config, CProgress_listener **out, int *bound_port,
                               char *err, size_t err_len) {
     *out = NULL;
-    int busy = config->port > 0 ? bind_error(config->iface, config->port) : 0;
+    char host[256];
+    if (numeric_host(config->iface, host, sizeof host, config->port, err, err_len) != 0) return -1;
+    const char *iface = config->iface ? host : NULL;
+    int busy = config->port > 0 ? bind_error(iface, config->port) : 0;
     if (busy) {
         snprintf(err, err_len, "cannot listen on %s:%d: %s%s", config->iface ? config->iface : "*", config->port,
-                 strerror(busy), busy == EADDRINUSE ? " (another socket listens there)" : "");
+                 strerror(busy), busy == EADDRINUSE ? " (another socket holds it)" : "");
         return -1;
     }
     CProgress_listener *l = calloc(1, sizeof *l);
@@ -499,7 +532,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.port = config->port;
-    info.iface = config->iface;
+    info.iface = iface;
     info.protocols = l->protocols;
     info.user = l;
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;

@@ -234,6 +234,15 @@ def test_a_retention_shorter_than_the_refresh_does_not_expire_a_running_tasks_ke
             assert 7000 < int(redis.cli("PTTL", task_key(kind, "running"))) <= 8000, kind
         for kind in ("state", "events"):
             assert 0 < int(redis.cli("PTTL", task_key(kind, "finished"))) <= 1000, kind
+        # A batch's set: a finished member's write does not cut it short for a running one.
+        t.create_task_progress_sync(task_id="member-running", template_id="tpl", batch_id="b")
+        t.update_progress_sync(task_id="member-running", step=1, total_steps=10)
+        t.create_task_progress_sync(task_id="member-done", template_id="tpl", batch_id="b")
+        flushed(t)
+        t.complete_task_sync("member-done")
+        flushed(t)
+        assert 7000 < int(redis.cli("PTTL", "progress:batch:{b}")) <= 8000
+        assert 0 < int(redis.cli("PTTL", task_key("state", "member-done"))) <= 1000
 
 
 def test_a_thousand_steps_a_second_are_all_written_through(redis):

@@ -66,14 +66,14 @@ struct JSONObjectReader {
     /// Throws if any key is not in `allowed` (naming the known key nearest to it, when one is a likely typo) or
     /// appears twice (which one was meant is a guess), so mistakes are caught instead of ignored.
     func rejectUnknownKeys(allowed: Set<String>, error: (String) -> EngineError) throws {
-        var seen = Set<String>()
-        for (key, _) in members {
+        for (i, (key, _)) in members.enumerated() {
             guard allowed.contains(key) else {
                 let known = allowed.sorted().joined(separator: ", ")
                 let guess = JSONObjectReader.nearest(to: key, in: allowed).map { " (did you mean \"\($0)\"?)" } ?? ""
                 throw error("unknown key \"\(key)\" in \(context)\(guess); known keys: \(known)")
             }
-            guard seen.insert(key).inserted else {
+            // A few keys each (a runner event's on every call): a scan, no set to allocate.
+            guard !members[..<i].contains(where: { $0.0 == key }) else {
                 throw error("key \"\(key)\" appears twice in \(context); keep one")
             }
         }

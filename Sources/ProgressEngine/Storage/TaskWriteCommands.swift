@@ -64,6 +64,8 @@ extension RedisWriter {
     /// A new task's first write `DEL`s what an earlier task of the id left (not when the same task is stored at its
     /// seq: that is the write sent again, and what came after it, a log entry or a cancel request, stays) and stores
     /// its state over any older task's.
+    /// The batch's set shares its members' expiry: a write only lengthens it (a finished member's shorter one
+    /// must not cut it for a running member).
     /// The first command that can grow memory is the `ZADD` of the task index (of a refused write, the `XADD` or
     /// `RPUSH`), so a Redis out of memory refuses the whole write there (a script may not stop halfway once it has
     /// written). An error of Redis other than an `XADD` whose entry id the stream already has (a write sent again)
@@ -120,7 +122,7 @@ extension RedisWriter {
         if ARGV[11] == '1' then redis.call('PEXPIRE', KEYS[5], ARGV[4]) end
         if KEYS[10] then
           redis.call('SADD', KEYS[10], ARGV[1])
-          redis.call('PEXPIRE', KEYS[10], ARGV[4])
+          if redis.call('PTTL', KEYS[10]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[10], ARGV[4]) end
         end
         if verdict == 0 then
           if ARGV[9] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[9]) end

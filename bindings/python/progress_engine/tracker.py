@@ -180,7 +180,9 @@ class ProgressTracker:
             try:
                 json.dumps(value, allow_nan=False)
             except (TypeError, ValueError) as error:  # else a JSON error at an offset of a text the caller never saw
-                raise ConfigError(f"{key}={value!r} is not a configuration value (JSON): {error}") from None
+                # The type, not the value: it may be a secret (auth_token, redis_url).
+                raise ConfigError(f"{key}: a {type(value).__name__} is not a configuration value (JSON): {error}") \
+                    from None
         engine = ctypes.c_void_p()
         _lib.progress_engine_open(_lib.encode(json.dumps(config)), ctypes.byref(engine))
         self._engine: Optional[ctypes.c_void_p] = engine

@@ -198,6 +198,23 @@ def test_a_listen_port_another_socket_holds_is_an_error_not_a_listener_without_a
                 pe.ProgressTracker(listen=f"127.0.0.1:{port}")
 
 
+def test_a_listen_host_name_is_resolved_and_an_unknown_one_refused():
+    """libwebsockets takes the listen host for an interface: given a host name it made a context that listened
+    nowhere, and the engine opened on a port nobody served."""
+    import socket
+    import urllib.request
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        pytest.skip(f"this host's name {name!r} does not resolve here")
+    with pe.ProgressTracker(listen=f"{name}:0") as tracker:
+        with urllib.request.urlopen(f"http://{address}:{tracker.port}/healthz", timeout=5) as response:
+            assert response.status == 200
+    with raises(pe.EngineIOError, "cannot listen on no-such-host.invalid:0", "no IPv4 address, interface or name"):
+        pe.ProgressTracker(listen="no-such-host.invalid:0")
+
+
 @pytest.mark.parametrize(
     "stages, fragment",
     [

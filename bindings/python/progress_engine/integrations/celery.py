@@ -89,8 +89,6 @@ def _close_own_tracker(**_: Any) -> None:
         tracker.close()
 
 
-
-
 if _CeleryTask is None:
 
     def __getattr__(name: str) -> Any:
