@@ -245,6 +245,24 @@ def test_a_retention_shorter_than_the_refresh_does_not_expire_a_running_tasks_ke
         assert 0 < int(redis.cli("PTTL", task_key("state", "member-done"))) <= 1000
 
 
+def test_stored_templates_are_written_as_the_engine_reads_them_and_an_unreadable_one_is_reported(redis, capfd):
+    """An engine loads the fleet's templates at open; one it cannot read (another version's, a repeated key) was
+    skipped without a word. A registration stores the engine's own form of the stages, not the caller's text."""
+    from progress_engine import _lib
+    redis.cli("HSET", "progress:templates", "twice", '[{"name":"a","name":"b"}]')
+    redis.cli("HSET", "progress:templates", "fine", '[{"name":"load","weight":1}]')
+    with ProgressTracker(redis_url=redis.url) as t:
+        t._call(_lib.progress_register_template_stages, b"mine",
+                b' [ {"name" : "load", "weight" : 1 }, {"name" : "sample", "weight" : 3 } ] ')
+        flushed(t)
+        t.create_task_progress_sync("uses-fine", "fine")
+        assert [s["name"] for s in t.get_task_progress_sync("uses-fine")["stages"].values()] == ["load"]
+    assert redis.cli("HGET", "progress:templates", "mine") == \
+        '[{"name":"load","description":"","weight":0.25},{"name":"sample","description":"","weight":0.75}]'
+    skipped = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"event":"template_skipped"' in x]
+    assert [(x["template_id"], "appears twice" in x["reason"]) for x in skipped] == [("twice", True)], skipped
+
+
 def test_a_thousand_steps_a_second_are_all_written_through(redis):
     """SPEC §9, write-through of every change: a task reporting 1,000 steps a second (a fast token stream) has
     every step in its Redis stream, nothing thinned or dropped (a write carries up to 1,024 events; only floods

@@ -7,15 +7,22 @@ extension EngineCore {
         let stages = try StageDefinition.parseList(try JSONParser.parse(stagesJSON, context: "stages_json"),
                                                    context: "stages_json of template \"\(id)\"")
         templates.withLock { $0[IdKey(id)] = stages }
-        store.persistTemplate(id: id, stagesJSON: stagesJSON)
+        // As this engine writes it (what a restore writes too), not the caller's text: every engine reads it back.
+        store.persistTemplate(id: id, stagesJSON: StageDefinition.json(stages))
     }
 
-    /// Templates registered through another engine of the fleet (Redis), unless registered here already.
+    /// Templates registered through another engine of the fleet (Redis), unless registered here already. One
+    /// this engine cannot read (written by another version) is skipped, and said so once per open.
     func loadStoredTemplates() {
         for (id, json) in store.templates() {
-            guard let value = try? JSONParser.parse(json, context: "stored template"),
-                  let stages = try? StageDefinition.parseList(value, context: "stored template \"\(id)\"") else { continue }
-            templates.withLock { if $0[IdKey(id)] == nil { $0[IdKey(id)] = stages } }
+            do {
+                let stages = try StageDefinition.parseList(try JSONParser.parse(json, context: "stored template"),
+                                                           context: "stored template \"\(id)\"")
+                templates.withLock { if $0[IdKey(id)] == nil { $0[IdKey(id)] = stages } }
+            } catch let error as EngineError {
+                StorageLog.write("warning", "template_skipped", [("template_id", id), ("reason", error.message),
+                    ("effect", "tasks of this template created here need their stages registered on this engine")])
+            } catch {}
         }
     }
 
