@@ -44,6 +44,32 @@ def flushed(tracker):
     wait_until(done, what="Redis writes to be flushed")
 
 
+
+class IdUsedTwice:
+    """Engine A's task, then engine B's under the same id, created later: `apart` "10 ms" (the clock's times), or
+    "same millisecond" (creation times 0.3 ms apart given as timestamps: one `created_at`, two tasks)."""
+
+    APART = ["10 ms", "same millisecond"]
+
+    def __init__(self, apart):
+        import time
+        self.apart = apart
+        millisecond = int(time.time() * 1000) / 1000
+        self.first, self.second = (None, None) if apart == "10 ms" else (millisecond + 0.0001, millisecond + 0.0004)
+
+    def create_first(self, a, task_id):
+        a.create_task_progress_sync(task_id, "tpl", **({} if self.first is None else {"timestamp": self.first}))
+
+    def create_second(self, a, b, task_id):
+        import time
+        if self.second is None:
+            time.sleep(0.01)  # created_at has milliseconds
+            b.create_task_progress_sync(task_id, "tpl")
+        else:
+            b.create_task_progress_sync(task_id, "tpl", timestamp=self.second)
+            assert b.get_task_progress_sync(task_id)["created_at"] == a.get_task_progress_sync(task_id)["created_at"]
+
+
 RUNNER_PRELUDE = f"""
 import json, sys, time, ctypes
 sys.path.insert(0, {str(BINDINGS)!r})

@@ -2,6 +2,7 @@
 reconnects and Redis holds the exact final state of every task."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from redis_support import flushed, free_port, run_runner, wait_until
+from redis_support import IdUsedTwice, flushed, free_port, run_runner, wait_until
 
 RUNNER = """
 t = ProgressTracker(redis_url={url!r}, throttle_ms=20)
@@ -285,11 +286,30 @@ def test_while_redis_refuses_writes_the_writer_backs_off_and_publishes_nothing(r
         assert copies() == 1
 
 
+def restart_without_data(redis, *seed):
+    """Redis killed and started again without its data (a server without persistence, or one whose AOF was lost);
+    `seed`: commands a Redis of its own wrote to a new AOF in the folder first, so the restarted Redis holds them
+    before any engine reconnects."""
+    redis.signal(signal.SIGKILL)
+    for path in redis.folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if seed:
+        port = free_port()
+        seeder = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "yes", "--dir", str(redis.folder)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                                          text=True).stdout.strip() == "PONG", what="the seeding Redis")
+        for command in (*seed, ["SHUTDOWN"]):
+            subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, check=False)
+        seeder.wait(timeout=10)
+    redis.start()
+
+
 def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redis, capfd):
     """Redis killed and started again without its AOF (a server without persistence, or one whose last second of
     fsync was lost): the engine sees another run_id and writes again each task whose writes Redis no longer holds,
     finished ones included, which would else never be written again (nothing changes them)."""
-    import shutil
     from progress_engine import ProgressTracker
 
     with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
@@ -302,10 +322,7 @@ def test_a_redis_restarted_without_its_data_gets_back_what_the_engine_holds(redi
         wait_until(lambda: t.stats_sync()["redis_queue_depth"] == 0 and redis.cli("EXISTS", "progress:task:{running}:state") == "1",
                    what="the writes")
         done, running = t.get_task_progress_sync("done"), t.get_task_progress_sync("running")
-        redis.signal(signal.SIGKILL)
-        for path in redis.folder.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        redis.start()
+        restart_without_data(redis)
 
         def stored(task_id):
             text = redis.cli("GET", f"progress:task:{{{task_id}}}:state")
@@ -329,7 +346,6 @@ def test_a_cancel_request_in_a_restarted_redis_outlives_the_task_written_again(r
     task's engine wrote the task again: that write is not a new task's first one, so it does not DEL the task's keys.
     The request stays under the task's `cancel` key (for a runner that resumes the task later) and reaches the
     engine, which stores the task with cancel_requested."""
-    import shutil
     from progress_engine import ProgressTracker
 
     with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
@@ -337,21 +353,9 @@ def test_a_cancel_request_in_a_restarted_redis_outlives_the_task_written_again(r
         t.update_progress_sync("running", 3, 10, message="three")
         wait_until(lambda: t.stats_sync()["redis_queue_depth"] == 0
                    and redis.cli("EXISTS", "progress:task:{running}:state") == "1", what="the writes")
-        redis.signal(signal.SIGKILL)
-        for path in redis.folder.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        # The restarted Redis holds the request only: its AOF made by a Redis of its own, so it is there first.
+        # The restarted Redis holds the request only, there before the engine reconnects.
         request = json.dumps({"reason": "stop it", "requested_at": time.time()})
-        seed_port = free_port()
-        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "yes", "--dir", str(redis.folder)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
-                                          text=True).stdout.strip() == "PONG", what="the seeding Redis")
-        for command in (["SET", "progress:task:{running}:cancel", request, "PX", "3600000"], ["SHUTDOWN"]):
-            subprocess.run(["redis-cli", "-p", str(seed_port), *command], capture_output=True, check=False)
-        seed.wait(timeout=10)
-        redis.start()
+        restart_without_data(redis, ["SET", "progress:task:{running}:cancel", request, "PX", "3600000"])
 
         def stored():
             text = redis.cli("GET", "progress:task:{running}:state")
@@ -369,7 +373,6 @@ def test_a_redis_restarted_with_part_of_a_long_log_gets_the_rest_again(redis):
     """A log past its 1,000-entry bound, and a Redis restarted from a copy of its AOF taken before the last entries:
     the stored log is as long as it was, so its length cannot tell what is missing. The engine's count, stored with
     the log in the same script (the `logged` key), can."""
-    import shutil
     from progress_engine import ProgressTracker
 
     with ProgressTracker(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000) as t:
@@ -403,7 +406,6 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
     """The templates and the fleet's completion records (the ETA's history) live in Redis for engines opened later.
     Redis restarted without its data: every engine that knows them writes back what is missing, each record once
     however many engines restore it, and a template registered anew since is kept."""
-    import shutil
     from progress_engine import ProgressTracker
 
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
@@ -423,24 +425,12 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
         wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == 5, what="the records")
         records = redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")
         wait_until(lambda: b.get_task_progress_sync("done-4")["status"] == "completed", what="B's mirror")
-        redis.signal(signal.SIGKILL)
-        for path in redis.folder.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
         # The restarted Redis holds only what another engine wrote there first: a template registered anew and a
-        # completion record newer than A's (its AOF made by a Redis of its own, so it is there before A and B).
+        # completion record newer than A's (there before A and B reconnect).
         newer = json.dumps({"task_id": "elsewhere", "template_id": "img", "stage_durations": {"0": 1.0},
                             "total_duration": 1.0, "timestamp": time.time() + 100})
-        seed_port = free_port()
-        seed = subprocess.Popen(["redis-server", "--port", str(seed_port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "yes", "--dir", str(redis.folder)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(seed_port), "PING"], capture_output=True,
-                                          text=True).stdout.strip() == "PONG", what="the seeding Redis")
-        for command in (["HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]'],
-                        ["RPUSH", "progress:eta:{img}", newer], ["SHUTDOWN"]):
-            subprocess.run(["redis-cli", "-p", str(seed_port), *command], capture_output=True, check=False)
-        seed.wait(timeout=10)
-        redis.start()
+        restart_without_data(redis, ["HSET", "progress:templates", "other", '[{"name":"newer","weight":1}]'],
+                             ["RPUSH", "progress:eta:{img}", newer])
         # (A and B may already be back and restoring: the seeded record is there, among theirs or alone.)
         assert newer in redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")
         # (A template of the binding's StageManager, registered by another test, may be there too.)
@@ -459,10 +449,7 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
     with ProgressTracker(**opts) as c:
         c.create_task_progress_sync("next", "img")
         assert [s["name"] for s in c.get_task_progress_sync("next")["stages"].values()] == ["load", "sample"]
-        redis.signal(signal.SIGKILL)
-        for path in redis.folder.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        redis.start()
+        restart_without_data(redis)
         wait_until(lambda: len(redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")) == 6, timeout=10,
                    what="the records again, from the engine that loaded them")
         back = redis.lines("LRANGE", "progress:eta:{img}", "0", "-1")
@@ -471,7 +458,7 @@ def test_a_redis_restarted_without_its_data_gets_templates_and_completion_record
             [(r["task_id"], r["timestamp"]) for r in map(json.loads, records + [newer])]
 
 
-@pytest.mark.parametrize("apart", ["10 ms", "same millisecond"])
+@pytest.mark.parametrize("apart", IdUsedTwice.APART)
 def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alone(redis, apart, capfd):
     """Engine A's task finished; engine B runs a new task under the same id (its seq lower). After a Redis restart
     that lost nothing, A's check finds another task's state under the id and writes nothing: before, it took the
@@ -480,20 +467,15 @@ def test_after_a_redis_restart_a_finished_task_leaves_a_newer_one_of_its_id_alon
     from progress_engine import ProgressTracker
 
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
-    millisecond = int(time.time() * 1000) / 1000
+    twice = IdUsedTwice(apart)
     with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
-        a.create_task_progress_sync("again", "tpl", **({} if apart == "10 ms" else {"timestamp": millisecond + 0.0001}))
+        twice.create_first(a, "again")
         for i in range(1, 6):
             a.log_sync("again", "info", f"old {i}")
             a.update_progress_sync("again", i, 5, message=f"old {i}")
         a.complete_task_sync("again")
         wait_until(lambda: a.stats_sync()["redis_queue_depth"] == 0, what="A's writes")
-        if apart == "10 ms":
-            time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
-            b.create_task_progress_sync("again", "tpl")
-        else:
-            b.create_task_progress_sync("again", "tpl", timestamp=millisecond + 0.0004)
-            assert b.get_task_progress_sync("again")["created_at"] == a.get_task_progress_sync("again")["created_at"]
+        twice.create_second(a, b, "again")
         b.log_sync("again", "info", "new")
         b.update_progress_sync("again", 1, 5, message="new 1")
         wait_until(lambda: b.stats_sync()["redis_queue_depth"] == 0

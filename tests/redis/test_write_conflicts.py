@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from redis_support import flushed, http_get, run_runner, wait_until
+from redis_support import IdUsedTwice, flushed, http_get, run_runner, wait_until
 from progress_engine import ProgressTracker
 
 
@@ -55,7 +55,7 @@ def test_a_log_alone_is_stored_as_the_same_state_not_as_a_conflict(redis):
                 .splitlines() if x.startswith("{")] == ["hello"]
 
 
-@pytest.mark.parametrize("apart", ["10 ms", "same millisecond"])
+@pytest.mark.parametrize("apart", IdUsedTwice.APART)
 def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis, apart):
     """Engine A's task failed; engine B runs a new task under the same id (its seq starts low again). A's late log
     on its finished task carried A's higher seq and replaced B's live state in Redis. The script tells the tasks
@@ -63,25 +63,20 @@ def test_a_finished_tasks_late_write_leaves_a_newer_task_of_its_id_alone(redis, 
     `created_at`) are two tasks as well."""
     opts = dict(redis_url=redis.url, throttle_ms=10, resource_interval_ms=3600000)
     with ProgressTracker(**opts) as a, ProgressTracker(**opts) as b:
-        millisecond = int(time.time() * 1000) / 1000
-        a.create_task_progress_sync("job-7", "tpl", **({} if apart == "10 ms" else {"timestamp": millisecond + 0.0001}))
+        twice = IdUsedTwice(apart)
+        twice.create_first(a, "job-7")
         for i in range(1, 11):
             a.update_progress_sync("job-7", i, 10)
         a.fail_task_sync("job-7", "oom")
         flushed(a)
-        if apart == "10 ms":
-            time.sleep(0.01)  # B's task is created later (created_at has milliseconds)
-            b.create_task_progress_sync("job-7", "tpl")
-        else:
-            b.create_task_progress_sync("job-7", "tpl", timestamp=millisecond + 0.0004)
-            assert b.get_task_progress_sync("job-7")["created_at"] == a.get_task_progress_sync("job-7")["created_at"]
+        twice.create_second(a, b, "job-7")
         b.update_progress_sync("job-7", 1, 10)
         flushed(b)
         mine = b.get_task_progress_sync("job-7")
         assert stored(redis, "job-7")["created_at"] == mine["created_at"]
         b_created = stored(redis, "job-7")["stored_times"]["created"]
-        if apart != "10 ms":
-            assert b_created == millisecond + 0.0004  # B's task, not A's of the same created_at
+        if twice.second is not None:
+            assert b_created == twice.second  # B's task, not A's of the same created_at
         a.log_sync("job-7", "info", "cleanup done")  # A's runner's last words on its own finished task
         flushed(a)
         doc = stored(redis, "job-7")
