@@ -473,10 +473,16 @@ static int bind_error(const char *iface, int port) {
     return error;
 }
 
+static void cannot_listen(const CProgress_listener_config *config, const char *why, char *err, size_t err_len) {
+    snprintf(err, err_len, "cannot listen on %s:%d%s", config->iface ? config->iface : "*", config->port, why);
+}
+
 /* The listen host as libwebsockets takes it: an IPv4 address or an interface's name ("eth0"). A host name is
  * resolved to its IPv4 address here (libwebsockets would take it for an interface it cannot find, and make a
  * context that listens nowhere). Returns 0, or -1 with err filled when the name is neither. */
-static int numeric_host(const char *iface, char *out, size_t out_len, int port, char *err, size_t err_len) {
+static int numeric_host(const CProgress_listener_config *config, char *out, size_t out_len, char *err,
+                        size_t err_len) {
+    const char *iface = config->iface;
     struct in_addr a;
     if (iface == NULL || inet_pton(AF_INET, iface, &a) == 1 || if_nametoindex(iface) != 0) {
         if (iface) snprintf(out, out_len, "%s", iface);
@@ -486,8 +492,10 @@ static int numeric_host(const char *iface, char *out, size_t out_len, int port, 
     struct addrinfo *found = NULL;
     int rc = getaddrinfo(iface, NULL, &hints, &found);
     if (rc != 0 || found == NULL) {
-        snprintf(err, err_len, "cannot listen on %s:%d: the host is no IPv4 address, interface or name this host "
-                 "resolves (%s)", iface, port, rc != 0 ? gai_strerror(rc) : "no IPv4 address");
+        char why[160];
+        snprintf(why, sizeof why, ": the host is no IPv4 address, interface or name this host resolves (%s)",
+                 rc != 0 ? gai_strerror(rc) : "no IPv4 address");
+        cannot_listen(config, why, err, err_len);
         return -1;
     }
     inet_ntop(AF_INET, &((struct sockaddr_in *)found->ai_addr)->sin_addr, out, (socklen_t)out_len);
@@ -499,12 +507,13 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
                               char *err, size_t err_len) {
     *out = NULL;
     char host[256];
-    if (numeric_host(config->iface, host, sizeof host, config->port, err, err_len) != 0) return -1;
+    if (numeric_host(config, host, sizeof host, err, err_len) != 0) return -1;
     const char *iface = config->iface ? host : NULL;
     int busy = config->port > 0 ? bind_error(iface, config->port) : 0;
     if (busy) {
-        snprintf(err, err_len, "cannot listen on %s:%d: %s%s", config->iface ? config->iface : "*", config->port,
-                 strerror(busy), busy == EADDRINUSE ? " (another socket holds it)" : "");
+        char why[160];
+        snprintf(why, sizeof why, ": %s%s", strerror(busy), busy == EADDRINUSE ? " (another socket holds it)" : "");
+        cannot_listen(config, why, err, err_len);
         return -1;
     }
     CProgress_listener *l = calloc(1, sizeof *l);
@@ -578,8 +587,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
                        "many connections\n");
     }
     if (l->context == NULL) {
-        snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
-                 config->iface ? config->iface : "*", config->port);
+        cannot_listen(config, " (address in use, or not an address of this host?)", err, err_len);
         free(l);
         return -1;
     }
@@ -589,8 +597,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     struct lws_vhost *vhost = lws_get_vhost_by_name(l->context, "default");
     int port = vhost ? lws_get_vhost_listen_port(vhost) : -1;
     if (port <= 0) {
-        snprintf(err, err_len, "cannot listen on %s:%d (address in use, or not an address of this host?)",
-                 config->iface ? config->iface : "*", config->port);
+        cannot_listen(config, " (address in use, or not an address of this host?)", err, err_len);
         if (!l->has_loop) CProgress_listener_destroy(l);
         return -1;
     }

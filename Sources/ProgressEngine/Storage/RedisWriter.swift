@@ -98,10 +98,11 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         self.metrics = metrics
         throttle = Double(engine.config.throttleMs) / 1000
         heartbeatInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
-        ttl = RedisArgument(String(max(1, Int((engine.config.retentionSeconds * 1000).rounded(.down)))))
+        // PX / PEXPIRE take whole milliseconds, at least 1.
+        func expiry(_ seconds: Double) -> RedisArgument { RedisArgument(String(max(1, Int((seconds * 1000).rounded(.down))))) }
+        ttl = expiry(engine.config.retentionSeconds)
         expiryRefreshInterval = max(heartbeatInterval, engine.config.retentionSeconds / 4)
-        let active = max(engine.config.retentionSeconds, 4 * expiryRefreshInterval)
-        activeTTL = RedisArgument(String(max(1, Int((active * 1000).rounded(.down)))))
+        activeTTL = expiry(max(engine.config.retentionSeconds, 4 * expiryRefreshInterval))
         try worker.start("the Redis writer thread") { [self] in self.loop() }
     }
 
