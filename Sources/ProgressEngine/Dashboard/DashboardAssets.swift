@@ -375,7 +375,10 @@ export class ProgressClient {
     let any = false;
     for (const [id, task] of [...this._tasks].sort((a, b) => b[1].order - a[1].order)) {
       if (task.gone || (wanted && !wanted.has(id))) continue;
-      if (task.open instanceof LazyUpdate) task.open = !TERMINAL.has(task.open.data?.status);
+      if (task.open instanceof LazyUpdate) {
+        task.created = task.open.data?.created_at;
+        task.open = !TERMINAL.has(task.open.data.status);
+      }
       const entry = task.open ? utf8Length(JSON.stringify(id)) + String(task.seq).length + 2 : Infinity;
       const fits = size + entry <= this._resumeBudget;
       if (fits) {
@@ -601,7 +604,7 @@ export class ProgressClient {
     }
     // A task reported gone that comes back follows as one sent again: a jump, or a lower seq, is a gap.
     if (known?.gone) pending = "sent again";
-    const verdict = known ? follows(message, known.seq, pending) : "in order";
+    const verdict = known ? follows(message, known.seq, pending, madeAnew(known, message, pending)) : "in order";
     if (verdict === "duplicate") return;
     if (verdict === "gap") this._emit("resync", { task_id: id, seq: message.seq, last_seq: known.seq });
     if (message.replayed && this._resumed) this._resumed.replayed += 1;
@@ -609,13 +612,16 @@ export class ProgressClient {
     const finished = message instanceof LazyUpdate ? message.finished : TERMINAL.has(message.data?.status);
     if (finished) this._bases.delete(id);
     const open = finished ? false : message instanceof LazyUpdate ? message : true;
+    // A lazy update's created_at is read only when needed: from the update kept in `open` (`madeAnew`, `_resumeMap`).
+    const created = message instanceof LazyUpdate ? undefined : message.data?.created_at;
     if (known) {
       known.seq = message.seq;
       known.open = open;
+      known.created = created;
       known.gone = false;
       known.order = ++this._delivered;
     } else {
-      this._tasks.set(id, { seq: message.seq, open, gone: false, order: ++this._delivered });
+      this._tasks.set(id, { seq: message.seq, open, created, gone: false, order: ++this._delivered });
     }
     this._emit("update", message);
   }
@@ -746,11 +752,26 @@ function peekUpdate(text) {
 }
 
 /**
+ * Whether an update belongs to another task than the last one delivered under its id (their `created_at` differ):
+ * a listener restarted without its data can have a task made anew at the very seq the client holds, and cannot tell,
+ * so it sends that state as `recovered: true` or as the state sent again. A lazy update is read for it only as the
+ * first after a subscribe; within one connection a task made anew starts again at a lower seq.
+ */
+function madeAnew(known, message, pending) {
+  if (message instanceof LazyUpdate && !pending) return false;
+  const created = message.data?.created_at;
+  if (created === undefined) return false;
+  const held = known.open instanceof LazyUpdate ? known.open.data?.created_at : known.created;
+  return held !== undefined && held !== created;
+}
+
+/**
  * How an update of a task stands to the last one delivered (`lastSeq`): "in order", "duplicate" (drop it) or
  * "gap" (deliver it, and say that what came between is lost). `pending`: "resumed" or "sent again" for the
- * task's first update after a subscribe that included it.
+ * task's first update after a subscribe that included it; `anew`: the update is of a task made anew under the id.
  */
-function follows(message, lastSeq, pending) {
+function follows(message, lastSeq, pending, anew) {
+  if (anew) return "gap";
   if (message.replayed || message.recovered === true) return message.seq > lastSeq ? "in order" : "duplicate";
   // The listener could not replay what was missed: its history is gone, or the task was made anew.
   if (message.recovered === false) return "gap";
@@ -1519,7 +1540,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=864d31dae034";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=27a352d39a42";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4188,7 +4209,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=8
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=f31129fc6ff0"></script>
+<script type="module" src="/dashboard/app.js?v=148c42f094e5"></script>
 </body>
 </html>
 """##),

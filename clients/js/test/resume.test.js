@@ -40,6 +40,54 @@ test("an embedded listener restarted without its history: a resync event, and th
   assert.equal(log.last("phoenix").data.stages[log.last("phoenix").data.current_stage].message, "s1");
 });
 
+// A listener restarted without its data can have a task made anew that reaches the very seq the client holds, or
+// passes it: the listener takes the resume for that task's and sends its state as recovered (after replaying its
+// events past the client's seq). The client tells the tasks apart by created_at: the new state is delivered, with
+// a resync, in either mode of reading updates.
+for (const lazyData of [false, true]) {
+  for (const [name, ahead] of [["at the seq the client holds", 0], ["past the seq the client holds", 2]]) {
+    test(`a listener restarted with the task made anew ${name}${lazyData ? " (lazyData)" : ""}`, LIMIT, async (t) => {
+      const port = await freePort();
+      let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+      await engine.send("create", { task_id: "twin" });
+      for (let step = 1; step <= 4; step++) await engine.send("update", { task_id: "twin", step, total: 10 });
+      const { task: before } = await engine.send("get", { task_id: "twin" });
+
+      // The client reconnects only once the new task is where the test wants it (a refused port until then).
+      let away = false;
+      const Held = class extends WebSocket {
+        constructor(url) {
+          super(away ? "ws://127.0.0.1:1/" : url);
+        }
+      };
+      const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, lazyData, WebSocket: Held, ...FAST_RECONNECT });
+      t.after(() => c.close());
+      const log = record(c);
+      await c.subscribe("twin");
+      await waitFor(() => log.last("twin")?.seq === before.seq, "the task's state");
+
+      away = true;
+      await engine.kill();
+      await waitFor(() => c.state === "connecting", "the client to see the listener gone");
+      engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+      t.after(() => engine.stop());
+      await engine.send("create", { task_id: "twin" });
+      for (let step = 1; step <= 4 + ahead; step++) await engine.send("update", { task_id: "twin", step, total: 20 });
+      const { task: now } = await engine.send("get", { task_id: "twin" });
+      assert.equal(now.seq, before.seq + ahead);
+      assert.notEqual(now.created_at, before.created_at);
+      away = false;
+
+      await waitFor(() => log.resyncs.length > 0, "a resync for the task made anew");
+      assert.deepEqual(log.resyncs.map((e) => [e.task_id, e.last_seq]), [["twin", before.seq]]);
+      await waitFor(() => log.last("twin").seq === now.seq && log.last("twin").data.created_at === now.created_at,
+        "the new task's state delivered");
+      assert.equal(log.last("twin").data.overall_progress, now.overall_progress);
+      assertIncreasing(log.seqs("twin").slice(1), "the new task's states");
+    });
+  }
+}
+
 test("a resume map over max_message_bytes: subscribed again without it, the gaps reported", LIMIT, async (t) => {
   const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 1024, ...NO_SAMPLES });
   t.after(() => engine.stop());
