@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any, Dict, Optional
 
+from ._lib import ENV_LIBRARY
 from .errors import ConfigError
 from .tracker import ProgressTracker
 
@@ -24,9 +25,53 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The variables the default tracker is opened from; with the loader's, every PROGRESS_* variable the package reads.
+_CONFIG_VARIABLES = ("PROGRESS_ENGINE_CONFIG", "PROGRESS_LISTEN", "PROGRESS_REDIS_URL", "PROGRESS_STRICT")
+_VARIABLES = _CONFIG_VARIABLES + (ENV_LIBRARY,)
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits from a to b: letters inserted, deleted, replaced, or two neighbours swapped."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def _misspelled(name: str) -> Optional[str]:
+    """The variable `name` is a near miss of (a letter or two, the case, an ENGINE_ more or less, a word left
+    out at the end), or None: other software may have PROGRESS_ variables of its own, so only a near miss is taken
+    for a typo."""
+    def core(variable: str) -> str:
+        return variable.upper()[len("PROGRESS_"):].replace("ENGINE_", "")
+
+    if name in _VARIABLES or not name.upper().startswith("PROGRESS_"):
+        return None
+    typed = core(name)
+    for known in _VARIABLES:
+        meant = core(known)
+        if _edits(typed, meant) <= max(1, len(meant) // 4) or (typed and meant.startswith(typed + "_")):
+            return known
+    return None
+
+
+def _check_names() -> None:
+    """A misspelled variable is an error: the default tracker would otherwise open without it, silently (a
+    PROGRESS_REDIS_ULR would keep every task in memory alone)."""
+    for name in sorted(os.environ):
+        known = _misspelled(name)
+        if known is not None:
+            raise ConfigError(f"{name} is set, but ProgressEngine reads no such variable: did you mean {known}? "
+                              f"(rename it, or unset it if another program reads it)")
+
+
 def _config_from_env() -> Dict[str, Any]:
     """PROGRESS_ENGINE_CONFIG (a JSON object of engine configuration keys), then PROGRESS_LISTEN and
-    PROGRESS_REDIS_URL, which set (and override) `listen` and `redis_url`."""
+    PROGRESS_REDIS_URL, which set (and override) `listen` and `redis_url`. A variable misspelled is refused."""
+    _check_names()
     config: Dict[str, Any] = {}
     raw = os.environ.get("PROGRESS_ENGINE_CONFIG")
     if raw:
@@ -43,7 +88,7 @@ def _config_from_env() -> Dict[str, Any]:
     return config
 
 
-_ENV_SOURCES = "the environment: PROGRESS_ENGINE_CONFIG, PROGRESS_LISTEN, PROGRESS_REDIS_URL, PROGRESS_STRICT"
+_ENV_SOURCES = "the environment: " + ", ".join(_CONFIG_VARIABLES)
 
 
 def open_from_env(config: Dict[str, Any], source: str = _ENV_SOURCES) -> ProgressTracker:

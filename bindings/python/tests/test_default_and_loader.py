@@ -64,6 +64,28 @@ def test_default_tracker_config_errors_name_the_problem():
     assert "JSON object" in run_python(code, PROGRESS_ENGINE_CONFIG="[1]")
 
 
+def test_default_tracker_refuses_a_misspelled_variable():
+    code = """
+        from progress_engine import ConfigError, get_progress_tracker_sync
+        try:
+            print("opened", get_progress_tracker_sync().stats_sync()["tasks"])
+        except ConfigError as error:
+            print(error)
+        """
+    # Each would open a memory-only, non-strict tracker without a word.
+    for typed, meant in [("PROGRESS_REDIS_ULR", "PROGRESS_REDIS_URL"), ("PROGRESS_REDIS", "PROGRESS_REDIS_URL"),
+                         ("Progress_Listen", "PROGRESS_LISTEN"), ("PROGRESS_ENGINE_REDIS_URL", "PROGRESS_REDIS_URL"),
+                         ("PROGRESS_STIRCT", "PROGRESS_STRICT"), ("PROGRESS_CONFIG", "PROGRESS_ENGINE_CONFIG"),
+                         ("PROGRESS_LIB", "PROGRESS_ENGINE_LIB")]:
+        out = run_python(code, **{typed: "1"})
+        assert out.startswith(f"{typed} is set, but ProgressEngine reads no such variable: did you mean {meant}? "
+                              "(rename it, or unset it if another program reads it)"), out
+    # Other programs' variables of the prefix, and the right names, open it.
+    out = run_python(code, PROGRESS_SERVER="x", PROGRESS_REDIS_SERVER="x", PROGRESS_DASHBOARD_10K="1",
+                     PROGRESS_ENGINE_BUILD_LIB="x", PROGRESS_STRICT="0", PROGRESS_ENGINE_CONFIG="{}")
+    assert out.strip() == "opened 0", out
+
+
 def test_default_tracker_listen_variable_reaches_the_engine():
     # This engine build has no listener yet: PROGRESS_LISTEN must arrive as "listen", which it
     # refuses by name; once the listener lands, the tracker has a bound port instead.
