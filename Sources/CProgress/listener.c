@@ -104,15 +104,15 @@ enum { ACCEPT_PAUSE_MS = 250 };
  * of the listener in question (each runs its own loop), so CProgress_listener_service reads it there. */
 static __thread int accept_out_of_fds;
 
-/* Writes one log line to stderr without ever blocking the service thread (CProgress_log_line). */
-static void log_stderr(const char *fmt, ...) {
-    char line[1024];
+/* One line of the engine's log (CProgress_log_event), which never blocks the service thread. */
+static void log_stderr(const char *level, const char *event, const char *fmt, ...) {
+    char message[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
+    int n = vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    CProgress_log_line(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    CProgress_log_event(level, event, message);
 }
 
 
@@ -130,7 +130,10 @@ static void log_line(int level, const char *line) {
             return;
         }
     }
-    log_stderr("progress engine: libwebsockets: %s", line);
+    /* libwebsockets ends its lines with a newline: the log's line is one. */
+    size_t len = strlen(line);
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
+    log_stderr("error", "libwebsockets", "%.*s", (int)len, line);
 }
 static void write_close_frame(struct lws *wsi, int code, const char *reason);
 static void write_text_frame(struct lws *wsi, const char *format, size_t value);
@@ -582,9 +585,10 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     if (l->context == NULL) {
         l->context = lws_create_context(&info);
         if (l->context && system_lws)
-            log_stderr("progress engine: libwebsockets' libuv support (Debian package libwebsockets-evlib-uv) is "
-                       "missing: the listener uses libwebsockets' poll() loop, which costs more per message with "
-                       "many connections\n");
+            log_stderr("warning", "libuv_missing",
+                       "libwebsockets' libuv support (Debian package libwebsockets-evlib-uv) is missing: the "
+                       "listener uses libwebsockets' poll() loop, which costs more per message with many "
+                       "connections; install that package");
     }
     if (l->context == NULL) {
         cannot_listen(config, " (address in use, or not an address of this host?)", err, err_len);
@@ -665,10 +669,11 @@ static void pause_accepting(CProgress_listener *l) {
     time_t now = time(NULL);
     if (l->accept_warned_at == 0 || now - l->accept_warned_at >= 10) {
         l->accept_warned_at = now;
-        log_stderr("progress engine: listener out of file descriptors (accept: %s); not accepting new connections "
-                "for %d ms at a time (%lu pauses so far), existing clients are still served; raise the process's "
-                "open-file limit (ulimit -n) or lower max_connections\n",
-                strerror(EMFILE), ACCEPT_PAUSE_MS, l->accept_pauses);
+        log_stderr("warning", "out_of_fds",
+                   "listener out of file descriptors (accept: %s); not accepting new connections for %d ms at a "
+                   "time (%lu pauses so far), existing clients are still served; raise the process's open-file "
+                   "limit (ulimit -n) or lower max_connections",
+                   strerror(EMFILE), ACCEPT_PAUSE_MS, l->accept_pauses);
     }
 }
 
@@ -680,7 +685,8 @@ static void close_loop(CProgress_listener *l) {
         /* Something still open (a bug in the teardown order): close it rather than leak the epoll fd. */
         uv_walk(&l->loop, close_handle, NULL);
         for (int i = 0; i < 1000 && uv_loop_alive(&l->loop); i++) uv_run(&l->loop, UV_RUN_NOWAIT);
-        if (uv_loop_close(&l->loop) != 0) log_stderr("progress engine: listener event loop not closed\n");
+        if (uv_loop_close(&l->loop) != 0)
+            log_stderr("error", "loop_not_closed", "the listener's event loop did not close: its handles leak");
     }
     l->has_loop = 0;
 }

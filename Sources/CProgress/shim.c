@@ -47,23 +47,38 @@ void CProgress_store_relaxed(volatile long long *p, long long value) {
 /* Lines dropped because stderr could not take them (see CProgress_log_line). */
 static _Atomic unsigned long stderr_dropped;
 
-/* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so the note (< 160 bytes) and a line of
- * at most 3,900 bytes are written whole and at once. */
-void CProgress_log_line(const char *line, size_t len) {
+/* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so a line of at most 3,900 bytes is written
+ * whole and at once. */
+static int write_line(const char *line, size_t len) {
     if (len > 3900) len = 3900;
     struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
-    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
-        stderr_dropped++;
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) return -1;
+    return write(STDERR_FILENO, line, len) < 0 ? -1 : 0;
+}
+
+void CProgress_log_line(const char *line, size_t len) {
+    if (write_line(line, len) != 0) stderr_dropped++;
+}
+
+unsigned long CProgress_log_dropped(void) { return stderr_dropped; }
+
+void CProgress_log_note(const char *line, size_t len, unsigned long dropped) {
+    if (write_line(line, len) == 0) stderr_dropped -= dropped;
+}
+
+static _Atomic(CProgress_log_sink) log_sink;
+
+void CProgress_set_log_sink(CProgress_log_sink sink) { log_sink = sink; }
+
+void CProgress_log_event(const char *level, const char *event, const char *message) {
+    CProgress_log_sink sink = log_sink;
+    if (sink) {
+        sink(level, event, message);
         return;
     }
-    unsigned long dropped = stderr_dropped;
-    if (dropped) {
-        char note[160];
-        int m = snprintf(note, sizeof note, "progress engine: %lu log line(s) dropped: stderr was not being read\n",
-                         dropped);
-        if (m > 0 && write(STDERR_FILENO, note, (size_t)m) == m) stderr_dropped -= dropped;
-    }
-    if (write(STDERR_FILENO, line, len) < 0) stderr_dropped++;
+    char line[1024];
+    int n = snprintf(line, sizeof line, "progress engine: %s: %s\n", event, message);
+    if (n > 0) CProgress_log_line(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
 int CProgress_version_number(void) {

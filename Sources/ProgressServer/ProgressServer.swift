@@ -11,8 +11,8 @@ struct ProgressServer: ParsableCommand {
         abstract: "Serve ProgressEngine's WebSocket + REST API on one port.",
         discussion: """
             Options given on the command line override the same keys of --config. Logs are JSON lines on \
-            standard error. SIGINT or SIGTERM stop the server cleanly: connections are closed and the \
-            engine flushed before it exits.
+            standard error (--log-format text: text lines, the engine's included). SIGINT or SIGTERM stop \
+            the server cleanly: connections are closed and the engine flushed before it exits.
             """,
         version: Engine.version)
 
@@ -34,6 +34,7 @@ struct ProgressServer: ParsableCommand {
 
     func run() throws {
         let format = logFormat
+        Engine.logFormat = format == .text ? .text : .json
         LoggingSystem.bootstrap { label in
             switch format {
             case .json: return JSONLogHandler()

@@ -48,7 +48,7 @@ def test_capped_by_the_hard_limit_and_said_once():
     assert len(warnings) == 1, warnings
     message = warnings[0]["message"]
     assert "max_connections 5000" in message and "hard limit" in message and "ulimit -Hn" in message, message
-    assert warnings[0]["level"] == "warn" and warnings[0]["hard_limit"] == "1000"
+    assert warnings[0]["level"] == "warning" and warnings[0]["hard_limit"] == "1000"
 
 
 def test_never_lowered_and_untouched_without_a_listener():

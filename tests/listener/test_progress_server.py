@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -92,3 +93,35 @@ def test_a_configuration_mistake_names_the_file_and_the_key_meant(tmp_path):
     line = next(json.loads(x) for x in proc.stderr.splitlines() if '"start_failed"' in x)
     assert '(did you mean "throttle_ms"?)' in line["message"], line
     assert line["configuration"] == f"--config {config} and --listen", line
+
+
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_log_format_holds_for_the_engine_lines_too(form):
+    # Redis down: the engine's own lines (component redis, "disconnected") come beside the server's.
+    argv = [str(SERVER), "--listen", "127.0.0.1:0", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    proc = subprocess.Popen(argv + (["--log-format", "text"] if form == "text" else []), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("disconnected" in x for x in lines) or not any("listening" in x for x in lines):
+            line = proc.stderr.readline()
+            assert line, f"progress-server exited {proc.wait(5)}:\n{''.join(lines)}"
+            lines.append(line)
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.stderr.read().splitlines(keepends=True)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+    if form == "json":
+        entries = [json.loads(line) for line in lines]  # every line, the engine's too
+        engine = next(e for e in entries if e["event"] == "disconnected")
+        assert engine["component"] == "redis" and engine["level"] == "warning", engine
+        assert [e["event"] for e in entries[-2:]] == ["stopping", "stopped"], entries
+    else:
+        assert not any(line.startswith("{") for line in lines), lines
+        engine = next(line for line in lines if "disconnected" in line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z warning progress-engine: component=redis "
+                            r"redis=redis://127\.0\.0\.1:\d+/0 role=writer reason=\"[^\"]*Connection refused\" .* "
+                            r"\[ProgressEngine\] disconnected\n", engine), engine
+        assert re.search(r" info progress-server: \[ProgressServer\] stopped\n$", lines[-1]), lines

@@ -21,10 +21,21 @@ const char *CProgress_last_error(void);
  * Python): Swift's atomics only operate on memory Swift allocated itself. */
 long long CProgress_load_relaxed(const volatile long long *p);
 /* Writes one log line (newline included, at most 3,900 bytes: longer ones are cut) to stderr without ever
- * blocking: when stderr is a pipe or socket that nobody drains and it is full, the line is dropped and counted,
- * and the next line that can be written says how many were lost. For the engine's own log lines, which runner
- * threads may write (a rejected update of an unknown task). */
+ * blocking: when stderr is a pipe or socket that nobody drains and it is full, the line is dropped and counted
+ * (CProgress_log_dropped). For the engine's own log lines, which runner threads may write (a rejected update of
+ * an unknown task). */
 void CProgress_log_line(const char *line, size_t len);
+/* Lines dropped so far and not yet reported. */
+unsigned long CProgress_log_dropped(void);
+/* Writes the line that reports `dropped` lost lines, as CProgress_log_line does; once written, they are no
+ * longer counted. */
+void CProgress_log_note(const char *line, size_t len, unsigned long dropped);
+/* Where the C code's own log lines go (listener.c: libwebsockets' errors, an event loop's trouble): the engine's
+ * log (EngineLog in Swift, which formats every line), set once by the engine before it starts a listener. Any
+ * thread may call it. Until it is set, the message is written as it is. */
+typedef void (*CProgress_log_sink)(const char *level, const char *event, const char *message);
+void CProgress_set_log_sink(CProgress_log_sink sink);
+void CProgress_log_event(const char *level, const char *event, const char *message);
 /* The matching relaxed store, for Swift code (and tests) writing a counter the engine reads. */
 void CProgress_store_relaxed(volatile long long *p, long long value);
 

@@ -62,6 +62,7 @@ final class EngineCore: @unchecked Sendable {
     init(config: EngineConfig, clock: any EngineClock = SystemClock(), monotonic: any EngineClock = MonotonicClock(),
          background: Bool = true) throws {
         if let url = config.redisURL { _ = try RedisURL.parse(url) }
+        EngineLog.takesCLines
         self.config = config
         self.clock = clock
         clockIsSystem = clock is SystemClock

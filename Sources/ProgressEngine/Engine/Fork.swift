@@ -23,7 +23,7 @@ enum ForkRegistry {
     private static let installHandlers: Void = {
         let rc = pthread_atfork({ ForkRegistry.prepare() }, { ForkRegistry.parent() }, { ForkRegistry.child() })
         if rc != 0 {
-            EngineLog.write("error", "fork_handlers", [("message", "pthread_atfork returned \(rc): engines "
+            EngineLog.write(.error, "fork_handlers", [("message", "pthread_atfork returned \(rc): engines "
                 + "open before a fork() are unusable in the child")])
         }
     }()
@@ -165,6 +165,6 @@ extension EngineCore {
 
     private func logChildStart(_ error: Error) {
         let message = (error as? EngineError)?.message ?? "\(error)"
-        EngineLog.write("error", "fork_child", [("message", message)])
+        EngineLog.write(.error, "fork_child", [("message", message)])
     }
 }

@@ -55,7 +55,7 @@ extension EngineCore {
         guard let more = unknownRejects.withLock({ $0.admit(at: now) }) else { return }
         var fields = [("error", "\(EngineError.statusName(error.status))"), ("message", error.message)]
         if more > 0 { fields.append(("more_since_last", String(more))) }
-        EngineLog.write("warning", "update_rejected", fields)
+        EngineLog.write(.warning, "update_rejected", fields)
     }
 }
 

@@ -20,7 +20,7 @@ extension EngineCore {
                                                            context: "stored template \"\(id)\"")
                 templates.withLock { if $0[IdKey(id)] == nil { $0[IdKey(id)] = stages } }
             } catch let error as EngineError {
-                StorageLog.write("warning", "template_skipped", [("template_id", id), ("reason", error.message),
+                StorageLog.write(.warning, "template_skipped", [("template_id", id), ("reason", error.message),
                     ("effect", "tasks of this template created here need their stages registered on this engine")])
             } catch {}
         }

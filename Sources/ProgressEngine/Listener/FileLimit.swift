@@ -26,7 +26,7 @@ enum FileLimit {
             if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
         }
         if capped {
-            EngineLog.write("warn", "fd_limit", [
+            EngineLog.write(.warning, "fd_limit", [
                 ("message", "max_connections \(connections) needs about \(needed) file descriptors, but the hard "
                     + "limit (RLIMIT_NOFILE) is \(limit.rlim_max): the listener can hold about "
                     + "\(max(Int(limit.rlim_max) - reserve, 0)) connections; raise the hard limit "

@@ -69,7 +69,7 @@ extension EngineCore {
         case .none:
             return
         case .reclaimed:
-            StorageLog.write("warning", "task_reclaimed", [("task_id", id), ("stored_seq", String(storedSeq)),
+            StorageLog.write(.warning, "task_reclaimed", [("task_id", id), ("stored_seq", String(storedSeq)),
                 ("reason", "another engine wrote this task (taken over as lost while this engine did not heartbeat); "
                     + "its state goes on past that seq")])
         case .givenBack:
@@ -78,7 +78,7 @@ extension EngineCore {
                 return
             }
             takeStoredState(stored)
-            StorageLog.write("info", "worker_alive", [("task_id", id), ("stored_seq", String(stored.seq)),
+            StorageLog.write(.info, "worker_alive", [("task_id", id), ("stored_seq", String(stored.seq)),
                 ("status", stored.status.name), ("reason", "the worker of a task failed as lost stored its own "
                     + "state first; this engine's failure was not stored, and it mirrors the worker's state")])
         }
@@ -280,7 +280,7 @@ extension EngineCore {
         do {
             try fail(id: id, error: "worker lost")
             storage.metrics.workersLost.add(1, ordering: .relaxed)
-            StorageLog.write("warning", "worker_lost", [("task_id", id),
+            StorageLog.write(.warning, "worker_lost", [("task_id", id),
                 ("heartbeat_timeout_seconds", String(config.heartbeatTimeoutSeconds)),
                 ("reason", "its engine has not heartbeated for heartbeat_timeout_seconds (the process died, hangs, or "
                     + "lost Redis); the task is failed with error \"worker lost\". A worker that is alive but slow to "

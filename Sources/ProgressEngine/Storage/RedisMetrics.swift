@@ -52,29 +52,7 @@ final class RedisMetrics: Sendable {
 
 /// One JSON line on standard error per storage incident (connection lost or back, drops), never per update.
 enum StorageLog {
-    static func write(_ level: String, _ event: String, _ fields: [(String, String)]) {
+    static func write(_ level: EngineLog.Level, _ event: String, _ fields: [(String, String)]) {
         EngineLog.write(level, event, fields, component: "redis")
-    }
-}
-
-/// The engine's log lines: one JSON object per line on standard error.
-enum EngineLog {
-    static func write(_ level: String, _ event: String, _ fields: [(String, String)], component: String = "engine") {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("ts"); w.timestamp(SystemClock().now())
-        w.key("level"); w.string(level)
-        w.key("component"); w.string(component)
-        w.key("event"); w.string(event)
-        for (k, v) in fields {
-            w.key(k); w.string(v)
-        }
-        w.endObject()
-        let line = w.bytes + [UInt8(ascii: "\n")]
-        // Never blocks, whatever thread logs (a runner's, for a rejected update): an undrained stderr pipe drops
-        // and counts lines instead.
-        line.withUnsafeBufferPointer { buf in
-            buf.withMemoryRebound(to: CChar.self) { CProgress_log_line($0.baseAddress, $0.count) }
-        }
     }
 }

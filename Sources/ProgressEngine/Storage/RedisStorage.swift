@@ -360,7 +360,7 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
         case let .tooLarge(size):
             metrics.previewsTooLarge.add(1, ordering: .relaxed)
             if !loggedTooLarge.exchange(true, ordering: .relaxed) {
-                StorageLog.write("warning", "preview_too_large", [
+                StorageLog.write(.warning, "preview_too_large", [
                     ("task_id", taskId), ("preview", name), ("bytes", String(size)),
                     ("redis_preview_max_bytes", String(previewLimit)),
                     ("hint", "served only by this engine's listener; raise redis_preview_max_bytes or lower "

@@ -88,7 +88,7 @@ final class RedisSubscriber: @unchecked Sendable {
             connection = c
             connectedSince = engine.monotonic.now()
             if everConnected { storage.metrics.reconnects.add(1, ordering: .relaxed) }
-            StorageLog.write("info", everConnected ? "reconnected" : "connected", [("redis", storage.url.display),
+            StorageLog.write(.info, everConnected ? "reconnected" : "connected", [("redis", storage.url.display),
                                                                                   ("role", "subscriber")])
             everConnected = true
             backoff = 0.05
@@ -105,7 +105,7 @@ final class RedisSubscriber: @unchecked Sendable {
         connection = nil
         connectedSince = .infinity
         nextConnectAt = engine.monotonic.now() + backoff
-        StorageLog.write("warning", "disconnected", [("redis", storage.url.display), ("role", "subscriber"),
+        StorageLog.write(.warning, "disconnected", [("redis", storage.url.display), ("role", "subscriber"),
             ("reason", why), ("retry_in_s", String(backoff)),
             ("effect", "other engines' tasks are not mirrored until Redis answers (their states are read again then): "
                 + "check that redis-server runs and is reachable at this address")])

@@ -288,7 +288,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         }
         if !pending.isEmpty || !extras.isEmpty {
             metrics.droppedWrites.add(pending.count + extras.count, ordering: .relaxed)
-            StorageLog.write("error", "close_unflushed", [("redis", url.display), ("tasks", String(pending.count)),
+            StorageLog.write(.error, "close_unflushed", [("redis", url.display), ("tasks", String(pending.count)),
                                                           ("other_writes", String(extras.count)),
                                                           ("reason", connection == nil ? lastError : "time bound")])
         }
@@ -305,7 +305,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         do {
             connection = try RedisConnection(url: url, timeout: timeout)
             if everConnected { metrics.reconnects.add(1, ordering: .relaxed) }
-            StorageLog.write("info", everConnected ? "reconnected" : "connected", [("redis", url.display),
+            StorageLog.write(.info, everConnected ? "reconnected" : "connected", [("redis", url.display),
                                                                                   ("role", "writer")])
             everConnected = true
             metrics.connected.store(1, ordering: .relaxed)
@@ -334,7 +334,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         nextConnectAt = now + backoff
         backoff = min(backoff * 2, 2)
         if wasConnected || why != lastError {
-            StorageLog.write("warning", "disconnected", [("redis", url.display), ("role", "writer"), ("reason", why),
+            StorageLog.write(.warning, "disconnected", [("redis", url.display), ("role", "writer"), ("reason", why),
                 ("retry_in_s", String(backoff)),
                 ("effect", "the runner is not slowed; writes wait in memory, bounded (redis_dropped_writes counts what "
                     + "the bounds drop), and go once Redis answers: check that redis-server runs and is reachable at "
@@ -424,7 +424,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         }
         restarted = false
         let history = restoreFleetHistory()
-        StorageLog.write(again + history.refused > 0 ? "warning" : "info", "redis_restarted", [("redis", url.display),
+        StorageLog.write(again + history.refused > 0 ? .warning : .info, "redis_restarted", [("redis", url.display),
             ("tasks_checked", String(tasks.count)), ("tasks_written_again", String(again)),
             ("templates", String(history.templates)), ("completion_records", String(history.records)),
             ("restore_writes_refused", String(history.refused)),
@@ -594,7 +594,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
                 metrics.commandErrors.add(1, ordering: .relaxed)
                 if lastError != message {
                     lastError = message
-                    StorageLog.write("error", "command_failed", [("redis", url.display), ("reason", message)])
+                    StorageLog.write(.error, "command_failed", [("redis", url.display), ("reason", message)])
                 }
             }
         } catch let e as EngineError {

@@ -47,6 +47,21 @@ public final class Engine: Sendable {
         return "\(n / 10000).\(n / 100 % 100).\(n % 100)"
     }
 
+    /// The form of the engine's log lines on standard error, for every engine of the process.
+    public enum LogFormat: Sendable {
+        /// One JSON object per line: `{"ts", "level", "component", "event", …}` (the default).
+        case json
+        /// `TIME LEVEL progress-engine: component=C KEY=VALUE … [ProgressEngine] EVENT`, swift-log's
+        /// StreamLogHandler form (a value with a blank, a quote or an '=' quoted as a JSON string).
+        case text
+    }
+
+    /// The form of every engine's log lines in this process (progress-server's `--log-format`); `.json` until set.
+    public static var logFormat: LogFormat {
+        get { EngineLog.text.load(ordering: .relaxed) ? .text : .json }
+        set { EngineLog.text.store(newValue == .text, ordering: .relaxed) }
+    }
+
     /// The listener's bound TCP port (the one picked for port 0), nil without `listen` or once closed.
     public var port: Int? {
         let port = core.port

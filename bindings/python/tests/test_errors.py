@@ -376,3 +376,60 @@ print(worst, flush=True)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_log_lines_dropped_while_stderr_was_full_are_reported_once_it_drains():
+    """Lines dropped because stderr was full are counted, and the first line that gets through after is preceded
+    by a `log_lines_dropped` line of the same form (JSON) saying how many."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(Path(pe.__file__).resolve().parents[1])!r})
+import progress_engine as pe
+os.set_blocking(2, False)
+try:
+    while True:
+        os.write(2, b"x" * 4096)  # fill the stderr pipe, which the test reads only later
+except BlockingIOError:
+    pass
+os.set_blocking(2, True)
+# Each engine logs an update of an unknown task once a second: two engines, two lines.
+for _ in range(2):
+    t = pe.ProgressTracker()
+    t.update_progress_sync("no-such-task", 1, 2)
+    t.close()
+print("dropped", flush=True)
+sys.stdin.readline()  # the test drained the pipe
+t = pe.ProgressTracker()
+t.update_progress_sync("still-no-such-task", 1, 2)
+t.close()
+"""
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"dropped\n"
+        os.set_blocking(proc.stderr.fileno(), False)
+        filler = b""
+        while True:
+            try:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+            except BlockingIOError:
+                break
+            filler += chunk
+        assert filler and set(filler) == {ord("x")}, filler[-300:]
+        os.set_blocking(proc.stderr.fileno(), True)
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        assert proc.wait(20) == 0
+        lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert [(e["event"], e["level"]) for e in lines] == [("log_lines_dropped", "warning"),
+                                                          ("update_rejected", "warning")], lines
+    assert lines[0]["count"] == "2" and "2 log line(s) dropped" in lines[0]["message"], lines[0]
+    assert "still-no-such-task" in lines[1]["message"], lines[1]
