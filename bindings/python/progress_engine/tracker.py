@@ -665,10 +665,19 @@ class ProgressTracker:
             if counter is None:
                 # Filled before attaching, so the engine's first read already sees a valid pair.
                 array = (ctypes.c_longlong * 2)(step, total_steps)
-                self._call(_lib.progress_task_attach_counter, _lib.encode(task_id), array)
                 # ctypes exports the array as "<q", which a memoryview cannot index; cast through bytes
                 # to native "q". Storing through it is the fastest way to write ctypes memory.
                 counter = self._counters[task_id] = memoryview(array).cast("B").cast("q")
+                # Known before it is attached: a signal handler that reports on this task during the attach
+                # (the lock is re-entrant) writes this counter rather than attaching a second one.
+                try:
+                    self._call(_lib.progress_task_attach_counter, _lib.encode(task_id), array)
+                except ProgressError:
+                    # Refused (an unknown or finished task): not attached. On any other exception (a signal
+                    # handler's, right after the call) the counter stays known, as the engine may read it.
+                    if self._counters.get(task_id) is counter:
+                        del self._counters[task_id]
+                    raise
             else:
                 counter[1] = total_steps
                 counter[0] = step

@@ -433,3 +433,40 @@ t.close()
                                                           ("update_rejected", "warning")], lines
     assert lines[0]["count"] == "2" and "2 log line(s) dropped" in lines[0]["message"], lines[0]
     assert "still-no-such-task" in lines[1]["message"], lines[1]
+
+
+def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_counter():
+    """A handler that reports on the task whose counter is being attached (the lock is re-entrant) found no counter
+    yet and attached a second one; the engine kept one of the two and the other's steps were lost."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, signal, warnings
+        warnings.simplefilter("error")
+        from progress_engine import ProgressTracker
+        t = ProgressTracker()
+        t.create_task_progress_sync("t", "x")
+        def handler(signum, frame):
+            t.update_progress_sync("t", 7, 10)
+        signal.signal(signal.SIGUSR1, handler)
+        call = t._call
+        signalled = []
+        def attach_after_a_signal(function, *args):
+            if function.__name__ == "progress_task_attach_counter" and not signalled:
+                signalled.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs here, before the attach
+            return call(function, *args)
+        t._call = attach_after_a_signal
+        t.update_progress_sync("t", 3, 10)
+        stage = lambda: t.get_task_progress_sync("t")["stages"]["1"]
+        seen = [stage()["progress"]]
+        t.update_progress_sync("t", 9, 10)
+        seen.append(stage()["progress"])
+        print(seen, t.stats_sync()["attached_counters"])
+        """)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pe.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, "[0.7, 0.9] 1"), result.stdout + result.stderr
