@@ -290,7 +290,9 @@ PROGRESS_API progress_status progress_task_create(progress_engine *engine, const
  *   SKIPPED marks it skipped (it counts as done in overall_progress);
  *   FAILED fails the stage and the task (error = message, or "stage NAME failed");
  *   PENDING is PROGRESS_E_INVALID_ARGUMENT (stages never go back).
- * progress must be finite and within 0..1 (PROGRESS_E_RANGE). message may be NULL (kept as it was). */
+ * progress must be finite and within 0..1 (PROGRESS_E_RANGE). message may be NULL (kept as it was). Checked in
+ * this order: the task is active (PROGRESS_E_STATE), the stage exists and progress is in range (PROGRESS_E_RANGE),
+ * then the message, then the status. */
 PROGRESS_API progress_status progress_stage_update(progress_engine *engine, const char *task_id, int stage,
                                                    progress_stage_status status, double progress,
                                                    const char *message);
@@ -317,7 +319,7 @@ PROGRESS_API progress_status progress_update(progress_engine *engine, const char
  *                        says how the stage runs this time, e.g. "cold" (model read from disk) or "cached"
  *                        (model resident): the ETA reads that stage's history, while it lasts, from runs whose
  *                        same stage had the same variant; kept in the completion record ("stage_variants")
- *   "log"               {level: "debug"|"info"|"warning"|"error", message}
+ *   "log"               {level?: "debug"|"info"|"warning"|"error" (default "info"), message}
  *   "resources"         {cpu_percent?, memory_mb?, gpu_percent?, gpu_memory_mb?}  runner's own figures,
  *                        which take precedence over the sampler's from then on
  *   "execution_complete" {}                                            as progress_task_complete
@@ -446,7 +448,7 @@ PROGRESS_API progress_status progress_register_template_stages(progress_engine *
                                                                const char *stages_json);
 
 /* Stores a completion record (the seed's record_completion): {"task_id"?, "template_id", "template_category"?,
- * "quality"?, "stage_durations": {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
+ * "quality"?, "stage_durations"?: {"0": seconds, ...}, "stage_profiles"?, "total_duration", "resource_config"?,
  * "timestamp"?, "workload"?, "stage_variants"?}. "stage_profiles" {"2": {"steps"?, "head", "step_seconds", "tail"?, "drift"?}, ...}
  * says how stages that reported progress spent their time: seconds to the first report, robust seconds per step
  * (per whole stage without "steps"), seconds after progress reached 1, and "drift" r > -1, the pace's change with

@@ -162,7 +162,7 @@ class ProgressTracker:
     Runner-safe: the calls a runner makes while it works (update_progress, update_stage, update_preview,
     log, send_event, stepper and its StepCounter, the ProgressContext callback, track) never raise for
     an update the engine refuses (a step out of range, an unknown, finished or expired task, a NaN, a
-    bad image): the engine counts it (stats()["invalid_updates"]) and logs it in the task's log, and the
+    bad image): the engine counts it (stats_sync()["invalid_updates"]) and logs it in the task's log, and the
     call returns after one ProgressWarning per task and kind of error. So for what the binding refuses
     before the engine (not counted there): event data JSON cannot hold (numpy scalars are numbers, sets and
     tuples lists), steps beyond 64 bits. A failure or cancel text is passed on whole, what UTF-8 cannot
@@ -437,7 +437,7 @@ class ProgressTracker:
         engine applies within throttle_ms, and before anything that must follow it (a stage change,
         a log entry, a read of the task, complete / fail / cancel / close). A pair the engine then
         cannot apply (the task or its stage already finished) is not raised even when strict: it is
-        counted in stats()["invalid_updates"] and logged in the task's log. With a message, or for a
+        counted in stats_sync()["invalid_updates"] and logged in the task's log. With a message, or for a
         pair that is out of range, the engine is called at once (a refusal as described in the class)."""
         if message is None and 0 <= step <= total_steps > 0:
             try:  # cheaper than .get() while the counter exists, which is every call but the first
@@ -728,7 +728,7 @@ class StepCounter:
     cancel, and on close.
 
     As with tqdm, counting past total_steps is not an error here; the engine skips (and counts in
-    stats()["invalid_updates"]) pairs it cannot apply. set() with a pair out of range is a refusal as
+    stats_sync()["invalid_updates"]) pairs it cannot apply. set() with a pair out of range is a refusal as
     described in ProgressTracker.
     """
 
