@@ -202,6 +202,7 @@ export class ProgressClient {
 
   _connect() {
     this._timer = null;
+    if (this._state === "closed") return;
     let ws;
     try {
       ws = new this._WebSocket(this._url);
@@ -407,6 +408,8 @@ export class ProgressClient {
       this._waiting.unshift(...inFlight.filter((r) => r.resolve));
     }
     this._setState("connecting", { code, reason });
+    // A "state" handler may have closed the client, or asked to reconnect (which scheduled the attempt).
+    if (this._state !== "connecting" || this._timer !== null) return;
     this._retry(code, reason, delay);
   }
 
@@ -602,8 +605,10 @@ export class ProgressClient {
     const finished = message instanceof LazyUpdate ? message.finished : TERMINAL.has(message.data?.status);
     if (finished) this._bases.delete(id);
     const open = finished ? false : message instanceof LazyUpdate ? message : true;
-    // A lazy update's created_at is read only when needed: from the update kept in `open` (`madeAnew`, `_resumeMap`).
-    const created = message instanceof LazyUpdate ? undefined : message.data?.created_at;
+    // A lazy update's created_at is read only when needed: from the update kept in `open` (`madeAnew`, `_resumeMap`),
+    // or, for a final state, which `open` does not keep, from its text now (once per task).
+    const created = !(message instanceof LazyUpdate) ? message.data?.created_at
+      : finished ? message.createdAt : undefined;
     if (known) {
       known.seq = message.seq;
       known.open = open;
@@ -704,6 +709,15 @@ class LazyUpdate {
     if (at < 0) return TERMINAL.has(this.data?.status);
     const end = this.#text.indexOf('"', at + 10);
     return TERMINAL.has(this.#text.slice(at + 10, end));
+  }
+
+  /** The task's created_at, read from the text's first "created_at" (the task's own: the members before it hold
+   *  no key of the sender's, and a string's quotes are escaped) without parsing it. */
+  get createdAt() {
+    if (this.#text === null) return this.#data?.created_at;
+    const at = this.#text.indexOf('"created_at":"');
+    if (at < 0) return this.data?.created_at;
+    return this.#text.slice(at + 14, this.#text.indexOf('"', at + 14));
   }
 
   toJSON() {

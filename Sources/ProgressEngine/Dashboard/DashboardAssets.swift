@@ -212,6 +212,7 @@ export class ProgressClient {
 
   _connect() {
     this._timer = null;
+    if (this._state === "closed") return;
     let ws;
     try {
       ws = new this._WebSocket(this._url);
@@ -417,6 +418,8 @@ export class ProgressClient {
       this._waiting.unshift(...inFlight.filter((r) => r.resolve));
     }
     this._setState("connecting", { code, reason });
+    // A "state" handler may have closed the client, or asked to reconnect (which scheduled the attempt).
+    if (this._state !== "connecting" || this._timer !== null) return;
     this._retry(code, reason, delay);
   }
 
@@ -612,8 +615,10 @@ export class ProgressClient {
     const finished = message instanceof LazyUpdate ? message.finished : TERMINAL.has(message.data?.status);
     if (finished) this._bases.delete(id);
     const open = finished ? false : message instanceof LazyUpdate ? message : true;
-    // A lazy update's created_at is read only when needed: from the update kept in `open` (`madeAnew`, `_resumeMap`).
-    const created = message instanceof LazyUpdate ? undefined : message.data?.created_at;
+    // A lazy update's created_at is read only when needed: from the update kept in `open` (`madeAnew`, `_resumeMap`),
+    // or, for a final state, which `open` does not keep, from its text now (once per task).
+    const created = !(message instanceof LazyUpdate) ? message.data?.created_at
+      : finished ? message.createdAt : undefined;
     if (known) {
       known.seq = message.seq;
       known.open = open;
@@ -714,6 +719,15 @@ class LazyUpdate {
     if (at < 0) return TERMINAL.has(this.data?.status);
     const end = this.#text.indexOf('"', at + 10);
     return TERMINAL.has(this.#text.slice(at + 10, end));
+  }
+
+  /** The task's created_at, read from the text's first "created_at" (the task's own: the members before it hold
+   *  no key of the sender's, and a string's quotes are escaped) without parsing it. */
+  get createdAt() {
+    if (this.#text === null) return this.#data?.created_at;
+    const at = this.#text.indexOf('"created_at":"');
+    if (at < 0) return this.data?.created_at;
+    return this.#text.slice(at + 14, this.#text.indexOf('"', at + 14));
   }
 
   toJSON() {
@@ -1540,7 +1554,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=27a352d39a42";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=cd8138780466";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4209,7 +4223,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=2
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=148c42f094e5"></script>
+<script type="module" src="/dashboard/app.js?v=183dcb76ff33"></script>
 </body>
 </html>
 """##),

@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ProgressClient } from "../progress-client.js";
-import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, recordingSubscribes, startEngine, waitFor } from "./support.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, recordingSubscribes, sleep, startEngine,
+  waitFor } from "./support.js";
 
 const LIMIT = { timeout: 30000 };
 
@@ -177,4 +178,42 @@ test("after a reconnect the connection's interval is the one the last subscribe(
   await waitFor(() => resumed.length === 1, "the resumed event");
   // Every frame carries the connection's interval (so that one the listener refuses does not leave it unset).
   assert.ok(subscribes.length > 0 && subscribes.every((m) => m.interval_ms === 1000), JSON.stringify(subscribes));
+});
+
+test("close() or reconnect() from a `state` handler on a lost connection is what happens next", LIMIT, async (t) => {
+  const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  for (const asked of ["close", "reconnect"]) {
+    const sockets = [];
+    const Counted = class extends WebSocket {
+      constructor(url) {
+        super(url);
+        sockets.push(this);
+      }
+    };
+    const c = new ProgressClient({ url: engine.url, WebSocket: Counted, ...FAST_RECONNECT });
+    t.after(() => c.close());
+    const states = [];
+    let once = true;
+    c.on("state", (state) => {
+      states.push(state);
+      if (state === "connecting" && once) {
+        once = false;
+        if (asked === "close") c.close();
+        else c.reconnect(0);
+      }
+    });
+    await c.subscribe("*");
+    c.reconnect(); // drops the connection as a lost one: the handler above runs
+    if (asked === "close") {
+      await sleep(400); // past the FAST_RECONNECT back-off: no attempt may follow
+      assert.equal(c.state, "closed");
+      assert.equal(sockets.length, 1, "a closed client connected again");
+    } else {
+      await waitFor(() => c.state === "open", "the client back");
+      await sleep(400);
+      assert.equal(sockets.length, 2, "one attempt, not two");
+      assert.deepEqual(sockets.map((s) => s.readyState), [WebSocket.CLOSED, WebSocket.OPEN]);
+    }
+  }
 });

@@ -88,6 +88,46 @@ for (const lazyData of [false, true]) {
   }
 }
 
+test("a finished task's id made anew at the same seq after a listener restart (lazyData)", LIMIT, async (t) => {
+  const port = await freePort();
+  let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  await engine.send("create", { task_id: "twin" });
+  for (let step = 1; step <= 3; step++) await engine.send("update", { task_id: "twin", step, total: 10 });
+  await engine.send("complete", { task_id: "twin" });
+  const { task: before } = await engine.send("get", { task_id: "twin" });
+
+  let away = false;
+  const Held = class extends WebSocket {
+    constructor(url) {
+      super(away ? "ws://127.0.0.1:1/" : url);
+    }
+  };
+  const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, lazyData: true, WebSocket: Held, ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const log = record(c);
+  await c.subscribe("twin");
+  await waitFor(() => log.last("twin")?.seq === before.seq, "the finished task's state");
+
+  away = true;
+  await engine.kill();
+  await waitFor(() => c.state === "connecting", "the client to see the listener gone");
+  engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  await engine.send("create", { task_id: "twin" });
+  let now;
+  for (let step = 1; !now || now.seq < before.seq; step++) {
+    await engine.send("update", { task_id: "twin", step, total: 20 });
+    ({ task: now } = await engine.send("get", { task_id: "twin" }));
+  }
+  assert.equal(now.seq, before.seq);
+  away = false;
+
+  // Not resumed (it was finished): its state comes as sent again, without a flag, and is the new task's.
+  await waitFor(() => log.last("twin").data.created_at === now.created_at, "the new task's state delivered");
+  assert.equal(log.last("twin").data.status, now.status);
+  assert.deepEqual(log.resyncs.map((e) => [e.task_id, e.last_seq]), [["twin", before.seq]]);
+});
+
 test("a resume map over max_message_bytes: subscribed again without it, the gaps reported", LIMIT, async (t) => {
   const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 1024, ...NO_SAMPLES });
   t.after(() => engine.stop());
