@@ -33,3 +33,22 @@ def count(self, n, delay, fail_at=None):
 def render(self):
     self.progress(1, 2)
     return os.getpid()
+
+
+@app.task(base=ProgressTask, bind=True)
+def hand_on(self):
+    """Replaced by a plain task under its id: Celery ends this run with Ignore."""
+    self.progress(1, 2)
+    raise self.replace(tail.si())
+
+
+@app.task
+def tail():
+    return "tail"
+
+
+@app.task(base=ProgressTask, bind=True, acks_late=True)
+def refuse(self):
+    from celery.exceptions import Reject
+    self.progress(1, 2)
+    raise Reject("bad payload", requeue=False)

@@ -168,3 +168,20 @@ def test_a_hard_time_limit_fails_the_task(fleet, worker, client):
     final = updates_of(msgs, doomed.id)[-1]["data"]
     assert final["status"] == "failed" and "TimeLimitExceeded" in final["error"], (final["status"], final["error"])
     assert 0 < final["stages"]["1"]["progress"] < 1, final
+
+
+def test_runs_ending_in_replace_or_reject_finish_their_tasks(fleet, worker, client):
+    # Neither sends task_success nor task_failure: the tasks stayed executing for good.
+    server = fleet[2]
+    ws = subscribe_all(server.port)
+    try:
+        replaced = client.send_task("celery_app.hand_on")
+        rejected = client.send_task("celery_app.refuse")
+        msgs = until_finished(ws, [replaced.id, rejected.id], worker, server, fleet[1])
+    finally:
+        ws.close()
+    assert replaced.get(timeout=30) == "tail"
+    final = updates_of(msgs, replaced.id)[-1]["data"]
+    assert final["status"] == "completed", final
+    final = updates_of(msgs, rejected.id)[-1]["data"]
+    assert final["status"] == "failed" and final["error"] == "rejected: bad payload", final

@@ -80,3 +80,28 @@ def test_a_direct_call_reports_nothing():
     with pytest.raises(OSError, match="disk busy"):
         flaky()  # no request id: progress() does nothing; retry() called directly raises the exception
     assert attempts == [0] and flaky.tracker.stats_sync()["tasks"] == before
+
+
+@app.task(base=ProgressTask, bind=True)
+def ends_in(self, how):
+    from celery.exceptions import Ignore, Reject
+    self.progress(1, 2)
+    if how == "ignore":
+        raise Ignore()
+    raise Reject("bad payload", requeue=how == "requeue")
+
+
+@pytest.mark.parametrize("how, status, note", [
+    ("ignore", "completed", "the run ended with Celery's Ignore (Ignore)"),
+    ("reject", "failed", None),
+    ("requeue", "executing", "rejected and requeued (bad payload): it runs again"),
+])
+def test_a_run_ending_in_ignore_or_reject_is_not_left_executing(how, status, note):
+    # Celery sends neither task_success nor task_failure for these.
+    result = ends_in.apply((how,))
+    state = ends_in.tracker.get_task_progress_sync(result.id)
+    assert state["status"] == status, (how, result.state, state)
+    messages = [e["message"] for e in ends_in.tracker.get_logs_sync(result.id)["logs"]]
+    assert messages == ([note] if note else []), messages
+    if how == "reject":
+        assert state["error"] == "rejected: bad payload", state

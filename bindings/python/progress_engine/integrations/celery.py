@@ -17,7 +17,9 @@ Each run of a ProgressTask is one engine task: created at `task_prerun` with the
 and `progress_template` (default: the task's name) as its template, moved into its first working stage
 (past a "queue" stage, since the worker now runs it), completed at `task_success`, failed at
 `task_failure` with the exception's text, and cancelled at `task_revoked` (a revoked task that never ran
-is created to show it). A retried task resumes its own task (`task_retry` logs why it waits).
+is created to show it). A retried task resumes its own task (`task_retry` logs why it waits). A run that
+ends in `Ignore` (`self.replace(...)` raises it too) is completed, with a log entry saying so; one that ends
+in `Reject` is failed ("rejected: ..."), or, when requeued, logged and left to the run that follows.
 
 Every worker process opens its own tracker, with `app.conf.progress_engine` as its configuration (else
 the environment, as `get_progress_tracker()`): give it `redis_url` and no `listen`, and a
@@ -35,7 +37,7 @@ import threading
 from typing import Any, Dict, Optional
 
 from ..default import _config_from_env, open_from_env
-from ..errors import ExistsError, NotFoundError, StateError, describe
+from ..errors import ExistsError, NotFoundError, StateError, describe, reason_text
 from ..model import StageStatus
 from ..tracker import ProgressTracker
 
@@ -176,6 +178,31 @@ else:
         except StateError:
             pass
 
+    def _on_postrun(sender: Any = None, task_id: Optional[str] = None, retval: Any = None, state: Any = None,
+                    **_: Any) -> None:
+        # A run that ended in Ignore (raised by the body, or by Task.replace) or Reject gets neither task_success
+        # nor task_failure: without this its task stayed executing for good. task_postrun comes from the process
+        # that ran it, with the exception as retval.
+        if not isinstance(sender, ProgressTask) or task_id is None or state not in ("IGNORED", "REJECTED"):
+            return
+        tracker = _tracker(sender.app)
+        # Reject's text is its args tuple: its reason is the message.
+        reason = getattr(retval, "reason", None) if state == "REJECTED" else None
+        text = reason_text(reason) if reason is not None else describe(retval) if isinstance(retval, BaseException) \
+            else str(state).lower()
+        try:
+            if state == "REJECTED" and getattr(retval, "requeue", False):
+                # Delivered again: the next run goes on with the task (task_prerun resumes it).
+                tracker.log_sync(task_id, "warning", f"rejected and requeued ({text}): it runs again")
+            elif state == "REJECTED":
+                tracker.fail_task_sync(task_id, f"rejected: {text}")
+            else:
+                # Not an error: the body handed its result on (replace()) or chose to leave none.
+                tracker.log_sync(task_id, "info", f"the run ended with Celery's Ignore ({text})")
+                tracker.complete_task_sync(task_id)
+        except (StateError, NotFoundError):
+            pass  # the body already finished it
+
     def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
         # The task stays executing until its next attempt, which resumes it (task_prerun): say why it waits.
         if isinstance(sender, ProgressTask) and request is not None and request.id is not None:
@@ -206,6 +233,7 @@ else:
     _signals.task_prerun.connect(_on_prerun, dispatch_uid="progress_engine.prerun")
     _signals.task_success.connect(_on_success, dispatch_uid="progress_engine.success")
     _signals.task_failure.connect(_on_failure, dispatch_uid="progress_engine.failure")
+    _signals.task_postrun.connect(_on_postrun, dispatch_uid="progress_engine.postrun")
     _signals.task_retry.connect(_on_retry, dispatch_uid="progress_engine.retry")
     _signals.task_revoked.connect(_on_revoked, dispatch_uid="progress_engine.revoked")
     _signals.worker_process_shutdown.connect(_close_own_tracker, dispatch_uid="progress_engine.shutdown")
