@@ -167,6 +167,51 @@ def test_counts_tqdm_takes_without_complaint_report_nothing_wrong(tracker, task)
         bar.close()
 
 
+@pytest.mark.filterwarnings("ignore:clamping frac:tqdm.std.TqdmWarning")  # tqdm's own, drawing n = -4
+def test_counts_past_64_bits_or_below_zero_never_raise_into_the_job(tracker, task):
+    # A counter attached by an earlier bar took the next bar's 2**65 as a 64-bit store: ValueError in update().
+    with report_tqdm(task, tracker):
+        first = tqdm.tqdm(total=10, file=io.StringIO())
+        first.update(1)
+        first.close()
+        huge = tqdm.tqdm(total=2**70, desc="huge", file=io.StringIO())
+        huge.update(2**65)
+        huge.close()  # sends the last count, scaled as for a float
+        current, progress, message = stage(tracker)
+        assert (current, message) == (GENERATION, "huge") and progress == pytest.approx(1 / 32, abs=1e-3)
+        below = tqdm.tqdm(total=10, desc="below", file=io.StringIO())
+        below.update(4)
+        below.update(-8)  # tqdm takes it (n = -4): the task shows 0, as a refresh would
+        assert stage(tracker) == (GENERATION, 0.0, "below")
+        below.close()
+    assert tracker.stats_sync()["invalid_updates"] == 0
+
+
+def test_a_generator_with_a_report_tqdm_block_stepped_through_copied_contexts(tracker, task):
+    # As anyio's iterate_in_threadpool and Starlette's streaming responses take a generator's items: each next()
+    # in a copy of the caller's context. Leaving the block then raised ValueError (a token of another context)
+    # into the job, and the reporter was never closed.
+    import contextvars
+
+    def produce():
+        with report_tqdm(task, tracker):
+            yield from tqdm.tqdm(range(3), desc="stream", file=io.StringIO())
+
+    items = produce()
+    got = []
+    for _ in range(4):
+        try:
+            got.append(contextvars.copy_context().run(next, items))
+        except StopIteration:
+            break
+    assert got == [0, 1, 2]
+    assert stage(tracker) == (GENERATION, 1.0, "stream")
+    after = tqdm.tqdm(total=4, desc="after", file=io.StringIO())  # outside the block: reports nothing
+    after.update(1)
+    after.close()
+    assert stage(tracker) == (GENERATION, 1.0, "stream")
+
+
 def test_overshoot_float_and_reset(tracker, task):
     with report_tqdm(task, tracker):
         bar = tqdm.tqdm(total=4, desc="over", file=io.StringIO())

@@ -30,11 +30,11 @@ import os
 import threading
 import time
 import weakref
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..default import get_progress_tracker_sync
-from ..tracker import ProgressTracker
+from ..tracker import _STEP_MAX, ProgressTracker
 
 __all__ = ["report_tqdm", "tqdm", "trange"]
 
@@ -188,7 +188,7 @@ class _Reporter:
             except TypeError:
                 counted = True
             if not counted:
-                if isinstance(n, int) and isinstance(total, int):
+                if isinstance(n, int) and isinstance(total, int) and total <= _STEP_MAX:
                     exact = True
                     step, steps = min(max(n, 0), total), total
                 else:
@@ -248,10 +248,10 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
             value, limit = self.n, self._pe_limit
             try:
                 if value < limit:
-                    counter[0] = value
+                    counter[0] = value if value >= 0 else 0
                 elif value >= limit:  # else a NaN count: nothing to report
                     counter[0] = limit
-            except TypeError:  # n became a float: the general path, which reports it scaled
+            except (TypeError, ValueError):  # n became a float, or past 64 bits: the general path
                 self._pe_reporter.sync(self)
         return shown
 
@@ -280,13 +280,13 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
             value, limit = self.n, self._pe_limit
             try:
                 if value < limit:
-                    counter[0] = value
+                    counter[0] = value if value >= 0 else 0
                 elif value >= limit:
                     counter[0] = limit
                 else:  # a NaN count: nothing to report
                     return
                 return
-            except TypeError:
+            except (TypeError, ValueError):
                 pass
         reporter = self._pe_reporter
         if reporter is not None and (counter is not None or time.monotonic() >= self._pe_due):
@@ -345,9 +345,17 @@ class report_tqdm:
 
     def __exit__(self, *exc_info: Any) -> None:
         reporter, self._reporter = self._reporter, None
-        _current.reset(self._token)
-        if reporter is not None:
-            reporter.close()
+        try:
+            _current.reset(self._token)
+        except ValueError:
+            # Left in another context than the one entered (a generator's `with`, its items taken through
+            # copied contexts, as anyio's iterate_in_threadpool does): that context's value goes back.
+            if _current.get(None) is reporter:
+                old = self._token.old_value
+                _current.set(None if old is Token.MISSING else old)
+        finally:
+            if reporter is not None:
+                reporter.close()
 
     async def __aenter__(self) -> "report_tqdm":
         return self.__enter__()
