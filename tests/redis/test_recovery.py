@@ -153,3 +153,23 @@ def test_resume_while_redis_does_not_answer_creates_nothing_and_keeps_the_stored
                 time.sleep(0.2)
         resumed = t.get_task_progress_sync("half")
         assert resumed["seq"] == stored_before["seq"] + 1 and resumed["stages"]["1"]["progress"] == 0.5
+
+
+def test_a_track_loop_left_early_is_stopped_at_exit_while_its_track_is_still_named(redis):
+    # `items = track(...)`, then `break`: the name keeps the generator, so nothing finished the task before exit,
+    # and at exit the tracker closed first: the task stayed executing in Redis, and the generator's late finish
+    # raised StateError ("Exception ignored in generator").
+    proc = run_runner(f"""
+from progress_engine import track
+t = ProgressTracker(redis_url={redis.url!r})
+items = track(range(10), "left", tracker=t)
+for i in items:
+    if i == 3:
+        break
+print(t.get_task_progress_sync("left")["status"])
+""", wait=False)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out.strip()) == (0, "executing"), err
+    assert "Exception ignored" not in err and "StateError" not in err, err
+    stored = json.loads(redis.cli("GET", "progress:task:{left}:state"))
+    assert (stored["status"], stored["error"]) == ("cancelled", "stopped at step 3 of 10"), stored  # as a break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from itertools import islice
 from time import perf_counter
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
@@ -12,6 +14,20 @@ from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
 T = TypeVar("T")
+
+# The runs whose task is open: a loop left with `break` over a Track bound to a name keeps its generator (and task)
+# until the Track is collected, which may be never before exit.
+_open_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
+
+
+def _stop_open_runs() -> None:
+    """At exit, before the trackers close (atexit runs this first: it was registered after the tracker module's
+    handler): each run still open is stopped as a loop left early is ("stopped at step N of T")."""
+    for run in list(_open_runs):
+        run.stop()
+
+
+atexit.register(_stop_open_runs)
 
 
 def track(
@@ -162,6 +178,7 @@ class _Run:
             self._finish(self.tracker.cancel_task_sync, reason)
 
     def _finish(self, finish: Any, *args: Any) -> None:
+        _open_runs.discard(self)
         # The loop's own code is done: a task finished or expired meanwhile must not raise into it.
         try:
             finish(self.task_id, *args)
@@ -176,6 +193,7 @@ def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator
     tracker, task_id = run.tracker, run.task_id
     tracker.create_task_progress_sync(task_id, **create)
     run.open = True
+    _open_runs.add(run)
     # The items come in runs of run.items_until_look(), each an inner loop with nothing added per item; between two
     # runs the next item is taken only after the look for a cancel request, so TaskCancelled comes instead of it
     # (and no item is taken from the iterable once a request was seen).
