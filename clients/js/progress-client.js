@@ -13,8 +13,11 @@ const REFUSED = {
 };
 /** Close code of a frame over the listener's max_message_bytes. */
 const TOO_LARGE = 1009;
-/** UTF-8 bytes of a subscribe's resume map: the listener caps frames at 64 KiB by default. */
+/** UTF-8 bytes of a subscribe frame, ids and resume map: the listener caps frames at 64 KiB by default. */
 const RESUME_BUDGET = 48000;
+/** The least a subscribe frame is cut to after the listener refused larger ones (a max_message_bytes below
+ *  RESUME_BUDGET): below this the client gives up, as no retry can subscribe it. */
+const MIN_FRAME_BUDGET = 1024;
 /** Replies of the listener, one per request, in the order of the requests (SPEC §7). */
 const REPLIES = new Set([
   "subscribed", "unsubscribed", "progress.current", "batch.progress", "cancel.accepted", "pong", "error",
@@ -70,6 +73,7 @@ export class ProgressClient {
     this._everOpen = false;
     this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
+    this._frameBudget = RESUME_BUDGET; // lowered by a listener that refused a frame this size (`_lost`)
     this._attempt = 0;
     this._proving = false; // the connection sent requests and has had no answer yet (see _established)
     this._state = "connecting";
@@ -122,8 +126,14 @@ export class ProgressClient {
       const waiter = { ids, added, resolve: (value) => resolve(done(value)), reject };
       if (this._state === "closed") reject(closedError());
       else if (this._state !== "open") this._resubscribers.push(waiter);
-      // On this connection the listener has sent the known tasks already: nothing to resume.
-      else this._send({ message: { type: "subscribe", task_ids: ids, ...subOptions }, waiters: [waiter] });
+      else {
+        // On this connection the listener has sent the known tasks already: nothing to resume. Many ids go in
+        // frames within the listener's bound, the call answered once all are.
+        const chunks = this._frameChunks(ids, false);
+        const parts = partWaiters(waiter, chunks);
+        chunks.forEach((chunk, i) => this._send({ message: { type: "subscribe", task_ids: chunk, ...subOptions },
+          waiters: [parts[i]] }));
+      }
     });
   }
 
@@ -279,24 +289,21 @@ export class ProgressClient {
     }
     const restoring = frames.length;
     for (const [w, ids] of own) {
-      // Its tasks as watched now (a later call may have changed the options of some): a frame per set of options,
-      // the call answered once all are, refused if one is.
-      const byOptions = this._byOptions(ids);
-      let left = byOptions.size;
-      let refused = false;
-      for (const [key, part] of byOptions) {
-        const message = { type: "subscribe", task_ids: part, ...JSON.parse(key) };
-        if (part.includes("*")) {
+      // Its tasks as watched now (a later call may have changed the options of some): a frame per set of options
+      // and run of ids within the bound, the call answered once all are, refused if one is.
+      const parts = [];
+      for (const [key, part] of this._byOptions(ids)) {
+        for (const chunk of this._frameChunks(part, false)) parts.push([key, chunk]);
+      }
+      const waiters = partWaiters(w, parts.map(([, chunk]) => chunk));
+      parts.forEach(([key, chunk], i) => {
+        const message = { type: "subscribe", task_ids: chunk, ...JSON.parse(key) };
+        if (chunk.includes("*")) {
           const resume = this._resumeMap(["*"]);
           if (resume) message.resume = resume;
         }
-        const waiter = byOptions.size === 1 ? w : {
-          ids: part, added: part,
-          resolve: () => { if (--left === 0 && !refused) w.resolve(w.ids); },
-          reject: (error) => { if (!refused) { refused = true; w.reject(error); } },
-        };
-        frames.push({ message, waiters: [waiter] });
-      }
+        frames.push({ message, waiters: [waiters[i]] });
+      });
     }
     const rest = waiters.filter((w) => !own.has(w));
     if (frames.length === 0) {
@@ -331,19 +338,20 @@ export class ProgressClient {
   }
 
   /**
-   * `ids` in runs whose subscribe frame, ids and resume entries, stays within RESUME_BUDGET bytes; "*" (whose
-   * resume map covers every task and is cut to the budget by `_resumeMap`) in a run of its own.
+   * `ids` in runs whose subscribe frame, ids and (with `resume`) resume entries, stays within the frame budget
+   * (RESUME_BUDGET bytes, less after the listener refused a frame); "*" (whose resume map covers every task and is
+   * cut to the budget by `_resumeMap`) in a run of its own.
    */
-  _frameChunks(ids) {
+  _frameChunks(ids, resume = true) {
     const chunks = ids.includes("*") ? [["*"]] : [];
     let chunk = [];
     let size = 64;
     for (const id of ids) {
       if (id === "*") continue;
       const bytes = utf8Length(JSON.stringify(id));
-      const task = this._resumeBudget > 0 ? this._tasks.get(id) : undefined;
+      const task = resume && this._resumeBudget > 0 ? this._tasks.get(id) : undefined;
       const cost = bytes + 1 + (task && !task.gone && task.open !== false ? bytes + String(task.seq).length + 2 : 0);
-      if (chunk.length > 0 && size + cost > RESUME_BUDGET) {
+      if (chunk.length > 0 && size + cost > this._frameBudget) {
         chunks.push(chunk);
         chunk = [];
         size = 64;
@@ -371,7 +379,7 @@ export class ProgressClient {
         task.open = !TERMINAL.has(task.open.data.status);
       }
       const entry = task.open ? utf8Length(JSON.stringify(id)) + String(task.seq).length + 2 : Infinity;
-      const fits = size + entry <= this._resumeBudget;
+      const fits = size + entry <= Math.min(this._resumeBudget, this._frameBudget - 64);
       if (fits) {
         size += entry;
         resume[id] = task.seq;
@@ -399,9 +407,21 @@ export class ProgressClient {
     for (const r of inFlight) if (r.waiters) this._resubscribers.push(...r.waiters);
     if (code === TOO_LARGE) {
       // A message was over the listener's max_message_bytes. A resubscribe's resume map is the likely one: the
-      // next goes without it (the gaps become resync events). A request sent again would be refused again.
-      this._resumeBudget = 0;
+      // next goes without it (the gaps become resync events). Else a subscribe frame: the next are cut to half
+      // the largest sent (subscribe() calls go again, in those), and below MIN_FRAME_BUDGET no retry can help.
+      // Another request sent again would be refused again.
       const error = new ProgressError("message_too_large", reason || "over the listener's max_message_bytes", code);
+      const frames = inFlight.filter((r) => r.message.type === "subscribe");
+      if (frames.some((r) => r.message.resume)) this._resumeBudget = 0;
+      else if (frames.length > 0) {
+        const largest = Math.max(...frames.map((r) => utf8Length(JSON.stringify(r.message))));
+        if (largest <= MIN_FRAME_BUDGET) {
+          this._shutdown(error);
+          this._emit("error", error);
+          return;
+        }
+        this._frameBudget = Math.max(MIN_FRAME_BUDGET, Math.min(this._frameBudget, Math.floor(largest / 2)));
+      }
       for (const r of inFlight) r.reject?.(error);
     } else {
       // Requests without a reply go again on the next connection (all are reads, or idempotent).
@@ -786,6 +806,23 @@ function follows(message, lastSeq, pending, anew) {
   // Within one connection a jump is no gap: the listener coalesced states, and each holds the whole task.
   if (message.seq < lastSeq || pending === "resumed" || (pending && message.seq > lastSeq + 1)) return "gap";
   return "in order";
+}
+
+/**
+ * The waiters of the frames a subscribe() call's tasks go in (`parts`, runs of its ids): the call is answered once
+ * every frame is, and refused with the first refusal.
+ */
+function partWaiters(w, parts) {
+  if (parts.length === 1) return [w];
+  const added = new Set(w.added);
+  let left = parts.length;
+  let refused = false;
+  return parts.map((part) => ({
+    ids: part,
+    added: part.filter((id) => added.has(id)),
+    resolve: () => { if (--left === 0 && !refused) w.resolve(w.ids); },
+    reject: (error) => { if (!refused) { refused = true; w.reject(error); } },
+  }));
 }
 
 /**

@@ -167,3 +167,72 @@ test("a resume map over max_message_bytes: subscribed again without it, the gaps
   assert.equal(log.updates.length, ids.length + changed.length, "an unchanged task delivered twice");
   assert.deepEqual(log.errors, []);
 });
+
+/** A WebSocket class that keeps every socket it opened, in order. */
+function counting(sockets) {
+  return class extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  };
+}
+
+test("subscribe() with ids over the listener's max_message_bytes: frames it takes, one answer", LIMIT, async (t) => {
+  // 64 KiB, the default: a call's ids went in one frame, which the listener refused (1009), then again on every
+  // reconnect, for good, the call never answered.
+  const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  const ids = Array.from({ length: 900 },
+    (_, i) => `a-task-id-that-is-long-enough-for-900-of-them-to-fill-more-than-64-kib-${String(i).padStart(4, "0")}`);
+  assert.ok(JSON.stringify({ type: "subscribe", task_ids: ids }).length > 65536);
+  const sockets = [];
+  const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const log = record(c);
+  assert.deepEqual(await c.subscribe(ids), ids);
+  await engine.send("create", { task_id: ids.at(-1) });
+  await engine.send("update", { task_id: ids.at(-1), step: 1, total: 2 });
+  await waitFor(() => log.last(ids.at(-1))?.data.overall_progress > 0, "an update of the last id");
+  assert.equal(sockets.length, 1, "no frame was refused");
+  assert.deepEqual(log.errors, []);
+});
+
+test("a listener whose max_message_bytes is below the client's frames: they are cut until it takes them", LIMIT,
+  async (t) => {
+    const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 4096, ...NO_SAMPLES });
+    t.after(() => engine.stop());
+    const ids = Array.from({ length: 150 }, (_, i) => `task-with-a-forty-byte-long-id-${String(i).padStart(8, "0")}`);
+    const sockets = [];
+    const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+    t.after(() => c.close());
+    const log = record(c);
+    // One call of about 6.6 KB: refused once, then sent again in frames of half that, and answered.
+    assert.deepEqual(await c.subscribe(ids), ids);
+    assert.equal(sockets.length, 2);
+    // Three more calls, each within the bound: on a reconnect all four calls' ids are restored, in frames the
+    // listener takes.
+    const more = [1, 2, 3].map((k) => ids.map((id) => `${id}-${k}`).slice(0, 60));
+    for (const part of more) await c.subscribe(part);
+    c.reconnect();
+    await waitFor(() => c.state === "open" && log.states.at(-1) === "open", "back, subscribed");
+    await engine.send("create", { task_id: more[2][59] });
+    await engine.send("update", { task_id: more[2][59], step: 1, total: 2 });
+    await waitFor(() => log.last(more[2][59])?.data.overall_progress > 0, "an update of a restored id");
+    assert.ok(sockets.length <= 4, `${sockets.length} connections`);
+    assert.deepEqual(log.errors, []);
+  });
+
+test("a listener that refuses every subscribe frame the client can make: closed, with the error", LIMIT, async (t) => {
+  const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 256, ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  const ids = Array.from({ length: 40 }, (_, i) => `task-with-a-forty-byte-long-id-${String(i).padStart(8, "0")}`);
+  const sockets = [];
+  const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const log = record(c);
+  await assert.rejects(c.subscribe(ids), (error) => error.code === "message_too_large");
+  assert.equal(c.state, "closed");
+  assert.deepEqual(log.errors.map((e) => e.code), ["message_too_large"]);
+  assert.ok(sockets.length <= 3, `${sockets.length} connections`);
+});
