@@ -18,6 +18,10 @@ const RESUME_BUDGET = 48000;
 /** The least a subscribe frame is cut to after the listener refused larger ones (a max_message_bytes below
  *  RESUME_BUDGET): below this the client gives up, as no retry can subscribe it. */
 const MIN_FRAME_BUDGET = 1024;
+/** Finished tasks whose last seq the client keeps, to drop their state when a reconnect's subscribe sends it again;
+ *  past this many, the least recently updated half is forgotten (such a task's state, sent again, is delivered once
+ *  more). A page on "*" sees every task of a fleet go by: without a bound it would keep them all. */
+const FINISHED_KEPT = 5000;
 /** Replies of the listener, one per request, in the order of the requests (SPEC §7). */
 const REPLIES = new Set([
   "subscribed", "unsubscribed", "progress.current", "batch.progress", "cancel.accepted", "pong", "error",
@@ -74,6 +78,7 @@ export class ProgressClient {
     this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
     this._frameBudget = RESUME_BUDGET; // lowered by a listener that refused a frame this size (`_lost`)
+    this._forgetAt = FINISHED_KEPT; // the size of _tasks at which finished tasks are forgotten (`_forgetFinished`)
     this._attempt = 0;
     this._proving = false; // the connection sent requests and has had no answer yet (see _established)
     this._state = "connecting";
@@ -637,8 +642,21 @@ export class ProgressClient {
       known.order = ++this._delivered;
     } else {
       this._tasks.set(id, { seq: message.seq, open, created, gone: false, order: ++this._delivered });
+      if (this._tasks.size > this._forgetAt) this._forgetFinished();
     }
     this._emit("update", message);
+  }
+
+  /** Forgets the least recently updated finished tasks past FINISHED_KEPT / 2 (not those a resubscribe awaits). */
+  _forgetFinished() {
+    const finished = [];
+    for (const [id, task] of this._tasks) if (task.open === false && !this._pending.has(id)) finished.push(id);
+    if (finished.length > FINISHED_KEPT) {
+      finished.sort((a, b) => this._tasks.get(a).order - this._tasks.get(b).order);
+      for (const id of finished.slice(0, finished.length - FINISHED_KEPT / 2)) this._tasks.delete(id);
+    }
+    // The next look after as many new tasks again: a scan per FINISHED_KEPT / 2 tasks, whatever is open.
+    this._forgetAt = this._tasks.size + FINISHED_KEPT / 2;
   }
 
   /**

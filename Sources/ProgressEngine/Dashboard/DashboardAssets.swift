@@ -28,6 +28,10 @@ const RESUME_BUDGET = 48000;
 /** The least a subscribe frame is cut to after the listener refused larger ones (a max_message_bytes below
  *  RESUME_BUDGET): below this the client gives up, as no retry can subscribe it. */
 const MIN_FRAME_BUDGET = 1024;
+/** Finished tasks whose last seq the client keeps, to drop their state when a reconnect's subscribe sends it again;
+ *  past this many, the least recently updated half is forgotten (such a task's state, sent again, is delivered once
+ *  more). A page on "*" sees every task of a fleet go by: without a bound it would keep them all. */
+const FINISHED_KEPT = 5000;
 /** Replies of the listener, one per request, in the order of the requests (SPEC §7). */
 const REPLIES = new Set([
   "subscribed", "unsubscribed", "progress.current", "batch.progress", "cancel.accepted", "pong", "error",
@@ -84,6 +88,7 @@ export class ProgressClient {
     this._resumed = null; // {tasks, replayed} of the resubscribe after a reconnect, until the listener has sent all
     this._resumeBudget = RESUME_BUDGET;
     this._frameBudget = RESUME_BUDGET; // lowered by a listener that refused a frame this size (`_lost`)
+    this._forgetAt = FINISHED_KEPT; // the size of _tasks at which finished tasks are forgotten (`_forgetFinished`)
     this._attempt = 0;
     this._proving = false; // the connection sent requests and has had no answer yet (see _established)
     this._state = "connecting";
@@ -647,8 +652,21 @@ export class ProgressClient {
       known.order = ++this._delivered;
     } else {
       this._tasks.set(id, { seq: message.seq, open, created, gone: false, order: ++this._delivered });
+      if (this._tasks.size > this._forgetAt) this._forgetFinished();
     }
     this._emit("update", message);
+  }
+
+  /** Forgets the least recently updated finished tasks past FINISHED_KEPT / 2 (not those a resubscribe awaits). */
+  _forgetFinished() {
+    const finished = [];
+    for (const [id, task] of this._tasks) if (task.open === false && !this._pending.has(id)) finished.push(id);
+    if (finished.length > FINISHED_KEPT) {
+      finished.sort((a, b) => this._tasks.get(a).order - this._tasks.get(b).order);
+      for (const id of finished.slice(0, finished.length - FINISHED_KEPT / 2)) this._tasks.delete(id);
+    }
+    // The next look after as many new tasks again: a scan per FINISHED_KEPT / 2 tasks, whatever is open.
+    this._forgetAt = this._tasks.size + FINISHED_KEPT / 2;
   }
 
   /**
@@ -1591,7 +1609,7 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=5adf9664150b";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6e21a49dad03";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4260,7 +4278,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=5
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=ec79b291b386"></script>
+<script type="module" src="/dashboard/app.js?v=fc13bd3caf09"></script>
 </body>
 </html>
 """##),

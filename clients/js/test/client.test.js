@@ -158,3 +158,23 @@ test("a URL the runtime refuses: an error event and closed, not a retry loop", a
   assert.deepEqual(log.errors, [refused]);
   assert.deepEqual(log.states, ["closed"]);
 });
+
+test('a page on "*" forgets the oldest finished tasks past 5,000: the client does not grow with the fleet', { timeout: 60000 },
+  async (t) => {
+    const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
+    t.after(() => engine.stop());
+    const c = new ProgressClient({ url: engine.url });
+    t.after(() => c.close());
+    let finished = 0;
+    c.on("update", (m) => { if (m.data.status === "completed") finished += 1; });
+    await c.subscribe("*");
+    const batches = [0, 1, 2].map((b) => Array.from({ length: 3000 }, (_, i) => `b${b}-${i}`));
+    for (const ids of batches) {
+      await engine.send("create_many", { task_ids: ids });
+      await engine.send("complete_many", { task_ids: ids });
+      await waitFor(() => finished >= 3000 * (batches.indexOf(ids) + 1), "the batch finished", 60000);
+    }
+    // Past 5,000 finished, the least recently updated are forgotten, down to 2,500; the open ones never are.
+    assert.ok(c._tasks.size <= 6500, `${c._tasks.size} tasks kept`);
+    assert.ok(!c._tasks.has("b0-0") && c._tasks.has("b2-2999"));
+  });

@@ -3,6 +3,7 @@ the command's "id". Opened with the engine config in argv[1] (the Python binding
 prints {"port": P} first (-1 without a listener). Commands:
 
   create {task_id, batch_id?}           update {task_id, step, total}     log {task_id, message}
+  create_many {task_ids}                complete_many {task_ids}
   complete {task_id}                    get {task_id} -> {task}
   cancel_requested {task_id} -> {requested}                              cancel {task_id, reason?} (the runner's)
   run {task_ids, steps, interval}       updates the tasks round robin on a thread (message "s<step>"), completes
@@ -57,6 +58,12 @@ for line in sys.stdin:
     try:
         if op == "create":
             tracker.create_task_progress_sync(cmd["task_id"], "tpl", batch_id=cmd.get("batch_id"))
+        elif op == "create_many":
+            for tid in cmd["task_ids"]:
+                tracker.create_task_progress_sync(tid, "tpl")
+        elif op == "complete_many":
+            for tid in cmd["task_ids"]:
+                tracker.complete_task_sync(tid)
         elif op == "update":
             tracker.update_progress_sync(cmd["task_id"], cmd["step"], cmd["total"], f"s{cmd['step']}")
         elif op == "log":
