@@ -142,6 +142,17 @@ def test_disabled_bars_report_too(tracker, task):
     assert stage(tracker) == (GENERATION, 1.0, "quiet loop")
 
 
+def test_a_disabled_bar_whose_total_grows_reports_against_the_new_total(tracker, task):
+    # Its counter kept the first total as its bound: 25 of 100 showed as 100 %.
+    with report_tqdm(task, tracker):
+        bar = tqdm.tqdm(total=10, desc="grows", disable=True)
+        bar.update(5)
+        bar.total = 100
+        bar.update(20)
+        assert stage(tracker) == (GENERATION, 0.25, "grows")
+        bar.close()
+
+
 def test_a_desc_that_is_not_a_str_reports_as_tqdm_shows_it(tracker, task):
     # tqdm formats any desc; the reporter took it for a str (AttributeError / TypeError in the user's loop).
     with report_tqdm(task, tracker):

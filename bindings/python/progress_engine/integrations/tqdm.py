@@ -276,7 +276,8 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
         except TypeError:  # tqdm's update() of a disabled bar returns before looking at n: update(None) passes
             return
         counter = self._pe_counter
-        if counter is not None:
+        # A total changed since the last sync (no redraw of a disabled bar would send it): the general path.
+        if counter is not None and self.total == self._pe_limit:
             value, limit = self.n, self._pe_limit
             try:
                 if value < limit:
