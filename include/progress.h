@@ -265,13 +265,16 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
  * for template_id, the defaults of template_category ("image_generation", "video_generation",
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".
  * options_json may be NULL; keys: quality (string), batch_id (string), resource_config (object),
- * metadata (object), resume (bool), timestamp (epoch seconds). metadata is the host's own, with one member the
+ * metadata (object), resume (bool), reuse (bool), timestamp (epoch seconds). metadata is the host's own, with one member the
  * engine reads: "workload", the job's size as the runner knows it at creation, an object of positive numbers by
  * name ({"steps": 30, "megapixels": 1.0}, {"frames": 81, ...}, {"seconds": 20}, {"tiles": 12}); the ETA then
  * learns from the completed runs of the nearest sizes that gave the same names (docs/ETA.md; other members and
  * values are ignored). An existing id gives PROGRESS_E_EXISTS
  * unless resume is true, in which case the existing task is kept (PROGRESS_OK): its state stays, and a task
- * that had not finished records a "resumed" event (seq advances; watchers see the runner is back). With redis_url and
+ * that had not finished records a "resumed" event (seq advances; watchers see the runner is back), or reuse is true
+ * and the existing task has finished (completed, failed or cancelled): a new task replaces it, as one past its
+ * retention is (the id run again; watchers get the new one from its first seq). resume and reuse together are
+ * PROGRESS_E_INVALID_ARGUMENT. With redis_url and
  * resume, a task this engine does not hold is read back from Redis (a restarted runner's task) and goes on
  * from its stored state, seq included; without resume the id starts a new task, replacing what Redis held. When
  * Redis cannot be read at that moment (unreachable, not answering within its 200 ms read timeout, or a read failed

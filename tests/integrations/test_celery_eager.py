@@ -105,3 +105,23 @@ def test_a_run_ending_in_ignore_or_reject_is_not_left_executing(how, status, not
     assert messages == ([note] if note else []), messages
     if how == "reject":
         assert state["error"] == "rejected: bad payload", state
+
+
+@app.task(base=ProgressTask, bind=True)
+def job(self, fail):
+    self.progress(1, 2)
+    if fail:
+        raise RuntimeError("second run broke")
+    self.progress(2, 2)
+
+
+def test_a_task_id_run_again_in_the_same_process_is_a_new_task():
+    # The second run resumed the first one's finished task: its progress refused, its failure dropped, and the
+    # task stayed "completed" while Celery said FAILURE.
+    assert job.apply((False,), task_id="render-42").successful()
+    first = job.tracker.get_task_progress_sync("render-42")
+    assert first["status"] == "completed"
+    assert job.apply((True,), task_id="render-42").failed()
+    second = job.tracker.get_task_progress_sync("render-42")
+    assert (second["status"], second["error"]) == ("failed", "second run broke"), second
+    assert second["stages"]["1"]["progress"] == 0.5

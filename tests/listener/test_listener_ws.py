@@ -8,7 +8,9 @@ import json
 import re
 import time
 
-from progress_engine import Stage, StageStatus
+import pytest
+
+from progress_engine import ExistsError, InvalidArgumentError, Stage, StageStatus
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -348,6 +350,46 @@ def test_a_task_id_reused_after_expiry_is_delivered_from_its_new_seq(wire):
 
 def _register(t, template_id, n):
     t.register_template_stages_sync(template_id, [Stage(f"s{i}", f"stage {i}", 1.0) for i in range(n)])
+
+
+def test_a_finished_task_id_reused_is_delivered_from_its_new_seq(wire):
+    """create_task_progress(reuse=True) replaces a finished task held under the id (a loop run again, a Celery task
+    id run a second time): watchers get the new task from its first states, whose seqs are below the old one's
+    last, rather than having them held back as older."""
+    t = wire.open(throttle_ms=0)
+
+    async def scenario():
+        async with wire.connect(t, "watcher") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["again"]}, "subscribed")
+            t.create_task_progress_sync("again", "sdxl", "image_generation")
+            for i in range(1, 30):
+                t.update_progress_sync("again", i, 100, message=f"old {i}")
+            t.complete_task_sync("again")
+            old = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                        and m["data"]["status"] == "completed", 5)
+            t.create_task_progress_sync("again", "sdxl", "image_generation", reuse=True)
+            t.update_progress_sync("again", 1, 100, message="new 1")
+            new = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                        and m["data"]["stages"]["2"]["message"] == "new 1", 5)
+            assert new["seq"] < old["seq"] and new["data"]["created_at"] != old["data"]["created_at"], (new, old)
+            assert new["data"]["status"] == "executing"
+
+    wire.run(scenario())
+
+
+def test_reuse_replaces_only_a_finished_task(wire):
+    t = wire.open()
+    t.create_task_progress_sync("busy", "sdxl")
+    with pytest.raises(ExistsError, match="has not finished"):
+        t.create_task_progress_sync("busy", "sdxl", reuse=True)
+    with pytest.raises(InvalidArgumentError, match="give one of them"):
+        t.create_task_progress_sync("busy", "sdxl", reuse=True, resume=True)
+    t.fail_task_sync("busy", "first run")
+    with pytest.raises(ExistsError, match='or {"reuse": true} to start it anew'):
+        t.create_task_progress_sync("busy", "sdxl")
+    state = t.create_task_progress_sync("busy", "sdxl", reuse=True)
+    assert (state["status"], state["error"], state["seq"]) == ("queued", None, 1), state
 
 
 def test_resume_replays_missed_events(wire):

@@ -298,3 +298,23 @@ def test_a_completion_record_is_stored_once(redis):
         flushed(t)
     records = [json.loads(x) for x in redis.lines("LRANGE", "progress:eta:{once}", 0, -1)]
     assert [r["task_id"] for r in records] == ["t1", "t2"], records
+
+
+def test_a_finished_task_reused_replaces_what_redis_holds(redis):
+    with ProgressTracker(redis_url=redis.url, throttle_ms=10) as t:
+        t.create_task_progress_sync("again", "tpl")
+        for i in range(1, 6):
+            t.update_progress_sync("again", i, 10, message=f"old {i}")
+        t.complete_task_sync("again")
+        flushed(t)
+        old = json.loads(redis.cli("GET", task_key("state", "again")))
+        t.create_task_progress_sync("again", "tpl", reuse=True)
+        t.update_progress_sync("again", 1, 10, message="new 1")
+        flushed(t)
+        new = json.loads(redis.cli("GET", task_key("state", "again")))
+    assert old["status"] == "completed" and new["status"] == "executing", new
+    assert new["seq"] < old["seq"] and new["created_at"] >= old["created_at"], (old, new)
+    # Another engine reads the new task, and its history from its own first event.
+    with ProgressTracker(redis_url=redis.url) as other:
+        assert other.get_task_progress_sync("again")["stages"]["1"]["message"] == "new 1"
+        assert [e["seq"] for e in other.get_history_sync("again")["events"]] == list(range(1, new["seq"] + 1))

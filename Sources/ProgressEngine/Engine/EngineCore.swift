@@ -241,6 +241,10 @@ final class EngineCore: @unchecked Sendable {
     func createTask(id: String, templateId: String, category: String?, options: TaskOptions) throws {
         try EngineCore.validateId(id)
         guard !templateId.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
+        guard !(options.resume && options.reuse) else {
+            throw EngineError.invalidArgument("\"resume\" keeps the task under the id and \"reuse\" replaces a "
+                + "finished one: give one of them")
+        }
         let stages = templates.withLock { $0[IdKey(templateId)] } ?? CategoryDefaults.stages(for: category)
         let now = clock.now()
         if let ts = options.timestamp, !(ts.isFinite && ts >= 0) {
@@ -250,9 +254,12 @@ final class EngineCore: @unchecked Sendable {
         // A restarted runner's task that this engine does not hold: Redis has it (read off the update path).
         let restored = options.resume && !holdsTask(key) ? try storedRecordForResume(id: id) : nil
         let created: Bool = try table.shard(for: key).withLock { shard in
-            if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds) {
+            if let existing = shard.tasks[key], !existing.isExpired(now: now, retention: config.retentionSeconds),
+               !(options.reuse && existing.status.isTerminal) {
                 guard options.resume else {
-                    throw EngineError.exists("task \"\(id)\" already exists; pass {\"resume\": true} in options_json to reopen it")
+                    throw EngineError.exists("task \"\(id)\" already exists" + (existing.status.isTerminal
+                        ? "; pass {\"resume\": true} in options_json to reopen it, or {\"reuse\": true} to start it anew"
+                        : " and has not finished; pass {\"resume\": true} in options_json to reopen it"))
                 }
                 if !existing.status.isTerminal {
                     existing.markResumed(at: try existing.resolveTimestamp(explicit: options.timestamp, now: now))
@@ -276,6 +283,9 @@ final class EngineCore: @unchecked Sendable {
                 id: id, key: key, templateId: templateId, category: category, quality: options.quality,
                 batchId: options.batchId, resourceConfig: options.resourceConfig, metadata: options.metadata,
                 stages: stages, timestamp: options.timestamp ?? now)
+            // One held before under the id (finished and reused, or expired and not purged yet): the listener's
+            // clients forget what they were sent of it, before the new one's first change reaches them.
+            if shard.tasks[key] != nil { listener?.noteExpired(taskIds: [id]) }
             shard.tasks[key] = task
             shard.latestEvent = max(shard.latestEvent, task.updatedAt)
             if let line = task.queueLine { queues.enqueue(id, key: line, created: task.createdAt) }

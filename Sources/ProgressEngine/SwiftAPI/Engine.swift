@@ -259,13 +259,18 @@ extension Engine {
         public var batchID: String?
         /// Takes over the stored task of that id (after a restart, with Redis) instead of failing with `.exists`.
         public var resume: Bool
+        /// Replaces a finished task of that id (the id used for another run) instead of failing with `.exists`;
+        /// not with `resume`.
+        public var reuse: Bool
         /// The creation time (seconds since 1970) instead of now, for replays.
         public var timestamp: Double?
 
-        public init(quality: String? = nil, batchID: String? = nil, resume: Bool = false, timestamp: Double? = nil) {
+        public init(quality: String? = nil, batchID: String? = nil, resume: Bool = false, reuse: Bool = false,
+                    timestamp: Double? = nil) {
             self.quality = quality
             self.batchID = batchID
             self.resume = resume
+            self.reuse = reuse
             self.timestamp = timestamp
         }
 
@@ -274,6 +279,7 @@ extension Engine {
             options.quality = quality
             options.batchId = batchID
             options.resume = resume
+            options.reuse = reuse
             options.timestamp = timestamp
             return options
         }

@@ -31,7 +31,7 @@ class ProgressContext:
     that is gone (expired, or never created) is a refusal, as with the callback. The callback raises
     nothing for an update the engine refuses unless the tracker is strict (see ProgressTracker), so a
     reporting mistake never fails the task. Works with `async with` and with plain `with`; extra
-    keyword arguments go to create_task_progress (resource_config, metadata, resume, timestamp)."""
+    keyword arguments go to create_task_progress (resource_config, metadata, resume, reuse, timestamp)."""
 
     def __init__(
         self,

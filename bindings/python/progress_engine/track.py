@@ -44,19 +44,21 @@ def track(
 
     total None: len(iterable), when it has one. An iterable of unknown length (a generator) is
     tracked too: the task enters its main stage and each item updates that stage's message
-    ("N items"), with no percentage and no ETA until it completes (pass total= for them)."""
+    ("N items"), with no percentage and no ETA until it completes (pass total= for them).
+
+    A finished task under `task_id` (the loop of the previous epoch) is replaced by the new one
+    (create_task_progress's reuse=True, unless resume=True or reuse=False is given); one still running
+    raises ExistsError."""
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
         except (TypeError, OverflowError):  # no length, or one beyond what len() can answer
             total = None
-    return Track(
-        iterable,
-        task_id,
-        total,
-        get_progress_tracker_sync() if tracker is None else tracker,
-        dict(template_id=template_id, template_category=template_category, **create_kwargs),
-    )
+    create: Dict[str, Any] = dict(template_id=template_id, template_category=template_category)
+    if not create_kwargs.get("resume"):
+        create["reuse"] = True
+    create.update(create_kwargs)
+    return Track(iterable, task_id, total, get_progress_tracker_sync() if tracker is None else tracker, create)
 
 
 class Track(Iterator[T]):

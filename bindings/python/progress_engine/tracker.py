@@ -374,11 +374,13 @@ class ProgressTracker:
         metadata: Optional[Mapping[str, Any]] = None,
         resume: bool = False,
         timestamp: Optional[float] = None,
+        reuse: bool = False,
     ) -> Dict[str, Any]:
         """Creates a task and returns its TaskProgress. Its stages are those registered for
         template_id, else the defaults of template_category, else queue / processing / finalizing.
         An existing task_id raises ExistsError unless resume=True, which keeps that task: its state stays,
-        and one that had not finished records a "resumed" event (its seq advances).
+        and one that had not finished records a "resumed" event (its seq advances); or unless reuse=True and
+        that task has finished: a new task replaces it (the id run again). Not both (InvalidArgumentError).
         timestamp (epoch seconds) replaces the clock, for replaying recorded runs."""
         options = {
             key: value
@@ -393,6 +395,8 @@ class ProgressTracker:
         }
         if resume:
             options["resume"] = True
+        if reuse:
+            options["reuse"] = True
         self._call(
             _lib.progress_task_create,
             _lib.encode(task_id),

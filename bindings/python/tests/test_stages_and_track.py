@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from progress_engine import ProgressTracker, Stage, StageManager, track
+from progress_engine import ExistsError, ProgressTracker, Stage, StageManager, track
 
 _ids = itertools.count()
 
@@ -82,6 +82,24 @@ def test_track_break_cancels_with_the_step(tracker):
             break
     task = tracker.get_task_progress_sync("loop")
     assert task["status"] == "cancelled" and task["error"] == "stopped at step 3 of 10"
+
+
+def test_track_runs_again_under_the_id_of_a_finished_loop(tracker):
+    # The second epoch's track() raised ExistsError into the job.
+    seqs = []
+    for epoch in range(3):
+        for _ in track(range(4), task_id="epoch", tracker=tracker):
+            pass
+        task = tracker.get_task_progress_sync("epoch")
+        assert task["status"] == "completed" and task["overall_progress"] == 100.0, task
+        seqs.append(task["seq"])
+    assert seqs == [seqs[0]] * 3, seqs  # a new task each time (the same one reopened would go on counting)
+    # One still running under the id: not replaced.
+    tracker.create_task_progress_sync("running", "t")
+    with pytest.raises(ExistsError):
+        for _ in track(range(2), task_id="running", tracker=tracker):
+            pass
+    assert tracker.get_task_progress_sync("running")["status"] == "queued"
 
 
 def test_track_body_exception_in_with_fails(tracker):

@@ -17,7 +17,8 @@ Each run of a ProgressTask is one engine task: created at `task_prerun` with the
 and `progress_template` (default: the task's name) as its template, moved into its first working stage
 (past a "queue" stage, since the worker now runs it), completed at `task_success`, failed at
 `task_failure` with the exception's text, and cancelled at `task_revoked` (a revoked task that never ran
-is created to show it). A retried task resumes its own task (`task_retry` logs why it waits). A run that
+is created to show it). A retried task resumes its own task (`task_retry` logs why it waits); a first attempt
+under the id of a finished task (a task id run again) replaces it. A run that
 ends in `Ignore` (`self.replace(...)` raises it too) is completed, with a log entry saying so; one that ends
 in `Reject` is failed ("rejected: ..."), or, when requeued, logged and left to the run that follows.
 
@@ -142,9 +143,9 @@ else:
                                    template_category=sender.progress_template_category)
         # A retry (same id, maybe in another process) resumes its task, from Redis if need be. A first attempt
         # does not ask Redis (a round trip, up to 200 ms while Redis is down), unless this engine already holds
-        # that id (a message delivered again).
+        # that id unfinished (a message delivered again); a finished one is an earlier run of the id: replaced.
         try:
-            state = create(resume=bool(sender.request.retries))
+            state = create(resume=True) if sender.request.retries else create(reuse=True)
         except ExistsError:
             state = create(resume=True)
         if state["status"] == "queued":
