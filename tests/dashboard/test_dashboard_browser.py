@@ -242,6 +242,35 @@ def test_keyboard_selects_a_task_and_follows_its_log(dash, trackers):
     assert dash.console_errors() == []
 
 
+def test_the_same_line_logged_again_in_one_millisecond_is_shown_each_time(dash, trackers):
+    # Lines were told apart by time, level, stage and text: five identical ones in one millisecond showed as one.
+    tracker = trackers()
+    tracker.create_task_progress_sync("rep", "stable-diffusion-xl", "image_generation")
+    at = time.time()
+
+    def log_at(message):
+        tracker.send_event_sync("rep", "log", {"level": "info", "message": message, "timestamp": at})
+
+    for _ in range(2):
+        log_at("retrying")  # before the page: read back over REST
+    dash.open(tracker)
+    dash.wait_card("rep")
+    dash.js("arguments[0].click()", dash.card("rep"))
+    dash.wait(lambda: dash.js("return document.getElementById('log').dataset.count") == "2", "the two lines")
+    for _ in range(3):
+        log_at("retrying")  # live
+    dash.wait(lambda: dash.js("return document.getElementById('log').dataset.count") == "5", "the five lines")
+    # The task's page: read back, then live again.
+    dash.driver.get(dash.driver.current_url.split("#")[0] + "#/task/rep")
+    count = "return document.querySelectorAll('#tv-log li').length"
+    dash.wait(lambda: dash.js(count) == 5, "five lines on the task's page")
+    log_at("retrying")
+    dash.wait(lambda: dash.js(count) == 6, "six lines on the task's page")
+    time.sleep(0.3)
+    assert dash.js(count) == 6
+    assert dash.console_errors() == []
+
+
 def test_wrong_or_missing_token_is_said_clearly(dash, trackers):
     tracker = trackers(auth_token="right-token")
     tracker.create_task_progress_sync("secret-task", "stable-diffusion-xl", "image_generation")

@@ -2046,7 +2046,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         held: null, // an update held unread (deferUpdate)
         heldSince: 0,
         logs: [],
-        logKeys: new Set(),
+        logKeys: new LogKeys(),
         logsFetched: false,
         els: null,
         batchId: null,
@@ -2137,32 +2137,70 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     return e.timestamp + "|" + e.level + "|" + e.stage + "|" + e.message;
   }
 
+  /**
+   * The log lines a list holds, by key, with how many of each: the same line written twice in one millisecond is
+   * two lines, so a key alone cannot tell a repeat from a copy. Lines come live (each one new) and in lists read
+   * back (over REST, or another list's), which repeat what came live: there the n-th copy of a line is new only if
+   * fewer than n are held. (A line logged while a REST read is on its way can come in its reply and then live too:
+   * it is shown twice, where telling copies by key alone hid every repeated line.)
+   */
+  class LogKeys {
+    constructor() {
+      this.counts = new Map();
+    }
+
+    /** Whether live line `e` is new (counted in if so). */
+    live(e) {
+      const key = logKey(e);
+      this.counts.set(key, (this.counts.get(key) || 0) + 1);
+      return true;
+    }
+
+    /** The lines of `entries`, read back, that are new (counted in). */
+    readBack(entries) {
+      const seen = new Map();
+      const added = [];
+      for (const e of entries) {
+        if (!e || typeof e !== "object") continue;
+        const key = logKey(e);
+        const n = (seen.get(key) || 0) + 1;
+        seen.set(key, n);
+        const have = this.counts.get(key) || 0;
+        if (have >= n) continue;
+        this.counts.set(key, have + 1);
+        added.push(e);
+      }
+      return added;
+    }
+
+    drop(e) {
+      const key = logKey(e);
+      const n = this.counts.get(key) || 0;
+      if (n > 1) this.counts.set(key, n - 1);
+      else this.counts.delete(key);
+    }
+  }
+
   function onLog(id, entries, live) {
     let t = tasks.get(id);
     if (!t) {
       // A log line for a task not drawn yet: keep it until its state arrives.
-      t = pendingLogs.get(id) || { logs: [], logKeys: new Set() };
+      t = pendingLogs.get(id) || { logs: [], logKeys: new LogKeys() };
       pendingLogs.set(id, t);
       if (pendingLogs.size > 500) pendingLogs.delete(pendingLogs.keys().next().value);
     }
-    let added = false;
-    for (const e of entries) {
-      if (!e || typeof e !== "object") continue;
-      const key = logKey(e);
-      if (t.logKeys.has(key)) continue;
-      t.logKeys.add(key);
-      t.logs.push(e);
-      added = true;
-    }
-    if (!added) return;
+    const fresh = live ? entries.filter((e) => e && typeof e === "object" && t.logKeys.live(e))
+      : t.logKeys.readBack(entries);
+    if (fresh.length === 0) return;
+    t.logs.push(...fresh);
     // The task's page takes the lines as they come: between two of its renders more than MAX_LOGS may arrive.
-    if (id === taskView.id && mergeTaskLogs(entries)) {
+    if (id === taskView.id && mergeTaskLogs(fresh, live)) {
       taskView.logDirty = true;
       queueRender();
     }
     if (!live) t.logs.sort((a, b) => (parseTime(a.timestamp) || 0) - (parseTime(b.timestamp) || 0));
     if (t.logs.length > MAX_LOGS) {
-      for (const e of t.logs.splice(0, t.logs.length - MAX_LOGS)) t.logKeys.delete(logKey(e));
+      for (const e of t.logs.splice(0, t.logs.length - MAX_LOGS)) t.logKeys.drop(e);
     }
     if (id === selected) renderLog();
   }
@@ -2173,13 +2211,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     const p = pendingLogs.get(t.id);
     if (!p) return;
     pendingLogs.delete(t.id);
-    for (const e of p.logs) {
-      const key = logKey(e);
-      if (!t.logKeys.has(key)) {
-        t.logKeys.add(key);
-        t.logs.push(e);
-      }
-    }
+    t.logs.push(...t.logKeys.readBack(p.logs));
   }
 
   function evictFinished() {
@@ -3430,7 +3462,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     lastSeq: 0,
     partial: false,
     logs: [],
-    logKeys: new Set(),
+    logKeys: new LogKeys(),
     logDirty: false,
     logRebuild: true,
     logShown: 0,
@@ -3487,7 +3519,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     taskView.lastSeq = 0;
     taskView.partial = false;
     taskView.logs = [];
-    taskView.logKeys = new Set();
+    taskView.logKeys = new LogKeys();
     taskView.logRebuild = true; // the page's log list is drawn anew at its next render
     taskView.logShown = 0; // entries in the drawn list
     taskView.logDropped = 0; // entries trimmed from the top since the list was drawn
@@ -3619,15 +3651,14 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
    * whether any was new. Lines that come in order (the live ones) are appended to the drawn list at the next render;
    * an older one makes it drawn anew.
    */
-  function mergeTaskLogs(entries) {
+  /** `live`: lines as they came, each one new; else read back. */
+  function mergeTaskLogs(entries, live = false) {
     const logs = taskView.logs;
     let added = false;
     let ordered = true;
-    for (const e of entries) {
-      if (!e || typeof e !== "object") continue;
-      const key = logKey(e);
-      if (taskView.logKeys.has(key)) continue;
-      taskView.logKeys.add(key);
+    const keys = taskView.logKeys;
+    const fresh = live ? entries.filter((e) => keys.live(e)) : keys.readBack(entries);
+    for (const e of fresh) {
       const last = logs[logs.length - 1];
       if (last && (parseTime(e.timestamp) || 0) < (parseTime(last.timestamp) || 0)) ordered = false;
       logs.push(e);
@@ -3640,7 +3671,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     }
     if (logs.length > TASK_PAGE_LOGS) {
       const dropped = logs.splice(0, logs.length - TASK_PAGE_LOGS);
-      for (const e of dropped) taskView.logKeys.delete(logKey(e));
+      for (const e of dropped) taskView.logKeys.drop(e);
       taskView.logDropped += dropped.length;
     }
     return true;
@@ -4278,7 +4309,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=fc13bd3caf09"></script>
+<script type="module" src="/dashboard/app.js?v=29f0b45f57e8"></script>
 </body>
 </html>
 """##),
