@@ -269,7 +269,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     conn.noticeTimer = null;
     // The listing once the WebSocket has proved the token (a wrong one is said once, by the client); again after a
     // reconnect, for what changed while away (finished tasks of other runners included).
-    loadPage(pager.page);
+    loadPage(pager.page, { keepScroll: wasReconnect });
     if (wasReconnect) {
       conn.reconnects += 1;
       ui.conn.dataset.reconnects = String(conn.reconnects);
@@ -1029,6 +1029,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     if (!b) return;
     const members = Array.from(b.ids).map((x) => tasks.get(x)).filter(Boolean);
     if (members.length === 0) return;
+    // A filter that none of its tasks passes hides the group, not only its cards.
+    b.root.hidden = !members.some(shows);
     const mean = members.reduce((s, t) => s + (num(t.data.overall_progress) || 0), 0) / members.length;
     b.root.dataset.progress = String(mean);
     b.fill.style.width = Math.max(0, Math.min(100, mean)).toFixed(2) + "%";
@@ -1411,7 +1413,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     queueRender(true);
   }
 
-  function loadPage(page) {
+  /** `keepScroll`: the same page read again (after a reconnect), where the reader stays where they were. */
+  function loadPage(page, { keepScroll = false } = {}) {
     if (page < 0 || page >= pager.cursors.length) return;
     clearTimeout(pager.textTimer);
     const generation = ++pager.generation;
@@ -1438,7 +1441,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
         ingestListed(listed);
         pager.state = "idle";
         pager.error = "";
-        if (page > 0 || pager.boundary !== null) ui.vt.scrollTop = 0;
+        if (!keepScroll && (page > 0 || pager.boundary !== null)) ui.vt.scrollTop = 0;
         renderPager();
         listChanged();
       })
@@ -1816,6 +1819,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
   }
 
   function onTableKey(event) {
+    // The column headers' sort buttons sit in the grid too: their keys are theirs.
+    if (event.target instanceof Element && event.target.closest("button, input, select, a")) return;
     const n = table.order.length;
     if (n === 0) return;
     let idx = activeIndex();
@@ -1865,6 +1870,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     chartsDirty: false,
     chartsDrawnAt: 0,
     pollTimer: null,
+    misses: 0, // history reads answered 404 in a row: each waits twice as long, up to 32 s
     fetched: null, // the state read over REST (a task this page does not hold)
     generation: 0,
     returnFocus: null,
@@ -1909,6 +1915,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     clearTimeout(taskView.pollTimer);
     taskView.id = id;
     taskView.generation += 1;
+    taskView.misses = 0;
     taskView.history = [];
     taskView.lastSeq = 0;
     taskView.partial = false;
@@ -1997,6 +2004,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     getJSON("/tasks/" + encodeURIComponent(id) + "/history?after_seq=" + taskView.lastSeq)
       .then((body) => {
         if (generation !== taskView.generation) return;
+        taskView.misses = 0;
         const events = Array.isArray(body.events) ? body.events : [];
         if (taskView.lastSeq === 0 && body.first_seq > 1) taskView.partial = true;
         for (const e of events) {
@@ -2014,8 +2022,11 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
         if (state && !TERMINAL.has(state.status)) pollHistory(id, generation);
         else if (!state) pollHistory(id, generation);
       })
-      .catch(() => {
-        if (generation === taskView.generation) pollHistory(id, generation);
+      .catch((e) => {
+        if (generation !== taskView.generation) return;
+        // A task the listener does not know (yet, or any more): asked again less and less often.
+        if (e.message === "not found" && !tasks.has(id)) taskView.misses = Math.min(taskView.misses + 1, 5);
+        pollHistory(id, generation);
       });
   }
 
@@ -2023,7 +2034,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js";
     clearTimeout(taskView.pollTimer);
     taskView.pollTimer = setTimeout(() => {
       if (generation === taskView.generation) fetchHistory(id, generation);
-    }, HISTORY_POLL_MS);
+    }, HISTORY_POLL_MS * 2 ** taskView.misses);
   }
 
   function fetchTaskLogs(id, generation) {

@@ -461,3 +461,73 @@ def test_task_page_log_takes_a_burst_keeps_the_newest_and_appends(dash, trackers
     assert dash.js("const e = document.querySelector('#tv-log li');"
                    " return [e.dataset.mark, e.querySelector('.log-msg').textContent]") == ["drawn", "line 1002"]
     assert dash.console_errors() == []
+
+
+def test_keyboard_on_a_column_header_sorts_and_a_reconnect_keeps_the_place(dash, trackers):
+    # Enter on a header's sort button opened the active row's task instead (the grid took the key); a reconnect read
+    # the page again and scrolled the table back to its top.
+    tracker = trackers()
+    # Past one page of the listing (1,000): the page read again after a reconnect is a listed page.
+    ids = [f"hd-{i:04d}" for i in range(1010)]
+    for i, task_id in enumerate(ids):
+        tracker.create_task_progress_sync(task_id, "stable-diffusion-xl", "image_generation")
+        if i % 10 == 0:
+            tracker.update_progress_sync(task_id, (i * 7) % 60, 60)
+    dash.open(tracker)
+    dash.wait(lambda: len(dash.rows()) > 10, "the table")
+    viewport = dash.driver.find_element("id", "vt-viewport")
+    dash.js("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
+    tab_to(dash, viewport)  # a row active, as a keyboard user has
+    dash.wait(lambda: any(r["active"] for r in dash.rows()), "a row active")
+    button = dash.driver.find_element("css selector", '#vt-head button[data-sort="progress"]')
+    dash.js("arguments[0].focus()", button)
+    ActionChains(dash.driver).send_keys(Keys.ENTER).perform()
+    dash.wait(lambda: dash.js("return document.getElementById('sort').value") == "progress", "sorted by progress")
+    assert dash.js("return location.hash") in ("", "#/")
+    dash.js("document.getElementById('vt-viewport').scrollTop = 600")
+    dash.wait(lambda: dash.js("return document.getElementById('vt-viewport').scrollTop") >= 590, "scrolled")
+    dash.js("window.progressDashboard.drop(300)")
+    dash.wait(lambda: dash.js("return window.progressDashboard.connection.reconnects") == 1, "the reconnect")
+    dash.wait(lambda: dash.js("return window.progressDashboard.connection.state") == "live", "live again")
+    time.sleep(0.5)  # the page read again after the reconnect
+    assert dash.js("return document.getElementById('vt-viewport').scrollTop") >= 590
+    assert dash.console_errors() == []
+
+
+def test_cards_hide_the_tables_sort_and_a_filtered_out_batch(dash, trackers):
+    tracker = trackers()
+    for task_id in ("b-one", "b-two"):
+        tracker.create_task_progress_sync(task_id, "stable-diffusion-xl", "image_generation", batch_id="B1")
+    tracker.create_task_progress_sync("plain", "stable-diffusion-xl", "image_generation")
+    dash.open(tracker)
+    pick_view(dash, "cards")
+    dash.wait_card("b-one")
+    dash.wait_card("plain")
+    visible = "return document.getElementById(arguments[0]).getClientRects().length > 0"
+    assert not dash.js(visible, "sort-dir") and not dash.js(visible, "sort")
+    batch = "return document.querySelector('.batch[data-batch-id=\"B1\"]').hidden"
+    assert dash.js(batch) is False
+    dash.js("const f = document.getElementById('filter-text'); f.value = 'PLAIN';"
+            " f.dispatchEvent(new Event('input'))")
+    dash.wait(lambda: dash.js(batch) is True, "the batch hidden with its tasks")
+    assert dash.js("return document.querySelector('.batch[data-batch-id=\"B1\"]').getBoundingClientRect().height") == 0
+    dash.js("const f = document.getElementById('filter-text'); f.value = '';"
+            " f.dispatchEvent(new Event('input'))")
+    dash.wait(lambda: dash.js(batch) is False, "the batch back")
+    pick_view(dash, "table")
+    assert dash.js(visible, "sort-dir") and dash.js(visible, "sort")
+    forget_view(dash)
+
+
+def test_the_page_of_a_task_the_listener_does_not_know_asks_less_and_less(dash, trackers):
+    # It read the task's history every second for as long as it stayed open.
+    tracker = trackers()
+    dash.open(tracker)
+    dash.js("window.__asked = 0; const f = window.fetch;"
+            " window.fetch = (u, o) => { if (String(u).includes('/history')) window.__asked += 1; return f(u, o); }")
+    dash.js("location.hash = '#/task/nope'")
+    dash.wait(lambda: dash.js("return window.__asked") >= 1, "the first read")
+    time.sleep(6)
+    asked = dash.js("return window.__asked")
+    assert 2 <= asked <= 4, asked  # 1 s, then 2 s, then 4 s between reads (was: 6 or 7)
+    assert dash.js("return document.getElementById('tv-note').textContent").startswith("The listener does not know")

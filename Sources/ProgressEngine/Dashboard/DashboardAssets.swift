@@ -1269,6 +1269,7 @@ p { margin: 0; }
 
 /* Batches ------------------------------------------------------------------------------------------- */
 
+.batch[hidden] { display: none; }
 .batch {
   display: flex;
   flex-direction: column;
@@ -1602,6 +1603,11 @@ body[data-route="task"] .analytics, body[data-route="task"] .layout { display: n
 @media (prefers-reduced-motion: reduce) {
   .seg-fill, .batch-fill { transition: none; }
 }
+
+/* The cards stand newest first, batches grouped: the table's sort applies to the table alone. */
+body[data-view="cards"] .sort-tool {
+  display: none;
+}
 """#),
         "app.js": Asset(contentType: "text/javascript; charset=utf-8", body: ##"""
 // ProgressEngine live dashboard (SPEC §8): one JavaScript client (clients/js) subscribed to "*"; cards for a handful
@@ -1875,7 +1881,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     conn.noticeTimer = null;
     // The listing once the WebSocket has proved the token (a wrong one is said once, by the client); again after a
     // reconnect, for what changed while away (finished tasks of other runners included).
-    loadPage(pager.page);
+    loadPage(pager.page, { keepScroll: wasReconnect });
     if (wasReconnect) {
       conn.reconnects += 1;
       ui.conn.dataset.reconnects = String(conn.reconnects);
@@ -2635,6 +2641,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     if (!b) return;
     const members = Array.from(b.ids).map((x) => tasks.get(x)).filter(Boolean);
     if (members.length === 0) return;
+    // A filter that none of its tasks passes hides the group, not only its cards.
+    b.root.hidden = !members.some(shows);
     const mean = members.reduce((s, t) => s + (num(t.data.overall_progress) || 0), 0) / members.length;
     b.root.dataset.progress = String(mean);
     b.fill.style.width = Math.max(0, Math.min(100, mean)).toFixed(2) + "%";
@@ -3017,7 +3025,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     queueRender(true);
   }
 
-  function loadPage(page) {
+  /** `keepScroll`: the same page read again (after a reconnect), where the reader stays where they were. */
+  function loadPage(page, { keepScroll = false } = {}) {
     if (page < 0 || page >= pager.cursors.length) return;
     clearTimeout(pager.textTimer);
     const generation = ++pager.generation;
@@ -3044,7 +3053,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         ingestListed(listed);
         pager.state = "idle";
         pager.error = "";
-        if (page > 0 || pager.boundary !== null) ui.vt.scrollTop = 0;
+        if (!keepScroll && (page > 0 || pager.boundary !== null)) ui.vt.scrollTop = 0;
         renderPager();
         listChanged();
       })
@@ -3422,6 +3431,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   }
 
   function onTableKey(event) {
+    // The column headers' sort buttons sit in the grid too: their keys are theirs.
+    if (event.target instanceof Element && event.target.closest("button, input, select, a")) return;
     const n = table.order.length;
     if (n === 0) return;
     let idx = activeIndex();
@@ -3471,6 +3482,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     chartsDirty: false,
     chartsDrawnAt: 0,
     pollTimer: null,
+    misses: 0, // history reads answered 404 in a row: each waits twice as long, up to 32 s
     fetched: null, // the state read over REST (a task this page does not hold)
     generation: 0,
     returnFocus: null,
@@ -3515,6 +3527,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     clearTimeout(taskView.pollTimer);
     taskView.id = id;
     taskView.generation += 1;
+    taskView.misses = 0;
     taskView.history = [];
     taskView.lastSeq = 0;
     taskView.partial = false;
@@ -3603,6 +3616,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     getJSON("/tasks/" + encodeURIComponent(id) + "/history?after_seq=" + taskView.lastSeq)
       .then((body) => {
         if (generation !== taskView.generation) return;
+        taskView.misses = 0;
         const events = Array.isArray(body.events) ? body.events : [];
         if (taskView.lastSeq === 0 && body.first_seq > 1) taskView.partial = true;
         for (const e of events) {
@@ -3620,8 +3634,11 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         if (state && !TERMINAL.has(state.status)) pollHistory(id, generation);
         else if (!state) pollHistory(id, generation);
       })
-      .catch(() => {
-        if (generation === taskView.generation) pollHistory(id, generation);
+      .catch((e) => {
+        if (generation !== taskView.generation) return;
+        // A task the listener does not know (yet, or any more): asked again less and less often.
+        if (e.message === "not found" && !tasks.has(id)) taskView.misses = Math.min(taskView.misses + 1, 5);
+        pollHistory(id, generation);
       });
   }
 
@@ -3629,7 +3646,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     clearTimeout(taskView.pollTimer);
     taskView.pollTimer = setTimeout(() => {
       if (generation === taskView.generation) fetchHistory(id, generation);
-    }, HISTORY_POLL_MS);
+    }, HISTORY_POLL_MS * 2 ** taskView.misses);
   }
 
   function fetchTaskLogs(id, generation) {
@@ -4153,7 +4170,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
 <meta name="color-scheme" content="light dark">
 <title>ProgressEngine — live dashboard</title>
 <link rel="icon" href="data:,">
-<link rel="stylesheet" href="/dashboard/app.css?v=a49b5f24902f">
+<link rel="stylesheet" href="/dashboard/app.css?v=434a1cfdcec5">
 </head>
 <body>
 <a class="skip" href="#tasks">Skip to tasks</a>
@@ -4183,7 +4200,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         <button type="button" id="view-table" class="view-btn" data-view="table" aria-pressed="false">Table</button>
         <button type="button" id="view-cards" class="view-btn" data-view="cards" aria-pressed="false">Cards</button>
       </div>
-      <label class="tool">Sort
+      <label class="tool sort-tool">Sort
         <select id="sort">
           <option value="created">newest</option>
           <option value="updated">last updated</option>
@@ -4194,7 +4211,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
           <option value="template">template</option>
         </select>
       </label>
-      <button type="button" id="sort-dir" class="tool-btn" aria-label="Reverse the order">Reverse</button>
+      <button type="button" id="sort-dir" class="tool-btn sort-tool" aria-label="Reverse the order">Reverse</button>
       <label class="tool">Status
         <select id="filter-status">
           <option value="">all</option>
@@ -4309,7 +4326,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=29f0b45f57e8"></script>
+<script type="module" src="/dashboard/app.js?v=e787ad387dfa"></script>
 </body>
 </html>
 """##),
