@@ -260,7 +260,10 @@ PROGRESS_API progress_status progress_engine_stats(progress_engine *engine, char
 /* Creates a task. task_id: 1-256 printable characters of UTF-8: no control characters, and no invisible format
  * characters (bidi overrides, zero-width spaces; the zero-width joiner and non-joiner are fine), line or paragraph
  * separators, private-use or unassigned code points (PROGRESS_E_INVALID_ARGUMENT names the one found). An id is its
- * bytes: nothing normalises it, so "caf\u00e9" and "cafe\u0301" are two tasks (and two batches as batch_id). template_id: non-empty.
+ * bytes: nothing normalises it, so "caf\u00e9" and "cafe\u0301" are two tasks (and two batches as batch_id). A new
+ * task's id is not "*" (every task, in a subscription) and, where it has slashes, has no empty, "." or ".." segment
+ * and does not end in "/logs", "/history" or "/cancel": HTTP resolves those in a REST path, which would then name
+ * another task (PROGRESS_E_INVALID_ARGUMENT). template_id: non-empty.
  * template_category may be NULL. The task's stages are, in order of preference: the stages registered
  * for template_id, the defaults of template_category ("image_generation", "video_generation",
  * "audio_generation", "text_generation"), else "queue / processing / finalizing".

@@ -119,3 +119,35 @@ def test_step_counters_of_normalisation_twins_are_both_polled(wire):
                     got[msg["task_id"]] = msg["data"]["stages"]["2"]["progress"]
 
     wire.run(scenario(), timeout=10)
+
+
+def test_ids_a_rest_path_cannot_name_are_refused_and_slashed_ids_are_served(wire):
+    """The HTTP layer decodes %2F and resolves ".", ".." and empty segments before the routes see the path: a
+    cancel of task "jobs/../b" reached task "b", "x/logs" read task "x"'s log, and "*" could not be watched on its
+    own. Such ids are refused at creation; other ids with slashes are served on every route."""
+    import json
+    import pytest
+    from progress_engine import InvalidArgumentError
+    t = wire.open()
+    for bad, why in [("*", "every task"), ("jobs/../b", "segment"), ("a//b", "segment"), ("./a", "segment"),
+                     ("a/.", "segment"), ("/a", "segment"), ("a/", "segment"), ("..", "segment"),
+                     ("x/logs", 'ends in "/logs"'), ("x/history", "ends in"), ("y/cancel", "ends in")]:
+        with pytest.raises(InvalidArgumentError, match=why):
+            t.create_task_progress_sync(bad, "sdxl")
+    t.create_task_progress_sync("b", "sdxl")
+    slashed = "user/42/render.v2"
+    t.create_task_progress_sync(slashed, "sdxl", "image_generation")
+    t.update_progress_sync(slashed, 1, 4, "one")
+    t.log_sync(slashed, "info", "a line")
+    path = "/api/v1/progress/tasks/" + urllib.parse.quote(slashed, safe="")
+    state = json.loads(wire.http(t, path).body)
+    assert state["task_id"] == slashed
+    logs = json.loads(wire.http(t, path + "/logs").body)
+    assert logs["task_id"] == slashed and [e["message"] for e in logs["logs"]][-1] == "a line"
+    history = json.loads(wire.http(t, path + "/history").body)
+    assert history["task_id"] == slashed and history["events"]
+    r = wire.http(t, path + "/cancel", method="POST", body=b'{"reason": "by path"}',
+                  headers={"Content-Type": "application/json"})
+    assert r.status == 202 and json.loads(r.body)["task_id"] == slashed, (r.status, r.body)
+    assert t.get_task_progress_sync(slashed)["cancel_requested"] is True
+    assert t.get_task_progress_sync("b")["cancel_requested"] is False

@@ -239,7 +239,7 @@ final class EngineCore: @unchecked Sendable {
     /// Creates a task (or, with `options.resume`, keeps an existing one).
     /// - Throws: `.invalidArgument` (ids), `.exists`, `.json`, `.range` (timestamp).
     func createTask(id: String, templateId: String, category: String?, options: TaskOptions) throws {
-        try EngineCore.validateId(id)
+        try EngineCore.validateNewId(id)
         guard !templateId.isEmpty else { throw EngineError.invalidArgument("template_id is empty") }
         guard !(options.resume && options.reuse) else {
             throw EngineError.invalidArgument("\"resume\" keeps the task under the id and \"reuse\" replaces a "

@@ -39,4 +39,30 @@ extension EngineCore {
             throw EngineError.invalidArgument("\(what) is \(count) characters long; ids are 1-256 printable characters")
         }
     }
+
+    /// The REST routes' words after a task id (`/tasks/{id}/logs`, …): a last segment an id cannot have.
+    static let routeWords: Set<Substring> = ["logs", "history", "cancel"]
+
+    /// An id a new task may take: one the REST routes can address. HTTP servers (libwebsockets included) decode
+    /// `%2F` and resolve `.` and `..` segments and empty ones before the route sees the path, so an id with such a
+    /// segment, or ending in a route's word, would be read as another task's path (a cancel of `jobs/../b` would
+    /// reach `b`); and `"*"` means every task in a subscription. Ids with plain `/`-separated names stay allowed.
+    static func validateNewId(_ id: String) throws {
+        try validateId(id)
+        guard id != "*" else {
+            throw EngineError.invalidArgument("task id \"*\" is taken: it means every task in a subscription")
+        }
+        guard id.contains("/") || id == "." || id == ".." else { return }
+        for segment in id.split(separator: "/", omittingEmptySubsequences: false) {
+            if segment.isEmpty || segment == "." || segment == ".." {
+                throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) has an empty, \".\" or "
+                    + "\"..\" segment between its slashes, which an HTTP path cannot carry (REST would reach another "
+                    + "task); name it without")
+            }
+        }
+        if let last = id.split(separator: "/").last, routeWords.contains(last) {
+            throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) ends in \"/\(last)\", "
+                + "which REST would read as that route of another task; name it otherwise")
+        }
+    }
 }

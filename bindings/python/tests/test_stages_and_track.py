@@ -86,14 +86,14 @@ def test_track_break_cancels_with_the_step(tracker):
 
 def test_track_runs_again_under_the_id_of_a_finished_loop(tracker):
     # The second epoch's track() raised ExistsError into the job.
-    seqs = []
     for epoch in range(3):
         for _ in track(range(4), task_id="epoch", tracker=tracker):
             pass
         task = tracker.get_task_progress_sync("epoch")
         assert task["status"] == "completed" and task["overall_progress"] == 100.0, task
-        seqs.append(task["seq"])
-    assert seqs == [seqs[0]] * 3, seqs  # a new task each time (the same one reopened would go on counting)
+        # A new task each time: its history has one creation and one completion (one reopened would have them all).
+        kinds = [e["type"] for e in tracker.get_history_sync("epoch")["events"]]
+        assert (kinds.count("created"), kinds.count("completed")) == (1, 1), kinds
     # One still running under the id: not replaced.
     tracker.create_task_progress_sync("running", "t")
     with pytest.raises(ExistsError):
