@@ -278,6 +278,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         free_session(s);
         const char *method = method_of(wsi), *path = in ? (const char *)in : "/";
         size_t length = content_length(wsi);
+        /* A chunked body (Transfer-Encoding) is not read: its length is unknown. SIZE_MAX says so to Swift, which
+         * answers 411 and closes the connection (the body's bytes would otherwise be read as the next request). */
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) length = SIZE_MAX;
         if (length > 0 && length <= l->max_body && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
             /* Answered once the body is in (LWS_CALLBACK_HTTP_BODY_COMPLETION). */
             s->request = keep_request(method, path, query, query_len, auth, origin, peer, length);

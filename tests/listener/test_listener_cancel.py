@@ -91,6 +91,28 @@ def test_keep_alive_connection_serves_requests_after_a_body(wire):
     assert task["cancel_requested"] is True and task["cancel_reason"] == "one"
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_chunked_body_is_refused_and_the_connection_closed(wire, method):
+    """A chunked body (no Content-Length) was taken for none: the cancel was recorded without its reason (202 even
+    for a body that is no JSON), and the body's bytes were then read as the next request, which got no answer."""
+    t = wire.open()
+    t.create_task_progress_sync("a", "tpl")
+    body = b'{"reason": "chunky"}'
+    path = cancel_path("a") if method == "POST" else f"{API}/tasks/a"
+    data = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    data += f"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    out = wire.raw_exchange(t, data)  # asserts the listener closes the connection
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 411"), out[:300]
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    error = json.loads(rest[:length])
+    assert error["error"]["code"] == "length_required" and "Content-Length" in error["error"]["message"], error
+    assert out.count(b"HTTP/1.1") == 1, out  # the pipelined request is not answered from the body's bytes
+    assert t.get_task_progress_sync("a")["cancel_requested"] is False
+
+
 @pytest.mark.parametrize("token", [None, TOKEN])
 def test_websocket_cancel(wire, token):
     t = wire.open(**({"auth_token": token} if token else {}))

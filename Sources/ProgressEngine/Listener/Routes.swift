@@ -16,6 +16,7 @@ enum Routes {
     /// nil and the length the request declared (0: none).
     struct Body {
         let bytes: UnsafeRawBufferPointer?
+        /// The request's Content-Length; -1 for a chunked body (Transfer-Encoding), which is not read.
         let declaredLength: Int
     }
     /// Preview files are served by exact name only: no separators, no "..", nothing hidden.
@@ -49,7 +50,7 @@ enum Routes {
             response = errorResponse(status: e.status, code: e.code, message: e.message)
             response.headers += e.headers
             // A request with a body we did not read cannot keep the connection.
-            response.closeAfter = method != "GET" && method != "HEAD"
+            response.closeAfter = (method != "GET" && method != "HEAD") || body.declaredLength < 0
         } catch let e as EngineError {
             let status: Int32 = switch e.status {
             case -2: 404
@@ -88,6 +89,10 @@ enum Routes {
 
     private static func route(_ l: Listener, method: String, path: String, query: [String: String],
                               authorization: String, origin: String, body: Body) throws -> Response {
+        guard body.declaredLength >= 0 else {
+            throw HTTPError(status: 411, code: "length_required", message: "the request's body came chunked "
+                + "(Transfer-Encoding), which the listener does not read: send it with a Content-Length")
+        }
         // A CORS preflight carries no credentials (browsers never send them on one), so it is answered before the
         // token check, on every path.
         if method == "OPTIONS" {
