@@ -22,6 +22,7 @@ BAD_MESSAGES = [
     ("[" * 30000 + "]" * 30000, "invalid_json"),
     ('{"a":' * 10000 + "1" + "}" * 10000, "invalid_json"),
     ("[]", "invalid_message"),
+    ('{"type":"subscribe","task_ids":[]}', "invalid_message"),
     ('"subscribe"', "invalid_message"),
     ("42", "invalid_message"),
     ("null", "invalid_message"),

@@ -142,6 +142,33 @@ def test_interval_ms_must_be_an_integer_from_0_to_60000(wire):
     wire.run(scenario(), timeout=20)
 
 
+def test_the_interval_counts_from_a_later_subscribe_without_one(wire):
+    # A subscribe that gave no interval_ms stamped its tasks' first states with the listener's last clock reading,
+    # which can be seconds old: the next state then went out at once, not an interval later.
+    t = wire.open(throttle_ms=0)
+    for task_id in ("a", "b"):
+        t.create_task_progress_sync(task_id, "sdxl", "image_generation")
+    t.update_progress_sync("b", 0, 20)  # in its main stage already: the steps below are no stage change
+    of_b = lambda m: m["type"] == "progress.update" and m["task_id"] == "b"  # noqa: E731
+
+    async def scenario():
+        async with wire.connect(t, "late") as ws:
+            await wire.established(ws)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["a"], "interval_ms": 1000}, "subscribed")
+            await asyncio.sleep(2.0)  # nothing wakes the listener meanwhile
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["b"]}, "subscribed")
+            await wire.recv_until(ws, of_b, 2)  # b's current state, sent on subscribe
+            start = time.monotonic()
+            for step in range(1, 6):
+                t.update_progress_sync("b", step, 20, message=f"s{step}")
+                await asyncio.sleep(0.05)
+            await wire.recv_until(ws, of_b, 3)
+            waited = time.monotonic() - start
+            assert waited >= 0.8, f"the next state of b came {waited:.2f} s after the one sent on subscribe"
+
+    wire.run(scenario(), timeout=20)
+
+
 def test_a_held_state_is_dropped_on_unsubscribe_and_never_follows_a_newer_one(wire):
     """unsubscribe while the interval holds a state back, then subscribe again: the new subscribe's current state is
     the last of the task this client gets; the held one never goes out after it (a seq going back)."""

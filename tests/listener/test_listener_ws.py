@@ -378,6 +378,23 @@ def test_a_finished_task_id_reused_is_delivered_from_its_new_seq(wire):
     wire.run(scenario())
 
 
+def test_an_id_named_twice_in_a_delta_subscribe_gets_its_state_once(wire):
+    t = wire.open(throttle_ms=0)
+    t.create_task_progress_sync("twice", "sdxl", "image_generation")
+
+    async def scenario():
+        async with wire.connect(t, "dup") as ws:
+            await wire.established(ws)
+            seen = []
+            reply = await wire.request(ws, {"type": "subscribe", "task_ids": ["twice", "twice"], "delta": True},
+                                       "subscribed", seen=seen)
+            assert reply["task_ids"] == ["twice"], reply
+            await wire.request(ws, {"type": "ping"}, "pong", seen=seen)  # answered after all the subscribe sent
+            assert len([m for m in seen if m["type"] == "progress.update"]) == 1, seen
+
+    wire.run(scenario())
+
+
 def test_reuse_replaces_only_a_finished_task(wire):
     t = wire.open()
     t.create_task_progress_sync("busy", "sdxl")

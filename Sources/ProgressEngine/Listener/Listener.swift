@@ -470,8 +470,10 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         }
         client.setDelta(delta, for: ids)
         if client.usesDelta { client.forgetDeltaModes() }
+        // The current states sent next count from now for the connection's interval (the last reading may be old:
+        // the listener reads the clock when something wakes it).
+        flushList.now = engine.monotonic.now()
         if let intervalMs {
-            flushList.now = engine.monotonic.now()  // the current states sent next count from now
             client.intervalChanged(to: intervalMs)
             if client.heldDue < .infinity { armTimer(now: flushList.now) }  // what stays held may be due sooner
         }

@@ -223,13 +223,18 @@ enum Messages {
             throw ProtocolError(code: "invalid_message", message: "\"task_ids\" must be an array of task ids (or \"*\")")
         }
         let ids = try stringList(values, key: "task_ids")
+        guard !ids.isEmpty else {
+            throw ProtocolError(code: "invalid_message", message: "\"task_ids\" is empty: name a task id, or \"*\"")
+        }
         for id in ids where id != "*" {
             guard EngineCore.isValidId(id) else {
                 throw ProtocolError(code: "invalid_message", message: "task id \(JSONValue.string(id).serialized()) is not "
                     + "1-256 printable characters")
             }
         }
-        return ids
+        // An id named twice is one subscription: its current state goes out once.
+        var seen = Set<IdKey>()
+        return ids.filter { seen.insert(IdKey($0)).inserted }
     }
 
     /// The longest `interval_ms` a subscribe may ask for: a minute between two states of a task.
