@@ -271,6 +271,17 @@ def test_the_same_line_logged_again_in_one_millisecond_is_shown_each_time(dash, 
     assert dash.console_errors() == []
 
 
+def test_a_cancelled_tasks_reason_is_said_as_such_beside_the_log(dash, trackers):
+    tracker = trackers()
+    tracker.create_task_progress_sync("stopped", "stable-diffusion-xl", "image_generation")
+    tracker.cancel_task_sync("stopped", "user pressed stop")
+    dash.open(tracker)
+    dash.wait_card("stopped")
+    dash.js("arguments[0].click()", dash.card("stopped"))
+    dash.wait(lambda: dash.js("return document.getElementById('detail-error').textContent")
+              == "Cancelled: user pressed stop", "the reason beside the log")
+
+
 def test_wrong_or_missing_token_is_said_clearly(dash, trackers):
     tracker = trackers(auth_token="right-token")
     tracker.create_task_progress_sync("secret-task", "stable-diffusion-xl", "image_generation")
@@ -279,6 +290,7 @@ def test_wrong_or_missing_token_is_said_clearly(dash, trackers):
     assert dash.conn_text() == "Wrong token"
     banner = dash.js("const b = document.getElementById('banner'); return b.hidden ? null : b.textContent")
     assert "wrong token" in banner and "?token=" in banner
+    assert "+ is %2B" in banner  # a token's "+" typed as is reads as a blank
     assert dash.card("secret-task") is None
     # It does not keep knocking with the wrong token.
     time.sleep(0.8)

@@ -1917,6 +1917,10 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   }
 
   /** A refusal that reconnecting cannot change (the client stops), or a listener's error no request waited for. */
+  /** A token typed into the address is read as a URL's query: its "+" would be a blank, its "&" the end. */
+  const TOKEN_ENCODING = " (percent-encode the token if it has characters other than letters, digits and - . _ ~:" +
+    " + is %2B, / is %2F, = is %3D)";
+
   function onError(error) {
     const code = error.closeCode;
     if (code === 4401) {
@@ -1925,9 +1929,10 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         "error",
         token
           ? "The listener refused the token in this page's address (close code 4401: wrong token). " +
-              "Open the dashboard again with the right one: " + location.origin + "/?token=YOUR_TOKEN"
+              "Open the dashboard again with the right one: " + location.origin + "/?token=YOUR_TOKEN" +
+              TOKEN_ENCODING
           : "This listener requires a token (close code 4401). Open the dashboard with it in the address: " +
-              location.origin + "/?token=YOUR_TOKEN"
+              location.origin + "/?token=YOUR_TOKEN" + TOKEN_ENCODING
       );
     } else if (code !== undefined || !(error instanceof ProgressError)) {
       setConn("unauthorized", "Refused");
@@ -2794,7 +2799,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     setText(ui.detailTitle, "Log — " + t.id);
     const failed = d.status === "failed" || d.status === "cancelled";
     ui.detailError.hidden = !(failed && d.error);
-    setText(ui.detailError, failed && d.error ? "Error: " + d.error : "");
+    setText(ui.detailError, failed && d.error ? (d.status === "failed" ? "Error: " : "Cancelled: ") + d.error : "");
     ui.detailStages.textContent = "";
     for (const s of stageList(d)) {
       const tr = el("tr");
@@ -2987,6 +2992,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     listed: new Set(), // the ids the listing gave for the page shown (a later page is just these)
     generation: 0, // of the latest request: an older answer is dropped
     state: "idle", // loading, error
+    loads: 0,
     error: "",
     textTimer: null,
     suspendEviction: false,
@@ -3053,6 +3059,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         ingestListed(listed);
         pager.state = "idle";
         pager.error = "";
+        pager.loads += 1;
+        ui.pager.dataset.loads = String(pager.loads); // listings read so far (tests wait on it)
         if (!keepScroll && (page > 0 || pager.boundary !== null)) ui.vt.scrollTop = 0;
         renderPager();
         listChanged();
@@ -4326,7 +4334,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=e787ad387dfa"></script>
+<script type="module" src="/dashboard/app.js?v=6ff32a9d9471"></script>
 </body>
 </html>
 """##),
