@@ -44,40 +44,53 @@ test("an embedded listener restarted without its history: a resync event, and th
 // passes it: the listener takes the resume for that task's and sends its state as recovered (after replaying its
 // events past the client's seq). The client tells the tasks apart by created_at: the new state is delivered, with
 // a resync, in either mode of reading updates.
+/**
+ * A client holding task "twin" as `first` (given the engine) left it; the listener is then killed and restarted
+ * without its data, and `again` (given the new engine and the state the client holds) makes "twin" anew there while
+ * the client is kept away (a refused port), so that it reconnects only once the new task is where the test wants
+ * it. Returns {log, before, now}: the client's record, the state it held, the new task's.
+ */
+async function restartedWithTwin(t, { lazyData, first, again }) {
+  const port = await freePort();
+  let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  await engine.send("create", { task_id: "twin" });
+  await first(engine);
+  const { task: before } = await engine.send("get", { task_id: "twin" });
+  let away = false;
+  const Held = class extends WebSocket {
+    constructor(url) {
+      super(away ? "ws://127.0.0.1:1/" : url);
+    }
+  };
+  const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, lazyData, WebSocket: Held, ...FAST_RECONNECT });
+  t.after(() => c.close());
+  const log = record(c);
+  await c.subscribe("twin");
+  await waitFor(() => log.last("twin")?.seq === before.seq, "the task's state");
+
+  away = true;
+  await engine.kill();
+  await waitFor(() => c.state === "connecting", "the client to see the listener gone");
+  engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
+  t.after(() => engine.stop());
+  await engine.send("create", { task_id: "twin" });
+  const now = await again(engine, before);
+  assert.notEqual(now.created_at, before.created_at);
+  away = false;
+  return { log, before, now };
+}
+
+const steps = (n, total) => async (engine) => {
+  for (let step = 1; step <= n; step++) await engine.send("update", { task_id: "twin", step, total });
+  return (await engine.send("get", { task_id: "twin" })).task;
+};
+
 for (const lazyData of [false, true]) {
   for (const [name, ahead] of [["at the seq the client holds", 0], ["past the seq the client holds", 2]]) {
     test(`a listener restarted with the task made anew ${name}${lazyData ? " (lazyData)" : ""}`, LIMIT, async (t) => {
-      const port = await freePort();
-      let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
-      await engine.send("create", { task_id: "twin" });
-      for (let step = 1; step <= 4; step++) await engine.send("update", { task_id: "twin", step, total: 10 });
-      const { task: before } = await engine.send("get", { task_id: "twin" });
-
-      // The client reconnects only once the new task is where the test wants it (a refused port until then).
-      let away = false;
-      const Held = class extends WebSocket {
-        constructor(url) {
-          super(away ? "ws://127.0.0.1:1/" : url);
-        }
-      };
-      const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, lazyData, WebSocket: Held, ...FAST_RECONNECT });
-      t.after(() => c.close());
-      const log = record(c);
-      await c.subscribe("twin");
-      await waitFor(() => log.last("twin")?.seq === before.seq, "the task's state");
-
-      away = true;
-      await engine.kill();
-      await waitFor(() => c.state === "connecting", "the client to see the listener gone");
-      engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
-      t.after(() => engine.stop());
-      await engine.send("create", { task_id: "twin" });
-      for (let step = 1; step <= 4 + ahead; step++) await engine.send("update", { task_id: "twin", step, total: 20 });
-      const { task: now } = await engine.send("get", { task_id: "twin" });
+      const { log, before, now } = await restartedWithTwin(t, { lazyData, first: steps(4, 10),
+        again: steps(4 + ahead, 20) });
       assert.equal(now.seq, before.seq + ahead);
-      assert.notEqual(now.created_at, before.created_at);
-      away = false;
-
       await waitFor(() => log.resyncs.length > 0, "a resync for the task made anew");
       assert.deepEqual(log.resyncs.map((e) => [e.task_id, e.last_seq]), [["twin", before.seq]]);
       await waitFor(() => log.last("twin").seq === now.seq && log.last("twin").data.created_at === now.created_at,
@@ -89,39 +102,20 @@ for (const lazyData of [false, true]) {
 }
 
 test("a finished task's id made anew at the same seq after a listener restart (lazyData)", LIMIT, async (t) => {
-  const port = await freePort();
-  let engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
-  await engine.send("create", { task_id: "twin" });
-  for (let step = 1; step <= 3; step++) await engine.send("update", { task_id: "twin", step, total: 10 });
-  await engine.send("complete", { task_id: "twin" });
-  const { task: before } = await engine.send("get", { task_id: "twin" });
-
-  let away = false;
-  const Held = class extends WebSocket {
-    constructor(url) {
-      super(away ? "ws://127.0.0.1:1/" : url);
-    }
+  const finished = async (engine) => {
+    await steps(3, 10)(engine);
+    await engine.send("complete", { task_id: "twin" });
   };
-  const c = new ProgressClient({ url: `ws://127.0.0.1:${port}`, lazyData: true, WebSocket: Held, ...FAST_RECONNECT });
-  t.after(() => c.close());
-  const log = record(c);
-  await c.subscribe("twin");
-  await waitFor(() => log.last("twin")?.seq === before.seq, "the finished task's state");
-
-  away = true;
-  await engine.kill();
-  await waitFor(() => c.state === "connecting", "the client to see the listener gone");
-  engine = await startEngine({ listen: `127.0.0.1:${port}`, ...NO_SAMPLES });
-  t.after(() => engine.stop());
-  await engine.send("create", { task_id: "twin" });
-  let now;
-  for (let step = 1; !now || now.seq < before.seq; step++) {
-    await engine.send("update", { task_id: "twin", step, total: 20 });
-    ({ task: now } = await engine.send("get", { task_id: "twin" }));
-  }
+  const toTheSameSeq = async (engine, before) => {
+    let now = (await engine.send("get", { task_id: "twin" })).task;
+    for (let step = 1; now.seq < before.seq; step++) {
+      await engine.send("update", { task_id: "twin", step, total: 20 });
+      now = (await engine.send("get", { task_id: "twin" })).task;
+    }
+    return now;
+  };
+  const { log, before, now } = await restartedWithTwin(t, { lazyData: true, first: finished, again: toTheSameSeq });
   assert.equal(now.seq, before.seq);
-  away = false;
-
   // Not resumed (it was finished): its state comes as sent again, without a flag, and is the new task's.
   await waitFor(() => log.last("twin").data.created_at === now.created_at, "the new task's state delivered");
   assert.equal(log.last("twin").data.status, now.status);
