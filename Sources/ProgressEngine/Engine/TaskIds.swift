@@ -40,9 +40,6 @@ extension EngineCore {
         }
     }
 
-    /// The REST routes' words after a task id (`/tasks/{id}/logs`, …): a last segment an id cannot have.
-    static let routeWords: Set<Substring> = ["logs", "history", "cancel"]
-
     /// An id a new task may take: one the REST routes can address. HTTP servers (libwebsockets included) decode
     /// `%2F` and resolve `.` and `..` segments and empty ones before the route sees the path, so an id with such a
     /// segment, or ending in a route's word, would be read as another task's path (a cancel of `jobs/../b` would
@@ -53,15 +50,14 @@ extension EngineCore {
             throw EngineError.invalidArgument("task id \"*\" is taken: it means every task in a subscription")
         }
         guard id.contains("/") || id == "." || id == ".." else { return }
-        for segment in id.split(separator: "/", omittingEmptySubsequences: false) {
-            if segment.isEmpty || segment == "." || segment == ".." {
-                throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) has an empty, \".\" or "
-                    + "\"..\" segment between its slashes, which an HTTP path cannot carry (REST would reach another "
-                    + "task); name it without")
-            }
+        let segments = id.split(separator: "/", omittingEmptySubsequences: false)
+        if segments.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) {
+            throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) has an empty, \".\" or "
+                + "\"..\" segment between its slashes, which an HTTP path cannot carry (REST would reach another "
+                + "task); name it without")
         }
-        if let last = id.split(separator: "/").last, routeWords.contains(last) {
-            throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) ends in \"/\(last)\", "
+        if let suffix = Routes.taskSuffixes.first(where: id.hasSuffix) {
+            throw EngineError.invalidArgument("task id \(JSONValue.string(id).serialized()) ends in \"\(suffix)\", "
                 + "which REST would read as that route of another task; name it otherwise")
         }
     }

@@ -9,6 +9,10 @@ enum Routes {
     static let previewsPrefix = "/api/v1/previews/"
     /// `POST /api/v1/progress/tasks/{id}/cancel`.
     static let cancelSuffix = "/cancel"
+    static let logsSuffix = "/logs"
+    static let historySuffix = "/history"
+    /// What follows a task id in the routes of one task (`/tasks/{id}/logs`, …): no new task's id ends so.
+    static let taskSuffixes = [logsSuffix, historySuffix, cancelSuffix]
     /// The largest request body read (a cancel's `{"reason"}`); a larger one is answered 413 without being read.
     static let maxBodyBytes = 16 << 10
 
@@ -141,8 +145,8 @@ enum Routes {
         }
         if path.hasPrefix(tasksPrefix) {
             let rest = String(path.dropFirst(tasksPrefix.count))
-            if rest.hasSuffix("/logs") {
-                let id = String(rest.dropLast("/logs".count))
+            if rest.hasSuffix(logsSuffix) {
+                let id = String(rest.dropLast(logsSuffix.count))
                 let since = try query["since"].map(parseSince) ?? 0
                 let level = try query["level"].map { name -> LogLevel in
                     guard let level = LogLevel(name: name) else {
@@ -153,8 +157,8 @@ enum Routes {
                 } ?? .debug
                 return json(try l.engine.logsJSON(id: try taskId(id), since: since, minLevel: level))
             }
-            if rest.hasSuffix("/history") {
-                let id = String(rest.dropLast("/history".count))
+            if rest.hasSuffix(historySuffix) {
+                let id = String(rest.dropLast(historySuffix.count))
                 let after = try query["after_seq"].map { text -> UInt64 in
                     guard let n = UInt64(text) else {
                         throw HTTPError(status: 400, code: "bad_request", message: "after_seq \"\(text)\" must be an integer >= 0")

@@ -50,7 +50,7 @@ final class RedisMetrics: Sendable {
     }
 }
 
-/// One JSON line on standard error per storage incident (connection lost or back, drops), never per update.
+/// One line of the engine's log per storage incident (connection lost or back, drops), never per update.
 enum StorageLog {
     static func write(_ level: EngineLog.Level, _ event: String, _ fields: [(String, String)]) {
         EngineLog.write(level, event, fields, component: "redis")
