@@ -455,28 +455,29 @@ static void timer_fired(lws_sorted_usec_list_t *sul) {
  * socket where the host has IPv6, as libwebsockets' default build does), else the errno of bind(). Checked before
  * the context exists: for a port another socket holds, libwebsockets 4.1 still makes the context, without its
  * vhost, and tearing that context down (on its libuv loop) crashes. iface is numeric here. */
+/* bind() of a throw-away socket of `addr`'s family: 0 or its errno; -1 when no such socket can be made. */
+static int probe_bind(const struct sockaddr *addr, socklen_t len) {
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1, zero = 0, error = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (addr->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, addr, len) != 0) error = errno;
+    close(fd);
+    return error;
+}
+
 static int bind_error(const char *iface, int port) {
-    int fd = -1, error = 0, one = 1, zero = 0;
     if (iface == NULL) {
         struct sockaddr_in6 any6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = in6addr_any};
-        fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0) {
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-            if (bind(fd, (struct sockaddr *)&any6, sizeof any6) != 0) error = errno;
-            close(fd);
-            return error;
-        }
+        int error = probe_bind((struct sockaddr *)&any6, sizeof any6);
+        if (error >= 0) return error;  /* else no IPv6 here: IPv4 alone */
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     addr.sin_addr.s_addr = htonl(INADDR_ANY);
     if (iface && inet_pton(AF_INET, iface, &addr.sin_addr) != 1) return 0;  /* an interface's name */
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) error = errno;
-    close(fd);
-    return error;
+    int error = probe_bind((struct sockaddr *)&addr, sizeof addr);
+    return error > 0 ? error : 0;
 }
 
 static void cannot_listen(const CProgress_listener_config *config, const char *why, char *err, size_t err_len) {
