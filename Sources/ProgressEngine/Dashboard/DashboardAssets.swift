@@ -2160,15 +2160,8 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
       this.counts = new Map();
     }
 
-    /** Whether live line `e` is new (counted in if so). */
-    live(e) {
-      const key = logKey(e);
-      this.counts.set(key, (this.counts.get(key) || 0) + 1);
-      return true;
-    }
-
-    /** The lines of `entries`, read back, that are new (counted in). */
-    readBack(entries) {
+    /** The lines of `entries` that are new, counted in: all of them when `live`, else those read back. */
+    take(entries, live = false) {
       const seen = new Map();
       const added = [];
       for (const e of entries) {
@@ -2177,7 +2170,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
         const n = (seen.get(key) || 0) + 1;
         seen.set(key, n);
         const have = this.counts.get(key) || 0;
-        if (have >= n) continue;
+        if (!live && have >= n) continue;
         this.counts.set(key, have + 1);
         added.push(e);
       }
@@ -2200,8 +2193,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
       pendingLogs.set(id, t);
       if (pendingLogs.size > 500) pendingLogs.delete(pendingLogs.keys().next().value);
     }
-    const fresh = live ? entries.filter((e) => e && typeof e === "object" && t.logKeys.live(e))
-      : t.logKeys.readBack(entries);
+    const fresh = t.logKeys.take(entries, live);
     if (fresh.length === 0) return;
     t.logs.push(...fresh);
     // The task's page takes the lines as they come: between two of its renders more than MAX_LOGS may arrive.
@@ -2222,7 +2214,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     const p = pendingLogs.get(t.id);
     if (!p) return;
     pendingLogs.delete(t.id);
-    t.logs.push(...t.logKeys.readBack(p.logs));
+    t.logs.push(...t.logKeys.take(p.logs));
   }
 
   function evictFinished() {
@@ -3681,9 +3673,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
     const logs = taskView.logs;
     let added = false;
     let ordered = true;
-    const keys = taskView.logKeys;
-    const fresh = live ? entries.filter((e) => keys.live(e)) : keys.readBack(entries);
-    for (const e of fresh) {
+    for (const e of taskView.logKeys.take(entries, live)) {
       const last = logs[logs.length - 1];
       if (last && (parseTime(e.timestamp) || 0) < (parseTime(last.timestamp) || 0)) ordered = false;
       logs.push(e);
@@ -4334,7 +4324,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=6ff32a9d9471"></script>
+<script type="module" src="/dashboard/app.js?v=dd48b2adc639"></script>
 </body>
 </html>
 """##),
