@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ProgressClient } from "../progress-client.js";
-import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, recordingSubscribes, sleep, startEngine,
-  waitFor } from "./support.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, countingSockets, freePort, record, recordingSubscribes, sleep,
+  startEngine, waitFor } from "./support.js";
 
 const LIMIT = { timeout: 30000 };
 
@@ -184,13 +184,7 @@ test("close() or reconnect() from a `state` handler on a lost connection is what
   const engine = await startEngine({ listen: "127.0.0.1:0", ...NO_SAMPLES });
   t.after(() => engine.stop());
   for (const asked of ["close", "reconnect"]) {
-    const sockets = [];
-    const Counted = class extends WebSocket {
-      constructor(url) {
-        super(url);
-        sockets.push(this);
-      }
-    };
+    const { sockets, Counted } = countingSockets();
     const c = new ProgressClient({ url: engine.url, WebSocket: Counted, ...FAST_RECONNECT });
     t.after(() => c.close());
     const states = [];

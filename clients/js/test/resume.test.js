@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ProgressClient } from "../progress-client.js";
-import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, freePort, record, startEngine, waitFor } from "./support.js";
+import { FAST_RECONNECT, NO_SAMPLES, assertIncreasing, countingSockets, freePort, record, startEngine, waitFor }
+  from "./support.js";
 
 const LIMIT = { timeout: 30000 };
 
@@ -131,15 +132,9 @@ test("a resume map over max_message_bytes: subscribed again without it, the gaps
     await engine.send("create", { task_id: id });
     await engine.send("update", { task_id: id, step: 1, total: 10 });
   }
-  const sockets = [];
-  const Tracked = class extends WebSocket {
-    constructor(url) {
-      super(url);
-      sockets.push(this);
-    }
-  };
+  const { sockets, Counted } = countingSockets();
   // Reconnects 0.3-0.6 s apart: time enough to change tasks while the client is away, even on a loaded machine.
-  const c = new ProgressClient({ url: engine.url, WebSocket: Tracked, minReconnectDelay: 600, maxReconnectDelay: 600 });
+  const c = new ProgressClient({ url: engine.url, WebSocket: Counted, minReconnectDelay: 600, maxReconnectDelay: 600 });
   t.after(() => c.close());
   const log = record(c);
   await c.subscribe("*");
@@ -162,16 +157,6 @@ test("a resume map over max_message_bytes: subscribed again without it, the gaps
   assert.deepEqual(log.errors, []);
 });
 
-/** A WebSocket class that keeps every socket it opened, in order. */
-function counting(sockets) {
-  return class extends WebSocket {
-    constructor(url) {
-      super(url);
-      sockets.push(this);
-    }
-  };
-}
-
 test("subscribe() with ids over the listener's max_message_bytes: frames it takes, one answer", LIMIT, async (t) => {
   // 64 KiB, the default: a call's ids went in one frame, which the listener refused (1009), then again on every
   // reconnect, for good, the call never answered.
@@ -180,8 +165,8 @@ test("subscribe() with ids over the listener's max_message_bytes: frames it take
   const ids = Array.from({ length: 900 },
     (_, i) => `a-task-id-that-is-long-enough-for-900-of-them-to-fill-more-than-64-kib-${String(i).padStart(4, "0")}`);
   assert.ok(JSON.stringify({ type: "subscribe", task_ids: ids }).length > 65536);
-  const sockets = [];
-  const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+  const { sockets, Counted } = countingSockets();
+  const c = new ProgressClient({ url: engine.url, WebSocket: Counted, ...FAST_RECONNECT });
   t.after(() => c.close());
   const log = record(c);
   assert.deepEqual(await c.subscribe(ids), ids);
@@ -197,8 +182,8 @@ test("a listener whose max_message_bytes is below the client's frames: they are 
     const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 4096, ...NO_SAMPLES });
     t.after(() => engine.stop());
     const ids = Array.from({ length: 150 }, (_, i) => `task-with-a-forty-byte-long-id-${String(i).padStart(8, "0")}`);
-    const sockets = [];
-    const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+    const { sockets, Counted } = countingSockets();
+    const c = new ProgressClient({ url: engine.url, WebSocket: Counted, ...FAST_RECONNECT });
     t.after(() => c.close());
     const log = record(c);
     // One call of about 6.6 KB: refused once, then sent again in frames of half that, and answered.
@@ -221,8 +206,8 @@ test("a listener that refuses every subscribe frame the client can make: closed,
   const engine = await startEngine({ listen: "127.0.0.1:0", max_message_bytes: 256, ...NO_SAMPLES });
   t.after(() => engine.stop());
   const ids = Array.from({ length: 40 }, (_, i) => `task-with-a-forty-byte-long-id-${String(i).padStart(8, "0")}`);
-  const sockets = [];
-  const c = new ProgressClient({ url: engine.url, WebSocket: counting(sockets), ...FAST_RECONNECT });
+  const { sockets, Counted } = countingSockets();
+  const c = new ProgressClient({ url: engine.url, WebSocket: Counted, ...FAST_RECONNECT });
   t.after(() => c.close());
   const log = record(c);
   await assert.rejects(c.subscribe(ids), (error) => error.code === "message_too_large");

@@ -210,3 +210,15 @@ export function recordingSubscribes() {
   };
   return { subscribes, Recording };
 }
+
+/** A WebSocket class that keeps every socket it opens (`sockets`, in order): how many connections a client made. */
+export function countingSockets() {
+  const sockets = [];
+  const Counted = class extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  };
+  return { sockets, Counted };
+}
