@@ -187,10 +187,12 @@ else:
         if not isinstance(sender, ProgressTask) or task_id is None or state not in ("IGNORED", "REJECTED"):
             return
         tracker = _tracker(sender.app)
-        # Reject's text is its args tuple: its reason is the message.
-        reason = getattr(retval, "reason", None) if state == "REJECTED" else None
-        text = reason_text(reason) if reason is not None else describe(retval) if isinstance(retval, BaseException) \
-            else str(state).lower()
+        if state == "REJECTED" and getattr(retval, "reason", None) is not None:
+            text = reason_text(retval.reason)  # Reject's own text is its args tuple
+        elif isinstance(retval, BaseException):
+            text = describe(retval)
+        else:
+            text = str(state).lower()
         try:
             if state == "REJECTED" and getattr(retval, "requeue", False):
                 # Delivered again: the next run goes on with the task (task_prerun resumes it).
