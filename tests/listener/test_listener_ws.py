@@ -316,6 +316,21 @@ def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
     wire.run(scenario())
 
 
+async def _finished_then_made_anew(wire, t, ws, task_id, make_anew):
+    """Runs `task_id` to its end in 29 steps, then awaits `make_anew()` (another task under the id) and steps that
+    one once: (old, new), the completed state and the new task's first step, as the client `ws` got them."""
+    t.create_task_progress_sync(task_id, "sdxl", "image_generation")
+    for i in range(1, 30):
+        t.update_progress_sync(task_id, i, 100, message=f"old {i}")
+    t.complete_task_sync(task_id)
+    old = await wire.recv_until(ws, lambda m: m["type"] == "progress.update" and m["data"]["status"] == "completed", 5)
+    await make_anew()
+    t.update_progress_sync(task_id, 1, 100, message="new 1")
+    new = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
+                                and m["data"]["stages"]["2"]["message"] == "new 1", 5)
+    return old, new
+
+
 def test_a_task_id_reused_after_expiry_is_delivered_from_its_new_seq(wire):
     """A client watching "*" remembers each task's newest seq, so it is never sent an older state. When a task
     expires (retention_seconds) that memory goes with it: a new task created later under the same id starts
@@ -327,23 +342,18 @@ def test_a_task_id_reused_after_expiry_is_delivered_from_its_new_seq(wire):
         async with wire.connect(t, "watcher") as ws:
             await wire.established(ws)
             await wire.request(ws, {"type": "subscribe", "task_ids": ["*"]}, "subscribed")
-            t.create_task_progress_sync("reused", "sdxl", "image_generation")
-            for i in range(1, 30):
-                t.update_progress_sync("reused", i, 100, message=f"old {i}")
-            t.complete_task_sync("reused")
-            old = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
-                                        and m["data"]["status"] == "completed", 5)
-            assert wire.metrics(t)["progress_client_task_slots"] == 1
-            # Expired (a sweep runs about once a second) ...
-            deadline = time.monotonic() + 5
-            while wire.metrics(t)["progress_client_task_slots"] != 0:
-                assert time.monotonic() < deadline, "the expired task is still remembered by the client"
-                await asyncio.sleep(0.1)
-            # ... and created again: its first states have seqs far below the old task's last one.
-            t.create_task_progress_sync("reused", "sdxl", "image_generation")
-            t.update_progress_sync("reused", 1, 100, message="new 1")
-            new = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
-                                        and m["data"]["stages"]["2"]["message"] == "new 1", 5)
+
+            async def expire_then_create():
+                assert wire.metrics(t)["progress_client_task_slots"] == 1
+                # Expired (a sweep runs about once a second) ...
+                deadline = time.monotonic() + 5
+                while wire.metrics(t)["progress_client_task_slots"] != 0:
+                    assert time.monotonic() < deadline, "the expired task is still remembered by the client"
+                    await asyncio.sleep(0.1)
+                # ... and created again: its first states have seqs far below the old task's last one.
+                t.create_task_progress_sync("reused", "sdxl", "image_generation")
+
+            old, new = await _finished_then_made_anew(wire, t, ws, "reused", expire_then_create)
             assert new["seq"] < old["seq"], (new["seq"], old["seq"])
 
     wire.run(scenario())
@@ -362,16 +372,11 @@ def test_a_finished_task_id_reused_is_delivered_from_its_new_seq(wire):
         async with wire.connect(t, "watcher") as ws:
             await wire.established(ws)
             await wire.request(ws, {"type": "subscribe", "task_ids": ["again"]}, "subscribed")
-            t.create_task_progress_sync("again", "sdxl", "image_generation")
-            for i in range(1, 30):
-                t.update_progress_sync("again", i, 100, message=f"old {i}")
-            t.complete_task_sync("again")
-            old = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
-                                        and m["data"]["status"] == "completed", 5)
-            t.create_task_progress_sync("again", "sdxl", "image_generation", reuse=True)
-            t.update_progress_sync("again", 1, 100, message="new 1")
-            new = await wire.recv_until(ws, lambda m: m["type"] == "progress.update"
-                                        and m["data"]["stages"]["2"]["message"] == "new 1", 5)
+
+            async def reuse():
+                t.create_task_progress_sync("again", "sdxl", "image_generation", reuse=True)
+
+            old, new = await _finished_then_made_anew(wire, t, ws, "again", reuse)
             assert new["seq"] < old["seq"] and new["data"]["created_at"] != old["data"]["created_at"], (new, old)
             assert new["data"]["status"] == "executing"
 
