@@ -220,6 +220,52 @@ def test_without_delta_frames_are_unchanged_and_delta_must_be_boolean(wire):
     wire.run(scenario())
 
 
+def test_delta_bases_are_dropped_when_their_watchers_leave(wire):
+    """The base of a task's next patch (about 3 KB) is kept while the task is watched: no fan-out runs for an
+    unwatched task, so leaving clients drop the bases nobody watches any more (`progress_delta_bases`). The
+    resource sampler is off: its fan-outs would drop a base watched only by plain clients at any moment."""
+    t = wire.open(throttle_ms=0, resource_interval_ms=3_600_000)
+    for task in ("a", "b", "c"):
+        t.create_task_progress_sync(task, "sdxl", "image_generation")
+
+    def bases(accept):
+        return wire.wait_metric(t, "progress_delta_bases", accept)
+
+    async def scenario():
+        async with wire.connect(t, "by-id") as by_id, wire.connect(t, "plain") as plain:
+            await wire.established(by_id)
+            await wire.established(plain)
+            await wire.request(by_id, {"type": "subscribe", "task_ids": ["a", "b"], "delta": True}, "subscribed")
+            await wire.request(plain, {"type": "subscribe", "task_ids": ["c"]}, "subscribed")
+            async with wire.connect(t, "all") as everything:
+                await wire.established(everything)
+                await wire.request(everything, {"type": "subscribe", "task_ids": ["*"], "delta": True}, "subscribed")
+                for task in ("a", "b", "c"):
+                    t.update_progress_sync(task, 1, 10)
+                assert bases(lambda v: v == 3) == 3
+                # "*" still watches a.
+                await wire.request(by_id, {"type": "unsubscribe", "task_ids": ["a"]}, "unsubscribed")
+                assert wire.metrics(t)["progress_delta_bases"] == 3
+            # The wildcard client is gone: a is watched by nobody; b by a delta client; c by a plain one, whose
+            # next fan-out drops it.
+            assert bases(lambda v: v == 2) == 2
+            t.update_progress_sync("c", 2, 10)
+            await wire.recv_until(plain, lambda m: m["type"] == "progress.update" and m["data"]["seq"] >= 3)
+            assert bases(lambda v: v == 1) == 1
+            await wire.request(by_id, {"type": "unsubscribe", "task_ids": ["*"]}, "unsubscribed")
+            assert wire.metrics(t)["progress_delta_bases"] == 1
+            # A delta client leaving "*" while another watches by id keeps that task's base only.
+            await wire.request(by_id, {"type": "subscribe", "task_ids": ["*"], "delta": True}, "subscribed")
+            t.update_progress_sync("a", 2, 10)
+            assert bases(lambda v: v == 2) == 2
+            await wire.request(by_id, {"type": "unsubscribe", "task_ids": ["*"]}, "unsubscribed")
+            assert bases(lambda v: v == 1) == 1
+        # The last delta client closed.
+        assert bases(lambda v: v == 0) == 0
+
+    wire.run(scenario())
+
+
 def _deflate_reader(ws, fresh_inflater_per_message: bool = False):
     """What a client that negotiated permessage-deflate reads from raw socket `ws`: a function returning
     (compressed, wire payload bytes, message) for the next frame, a compressed one inflated (raw deflate + 00 00 ff

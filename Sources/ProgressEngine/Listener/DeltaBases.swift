@@ -14,8 +14,8 @@ struct DeltaStep {
 /// Per task, the last TaskProgress the fan-out sent to delta subscribers (its seq, generation, bytes and
 /// outline): the base of the next merge patch, so that a patch is built once per change whatever the number of
 /// clients, and reads only the new state. Owned by the listener thread. A base is kept only while delta
-/// subscribers take the task's states: a fan-out with none of them, a terminal state and expiry drop it (about
-/// 3 KB per task: the message and the outline of its members).
+/// subscribers take the task's states: a fan-out with none of them, a terminal state, expiry, and the last
+/// subscriber of the task leaving drop it (about 3 KB per task: the message and the outline of its members).
 final class DeltaBases {
     private struct Base {
         let seq: UInt64
@@ -59,6 +59,10 @@ final class DeltaBases {
 
     func removeAll() {
         bases.removeAll()
+    }
+
+    func removeAll(where drop: (IdKey) -> Bool) {
+        bases = bases.filter { !drop($0.key) }
     }
 
     var count: Int { bases.count }

@@ -435,6 +435,19 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
         wildcards[id] = nil
+        if client.usesDelta { dropUnwatchedBases(client.wildcard ? nil : client.subscriptions) }
+    }
+
+    /// After a delta client stopped watching `tasks` (nil: every task, as when it leaves "*"), drops the bases of
+    /// those nobody watches any more: no fan-out runs for an unwatched task, so no fan-out would drop them.
+    private func dropUnwatchedBases(_ tasks: Set<IdKey>?) {
+        if deltaConnections == 0 { return deltas.removeAll() }
+        guard wildcards.isEmpty else { return }
+        if let tasks {
+            for task in tasks where subscribers[task] == nil { deltas.forget(taskId: task.id) }
+        } else {
+            deltas.removeAll { subscribers[$0] == nil }
+        }
     }
 
     fileprivate func writable(id: UInt64) -> Int32 {
@@ -480,12 +493,14 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
     }
 
     func unsubscribe(_ client: ClientConnection, from ids: [String]) {
+        var left: Set<IdKey>? = []
         for task in ids {
             if task == "*" {
                 client.wildcard = false
                 client.wildcardDelta = false
                 wildcards[client.id] = nil
                 client.forgetAllButSubscriptions()
+                left = nil
                 continue
             }
             let key = IdKey(task)
@@ -494,14 +509,19 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if !client.wildcard { client.forget(task: task) }
             subscribers[key]?[client.id] = nil
             if subscribers[key]?.isEmpty == true { subscribers[key] = nil }
+            left?.insert(key)
         }
-        if client.usesDelta { client.forgetDeltaModes() }
+        if client.usesDelta {
+            client.forgetDeltaModes()
+            dropUnwatchedBases(left)
+        }
     }
 
     var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }
     var connectionCount: Int { connections.count }
     var subscriptionCount: Int { connections.values.reduce(0) { $0 + $1.subscriptions.count } }
     var taskSlotCount: Int { connections.values.reduce(0) { $0 + $1.taskSlotCount } }
+    var deltaBaseCount: Int { deltas.count }
 
     // MARK: - C callbacks
 

@@ -330,6 +330,9 @@ enum Routes {
         metric("progress_fanouts_total", "counter", "Task states fanned out to subscribers.", m.fanouts.load(ordering: .relaxed))
         metric("progress_delta_patches_total", "counter", "Fan-outs for which a merge patch was built for delta subscribers.",
                m.deltaPatches.load(ordering: .relaxed))
+        metric("progress_delta_bases", "gauge",
+               "Tasks whose last state sent to delta subscribers the listener keeps as the base of the next patch (about 3 KB each).",
+               l.deltaBaseCount)
         metric("progress_delta_full_states_total", "counter", "Fan-outs for which no merge patch could be built (delta subscribers got the full state).",
                m.deltaFullStates.load(ordering: .relaxed))
         metric("progress_slow_clients_closed_total", "counter", "Clients closed for not reading (4008).", m.slowClientsClosed.load(ordering: .relaxed))
