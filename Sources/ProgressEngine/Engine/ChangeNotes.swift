@@ -58,29 +58,48 @@ extension EngineCore {
     /// Tasks a `"*"` subscription reads from Redis at most (the newest written).
     static let maxStoredWildcardTasks = 1000
 
-    /// Every task's current state (for a "*" subscription and the dashboard).
-    func allSnapshots() -> [TaskSnapshot] {
+    /// What a "*" subscription sends first, oldest first: this engine's tasks by id, each read when its turn comes
+    /// (`snapshot(id:)`), and with Redis the fleet's others, read now in one round trip (up to
+    /// `maxStoredWildcardTasks`), with their ETAs.
+    func wildcardItems() -> [WildcardItem] {
         let now = clock.now()
-        var out: [TaskSnapshot] = []
+        var held: [(createdAt: Double, id: String)] = []
         for shard in table.allShards {
             shard.withLock { state in
                 for task in state.tasks.values where !task.isExpired(now: now, retention: config.retentionSeconds) {
-                    out.append(TaskSnapshot(task))
+                    held.append((task.createdAt, task.id))
                 }
             }
         }
-        // With Redis, "*" is every task of the fleet: those this engine does not hold (a listener just started,
-        // other engines' finished tasks) come from the task index, newest first, states read in one round trip.
-        let held = Set(out.map { IdKey($0.id) })
+        let heldIds = Set(held.map { IdKey($0.id) })
         let ids = store.recentTaskIds(limit: EngineCore.maxStoredWildcardTasks, retention: config.retentionSeconds)
-            .filter { !held.contains(IdKey($0)) }
-        let states = store.stateJSONs(ids)
-        for id in ids {
-            guard let text = states[IdKey(id)], let stored = try? StoredTask.parse(text) else { continue }
-            out.append(TaskSnapshot(TaskRecord(restoring: stored)))
+            .filter { !heldIds.contains(IdKey($0)) }
+        var items = held.map { (createdAt: $0.createdAt, item: WildcardItem.held($0.id)) }
+        if !ids.isEmpty {
+            let states = store.stateJSONs(ids)
+            let time = eventTime()
+            for id in ids {
+                guard let text = states[IdKey(id)], let stored = try? StoredTask.parse(text) else { continue }
+                var snapshot = TaskSnapshot(TaskRecord(restoring: stored))
+                snapshot.eta = estimate(snapshot, now: time)
+                items.append((snapshot.createdAt, .stored(snapshot)))
+            }
         }
-        let time = eventTime()
-        for i in out.indices { out[i].eta = estimate(out[i], now: time) }
-        return out.sorted { $0.createdAt < $1.createdAt }
+        return items.sorted { $0.createdAt < $1.createdAt }.map(\.item)
+    }
+}
+
+/// One task of a "*" subscription's first states (`EngineCore.wildcardItems()`).
+enum WildcardItem {
+    /// A task this engine holds: its state is read when it is sent.
+    case held(String)
+    /// A task read from Redis (boxed: the list is sorted and copied, and a snapshot is large).
+    indirect case stored(TaskSnapshot)
+
+    var id: String {
+        switch self {
+        case let .held(id): id
+        case let .stored(snapshot): snapshot.id
+        }
     }
 }

@@ -94,6 +94,8 @@ final class ClientConnection {
     /// Tasks subscribed by id with `delta`; `wildcardDelta`: "*" was subscribed with it.
     @exclusivity(unchecked) var deltaIds: Set<IdKey> = []
     @exclusivity(unchecked) var wildcardDelta = false
+    /// A "*" subscribe's current states not queued yet.
+    @exclusivity(unchecked) var wildcardStates: WildcardStates?
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -364,6 +366,7 @@ final class ClientConnection {
         guard closing == nil else { return }
         held.removeAll()
         heldDue = .infinity
+        wildcardStates = nil
         if immediately {
             for slot in slots.values { slot.pending = -1 }
             queue.removeAll()
@@ -383,7 +386,12 @@ final class ClientConnection {
         scheduled = false
         // Nothing to write (a pending close goes from the writable callback close() asked for), or
         // libwebsockets still holds part of an earlier write and will call writable itself.
-        guard isOpen, !writeFailed, head < queue.count, CProgress_ws_buffered(wsi) == 0 else { return }
+        guard isOpen, !writeFailed, CProgress_ws_buffered(wsi) == 0 else { return }
+        guard head < queue.count else {
+            // A "*" subscribe's states go from the writable callback, a slice at a time.
+            if wildcardStates != nil { CProgress_ws_request_writable(wsi) }
+            return
+        }
         switch writeQueued(batch, sent: sent) {
         case 0: break
         case 1: CProgress_ws_request_writable(wsi)
@@ -475,7 +483,7 @@ final class ClientConnection {
         }
         guard CProgress_ws_write_frames(wsi, batch.buffer, used) == 0 else { return -1 }
         sent.add(count, ordering: .relaxed)
-        return head < queue.count || closing != nil ? 1 : 0
+        return head < queue.count || closing != nil || wildcardStates != nil ? 1 : 0
     }
 
     /// Drops the sent prefix of the queue and renumbers the replaceable entries.

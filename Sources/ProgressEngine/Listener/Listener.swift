@@ -452,6 +452,9 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     fileprivate func writable(id: UInt64) -> Int32 {
         guard let client = connections[id] else { return -1 }
+        if client.wildcardStates != nil && client.pendingCount < WildcardStates.slice {
+            Messages.continueWildcard(self, client: client)
+        }
         return client.writable(batch, sent: metrics.messagesSent)
     }
 
@@ -498,6 +501,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if task == "*" {
                 client.wildcard = false
                 client.wildcardDelta = false
+                client.wildcardStates = nil
                 wildcards[client.id] = nil
                 client.forgetAllButSubscriptions()
                 left = nil

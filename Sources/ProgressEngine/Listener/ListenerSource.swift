@@ -15,7 +15,7 @@ protocol ListenerSource: AnyObject, Sendable {
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
 
     func snapshot(id: String, now: Double?) throws -> TaskSnapshot
-    func allSnapshots() -> [TaskSnapshot]
+    func wildcardItems() -> [WildcardItem]
     /// One page of the task listing (this engine's tasks and, with Redis, the fleet's), with ETAs.
     func listTasks(_ query: TaskQuery) -> TaskPage
     func missedEvents(id: String, after: UInt64, current: UInt64) -> [HistoryEvent]?

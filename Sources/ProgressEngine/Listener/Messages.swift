@@ -264,17 +264,66 @@ enum Messages {
         }
         try l.subscribe(client, to: ids, delta: delta, intervalMs: interval)
         client.send(WireMessage(taskIdList(type: "subscribed", ids)))
-        let snapshots = ids.contains("*") ? l.engine.allSnapshots() : ids.compactMap { try? l.engine.snapshot(id: $0) }
-        for snapshot in snapshots {
-            var recovered: Bool? = nil
-            if let last = resume[IdKey(snapshot.id)] {
-                // SPEC §7: the current state is sent at once on subscribe, after the replay; a client already at
-                // that seq gets it too (with "recovered": true), which tells it the task is still there.
-                recovered = replay(l, client: client, current: snapshot, after: last)
+        guard ids.contains("*") else {
+            for snapshot in ids.compactMap({ try? l.engine.snapshot(id: $0) }) {
+                sendCurrent(snapshot, to: client, resume: resume, delta: delta, l)
             }
-            client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
-                                seq: snapshot.seq, urgent: true, again: delta)
+            return
         }
+        // Every task: the resumed ones at once (their replay must come before any fan-out of theirs), the others a
+        // slice at a time as the client takes them.
+        var later = l.engine.wildcardItems()
+        if !resume.isEmpty {
+            let items = later
+            later = []
+            for item in items {
+                guard resume[IdKey(item.id)] != nil else {
+                    later.append(item)
+                    continue
+                }
+                if let snapshot = current(item, l, time: nil) {
+                    sendCurrent(snapshot, to: client, resume: resume, delta: delta, l)
+                }
+            }
+        }
+        client.wildcardStates = later.isEmpty ? nil : WildcardStates(items: later, delta: delta)
+        continueWildcard(l, client: client)
+    }
+
+    /// Queues the next slice of a "*" subscribe's current states (`WildcardStates`).
+    static func continueWildcard(_ l: Listener, client: ClientConnection) {
+        guard var states = client.wildcardStates else { return }
+        let time = l.engine.eventTime()
+        var queued = 0
+        while queued < WildcardStates.slice && states.next < states.items.count {
+            let item = states.items[states.next]
+            states.next += 1
+            // A task that expired since the subscribe is skipped.
+            guard let snapshot = current(item, l, time: time) else { continue }
+            sendCurrent(snapshot, to: client, resume: [:], delta: states.delta, l)
+            queued += 1
+        }
+        client.wildcardStates = states.next < states.items.count ? states : nil
+    }
+
+    private static func current(_ item: WildcardItem, _ l: Listener, time: Double?) -> TaskSnapshot? {
+        switch item {
+        case let .held(id): try? l.engine.snapshot(id: id, now: time)
+        case let .stored(snapshot): snapshot
+        }
+    }
+
+    /// A subscribe's current state of one task, after the events the client missed when it resumes the task.
+    private static func sendCurrent(_ snapshot: TaskSnapshot, to client: ClientConnection, resume: [IdKey: UInt64],
+                                    delta: Bool, _ l: Listener) {
+        var recovered: Bool? = nil
+        if let last = resume[IdKey(snapshot.id)] {
+            // SPEC §7: the current state is sent at once on subscribe, after the replay; a client already at
+            // that seq gets it too (with "recovered": true), which tells it the task is still there.
+            recovered = replay(l, client: client, current: snapshot, after: last)
+        }
+        client.sendProgress(WireMessage(progressUpdate(snapshot, recovered: recovered)), task: snapshot.id,
+                            seq: snapshot.seq, urgent: true, again: delta)
     }
 
     /// Replays the events after `after` up to (not including) the current state, from memory or, for a task

@@ -223,7 +223,7 @@ public final class Engine: Sendable {
         let stream = ChangeStream(filter: filter, wake: wake)
         let core = self.core
         let token = core.watchers.add(stream)
-        stream.note(all: filter ?? Set(core.allSnapshots().map { IdKey($0.id) }))
+        stream.note(all: filter ?? Set(core.wildcardItems().map { IdKey($0.id) }))
         let delivery = Task.detached {
             var rules = ChangeDelivery(core: core, throttle: Double(core.config.throttleMs) / 1000)
             for await _ in wakes {

@@ -1,0 +1,13 @@
+/// A `"*"` subscribe's current states still to be sent to one client, oldest first. They are read and queued a
+/// slice at a time as the client takes them (`Messages.continueWildcard`, from the client's writable callback), so
+/// that a listener holding many tasks neither stalls its other clients while it serialises every state nor queues
+/// them all at once for one client. Owned by the listener thread.
+struct WildcardStates {
+    /// States read and queued per writable callback: about a millisecond of the listener thread.
+    static let slice = 64
+
+    let items: [WildcardItem]
+    var next = 0
+    /// The subscribe asked for delta: each state goes even at a seq the client was sent as a patch.
+    let delta: Bool
+}
