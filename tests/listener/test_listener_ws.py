@@ -668,6 +668,55 @@ def test_wildcard_and_explicit_subscription_do_not_duplicate(wire):
     assert updates[0]["seq"] == 1 and updates[-1]["data"]["status"] == "completed"
 
 
+def test_wildcard_states_go_past_a_slice_the_client_already_has(wire):
+    """A "*" subscribe's states go 64 at a time as the client takes them; a slice the client already holds (the
+    tasks it watches by id) queues nothing, and the next slice must still come."""
+    t = wire.open(resource_interval_ms=3_600_000)
+    ids = [f"s{i:03d}" for i in range(200)]
+    for task in ids:
+        t.create_task_progress_sync(task, "x")
+
+    async def scenario():
+        async with wire.connect(t, "d") as ws:
+            await wire.established(ws)
+            seen = []
+            await wire.request(ws, {"type": "subscribe", "task_ids": ids[64:128]}, "subscribed", seen=seen)
+            await wire.request(ws, {"type": "subscribe", "task_ids": ["*"]}, "subscribed", seen=seen)
+            await wire.recv_until(ws, lambda m: m.get("task_id") == ids[-1], 5, seen)
+            return seen
+
+    states = [m["task_id"] for m in updates_of(wire.run(scenario()))]
+    assert states == ids[64:128] + ids[:64] + ids[128:]
+
+
+@pytest.mark.parametrize("pings", [1, 300])
+def test_replies_after_a_wildcard_subscribe_follow_its_states(wire, pings):
+    """The states of a "*" subscribe go a slice at a time, and a message sent after it waits for them: its reply
+    follows every one (the JavaScript client's pong after a resubscribe says "caught up"). Past 256 waiting
+    messages, the states are all queued at once and the messages handled."""
+    t = wire.open(resource_interval_ms=3_600_000)
+    ids = [f"p{i:03d}" for i in range(500)]
+    for task in ids:
+        t.create_task_progress_sync(task, "x")
+        t.complete_task_sync(task)
+
+    async def scenario():
+        async with wire.connect(t, "d") as ws:
+            await wire.established(ws)
+            await ws.send(json.dumps({"type": "subscribe", "task_ids": ["*"]}))
+            for _ in range(pings):
+                await ws.send(json.dumps({"type": "ping"}))
+            seen = []
+            while sum(m["type"] == "pong" for m in seen) < pings:
+                seen.append(await wire.recv(ws))
+            return seen
+
+    seen = wire.run(scenario())
+    kinds = [m["type"] for m in seen]
+    assert kinds == ["subscribed"] + ["progress.update"] * len(ids) + ["pong"] * pings, kinds[:3]
+    assert [m["task_id"] for m in updates_of(seen)] == ids
+
+
 def test_unsubscribe_while_an_update_is_queued_drops_the_slot_once_it_is_sent(wire):
     """A client that leaves a task while an update of it still waits in its queue gets that update (it was sent
     before the unsubscribe was read), and then the client keeps nothing of the task: the per-task slot that

@@ -445,16 +445,25 @@ final class EngineCore: @unchecked Sendable {
     ///   - now: the engine's time (`eventTime()`), when the caller has it already.
     /// - Throws: `.notFound`, `.invalidArgument` (id).
     func snapshot(id: String, now: Double? = nil) throws -> TaskSnapshot {
-        var snapshot = try withStoredFallback({
-            try withTask(id: id, isUpdate: false, forReading: true) { task in
-                // A read right after the runner's step sees it (the counter is otherwise read within throttle_ms).
-                catchUpCounter(task, at: max(clock.now(), task.lastTimestamp), notify: true)
-                return TaskSnapshot(task)
-            }
-        },
+        var snapshot = try withStoredFallback({ try heldState(id: id) },
                                               stored: { _ in storedRecord(id: id).map(TaskSnapshot.init) })
         snapshot.eta = estimate(snapshot, now: now ?? eventTime())
         return snapshot
+    }
+
+    /// `snapshot(id:now:)` of a task this engine holds; nil for any other (no Redis read).
+    func heldSnapshot(id: String, now: Double) -> TaskSnapshot? {
+        guard var snapshot = try? heldState(id: id) else { return nil }
+        snapshot.eta = estimate(snapshot, now: now)
+        return snapshot
+    }
+
+    private func heldState(id: String) throws -> TaskSnapshot {
+        try withTask(id: id, isUpdate: false, forReading: true) { task in
+            // A read right after the runner's step sees it (the counter is otherwise read within throttle_ms).
+            catchUpCounter(task, at: max(clock.now(), task.lastTimestamp), notify: true)
+            return TaskSnapshot(task)
+        }
     }
 
     /// The engine's time for ETAs: the latest event time of any task. Events rather than the system clock, so

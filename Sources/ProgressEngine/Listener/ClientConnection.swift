@@ -96,6 +96,15 @@ final class ClientConnection {
     @exclusivity(unchecked) var wildcardDelta = false
     /// A "*" subscribe's current states not queued yet.
     @exclusivity(unchecked) var wildcardStates: WildcardStates?
+    /// Messages the client sent while `wildcardStates` was pending, handled once the last state is queued, so that
+    /// every reply follows the states of the subscribe before it (as the pong after a resubscribe promises).
+    @exclusivity(unchecked) var deferred: [(bytes: [UInt8], binary: Bool)] = []
+    @exclusivity(unchecked) var deferredBytes = 0
+    /// Messages ever queued, and ever written: the next slice of `wildcardStates` goes once the last one is
+    /// written (`wildcardMark`), whatever else the client is sent meanwhile.
+    @exclusivity(unchecked) private(set) var queuedTotal = 0
+    @exclusivity(unchecked) private(set) var writtenTotal = 0
+    @exclusivity(unchecked) var wildcardMark = 0
     @exclusivity(unchecked) private var queue: [Outgoing] = []
     @exclusivity(unchecked) private var head = 0
     /// Task id → what this client was sent of it, so no state is sent twice or out of order.
@@ -149,6 +158,7 @@ final class ClientConnection {
         guard closing == nil else { return }
         if let slot { slot.pending = Int32(queue.count) }
         queue.append(Outgoing(message: message, slot: slot))
+        queuedTotal += 1
         queuedBytes += message.length
         if !scheduled {
             scheduled = true
@@ -367,6 +377,7 @@ final class ClientConnection {
         held.removeAll()
         heldDue = .infinity
         wildcardStates = nil
+        deferred.removeAll()
         if immediately {
             for slot in slots.values { slot.pending = -1 }
             queue.removeAll()
@@ -449,7 +460,8 @@ final class ClientConnection {
                 CProgress_ws_set_close(wsi, closing.code, closing.reason)
                 return -1
             }
-            return 0
+            // A slice of a "*" subscribe's states may queue nothing (the client has them all): on to the next.
+            return wildcardStates != nil ? 1 : 0
         }
         var used = 0
         var count = 0
@@ -473,6 +485,7 @@ final class ClientConnection {
             if let slot = queue[head].slot, Int(slot.pending) == head { slot.pending = -1 }
             queuedBytes -= message.length
             head += 1
+            writtenTotal += 1
         }
         if head == queue.count {
             queue.removeAll(keepingCapacity: queue.capacity <= 64)

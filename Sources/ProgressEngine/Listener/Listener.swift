@@ -435,12 +435,13 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if subscribers[task]?.isEmpty == true { subscribers[task] = nil }
         }
         wildcards[id] = nil
-        if client.usesDelta { dropUnwatchedBases(client.wildcard ? nil : client.subscriptions) }
+        dropUnwatchedBases(client.wildcard ? nil : client.subscriptions)
     }
 
-    /// After a delta client stopped watching `tasks` (nil: every task, as when it leaves "*"), drops the bases of
+    /// After a client stopped watching `tasks` (nil: every task, as when it leaves "*"), drops the delta bases of
     /// those nobody watches any more: no fan-out runs for an unwatched task, so no fan-out would drop them.
     private func dropUnwatchedBases(_ tasks: Set<IdKey>?) {
+        guard deltas.count > 0 else { return }
         if deltaConnections == 0 { return deltas.removeAll() }
         guard wildcards.isEmpty else { return }
         if let tasks {
@@ -452,7 +453,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     fileprivate func writable(id: UInt64) -> Int32 {
         guard let client = connections[id] else { return -1 }
-        if client.wildcardStates != nil && client.pendingCount < WildcardStates.slice {
+        if client.wildcardStates != nil && client.writtenTotal >= client.wildcardMark {
             Messages.continueWildcard(self, client: client)
         }
         return client.writable(batch, sent: metrics.messagesSent)
@@ -515,10 +516,8 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
             if subscribers[key]?.isEmpty == true { subscribers[key] = nil }
             left?.insert(key)
         }
-        if client.usesDelta {
-            client.forgetDeltaModes()
-            dropUnwatchedBases(left)
-        }
+        if client.usesDelta { client.forgetDeltaModes() }
+        dropUnwatchedBases(left)
     }
 
     var queueDepth: Int { inbox.withLock { $0.changed.count + $0.logs.count } }
@@ -554,8 +553,12 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         cb.on_ws_message = { ctx, id, data, len, binary in
             let l = Listener.listener(ctx)
             guard let client = l.connections[id] else { return }
-            let bytes = UnsafeRawBufferPointer(start: data, count: len)
-            Messages.handle(l, client: client, bytes: bytes.bindMemory(to: UInt8.self), binary: binary != 0)
+            let bytes = UnsafeRawBufferPointer(start: data, count: len).bindMemory(to: UInt8.self)
+            if client.wildcardStates == nil {
+                Messages.handle(l, client: client, bytes: bytes, binary: binary != 0)
+            } else {
+                Messages.deferMessage(l, client: client, bytes: bytes, binary: binary != 0)
+            }
             l.flush()
         }
         cb.on_ws_writable = { ctx, id, _ in Listener.listener(ctx).writable(id: id) }

@@ -15,6 +15,8 @@ protocol ListenerSource: AnyObject, Sendable {
     func estimate(_ task: TaskSnapshot, now: Double) -> ETAEstimate?
 
     func snapshot(id: String, now: Double?) throws -> TaskSnapshot
+    /// The state of a task this engine holds (nil otherwise: no Redis read).
+    func heldSnapshot(id: String, now: Double) -> TaskSnapshot?
     func wildcardItems() -> [WildcardItem]
     /// One page of the task listing (this engine's tasks and, with Redis, the fleet's), with ETAs.
     func listTasks(_ query: TaskQuery) -> TaskPage

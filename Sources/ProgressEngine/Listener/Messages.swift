@@ -287,11 +287,37 @@ enum Messages {
             }
         }
         client.wildcardStates = later.isEmpty ? nil : WildcardStates(items: later, delta: delta)
-        continueWildcard(l, client: client)
+        queueWildcardSlice(l, client: client)
     }
 
-    /// Queues the next slice of a "*" subscribe's current states (`WildcardStates`).
+    /// Queues the next slice of a "*" subscribe's current states (`WildcardStates`); after the last, handles what
+    /// the client sent meanwhile.
     static func continueWildcard(_ l: Listener, client: ClientConnection) {
+        queueWildcardSlice(l, client: client)
+        handleDeferred(l, client: client)
+    }
+
+    /// A message that came while a "*" subscribe's states are still going: it waits for them, unless too much
+    /// waits already, then the states are all queued now.
+    static func deferMessage(_ l: Listener, client: ClientConnection, bytes: UnsafeBufferPointer<UInt8>, binary: Bool) {
+        client.deferred.append((Array(bytes), binary))
+        client.deferredBytes += bytes.count
+        guard client.deferred.count > WildcardStates.maxDeferredMessages
+                || client.deferredBytes > WildcardStates.maxDeferredBytes else { return }
+        while client.wildcardStates != nil { queueWildcardSlice(l, client: client) }
+        handleDeferred(l, client: client)
+    }
+
+    /// Handles the waiting messages in order, until one starts another "*" subscribe's states.
+    private static func handleDeferred(_ l: Listener, client: ClientConnection) {
+        while client.wildcardStates == nil && !client.deferred.isEmpty {
+            let (bytes, binary) = client.deferred.removeFirst()
+            client.deferredBytes -= bytes.count
+            bytes.withUnsafeBufferPointer { handle(l, client: client, bytes: $0, binary: binary) }
+        }
+    }
+
+    private static func queueWildcardSlice(_ l: Listener, client: ClientConnection) {
         guard var states = client.wildcardStates else { return }
         let time = l.engine.eventTime()
         var queued = 0
@@ -304,12 +330,15 @@ enum Messages {
             queued += 1
         }
         client.wildcardStates = states.next < states.items.count ? states : nil
+        client.wildcardMark = client.queuedTotal
     }
 
     private static func current(_ item: WildcardItem, _ l: Listener, time: Double?) -> TaskSnapshot? {
         switch item {
         case let .held(id): try? l.engine.snapshot(id: id, now: time)
-        case let .stored(snapshot): snapshot
+        // Another engine's task read at the subscribe: this engine may hold it by now (a mirror of its newer
+        // states, or a task made anew under its id), and then that is its state.
+        case let .stored(snapshot): l.engine.heldSnapshot(id: snapshot.id, now: time ?? l.engine.eventTime()) ?? snapshot
         }
     }
 
