@@ -763,6 +763,8 @@ int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len) {
 
 int CProgress_ws_buffered(void *conn) { return lws_partial_buffered(conn) ? 1 : 0; }
 
+void CProgress_ws_set_reading(void *conn, int reading) { lws_rx_flow_control(conn, reading ? 1 : 0); }
+
 void CProgress_ws_set_close(void *conn, int code, const char *reason) {
     struct session *s = lws_wsi_user(conn);
     if (s == NULL) return;

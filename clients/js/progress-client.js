@@ -267,8 +267,9 @@ export class ProgressClient {
 
   /**
    * Subscribes the new connection to everything watched, resuming each task from its last seq. After a reconnect,
-   * a ping follows: the listener answers in order and queues everything a subscribe brings (replayed events, the
-   * current states) before it reads the next message, so its pong says that the tasks not sent again are gone.
+   * a ping follows: the listener answers in order, and a message that follows a subscribe is handled only once
+   * everything the subscribe brings (replayed events, the current states) is queued, so its pong says that the
+   * tasks not sent again are gone.
    *
    * The listener refuses a subscribe as a whole (a bad id, a limit) and closes on a frame over its
    * max_message_bytes, so: what was watched before goes in frames of its own, each within RESUME_BUDGET bytes with

@@ -88,6 +88,9 @@ int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len);
 /* Service thread: 1 while libwebsockets still holds unsent bytes of an earlier write (on_ws_writable follows
  * once they are out), else 0. */
 int CProgress_ws_buffered(void *conn);
+/* Service thread: stops (reading 0) or resumes (1) reading this connection's messages. What libwebsockets has
+ * already read stays with it and reaches on_ws_message after resuming, in order. */
+void CProgress_ws_set_reading(void *conn, int reading);
 /* Service thread: the close code and reason sent when on_ws_writable next returns -1. */
 void CProgress_ws_set_close(void *conn, int code, const char *reason);
 /* Service thread: drops the connection if it is still open `secs` seconds from now (a client that stopped

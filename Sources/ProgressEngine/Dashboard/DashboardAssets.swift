@@ -277,8 +277,9 @@ export class ProgressClient {
 
   /**
    * Subscribes the new connection to everything watched, resuming each task from its last seq. After a reconnect,
-   * a ping follows: the listener answers in order and queues everything a subscribe brings (replayed events, the
-   * current states) before it reads the next message, so its pong says that the tasks not sent again are gone.
+   * a ping follows: the listener answers in order, and a message that follows a subscribe is handled only once
+   * everything the subscribe brings (replayed events, the current states) is queued, so its pong says that the
+   * tasks not sent again are gone.
    *
    * The listener refuses a subscribe as a whole (a bad id, a limit) and closes on a frame over its
    * max_message_bytes, so: what was watched before goes in frames of its own, each within RESUME_BUDGET bytes with
@@ -1615,7 +1616,7 @@ body[data-view="cards"] .sort-tool {
 // (docs/DASHBOARD.md). An ES module with no framework and no external assets; scripts/embed-dashboard.py points its
 // import at the client's content-hashed URL. Everything that comes from the server (task ids, messages, errors, log
 // lines) reaches the page through textContent or attributes, never as markup.
-import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6e21a49dad03";
+import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=45a5b58e1fca";
 
 (function () {
   const API = "/api/v1/progress";
@@ -4324,7 +4325,7 @@ import { ProgressClient, ProgressError } from "/dashboard/progress-client.js?v=6
   </div>
   <img id="preview-full" alt="">
 </dialog>
-<script type="module" src="/dashboard/app.js?v=dd48b2adc639"></script>
+<script type="module" src="/dashboard/app.js?v=6e00e9276195"></script>
 </body>
 </html>
 """##),

@@ -100,6 +100,8 @@ final class ClientConnection {
     /// every reply follows the states of the subscribe before it (as the pong after a resubscribe promises).
     @exclusivity(unchecked) var deferred: [(bytes: [UInt8], binary: Bool)] = []
     @exclusivity(unchecked) var deferredBytes = 0
+    /// The connection is not read while too much is deferred (`setReading`).
+    @exclusivity(unchecked) private(set) var readingPaused = false
     /// Messages ever queued, and ever written: the next slice of `wildcardStates` goes once the last one is
     /// written (`wildcardMark`), whatever else the client is sent meanwhile.
     @exclusivity(unchecked) private(set) var queuedTotal = 0
@@ -378,6 +380,7 @@ final class ClientConnection {
         heldDue = .infinity
         wildcardStates = nil
         deferred.removeAll()
+        deferredBytes = 0
         if immediately {
             for slot in slots.values { slot.pending = -1 }
             queue.removeAll()
@@ -443,6 +446,16 @@ final class ClientConnection {
         guard MemoryLayout<[IdKey: TaskSlot]>.size == MemoryLayout<UnsafeRawPointer>.size else { return }
         CProgress_prefetch(unsafeBitCast(slots, to: UnsafeRawPointer.self), 4)
     }
+
+    /// Stops or resumes reading the client's messages.
+    func setReading(_ reading: Bool) {
+        guard readingPaused == reading else { return }
+        readingPaused = !reading
+        CProgress_ws_set_reading(wsi, reading ? 1 : 0)
+    }
+
+    /// Nothing stops this connection's writes: no failed write, no close on its way.
+    var canWrite: Bool { !writeFailed && closing == nil }
 
     /// The writable callback: writes what is queued.
     /// - Returns: 1 if more is waiting, 0 if not, -1 to close the connection.

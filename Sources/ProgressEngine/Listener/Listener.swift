@@ -453,7 +453,8 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
 
     fileprivate func writable(id: UInt64) -> Int32 {
         guard let client = connections[id] else { return -1 }
-        if client.wildcardStates != nil && client.writtenTotal >= client.wildcardMark {
+        if client.wildcardStates != nil && client.writtenTotal >= client.wildcardMark && client.canWrite {
+            flushList.now = engine.monotonic.now()  // the states' time, for the client's interval
             Messages.continueWildcard(self, client: client)
         }
         return client.writable(batch, sent: metrics.messagesSent)

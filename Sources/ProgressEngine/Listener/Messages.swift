@@ -297,15 +297,15 @@ enum Messages {
         handleDeferred(l, client: client)
     }
 
-    /// A message that came while a "*" subscribe's states are still going: it waits for them, unless too much
-    /// waits already, then the states are all queued now.
+    /// A message that came while a "*" subscribe's states are still going: it waits for them. Past the bound, the
+    /// connection is not read until the waiting messages are handled.
     static func deferMessage(_ l: Listener, client: ClientConnection, bytes: UnsafeBufferPointer<UInt8>, binary: Bool) {
         client.deferred.append((Array(bytes), binary))
         client.deferredBytes += bytes.count
-        guard client.deferred.count > WildcardStates.maxDeferredMessages
-                || client.deferredBytes > WildcardStates.maxDeferredBytes else { return }
-        while client.wildcardStates != nil { queueWildcardSlice(l, client: client) }
-        handleDeferred(l, client: client)
+        if client.deferred.count >= WildcardStates.maxDeferredMessages
+            || client.deferredBytes >= WildcardStates.maxDeferredBytes {
+            client.setReading(false)
+        }
     }
 
     /// Handles the waiting messages in order, until one starts another "*" subscribe's states.
@@ -315,6 +315,7 @@ enum Messages {
             client.deferredBytes -= bytes.count
             bytes.withUnsafeBufferPointer { handle(l, client: client, bytes: $0, binary: binary) }
         }
+        if client.deferred.isEmpty { client.setReading(true) }
     }
 
     private static func queueWildcardSlice(_ l: Listener, client: ClientConnection) {
