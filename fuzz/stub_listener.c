@@ -64,6 +64,8 @@ int CProgress_ws_write_frames(void *conn, unsigned char *buf, size_t len) {
 
 int CProgress_ws_buffered(void *conn) { (void)conn; return 0; }
 
+void CProgress_ws_set_reading(void *conn, int reading) { (void)conn; (void)reading; }
+
 void CProgress_ws_set_close(void *conn, int code, const char *reason) {
     (void)conn; (void)code;
     touch((const unsigned char *)reason, strlen(reason));
