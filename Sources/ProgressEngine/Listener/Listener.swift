@@ -149,6 +149,10 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         deltas.removeAll()
         subscribers.removeAll()
         wildcards.removeAll()
+        // Clients refer to the flush list: a client left on it (scheduled by a message handled in its writable
+        // callback, or holding states for its interval) would keep both alive.
+        flushList.clients.removeAll()
+        flushList.holding.removeAll()
     }
 
     /// In a forked child, which has no service thread: closes the child's copies of the listener's sockets without
