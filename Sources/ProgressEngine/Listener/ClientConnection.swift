@@ -102,9 +102,9 @@ final class ClientConnection {
     @exclusivity(unchecked) var deferredBytes = 0
     /// The connection is not read while too much is deferred (`setReading`).
     @exclusivity(unchecked) private(set) var readingPaused = false
-    /// Messages ever queued, and ever written: the next slice of `wildcardStates` goes once the last one is
-    /// written (`wildcardMark`), whatever else the client is sent meanwhile.
-    @exclusivity(unchecked) private(set) var queuedTotal = 0
+    /// Messages ever written; with `pendingCount`, the count of messages ever queued. The next slice of
+    /// `wildcardStates` goes once everything queued up to the previous one is written (`wildcardMark`), whatever
+    /// else the client is sent meanwhile.
     @exclusivity(unchecked) private(set) var writtenTotal = 0
     @exclusivity(unchecked) var wildcardMark = 0
     @exclusivity(unchecked) private var queue: [Outgoing] = []
@@ -160,7 +160,6 @@ final class ClientConnection {
         guard closing == nil else { return }
         if let slot { slot.pending = Int32(queue.count) }
         queue.append(Outgoing(message: message, slot: slot))
-        queuedTotal += 1
         queuedBytes += message.length
         if !scheduled {
             scheduled = true

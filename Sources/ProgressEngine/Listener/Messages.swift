@@ -274,14 +274,14 @@ enum Messages {
         // slice at a time as the client takes them.
         var later = l.engine.wildcardItems()
         if !resume.isEmpty {
-            let items = later
+            let items = later, time = l.engine.eventTime()
             later = []
             for item in items {
                 guard resume[IdKey(item.id)] != nil else {
                     later.append(item)
                     continue
                 }
-                if let snapshot = current(item, l, time: nil) {
+                if let snapshot = current(item, l, time: time) {
                     sendCurrent(snapshot, to: client, resume: resume, delta: delta, l)
                 }
             }
@@ -331,15 +331,15 @@ enum Messages {
             queued += 1
         }
         client.wildcardStates = states.next < states.items.count ? states : nil
-        client.wildcardMark = client.queuedTotal
+        client.wildcardMark = client.writtenTotal + client.pendingCount
     }
 
-    private static func current(_ item: WildcardItem, _ l: Listener, time: Double?) -> TaskSnapshot? {
+    private static func current(_ item: WildcardItem, _ l: Listener, time: Double) -> TaskSnapshot? {
         switch item {
         case let .held(id): try? l.engine.snapshot(id: id, now: time)
         // Another engine's task read at the subscribe: this engine may hold it by now (a mirror of its newer
         // states, or a task made anew under its id), and then that is its state.
-        case let .stored(snapshot): l.engine.heldSnapshot(id: snapshot.id, now: time ?? l.engine.eventTime()) ?? snapshot
+        case let .stored(snapshot): l.engine.heldSnapshot(id: snapshot.id, now: time) ?? snapshot
         }
     }
 
