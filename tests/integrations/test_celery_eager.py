@@ -125,3 +125,18 @@ def test_a_task_id_run_again_in_the_same_process_is_a_new_task():
     second = job.tracker.get_task_progress_sync("render-42")
     assert (second["status"], second["error"]) == ("failed", "second run broke"), second
     assert second["stages"]["1"]["progress"] == 0.5
+
+
+def test_a_reject_reported_by_the_worker_keeps_its_reason():
+    """A prefork worker's main process sends task_failure with the Reject (no requeue) while the pool child sends
+    task_postrun: both must write the same text, or the one that lands first decides it. The failure's text was the
+    exception's args tuple, "('bad payload', False)". Eager mode sends only task_postrun, so the worker's signal
+    is sent here as the worker sends it."""
+    from celery.exceptions import Reject
+    from celery.signals import task_failure
+    tracker = ends_in.tracker
+    tracker.create_task_progress_sync("rejected-by-worker", "ends_in")
+    task_failure.send(sender=ends_in, task_id="rejected-by-worker", exception=Reject("bad payload", requeue=False),
+                      args=(), kwargs={}, traceback=None, einfo=None)
+    state = tracker.get_task_progress_sync("rejected-by-worker")
+    assert (state["status"], state["error"]) == ("failed", "rejected: bad payload"), state

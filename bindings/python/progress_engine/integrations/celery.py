@@ -45,9 +45,11 @@ from ..tracker import ProgressTracker
 try:
     from celery import Task as _CeleryTask
     from celery import signals as _signals
+    from celery.exceptions import Reject as _Reject
 except ImportError:  # the module stays importable; ProgressTask says what is missing
     _CeleryTask = None
     _signals = None
+    _Reject = None
 
 _INSTALL = "progress_engine.integrations.celery needs Celery: pip install celery (and redis for a Redis broker)"
 
@@ -164,7 +166,12 @@ else:
         if not isinstance(sender, ProgressTask) or task_id is None:
             return
         tracker = _tracker(sender.app)
-        text = describe(exception) if exception else None
+        # A Reject without requeue also gets task_failure, from the worker's main process, racing the pool child's
+        # task_postrun (_on_postrun): both write the same text, whichever lands first.
+        if isinstance(exception, _Reject):
+            text = _rejected_text(exception)
+        else:
+            text = describe(exception) if exception else None
         try:
             try:
                 tracker.fail_task_sync(task_id, text)
@@ -181,30 +188,34 @@ else:
 
     def _on_postrun(sender: Any = None, task_id: Optional[str] = None, retval: Any = None, state: Any = None,
                     **_: Any) -> None:
-        # A run that ended in Ignore (raised by the body, or by Task.replace) or Reject gets neither task_success
-        # nor task_failure: without this its task stayed executing for good. task_postrun comes from the process
-        # that ran it, with the exception as retval.
+        # A run that ended in Ignore (raised by the body, or by Task.replace) or Reject gets no task_success, and
+        # task_failure only for a Reject without requeue, and then from the worker's main process (not in eager
+        # mode): without this its task stayed executing for good. task_postrun comes from the process that ran
+        # it, with the exception as retval.
         if not isinstance(sender, ProgressTask) or task_id is None or state not in ("IGNORED", "REJECTED"):
             return
         tracker = _tracker(sender.app)
-        if state == "REJECTED" and getattr(retval, "reason", None) is not None:
-            text = reason_text(retval.reason)  # Reject's own text is its args tuple
-        elif isinstance(retval, BaseException):
-            text = describe(retval)
-        else:
-            text = str(state).lower()
         try:
             if state == "REJECTED" and getattr(retval, "requeue", False):
                 # Delivered again: the next run goes on with the task (task_prerun resumes it).
-                tracker.log_sync(task_id, "warning", f"rejected and requeued ({text}): it runs again")
+                tracker.log_sync(task_id, "warning", f"rejected and requeued ({_reject_reason(retval)}): it runs again")
             elif state == "REJECTED":
-                tracker.fail_task_sync(task_id, f"rejected: {text}")
+                tracker.fail_task_sync(task_id, _rejected_text(retval))
             else:
                 # Not an error: the body handed its result on (replace()) or chose to leave none.
+                text = describe(retval) if isinstance(retval, BaseException) else str(state).lower()
                 tracker.log_sync(task_id, "info", f"the run ended with Celery's Ignore ({text})")
                 tracker.complete_task_sync(task_id)
         except (StateError, NotFoundError):
             pass  # the body already finished it
+
+    def _reject_reason(exc: Any) -> str:
+        # Reject's own text is its args tuple: ('bad payload', False).
+        reason = reason_text(getattr(exc, "reason", None))
+        return reason if reason else "no reason given"
+
+    def _rejected_text(exc: Any) -> str:
+        return f"rejected: {_reject_reason(exc)}"
 
     def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
         # The task stays executing until its next attempt, which resumes it (task_prerun): say why it waits.
