@@ -185,7 +185,7 @@ def _exhaust(port: int, limit: int) -> tuple["websocket.WebSocket", list[RawWebS
     ws_until(watcher, lambda m: len(updates(m)) > 0, 5)
     held = []
     for _ in range(limit + 20):
-        s = _handshake(port, 1.0)
+        s = _handshake(port, 3.0)  # a slow answer on a loaded machine is not a refusal
         if s is None:
             return watcher, held, len(held)
         held.append(s)

@@ -87,7 +87,9 @@ def test_three_concurrent_tasks_one_failure(fleet, worker, client):
     assert len(set(logged)) == 3 and f"pid {worker.proc.pid}" not in logged, logged
     states = {i: http_get(server.port, f"/api/v1/progress/tasks/{i}")[1] for i in ids}
     latest_start = max(s["started_at"] for s in states.values())
-    assert all(s["completed_at"] > latest_start for s in states.values()), states
+    # The two that run to the end: the failing one stops half a second after its start, before which a child
+    # slow to start on a loaded machine may not have started.
+    assert all(states[i]["completed_at"] > latest_start for i in ok), states
 
 
 def test_template_option_and_revoked_task(fleet, worker, client):

@@ -47,13 +47,15 @@ def test_at_most_one_state_per_interval_the_latest_and_the_end_at_once(wire):
     done = wire.run(scenario(), timeout=30)
     slow = arrivals["slow"]
     every = arrivals["every"]
-    assert len(every) > 60, len(every)
     # The current state on subscribe, then at most one state per 300 ms over 1.5 s (the interval counting from any
     # state sent), then the end (urgent).
     live = [(at, m) for at, m in slow if m["data"]["status"] != "completed"]
     assert 4 <= len(live) <= 8, [m["seq"] for _, m in slow]
+    assert len(every) >= 3 * len(live), (len(every), len(live))
+    # Gaps as this client's loop saw them: one arrival read late and the next on time shortens a gap, so the
+    # bound leaves room (without the interval they would be about 10 ms).
     gaps = [b[0] - a[0] for a, b in zip(live, live[1:])]
-    assert min(gaps) >= interval - 0.05, gaps
+    assert min(gaps) >= interval * 0.6, gaps
     # Each state sent is the task's latest at the time: its seq is the newest the other client had by then.
     for at, m in live[1:]:
         newer = [x for when, x in every if when <= at - 0.05 and x["seq"] > m["seq"]]
@@ -63,7 +65,7 @@ def test_at_most_one_state_per_interval_the_latest_and_the_end_at_once(wire):
     # The end is not held back: it comes as soon as the other client's does.
     end_slow = slow[-1]
     assert end_slow[1]["data"]["status"] == "completed" and end_slow[1]["seq"] == every[-1][1]["seq"]
-    assert end_slow[0] - done < 0.2, end_slow[0] - done
+    assert end_slow[0] - every[-1][0] < 0.15, (end_slow[0] - every[-1][0], end_slow[0] - done)
     wire.assert_alive(t)
 
 
@@ -105,22 +107,26 @@ def test_delta_with_an_interval_rebuilds_every_state_it_gets(wire):
             await wire.established(ws)
             await wire.request(ws, {"type": "subscribe", "task_ids": ["both"], "delta": True, "interval_ms": 100},
                                "subscribed")
+            start = time.monotonic()
             for step in range(1, 151):
                 t.update_progress_sync("both", step, 150, f"step {step}")
                 await asyncio.sleep(0.004)
             t.complete_task_sync("both")
+            took = time.monotonic() - start
             while True:
                 msg = await wire.recv(ws, 5)
                 if msg["type"] == "progress.update":
                     delta.apply(msg)  # asserts base_seq == the seq it holds
                     if delta.state["status"] == "completed":
-                        return
+                        return took
 
-    wire.run(scenario(), timeout=30)
+    took = wire.run(scenario(), timeout=30)
     assert delta.state == t.get_task_progress_sync("both") | {"eta": delta.state["eta"],
                                                               "eta_seconds": delta.state["eta_seconds"],
                                                               "eta_confidence": delta.state["eta_confidence"]}
-    assert 3 <= len(delta.states) <= 15, len(delta.states)
+    # One state per 100 ms while the steps ran (about 0.7 s on a quiet machine), and the few sent at once: the
+    # subscribe's, the first step's, the one held back and the end.
+    assert 3 <= len(delta.states) <= took / 0.1 + 5, (len(delta.states), took)
     assert delta.patches > 0, (delta.patches, delta.fulls)
 
 

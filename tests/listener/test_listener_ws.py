@@ -308,8 +308,9 @@ def test_resource_samples_do_not_hold_back_the_runners_steps(wire):
                 last = await wire.recv_until(
                     ws, lambda m: m["type"] == "progress.update" and m["data"]["stages"]["2"]["message"] == f"s{i}", 2)
                 delays.append(time.monotonic() - start)
-            # Samples taken every 50 ms, each of them a change: before, most steps waited 100-300 ms.
-            assert max(delays) < 0.1, [round(d, 3) for d in delays]
+            # Samples taken every 50 ms, each of them a change: before, most steps waited 100-300 ms. (One stall of
+            # this process on a loaded machine is not that.)
+            assert sorted(delays)[-2] < 0.1, [round(d, 3) for d in delays]
             # The sampler's figures still reach the client, with the runner's updates.
             assert last["data"]["resource_usage"]["memory_mb"] > 0, last["data"]["resource_usage"]
 
