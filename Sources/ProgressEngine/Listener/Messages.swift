@@ -265,7 +265,8 @@ enum Messages {
         try l.subscribe(client, to: ids, delta: delta, intervalMs: interval)
         client.send(WireMessage(taskIdList(type: "subscribed", ids)))
         guard ids.contains("*") else {
-            for snapshot in ids.compactMap({ try? l.engine.snapshot(id: $0) }) {
+            let time = l.engine.eventTime()  // every shard's lock: once, not per id
+            for snapshot in ids.compactMap({ try? l.engine.snapshot(id: $0, now: time) }) {
                 sendCurrent(snapshot, to: client, resume: resume, delta: delta, l)
             }
             return
