@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from .errors import ProgressError, StateError, TaskCancelled, describe, reason_text
+from .errors import ProgressError, StateError, TaskCancelled, describe, failed_exit, reason_text
 from .tracker import ProgressTracker
 
 _STEP_ONLY = frozenset({"step", "total_steps"})
@@ -25,8 +25,9 @@ _DONE = _Done()
 
 class ProgressContext:
     """Creates the task on entry; on exit completes it, or fails it with the exception's text and
-    lets the exception propagate (a KeyboardInterrupt, a cancelled coroutine or a TaskCancelled cancels it
-    instead; `ctx.cancel_requested` says when someone asked the runner to stop).
+    lets the exception propagate (a KeyboardInterrupt, a cancelled coroutine, a clean sys.exit() or a TaskCancelled
+    cancels it instead, and sys.exit("text") or sys.exit(n != 0) fails it with that text or "exit status n";
+    `ctx.cancel_requested` says when someone asked the runner to stop).
     A task the runner already finished (execution_complete / execution_error) is left as it is; one
     that is gone (expired, or never created) is a refusal, as with the callback. The callback raises
     nothing for an update the engine refuses unless the tracker is strict (see ProgressTracker), so a
@@ -65,6 +66,8 @@ class ProgressContext:
                 self.tracker.cancel_task_sync(self.task_id, reason_text(exc.reason) or "cancelled on request")
             elif isinstance(exc, Exception):
                 self.tracker.fail_task_sync(self.task_id, describe(exc))
+            elif failed_exit(exc) is not None:
+                self.tracker.fail_task_sync(self.task_id, failed_exit(exc))
             else:
                 self.tracker.cancel_task_sync(self.task_id, type(exc).__name__)
         except StateError:

@@ -169,6 +169,16 @@ def describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def failed_exit(exc: BaseException) -> Optional[str]:
+    """The failure a SystemExit reports: sys.exit("text") its text, sys.exit(n) "exit status n" for n != 0. None for
+    any other exception, and for a clean exit (sys.exit(), sys.exit(0)), which stops the work without an error."""
+    if not isinstance(exc, SystemExit) or exc.code is None or exc.code == 0:
+        return None
+    if isinstance(exc.code, int):
+        return f"exit status {exc.code}"
+    return reason_text(exc.code) or type(exc).__name__
+
+
 def reason_text(reason: object) -> Optional[str]:
     """A cancel reason as text (a TaskCancelled may be raised with any object as its reason)."""
     if reason is None or isinstance(reason, str):

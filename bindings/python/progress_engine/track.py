@@ -9,7 +9,7 @@ from time import perf_counter
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
-from .errors import ProgressError, TaskCancelled, describe, reason_text
+from .errors import ProgressError, TaskCancelled, describe, failed_exit, reason_text
 from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
@@ -68,7 +68,8 @@ class Track(Iterator[T]):
     A plain `for` loop cannot see an exception raised in its own body: Python only tells the
     iterator that the loop stopped, exactly as for `break`. So a loop left early cancels the task
     ("stopped at step N of M"). Used as a context manager, the task fails with the exception text
-    instead when the `with` block ends with an exception:
+    instead when the `with` block ends with an exception (or with sys.exit("text") / sys.exit(n != 0):
+    that text or "exit status n"; a KeyboardInterrupt or a clean exit stops it as above):
 
         with track(items, task_id="job") as items:
             for item in items:
@@ -116,7 +117,7 @@ class Track(Iterator[T]):
         self._run.in_with = False
         if isinstance(exc, TaskCancelled):
             self._run.cancel(exc.reason)
-        elif isinstance(exc, Exception):
+        elif isinstance(exc, Exception) or failed_exit(exc) is not None:
             self._run.fail(exc)
         else:
             self._run.stop()
@@ -163,7 +164,7 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         if self.open:
             self.open = False
-            self._finish(self.tracker.fail_task_sync, describe(exc))
+            self._finish(self.tracker.fail_task_sync, failed_exit(exc) or describe(exc))
 
     def cancel(self, reason: Optional[str]) -> None:
         if self.open:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -47,6 +48,22 @@ def test_interrupt_cancels(tracker):
             raise KeyboardInterrupt
     task = tracker.get_task_progress_sync("ctx")
     assert task["status"] == "cancelled" and task["error"] == "KeyboardInterrupt"
+
+
+@pytest.mark.parametrize("code, status, error", [
+    ("model missing", "failed", "model missing"),
+    (2, "failed", "exit status 2"),
+    (0, "cancelled", "SystemExit"),
+    (None, "cancelled", "SystemExit"),
+])
+def test_sys_exit_fails_only_when_it_reports_a_failure(tracker, code, status, error):
+    """sys.exit("text") or a non-zero status is the script saying it failed: the task fails with that text; a
+    clean exit stops the work before the end of the block, which cancels it (a KeyboardInterrupt's way)."""
+    with pytest.raises(SystemExit):
+        with context(tracker):
+            sys.exit(code)
+    task = tracker.get_task_progress_sync("ctx")
+    assert (task["status"], task["error"]) == (status, error), task
 
 
 def test_callback_is_awaitable_and_plain(tracker, throttle_ms, poll):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import pytest
 
@@ -110,6 +111,22 @@ def test_track_body_exception_in_with_fails(tracker):
                     raise KeyError("no such prompt")
     task = tracker.get_task_progress_sync("loop")
     assert task["status"] == "failed" and task["error"] == "'no such prompt'"
+
+
+@pytest.mark.parametrize("code, status, error", [
+    ("model missing", "failed", "model missing"),
+    (3, "failed", "exit status 3"),
+    (0, "cancelled", "stopped at step 2 of 10"),
+    (None, "cancelled", "stopped at step 2 of 10"),
+])
+def test_track_sys_exit_in_with_fails_only_when_it_reports_a_failure(tracker, code, status, error):
+    with pytest.raises(SystemExit):
+        with track(range(10), task_id="exit", tracker=tracker) as steps:
+            for i in steps:
+                if i == 2:
+                    sys.exit(code)
+    task = tracker.get_task_progress_sync("exit")
+    assert (task["status"], task["error"]) == (status, error), task
 
 
 def test_track_with_block_completes_and_break_cancels(tracker):
