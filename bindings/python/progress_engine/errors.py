@@ -170,9 +170,11 @@ def describe(exc: BaseException) -> str:
 
 
 def failed_exit(exc: BaseException) -> Optional[str]:
-    """The failure a SystemExit reports: sys.exit("text") its text, sys.exit(n) "exit status n" for n != 0. None for
-    any other exception, and for a clean exit (sys.exit(), sys.exit(0)), which stops the work without an error."""
-    if not isinstance(exc, SystemExit) or exc.code is None or exc.code == 0:
+    """The failure a sys.exit() reports: sys.exit("text") its text, sys.exit(n) "exit status n" for n != 0. None for
+    any other exception, for a clean exit (sys.exit(), sys.exit(0)), which stops the work without an error, and for
+    SystemExit's subclasses: a framework stopping the process (Celery's WorkerShutdown, WorkerTerminate) has the
+    work stopped from outside, not failed."""
+    if type(exc) is not SystemExit or exc.code is None or exc.code == 0:
         return None
     if isinstance(exc.code, int):
         return f"exit status {exc.code}"

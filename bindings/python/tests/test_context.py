@@ -66,6 +66,18 @@ def test_sys_exit_fails_only_when_it_reports_a_failure(tracker, code, status, er
     assert (task["status"], task["error"]) == (status, error), task
 
 
+def test_a_framework_stopping_the_process_cancels_whatever_its_status(tracker):
+    """SystemExit's subclasses are a framework's shutdown (Celery's WorkerTerminate carries status 1): the work
+    was stopped from outside, so the task is cancelled, not failed."""
+    WorkerTerminate = pytest.importorskip("celery.exceptions", reason="Celery is not installed").WorkerTerminate
+
+    with pytest.raises(WorkerTerminate):
+        with context(tracker):
+            raise WorkerTerminate(1)
+    task = tracker.get_task_progress_sync("ctx")
+    assert (task["status"], task["error"]) == ("cancelled", "WorkerTerminate"), task
+
+
 def test_callback_is_awaitable_and_plain(tracker, throttle_ms, poll):
     async def run():
         async with context(tracker) as ctx:
