@@ -446,3 +446,55 @@ def test_module_imports_without_tqdm():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
     assert integration.__doc__  # and here, with tqdm, the same module imports as usual
+
+
+def test_a_warning_written_through_tqdm_does_not_deadlock_with_a_redraw_on_another_thread():
+    """A refused report warns while the bar's reporter holds its lock; a warning written through tqdm.write (what
+    logging_redirect_tqdm does with captured warnings) then waits for tqdm's lock. tqdm's monitor thread and
+    tqdm.write redraw every bar while holding that lock (refresh(nolock=True)), and that redraw waited for the
+    reporter's lock: each thread held what the other waited for, for good. The interleaving is forced with two
+    events; a fresh interpreter, so that a deadlock cannot hang this one."""
+    code = textwrap.dedent(
+        """
+        import os, sys, threading, warnings
+        from tqdm import tqdm
+        from progress_engine import ProgressTracker
+        from progress_engine.integrations.tqdm import report_tqdm
+
+        t = ProgressTracker()
+        t.create_task_progress_sync("job", "sdxl", "image_generation")
+        warned, locked = threading.Event(), threading.Event()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            warned.set()
+            locked.wait(5)
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        with report_tqdm("job", tracker=t):
+            bar = tqdm(total=10, file=sys.stderr, mininterval=0)
+            bar.update(3)
+            t.complete_task_sync("job")  # the bar's next report is refused: a ProgressWarning
+
+            def writer():
+                warned.wait(5)
+                with tqdm.get_lock():
+                    locked.set()
+                    bar.refresh(nolock=True)
+
+            threads = [threading.Thread(target=writer, daemon=True), threading.Thread(target=bar.refresh, daemon=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            if any(thread.is_alive() for thread in threads):
+                print("deadlock", flush=True)
+                os._exit(3)
+            bar.close()
+        print("ok" if warned.is_set() else "no warning")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])

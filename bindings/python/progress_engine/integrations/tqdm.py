@@ -20,6 +20,11 @@ library; benchmarks/python/bench_tqdm.py: about half of tqdm's own update), and 
 own redraw, at most every mininterval) and close send the description and the totals. Iterating a bar
 adds nothing per item: tqdm calls update() itself only when it redraws, and sets the final count at
 the end, so the task follows what the bar shows. Other bars pay one ContextVar lookup at creation.
+
+Locks: each report_tqdm has one, held while it sends; a refused report warns under it, and a warning may be
+written through tqdm.write (logging_redirect_tqdm), which takes tqdm's lock. A redraw by a thread already holding
+tqdm's lock (its monitor thread, tqdm.write redrawing every bar) therefore never waits for a report_tqdm's lock:
+when another thread holds it, that redraw sends nothing and the next one does.
 """
 
 from __future__ import annotations
@@ -174,10 +179,12 @@ class _Reporter:
                     _detach(bar)
             self.bars.clear()
 
-    def sync(self, bar: Any) -> None:
+    def sync(self, bar: Any, wait: bool = True) -> None:
         """Sends the innermost bar's state; leaves the bar's fast path (its counter) set when n and total
-        are integers."""
-        with self.lock:
+        are integers. wait=False: nothing is sent if another thread holds the reporter's lock."""
+        if not self.lock.acquire(blocking=wait):
+            return
+        try:
             if self.innermost() is not bar or self.tracker.closed:
                 return
             n, total = bar.n, bar.total
@@ -210,6 +217,8 @@ class _Reporter:
             bar._pe_counter = tracker._counters.get(task_id) if exact else None
             bar._pe_limit = steps
             bar._pe_due = time.monotonic() + _INTERVAL
+        finally:
+            self.lock.release()
 
 
 def _detach(bar: Any) -> None:
@@ -259,7 +268,12 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
         shown = base_refresh(self, *args, **kwargs)
         reporter = self._pe_reporter
         if reporter is not None:
-            reporter.sync(self)
+            # nolock: the caller holds tqdm's lock (its monitor thread, tqdm.write redrawing the bars). A sync on
+            # another thread may hold the reporter's lock and wait for tqdm's (a warning written through
+            # tqdm.write, as logging_redirect_tqdm does): waiting here would have each thread wait for the other,
+            # so this redraw leaves its report to the next one then.
+            nolock = kwargs.get("nolock", args[0] if args else False)
+            reporter.sync(self, wait=not nolock)
         return shown
 
     def close(self: Any) -> None:
