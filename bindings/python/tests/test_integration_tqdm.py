@@ -498,3 +498,89 @@ def test_a_warning_written_through_tqdm_does_not_deadlock_with_a_redraw_on_anoth
         filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+
+
+def test_a_redraw_under_tqdms_lock_sends_nothing_so_a_logging_handler_cannot_deadlock_it():
+    """The other cycle of the same locks: a redraw under tqdm's lock (tqdm.write from one thread) whose report was
+    refused warned; with logging.captureWarnings (a Celery worker sets it) the warning waited for a logging
+    handler's lock, held by another thread's logger call whose handler writes through tqdm.write and waited for
+    tqdm's lock. A fresh interpreter, the interleaving forced with two events."""
+    code = textwrap.dedent(
+        """
+        import logging, os, sys, threading
+        from tqdm import tqdm
+        from progress_engine import ProgressTracker
+        from progress_engine.integrations.tqdm import report_tqdm
+
+        t = ProgressTracker()
+        t.create_task_progress_sync("job", "sdxl", "image_generation")
+        in_emit, locked = threading.Event(), threading.Event()
+
+        class TqdmHandler(logging.Handler):  # logging_redirect_tqdm's kind of handler
+            def emit(self, record):
+                if record.name == "app":
+                    in_emit.set()
+                    locked.wait(5)
+                tqdm.write(self.format(record), file=sys.stderr)
+
+        logging.getLogger().addHandler(TqdmHandler())
+        logging.captureWarnings(True)
+        with report_tqdm("job", tracker=t):
+            bar = tqdm(total=10, file=sys.stderr, mininterval=0)
+            bar.update(3)
+            bar.set_description("now")  # a description the next report sends
+            t.complete_task_sync("job")  # that report is refused: a ProgressWarning
+
+            def redraw():
+                in_emit.wait(5)
+                with tqdm.get_lock():
+                    locked.set()
+                    bar.refresh(nolock=True)
+
+            threads = [threading.Thread(target=redraw, daemon=True),
+                       threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            if any(thread.is_alive() for thread in threads):
+                print("deadlock", flush=True)
+                os._exit(3)
+            bar.close()
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+
+
+def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tracker, task):
+    """A bar closed by the garbage collector on tqdm's monitor thread runs close() under tqdm's lock; waiting there
+    for the reporter's lock (held by a sync that waits for tqdm's) never ended. Here another thread holds the
+    reporter's lock: the close returns within about a second, the bar a plain one again."""
+    with report_tqdm(task, tracker=tracker):
+        bar = tqdm.std.tqdm(total=10, disable=True)
+        bar.update(4)
+        reporter = bar._pe_reporter
+        held, done = threading.Event(), threading.Event()
+
+        def hold():
+            with reporter.lock:
+                held.set()
+                done.wait(10)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        held.wait(5)
+        closer = threading.Thread(target=bar.close, daemon=True)
+        closer.start()
+        closer.join(3)
+        stuck = closer.is_alive()
+        done.set()
+        holder.join(5)
+        closer.join(5)
+        assert not stuck, "close() still waiting for the reporter's lock after 3 s"
+        assert bar._pe_reporter is None and type(bar) is tqdm.std.tqdm
+        assert stage(tracker)[1] == 0.4  # the counter's last store; the final report was let go

@@ -22,9 +22,11 @@ adds nothing per item: tqdm calls update() itself only when it redraws, and sets
 the end, so the task follows what the bar shows. Other bars pay one ContextVar lookup at creation.
 
 Locks: each report_tqdm has one, held while it sends; a refused report warns under it, and a warning may be
-written through tqdm.write (logging_redirect_tqdm), which takes tqdm's lock. A redraw by a thread already holding
-tqdm's lock (its monitor thread, tqdm.write redrawing every bar) therefore never waits for a report_tqdm's lock:
-when another thread holds it, that redraw sends nothing and the next one does.
+written through tqdm.write (logging_redirect_tqdm), which takes tqdm's lock, or go through a logging handler's lock
+whose holder may be waiting for tqdm's. So nothing is sent while tqdm's lock is held: a redraw under it (tqdm's
+monitor thread, tqdm.write redrawing every bar: refresh(nolock=True)) leaves its report to the bar's next update or
+redraw, and a close that cannot take the report_tqdm's lock within a second (one run by the garbage collector on a
+thread holding tqdm's lock) lets its last report go rather than wait for good.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from contextvars import ContextVar, Token
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..default import get_progress_tracker_sync
+from ..errors import StateError
 from ..tracker import _STEP_MAX, ProgressTracker
 
 __all__ = ["report_tqdm", "tqdm", "trange"]
@@ -49,6 +52,9 @@ _INSTALL = "progress_engine.integrations.tqdm needs tqdm, which is not installed
 
 #: Steps a bar whose n or total is not an integer (tqdm allows floats) is reported in.
 _SCALE = 10_000
+#: How long a bar's close waits for its report_tqdm's lock before it lets its last report go (the module's
+#: "Locks"), in seconds.
+_RELEASE_WAIT = 1.0
 #: How often a disabled bar, which tqdm never redraws, sends what only a redraw sends (its description,
 #: a count of items, a fractional n), in seconds: tqdm's default mininterval.
 _INTERVAL = 0.1
@@ -141,9 +147,9 @@ class _Reporter:
         with self.lock:
             while self.bars:
                 bar = self.bars[-1]()
-                if bar is not None:
+                if bar is not None and getattr(bar, "_pe_reporter", None) is self:
                     return bar
-                self.bars.pop()
+                self.bars.pop()  # gone, or let go without this lock (release)
             return None
 
     def adopt(self, bar: Any) -> None:
@@ -159,7 +165,10 @@ class _Reporter:
 
     def release(self, bar: Any) -> None:
         """The bar closed: its last count is sent, and the bar around it (if any) drives the task again."""
-        with self.lock:
+        if not self.lock.acquire(timeout=_RELEASE_WAIT):
+            _detach(bar)  # a plain bar again, its last count not sent
+            return
+        try:
             innermost = self.innermost() is bar
             if innermost:
                 self.sync(bar)
@@ -168,6 +177,8 @@ class _Reporter:
             outer = self.innermost() if innermost else None
             if outer is not None:
                 self.sync(outer)
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         """The report_tqdm ended: its open bars stop reporting and are plain bars again."""
@@ -179,12 +190,10 @@ class _Reporter:
                     _detach(bar)
             self.bars.clear()
 
-    def sync(self, bar: Any, wait: bool = True) -> None:
+    def sync(self, bar: Any) -> None:
         """Sends the innermost bar's state; leaves the bar's fast path (its counter) set when n and total
-        are integers. wait=False: nothing is sent if another thread holds the reporter's lock."""
-        if not self.lock.acquire(blocking=wait):
-            return
-        try:
+        are integers."""
+        with self.lock:
             if self.innermost() is not bar or self.tracker.closed:
                 return
             n, total = bar.n, bar.total
@@ -210,15 +219,18 @@ class _Reporter:
             if not message and not self.message:
                 message = self.message  # nothing of ours to clear: keep the runner's own message
             tracker, task_id = self.tracker, self.task_id
-            if message != self.message:
-                tracker.update_progress_sync(task_id, step, steps, message)
-                self.message = message
-            tracker.update_progress_sync(task_id, step, steps)  # attaches the task's counter on first use
+            try:
+                if message != self.message:
+                    tracker.update_progress_sync(task_id, step, steps, message)
+                    self.message = message
+                tracker.update_progress_sync(task_id, step, steps)  # attaches the task's counter on first use
+            except StateError:
+                if tracker.closed:
+                    return  # closed by another thread since the look above: nothing to report into
+                raise  # strict: the task's refusal
             bar._pe_counter = tracker._counters.get(task_id) if exact else None
             bar._pe_limit = steps
             bar._pe_due = time.monotonic() + _INTERVAL
-        finally:
-            self.lock.release()
 
 
 def _detach(bar: Any) -> None:
@@ -261,19 +273,18 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
                 elif value >= limit:  # else a NaN count: nothing to report
                     counter[0] = limit
             except (TypeError, ValueError):  # n became a float, or past 64 bits: the general path
-                self._pe_reporter.sync(self)
+                reporter = self._pe_reporter
+                if reporter is not None:  # its report_tqdm may have ended on another thread meanwhile
+                    reporter.sync(self)
         return shown
 
     def refresh(self: Any, *args: Any, **kwargs: Any) -> Any:
         shown = base_refresh(self, *args, **kwargs)
         reporter = self._pe_reporter
-        if reporter is not None:
-            # nolock: the caller holds tqdm's lock (its monitor thread, tqdm.write redrawing the bars). A sync on
-            # another thread may hold the reporter's lock and wait for tqdm's (a warning written through
-            # tqdm.write, as logging_redirect_tqdm does): waiting here would have each thread wait for the other,
-            # so this redraw leaves its report to the next one then.
-            nolock = kwargs.get("nolock", args[0] if args else False)
-            reporter.sync(self, wait=not nolock)
+        # nolock: the caller holds tqdm's lock (its monitor thread, tqdm.write redrawing every bar), under which
+        # nothing is sent (the module's "Locks"): the bar's next update or redraw reports.
+        if reporter is not None and not kwargs.get("nolock", args[0] if args else False):
+            reporter.sync(self)
         return shown
 
     def close(self: Any) -> None:
