@@ -58,15 +58,26 @@ def _from_array(image: Any, interface: dict) -> Tuple[bytes, int, int, int]:
 
 
 def _from_pil(image: Any) -> Tuple[bytes, int, int, int]:
+    # A lazily loaded image reads its file here: one still being written (a renderer's newest frame) raises
+    # OSError, and Pillow refuses some conversions with ValueError. Either is a bad image, refused like one.
+    try:
+        return _read_pil(image)
+    except (OSError, ValueError) as error:
+        raise InvalidArgumentError(f"the PIL image ({getattr(image, 'mode', '?')}) could not be read: {error}") from None
+
+
+def _read_pil(image: Any) -> Tuple[bytes, int, int, int]:
     width, height = image.size
     if image.mode in ("I;16", "I;16L", "I;16B"):
         # 16-bit gray: keep the high byte of each sample (convert("L") would clip everything above 255).
         data = image.tobytes()
         high = data[0::2] if image.mode == "I;16B" else data[1::2]
         return _checked(high, width, height, 1)
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow has no La -> RGBA conversion; LA -> RGBA below
     if image.mode not in _PIL_CHANNELS:
         # Palette images may be transparent; every other mode converts losslessly enough to RGB.
-        image = image.convert("RGBA" if image.mode in ("P", "PA", "LA", "La", "RGBa") else "RGB")
+        image = image.convert("RGBA" if image.mode in ("P", "PA", "LA", "RGBa") else "RGB")
     return _checked(image.tobytes(), width, height, _PIL_CHANNELS[image.mode])
 
 

@@ -30,6 +30,7 @@ from progress_engine import (  # noqa: E402
     NotFoundError,
     ProgressContext,
     ProgressTracker,
+    ProgressWarning,
     Stage,
     StateError,
 )
@@ -403,7 +404,7 @@ def test_numpy_views_and_layouts(open_tracker, preview_dir):
         check_preview(preview_dir / url_file(task["preview_url"]), size, channels)
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "La", "I;16"])
 def test_pil_images(open_tracker, preview_dir, mode):
     """Real Pillow images of the common modes; the preview shows what the image shows (16-bit grey at its
     8-bit level, a palette image in its colours, grey + alpha with its alpha)."""
@@ -415,6 +416,9 @@ def test_pil_images(open_tracker, preview_dir, mode):
         "RGBA": (Image.fromarray(rgba), rgba, (4,)),
         "P": (Image.fromarray(rgb).quantize(256), None, (3, 4)),
         "LA": (Image.fromarray(gray).convert("LA"), np.dstack([gray, gray, gray, np.full_like(gray, 255)]), (4,)),
+        # Alpha premultiplied (opaque here, so the same pixels): Pillow cannot convert it to RGBA directly.
+        "La": (Image.fromarray(gray).convert("LA").convert("La"), np.dstack([gray, gray, gray, np.full_like(gray, 255)]),
+               (4,)),
         "I;16": (Image.fromarray(gray.astype(np.uint16) * 257), gray, (1, 3)),
     }[mode]
     assert image.mode == mode
@@ -639,6 +643,29 @@ def test_bad_images_are_refused_by_the_binding(open_tracker, preview_dir, image)
         ptracker.update_preview_sync("t", image)
     assert ptracker.stats_sync()["previews_written"] == 0
     assert_task_goes_on(ptracker, "t")
+
+
+def test_an_unreadable_pil_image_is_refused_not_raised(open_tracker, preview_dir, tmp_path):
+    """A lazily opened PNG still being written (a renderer's newest frame) reads its pixels in the preview call:
+    Pillow's OSError went straight into the runner. It is a bad image: a warning, or InvalidArgumentError when
+    strict, and the task goes on."""
+    path = tmp_path / "frame.png"
+    Image.fromarray(make_image(64, 64, 3)).save(path)
+    path.write_bytes(path.read_bytes()[:200])  # cut short, as a file still being written
+    for strict in (False, True):
+        tracker = open_tracker(strict=strict)
+        tracker.create_task_progress_sync("t", FLAT)
+        step(tracker, "t", 30)
+        image = Image.open(path)  # lazy: the pixels are read when the preview asks for them
+        if strict:
+            with pytest.raises(InvalidArgumentError, match="could not be read"):
+                tracker.update_preview_sync("t", image)
+        else:
+            with pytest.warns(ProgressWarning, match="could not be read"):
+                tracker.update_preview_sync("t", image)
+        assert tracker.stats_sync()["previews_written"] == 0
+        assert_task_goes_on(tracker, "t")
+        tracker.close()
 
 
 def test_unknown_and_finished_tasks(open_tracker):
