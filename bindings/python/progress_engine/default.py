@@ -12,13 +12,15 @@ from .errors import ConfigError
 from .tracker import ProgressTracker
 
 _default: Optional[ProgressTracker] = None
-_lock = threading.Lock()
+# Reentrant: a signal handler asking for the default tracker may interrupt its first open on this thread (it then
+# opens one of its own rather than wait for good).
+_lock = threading.RLock()
 
 
 def _after_fork_in_child() -> None:
     # Another thread of the parent may have been opening the default tracker at the fork: it does not exist here.
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -109,7 +111,11 @@ def get_progress_tracker_sync() -> ProgressTracker:
             if _default is None:
                 # Closed at exit by the binding's atexit hook (tracker._close_at_exit), which runs after
                 # the atexit handlers registered after the import (LIFO), so those may still use it.
-                _default = open_from_env(_config_from_env())
+                opened = open_from_env(_config_from_env())
+                if _default is None:
+                    _default = opened
+                else:  # a signal handler's call that interrupted this open opened one first
+                    opened.close()
             tracker = _default
     return tracker
 

@@ -16,7 +16,8 @@ class StageManager:
     seed's `StageManager.register_template_stages`). Each engine keeps its own copy; tasks created
     afterwards with that template_id use them, existing tasks keep theirs."""
 
-    _lock = threading.Lock()
+    # Reentrant: a signal handler that closes or opens a tracker may interrupt this thread while it holds it.
+    _lock = threading.RLock()
     _templates: Dict[str, str] = {}  # template_id -> stages JSON, in registration order
     _trackers: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
@@ -33,7 +34,8 @@ class StageManager:
             if trackers:
                 # All engines apply the same rules: if the first accepts the list, the others do too.
                 for tracker in trackers:
-                    tracker._register_stages_json(template_id, data)
+                    if not tracker.closed:  # (closed by a signal handler that interrupted this loop)
+                        tracker._register_stages_json(template_id, data)
             else:
                 _validate(template_id, data)
             cls._templates[template_id] = data

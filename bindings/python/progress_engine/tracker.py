@@ -123,8 +123,9 @@ def _close_engine(engine: ctypes.c_void_p, counters: Dict[str, memoryview]) -> N
 # asks Redis takes up to 200 ms a round trip).
 _CLOSE_WAIT_SECONDS = 2.0
 _EXITING = False
-# Makes _close_at_exit's list of trackers and a new tracker's joining it one or the other.
-_EXIT_LOCK = threading.Lock()
+# Makes _close_at_exit's list of trackers and a new tracker's joining it one or the other. Reentrant, as every
+# lock of the binding a signal handler's call can reach.
+_EXIT_LOCK = threading.RLock()
 
 
 def _close_at_exit() -> None:
@@ -870,8 +871,8 @@ def _after_fork_in_child() -> None:
     creates under the same id would never see its steps). The arrays stay alive, unused. The calls the parent's
     other threads were making are not the child's: it counts its own from zero."""
     global _EXIT_LOCK
-    _EXIT_LOCK = threading.Lock()
-    StageManager._lock = threading.Lock()  # another thread may have been opening a tracker at the fork
+    _EXIT_LOCK = threading.RLock()
+    StageManager._lock = threading.RLock()  # another thread may have been opening a tracker at the fork
     for tracker in list(_TRACKERS):
         tracker._entered, tracker._left = itertools.count(), itertools.count()
         tracker._forked_counters.append(dict(tracker._counters))
