@@ -140,3 +140,48 @@ def test_a_reject_reported_by_the_worker_keeps_its_reason():
                       args=(), kwargs={}, traceback=None, einfo=None)
     state = tracker.get_task_progress_sync("rejected-by-worker")
     assert (state["status"], state["error"]) == ("failed", "rejected: bad payload"), state
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_tracker_that_cannot_open_leaves_the_task_body_running(strict):
+    """A bad progress_engine setting (here a `listen` address that cannot be bound; in a prefork pool, a fixed port
+    that another child holds) failed every task of the process at its first self.progress(). The body now runs on:
+    one ProgressWarning per process, and the error raised only when the configuration is strict. A fresh
+    interpreter: this process's tracker is open already."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+    code = textwrap.dedent(f"""
+        import warnings
+        import celery
+        from progress_engine.integrations.celery import ProgressTask
+        app = celery.Celery("eager", broker="memory://", backend="cache+memory://")
+        app.conf.task_always_eager = True
+        app.conf.progress_engine = {{"listen": "203.0.113.1:9", "strict": {strict}}}
+
+        @app.task(base=ProgressTask, bind=True)
+        def work(self):
+            for i in range(1, 4):
+                self.progress(i, 3)
+            self.stage("finalizing")
+            self.log("info", "done")
+            return "finished"
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = [work.apply() for _ in range(2)]
+        for r in results:
+            print(r.state, r.result if r.successful() else type(r.result).__name__)
+        print(len([w for w in caught if w.category.__name__ == "ProgressWarning"]))
+        """)
+    package_root = Path(__file__).resolve().parents[2] / "bindings" / "python"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    if strict:
+        assert lines[:2] == ["FAILURE EngineIOError", "FAILURE EngineIOError"], result.stdout
+    else:
+        assert lines[:3] == ["SUCCESS finished", "SUCCESS finished", "1"], (result.stdout, result.stderr[-2000:])

@@ -25,7 +25,9 @@ in `Reject` is failed ("rejected: ..."), or, when requeued, logged and left to t
 Every worker process opens its own tracker, with `app.conf.progress_engine` as its configuration (else
 the environment, as `get_progress_tracker()`): give it `redis_url` and no `listen`, and a
 `progress-server --redis-url` on the same Redis shows every worker's tasks (the fleet topology of the
-README).
+README). A process whose tracker cannot be opened (a bad setting; a fixed `listen` port, which only one pool
+child can bind) runs its tasks without reporting: the body's progress(), stage() and log() do nothing after one
+ProgressWarning, unless the setting's `strict` (else PROGRESS_STRICT) asks for the error to be raised.
 
 This module imports without Celery; `ProgressTask` then raises an ImportError saying what to install.
 """
@@ -35,12 +37,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import warnings
 from typing import Any, Dict, Optional
 
 from ..default import _config_from_env, open_from_env
-from ..errors import ExistsError, NotFoundError, StateError, describe, reason_text
+from ..errors import (ConfigError, ExistsError, NotFoundError, ProgressError, ProgressWarning, StateError, describe,
+                      reason_text)
 from ..model import StageStatus
-from ..tracker import ProgressTracker
+from ..tracker import ProgressTracker, _strict_from_env
 
 try:
     from celery import Task as _CeleryTask
@@ -87,6 +91,34 @@ def _tracker(app: Any) -> ProgressTracker:
     return tracker
 
 
+# Per pid: why its tracker could not be opened. A task body's progress(), stage() and log() then do nothing.
+_unopened: Dict[int, ProgressError] = {}
+
+
+def _body_tracker(task: Any) -> Optional[ProgressTracker]:
+    """The tracker of a task body's calls, or None when this process's cannot be opened (a bad configuration, a
+    `listen` port another pool child holds): the task runs on without reporting, warned once per process, unless
+    the configuration is strict (its `strict`, else PROGRESS_STRICT), which raises the error."""
+    pid = os.getpid()
+    if pid in _unopened:
+        return None
+    try:
+        return _tracker(task.app)
+    except ProgressError as error:
+        config = task.app.conf.get("progress_engine")
+        strict = config.get("strict") if isinstance(config, dict) else None
+        if strict is None:
+            try:
+                strict = _strict_from_env()
+            except ConfigError:
+                strict = False  # that error is the one being reported
+        if strict:
+            raise
+        _unopened[pid] = error
+        warnings.warn(ProgressWarning(task.request.id, error), stacklevel=3)
+        return None
+
+
 def _close_own_tracker(**_: Any) -> None:
     # worker_process_shutdown: a pool child leaves through os._exit, so its tracker must flush to Redis now.
     tracker = _trackers.pop(os.getpid(), None)
@@ -120,22 +152,27 @@ else:
         def progress(self, step: int, total: int, message: Optional[str] = None) -> None:
             """Sets the current stage's progress to step / total (tqdm-like: call it every step; without a
             message it costs a memory store). Like stage() and log(), does nothing when the task body is
-            called directly, as a function (no Celery request, so no engine task)."""
+            called directly, as a function (no Celery request, so no engine task), or when this process's
+            tracker cannot be opened (a ProgressWarning once per process; raised when the configuration is
+            strict)."""
             task_id = self.request.id
-            if task_id is not None:
-                self.tracker.update_progress_sync(task_id, step, total, message)
+            tracker = _body_tracker(self) if task_id is not None else None
+            if tracker is not None:
+                tracker.update_progress_sync(task_id, step, total, message)
 
         def stage(self, name: str, message: Optional[str] = None) -> None:
             """Enters the template's stage `name` (earlier open stages complete)."""
             task_id = self.request.id
-            if task_id is not None:
-                self.tracker.send_event_sync(task_id, name, None if message is None else {"message": message})
+            tracker = _body_tracker(self) if task_id is not None else None
+            if tracker is not None:
+                tracker.send_event_sync(task_id, name, None if message is None else {"message": message})
 
         def log(self, level: str, message: str) -> None:
             """Appends to the task's log ("debug", "info", "warning", "error")."""
             task_id = self.request.id
-            if task_id is not None:
-                self.tracker.log_sync(task_id, level, message)
+            tracker = _body_tracker(self) if task_id is not None else None
+            if tracker is not None:
+                tracker.log_sync(task_id, level, message)
 
     def _on_prerun(sender: Any = None, task_id: Optional[str] = None, **_: Any) -> None:
         if not isinstance(sender, ProgressTask) or task_id is None:
