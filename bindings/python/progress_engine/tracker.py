@@ -486,6 +486,7 @@ class ProgressTracker:
         except ProgressError as error:  # a NUL in the text: refused, as every runner call refuses its data
             self._refused(task_id, error)
             return
+        refused = None
         try:
             next(self._entered)  # self._call(_lib.progress_update, ...), inline: this is a runner's per-step call
             engine = self._engine
@@ -493,9 +494,12 @@ class ProgressTracker:
                 raise StateError("this ProgressTracker is closed")
             _lib.progress_update(engine, tid, step, total_steps, text)
         except ProgressError as error:
-            self._refused(task_id, error)
+            refused = error
         finally:
             next(self._left)
+        # Out of the call: the warning runs the runner's hooks, which a close() must not wait for.
+        if refused is not None:
+            self._refused(task_id, refused)
 
     def stepper(self, task_id: str, total_steps: int) -> "StepCounter":
         """A StepCounter for the task's sampling loop, starting at step 0 of total_steps: the

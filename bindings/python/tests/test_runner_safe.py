@@ -485,3 +485,29 @@ def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), result.stderr
+
+
+def test_a_close_does_not_wait_for_a_refusals_warning_hook():
+    """A refused update's warning runs the runner's hooks (warnings.showwarning, logging): the call counted as in
+    flight meanwhile, so a close() on another thread waited for the hook, up to 2 s, and then left the engine
+    open."""
+    import threading
+    tracker = pe.ProgressTracker()
+    took = []
+
+    def close():
+        start = time.monotonic()
+        tracker.close()
+        took.append(time.monotonic() - start)
+
+    def hook(*args, **kwargs):
+        closer = threading.Thread(target=close)
+        closer.start()
+        closer.join(5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = hook  # restored by catch_warnings
+        tracker.update_progress_sync("no-such-task", 1, 10, "a message: the general path")
+    assert took and took[0] < 1.0, took
+    assert tracker.closed
