@@ -584,3 +584,58 @@ def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tra
         assert not stuck, "close() still waiting for the reporter's lock after 3 s"
         assert bar._pe_reporter is None and type(bar) is tqdm.std.tqdm
         assert stage(tracker)[1] == 0.4  # the counter's last store; the final report was let go
+
+
+def test_a_bar_collected_under_tqdms_lock_sends_nothing():
+    """tqdm's monitor thread drops its references to the bars under tqdm's lock; a bar the library never closed
+    is then closed by __del__ there, and its last report, refused, warned under tqdm's lock: with captured warnings
+    the logging cycle of the test above. A fresh interpreter, the interleaving forced with two events."""
+    code = textwrap.dedent(
+        """
+        import gc, logging, os, sys, threading
+        from tqdm import tqdm
+        from progress_engine import ProgressTracker
+        from progress_engine.integrations.tqdm import report_tqdm
+
+        t = ProgressTracker()
+        t.create_task_progress_sync("job", "sdxl", "image_generation")
+        in_emit, locked = threading.Event(), threading.Event()
+
+        class TqdmHandler(logging.Handler):
+            def emit(self, record):
+                if record.name == "app":
+                    in_emit.set()
+                    locked.wait(5)
+                tqdm.write(self.format(record), file=sys.stderr)
+
+        logging.getLogger().addHandler(TqdmHandler())
+        logging.captureWarnings(True)
+        gc.disable()  # the bar goes when its last reference does, on the thread that drops it
+        with report_tqdm("job", tracker=t):
+            bars = [tqdm(total=10, file=sys.stderr, mininterval=0)]
+            bars[0].update(3)
+            bars[0].set_description("now")  # a description its last report would send
+            t.complete_task_sync("job")  # that report is refused: a ProgressWarning
+
+            def monitor():  # what tqdm's monitor thread does with a bar nobody else holds
+                in_emit.wait(5)
+                with tqdm.get_lock():
+                    locked.set()
+                    bars.clear()
+
+            threads = [threading.Thread(target=monitor, daemon=True),
+                       threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            if any(thread.is_alive() for thread in threads):
+                print("deadlock", flush=True)
+                os._exit(3)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])

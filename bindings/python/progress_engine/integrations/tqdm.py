@@ -25,8 +25,9 @@ Locks: each report_tqdm has one, held while it sends; a refused report warns und
 written through tqdm.write (logging_redirect_tqdm), which takes tqdm's lock, or go through a logging handler's lock
 whose holder may be waiting for tqdm's. So nothing is sent while tqdm's lock is held: a redraw under it (tqdm's
 monitor thread, tqdm.write redrawing every bar: refresh(nolock=True)) leaves its report to the bar's next update or
-redraw, and a close that cannot take the report_tqdm's lock within a second (one run by the garbage collector on a
-thread holding tqdm's lock) lets its last report go rather than wait for good.
+redraw; a bar collected without close() (maybe on the monitor thread, under tqdm's lock) is let go without its last
+report; and a close that cannot take the report_tqdm's lock within a second lets its last report go rather than
+wait for good.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
     base_init, base_update, base_refresh, base_close, base_reset = (
         base.__init__, base.update, base.refresh, base.close, base.reset
     )
+    base_del = getattr(base, "__del__", None)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         base_init(self, *args, **kwargs)
@@ -295,6 +297,14 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
             if reporter is not None:
                 reporter.release(self)
 
+    def __del__(self: Any) -> None:
+        # Collected without close(), maybe on tqdm's monitor thread, which drops bars under tqdm's lock: nothing
+        # is sent there (the module's "Locks"), so the bar is let go without its last report.
+        if self.__dict__.get("_pe_reporter") is not None:
+            _detach(self)
+        if base_del is not None:
+            base_del(self)
+
     def update_disabled(self: Any, n: Any = 1) -> None:
         try:
             self.n += n
@@ -334,7 +344,7 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
 
     shared = {
         "_pe_base": base, "_pe_reporter": None, "_pe_counter": None, "_pe_limit": 0, "_pe_due": 0.0,
-        "__init__": __init__, "refresh": refresh, "close": close, "__module__": base.__module__,
+        "__init__": __init__, "refresh": refresh, "close": close, "__del__": __del__, "__module__": base.__module__,
         "__qualname__": base.__qualname__, "__doc__": base.__doc__,
     }
     drawing = type(base.__name__, (base,), dict(shared, update=update))
