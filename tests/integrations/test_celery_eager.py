@@ -144,22 +144,25 @@ def test_a_reject_reported_by_the_worker_keeps_its_reason():
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_tracker_that_cannot_open_leaves_the_task_body_running(strict):
-    """A bad progress_engine setting (here a `listen` address that cannot be bound; in a prefork pool, a fixed port
-    that another child holds) failed every task of the process at its first self.progress(). The body now runs on:
-    one ProgressWarning per process, and the error raised only when the configuration is strict. A fresh
-    interpreter: this process's tracker is open already."""
+    """A `listen` port another process holds (in a prefork pool with a fixed port, every child but one) failed every
+    task of the process at its first self.progress(). The body now runs on: one ProgressWarning per process, and
+    the error raised only when the configuration is strict. Once the port is free, the next task's signal handler
+    opens the tracker, and the body reports again. A fresh interpreter: this process's tracker is open already."""
     import os
     import subprocess
     import sys
     import textwrap
     from pathlib import Path
     code = textwrap.dedent(f"""
-        import warnings
+        import socket, warnings
         import celery
         from progress_engine.integrations.celery import ProgressTask
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
         app = celery.Celery("eager", broker="memory://", backend="cache+memory://")
         app.conf.task_always_eager = True
-        app.conf.progress_engine = {{"listen": "203.0.113.1:9", "strict": {strict}}}
+        app.conf.progress_engine = {{"listen": f"127.0.0.1:{{holder.getsockname()[1]}}", "strict": {strict}}}
 
         @app.task(base=ProgressTask, bind=True)
         def work(self):
@@ -175,6 +178,9 @@ def test_a_tracker_that_cannot_open_leaves_the_task_body_running(strict):
         for r in results:
             print(r.state, r.result if r.successful() else type(r.result).__name__)
         print(len([w for w in caught if w.category.__name__ == "ProgressWarning"]))
+        holder.close()
+        r = work.apply()
+        print(r.state, [e["message"] for e in work.tracker.get_logs_sync(r.id)["logs"]])
         """)
     package_root = Path(__file__).resolve().parents[2] / "bindings" / "python"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")])))
@@ -185,3 +191,4 @@ def test_a_tracker_that_cannot_open_leaves_the_task_body_running(strict):
         assert lines[:2] == ["FAILURE EngineIOError", "FAILURE EngineIOError"], result.stdout
     else:
         assert lines[:3] == ["SUCCESS finished", "SUCCESS finished", "1"], (result.stdout, result.stderr[-2000:])
+    assert lines[-2] == "SUCCESS ['done']", (result.stdout, result.stderr[-2000:])

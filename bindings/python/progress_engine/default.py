@@ -8,7 +8,7 @@ import threading
 from typing import Any, Dict, Optional
 
 from ._lib import ENV_LIBRARY
-from .errors import ConfigError
+from .errors import ConfigError, ProgressError
 from .tracker import ProgressTracker
 
 _default: Optional[ProgressTracker] = None
@@ -111,10 +111,15 @@ def get_progress_tracker_sync() -> ProgressTracker:
             if _default is None:
                 # Closed at exit by the binding's atexit hook (tracker._close_at_exit), which runs after
                 # the atexit handlers registered after the import (LIFO), so those may still use it.
-                opened = open_from_env(_config_from_env())
+                try:
+                    opened = open_from_env(_config_from_env())
+                except ProgressError:
+                    if _default is None:
+                        raise
+                    opened = None  # a signal handler's call that interrupted this open opened one (on its port)
                 if _default is None:
                     _default = opened
-                else:  # a signal handler's call that interrupted this open opened one first
+                elif opened is not None:  # a signal handler's call that interrupted this open opened one first
                     opened.close()
             tracker = _default
     return tracker

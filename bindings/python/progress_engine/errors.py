@@ -177,7 +177,7 @@ def failed_exit(exc: BaseException) -> Optional[str]:
     if type(exc) is not SystemExit or exc.code is None or exc.code == 0:
         return None
     if isinstance(exc.code, int):
-        return f"exit status {exc.code}"
+        return f"exit status {int(exc.code)}"  # sys.exit(True) is status 1
     return reason_text(exc.code) or type(exc).__name__
 
 

@@ -30,13 +30,19 @@ class StageManager:
         nothing is registered anywhere."""
         data = stages_json(stages)
         with cls._lock:
-            trackers = list(cls._trackers)
-            if trackers:
-                # All engines apply the same rules: if the first accepts the list, the others do too.
-                for tracker in trackers:
-                    if not tracker.closed:  # (closed by a signal handler that interrupted this loop)
+            # All engines apply the same rules: if the first accepts the list, the others do too. A signal handler
+            # may interrupt the loop (the lock is reentrant) and close a tracker, or open one, which adopts the
+            # templates registered so far: the loop goes on until every open tracker has the list.
+            done: set = set()
+            while True:
+                todo = [t for t in list(cls._trackers) if t not in done and not t.closed]
+                if not todo:
+                    break
+                for tracker in todo:
+                    if not tracker.closed:
                         tracker._register_stages_json(template_id, data)
-            else:
+                    done.add(tracker)
+            if not done:
                 _validate(template_id, data)
             cls._templates[template_id] = data
 
@@ -44,7 +50,7 @@ class StageManager:
     def _adopt(cls, tracker: Any) -> None:
         """Called by a newly opened tracker: gives it every registered template."""
         with cls._lock:
-            for template_id, data in cls._templates.items():
+            for template_id, data in list(cls._templates.items()):  # (a handler may register meanwhile)
                 tracker._register_stages_json(template_id, data)
             cls._trackers.add(tracker)
 

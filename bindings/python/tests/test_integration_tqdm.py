@@ -557,9 +557,9 @@ def test_a_redraw_under_tqdms_lock_sends_nothing_so_a_logging_handler_cannot_dea
 
 
 def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tracker, task):
-    """A bar closed by the garbage collector on tqdm's monitor thread runs close() under tqdm's lock; waiting there
-    for the reporter's lock (held by a sync that waits for tqdm's) never ended. Here another thread holds the
-    reporter's lock: the close returns within about a second, the bar a plain one again."""
+    """A close() called under tqdm's lock (by code that holds it) waited for the reporter's lock, held by a sync
+    that may wait for tqdm's: it never ended. Here another thread holds the reporter's lock: the close returns
+    within about a second, the bar a plain one again."""
     with report_tqdm(task, tracker=tracker):
         bar = tqdm.std.tqdm(total=10, disable=True)
         bar.update(4)
@@ -589,11 +589,13 @@ def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tra
 def test_a_bar_collected_under_tqdms_lock_sends_nothing():
     """tqdm's monitor thread drops its references to the bars under tqdm's lock; a bar the library never closed
     is then closed by __del__ there, and its last report, refused, warned under tqdm's lock: with captured warnings
-    the logging cycle of the test above. A fresh interpreter, the interleaving forced with two events."""
+    the logging cycle of the test above. A fresh interpreter, the interleaving forced with two events. (Collected
+    on any other thread, a bar is closed with its last report: test_a_bar_dropped_without_close_stops_driving.)"""
     code = textwrap.dedent(
         """
         import gc, logging, os, sys, threading
         from tqdm import tqdm
+        from tqdm.std import TMonitor
         from progress_engine import ProgressTracker
         from progress_engine.integrations.tqdm import report_tqdm
 
@@ -617,13 +619,17 @@ def test_a_bar_collected_under_tqdms_lock_sends_nothing():
             bars[0].set_description("now")  # a description its last report would send
             t.complete_task_sync("job")  # that report is refused: a ProgressWarning
 
-            def monitor():  # what tqdm's monitor thread does with a bar nobody else holds
-                in_emit.wait(5)
-                with tqdm.get_lock():
-                    locked.set()
-                    bars.clear()
+            class Monitor(TMonitor):  # tqdm's monitor thread, doing what it does with a bar nobody else holds
+                def __init__(self):
+                    threading.Thread.__init__(self, daemon=True)  # not TMonitor's: no wake-ups of its own
 
-            threads = [threading.Thread(target=monitor, daemon=True),
+                def run(self):
+                    in_emit.wait(5)
+                    with tqdm.get_lock():
+                        locked.set()
+                        bars.clear()
+
+            threads = [Monitor(),
                        threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True)]
             for thread in threads:
                 thread.start()

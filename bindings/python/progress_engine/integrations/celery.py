@@ -38,7 +38,7 @@ import functools
 import os
 import threading
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from ..default import _config_from_env, open_from_env
 from ..errors import (ConfigError, ExistsError, NotFoundError, ProgressError, ProgressWarning, StateError, describe,
@@ -100,23 +100,31 @@ def _body_tracker(task: Any) -> Optional[ProgressTracker]:
     `listen` port another pool child holds): the task runs on without reporting, warned once per process, unless
     the configuration is strict (its `strict`, else PROGRESS_STRICT), which raises the error."""
     pid = os.getpid()
-    if pid in _unopened:
-        return None
+    tracker = _trackers.get(pid)  # opened since, by a signal handler's retry (the port freed, say)
+    if tracker is not None or pid in _unopened:
+        return tracker
     try:
         return _tracker(task.app)
-    except ProgressError as error:
-        config = task.app.conf.get("progress_engine")
-        strict = config.get("strict") if isinstance(config, dict) else None
-        if strict is None:
-            try:
-                strict = _strict_from_env()
-            except ConfigError:
-                strict = False  # that error is the one being reported
-        if strict:
+    except (ProgressError, TypeError) as error:  # TypeError: a setting of the wrong type (strict="yes")
+        if _strict_setting(task.app):
             raise
         _unopened[pid] = error
-        warnings.warn(ProgressWarning(task.request.id, error), stacklevel=3)
+        failure = error if isinstance(error, ProgressError) else ConfigError(str(error))
+        warnings.warn(ProgressWarning(task.request.id, failure), stacklevel=3)
         return None
+
+
+def _strict_setting(app: Any) -> bool:
+    """Whether the configuration the tracker was to be opened with asks for strict: its `strict`, else
+    PROGRESS_STRICT (a configuration that cannot even be read is not strict: its error is what is reported)."""
+    try:
+        config = app.conf.get("progress_engine")
+        if config is None:
+            config = _config_from_env()
+        strict = config.get("strict") if isinstance(config, Mapping) else None
+        return _strict_from_env() if strict is None else strict is True
+    except (ProgressError, TypeError, ValueError):
+        return False
 
 
 def _close_own_tracker(**_: Any) -> None:

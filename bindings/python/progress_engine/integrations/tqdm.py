@@ -25,9 +25,9 @@ Locks: each report_tqdm has one, held while it sends; a refused report warns und
 written through tqdm.write (logging_redirect_tqdm), which takes tqdm's lock, or go through a logging handler's lock
 whose holder may be waiting for tqdm's. So nothing is sent while tqdm's lock is held: a redraw under it (tqdm's
 monitor thread, tqdm.write redrawing every bar: refresh(nolock=True)) leaves its report to the bar's next update or
-redraw; a bar collected without close() (maybe on the monitor thread, under tqdm's lock) is let go without its last
-report; and a close that cannot take the report_tqdm's lock within a second lets its last report go rather than
-wait for good.
+redraw; a bar collected without close() on the monitor thread (which drops its references under tqdm's lock) is let
+go without its last report; and a close that cannot take the report_tqdm's lock within a second (a close called
+under tqdm's lock) lets its last report go rather than wait for good.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from contextvars import ContextVar, Token
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..default import get_progress_tracker_sync
-from ..errors import StateError
+from ..errors import ProgressError
 from ..tracker import _STEP_MAX, ProgressTracker
 
 __all__ = ["report_tqdm", "tqdm", "trange"]
@@ -165,7 +165,8 @@ class _Reporter:
             self.sync(bar)
 
     def release(self, bar: Any) -> None:
-        """The bar closed: its last count is sent, and the bar around it (if any) drives the task again."""
+        """The bar closed: its last count is sent (unless the lock stays held past _RELEASE_WAIT), and the bar
+        around it (if any) drives the task again."""
         if not self.lock.acquire(timeout=_RELEASE_WAIT):
             _detach(bar)  # a plain bar again, its last count not sent
             return
@@ -225,7 +226,7 @@ class _Reporter:
                     tracker.update_progress_sync(task_id, step, steps, message)
                     self.message = message
                 tracker.update_progress_sync(task_id, step, steps)  # attaches the task's counter on first use
-            except StateError:
+            except ProgressError:
                 if tracker.closed:
                     return  # closed by another thread since the look above: nothing to report into
                 raise  # strict: the task's refusal
@@ -253,6 +254,8 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
         base.__init__, base.update, base.refresh, base.close, base.reset
     )
     base_del = getattr(base, "__del__", None)
+    detach = _detach  # a module global may already be None when a bar is collected at interpreter exit
+    monitor_class = getattr(_tqdm_std(), "TMonitor", ())  # tqdm's monitor thread (tqdm.std imports it)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         base_init(self, *args, **kwargs)
@@ -298,12 +301,15 @@ def _reporting_classes(base: type) -> Tuple[type, type]:
                 reporter.release(self)
 
     def __del__(self: Any) -> None:
-        # Collected without close(), maybe on tqdm's monitor thread, which drops bars under tqdm's lock: nothing
-        # is sent there (the module's "Locks"), so the bar is let go without its last report.
-        if self.__dict__.get("_pe_reporter") is not None:
-            _detach(self)
-        if base_del is not None:
-            base_del(self)
+        # Collected without close() on tqdm's monitor thread, which drops its references to the bars under
+        # tqdm's lock: nothing is sent there (the module's "Locks"), so the bar is let go without its last
+        # report. Anywhere else tqdm's __del__ closes it as usual, the last report included.
+        try:
+            if self.__dict__.get("_pe_reporter") is not None and isinstance(threading.current_thread(), monitor_class):
+                detach(self)
+        finally:
+            if base_del is not None:
+                base_del(self)
 
     def update_disabled(self: Any, n: Any = 1) -> None:
         try:
