@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +14,8 @@ import pytest
 
 # The tests run from a checkout without installing the package, also when pytest is started from the
 # repository root (`make test-python`), where this folder's pyproject settings do not apply.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, PACKAGE_ROOT)
 
 from progress_engine import ProgressTracker  # noqa: E402
 
@@ -22,6 +26,17 @@ def pytest_configure(config):
 
 #: The engine's default throttle_ms; the counter tests' deadlines are derived from it.
 THROTTLE_MS = 100
+
+
+@pytest.fixture
+def fresh_python() -> Callable[..., subprocess.CompletedProcess]:
+    """run(code, timeout=60): `code` (dedented) in a new interpreter that imports this checkout's package, for what
+    this process must not get (a deadlock, a signal, module state set once); its output captured as text."""
+    def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=dict(os.environ, PYTHONPATH=path),
+                              capture_output=True, text=True, timeout=timeout)
+    return run
 
 
 @pytest.fixture

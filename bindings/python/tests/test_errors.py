@@ -435,14 +435,10 @@ t.close()
     assert "still-no-such-task" in lines[1]["message"], lines[1]
 
 
-def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_counter():
+def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_counter(fresh_python):
     """A handler that reports on the task whose counter is being attached (the lock is re-entrant) found no counter
     yet and attached a second one; the engine kept one of the two and the other's steps were lost."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    code = textwrap.dedent("""
+    result = fresh_python("""
         import os, signal, warnings
         warnings.simplefilter("error")
         from progress_engine import ProgressTracker
@@ -465,8 +461,5 @@ def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_cou
         t.update_progress_sync("t", 9, 10)
         seen.append(stage()["progress"])
         print(seen, t.stats_sync()["attached_counters"])
-        """)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pe.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+        """, timeout=30)
     assert (result.returncode, result.stdout.strip()) == (0, "[0.7, 0.9] 1"), result.stdout + result.stderr

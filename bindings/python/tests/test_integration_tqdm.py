@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import subprocess
-import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -417,9 +413,9 @@ def test_added_cost_is_a_counter_store(tracker, task):
         bar.close()
 
 
-def test_module_imports_without_tqdm():
+def test_module_imports_without_tqdm(fresh_python):
     """tqdm blocked in a fresh interpreter: the module imports; using it says what to install."""
-    code = textwrap.dedent(
+    result = fresh_python(
         """
         import sys
         sys.modules["tqdm"] = None  # as if it were not installed: any import of it raises ImportError
@@ -441,32 +437,58 @@ def test_module_imports_without_tqdm():
         print("ok")
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
     assert integration.__doc__  # and here, with tqdm, the same module imports as usual
 
 
-def test_a_warning_written_through_tqdm_does_not_deadlock_with_a_redraw_on_another_thread():
+#: The start of the deadlock tests' scripts: a tracker holding task "job"; two events forcing the interleaving,
+#: `holding` (a thread holds its lock and is about to wait for tqdm's) and `locked` (the other thread holds tqdm's
+#: lock); TqdmHandler, a logging handler that writes through tqdm.write (logging_redirect_tqdm's kind), whose record
+#: of logger "app" sets `holding` and waits for `locked`; run_both(a, b): both threads to their end, or "deadlock"
+#: and exit status 3.
+DEADLOCK_PRELUDE = """
+import gc, logging, os, sys, threading, warnings
+from tqdm import tqdm
+from tqdm.std import TMonitor
+from progress_engine import ProgressTracker
+from progress_engine.integrations.tqdm import report_tqdm
+
+t = ProgressTracker()
+t.create_task_progress_sync("job", "sdxl", "image_generation")
+holding, locked = threading.Event(), threading.Event()
+
+class TqdmHandler(logging.Handler):
+    def emit(self, record):
+        if record.name == "app":
+            holding.set()
+            locked.wait(5)
+        tqdm.write(self.format(record), file=sys.stderr)
+
+def run_both(*threads):
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    if any(thread.is_alive() for thread in threads):
+        print("deadlock", flush=True)
+        os._exit(3)
+"""
+
+
+def assert_no_deadlock(fresh_python, scenario: str) -> None:
+    """Runs DEADLOCK_PRELUDE then `scenario` in a fresh interpreter, so that a deadlock cannot hang this one."""
+    result = fresh_python(DEADLOCK_PRELUDE + textwrap.dedent(scenario) + 'print("ok")\n')
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+
+
+def test_a_warning_written_through_tqdm_does_not_deadlock_with_a_redraw_on_another_thread(fresh_python):
     """A refused report warns while the bar's reporter holds its lock; a warning written through tqdm.write (what
     logging_redirect_tqdm does with captured warnings) then waits for tqdm's lock. tqdm's monitor thread and
     tqdm.write redraw every bar while holding that lock (refresh(nolock=True)), and that redraw waited for the
-    reporter's lock: each thread held what the other waited for, for good. The interleaving is forced with two
-    events; a fresh interpreter, so that a deadlock cannot hang this one."""
-    code = textwrap.dedent(
-        """
-        import os, sys, threading, warnings
-        from tqdm import tqdm
-        from progress_engine import ProgressTracker
-        from progress_engine.integrations.tqdm import report_tqdm
-
-        t = ProgressTracker()
-        t.create_task_progress_sync("job", "sdxl", "image_generation")
-        warned, locked = threading.Event(), threading.Event()
-
+    reporter's lock: each thread held what the other waited for, for good."""
+    assert_no_deadlock(fresh_python, """
         def show(message, category, filename, lineno, file=None, line=None):
-            warned.set()
+            holding.set()
             locked.wait(5)
             tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -477,52 +499,23 @@ def test_a_warning_written_through_tqdm_does_not_deadlock_with_a_redraw_on_anoth
             t.complete_task_sync("job")  # the bar's next report is refused: a ProgressWarning
 
             def writer():
-                warned.wait(5)
+                holding.wait(5)
                 with tqdm.get_lock():
                     locked.set()
                     bar.refresh(nolock=True)
 
-            threads = [threading.Thread(target=writer, daemon=True), threading.Thread(target=bar.refresh, daemon=True)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(10)
-            if any(thread.is_alive() for thread in threads):
-                print("deadlock", flush=True)
-                os._exit(3)
+            run_both(threading.Thread(target=writer, daemon=True), threading.Thread(target=bar.refresh, daemon=True))
             bar.close()
-        print("ok" if warned.is_set() else "no warning")
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+        assert holding.is_set(), "no warning"
+        """)
 
 
-def test_a_redraw_under_tqdms_lock_sends_nothing_so_a_logging_handler_cannot_deadlock_it():
+def test_a_redraw_under_tqdms_lock_sends_nothing_so_a_logging_handler_cannot_deadlock_it(fresh_python):
     """The other cycle of the same locks: a redraw under tqdm's lock (tqdm.write from one thread) whose report was
     refused warned; with logging.captureWarnings (a Celery worker sets it) the warning waited for a logging
     handler's lock, held by another thread's logger call whose handler writes through tqdm.write and waited for
-    tqdm's lock. A fresh interpreter, the interleaving forced with two events."""
-    code = textwrap.dedent(
-        """
-        import logging, os, sys, threading
-        from tqdm import tqdm
-        from progress_engine import ProgressTracker
-        from progress_engine.integrations.tqdm import report_tqdm
-
-        t = ProgressTracker()
-        t.create_task_progress_sync("job", "sdxl", "image_generation")
-        in_emit, locked = threading.Event(), threading.Event()
-
-        class TqdmHandler(logging.Handler):  # logging_redirect_tqdm's kind of handler
-            def emit(self, record):
-                if record.name == "app":
-                    in_emit.set()
-                    locked.wait(5)
-                tqdm.write(self.format(record), file=sys.stderr)
-
+    tqdm's lock."""
+    assert_no_deadlock(fresh_python, """
         logging.getLogger().addHandler(TqdmHandler())
         logging.captureWarnings(True)
         with report_tqdm("job", tracker=t):
@@ -532,28 +525,15 @@ def test_a_redraw_under_tqdms_lock_sends_nothing_so_a_logging_handler_cannot_dea
             t.complete_task_sync("job")  # that report is refused: a ProgressWarning
 
             def redraw():
-                in_emit.wait(5)
+                holding.wait(5)
                 with tqdm.get_lock():
                     locked.set()
                     bar.refresh(nolock=True)
 
-            threads = [threading.Thread(target=redraw, daemon=True),
-                       threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(10)
-            if any(thread.is_alive() for thread in threads):
-                print("deadlock", flush=True)
-                os._exit(3)
+            run_both(threading.Thread(target=redraw, daemon=True),
+                     threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True))
             bar.close()
-        print("ok")
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+        """)
 
 
 def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tracker, task):
@@ -586,30 +566,12 @@ def test_a_close_that_cannot_take_the_reporters_lock_lets_its_last_report_go(tra
         assert stage(tracker)[1] == 0.4  # the counter's last store; the final report was let go
 
 
-def test_a_bar_collected_under_tqdms_lock_sends_nothing():
+def test_a_bar_collected_under_tqdms_lock_sends_nothing(fresh_python):
     """tqdm's monitor thread drops its references to the bars under tqdm's lock; a bar the library never closed
     is then closed by __del__ there, and its last report, refused, warned under tqdm's lock: with captured warnings
-    the logging cycle of the test above. A fresh interpreter, the interleaving forced with two events. (Collected
-    on any other thread, a bar is closed with its last report: test_a_bar_dropped_without_close_stops_driving.)"""
-    code = textwrap.dedent(
-        """
-        import gc, logging, os, sys, threading
-        from tqdm import tqdm
-        from tqdm.std import TMonitor
-        from progress_engine import ProgressTracker
-        from progress_engine.integrations.tqdm import report_tqdm
-
-        t = ProgressTracker()
-        t.create_task_progress_sync("job", "sdxl", "image_generation")
-        in_emit, locked = threading.Event(), threading.Event()
-
-        class TqdmHandler(logging.Handler):
-            def emit(self, record):
-                if record.name == "app":
-                    in_emit.set()
-                    locked.wait(5)
-                tqdm.write(self.format(record), file=sys.stderr)
-
+    the logging cycle of the test above. (Collected on any other thread, a bar is closed with its last report:
+    test_a_bar_dropped_without_close_stops_driving.)"""
+    assert_no_deadlock(fresh_python, """
         logging.getLogger().addHandler(TqdmHandler())
         logging.captureWarnings(True)
         gc.disable()  # the bar goes when its last reference does, on the thread that drops it
@@ -624,24 +586,10 @@ def test_a_bar_collected_under_tqdms_lock_sends_nothing():
                     threading.Thread.__init__(self, daemon=True)  # not TMonitor's: no wake-ups of its own
 
                 def run(self):
-                    in_emit.wait(5)
+                    holding.wait(5)
                     with tqdm.get_lock():
                         locked.set()
                         bars.clear()
 
-            threads = [Monitor(),
-                       threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(10)
-            if any(thread.is_alive() for thread in threads):
-                print("deadlock", flush=True)
-                os._exit(3)
-        print("ok")
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(Path(pe.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
+            run_both(Monitor(), threading.Thread(target=lambda: logging.getLogger("app").warning("hello"), daemon=True))
+        """)

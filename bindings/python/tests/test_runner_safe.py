@@ -427,13 +427,12 @@ def test_event_data_nested_too_deep_for_json_is_refused_not_raised(tracker, task
     ("progress_engine.default._lock", "progress_engine.get_progress_tracker_sync()"),  # the default's first open
     ("progress_engine.tracker._EXIT_LOCK", "ProgressTracker().close()"),  # a tracker joining the exit list
 ])
-def test_a_signal_handler_that_opens_or_closes_a_tracker_does_not_hang_the_thread_it_interrupted(held, handler_call):
+def test_a_signal_handler_that_opens_or_closes_a_tracker_does_not_hang_the_thread_it_interrupted(held, handler_call,
+                                                                                               fresh_python):
     """The binding's module locks were plain locks: a handler (SIGTERM calling close(), as close() allows) that ran
     while its thread held one waited for that thread, for good."""
     import subprocess
-    import sys
-    import textwrap
-    code = textwrap.dedent(f"""
+    code = f"""
         import os, signal
         import progress_engine, progress_engine.default, progress_engine.tracker
         from progress_engine import ProgressTracker, StageManager
@@ -448,24 +447,18 @@ def test_a_signal_handler_that_opens_or_closes_a_tracker_does_not_hang_the_threa
             for _ in range(1000):
                 pass
         print("ok" if done else "handler did not run")
-        """)
-    import os
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pe.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        """
     try:
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=20)
+        result = fresh_python(code, timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the handler's {handler_call} waited for {held}, held by the thread it interrupted")
-    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), (result.stdout, result.stderr[-2000:])
 
 
-def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted():
+def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted(fresh_python):
     """A handler runs on the thread it interrupts, maybe inside the tracker's own lock (here: attaching the runner's
     counter). Its report took that lock again and hung the process for good."""
-    import subprocess
-    import sys
-    import textwrap
-    code = textwrap.dedent("""
+    result = fresh_python("""
         import os, signal
         from progress_engine import ProgressTracker
         t = ProgressTracker()
@@ -479,12 +472,8 @@ def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted
             for _ in range(1000):
                 pass
         print(t.get_task_progress_sync("inner")["status"])
-        """)
-    import os
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pe.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
-    assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), result.stderr
+        """, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), (result.stdout, result.stderr[-2000:])
 
 
 def test_a_close_does_not_wait_for_a_refusals_warning_hook():
