@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from .errors import ProgressError, StateError, TaskCancelled, describe, failed_exit, reason_text
+from .errors import ProgressError, StateError, TaskCancelled, failure_text, reason_text
 from .tracker import ProgressTracker
 
 _STEP_ONLY = frozenset({"step", "total_steps"})
@@ -64,10 +64,8 @@ class ProgressContext:
                 self.tracker.complete_task_sync(self.task_id)
             elif isinstance(exc, TaskCancelled):
                 self.tracker.cancel_task_sync(self.task_id, reason_text(exc.reason) or "cancelled on request")
-            elif isinstance(exc, Exception):
-                self.tracker.fail_task_sync(self.task_id, describe(exc))
-            elif failed_exit(exc) is not None:
-                self.tracker.fail_task_sync(self.task_id, failed_exit(exc))
+            elif (failure := failure_text(exc)) is not None:
+                self.tracker.fail_task_sync(self.task_id, failure)
             else:
                 self.tracker.cancel_task_sync(self.task_id, type(exc).__name__)
         except StateError:

@@ -111,16 +111,17 @@ def get_progress_tracker_sync() -> ProgressTracker:
             if _default is None:
                 # Closed at exit by the binding's atexit hook (tracker._close_at_exit), which runs after
                 # the atexit handlers registered after the import (LIFO), so those may still use it.
+                # A signal handler's call that interrupted this open may have opened one first (on its port).
                 try:
                     opened = open_from_env(_config_from_env())
                 except ProgressError:
                     if _default is None:
                         raise
-                    opened = None  # a signal handler's call that interrupted this open opened one (on its port)
-                if _default is None:
-                    _default = opened
-                elif opened is not None:  # a signal handler's call that interrupted this open opened one first
-                    opened.close()
+                else:
+                    if _default is None:
+                        _default = opened
+                    else:
+                        opened.close()
             tracker = _default
     return tracker
 

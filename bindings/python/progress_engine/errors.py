@@ -181,6 +181,13 @@ def failed_exit(exc: BaseException) -> Optional[str]:
     return reason_text(exc.code) or type(exc).__name__
 
 
+def failure_text(exc: BaseException) -> Optional[str]:
+    """The error a task ended by `exc` fails with: describe(exc) for an Exception, a failing sys.exit()'s
+    (failed_exit); None for what stops the work without an error (KeyboardInterrupt, a clean exit, a framework's
+    shutdown, a cancelled coroutine), which cancels it."""
+    return describe(exc) if isinstance(exc, Exception) else failed_exit(exc)
+
+
 def reason_text(reason: object) -> Optional[str]:
     """A cancel reason as text (a TaskCancelled may be raised with any object as its reason)."""
     if reason is None or isinstance(reason, str):

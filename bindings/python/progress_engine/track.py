@@ -9,7 +9,7 @@ from time import perf_counter
 from typing import Any, Dict, Iterable, Iterator, Optional, TypeVar
 
 from .default import get_progress_tracker_sync
-from .errors import ProgressError, TaskCancelled, describe, failed_exit, reason_text
+from .errors import ProgressError, TaskCancelled, describe, failed_exit, failure_text, reason_text
 from .model import StageStatus
 from .tracker import ProgressTracker, StepCounter
 
@@ -117,8 +117,8 @@ class Track(Iterator[T]):
         self._run.in_with = False
         if isinstance(exc, TaskCancelled):
             self._run.cancel(exc.reason)
-        elif isinstance(exc, Exception) or failed_exit(exc) is not None:
-            self._run.fail(exc)
+        elif (failure := failure_text(exc)) is not None:
+            self._run.fail(failure)
         else:
             self._run.stop()
 
@@ -161,10 +161,10 @@ class _Run:
             self.open = False
             self._finish(self.tracker.complete_task_sync)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, error: str) -> None:
         if self.open:
             self.open = False
-            self._finish(self.tracker.fail_task_sync, failed_exit(exc) or describe(exc))
+            self._finish(self.tracker.fail_task_sync, error)
 
     def cancel(self, reason: Optional[str]) -> None:
         if self.open:
@@ -242,6 +242,6 @@ def _items(run: _Run, iterable: Iterable[T], create: Dict[str, Any]) -> Iterator
             run.stop()
         raise
     except BaseException as exc:
-        run.fail(exc)
+        run.fail(failed_exit(exc) or describe(exc))  # any exception the iterable raises fails the task
         raise
     run.complete()

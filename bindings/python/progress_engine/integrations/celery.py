@@ -38,9 +38,9 @@ import functools
 import os
 import threading
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..default import _config_from_env, open_from_env
+from ..default import _ENV_SOURCES, _config_from_env, open_from_env
 from ..errors import (ConfigError, ExistsError, NotFoundError, ProgressError, ProgressWarning, StateError, describe,
                       reason_text)
 from ..model import StageStatus
@@ -85,10 +85,17 @@ def _tracker(app: Any) -> ProgressTracker:
             if tracker is None:
                 for inherited in _trackers.values():
                     inherited._finalizer.detach()  # not at this process's exit either
-                config = app.conf.get("progress_engine")
-                tracker = _trackers[pid] = open_from_env(config, "the Celery app's progress_engine setting") \
-                    if config is not None else open_from_env(_config_from_env())
+                tracker = _trackers[pid] = open_from_env(*_configuration(app))
     return tracker
+
+
+def _configuration(app: Any) -> Tuple[Any, str]:
+    """What this process's tracker is opened with: the app's progress_engine setting, else the environment's (as
+    get_progress_tracker()); and where it came from, for errors."""
+    config = app.conf.get("progress_engine")
+    if config is not None:
+        return config, "the Celery app's progress_engine setting"
+    return _config_from_env(), _ENV_SOURCES
 
 
 # Per pid: why its tracker could not be opened. A task body's progress(), stage() and log() then do nothing.
@@ -118,9 +125,7 @@ def _strict_setting(app: Any) -> bool:
     """Whether the configuration the tracker was to be opened with asks for strict: its `strict`, else
     PROGRESS_STRICT (a configuration that cannot even be read is not strict: its error is what is reported)."""
     try:
-        config = app.conf.get("progress_engine")
-        if config is None:
-            config = _config_from_env()
+        config, _ = _configuration(app)
         strict = config.get("strict") if isinstance(config, Mapping) else None
         return _strict_from_env() if strict is None else strict is True
     except (ProgressError, TypeError, ValueError):
