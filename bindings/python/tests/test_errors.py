@@ -439,7 +439,7 @@ def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_cou
     """A handler that reports on the task whose counter is being attached (the lock is re-entrant) found no counter
     yet and attached a second one; the engine kept one of the two and the other's steps were lost."""
     result = fresh_python("""
-        import os, signal, warnings
+        import signal, threading, warnings
         warnings.simplefilter("error")
         from progress_engine import ProgressTracker
         t = ProgressTracker()
@@ -452,7 +452,7 @@ def test_a_signal_handler_that_reports_during_the_counter_attach_writes_that_cou
         def attach_after_a_signal(function, *args):
             if function.__name__ == "progress_task_attach_counter" and not signalled:
                 signalled.append(True)
-                os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs here, before the attach
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # its handler runs here, before the attach
             return call(function, *args)
         t._call = attach_after_a_signal
         t.update_progress_sync("t", 3, 10)

@@ -433,7 +433,7 @@ def test_a_signal_handler_that_opens_or_closes_a_tracker_does_not_hang_the_threa
     while its thread held one waited for that thread, for good."""
     import subprocess
     code = f"""
-        import os, signal
+        import signal, threading
         import progress_engine, progress_engine.default, progress_engine.tracker
         from progress_engine import ProgressTracker, StageManager
         t = ProgressTracker()
@@ -443,7 +443,7 @@ def test_a_signal_handler_that_opens_or_closes_a_tracker_does_not_hang_the_threa
             done.append(True)
         signal.signal(signal.SIGUSR1, handler)
         with {held}:  # where the signal finds the thread
-            os.kill(os.getpid(), signal.SIGUSR1)
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # its handler runs before this returns
             for _ in range(1000):
                 pass
         print("ok" if done else "handler did not run")
@@ -459,7 +459,7 @@ def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted
     """A handler runs on the thread it interrupts, maybe inside the tracker's own lock (here: attaching the runner's
     counter). Its report took that lock again and hung the process for good."""
     result = fresh_python("""
-        import os, signal
+        import signal, threading
         from progress_engine import ProgressTracker
         t = ProgressTracker()
         def handler(signum, frame):
@@ -468,7 +468,7 @@ def test_a_signal_handler_that_reports_does_not_deadlock_the_call_it_interrupted
             t.cancel_task_sync("inner", "by signal")  # lets it go under the lock
         signal.signal(signal.SIGUSR1, handler)
         with t._lock:  # where the signal finds the runner's thread
-            os.kill(os.getpid(), signal.SIGUSR1)
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # its handler runs before this returns
             for _ in range(1000):
                 pass
         print(t.get_task_progress_sync("inner")["status"])
