@@ -52,6 +52,19 @@ if ((${#need[@]})); then
     echo "setup: installing Python packages: ${need[*]}"
     pip_install "${need[@]}"
 fi
+# torch, for the test that runs real diffusers pipelines, only as a CPU build (PyPI's torch for x86-64 pulls about
+# 2.4 GB of CUDA wheels): from a wheel folder the machine's pip configuration names (find-links), its dependencies
+# from PyPI. Without one that test is skipped.
+if ! "$python" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 1)"; then
+    if pip_install --no-index --no-deps torch 2>/dev/null; then
+        torch_version=$("$python" -c "import importlib.metadata as m; print(m.version('torch'))")
+        echo "setup: installed torch $torch_version from the machine's wheel folder; installing its dependencies"
+        pip_install "torch==$torch_version"
+    else
+        echo "setup: no torch wheel in a folder pip is pointed at (find-links); the diffusers pipeline tests will be" \
+            "skipped (bindings/python/tests/test_integration_diffusers_pipeline.py)"
+    fi
+fi
 # The binding, editable, so it finds the library in .build/ without any environment variable.
 # Found without importing it (an import loads the library, which may not be built yet).
 if ! "$python" -c "import importlib.util, os, sys; s = importlib.util.find_spec('progress_engine'); sys.exit(0 if s and s.origin and os.path.realpath(s.origin).startswith(os.path.realpath('bindings/python')) else 1)" 2>/dev/null; then

@@ -3,9 +3,9 @@ hand from the published factors, Flux's unpacking against diffusers' packing, an
 denoising loop on a real engine: every step reported, the previews the engine's milestones take (decoded back
 from the PNG files), and a cancel request interrupting the pipeline.
 
-torch and diffusers are not installed here (PyPI's torch for x86-64 is 539 MB plus about 2.4 GB of CUDA
-wheels), so the loop is `DenoisingLoop`: the part of StableDiffusionPipeline.__call__ (diffusers 0.42) that
-touches the callback, transcribed with numpy latents."""
+The loop here is `DenoisingLoop`: the part of StableDiffusionPipeline.__call__ (diffusers 0.42) that touches the
+callback, transcribed with numpy latents, so that these run without torch (numpy only, as the callback needs).
+test_integration_diffusers_pipeline.py runs the callback in real diffusers pipelines where torch is installed."""
 
 from __future__ import annotations
 
