@@ -40,6 +40,11 @@
  *   per throttle_ms, stage changes and terminal states at once; Redis up, slow or gone never slows an update; it
  *   also reads the cancel requests other engines pass on for this engine's tasks, five times a second);
  *   with both, a subscriber thread that mirrors other engines' tasks for the listener.
+ * - The engine's threads block every asynchronous signal (all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
+ *   SIGSYS and SIGABRT): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...) is taken by one of the
+ *   host's threads, and a SIGPIPE from an engine thread's write (to Redis, or a log line to a closed stderr)
+ *   never ends the host, which need not ignore SIGPIPE for the engine's sake (reads of Redis on the calling
+ *   thread, above, write on the caller's thread). The thread calling progress_engine_open keeps its mask.
  * - Reading a task this engine does not hold (progress_task_get, _logs_get, _history_get, _batch_get, REST,
  *   WebSocket subscribe, progress_task_create with "resume"), a batch's members, the older history of a task
  *   held in part and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the calling

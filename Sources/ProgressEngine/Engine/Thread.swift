@@ -9,17 +9,35 @@ private final class ThreadBody {
     }
 }
 
+/// Every signal but those a thread raises itself on a fault (and SIGABRT, which abort() unblocks anyway).
+private let asynchronousSignals: sigset_t = {
+    var set = sigset_t()
+    sigfillset(&set)
+    for fault in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT] { sigdelset(&set, fault) }
+    return set
+}()
+
 /// Starts a pthread running `body` (which keeps what it captures alive until it returns).
+///
+/// The thread starts with every asynchronous signal blocked: a signal sent to the process is taken by one of
+/// the host's threads, whose handlers expect it there (CPython 3.11 runs a handler late when its C-level handler
+/// fires on a thread other than the main one), and a SIGPIPE from a write on one of the engine's sockets stays pending on the
+/// engine's thread instead of ending a host that did not ignore it. The mask is set on the calling thread around
+/// pthread_create, which the new thread inherits, so there is no window before its first instruction.
 /// - Parameter what: the thread, for the error message ("the Redis writer thread").
 /// - Returns: the thread, to be joined by its owner.
 /// - Throws: `EngineError.io` if the thread cannot be created.
 func startThread(_ what: String, _ body: @escaping () -> Void) throws -> pthread_t {
     var thread = pthread_t()
     let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var blocked = asynchronousSignals
+    var callers = sigset_t()
+    pthread_sigmask(SIG_BLOCK, &blocked, &callers)
     let rc = pthread_create(&thread, nil, { raw in
         Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().run()
         return nil
     }, context)
+    pthread_sigmask(SIG_SETMASK, &callers, nil)
     guard rc == 0 else {
         Unmanaged<ThreadBody>.fromOpaque(context).release()
         throw EngineError.io("cannot start \(what): pthread_create returned \(rc) (\(String(cString: strerror(rc))))")
