@@ -41,10 +41,14 @@
  *   also reads the cancel requests other engines pass on for this engine's tasks, five times a second);
  *   with both, a subscriber thread that mirrors other engines' tasks for the listener.
  * - The engine's threads block every asynchronous signal (all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
- *   SIGSYS and SIGABRT): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...) is taken by one of the
+ *   SIGSYS, SIGABRT and the profilers' SIGPROF): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...) is taken by one of the
  *   host's threads, and a SIGPIPE from an engine thread's write (to Redis, or a log line to a closed stderr)
  *   never ends the host, which need not ignore SIGPIPE for the engine's sake (reads of Redis on the calling
- *   thread, above, write on the caller's thread). The thread calling progress_engine_open keeps its mask.
+ *   thread, above, write on the caller's thread). The thread calling progress_engine_open keeps its mask, and
+ *   the process keeps its SIGPIPE disposition (libwebsockets ignores SIGPIPE when it starts; it is put back).
+ * - Every file descriptor the engine opens (sockets, Redis connections, pipes, files) is close-on-exec: a
+ *   program the host starts (system(), posix_spawn) holds none of them, so it cannot keep the listening port
+ *   bound after the host exits.
  * - Reading a task this engine does not hold (progress_task_get, _logs_get, _history_get, _batch_get, REST,
  *   WebSocket subscribe, progress_task_create with "resume"), a batch's members, the older history of a task
  *   held in part and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the calling

@@ -573,6 +573,11 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
      * in a loop this listener owns. Without the evlib_uv plugin, libwebsockets' own poll() loop. */
     void *foreign_loops[1] = {&l->loop};
     int system_lws = lws_is_system_copy();
+    /* Creating a context sets SIGPIPE to ignored for the whole process; the host's own setting is put back
+     * after. Nothing here needs it: libwebsockets sends with MSG_NOSIGNAL, and the engine's threads, this
+     * listener's among them, block SIGPIPE (Engine/Thread.swift). */
+    struct sigaction host_sigpipe;
+    int have_host_sigpipe = sigaction(SIGPIPE, NULL, &host_sigpipe) == 0;
     if (system_lws && uv_loop_init(&l->loop) == 0) {
         l->has_loop = 1;
         info.options |= LWS_SERVER_OPTION_LIBUV;
@@ -594,6 +599,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
                        "listener uses libwebsockets' poll() loop, which costs more per message with many "
                        "connections; install that package");
     }
+    if (have_host_sigpipe) sigaction(SIGPIPE, &host_sigpipe, NULL);
     if (l->context == NULL) {
         cannot_listen(config, " (address in use, or not an address of this host?)", err, err_len);
         free(l);

@@ -102,7 +102,7 @@ static void png_write_warning(png_structp png, png_const_charp message) {
 
 int CProgress_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels, char *err,
                         size_t err_len) {
-    struct png_write_state state = {fopen(path, "wb"), err, err_len};
+    struct png_write_state state = {fopen(path, "wbe"), err, err_len}; /* "e": O_CLOEXEC */
     if (state.file == NULL) {
         snprintf(err, err_len, "cannot create %s: %s", path, strerror(errno));
         return -1;

@@ -1,13 +1,15 @@
+#define _GNU_SOURCE /* pipe2 */
 #include "CProgressSystem.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 int CProgress_process_usage(double *cpu_seconds, double *rss_bytes) {
-    FILE *f = fopen("/proc/self/stat", "r");
+    FILE *f = fopen("/proc/self/stat", "re"); /* "e": O_CLOEXEC, as every descriptor of the engine */
     if (f == NULL) return -1;
     char buf[1024];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -20,7 +22,7 @@ int CProgress_process_usage(double *cpu_seconds, double *rss_bytes) {
         return -1;
     long ticks = sysconf(_SC_CLK_TCK);
     *cpu_seconds = (double)(utime + stime) / (double)(ticks > 0 ? ticks : 100);
-    f = fopen("/proc/self/statm", "r");
+    f = fopen("/proc/self/statm", "re");
     if (f == NULL) return -1;
     unsigned long size = 0, resident = 0;
     int ok = fscanf(f, "%lu %lu", &size, &resident) == 2;
@@ -80,3 +82,5 @@ int CProgress_gpu_usage(double *gpu_percent, double *gpu_memory_mb) {
     *gpu_memory_mb = used;
     return 0;
 }
+
+int CProgress_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

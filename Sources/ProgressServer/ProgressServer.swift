@@ -72,6 +72,9 @@ struct ProgressServer: ParsableCommand {
             throw ExitCode(2)
         }
 
+        // A server outlives the reader of its log: a line written after that reader went away fails with EPIPE
+        // instead of ending the process before it has closed its engine (the engine leaves SIGPIPE to its host).
+        signal(SIGPIPE, SIG_IGN)
         // Signals are taken synchronously by sigwait below, so no handler runs at an arbitrary point.
         var signals = sigset_t()
         sigemptyset(&signals)

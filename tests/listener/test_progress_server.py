@@ -61,6 +61,25 @@ def test_default_address_and_sigint(tmp_path):
             assert '"signal":"SIGINT"' in server.log()
 
 
+def test_a_log_reader_that_went_away_does_not_end_the_server():
+    """Its log goes to a pipe whose reader exits (a log shipper restarting): the next lines fail with EPIPE, and the
+    server still stops cleanly (closing its engine, which flushes to Redis) rather than dying of SIGPIPE."""
+    proc = subprocess.Popen([str(SERVER), "--listen", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stderr:
+            if b'"event":"listening"' in line:
+                break
+        else:
+            pytest.fail(f"progress-server exited {proc.wait()} before listening")
+        proc.stderr.close()  # the reader goes away; the server's "stopping" and "stopped" lines go nowhere
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("listen, fragment", [("null", '"listen" is null'), ("8000", '"listen" is')])
 def test_no_server_without_a_listener(tmp_path, listen, fragment):
     config = tmp_path / "server.json"

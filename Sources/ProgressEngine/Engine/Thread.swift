@@ -9,11 +9,12 @@ private final class ThreadBody {
     }
 }
 
-/// Every signal but those a thread raises itself on a fault (and SIGABRT, which abort() unblocks anyway).
+/// Every signal but those a thread raises itself on a fault (and SIGABRT, which abort() unblocks anyway), and
+/// SIGPROF, with which profilers sample and Swift's crash reporter pauses every thread of the process.
 private let asynchronousSignals: sigset_t = {
     var set = sigset_t()
     sigfillset(&set)
-    for fault in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT] { sigdelset(&set, fault) }
+    for open in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT, SIGPROF] { sigdelset(&set, open) }
     return set
 }()
 

@@ -48,6 +48,9 @@ final class RedisConnection {
             context = nil
             throw EngineError.io("redis \(url.display): \(why)")
         }
+        // hiredis 0.14 opens its socket without SOCK_CLOEXEC: a program the host runs (system(), posix_spawn)
+        // must not keep a copy of the connection open after this process has closed it.
+        _ = fcntl(c.pointee.fd, F_SETFD, FD_CLOEXEC)
         redisSetTimeout(c, tv)
         if let password = url.password {
             if let user = url.user {

@@ -1,3 +1,4 @@
+import CProgress
 import Glibc
 
 /// The fleet side of an engine with a listener (SPEC §2 topology 3): on a thread and a hiredis context of its
@@ -30,7 +31,9 @@ final class RedisSubscriber: @unchecked Sendable {
         self.engine = engine
         self.storage = storage
         scanInterval = max(0.05, engine.config.heartbeatTimeoutSeconds / 3)
-        guard pipe(&wakePipe) == 0 else { throw EngineError.io("cannot create the Redis subscriber's pipe: errno \(errno)") }
+        guard CProgress_pipe_cloexec(&wakePipe) == 0 else {
+            throw EngineError.io("cannot create the Redis subscriber's pipe: errno \(errno)")
+        }
         do {
             thread = try startThread("the Redis subscriber thread") { [self] in self.loop() }
         } catch {

@@ -1,0 +1,136 @@
+"""What an engine leaves to the process that hosts it, with `listen` and `redis_url` (every kind of engine thread
+and connection).
+
+Signals: the engine's threads take no asynchronous signal (Sources/ProgressEngine/Engine/Thread.swift): a signal
+sent to the process reaches one of the host's threads, and a SIGPIPE raised by a write on one of the engine's
+sockets stays pending on the engine's thread instead of ending a host that left SIGPIPE at its default, which the
+listener does not change either. Every thread an engine starts is checked, in the opening process and in a fork
+child, whose threads the child handler starts. (CPython 3.11 runs a handler late when its C-level handler fires on
+a thread other than the main one, so a SIGTERM taken by an engine thread could wait long for the runner's handler.)
+
+Descriptors: every one the engine opens is close-on-exec, so a program the runner starts (os.system("ffmpeg ..."),
+posix_spawn) holds none of them: not the listening port, which it would keep bound after the runner exits, nor a
+Redis connection."""
+
+import json
+import signal
+
+from redis_support import run_runner
+
+RUNNER = """
+import os, signal
+
+def masks():
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        status = dict(line.split(":", 1) for line in open(f"/proc/self/task/{tid}/status").read().splitlines())
+        out[int(tid)] = (status["Name"].strip(), int(status["SigBlk"], 16))
+    return out
+
+def started():
+    # A thread that has not run yet has the mask pthread_create gives it until it starts: every signal, glibc's
+    # own 32 included (which no pthread_sigmask of a program can block).
+    deadline = time.time() + 10
+    while any(mask >> 31 & 1 for _, mask in masks().values()) and time.time() < deadline:
+        time.sleep(0.01)
+    return masks()
+
+def ignored():
+    return int(dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())["SigIgn"], 16)
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a C program starts (Python ignores it)
+before = masks()
+t = ProgressTracker(listen="127.0.0.1:0", redis_url=%(url)r)
+ignored_after_open = ignored()
+t.create_task_progress_sync("a", "tpl")
+t.update_progress_sync("a", 1, 10)
+opened = started()
+pid = os.fork()
+if pid == 0:
+    t.update_progress_sync("a", 2, 10)
+    child = started()
+    print(json.dumps({"before": before, "child": child, "me": os.getpid()}), flush=True)
+    t.close()
+    os._exit(0)
+os.waitpid(pid, 0)
+print(json.dumps({"before": before, "opened": opened, "me": os.getpid(), "ignored": ignored_after_open}), flush=True)
+t.close()
+"""
+
+# What an engine thread must block: what a terminal, a supervisor or a dead peer sends to the process.
+ASYNCHRONOUS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM, signal.SIGWINCH]
+# What it must not: the signals a thread raises on itself when it faults, and SIGPROF, with which profilers sample
+# and Swift's crash reporter pauses every thread.
+FAULTS = [signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGPROF]
+
+
+def bit(signum):
+    return 1 << (int(signum) - 1)
+
+
+def engine_threads(report, key):
+    """The threads that were not there before the engine opened (the main thread and Python's own excluded)."""
+    before = {int(tid) for tid in report["before"]}
+    return {int(tid): (name, mask) for tid, (name, mask) in report[key].items()
+            if int(tid) not in before and int(tid) != report["me"]}
+
+
+def test_engine_threads_block_asynchronous_signals_and_the_hosts_sigpipe_stays_as_it_was(redis):
+    reports = [json.loads(line) for line in run_runner(RUNNER % {"url": redis.url}).splitlines()
+               if line.startswith("{")]
+    child = next(r for r in reports if "child" in r)
+    parent = next(r for r in reports if "opened" in r)
+    # The parent's maintenance, preview, listener, Redis writer and subscriber threads; the child's maintenance,
+    # preview and writer threads (it has no listener).
+    for report, key, least in ((parent, "opened", 5), (child, "child", 3)):
+        threads = engine_threads(report, key)
+        assert len(threads) >= least, (key, report[key])
+        for tid, (name, mask) in threads.items():
+            assert [s.name for s in ASYNCHRONOUS if not mask & bit(s)] == [], (key, tid, name, hex(mask))
+            assert [s.name for s in FAULTS if mask & bit(s)] == [], (key, tid, name, hex(mask))
+        # The thread that opened the engine (and forked) has its own mask back: none blocked, as it started.
+        assert report[key][str(report["me"])][1] == 0, (key, report[key])
+    # libwebsockets sets SIGPIPE to ignored when the listener starts; the host's default is put back.
+    assert not parent["ignored"] & bit(signal.SIGPIPE), hex(parent["ignored"])
+
+
+FDS_RUNNER = """
+import os, socket, subprocess, urllib.request
+
+def descriptors():
+    return {int(fd): os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+
+before = descriptors()
+t = ProgressTracker(listen="127.0.0.1:0", redis_url=%(url)r, preview_dir=%(previews)r, preview_every_steps=1)
+t.create_task_progress_sync("a", "tpl")
+t.update_progress_sync("a", 1, 10)
+t.update_preview_sync("a", (bytes(4 * 4 * 3), 4, 4, 3))
+client = socket.create_connection(("127.0.0.1", t.port))  # a connection the listener accepts
+urllib.request.urlopen(f"{t.url}/api/v1/progress/tasks/a", timeout=5).read()
+try:
+    t.get_task_progress_sync("held-by-no-one")  # asks Redis on the reader's connection
+except Exception as error:
+    assert type(error).__name__ == "NotFoundError", error
+while t.stats_sync()["previews_written"] < 1 or t.stats_sync()["redis_connected"] != 1:
+    time.sleep(0.01)
+opened = descriptors()
+# What a child started without closing descriptors (as system() and posix_spawn start one) holds open.
+LIST = ("import json, os; d = '/proc/self/fd/'; "
+        "print(json.dumps({fd: os.readlink(d + fd) for fd in os.listdir(d) if os.path.exists(d + fd)}))")
+child = subprocess.run([sys.executable, "-c", LIST], close_fds=False, capture_output=True, text=True, check=True).stdout
+print(json.dumps({"before": before, "opened": opened, "child": json.loads(child)}), flush=True)
+t.close()
+"""
+
+
+def test_a_program_the_runner_starts_inherits_none_of_the_engines_descriptors(redis, tmp_path):
+    report = json.loads(run_runner(FDS_RUNNER % {"url": redis.url, "previews": str(tmp_path)}).splitlines()[-1])
+    before = {int(fd) for fd in report["before"]}
+    engine = {int(fd): target for fd, target in report["opened"].items() if int(fd) not in before}
+    kinds = sorted(target.split(":")[0] for target in engine.values())
+    assert kinds.count("socket") >= 5, engine  # listening, accepted, Redis writer, subscriber and reader
+    # The same open file under the same number in the child (its own listing's descriptor may reuse a number).
+    inherited = {fd: target for fd, target in report["child"].items() if engine.get(int(fd)) == target}
+    assert inherited == {}, (inherited, engine)
