@@ -39,7 +39,8 @@
  *   every socket and client; with `redis_url`, a Redis writer thread with its own connection (each changed task written at most once
  *   per throttle_ms, stage changes and terminal states at once; Redis up, slow or gone never slows an update; it
  *   also reads the cancel requests other engines pass on for this engine's tasks, five times a second);
- *   with both, a subscriber thread that mirrors other engines' tasks for the listener.
+ *   with both, a subscriber thread that mirrors other engines' tasks for the listener. Each is named for ps,
+ *   top -H and gdb: pe-maintenance, pe-preview, pe-listener, pe-redis-writer, pe-redis-sub.
  * - The engine's threads block every asynchronous signal (all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
  *   SIGSYS, SIGABRT and the profilers' SIGPROF): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...) is taken by one of the
  *   host's threads, and a SIGPIPE from an engine thread's write (to Redis, or a log line to a closed stderr)

@@ -1,4 +1,4 @@
-#define _GNU_SOURCE /* pipe2 */
+#define _GNU_SOURCE /* pipe2, pthread_setname_np */
 #include "CProgressSystem.h"
 
 #include <dlfcn.h>
@@ -84,3 +84,5 @@ int CProgress_gpu_usage(double *gpu_percent, double *gpu_memory_mb) {
 }
 
 int CProgress_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int CProgress_name_this_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }

@@ -16,4 +16,8 @@ int CProgress_gpu_usage(double *gpu_percent, double *gpu_memory_mb);
  * inherits. Returns 0, or -1 with errno set. */
 int CProgress_pipe_cloexec(int fds[2]);
 
+/* Names the calling thread (at most 15 bytes are kept), as ps, top -H and gdb show it. Swift's Glibc module does
+ * not declare pthread_setname_np. Returns 0 or an error number. */
+int CProgress_name_this_thread(const char *name);
+
 #endif

@@ -9,7 +9,7 @@ final class MaintenanceThread: @unchecked Sendable {
     /// - Parameter body: one round of work; returns how many seconds to sleep before the next round.
     init(body: @escaping @Sendable () -> Double) throws {
         self.body = body
-        try worker.start("the engine's maintenance thread") { [self] in self.loop() }
+        try worker.start("the engine's maintenance thread", name: "pe-maintenance") { [self] in self.loop() }
     }
 
     private func loop() {

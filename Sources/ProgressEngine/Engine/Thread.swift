@@ -1,10 +1,13 @@
+import CProgress
 import Glibc
 
-/// The body of a thread started by `startThread`, boxed so it crosses pthread_create's `void *`.
+/// The body of a thread started by `startThread` and its name, boxed so they cross pthread_create's `void *`.
 private final class ThreadBody {
+    let name: String
     let run: () -> Void
 
-    init(_ run: @escaping () -> Void) {
+    init(_ name: String, _ run: @escaping () -> Void) {
+        self.name = name
         self.run = run
     }
 }
@@ -25,17 +28,23 @@ private let asynchronousSignals: sigset_t = {
 /// fires on a thread other than the main one), and a SIGPIPE from a write on one of the engine's sockets stays pending on the
 /// engine's thread instead of ending a host that did not ignore it. The mask is set on the calling thread around
 /// pthread_create, which the new thread inherits, so there is no window before its first instruction.
-/// - Parameter what: the thread, for the error message ("the Redis writer thread").
+/// - Parameters:
+///   - what: the thread, for the error message ("the Redis writer thread").
+///   - name: its name for ps, top -H, gdb and crash reports ("pe-redis-writer": at most 15 bytes), set by the
+///     thread itself before its body runs.
 /// - Returns: the thread, to be joined by its owner.
 /// - Throws: `EngineError.io` if the thread cannot be created.
-func startThread(_ what: String, _ body: @escaping () -> Void) throws -> pthread_t {
+func startThread(_ what: String, name: String, _ body: @escaping () -> Void) throws -> pthread_t {
+    precondition(name.utf8.count <= 15, "a thread name holds at most 15 bytes")
     var thread = pthread_t()
-    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    let context = Unmanaged.passRetained(ThreadBody(name, body)).toOpaque()
     var blocked = asynchronousSignals
     var callers = sigset_t()
     pthread_sigmask(SIG_BLOCK, &blocked, &callers)
     let rc = pthread_create(&thread, nil, { raw in
-        Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().run()
+        let body = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
+        _ = CProgress_name_this_thread(body.name)
+        body.run()
         return nil
     }, context)
     pthread_sigmask(SIG_SETMASK, &callers, nil)
@@ -75,8 +84,8 @@ final class WorkerThread: @unchecked Sendable {
     }
 
     /// Starts the thread (see `startThread`).
-    func start(_ what: String, _ body: @escaping () -> Void) throws {
-        thread = try startThread(what, body)
+    func start(_ what: String, name: String, _ body: @escaping () -> Void) throws {
+        thread = try startThread(what, name: name, body)
         running = true
     }
 

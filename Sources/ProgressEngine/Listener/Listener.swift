@@ -114,7 +114,7 @@ final class Listener: ChangeConsumer, @unchecked Sendable {
         port = Int(boundPort)
 
         do {
-            thread = try startThread("the listener thread") { [self] in self.serviceLoop() }
+            thread = try startThread("the listener thread", name: "pe-listener") { [self] in self.serviceLoop() }
         } catch {
             CProgress_listener_destroy(handle)
             c = nil

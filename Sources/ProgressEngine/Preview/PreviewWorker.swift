@@ -59,7 +59,7 @@ final class PreviewWorker: @unchecked Sendable {
         if mkdir(directory, 0o755) != 0 && errno != EEXIST {
             throw EngineError.io("preview_dir \(directory): cannot create it: \(String(cString: strerror(errno)))")
         }
-        try worker.start("the preview thread") { [self] in self.loop() }
+        try worker.start("the preview thread", name: "pe-preview") { [self] in self.loop() }
     }
 
     /// A buffer of at least `bytes`, from the pool when one fits.

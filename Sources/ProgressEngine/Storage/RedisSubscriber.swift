@@ -35,7 +35,7 @@ final class RedisSubscriber: @unchecked Sendable {
             throw EngineError.io("cannot create the Redis subscriber's pipe: errno \(errno)")
         }
         do {
-            thread = try startThread("the Redis subscriber thread") { [self] in self.loop() }
+            thread = try startThread("the Redis subscriber thread", name: "pe-redis-sub") { [self] in self.loop() }
         } catch {
             close(wakePipe[0])
             close(wakePipe[1])

@@ -103,7 +103,7 @@ final class RedisWriter: ChangeConsumer, @unchecked Sendable {
         ttl = expiry(engine.config.retentionSeconds)
         expiryRefreshInterval = max(heartbeatInterval, engine.config.retentionSeconds / 4)
         activeTTL = expiry(max(engine.config.retentionSeconds, 4 * expiryRefreshInterval))
-        try worker.start("the Redis writer thread") { [self] in self.loop() }
+        try worker.start("the Redis writer thread", name: "pe-redis-writer") { [self] in self.loop() }
     }
 
     // MARK: - From any thread
