@@ -42,14 +42,15 @@
  *   with both, a subscriber thread that mirrors other engines' tasks for the listener. Each is named for ps,
  *   top -H and gdb: pe-maintenance, pe-preview, pe-listener, pe-redis-writer, pe-redis-sub.
  * - The engine's threads block every asynchronous signal (all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
- *   SIGSYS, SIGABRT and the profilers' SIGPROF): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...) is taken by one of the
- *   host's threads, and a SIGPIPE from an engine thread's write (to Redis, or a log line to a closed stderr)
- *   never ends the host, which need not ignore SIGPIPE for the engine's sake (reads of Redis on the calling
- *   thread, above, write on the caller's thread). The thread calling progress_engine_open keeps its mask, and
- *   the process keeps its SIGPIPE disposition (libwebsockets ignores SIGPIPE when it starts; it is put back).
+ *   SIGSYS, SIGABRT and the profilers' SIGPROF): a signal sent to the process (SIGINT, SIGTERM, SIGCHLD, ...)
+ *   is taken by one of the host's threads. No write of the engine raises SIGPIPE in the host, which need not
+ *   ignore it for the engine's sake: the engine's threads block it, and a Redis read or a log line written on
+ *   the caller's thread holds it back there for the write and takes back one it raised. The thread calling
+ *   progress_engine_open keeps its mask, and the process its SIGPIPE disposition (libwebsockets sets SIGPIPE
+ *   to ignored when a listener starts; the host's is put back).
  * - Every file descriptor the engine opens (sockets, Redis connections, pipes, files) is close-on-exec: a
  *   program the host starts (system(), posix_spawn) holds none of them, so it cannot keep the listening port
- *   bound after the host exits.
+ *   bound after the host exits. (NVML, loaded on a machine with an NVIDIA driver, opens descriptors of its own.)
  * - Reading a task this engine does not hold (progress_task_get, _logs_get, _history_get, _batch_get, REST,
  *   WebSocket subscribe, progress_task_create with "resume"), a batch's members, the older history of a task
  *   held in part and a "*" subscription's list of the fleet's tasks ask Redis synchronously on the calling

@@ -58,8 +58,14 @@ fi
 if ! "$python" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 1)"; then
     if pip_install --no-index --no-deps torch 2>/dev/null; then
         torch_version=$("$python" -c "import importlib.metadata as m; print(m.version('torch'))")
-        echo "setup: installed torch $torch_version from the machine's wheel folder; installing its dependencies"
-        pip_install "torch==$torch_version"
+        if [[ $torch_version == *+cpu ]]; then
+            echo "setup: installed torch $torch_version from the machine's wheel folder; installing its dependencies"
+            pip_install "torch==$torch_version"
+        else
+            echo "setup: the machine's wheel folder holds torch $torch_version, not a CPU build (+cpu); not" \
+                "installing it (its CUDA dependencies are 2.4 GB): the diffusers pipeline tests will be skipped"
+            "$python" -m pip uninstall -q -y torch
+        fi
     else
         echo "setup: no torch wheel in a folder pip is pointed at (find-links); the diffusers pipeline tests will be" \
             "skipped (bindings/python/tests/test_integration_diffusers_pipeline.py)"

@@ -17,6 +17,8 @@
 #include <net/if.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -575,7 +577,10 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
     int system_lws = lws_is_system_copy();
     /* Creating a context sets SIGPIPE to ignored for the whole process; the host's own setting is put back
      * after. Nothing here needs it: libwebsockets sends with MSG_NOSIGNAL, and the engine's threads, this
-     * listener's among them, block SIGPIPE (Engine/Thread.swift). */
+     * listener's among them, block SIGPIPE (Engine/Thread.swift). One engine opening at a time, so that a second
+     * does not save the first's libwebsockets setting as the host's. */
+    static pthread_mutex_t sigpipe_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&sigpipe_lock);
     struct sigaction host_sigpipe;
     int have_host_sigpipe = sigaction(SIGPIPE, NULL, &host_sigpipe) == 0;
     if (system_lws && uv_loop_init(&l->loop) == 0) {
@@ -600,6 +605,7 @@ int CProgress_listener_create(const CProgress_listener_config *config, CProgress
                        "connections; install that package");
     }
     if (have_host_sigpipe) sigaction(SIGPIPE, &host_sigpipe, NULL);
+    pthread_mutex_unlock(&sigpipe_lock);
     if (l->context == NULL) {
         cannot_listen(config, " (address in use, or not an address of this host?)", err, err_len);
         free(l);

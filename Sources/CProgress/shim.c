@@ -1,7 +1,13 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sigtimedwait */
+#endif
 #include "CProgress.h"
 /* The version's one source; only its macros are used here. */
 #include "../../include/progress.h"
+#include <errno.h>
 #include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,13 +53,41 @@ void CProgress_store_relaxed(volatile long long *p, long long value) {
 /* Lines dropped because stderr could not take them (see CProgress_log_line). */
 static _Atomic unsigned long stderr_dropped;
 
+void CProgress_sigpipe_hold(CProgress_sigpipe_guard *guard) {
+    sigset_t pipe_only, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    guard->was_pending = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &guard->mask);
+}
+
+void CProgress_sigpipe_release(const CProgress_sigpipe_guard *guard) {
+    sigset_t pipe_only, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigemptyset(&pending);
+    if (!guard->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        const struct timespec now = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &guard->mask, NULL);
+}
+
 /* POLLOUT on a pipe means at least PIPE_BUF (4096) bytes are free, so a line of at most 3,900 bytes is written
- * whole and at once. */
+ * whole and at once. A pipe whose reader has gone (POLLERR) takes nothing: the line is dropped. */
 static int write_line(const char *line, size_t len) {
     if (len > 3900) len = 3900;
     struct pollfd pfd = {.fd = STDERR_FILENO, .events = POLLOUT};
-    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) return -1;
-    return write(STDERR_FILENO, line, len) < 0 ? -1 : 0;
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT) || (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
+        return -1;
+    CProgress_sigpipe_guard guard;
+    CProgress_sigpipe_hold(&guard);
+    int ok = write(STDERR_FILENO, line, len) < 0 ? -1 : 0;
+    CProgress_sigpipe_release(&guard);
+    return ok;
 }
 
 void CProgress_log_line(const char *line, size_t len) {

@@ -1,4 +1,6 @@
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* pipe2, pthread_setname_np */
+#endif
 #include "CProgressSystem.h"
 
 #include <dlfcn.h>

@@ -117,7 +117,22 @@ try:
     t.get_task_progress_sync("held-by-no-one")  # asks Redis on the reader's connection
 except Exception as error:
     assert type(error).__name__ == "NotFoundError", error
-while t.stats_sync()["previews_written"] < 1 or t.stats_sync()["redis_connected"] != 1:
+def settled():
+    # Every connection made (this client's and the one the listener accepted, the listening socket, the Redis
+    # writer's, subscriber's and reader's) and marked close-on-exec: a connection is marked right after it
+    # connects, and the subscriber connects on its own thread. On the code before, the deadline passes.
+    new = {fd: target for fd, target in descriptors().items() if fd not in before}
+    flags = {}
+    for fd in new:
+        try:
+            flags[fd] = int(open(f"/proc/self/fdinfo/{fd}").read().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError):
+            return False
+    sockets = sum(target.startswith("socket:") for target in new.values())
+    return sockets >= 6 and all(flag & os.O_CLOEXEC for flag in flags.values())
+
+deadline = time.time() + 10
+while time.time() < deadline and not (t.stats_sync()["previews_written"] >= 1 and settled()):
     time.sleep(0.01)
 opened = descriptors()
 # What a child started without closing descriptors (as system() and posix_spawn start one) holds open.
@@ -134,7 +149,53 @@ def test_a_program_the_runner_starts_inherits_none_of_the_engines_descriptors(re
     before = {int(fd) for fd in report["before"]}
     engine = {int(fd): target for fd, target in report["opened"].items() if int(fd) not in before}
     kinds = sorted(target.split(":")[0] for target in engine.values())
-    assert kinds.count("socket") >= 5, engine  # listening, accepted, Redis writer, subscriber and reader
+    assert kinds.count("socket") >= 6, engine  # see settled()
     # The same open file under the same number in the child (its own listing's descriptor may reuse a number).
     inherited = {fd: target for fd, target in report["child"].items() if engine.get(int(fd)) == target}
     assert inherited == {}, (inherited, engine)
+
+
+GUARD_RUNNER = """
+import ctypes, os, signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+dll = _lib._dll
+guard = ctypes.create_string_buffer(256)  # CProgress_sigpipe_guard: a sigset_t and an int
+
+def pending():
+    return signal.SIGPIPE in signal.sigpending()
+
+def write_to_a_closed_pipe():
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        os.write(w, b"x")
+    except BrokenPipeError:
+        return "EPIPE"
+    finally:
+        os.close(w)
+
+# A write that raises SIGPIPE inside hold/release: no signal delivered, none left pending, the mask as it was.
+dll.CProgress_sigpipe_hold(guard)
+result = write_to_a_closed_pipe()
+dll.CProgress_sigpipe_release(guard)
+print(json.dumps({"case": "raised inside", "write": result, "pending": pending(),
+                  "blocked": signal.SIGPIPE in signal.pthread_sigmask(signal.SIG_BLOCK, [])}), flush=True)
+# One the caller had pending (blocked) before: left for the caller.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
+signal.raise_signal(signal.SIGPIPE)
+dll.CProgress_sigpipe_hold(guard)
+write_to_a_closed_pipe()
+dll.CProgress_sigpipe_release(guard)
+print(json.dumps({"case": "pending before", "pending": pending(),
+                  "blocked": signal.SIGPIPE in signal.pthread_sigmask(signal.SIG_BLOCK, [])}), flush=True)
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGPIPE])  # delivered, ignored
+"""
+
+
+def test_the_sigpipe_guard_takes_back_only_the_signal_raised_under_it():
+    """CProgress_sigpipe_hold / _release, which a Redis read on the caller's thread and a log line run under (a
+    refused update's line is tested in bindings/python/tests/test_runner_safe.py)."""
+    inside, before = [json.loads(line) for line in run_runner(GUARD_RUNNER).splitlines()]
+    assert inside == {"case": "raised inside", "write": "EPIPE", "pending": False, "blocked": False}
+    assert before == {"case": "pending before", "pending": True, "blocked": True}

@@ -1,6 +1,7 @@
 #ifndef CPROGRESS_H
 #define CPROGRESS_H
 /* C shims for the Swift engine. Each exists because Swift cannot express it directly. */
+#include <signal.h>
 #include <stddef.h>
 #include "CProgressListener.h"
 #include "CProgressPreview.h"
@@ -36,6 +37,17 @@ void CProgress_log_note(const char *line, size_t len, unsigned long dropped);
 typedef void (*CProgress_log_sink)(const char *level, const char *event, const char *message);
 void CProgress_set_log_sink(CProgress_log_sink sink);
 void CProgress_log_event(const char *level, const char *event, const char *message);
+/* SIGPIPE held back on the calling thread while the engine writes to a socket or pipe from a thread it does
+ * not own (a Redis read on the caller's thread, a log line): hiredis writes without MSG_NOSIGNAL, and a host
+ * that left SIGPIPE at its default would be ended by a connection reset under it. _hold blocks SIGPIPE on this
+ * thread; _release takes back a SIGPIPE raised meanwhile (one that was pending before is left) and restores the
+ * thread's mask. Pairs, on one thread. */
+typedef struct {
+    sigset_t mask;
+    int was_pending;
+} CProgress_sigpipe_guard;
+void CProgress_sigpipe_hold(CProgress_sigpipe_guard *guard);
+void CProgress_sigpipe_release(const CProgress_sigpipe_guard *guard);
 /* The matching relaxed store, for Swift code (and tests) writing a counter the engine reads. */
 void CProgress_store_relaxed(volatile long long *p, long long value);
 

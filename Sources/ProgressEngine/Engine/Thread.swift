@@ -24,10 +24,11 @@ private let asynchronousSignals: sigset_t = {
 /// Starts a pthread running `body` (which keeps what it captures alive until it returns).
 ///
 /// The thread starts with every asynchronous signal blocked: a signal sent to the process is taken by one of
-/// the host's threads, whose handlers expect it there (CPython 3.11 runs a handler late when its C-level handler
-/// fires on a thread other than the main one), and a SIGPIPE from a write on one of the engine's sockets stays pending on the
-/// engine's thread instead of ending a host that did not ignore it. The mask is set on the calling thread around
-/// pthread_create, which the new thread inherits, so there is no window before its first instruction.
+/// the host's threads, whose handlers expect it there (CPython 3.11 runs a handler late when its C-level
+/// handler fires on a thread other than the main one), and a SIGPIPE from a write on one of the engine's
+/// sockets stays pending on the engine's thread instead of ending a host that did not ignore it. The mask is
+/// set on the calling thread around pthread_create, which the new thread inherits, so there is no window before
+/// its first instruction.
 /// - Parameters:
 ///   - what: the thread, for the error message ("the Redis writer thread").
 ///   - name: its name for ps, top -H, gdb and crash reports ("pe-redis-writer": at most 15 bytes), set by the

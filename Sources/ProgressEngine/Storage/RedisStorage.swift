@@ -1,3 +1,4 @@
+import CProgress
 import Glibc
 import Synchronization
 
@@ -97,10 +98,14 @@ final class RedisStorage: TaskStore, @unchecked Sendable {
 
     // MARK: - Reading (any thread, off the update path)
 
-    /// Runs `body` on the reader's connection.
+    /// Runs `body` on the reader's connection, on the calling thread, with SIGPIPE held back there (the caller
+    /// may be a host's thread, and hiredis writes without MSG_NOSIGNAL: see CProgress_sigpipe_hold).
     /// - Returns: nil if Redis cannot be reached (or failed within the last second).
     func read<R>(_ body: (RedisConnection) throws -> R) -> R? {
-        reader.withLock { state in
+        var sigpipe = CProgress_sigpipe_guard()
+        CProgress_sigpipe_hold(&sigpipe)
+        defer { CProgress_sigpipe_release(&sigpipe) }
+        return reader.withLock { state in
             let now = clock.now()
             if state.connection == nil {
                 guard now - state.failedAt >= RedisStorage.readRetryAfter else { return nil }

@@ -44,16 +44,18 @@ final class RedisSubscriber: @unchecked Sendable {
         running = true
     }
 
+    /// Stops and joins the thread. Idempotent: a second call touches no descriptor (the pipe's numbers may
+    /// belong to something else of the host's by then).
     func stop() {
+        guard running else { return }
         stopping.withLock { $0 = true }
         var one: UInt8 = 1
         _ = Glibc.write(wakePipe[1], &one, 1)
-        if running {
-            pthread_join(thread, nil)
-            running = false
-            close(wakePipe[0])
-            close(wakePipe[1])
-        }
+        pthread_join(thread, nil)
+        running = false
+        close(wakePipe[0])
+        close(wakePipe[1])
+        wakePipe = [-1, -1]
     }
 
     private var isStopping: Bool { stopping.withLock { $0 } }
