@@ -509,7 +509,8 @@ def test_a_refused_update_logged_to_a_stderr_nobody_reads_does_not_end_the_runne
     import os
     import subprocess
     import sys
-    from conftest import PACKAGE_ROOT
+    from pathlib import Path
+    package_root = str(Path(__file__).resolve().parents[1])  # as conftest's fresh_python puts it on the path
     code = """
 import signal, sys, warnings
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -524,7 +525,7 @@ t.update_progress_sync("a", 1, 10)
 print("alive", t.get_task_progress_sync("a")["stages"]["1"]["progress"], flush=True)
 t.close()
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
