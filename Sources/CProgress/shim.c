@@ -1,10 +1,11 @@
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* sigtimedwait */
+#define _GNU_SOURCE /* sigtimedwait, pipe2, pthread_setname_np */
 #endif
 #include "CProgress.h"
 /* The version's one source; only its macros are used here. */
 #include "../../include/progress.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <time.h>
@@ -53,22 +54,31 @@ void CProgress_store_relaxed(volatile long long *p, long long value) {
 /* Lines dropped because stderr could not take them (see CProgress_log_line). */
 static _Atomic unsigned long stderr_dropped;
 
+int CProgress_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int CProgress_name_this_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+static int sigpipe_pending(void) {
+    sigset_t pending;
+    return sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+}
+
+static sigset_t sigpipe_only(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    return set;
+}
+
 void CProgress_sigpipe_hold(CProgress_sigpipe_guard *guard) {
-    sigset_t pipe_only, pending;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    sigemptyset(&pending);
-    sigpending(&pending);
-    guard->was_pending = sigismember(&pending, SIGPIPE) == 1;
+    sigset_t pipe_only = sigpipe_only();
+    guard->was_pending = sigpipe_pending();
     pthread_sigmask(SIG_BLOCK, &pipe_only, &guard->mask);
 }
 
 void CProgress_sigpipe_release(const CProgress_sigpipe_guard *guard) {
-    sigset_t pipe_only, pending;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    sigemptyset(&pending);
-    if (!guard->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+    if (!guard->was_pending && sigpipe_pending()) {
+        sigset_t pipe_only = sigpipe_only();
         const struct timespec now = {0, 0};
         while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR) {
         }

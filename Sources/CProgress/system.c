@@ -1,10 +1,6 @@
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* pipe2, pthread_setname_np */
-#endif
 #include "CProgressSystem.h"
 
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -84,7 +80,3 @@ int CProgress_gpu_usage(double *gpu_percent, double *gpu_memory_mb) {
     *gpu_memory_mb = used;
     return 0;
 }
-
-int CProgress_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
-
-int CProgress_name_this_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }

@@ -48,6 +48,12 @@ typedef struct {
 } CProgress_sigpipe_guard;
 void CProgress_sigpipe_hold(CProgress_sigpipe_guard *guard);
 void CProgress_sigpipe_release(const CProgress_sigpipe_guard *guard);
+/* pipe2(fds, O_CLOEXEC), which Swift's Glibc module does not declare: a pipe no program the host starts
+ * inherits. Returns 0, or -1 with errno set. */
+int CProgress_pipe_cloexec(int fds[2]);
+/* Names the calling thread (at most 15 bytes are kept), as ps, top -H and gdb show it; Swift's Glibc module does
+ * not declare pthread_setname_np. Returns 0 or an error number. */
+int CProgress_name_this_thread(const char *name);
 /* The matching relaxed store, for Swift code (and tests) writing a counter the engine reads. */
 void CProgress_store_relaxed(volatile long long *p, long long value);
 

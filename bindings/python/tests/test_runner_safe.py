@@ -502,40 +502,24 @@ def test_a_close_does_not_wait_for_a_refusals_warning_hook():
     assert tracker.closed
 
 
-def test_a_refused_update_logged_to_a_stderr_nobody_reads_does_not_end_the_runner():
+def test_a_refused_update_logged_to_a_stderr_nobody_reads_does_not_end_the_runner(fresh_python):
     """The engine logs a refused update on the runner's thread. With SIGPIPE at its default (as a C program has it)
     and stderr a pipe whose reader has gone (a log shipper that exited), that write raised SIGPIPE and ended the
     runner. Now the line is dropped and counted, and the runner goes on."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    package_root = str(Path(__file__).resolve().parents[1])  # as conftest's fresh_python puts it on the path
-    code = """
-import signal, sys, warnings
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-warnings.simplefilter("ignore")  # the binding's own warning would write to the same stderr
-from progress_engine import ProgressTracker
-t = ProgressTracker()
-print("ready", flush=True)
-sys.stdin.readline()  # the test has closed the read end of our stderr
-t.update_progress_sync("no-such-task", 1, 10, "refused: the engine logs it on this thread")
-t.create_task_progress_sync("a", "x")
-t.update_progress_sync("a", 1, 10)
-print("alive", t.get_task_progress_sync("a")["stages"]["1"]["progress"], flush=True)
-t.close()
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.stderr.close()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        out = proc.stdout.read()
-        assert (proc.wait(timeout=30), out.strip()) == (0, "alive 0.1")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    result = fresh_python("""
+        import os, signal, warnings
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        warnings.simplefilter("ignore")  # the binding's own warning would write to the same stderr
+        from progress_engine import ProgressTracker
+        t = ProgressTracker()
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)  # stderr: a pipe whose reader has gone
+        os.close(write_end)
+        os.close(read_end)
+        t.update_progress_sync("no-such-task", 1, 10, "refused: the engine logs it on this thread")
+        t.create_task_progress_sync("a", "x")
+        t.update_progress_sync("a", 1, 10)
+        print("alive", t.get_task_progress_sync("a")["stages"]["1"]["progress"], flush=True)
+        t.close()
+        """, timeout=30)
+    assert (result.returncode, result.stdout.strip()) == (0, "alive 0.1")
